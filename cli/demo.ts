@@ -1,0 +1,11 @@
+import type { Command } from './main.js'
+
+export const command: Command = {
+  summary: '(not implemented yet)',
+  usage: 'warden demo: not implemented yet',
+  options: {},
+  async run () {
+    console.error('warden demo: not implemented yet')
+    return 2
+  }
+}

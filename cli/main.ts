@@ -1,0 +1,58 @@
+/**
+ * `warden` command line. Each command lives in its own module, loaded on demand, so that
+ * `warden check` never loads the eBPF or proxy code and every command owns one file.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+
+export interface Command {
+  summary: string
+  usage: string
+  options: NonNullable<ParseArgsConfig['options']>
+  /** Returns the process exit code. */
+  run (values: Record<string, unknown>, positionals: string[]): Promise<number>
+}
+
+const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
+  check: async () => await import('./check.js'),
+  trace: async () => await import('./trace.js'),
+  run: async () => await import('./run.js'),
+  uninstall: async () => await import('./uninstall.js'),
+  lab: async () => await import('./lab.js'),
+  demo: async () => await import('./demo.js')
+}
+
+async function help (): Promise<string> {
+  const lines = ['warden: node-level L7 policy proxy enforcing CiliumNetworkPolicy with tc eBPF', '', 'Usage: warden <command> [options]', '', 'Commands:']
+  for (const [name, load] of Object.entries(COMMANDS)) {
+    const { command } = await load()
+    lines.push(`  ${name.padEnd(10)} ${command.summary}`)
+  }
+  lines.push('', 'Run `warden <command> --help` for its options.')
+  return lines.join('\n')
+}
+
+export async function main (argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    console.log(await help())
+    return name === undefined ? 1 : 0
+  }
+  const load = COMMANDS[name]
+  if (load === undefined) {
+    console.error(`warden: unknown command "${name}"\n\n${await help()}`)
+    return 1
+  }
+  const { command } = await load()
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(command.usage)
+    return 0
+  }
+  let parsed
+  try {
+    parsed = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true })
+  } catch (err) {
+    console.error(`warden ${name}: ${(err as Error).message}\n\n${command.usage}`)
+    return 1
+  }
+  return await command.run(parsed.values as Record<string, unknown>, parsed.positionals)
+}
