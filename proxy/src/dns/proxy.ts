@@ -1,0 +1,360 @@
+/**
+ * The DNS proxy core, shared by both transports: decide a query (Cilium's ServeDNS,
+ * shared/notes/cilium-semantics.md §6.2), learn from the answer (§6.3), hold the answer until
+ * the kernel has new IPs, expire and persist the cache (§6.5).
+ *
+ * Transports (udp.ts, tcp.ts) only frame bytes and match answers to queries; they call
+ * `admit()` for each query and `complete()` for each answer that passed their checks.
+ */
+import type { Logger } from 'pino'
+import { decideDns } from '../../../policy-store/src/l7-match.js'
+import { DIR, l7Key } from '../../../policy-store/src/types.js'
+import type { DnsPolicy, Endpoint, L7PortTable, LearnedName, RuleRef, Snapshot } from '../../../policy-store/src/types.js'
+import qtypes from 'dns-packet/types.js'
+import rcodes from 'dns-packet/rcodes.js'
+import { FqdnCache, type IpEvent } from './cache.js'
+import { LearnSync } from './sync.js'
+import { StateFile } from './state.js'
+import {
+  HEADER_LEN, OPCODE_QUERY, RCODE, TYPE_A, TYPE_CNAME, errorReply, isResponse, opcodeOf, parseQuestion, rcodeOf,
+  walkAnswers, type NameCursor, type Question
+} from './wire.js'
+import type { Addr, DnsProxyDeps, DnsProxyOptions } from './types.js'
+
+/** A query is a question plus EDNS options; anything bigger is not a query we forward. */
+export const MAX_QUERY = 4096
+/** CNAME hops followed from the question name (resolvers stop around 8-16). */
+const MAX_CHAIN = 16
+
+export type Transport = 'udp' | 'tcp'
+
+export interface ResolvedOptions {
+  minTtlSec: number
+  maxTtlSec: number | undefined
+  maxIpsPerName: number
+  maxZombiesPerEndpoint: number
+  stateDir: string | undefined
+  rejectRcode: number
+  upstreamTimeoutMs: number
+  holdMaxMs: number
+  gcIntervalMs: number
+  zombieGraceMs: number
+  maxPending: number
+  upstreamSockets: number
+  maxTcpPendingPerConnection: number
+  tcpIdleTimeoutMs: number
+  now: () => number
+}
+
+/** A forwarded query waiting for its answer. */
+export class Pending {
+  /** Upstream ID, set by the transport. */
+  id = 0
+  constructor (
+    readonly clientId: number,
+    /** The client's query (its ID bytes may be overwritten by the transport). */
+    readonly query: Buffer,
+    readonly q: Question,
+    readonly client: Addr,
+    readonly server: Addr,
+    readonly transport: Transport,
+    readonly endpoint: Endpoint,
+    readonly table: L7PortTable<DnsPolicy> | undefined,
+    readonly remoteIdentity: number,
+    readonly rule: RuleRef,
+    readonly started: number,
+    /** Sends bytes to the client (UDP: from the server's address; TCP: framed). */
+    readonly reply: (msg: Buffer) => void
+  ) {}
+}
+
+function ruleName (r: RuleRef | null | undefined): string | undefined {
+  return r == null ? undefined : `${r.file}:${r.line}`
+}
+
+const endpointIndex = new WeakMap<Snapshot, Map<string, Endpoint>>()
+function endpointByIp (snap: Snapshot, ip: string): Endpoint | undefined {
+  let m = endpointIndex.get(snap)
+  if (m === undefined) {
+    m = new Map(snap.endpoints.map(e => [e.ipv4, e]))
+    endpointIndex.set(snap, m)
+  }
+  return m.get(ip)
+}
+
+/** `::ffff:a.b.c.d` (dual-stack sockets) -> `a.b.c.d`. */
+export function plainIpv4 (ip: string): string {
+  return ip.startsWith('::ffff:') ? ip.slice(7) : ip
+}
+
+export class DnsCore {
+  readonly log: Logger
+  readonly cache: FqdnCache
+  readonly sync: LearnSync
+  readonly counters = {
+    queries: 0,
+    queriesUdp: 0,
+    queriesTcp: 0,
+    allowed: 0,
+    refused: 0,
+    formerr: 0,
+    notimp: 0,
+    dropped: 0,
+    forwarded: 0,
+    answered: 0,
+    upstreamTimeouts: 0,
+    upstreamErrors: 0,
+    overload: 0,
+    spoofedAnswers: 0,
+    malformedAnswers: 0,
+    held: 0,
+    holdTimeouts: 0,
+    learnedIps: 0,
+    expiredIps: 0,
+    evictedIps: 0,
+    zombieIps: 0
+  }
+
+  /** Forwarded queries in flight, all transports (kept by the transports). */
+  inFlight = 0
+  private readonly cur: NameCursor = { name: '', end: 0 }
+  private readonly state: StateFile | undefined
+  private gcTimer: NodeJS.Timeout | undefined
+  private lastSelectors: Snapshot['fqdnSelectors'] | undefined
+  private lastPushAt = 0
+
+  constructor (readonly deps: DnsProxyDeps, readonly opts: ResolvedOptions) {
+    this.log = deps.logger.child({ component: 'dns-proxy' })
+    this.cache = new FqdnCache({
+      minTtlSec: opts.minTtlSec,
+      maxTtlSec: opts.maxTtlSec,
+      maxIpsPerName: opts.maxIpsPerName,
+      maxZombiesPerEndpoint: opts.maxZombiesPerEndpoint,
+      zombieGraceMs: opts.zombieGraceMs
+    })
+    this.sync = new LearnSync(names => { this.lastPushAt = this.opts.now(); return deps.learn(names) },
+      () => this.cache.learned(this.opts.now()), this.log, 10_000)
+    this.state = opts.stateDir === undefined ? undefined : new StateFile(opts.stateDir, this.log)
+  }
+
+  /** Load the persisted cache, expire what is due, push the set; then start the GC timer. */
+  async start (): Promise<void> {
+    if (this.state !== undefined) {
+      const data = await this.state.load()
+      if (data !== undefined) {
+        const r = this.cache.restore(data)
+        this.log.info({ restored: r.restored, skipped: r.skipped }, 'dns: restored the FQDN cache')
+        this.applyGc(this.opts.now())
+        await this.sync.request()
+      }
+    }
+    this.lastSelectors = this.deps.snapshot().fqdnSelectors
+    this.gcTimer = setInterval(() => this.tick(), this.opts.gcIntervalMs)
+    this.gcTimer.unref()
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.gcTimer)
+    if (this.state !== undefined) await this.state.save(this.cache.toPersisted(this.opts.now()))
+  }
+
+  /**
+   * Decide one query. Answers it here (FORMERR, NOTIMP, REFUSED/NXDOMAIN, SERVFAIL on
+   * overload) and returns null, or returns the Pending the transport must forward.
+   */
+  admit (buf: Buffer, client: Addr, server: Addr, transport: Transport, reply: (msg: Buffer) => void): Pending | null {
+    const c = this.counters
+    c.queries++
+    if (transport === 'udp') c.queriesUdp++; else c.queriesTcp++
+    if (buf.length < HEADER_LEN || isResponse(buf)) {
+      // Not a query: nothing sensible to answer, and answering responses invites loops.
+      c.dropped++
+      this.log.info({ src: `${client.ip}:${client.port}`, server: `${server.ip}:${server.port}`, transport, verdict: 'dropped', reason: 'not-a-query', bytes: buf.length }, 'dns query')
+      return null
+    }
+    const q = buf.length > MAX_QUERY ? -1 : parseQuestion(buf, this.cur)
+    if (typeof q === 'number') {
+      c.formerr++
+      reply(errorReply(buf, 0, RCODE.FORMERR))
+      this.log.info({ src: `${client.ip}:${client.port}`, server: `${server.ip}:${server.port}`, transport, verdict: 'malformed', rcode: 'FORMERR', bytes: buf.length }, 'dns query')
+      return null
+    }
+    const snap = this.deps.snapshot()
+    const ep = endpointByIp(snap, client.ip)
+    const base = { src: `${client.ip}:${client.port}`, server: `${server.ip}:${server.port}`, transport, name: q.name, qtype: qtypes.toString(q.type) }
+    if (opcodeOf(buf) !== OPCODE_QUERY) {
+      c.notimp++
+      reply(errorReply(buf, q.end, RCODE.NOTIMP))
+      this.log.info({ ...base, endpoint: ep && `${ep.namespace}/${ep.name}`, verdict: 'denied', reason: 'opcode', rcode: 'NOTIMP' }, 'dns query')
+      return null
+    }
+    if (ep === undefined) {
+      // Only local endpoints are redirected here; anything else fails closed.
+      c.refused++
+      reply(errorReply(buf, q.end, this.opts.rejectRcode))
+      this.log.info({ ...base, verdict: 'denied', reason: 'unknown-endpoint', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      return null
+    }
+    const table = snap.dns.get(l7Key(ep.id, DIR.EGRESS, server.port))
+    const remoteIdentity = this.deps.lookupIdentity(server.ip)
+    const rule = decideDns(table, remoteIdentity, q.name)
+    const who = { endpoint: `${ep.namespace}/${ep.name}`, endpointId: ep.id, serverIdentity: remoteIdentity }
+    if (rule === null) {
+      c.refused++
+      reply(errorReply(buf, q.end, this.opts.rejectRcode))
+      this.log.info({ ...base, ...who, verdict: 'denied', reason: table === undefined ? 'no-dns-table' : 'no-rule-matches', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      return null
+    }
+    if (this.inFlight >= this.opts.maxPending) {
+      c.overload++
+      reply(errorReply(buf, q.end, RCODE.SERVFAIL))
+      this.log.warn({ ...base, ...who, verdict: 'overload', rcode: 'SERVFAIL', inFlight: this.inFlight }, 'dns query')
+      return null
+    }
+    c.allowed++
+    return new Pending(buf.readUInt16BE(0), buf, q, client, server, transport, ep, table, remoteIdentity, rule, this.opts.now(), reply)
+  }
+
+  /**
+   * An answer that matched `p` (ID, question, source: checked by the transport). Returns false
+   * when its records are malformed: nothing is learned or sent, the transport decides whether
+   * to keep waiting (UDP: a spoofer may have sent it) or to fail the query (TCP).
+   */
+  complete (p: Pending, resp: Buffer): boolean {
+    const recs = walkAnswers(resp, p.q.end, this.cur)
+    if (typeof recs === 'number') {
+      this.counters.malformedAnswers++
+      this.log.warn({ server: `${p.server.ip}:${p.server.port}`, name: p.q.name, error: recs }, 'dns: malformed answer ignored')
+      return false
+    }
+    const now = this.opts.now()
+    const rcode = rcodeOf(resp)
+    // Follow the CNAME chain from the question; only records on it count (RFC 1034 §3.6.2).
+    const chain = [p.q.name]
+    let chainTtl = Infinity
+    for (let hop = 0; hop < MAX_CHAIN; hop++) {
+      const last = chain[chain.length - 1]
+      const cn = recs.find(r => r.type === TYPE_CNAME && r.owner === last)
+      if (cn === undefined || chain.includes(cn.data)) break
+      chainTtl = Math.min(chainTtl, cn.ttl)
+      chain.push(cn.data)
+    }
+    const ips = new Map<string, number>()
+    let minTtl = Infinity
+    for (const r of recs) {
+      if (r.type !== TYPE_A || !chain.includes(r.owner)) continue
+      const ttl = Math.min(r.ttl, chainTtl)
+      minTtl = Math.min(minTtl, ttl)
+      ips.set(r.data, Math.max(ips.get(r.data) ?? 0, ttl))
+    }
+    let hold = false
+    if (rcode === RCODE.NOERROR && ips.size > 0) hold = this.learn(p, chain, ips, now)
+    resp.writeUInt16BE(p.clientId, 0)
+    const answer = [...ips.keys()]
+    const line = {
+      endpoint: `${p.endpoint.namespace}/${p.endpoint.name}`, endpointId: p.endpoint.id, serverIdentity: p.remoteIdentity,
+      src: `${p.client.ip}:${p.client.port}`, server: `${p.server.ip}:${p.server.port}`, transport: p.transport,
+      name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: 'allowed', rule: ruleName(p.rule),
+      rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl, cname: chain.length > 1 ? chain.slice(1) : undefined
+    }
+    this.counters.answered++
+    if (!hold) {
+      p.reply(resp)
+      this.log.info({ ...line, ms: now - p.started }, 'dns query')
+      return true
+    }
+    this.counters.held++
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<boolean>(resolve => { timer = setTimeout(resolve, this.opts.holdMaxMs, false) })
+    void Promise.race([this.sync.request().then(() => true), timeout]).then(inKernel => {
+      clearTimeout(timer)
+      if (!inKernel) this.counters.holdTimeouts++
+      p.reply(resp)
+      this.log.info({ ...line, held: true, heldTimeout: !inKernel, ms: this.opts.now() - p.started }, 'dns query')
+    })
+    return true
+  }
+
+  /** An allowed query whose answer never came: no reply (the client retries), one log line. */
+  timeout (p: Pending, reason: 'upstream-timeout' | 'upstream-closed' = 'upstream-timeout'): void {
+    if (reason === 'upstream-timeout') this.counters.upstreamTimeouts++; else this.counters.upstreamErrors++
+    this.log.info({
+      endpoint: `${p.endpoint.namespace}/${p.endpoint.name}`, endpointId: p.endpoint.id, src: `${p.client.ip}:${p.client.port}`,
+      server: `${p.server.ip}:${p.server.port}`, transport: p.transport, name: p.q.name, qtype: qtypes.toString(p.q.type),
+      verdict: 'allowed', rule: ruleName(p.rule), rcode: reason === 'upstream-closed' ? 'SERVFAIL' : undefined, reason, ms: this.opts.now() - p.started
+    }, 'dns query')
+  }
+
+  /**
+   * Put the answer's IPs into the cache for the question name and for every name on the CNAME
+   * chain that the endpoint's DNS rules also allow (so a server cannot make an endpoint learn
+   * IPs for a name it may not ask about). Returns whether the answer must be held.
+   */
+  private learn (p: Pending, chain: string[], ips: Map<string, number>, now: number): boolean {
+    const list = [...ips].map(([ip, ttl]) => ({ ip, ttl }))
+    const epKey = `${p.endpoint.namespace}/${p.endpoint.name}`
+    const selectors = this.deps.snapshot().fqdnSelectors
+    let relevant = false
+    let changed = false
+    for (let i = 0; i < chain.length; i++) {
+      const name = chain[i]
+      if (i > 0 && decideDns(p.table, p.remoteIdentity, name) === null) continue
+      const r = this.cache.add(epKey, name, list, now, ip => this.deps.hasConnection(ip))
+      for (const ev of r.fresh) this.logIp('learned', ev)
+      for (const ev of r.evicted) this.logIp('evicted', ev)
+      for (const ev of r.zombified) this.logIp('zombie', ev)
+      this.counters.learnedIps += r.fresh.length
+      this.counters.evictedIps += r.evicted.length
+      this.counters.zombieIps += r.zombified.length
+      changed = true
+      if (r.fresh.length + r.evicted.length > 0 && selectors.some(s => s.test(name))) relevant = true
+    }
+    if (changed) this.state?.schedule(() => this.cache.toPersisted(this.opts.now()))
+    return relevant
+  }
+
+  private logIp (what: 'learned' | 'expired' | 'evicted' | 'zombie', ev: IpEvent): void {
+    this.log.info({ endpoint: ev.endpoint, name: ev.name, ip: ev.ip, expiresAt: new Date(ev.expiresAt).toISOString() }, `dns: ip ${what}`)
+  }
+
+  private applyGc (now: number): { changed: boolean, relevant: boolean } {
+    const r = this.cache.gc(now, ip => this.deps.hasConnection(ip))
+    for (const ev of r.expired) this.logIp('expired', ev)
+    for (const ev of r.zombified) this.logIp('zombie', ev)
+    this.counters.expiredIps += r.expired.length
+    this.counters.zombieIps += r.zombified.length
+    const selectors = this.deps.snapshot().fqdnSelectors
+    const touched = [...r.expired, ...r.zombified]
+    return { changed: touched.length > 0, relevant: touched.some(ev => selectors.some(s => s.test(ev.name))) }
+  }
+
+  /** GC tick: expire, re-push when the kernel's view must change, persist. */
+  private tick (): void {
+    const now = this.opts.now()
+    const { changed, relevant } = this.applyGc(now)
+    const selectors = this.deps.snapshot().fqdnSelectors
+    const selectorsChanged = selectors !== this.lastSelectors
+    this.lastSelectors = selectors
+    // Zombies are reported as expiring zombieGraceMs after a push: re-push before that passes.
+    const zombiesDue = this.cache.counts().zombies > 0 && now - this.lastPushAt > this.opts.zombieGraceMs / 2
+    if (relevant || selectorsChanged || zombiesDue) void this.sync.request()
+    if (changed) this.state?.schedule(() => this.cache.toPersisted(now))
+  }
+
+  learned (): LearnedName[] {
+    return this.cache.learned(this.opts.now())
+  }
+
+  metrics (): Record<string, number> {
+    const k = this.cache.counts()
+    return {
+      ...this.counters,
+      inFlight: this.inFlight,
+      cachedNames: k.names,
+      cachedIps: k.ips,
+      zombies: k.zombies,
+      learnCalls: this.sync.calls,
+      learnFailures: this.sync.failures
+    }
+  }
+}
