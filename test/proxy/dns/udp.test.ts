@@ -1,0 +1,125 @@
+// DNS proxy over UDP against a real dnsmasq on 127.0.53.11 (no root needed; loopback only).
+// Client "endpoints" send from 127.0.53.21 (exporter) and 127.0.53.22 (other).
+import t from 'tap'
+import { aRecords, lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor } from '../../helpers/dns.js'
+
+const EXPORTER = '127.0.53.21'
+const OTHER = '127.0.53.22'
+const DNS_IP = '127.0.53.11'
+
+async function setup (t: Parameters<Parameters<typeof t.test>[1]>[0], dnsRule: { matchPatterns?: string[], matchNames?: string[] }, options = {}) {
+  const dns = await startDnsmasq(t, {
+    ip: DNS_IP,
+    hosts: { 'api.github.com': ['198.18.53.10'], 'www.google.com': ['198.18.53.20'], 'lb.github.com': ['198.18.53.30'] },
+    cnames: [['alias.github.com', 'lb.github.com']]
+  })
+  const snapshot = makeSnapshot({
+    endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }, { id: 8, name: 'other', ipv4: OTHER }],
+    dns: [{ endpointId: 7, port: dns.port, ...dnsRule }],
+    fqdn: [{ matchName: 'api.github.com' }, { matchPattern: '*.github.com' }]
+  })
+  const h = await startProxy(t, { snapshot, upstream: dns, options })
+  return { dns, h }
+}
+
+t.test('an allowed name is answered by the server and its IPs are learned', async t => {
+  const { dns, h } = await setup(t, { matchPatterns: ['*'] })
+  const ans = await query(h.udp, 'API.GitHub.com', { from: EXPORTER })
+  t.equal(ans.rcode, 'NOERROR')
+  t.strictSame(aRecords(ans), ['198.18.53.10'])
+  t.equal(await dns.queriesFor('API.GitHub.com'), 1, 'dnsmasq saw the query')
+  t.strictSame(lastLearned(h, 'api.github.com.'), ['198.18.53.10'], 'learn() got the IP before the answer came back')
+  const learned = h.proxy.learned().find(n => n.name === 'api.github.com.')
+  t.ok(learned !== undefined && learned.expiresAt > Date.now() + 50_000, 'expires after the TTL (60 s)')
+  const line = h.logs.find(l => l.msg === 'dns query' && l.name === 'api.github.com.')
+  t.match(line, { endpoint: 'default/data-exporter', endpointId: 7, qtype: 'A', verdict: 'allowed', rcode: 'NOERROR', answer: ['198.18.53.10'], ttl: 60, rule: 'test.yaml:1' })
+  t.ok(h.logs.some(l => l.msg === 'dns: ip learned' && l.ip === '198.18.53.10'), 'one line per IP added')
+  t.match(h.proxy.metrics(), { queries: 1, allowed: 1, forwarded: 1, answered: 1, learnedIps: 1, cachedIps: 1 })
+})
+
+t.test('a denied name gets REFUSED and is never forwarded', async t => {
+  const { dns, h } = await setup(t, { matchNames: ['api.github.com'] })
+  const ans = await query(h.udp, 'www.google.com', { from: EXPORTER })
+  t.equal(ans.rcode, 'REFUSED')
+  t.equal(ans.answers.length, 0)
+  t.strictSame(ans.questions, [{ name: 'www.google.com', type: 'A', class: 'IN' }], 'the question is echoed')
+  // The allowed name afterwards proves dnsmasq logs queries, so the 0 below means something.
+  t.equal((await query(h.udp, 'api.github.com.', { from: EXPORTER })).rcode, 'NOERROR')
+  t.equal(await dns.queriesFor('api.github.com'), 1)
+  t.equal(await dns.queriesFor('www.google.com'), 0, 'dnsmasq never saw the denied query')
+  t.match(h.proxy.metrics(), { refused: 1, forwarded: 1 })
+  t.match(h.logs.find(l => l.name === 'www.google.com.'), { verdict: 'denied', reason: 'no-rule-matches', rcode: 'REFUSED' })
+  t.strictSame(lastLearned(h, 'www.google.com.'), [])
+})
+
+t.test('an endpoint without DNS rules on that port, or an unknown source, gets REFUSED', async t => {
+  const { dns, h } = await setup(t, { matchPatterns: ['*'] })
+  t.equal((await query(h.udp, 'api.github.com', { from: OTHER })).rcode, 'REFUSED', 'no table for endpoint 8: fail closed')
+  t.equal((await query(h.udp, 'api.github.com', { from: '127.0.53.99' })).rcode, 'REFUSED', 'not an endpoint')
+  t.equal(await dns.queriesFor('api.github.com'), 0)
+  t.match(h.logs.filter(l => l.verdict === 'denied').map(l => l.reason), ['no-dns-table', 'unknown-endpoint'])
+})
+
+t.test('rejectCode nxdomain answers NXDOMAIN instead', async t => {
+  const { h } = await setup(t, { matchNames: ['api.github.com'] }, { rejectCode: 'nxdomain' })
+  t.equal((await query(h.udp, 'www.google.com', { from: EXPORTER })).rcode, 'NXDOMAIN')
+})
+
+t.test('a CNAME chain is followed; chain names are learned only where the DNS rules allow them', async t => {
+  await t.test('pattern allows both names', async t => {
+    const { h } = await setup(t, { matchPatterns: ['*.github.com'] })
+    const ans = await query(h.udp, 'alias.github.com', { from: EXPORTER })
+    t.strictSame(ans.answers.map(a => [a.type, a.name, a.data]), [['CNAME', 'alias.github.com', 'lb.github.com'], ['A', 'lb.github.com', '198.18.53.30']])
+    t.strictSame(lastLearned(h, 'alias.github.com.'), ['198.18.53.30'], 'the IPs belong to the queried name')
+    t.strictSame(lastLearned(h, 'lb.github.com.'), ['198.18.53.30'], 'and to the CNAME target')
+    t.match(h.logs.find(l => l.msg === 'dns query' && l.name === 'alias.github.com.'), { cname: ['lb.github.com.'], answer: ['198.18.53.30'] })
+  })
+  await t.test('matchName allows only the alias', async t => {
+    const { h } = await setup(t, { matchNames: ['alias.github.com'] })
+    await query(h.udp, 'alias.github.com', { from: EXPORTER })
+    t.strictSame(lastLearned(h, 'alias.github.com.'), ['198.18.53.30'])
+    t.strictSame(h.proxy.learned().map(n => n.name), ['alias.github.com.'], 'lb.github.com. is not learned: the endpoint may not ask for it')
+  })
+})
+
+t.test('answers for names no toFQDNs selector matches are not held', async t => {
+  const { h } = await setup(t, { matchPatterns: ['*'] })
+  h.setLearnDelay(Infinity)
+  const t0 = Date.now()
+  const ans = await query(h.udp, 'www.google.com', { from: EXPORTER })
+  t.equal(ans.rcode, 'NOERROR')
+  t.ok(Date.now() - t0 < 80, 'answered without waiting for the kernel')
+  t.equal(h.learnCalls.length, 0, 'nothing to push')
+  t.strictSame(h.proxy.learned().map(n => n.name), ['www.google.com.'], 'but cached, for selectors added later')
+})
+
+t.test('the answer is held until learn() resolves, at most holdMaxMs', async t => {
+  await t.test('learn takes 60 ms', async t => {
+    const { h } = await setup(t, { matchPatterns: ['*'] })
+    h.setLearnDelay(60)
+    const t0 = Date.now()
+    await query(h.udp, 'api.github.com', { from: EXPORTER })
+    t.ok(Date.now() - t0 >= 55, `held ${Date.now() - t0} ms`)
+    t.match(h.proxy.metrics(), { held: 1, holdTimeouts: 0 })
+  })
+  await t.test('learn never resolves', async t => {
+    const { h } = await setup(t, { matchPatterns: ['*'] }, { holdMaxMs: 100 })
+    h.setLearnDelay(Infinity)
+    const t0 = Date.now()
+    const ans = await query(h.udp, 'api.github.com', { from: EXPORTER })
+    const took = Date.now() - t0
+    t.strictSame(aRecords(ans), ['198.18.53.10'])
+    t.ok(took >= 95 && took < 1000, `released after the hold limit (${took} ms)`)
+    t.match(h.proxy.metrics(), { held: 1, holdTimeouts: 1 })
+  })
+})
+
+t.test('queries without an answer time out silently and are logged', async t => {
+  // The "server" is a UDP port where nothing listens.
+  const snapshot = makeSnapshot({ endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }], dns: [{ endpointId: 7, port: 9, matchPatterns: ['*'] }] })
+  const h = await startProxy(t, { snapshot, upstream: { ip: '127.0.53.11', port: 9 }, options: { upstreamTimeoutMs: 200 } })
+  await t.rejects(query(h.udp, 'api.github.com', { from: EXPORTER, timeoutMs: 600 }))
+  t.ok(await waitFor(() => h.proxy.metrics().upstreamTimeouts === 1))
+  t.equal(h.proxy.metrics().inFlight, 0, 'nothing left in flight')
+  t.match(h.logs.find(l => l.reason === 'upstream-timeout'), { name: 'api.github.com.', verdict: 'allowed' })
+})
