@@ -1,0 +1,123 @@
+/**
+ * Transparent sockets (IP_TRANSPARENT) for the proxies. Node has no setsockopt, so the
+ * socket is made with libc through koffi, bound, and handed to net/dgram by fd.
+ *
+ * - A TCP listener with IP_TRANSPARENT accepts connections that the tc program assigned to
+ *   it with bpf_sk_assign; an accepted socket's localAddress/localPort are the ORIGINAL
+ *   destination. SO_REUSEPORT lets one listener per worker share the port.
+ * - A UDP socket with IP_TRANSPARENT receives assigned datagrams, and can be bound to a
+ *   non-local ip:port to send answers FROM the address the client queried.
+ */
+import net from 'node:net'
+import dgram from 'node:dgram'
+import koffi from 'koffi'
+
+const AF_INET = 2
+const SOCK_STREAM = 1
+const SOCK_DGRAM = 2
+const SOCK_NONBLOCK = 0o4000
+const SOCK_CLOEXEC = 0o2000000
+const SOL_SOCKET = 1
+const SO_REUSEADDR = 2
+const SO_REUSEPORT = 15
+const SOL_IP = 0
+const IP_TRANSPARENT = 19
+const IP_FREEBIND = 15
+
+export class TransparentSocketError extends Error {
+  readonly code = 'WARDEN_ERR_TRANSPARENT_SOCKET'
+  constructor (readonly op: string, readonly errno: number, readonly address: string) {
+    super(`${op} for transparent socket ${address} failed: errno ${errno}`)
+    this.name = 'TransparentSocketError'
+  }
+}
+
+interface Libc {
+  socket: (domain: number, type: number, proto: number) => number
+  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number
+  bind: (fd: number, addr: Buffer, len: number) => number
+  listen: (fd: number, backlog: number) => number
+  close: (fd: number) => number
+}
+
+let libc: Libc | undefined
+function c (): Libc {
+  if (libc !== undefined) return libc
+  const lib = koffi.load('libc.so.6')
+  libc = {
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
+    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
+    bind: lib.func('int bind(int fd, const void *addr, uint32_t len)'),
+    listen: lib.func('int listen(int fd, int backlog)'),
+    close: lib.func('int close(int fd)')
+  }
+  return libc
+}
+
+function sockaddrIn (host: string, port: number): Buffer {
+  if (net.isIPv4(host) === false) throw new TypeError(`not an IPv4 address: ${host}`)
+  const b = Buffer.alloc(16)
+  b.writeUInt16LE(AF_INET, 0)
+  b.writeUInt16BE(port, 2)
+  host.split('.').forEach((p, i) => { b[4 + i] = Number(p) })
+  return b
+}
+
+function transparentFd (type: number, host: string, port: number): number {
+  const l = c()
+  const where = `${host}:${port}`
+  const fd = l.socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+  if (fd < 0) throw new TransparentSocketError('socket', koffi.errno(), where)
+  const one = Buffer.alloc(4)
+  one.writeInt32LE(1, 0)
+  const opts: Array<[number, number, string]> = [
+    [SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT'],
+    [SOL_IP, IP_FREEBIND, 'IP_FREEBIND'],
+    [SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR'],
+    [SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT']
+  ]
+  for (const [level, name, label] of opts) {
+    if (l.setsockopt(fd, level, name, one, 4) !== 0) {
+      const e = koffi.errno()
+      l.close(fd)
+      throw new TransparentSocketError(`setsockopt(${label})`, e, where)
+    }
+  }
+  const sa = sockaddrIn(host, port)
+  if (l.bind(fd, sa, 16) !== 0) {
+    const e = koffi.errno()
+    l.close(fd)
+    throw new TransparentSocketError('bind', e, where)
+  }
+  return fd
+}
+
+/** A listening net.Server on host:port with IP_TRANSPARENT, SO_REUSEADDR, SO_REUSEPORT. */
+export async function listenTransparentTcp (port: number, host = '0.0.0.0', backlog = 511): Promise<net.Server> {
+  const fd = transparentFd(SOCK_STREAM, host, port)
+  if (c().listen(fd, backlog) !== 0) {
+    const e = koffi.errno()
+    c().close(fd)
+    throw new TransparentSocketError('listen', e, `${host}:${port}`)
+  }
+  const server = net.createServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ fd, backlog }, () => { server.off('error', reject); resolve() })
+  })
+  return server
+}
+
+/**
+ * A bound udp4 socket with IP_TRANSPARENT (+ SO_REUSEADDR/SO_REUSEPORT). With a non-local
+ * `host` it sends from that address: how the DNS proxy answers as the server queried.
+ */
+export async function bindTransparentUdp (port: number, host = '0.0.0.0'): Promise<dgram.Socket> {
+  const fd = transparentFd(SOCK_DGRAM, host, port)
+  const sock = dgram.createSocket({ type: 'udp4' })
+  await new Promise<void>((resolve, reject) => {
+    sock.once('error', reject)
+    sock.bind({ fd }, () => { sock.off('error', reject); resolve() })
+  })
+  return sock
+}

@@ -1,0 +1,612 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * warden's tc datapath. Two programs, pinned once and attached to many interfaces:
+ *
+ *  from_workload  tc ingress of every endpoint's host-side veth (traffic leaving a workload)
+ *                 and of each uplink (traffic from outside the node). Enforces the source
+ *                 endpoint's egress and the destination endpoint's ingress policy for new
+ *                 flows, tracks them, and assigns redirected flows to the proxy sockets.
+ *  to_workload    tc egress of every endpoint's host-side veth (traffic into a workload).
+ *                 Flows from the host (proxies' upstreams, host processes) never passed
+ *                 from_workload: this creates their CT entry so the workload's replies pass.
+ *
+ * Non-IPv4: ARP and ICMPv6 pass (neighbour discovery); other IPv6 is dropped, since no
+ * policy is enforced for it. IPv4 fragments are dropped (no ports to check).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "l7p.h"
+
+#define NS_PER_SEC 1000000000ULL
+/* Lifetimes as Cilium's defaults (bpf/lib/conntrack.h): established TCP 6 h, closing 10 s,
+ * SYN and non-TCP 60 s. */
+#define CT_LIFETIME_TCP (21600 * NS_PER_SEC)
+#define CT_LIFETIME_SYN (60 * NS_PER_SEC)
+#define CT_LIFETIME_CLOSE (10 * NS_PER_SEC)
+#define CT_LIFETIME_OTHER (60 * NS_PER_SEC)
+/* Refresh an entry's deadline at most this often (each refresh is a map write). */
+#define CT_REFRESH_SLACK (1 * NS_PER_SEC)
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#ifndef ETH_P_IPV6
+#define ETH_P_IPV6 0x86DD
+#endif
+#define IPPROTO_ICMPV6_NUM 58
+
+/* Loader-written knobs (proxy ports). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l7p_config);
+} l7p_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct l7p_endpoint);
+} l7p_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct l7p_attach);
+} l7p_attach SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l7p_ipcache_key);
+	__type(value, struct l7p_ipcache_value);
+} l7p_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l7p_policy_key);
+	__type(value, struct l7p_policy_value);
+} l7p_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct l7p_ct_key);
+	__type(value, struct l7p_ct_entry);
+} l7p_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct l7p_udp_orig_key);
+	__type(value, struct l7p_udp_orig_value);
+} l7p_udp_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} l7p_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, L7P_R_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} l7p_counters SEC(".maps");
+
+/* What the parser and the policy code pass around for one packet. */
+struct pkt {
+	struct l7p_ct_key tuple;  /* as seen on the wire */
+	__u16 dport_host;         /* policy port (host order); 0 for ICMP */
+	__u8 tcp_flags;           /* TCP: byte 13 of the header */
+	__u8 is_new_syn;          /* TCP SYN without ACK */
+};
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&l7p_counters, &reason);
+
+	if (c)
+		*c += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				 __u32 dst_id, __u16 ep, __u8 verdict, __u8 reason, __u8 dir)
+{
+	struct l7p_event *e;
+
+	count(reason);
+	e = bpf_ringbuf_reserve(&l7p_events, sizeof(*e), 0);
+	if (!e) {
+		count(L7P_R_EVENTS_LOST);
+		return;
+	}
+	e->ts = bpf_ktime_get_ns();
+	e->saddr = p->tuple.saddr;
+	e->daddr = p->tuple.daddr;
+	e->sport = p->tuple.sport;
+	e->dport = p->tuple.dport;
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+	e->ifindex = skb->ifindex;
+	e->endpoint_id = ep;
+	e->proto = p->tuple.proto;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->direction = dir;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				__u32 dst_id, __u16 ep, __u8 reason, __u8 dir)
+{
+	emit(skb, p, src_id, dst_id, ep, L7P_VERDICT_DENY, reason, dir);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * Parse Ethernet + IPv4 + L4 into p. Returns 0 to enforce, 1 to pass the packet untouched
+ * (not IP, ICMPv6), or a negative l7p_reason to drop.
+ */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u32 ihl;
+
+	if ((void *)(eth + 1) > data_end)
+		return 1;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		/* nexthdr is byte 6 of the IPv6 header */
+		__u8 *nh = (void *)(eth + 1) + 6;
+
+		if ((void *)(nh + 1) > data_end)
+			return -L7P_R_DROP_MALFORMED;
+		return *nh == IPPROTO_ICMPV6_NUM ? 1 : -L7P_R_DROP_IPV6;
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return -L7P_R_DROP_MALFORMED;
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return -L7P_R_DROP_MALFORMED;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return -L7P_R_DROP_FRAGMENT;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	p->tuple.saddr = ip->saddr;
+	p->tuple.daddr = ip->daddr;
+	p->tuple.proto = ip->protocol;
+
+	void *l4 = (void *)ip + ihl;
+
+	switch (ip->protocol) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > data_end)
+			return -L7P_R_DROP_MALFORMED;
+		p->tuple.sport = th->source;
+		p->tuple.dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->is_new_syn = (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+		break;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > data_end)
+			return -L7P_R_DROP_MALFORMED;
+		p->tuple.sport = uh->source;
+		p->tuple.dport = uh->dest;
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct icmphdr *ih = l4;
+
+		if ((void *)(ih + 1) > data_end)
+			return -L7P_R_DROP_MALFORMED;
+		/* echo request/reply share the id: use it as both ports so a reply's
+		 * reversed tuple equals the request's */
+		if (ih->type == ICMP_ECHO || ih->type == ICMP_ECHOREPLY) {
+			p->tuple.sport = ih->un.echo.id;
+			p->tuple.dport = ih->un.echo.id;
+		}
+		return 0;
+	}
+	default:
+		return 0;
+	}
+	p->dport_host = bpf_ntohs(p->tuple.dport);
+	return 0;
+}
+
+static __always_inline struct l7p_ipcache_value *ipcache_lookup(__u32 addr)
+{
+	struct l7p_ipcache_key k = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&l7p_ipcache, &k);
+}
+
+/*
+ * The policy-store's first-match order (policy-store/src/types.ts, KernelEntry):
+ *   1 (id, proto, port)  2 (ANY, proto, port)  3 (id, proto, ANY port)
+ *   4 (ANY, proto, ANY)  5 (id, ANY, ANY)      6 (ANY, ANY, ANY)
+ * One LPM lookup per (identity, proto) returns the longest port match, which is a
+ * specific port or range (steps 1/2) or the any-port entry (steps 3/4).
+ */
+static __always_inline __u8 policy_lookup(__u16 ep, __u8 dir, __u32 id, __u8 proto, __u16 port)
+{
+	struct l7p_policy_key k = {
+		.prefixlen = 64 + 16, .endpoint_id = ep, .direction = dir,
+		.protocol = proto, .identity = id, .port = bpf_htons(port),
+	};
+	struct l7p_policy_value *v1, *v2, *v;
+
+	v1 = bpf_map_lookup_elem(&l7p_policy, &k);
+	if (v1 && v1->port_plen > 0)
+		return v1->verdict;
+	k.identity = 0;
+	v2 = bpf_map_lookup_elem(&l7p_policy, &k);
+	if (v2 && v2->port_plen > 0)
+		return v2->verdict;
+	if (v1)
+		return v1->verdict;
+	if (v2)
+		return v2->verdict;
+	k.protocol = 0;
+	k.port = 0;
+	k.identity = id;
+	v = bpf_map_lookup_elem(&l7p_policy, &k);
+	if (v)
+		return v->verdict;
+	k.identity = 0;
+	v = bpf_map_lookup_elem(&l7p_policy, &k);
+	if (v)
+		return v->verdict;
+	return L7P_VERDICT_NONE;
+}
+
+static __always_inline __u64 lifetime(const struct pkt *p, __u8 flags)
+{
+	if (p->tuple.proto != IPPROTO_TCP)
+		return CT_LIFETIME_OTHER;
+	if (flags & L7P_CT_CLOSING)
+		return CT_LIFETIME_CLOSE;
+	if (flags & L7P_CT_REPLIED)
+		return CT_LIFETIME_TCP;
+	return CT_LIFETIME_SYN;
+}
+
+/* Update a live entry for one more packet; is_reply tells which way it went. */
+static __always_inline void ct_touch(struct l7p_ct_entry *e, const struct pkt *p, __u64 now, int is_reply)
+{
+	__u8 flags = e->flags;
+
+	if (p->tuple.proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_FIN | TCPF_RST)))
+		flags |= L7P_CT_CLOSING;
+	if (is_reply)
+		flags |= L7P_CT_REPLIED;
+	__u64 deadline = now + lifetime(p, flags);
+
+	if (flags != e->flags)
+		e->flags = flags;
+	/* shorten at once on close; extend only when it moved by more than the slack */
+	if ((flags & L7P_CT_CLOSING) ? deadline < e->expires : deadline > e->expires + CT_REFRESH_SLACK)
+		e->expires = deadline;
+}
+
+/*
+ * A tracked flow: returns the entry and sets *is_reply. Expired entries count as absent;
+ * a TCP SYN on a closing/expired tuple starts a new flow (port reuse).
+ */
+static __always_inline struct l7p_ct_entry *ct_lookup(const struct pkt *p, __u64 now, int *is_reply)
+{
+	struct l7p_ct_entry *e;
+	struct l7p_ct_key rev = {
+		.saddr = p->tuple.daddr, .daddr = p->tuple.saddr,
+		.sport = p->tuple.dport, .dport = p->tuple.sport, .proto = p->tuple.proto,
+	};
+
+	e = bpf_map_lookup_elem(&l7p_ct, &p->tuple);
+	if (e && e->expires > now && !(p->is_new_syn && (e->flags & L7P_CT_CLOSING))) {
+		*is_reply = 0;
+		return e;
+	}
+	e = bpf_map_lookup_elem(&l7p_ct, &rev);
+	if (e && e->expires > now) {
+		*is_reply = 1;
+		return e;
+	}
+	return 0;
+}
+
+static __always_inline void ct_create(const struct pkt *p, __u64 now, __u32 src_id, __u32 dst_id,
+				      __u16 ep, __u8 flags)
+{
+	struct l7p_ct_entry e = {
+		.expires = now + lifetime(p, flags), .src_identity = src_id,
+		.dst_identity = dst_id, .endpoint_id = ep, .flags = flags,
+	};
+
+	bpf_map_update_elem(&l7p_ct, &p->tuple, &e, BPF_ANY);
+}
+
+/*
+ * Assign the packet to a proxy socket in this (the host's) network namespace: first the
+ * socket that owns the packet's own tuple (an established proxy connection), then the
+ * listener on the proxy port. Returns 0 when assigned, -1 when no socket (fail closed).
+ * is_reply: the packet is a reply of a redirected flow (server -> proxy upstream socket);
+ * only the own-tuple socket is acceptable then.
+ */
+static __always_inline int assign_to_proxy(struct __sk_buff *skb, const struct pkt *p, __u16 port, int is_reply)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long err;
+
+	t.ipv4.saddr = p->tuple.saddr;
+	t.ipv4.daddr = p->tuple.daddr;
+	t.ipv4.sport = p->tuple.sport;
+	t.ipv4.dport = p->tuple.dport;
+
+	if (p->tuple.proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			/* a host listener on the original port is not ours; a TIME_WAIT
+			 * socket gives way to the listener (a new SYN) */
+			if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
+				goto assign;
+			bpf_sk_release(sk);
+		}
+		if (is_reply || port == 0)
+			return -1;
+		t.ipv4.dport = bpf_htons(port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return -1;
+		}
+	} else if (p->tuple.proto == IPPROTO_UDP) {
+		/* no own-tuple lookup: a host service bound to the original port would match */
+		if (is_reply || port == 0)
+			return -1;
+		t.ipv4.dport = bpf_htons(port);
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+	} else {
+		return -1;
+	}
+assign:
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = (skb->mark & ~L7P_MARK_MASK) | L7P_MARK_TO_PROXY;
+	return 0;
+}
+
+static __always_inline void record_udp_orig(const struct pkt *p)
+{
+	struct l7p_udp_orig_key k = { .saddr = p->tuple.saddr, .sport = p->tuple.sport };
+	struct l7p_udp_orig_value v = { .daddr = p->tuple.daddr, .dport = p->tuple.dport };
+
+	bpf_map_update_elem(&l7p_udp_orig, &k, &v, BPF_ANY);
+}
+
+static __always_inline __u16 proxy_port_for(__u8 verdict)
+{
+	__u32 zero = 0;
+	struct l7p_config *cfg = bpf_map_lookup_elem(&l7p_config, &zero);
+
+	if (!cfg)
+		return 0;
+	return verdict == L7P_VERDICT_REDIRECT_DNS ? cfg->dns_proxy_port : cfg->proxy_port;
+}
+
+/* Packet of a tracked flow. */
+static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct l7p_ct_entry *e,
+				   __u64 now, int is_reply, int can_assign)
+{
+	ct_touch(e, p, now, is_reply);
+	if (!(e->flags & L7P_CT_REDIRECT) || !can_assign) {
+		count(L7P_R_CT_PASS);
+		return TC_ACT_OK;
+	}
+	__u8 verdict = (e->flags & L7P_CT_REDIRECT_DNS) ? L7P_VERDICT_REDIRECT_DNS : L7P_VERDICT_REDIRECT_HTTP;
+
+	if (assign_to_proxy(skb, p, proxy_port_for(verdict), is_reply) == 0) {
+		if (p->tuple.proto == IPPROTO_UDP && !is_reply)
+			record_udp_orig(p);
+		count(L7P_R_CT_REDIRECT);
+		return TC_ACT_OK;
+	}
+	if (is_reply) {
+		/* a reply of a redirected flow with no proxy socket owning it: let the
+		 * stack deliver it (the peer answers with a reset) */
+		count(L7P_R_CT_PASS);
+		return TC_ACT_OK;
+	}
+	return drop(skb, p, e->src_identity, e->dst_identity, e->endpoint_id, L7P_R_DROP_NO_SOCKET, 0xff);
+}
+
+SEC("tc")
+int from_workload(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int r = parse(skb, &p);
+
+	if (r == 1)
+		return TC_ACT_OK;
+	if (r < 0) {
+		__builtin_memset(&p, 0, sizeof(p));
+		return drop(skb, &p, 0, 0, 0, -r, 0xff);
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	__u32 ifindex = skb->ifindex;
+	struct l7p_endpoint *src_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
+	__u32 src_id = L7P_WORLD_ID, dst_id = L7P_WORLD_ID;
+	__u16 src_epid = 0, dst_epid = 0;
+	struct l7p_ipcache_value *ipc;
+
+	if (src_ep) {
+		src_id = src_ep->identity;
+		src_epid = src_ep->endpoint_id;
+		if (p.tuple.saddr != src_ep->ipv4)
+			return drop(skb, &p, src_id, 0, src_epid, L7P_R_DROP_SPOOFED, L7P_DIR_EGRESS);
+	} else {
+		ipc = ipcache_lookup(p.tuple.saddr);
+		if (ipc)
+			src_id = ipc->identity;
+	}
+	ipc = ipcache_lookup(p.tuple.daddr);
+	if (ipc) {
+		dst_id = ipc->identity;
+		dst_epid = ipc->endpoint_id;
+	}
+	/* neither end is a local endpoint (uplink traffic to the host itself): not ours */
+	if (!src_epid && !dst_epid)
+		return TC_ACT_OK;
+
+	int is_reply = 0;
+	struct l7p_ct_entry *e = ct_lookup(&p, now, &is_reply);
+
+	if (e)
+		return ct_pass(skb, &p, e, now, is_reply, 1);
+
+	/* a new flow: the source's egress, then the destination's ingress */
+	__u8 verdict = L7P_VERDICT_ALLOW, v;
+
+	if (src_epid) {
+		v = policy_lookup(src_epid, L7P_DIR_EGRESS, dst_id, p.tuple.proto, p.dport_host);
+		if (v == L7P_VERDICT_NONE)
+			return drop(skb, &p, src_id, dst_id, src_epid, L7P_R_DROP_POLICY, L7P_DIR_EGRESS);
+		if (v == L7P_VERDICT_DENY)
+			return drop(skb, &p, src_id, dst_id, src_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_EGRESS);
+		verdict = v;
+	}
+	if (dst_epid) {
+		v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
+		if (v == L7P_VERDICT_NONE)
+			return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY, L7P_DIR_INGRESS);
+		if (v == L7P_VERDICT_DENY)
+			return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_INGRESS);
+		/* the egress redirect, if any, takes the flow; else the ingress one */
+		if (verdict == L7P_VERDICT_ALLOW)
+			verdict = v;
+	}
+
+	__u16 epid = src_epid ? src_epid : dst_epid;
+	__u8 dir = src_epid ? L7P_DIR_EGRESS : L7P_DIR_INGRESS;
+
+	if (verdict == L7P_VERDICT_ALLOW) {
+		ct_create(&p, now, src_id, dst_id, epid, 0);
+		emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
+		return TC_ACT_OK;
+	}
+
+	if (p.tuple.proto != IPPROTO_TCP && p.tuple.proto != IPPROTO_UDP)
+		return drop(skb, &p, src_id, dst_id, epid, L7P_R_DROP_UNSUPPORTED_L4, dir);
+	if (assign_to_proxy(skb, &p, proxy_port_for(verdict), 0) != 0)
+		return drop(skb, &p, src_id, dst_id, epid, L7P_R_DROP_NO_SOCKET, dir);
+
+	__u8 flags = L7P_CT_REDIRECT;
+	__u8 reason = L7P_R_NEW_REDIRECT_HTTP;
+
+	if (verdict == L7P_VERDICT_REDIRECT_DNS) {
+		flags |= L7P_CT_REDIRECT_DNS;
+		reason = L7P_R_NEW_REDIRECT_DNS;
+	}
+	if (p.tuple.proto == IPPROTO_UDP)
+		record_udp_orig(&p);
+	ct_create(&p, now, src_id, dst_id, epid, flags);
+	emit(skb, &p, src_id, dst_id, epid, verdict, reason, dir);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int to_workload(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int r = parse(skb, &p);
+
+	if (r == 1)
+		return TC_ACT_OK;
+	if (r < 0) {
+		__builtin_memset(&p, 0, sizeof(p));
+		return drop(skb, &p, 0, 0, 0, -r, 0xff);
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	__u32 ifindex = skb->ifindex;
+	struct l7p_endpoint *dst_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
+
+	if (!dst_ep)
+		return TC_ACT_OK; /* attached, but not (or no longer) an endpoint */
+
+	__u32 dst_id = dst_ep->identity;
+	__u16 dst_epid = dst_ep->endpoint_id;
+	int is_reply = 0;
+	struct l7p_ct_entry *e = ct_lookup(&p, now, &is_reply);
+
+	if (e)
+		return ct_pass(skb, &p, e, now, is_reply, 0);
+
+	/*
+	 * Not tracked. Locally generated packets (skb_iif 0: the proxies' upstream
+	 * connections, host processes) are from the host, which may reach local endpoints
+	 * (Cilium's default). Anything forwarded here from an interface without
+	 * from_workload is checked against the endpoint's ingress policy.
+	 */
+	if (skb->ingress_ifindex == 0) {
+		ct_create(&p, now, L7P_HOST_ID, dst_id, dst_epid, L7P_CT_FROM_HOST);
+		emit(skb, &p, L7P_HOST_ID, dst_id, dst_epid, L7P_VERDICT_ALLOW, L7P_R_NEW_FROM_HOST, L7P_DIR_INGRESS);
+		return TC_ACT_OK;
+	}
+
+	__u32 src_id = L7P_WORLD_ID;
+	struct l7p_ipcache_value *ipc = ipcache_lookup(p.tuple.saddr);
+
+	if (ipc)
+		src_id = ipc->identity;
+	__u8 v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
+
+	if (v == L7P_VERDICT_NONE)
+		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY, L7P_DIR_INGRESS);
+	if (v == L7P_VERDICT_DENY)
+		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_INGRESS);
+	if (v != L7P_VERDICT_ALLOW)
+		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_REDIRECT_EGRESS, L7P_DIR_INGRESS);
+	ct_create(&p, now, src_id, dst_id, dst_epid, 0);
+	emit(skb, &p, src_id, dst_id, dst_epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, L7P_DIR_INGRESS);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,59 @@
+/** Flow events from the l7p_events ring buffer, decoded for the agent's flow log. */
+import { decodeEvent, REASONS, VERDICT, type RawEvent } from './layout.js'
+
+export type FlowVerdict = 'allowed' | 'dropped' | 'redirected-http' | 'redirected-dns'
+
+export interface FlowEvent {
+  /** Wall-clock time of the packet, ms since the epoch. */
+  time: number
+  /** The endpoint whose policy decided (0 when none, e.g. a malformed packet). */
+  endpointId: number
+  srcIdentity: number
+  dstIdentity: number
+  srcIp: string
+  dstIp: string
+  /** TCP/UDP ports; for ICMP echo both are the echo id; 0 otherwise. */
+  srcPort: number
+  dstPort: number
+  /** IP protocol number (6 TCP, 17 UDP, 1 ICMP). */
+  protocol: number
+  verdict: FlowVerdict
+  /** A name from REASONS: `drop_policy` (default deny), `drop_policy_deny`, `new_allowed`, ... */
+  reason: string
+  /** Which lookup decided, seen from `endpointId`; undefined when none did. */
+  direction: 'ingress' | 'egress' | undefined
+  /** Interface the packet was seen on. */
+  ifindex: number
+}
+
+const VERDICTS: Record<number, FlowVerdict> = {
+  [VERDICT.ALLOW]: 'allowed',
+  [VERDICT.DENY]: 'dropped',
+  [VERDICT.REDIRECT_HTTP]: 'redirected-http',
+  [VERDICT.REDIRECT_DNS]: 'redirected-dns'
+}
+
+/** bpf_ktime_get_ns and process.hrtime are both CLOCK_MONOTONIC: one offset converts. */
+export function monotonicNowNs (): bigint { return process.hrtime.bigint() }
+
+export function toFlowEvent (raw: RawEvent, nowMs = Date.now(), nowNs = monotonicNowNs()): FlowEvent {
+  return {
+    time: nowMs - Number(nowNs - raw.ts) / 1e6,
+    endpointId: raw.endpointId,
+    srcIdentity: raw.srcIdentity,
+    dstIdentity: raw.dstIdentity,
+    srcIp: raw.saddr,
+    dstIp: raw.daddr,
+    srcPort: raw.proto === 6 || raw.proto === 17 || raw.proto === 1 ? raw.sport : 0,
+    dstPort: raw.proto === 6 || raw.proto === 17 || raw.proto === 1 ? raw.dport : 0,
+    protocol: raw.proto,
+    verdict: VERDICTS[raw.verdict] ?? 'dropped',
+    reason: REASONS[raw.reason] ?? `reason_${raw.reason}`,
+    direction: raw.direction === 0 ? 'ingress' : raw.direction === 1 ? 'egress' : undefined,
+    ifindex: raw.ifindex
+  }
+}
+
+export function decodeFlowEvent (buf: Buffer): FlowEvent {
+  return toFlowEvent(decodeEvent(buf))
+}

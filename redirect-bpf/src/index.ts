@@ -1,0 +1,395 @@
+/**
+ * The datapath API the agent (`warden run`) uses: open (load or reuse the pinned programs
+ * and maps, install the proxy routing), apply snapshots to the kernel maps without
+ * flushing, read what the kernel knows (identities, UDP original destinations, live
+ * connections, flow events, counters), and uninstall.
+ */
+import type { Logger } from 'pino'
+import { objGet, createMapRef, RawMap, type MapRef } from 'bpf'
+import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
+import { RESERVED } from '../../policy-store/src/types.js'
+import {
+  CFG_MADE_ROUTE, CFG_MADE_RULE, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
+  decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue, decodeUdpOrigValue,
+  encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue,
+  encodeUdpOrigKey, writeIpv4
+} from './layout.js'
+import {
+  DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
+  loadObject, mapPath, objectPath, objectTag, pinsComplete, promoteProgs, removePins,
+  removeQdiscIfEmpty, removeRouting, type MapName
+} from './loader.js'
+import { compilePolicy } from './policy.js'
+import { ifindexOf } from './sys.js'
+import { libbpf, type RingBuffer } from './libbpf.js'
+import { decodeFlowEvent, monotonicNowNs, type FlowEvent } from './events.js'
+import { DatapathError } from './errors.js'
+import koffi from 'koffi'
+import { existsSync } from 'node:fs'
+
+export type { FlowEvent, FlowVerdict } from './events.js'
+export { DatapathError, BpfError } from './errors.js'
+export { DEFAULT_ROUTE_TABLE } from './loader.js'
+
+export interface DatapathOptions {
+  /** bpffs directory for this instance's pins (default /sys/fs/bpf/warden). */
+  bpffs: string
+  /** Transparent TCP listener port of the HTTP proxy. */
+  proxyPort: number
+  /** Transparent UDP (and TCP) port of the DNS proxy. */
+  dnsProxyPort: number
+  /** Interfaces whose ingress traffic comes from outside the node's workloads. */
+  uplinks: string[]
+  /** Policy routing table for marked (to-proxy) packets; default 2004. */
+  routeTable?: number
+  logger: Logger
+}
+
+export interface Datapath {
+  /** Bring the kernel in line with `snap`. Without `diff` this is also a full heal (re-attach). */
+  apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void>
+  /** ipcache longest-prefix lookup; world (2) when nothing matches. */
+  lookupIdentity (ipv4: string): number
+  /** Where a UDP datagram redirected to the DNS proxy was going. */
+  udpOriginalDestination (srcIp: string, srcPort: number): { ip: string, port: number } | undefined
+  /** Is there a live CT entry with this address at either end? */
+  hasConnection (remoteIpv4: string): boolean
+  onFlow (fn: (ev: FlowEvent) => void): void
+  /** Kernel counters per reason (summed over CPUs), names from REASONS. */
+  counters (): Record<string, number>
+  /** Stop polling; leave programs, pins, rule and route in place. */
+  close (): Promise<void>
+}
+
+type Maps = Record<MapName, RawMap>
+
+function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
+  const refs: MapRef[] = []
+  const maps = {} as Maps
+  for (const name of MAP_NAMES) {
+    if (name === 'l7p_events' || name === 'l7p_counters') continue // read through libbpf
+    const ref = createMapRef(objGet(mapPath(bpffs, name)), { transfer: true })
+    refs.push(ref)
+    maps[name] = new RawMap(ref)
+  }
+  return { maps, refs }
+}
+
+function readAll (map: RawMap): Map<string, Buffer> {
+  const out = new Map<string, Buffer>()
+  for (const [k, v] of map.entries()) out.set(k.toString('latin1'), Buffer.from(v))
+  return out
+}
+
+/** Sync one map to `want` (key bytes as latin1 -> value): removals first, then upserts. */
+function syncMap (map: RawMap, have: Map<string, Buffer>, want: Map<string, Buffer>): { added: number, removed: number } {
+  let removed = 0
+  let added = 0
+  for (const k of [...have.keys()]) {
+    if (!want.has(k)) {
+      map.delete(Buffer.from(k, 'latin1'))
+      have.delete(k)
+      removed++
+    }
+  }
+  for (const [k, v] of want) {
+    const cur = have.get(k)
+    if (cur !== undefined && cur.equals(v)) continue
+    map.set(Buffer.from(k, 'latin1'), v)
+    have.set(k, v)
+    added++
+  }
+  return { added, removed }
+}
+
+class DatapathImpl implements Datapath {
+  private readonly listeners: Array<(ev: FlowEvent) => void> = []
+  private readonly cache: { endpoints: Map<string, Buffer>, ipcache: Map<string, Buffer>, policy: Map<string, Buffer> }
+  private rb: RingBuffer | undefined
+  private poller: { close: () => void } | undefined
+  private timer: NodeJS.Timeout | undefined
+  private countersFd = -1
+  private last: Snapshot | undefined
+  private pending = new Set<string>()
+  private closed = false
+  private readonly kb = Buffer.alloc(16)
+
+  constructor (
+    private readonly opts: DatapathOptions,
+    private readonly maps: Maps,
+    private readonly refs: MapRef[]
+  ) {
+    this.cache = {
+      endpoints: readAll(maps.l7p_endpoints),
+      ipcache: readAll(maps.l7p_ipcache),
+      policy: readAll(maps.l7p_policy)
+    }
+  }
+
+  startEvents (): void {
+    const lib = libbpf()
+    this.countersFd = lib.objGet(mapPath(this.opts.bpffs, 'l7p_counters'))
+    const evFd = lib.objGet(mapPath(this.opts.bpffs, 'l7p_events'))
+    this.rb = lib.ringBuffer(evFd, (data) => {
+      if (this.listeners.length === 0) return
+      const ev = decodeFlowEvent(data)
+      for (const fn of this.listeners) {
+        try { fn(ev) } catch (err) { this.opts.logger.error({ err }, 'flow listener threw') }
+      }
+    })
+    lib.close(evFd) // the ring buffer holds its own mapping
+    const consume = (): void => { if (this.rb !== undefined && !this.closed) this.rb.consume() }
+    try {
+      // wake up when the kernel has records; no busy polling
+      const h = koffi.node.poll(this.rb.epollFd, { readable: true }, consume)
+      h.unref()
+      this.poller = h
+    } catch (err) {
+      this.opts.logger.warn({ err }, 'epoll on the ring buffer unavailable; polling every 100 ms')
+    }
+    this.timer = setInterval(() => {
+      consume()
+      if (this.pending.size > 0 && this.last !== undefined) {
+        this.attachEndpoints(this.last, false).catch((err) => this.opts.logger.error({ err }, 'attach retry failed'))
+      }
+    }, this.poller === undefined ? 100 : 1000)
+    this.timer.unref()
+  }
+
+  private attachRecord (ifindex: number): { hooks: number, madeQdisc: boolean } | undefined {
+    this.kb.writeUInt32LE(ifindex, 0)
+    const v = this.maps.l7p_attach.get(this.kb.subarray(0, 4))
+    return v === undefined ? undefined : decodeAttach(v)
+  }
+
+  private async attach (ifname: string, ifindex: number, hooks: number, heal: boolean): Promise<void> {
+    const rec = this.attachRecord(ifindex)
+    if (rec !== undefined && rec.hooks === hooks && !heal) return
+    let made = rec?.madeQdisc ?? false
+    if ((hooks & HOOK_INGRESS) !== 0) made = await attachHook(this.opts.bpffs, ifname, 'ingress') || made
+    if ((hooks & HOOK_EGRESS) !== 0) {
+      made = await attachHook(this.opts.bpffs, ifname, 'egress') || made
+    } else if (rec !== undefined && (rec.hooks & HOOK_EGRESS) !== 0) {
+      await detachHook(ifname, 'egress')
+    }
+    const key = Buffer.alloc(4)
+    key.writeUInt32LE(ifindex, 0)
+    this.maps.l7p_attach.set(key, encodeAttach(Buffer.alloc(SIZE.attach), { hooks, madeQdisc: made }))
+    this.opts.logger.info({ interface: ifname, ifindex, hooks }, 'datapath attached')
+  }
+
+  /** Attach to every endpoint interface and uplink; detach what is no longer wanted. */
+  private async attachEndpoints (snap: Snapshot, heal: boolean): Promise<void> {
+    const want = new Map<number, { name: string, hooks: number }>()
+    const pending = new Set<string>()
+    for (const ep of snap.endpoints) {
+      const idx = ifindexOf(ep.interface)
+      if (idx === undefined) { pending.add(ep.interface); continue }
+      want.set(idx, { name: ep.interface, hooks: HOOK_INGRESS | HOOK_EGRESS })
+    }
+    for (const up of this.opts.uplinks) {
+      const idx = ifindexOf(up)
+      if (idx === undefined) { pending.add(up); continue }
+      const cur = want.get(idx)
+      want.set(idx, { name: up, hooks: (cur?.hooks ?? 0) | HOOK_INGRESS })
+    }
+    for (const name of pending) {
+      if (!this.pending.has(name)) this.opts.logger.warn({ interface: name }, 'interface not found; will attach when it appears')
+    }
+    this.pending = pending
+    for (const [idx, w] of want) await this.attach(w.name, idx, w.hooks, heal)
+    for (const [k, v] of [...this.maps.l7p_attach.entries()]) {
+      const idx = k.readUInt32LE(0)
+      if (want.has(idx)) continue
+      await detachIfindex(idx, decodeAttach(v))
+      this.maps.l7p_attach.delete(k)
+      this.opts.logger.info({ ifindex: idx }, 'datapath detached')
+    }
+  }
+
+  async apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void> {
+    const t0 = performance.now()
+    // 1. what the programs read: ipcache, endpoints, policy -- before attaching new interfaces
+    const ipc = new Map<string, Buffer>()
+    const kb = Buffer.alloc(SIZE.ipcacheKey)
+    for (const e of snap.ipcache) {
+      ipc.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
+        encodeIpcacheValue(Buffer.alloc(SIZE.ipcacheValue), { identity: e.identity, endpointId: e.endpointId }))
+    }
+    const eps = new Map<string, Buffer>()
+    for (const ep of snap.endpoints) {
+      const idx = ifindexOf(ep.interface)
+      if (idx === undefined) continue
+      const k = Buffer.alloc(4)
+      k.writeUInt32LE(idx, 0)
+      eps.set(k.toString('latin1'), encodeEndpoint(Buffer.alloc(SIZE.endpoint),
+        { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }))
+    }
+    const pol = new Map<string, Buffer>()
+    for (const [k, r] of compilePolicy(snap.kernel)) pol.set(k, r.value)
+
+    const sIpc = syncMap(this.maps.l7p_ipcache, this.cache.ipcache, ipc)
+    const sPol = syncMap(this.maps.l7p_policy, this.cache.policy, pol)
+    // endpoints that go away are detached first, then forgotten; new ones are known first
+    const added = new Map([...eps].filter(([k]) => !this.cache.endpoints.has(k)))
+    syncMap(this.maps.l7p_endpoints, this.cache.endpoints, new Map([...this.cache.endpoints, ...added]))
+    this.last = snap
+    await this.attachEndpoints(snap, diff === undefined)
+    const sEp = syncMap(this.maps.l7p_endpoints, this.cache.endpoints, eps)
+    this.opts.logger.debug({
+      version: snap.version,
+      ms: Math.round((performance.now() - t0) * 10) / 10,
+      ipcache: sIpc,
+      policy: sPol,
+      endpoints: sEp
+    }, 'datapath applied')
+  }
+
+  lookupIdentity (ipv4: string): number {
+    const k = encodeIpcacheKey(Buffer.alloc(SIZE.ipcacheKey), ipv4 + '/32')
+    const v = this.maps.l7p_ipcache.get(k)
+    return v === undefined ? RESERVED.WORLD : decodeIpcacheValue(v).identity
+  }
+
+  udpOriginalDestination (srcIp: string, srcPort: number): { ip: string, port: number } | undefined {
+    const v = this.maps.l7p_udp_orig.get(encodeUdpOrigKey(Buffer.alloc(SIZE.udpOrigKey), srcIp, srcPort))
+    return v === undefined ? undefined : decodeUdpOrigValue(v)
+  }
+
+  hasConnection (remoteIpv4: string): boolean {
+    const want = Buffer.alloc(4)
+    writeIpv4(want, 0, remoteIpv4)
+    const now = monotonicNowNs()
+    for (const [k, v] of this.maps.l7p_ct.entries()) {
+      if (want.compare(k, 0, 4) !== 0 && want.compare(k, 4, 8) !== 0) continue
+      if (decodeCtEntry(v).expires > now) return true
+    }
+    return false
+  }
+
+  onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
+
+  counters (): Record<string, number> {
+    const lib = libbpf()
+    const out: Record<string, number> = {}
+    const key = Buffer.alloc(4)
+    const val = Buffer.alloc(8 * lib.possibleCpus)
+    for (let i = 0; i < REASONS.length; i++) {
+      key.writeUInt32LE(i, 0)
+      let sum = 0
+      if (this.countersFd >= 0 && lib.lookup(this.countersFd, key, val)) {
+        for (let c = 0; c < lib.possibleCpus; c++) sum += Number(val.readBigUInt64LE(c * 8))
+      }
+      out[REASONS[i]] = sum
+    }
+    return out
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.poller?.close()
+    this.rb?.free()
+    if (this.countersFd >= 0) libbpf().close(this.countersFd)
+    for (const r of this.refs) r.close()
+  }
+}
+
+async function detachIfindex (ifindex: number, rec: { hooks: number, madeQdisc: boolean }): Promise<void> {
+  const name = ifnameOf(ifindex)
+  if (name === undefined) return // the interface is gone, and its filters with it
+  if ((rec.hooks & HOOK_INGRESS) !== 0) await detachHook(name, 'ingress')
+  if ((rec.hooks & HOOK_EGRESS) !== 0) await detachHook(name, 'egress')
+  if (rec.madeQdisc) await removeQdiscIfEmpty(name)
+}
+
+function checkPort (name: string, v: number): void {
+  if (!Number.isInteger(v) || v < 1 || v > 65535) throw new DatapathError('WARDEN_ERR_CONFIG', `${name} must be 1..65535, got ${v}`)
+}
+
+/**
+ * Open the datapath: mount bpffs if needed, load the programs or reuse the pinned ones
+ * (reloading, with the same maps, when the object on disk is a different build), install
+ * the proxy rule and route, start reading events.
+ */
+export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
+  checkPort('proxyPort', opts.proxyPort)
+  checkPort('dnsProxyPort', opts.dnsProxyPort)
+  const table = opts.routeTable ?? DEFAULT_ROUTE_TABLE
+  const log = opts.logger
+  await ensureBpffs(opts.bpffs)
+  const tag = objectTag(objectPath())
+  let upgrade = false
+  if (!pinsComplete(opts.bpffs)) {
+    await loadObject(opts.bpffs, 'progs')
+    log.info({ bpffs: opts.bpffs }, 'datapath loaded and pinned')
+  } else {
+    const cfgMap = new RawMap(createMapRef(objGet(mapPath(opts.bpffs, 'l7p_config')), { transfer: true }))
+    const cur = cfgMap.get(Buffer.alloc(4))
+    cfgMap.ref.close()
+    upgrade = cur === undefined || decodeConfig(cur).progTag !== tag
+    if (upgrade) await loadObject(opts.bpffs, 'progs.new')
+    log.info({ bpffs: opts.bpffs, upgrade }, 'datapath reusing pinned maps')
+  }
+  const { maps, refs } = openMaps(opts.bpffs)
+  if (upgrade) {
+    // point every attached filter at the new programs, then retire the old pins
+    for (const [k, v] of maps.l7p_attach.entries()) {
+      const rec = decodeAttach(v)
+      const name = ifnameOf(k.readUInt32LE(0))
+      if (name === undefined) continue
+      if ((rec.hooks & HOOK_INGRESS) !== 0) await attachHook(opts.bpffs, name, 'ingress', 'progs.new')
+      if ((rec.hooks & HOOK_EGRESS) !== 0) await attachHook(opts.bpffs, name, 'egress', 'progs.new')
+    }
+    promoteProgs(opts.bpffs)
+  }
+  const zero = Buffer.alloc(4)
+  const prev = maps.l7p_config.get(zero)
+  const prevCfg = prev === undefined ? undefined : decodeConfig(prev)
+  let flags = prevCfg !== undefined && prevCfg.routeTable === table ? prevCfg.flags : 0
+  const made = await installRouting(table)
+  if (made.rule) flags |= CFG_MADE_RULE
+  if (made.route) flags |= CFG_MADE_ROUTE
+  maps.l7p_config.set(zero, encodeConfig(Buffer.alloc(SIZE.config), {
+    proxyPort: opts.proxyPort, dnsProxyPort: opts.dnsProxyPort, routeTable: table, flags, progTag: tag
+  }))
+  const dp = new DatapathImpl(opts, maps, refs)
+  dp.startEvents()
+  return dp
+}
+
+/**
+ * Remove everything an instance made: its tc filters (and the clsact qdiscs it created),
+ * its ip rule and route (only those it added), and its pins. Safe to run twice.
+ */
+export async function uninstall (opts: { bpffs: string, routeTable?: number }): Promise<void> {
+  let table = opts.routeTable ?? DEFAULT_ROUTE_TABLE
+  let flags = 0
+  let cfgFound = false
+  const attachPath = mapPath(opts.bpffs, 'l7p_attach')
+  const cfgPath = mapPath(opts.bpffs, 'l7p_config')
+  try {
+    if (existsSync(cfgPath)) {
+      const m = new RawMap(createMapRef(objGet(cfgPath), { transfer: true }))
+      const v = m.get(Buffer.alloc(4))
+      m.ref.close()
+      if (v !== undefined) {
+        const cfg = decodeConfig(v)
+        if (cfg.routeTable !== 0) table = cfg.routeTable
+        flags = cfg.flags
+        cfgFound = true
+      }
+    }
+    if (existsSync(attachPath)) {
+      const m = new RawMap(createMapRef(objGet(attachPath), { transfer: true }))
+      for (const [k, v] of m.entries()) await detachIfindex(k.readUInt32LE(0), decodeAttach(v))
+      m.ref.close()
+    }
+  } finally {
+    // without a config record (pins already gone) the rule/route of `table` are ours by name
+    await removeRouting(table, cfgFound ? (flags & CFG_MADE_RULE) !== 0 : true, cfgFound ? (flags & CFG_MADE_ROUTE) !== 0 : true)
+    removePins(opts.bpffs)
+  }
+}
+

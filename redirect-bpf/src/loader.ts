@@ -1,0 +1,191 @@
+/**
+ * Loading, pinning and attaching, done with bpftool and tc (iproute2):
+ * - bpftool `prog loadall` loads both programs of the object, pins them, and can reuse
+ *   maps that are already pinned (`map name X pinned PATH`): that is what makes a restart
+ *   or an upgrade keep the CT, policy and ipcache state. tc alone pins maps only under
+ *   its own /sys/fs/bpf/tc/globals, which parallel instances (and tests) would share.
+ * - tc attaches the pinned programs (`object-pinned`) as classic clsact filters, which
+ *   stay attached when the agent exits: no gap for L3/L4 between two runs. (tcx links
+ *   would need a pinned link per interface and a newer bpftool than Debian 12's 7.1.)
+ *
+ * Layout under the bpffs dir: `l7p_*` maps, `progs/from_workload`, `progs/to_workload`.
+ */
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { bpffsMountedAt, run, runTolerant } from './sys.js'
+import { DatapathError } from './errors.js'
+
+export const MAP_NAMES = [
+  'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
+  'l7p_udp_orig', 'l7p_events', 'l7p_counters'
+] as const
+export type MapName = typeof MAP_NAMES[number]
+export const PROGS = ['from_workload', 'to_workload'] as const
+
+/** tc filter priority and handle of warden's filters (one per hook per interface). */
+export const TC_PREF = 7
+export const TC_HANDLE = '0x77'
+export const MARK_TO_PROXY = '0x200/0xf00'
+export const RULE_PREF = 9 // Cilium's RulePriorityToProxyIngress
+export const DEFAULT_ROUTE_TABLE = 2004
+
+/** The directory holding package.json: works from redirect-bpf/src and dist/redirect-bpf/src. */
+function projectRoot (): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'redirect-bpf'))) return dir
+    dir = dirname(dir)
+  }
+  throw new DatapathError('WARDEN_ERR_BPF_OBJECT', 'cannot find the project root (redirect-bpf/)')
+}
+
+export function objectPath (): string {
+  const p = join(projectRoot(), 'redirect-bpf/build/warden.bpf.o')
+  if (!existsSync(p)) {
+    throw new DatapathError('WARDEN_ERR_BPF_OBJECT', `${p} is missing: run \`npm run build\` (needs clang)`, { path: p })
+  }
+  return p
+}
+
+/** First 8 bytes of the object's sha256: tells whether the pinned programs are this build. */
+export function objectTag (path: string): bigint {
+  return createHash('sha256').update(readFileSync(path)).digest().readBigUInt64LE(0)
+}
+
+export function mapPath (bpffs: string, name: MapName): string { return join(bpffs, name) }
+export function progPath (bpffs: string, name: typeof PROGS[number]): string { return join(bpffs, 'progs', name) }
+
+export async function ensureBpffs (dir: string): Promise<void> {
+  if (!bpffsMountedAt(dir)) {
+    const mnt = dir.startsWith('/sys/fs/bpf/') || dir === '/sys/fs/bpf' ? '/sys/fs/bpf' : dir
+    mkdirSync(mnt, { recursive: true })
+    await run('mount', ['-t', 'bpf', 'bpf', mnt])
+  }
+  mkdirSync(dir, { recursive: true })
+}
+
+export function pinsComplete (bpffs: string): boolean {
+  return MAP_NAMES.every((m) => existsSync(mapPath(bpffs, m))) && PROGS.every((p) => existsSync(progPath(bpffs, p)))
+}
+
+/**
+ * Load the object into `<bpffs>/<progDir>`, reusing every map already pinned in bpffs and
+ * pinning the ones that are not. Returns nothing; the pins are the result.
+ */
+export async function loadObject (bpffs: string, progDir: string): Promise<void> {
+  const obj = objectPath()
+  const target = join(bpffs, progDir)
+  if (existsSync(target)) rmSync(target, { recursive: true, force: true })
+  const args = ['prog', 'loadall', obj, target, 'type', 'tc']
+  const pinned = MAP_NAMES.filter((m) => existsSync(mapPath(bpffs, m)))
+  for (const m of pinned) args.push('map', 'name', m, 'pinned', mapPath(bpffs, m))
+  // first load: pin every map of the object (also those only userspace uses)
+  if (pinned.length === 0) args.push('pinmaps', bpffs)
+  await run('bpftool', args)
+  // maps created by a reload (an interrupted first start, a map added by an upgrade)
+  const missing = MAP_NAMES.filter((m) => !existsSync(mapPath(bpffs, m)))
+  if (missing.length === 0) return
+  const ids = new Set<number>()
+  for (const p of PROGS) {
+    const info = JSON.parse((await run('bpftool', ['-j', 'prog', 'show', 'pinned', join(target, p)])).stdout) as { map_ids?: number[] }
+    for (const id of info.map_ids ?? []) ids.add(id)
+  }
+  for (const id of ids) {
+    const info = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'id', String(id)])).stdout) as { name: string }
+    const name = MAP_NAMES.find((m) => m === info.name) // every name fits BPF_OBJ_NAME_LEN
+    if (name !== undefined && missing.includes(name)) {
+      await run('bpftool', ['map', 'pin', 'id', String(id), mapPath(bpffs, name)])
+    }
+  }
+  const still = MAP_NAMES.filter((m) => !existsSync(mapPath(bpffs, m)))
+  if (still.length > 0) throw new DatapathError('WARDEN_ERR_BPF_PIN', `maps not pinned: ${still.join(', ')}`, { bpffs })
+}
+
+/** Swap `<bpffs>/progs.new` in for `<bpffs>/progs` (after filters point at the new ones). */
+export function promoteProgs (bpffs: string): void {
+  const cur = join(bpffs, 'progs')
+  if (existsSync(cur)) rmSync(cur, { recursive: true, force: true })
+  renameSync(join(bpffs, 'progs.new'), cur)
+}
+
+export function ifnameOf (ifindex: number): string | undefined {
+  for (const name of readdirSync('/sys/class/net')) {
+    try {
+      if (Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8')) === ifindex) return name
+    } catch { /* raced with a removal */ }
+  }
+  return undefined
+}
+
+/** Attach one hook; returns whether this call created the clsact qdisc. */
+export async function attachHook (bpffs: string, ifname: string, hook: 'ingress' | 'egress', progDir = 'progs'): Promise<boolean> {
+  const made = await runTolerant('tc', ['qdisc', 'add', 'dev', ifname, 'clsact'], /File exists|Exclusivity flag on/)
+  const prog = join(bpffs, progDir, hook === 'ingress' ? 'from_workload' : 'to_workload')
+  await run('tc', ['filter', 'replace', 'dev', ifname, hook, 'pref', String(TC_PREF), 'handle', TC_HANDLE,
+    'bpf', 'da', 'object-pinned', prog])
+  return made
+}
+
+export async function detachHook (ifname: string, hook: 'ingress' | 'egress'): Promise<void> {
+  await runTolerant('tc', ['filter', 'del', 'dev', ifname, hook, 'pref', String(TC_PREF), 'handle', TC_HANDLE, 'bpf'],
+    /No such file|Cannot find|not found|Invalid handle|does not exist/i)
+}
+
+/** Remove the clsact qdisc when no filter is left on it (we created it; nobody else uses it). */
+export async function removeQdiscIfEmpty (ifname: string): Promise<void> {
+  for (const hook of ['ingress', 'egress']) {
+    let out = ''
+    try { out = (await run('tc', ['filter', 'show', 'dev', ifname, hook])).stdout } catch { return }
+    if (out.trim() !== '') return
+  }
+  await runTolerant('tc', ['qdisc', 'del', 'dev', ifname, 'clsact'], /No such file|Cannot find|Invalid handle/i)
+}
+
+interface IpRule { priority?: number, fwmark?: string, fwmask?: string, table?: string, src?: string }
+
+export async function hasRule (table: number): Promise<boolean> {
+  const rules = JSON.parse((await run('ip', ['-j', 'rule', 'show'])).stdout || '[]') as IpRule[]
+  return rules.some((r) => r.fwmark === '0x200' && r.fwmask === '0xf00' && r.table === String(table))
+}
+
+export async function hasRoute (table: number): Promise<boolean> {
+  let out
+  try {
+    out = (await run('ip', ['-j', 'route', 'show', 'table', String(table)])).stdout
+  } catch { return false }
+  const routes = JSON.parse(out || '[]') as Array<{ type?: string, dst?: string, dev?: string }>
+  return routes.some((r) => r.type === 'local' && r.dst === 'default' && r.dev === 'lo')
+}
+
+/** Install the rule and the route if absent; returns which ones this call added. */
+export async function installRouting (table: number): Promise<{ rule: boolean, route: boolean }> {
+  let route = false
+  let rule = false
+  if (!await hasRoute(table)) {
+    await run('ip', ['route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(table)])
+    route = true
+  }
+  if (!await hasRule(table)) {
+    await run('ip', ['rule', 'add', 'fwmark', MARK_TO_PROXY, 'lookup', String(table), 'pref', String(RULE_PREF)])
+    rule = true
+  }
+  return { rule, route }
+}
+
+export async function removeRouting (table: number, rule: boolean, route: boolean): Promise<void> {
+  if (rule) {
+    while (await hasRule(table)) {
+      await run('ip', ['rule', 'del', 'fwmark', MARK_TO_PROXY, 'lookup', String(table)])
+    }
+  }
+  if (route) {
+    await runTolerant('ip', ['route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(table)], /No such process|not found|does not exist/i)
+  }
+}
+
+export function removePins (bpffs: string): void {
+  if (!existsSync(bpffs) || !statSync(bpffs).isDirectory()) return
+  rmSync(bpffs, { recursive: true, force: true })
+}
