@@ -239,11 +239,11 @@ export interface ProxyHarness {
  * The proxy on 127.0.53.1 (port 0, UDP and TCP) whose original destination is always
  * `upstream` (as the kernel map would say), with a recording learn() and a pino sink.
  */
-export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number }): Promise<ProxyHarness> {
+export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number, connections?: string[] }): Promise<ProxyHarness> {
   let snapshot = opts.snapshot
   let learnDelay = 0
   const learnCalls: LearnedName[][] = []
-  const connections = new Set<string>()
+  const connections = new Set<string>(opts.connections)
   const logs: Record<string, unknown>[] = []
   const logger = pino({ level: 'debug' }, { write (s: string) { logs.push(JSON.parse(s)) } })
   const proxy = await createDnsProxy({

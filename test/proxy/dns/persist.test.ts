@@ -1,0 +1,69 @@
+// The FQDN cache survives a restart (a new proxy instance on the same stateDir).
+// Real dnsmasq on 127.0.53.13, loopback only.
+import t from 'tap'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { lastLearned, makeSnapshot, query, startDnsmasq, startProxy } from '../../helpers/dns.js'
+
+const EXPORTER = '127.0.53.24'
+const NAME = 'api.github.com.'
+
+t.test('learned IPs are restored and pushed to the kernel before the new proxy serves', async t => {
+  const stateDir = t.testdir({})
+  const dns = await startDnsmasq(t, { ip: '127.0.53.13', hosts: { 'api.github.com': ['198.18.53.10'] }, ttl: 60 })
+  const snapshot = makeSnapshot({
+    endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }],
+    dns: [{ endpointId: 7, port: dns.port, matchPatterns: ['*'] }],
+    fqdn: [{ matchName: 'api.github.com' }]
+  })
+  const first = await startProxy(t, { snapshot, upstream: dns, options: { stateDir } })
+  await query(first.udp, 'api.github.com', { from: EXPORTER })
+  const before = first.proxy.learned()
+  await first.close()
+  const saved = JSON.parse(await readFile(join(stateDir, 'dns-cache.json'), 'utf8'))
+  t.match(saved, { version: 1, entries: [{ endpoint: 'default/data-exporter', name: NAME, ips: [{ ip: '198.18.53.10' }] }] })
+
+  const second = await startProxy(t, { snapshot, upstream: dns, options: { stateDir } })
+  t.strictSame(second.proxy.learned(), before, 'same names, IPs and expiry')
+  t.equal(second.learnCalls.length, 1, 'pushed once at start')
+  t.strictSame(lastLearned(second, NAME), ['198.18.53.10'])
+  t.equal(await dns.queriesFor('api.github.com'), 1, 'no new lookup was needed')
+})
+
+t.test('at restart, expired IPs go unless a connection uses them (then they are zombies)', async t => {
+  const stateDir = t.testdir({})
+  const past = Date.now() - 1000
+  await writeFile(join(stateDir, 'dns-cache.json'), JSON.stringify({
+    version: 1,
+    savedAt: past,
+    entries: [{
+      endpoint: 'default/data-exporter',
+      name: NAME,
+      ips: [
+        { ip: '198.18.53.10', expiresAt: past, addedAt: past - 5000, zombie: false },
+        { ip: '198.18.53.11', expiresAt: past, addedAt: past - 5000, zombie: false },
+        { ip: 'not-an-ip', expiresAt: past, addedAt: past, zombie: false }
+      ]
+    }, { bogus: true }]
+  }))
+  const snapshot = makeSnapshot({ endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }], dns: [], fqdn: [{ matchName: 'api.github.com' }] })
+  const h = await startProxy(t, {
+    snapshot,
+    upstream: { ip: '127.0.53.13', port: 9 },
+    options: { stateDir },
+    connections: ['198.18.53.10']
+  })
+  t.strictSame(h.proxy.learned().map(n => [n.name, n.ipv4]), [[NAME, ['198.18.53.10']]], 'only the IP in use survives')
+  t.equal(h.proxy.metrics().zombies, 1)
+  t.strictSame(lastLearned(h, NAME), ['198.18.53.10'], 'and the kernel got it at start')
+  t.match(h.logs.find(l => l.msg === 'dns: restored the FQDN cache'), { restored: 2, skipped: 2 })
+  t.match(h.logs.filter(l => l.msg === 'dns: ip expired').map(l => l.ip), ['198.18.53.11'])
+})
+
+t.test('a corrupt state file is logged and the proxy starts empty', async t => {
+  const stateDir = t.testdir({ 'dns-cache.json': '{not json' })
+  const snapshot = makeSnapshot({ endpoints: [], dns: [] })
+  const h = await startProxy(t, { snapshot, upstream: { ip: '127.0.53.13', port: 9 }, options: { stateDir } })
+  t.strictSame(h.proxy.learned(), [])
+  t.match(h.logs.find(l => l.msg === 'dns: state not restored'), { err: { code: 'WARDEN_ERR_DNS_STATE' } })
+})
