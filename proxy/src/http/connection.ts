@@ -1,0 +1,609 @@
+/**
+ * One client connection: parse request heads with llhttp, decide each request against the
+ * current snapshot, forward allowed ones to a pooled upstream connection, answer denied ones
+ * locally, and return responses in request order.
+ *
+ * Ordering model: one exchange at a time. When a pipelined request's head completes while an
+ * earlier exchange is still running, the parser is paused right after that head (llhttp
+ * HPE_PAUSED), the client socket stops being read, and the held head is decided and forwarded
+ * only once the earlier response is complete. Memory per connection is therefore one socket
+ * read (64 KiB) plus one head, whatever the client sends.
+ *
+ * The request is re-serialised from what llhttp parsed (request line with the normalised
+ * target, header fields as parsed, body re-framed), so the upstream sees exactly the message
+ * the policy judged: no byte llhttp did not accept is ever forwarded.
+ */
+import type net from 'node:net'
+import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
+import { normalizeTarget } from './normalize.js'
+import { ConnectionPolicy, RequestView } from './policy.js'
+import type { ReplyKind } from './replies.js'
+import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
+import { type ProxyContext } from './context.js'
+import { RESERVED } from '../../../policy-store/src/types.js'
+
+const CRLF = '\r\n'
+const LAST_CHUNK = '0\r\n'
+
+/** What a deadline means when it passes. */
+const enum Deadline { NONE, IDLE, HEAD, BODY, LINGER }
+/** After our last response on a closing connection, how long the client may keep its side open. */
+const LINGER_MS = 2000
+/** Why the client socket is paused (a bit each; resumed when all clear). */
+const PAUSED_PIPELINE = 1
+const PAUSED_UPSTREAM = 2
+const PAUSED_TUNNEL = 4
+
+interface HeldHead {
+  major: number
+  minor: number
+  headers: string[]
+  method: number
+  url: string
+  upgrade: boolean
+  keepAlive: boolean
+}
+
+function stripMapped (ip: string | undefined): string {
+  if (ip === undefined) return ''
+  return ip.startsWith('::ffff:') ? ip.slice(7) : ip
+}
+
+export class ClientConn implements ParserHandler, UpstreamOwner {
+  private readonly parser: Parser
+  readonly policy: ConnectionPolicy
+  private readonly view = new RequestView()
+  private readonly dstKey: string
+  /** No more HTTP processing on this connection (closing, reset, or turned into a tunnel). */
+  private closed = false
+  /** Socket closed and counters settled. */
+  private gone = false
+  private clientEnded = false
+  private inExecute = false
+  private corked: UpstreamConn | null = null
+  private pausedMask = 0
+  deadline = 0
+  deadlineKind: Deadline = Deadline.NONE
+
+  // The exchange in progress (stable shape: every field assigned here).
+  private busy = false
+  private reqDone = false
+  private denied = false
+  private closeAfter = false
+  private reqChunked = false
+  private reqHasBody = false
+  private reqKeepAlive = true
+  private upgradeReq = false
+  private isHead = false
+  private headSent = false
+  private upstream: UpstreamConn | null = null
+  private retryHead: string | null = null
+  private moreHeaders: string[] = []
+  private trailers: string[] = []
+  private held: HeldHead | null = null
+  private remainder: Buffer | null = null
+  private tunnelBuf: Buffer[] = []
+  private fatal: ReplyKind | 0 = 0
+  private fatalReason = ''
+  // Access-log fields of the exchange.
+  private startedAt = 0
+  private status = 0
+  private bytesIn = 0
+  private bytesOut = 0
+  private verdict = ''
+  private reason = ''
+
+  constructor (readonly socket: net.Socket, private readonly ctx: ProxyContext) {
+    const { deps, opts } = ctx
+    const dst = deps.originalDestination?.(socket) ?? { ip: stripMapped(socket.localAddress), port: socket.localPort ?? 0 }
+    const srcIp = stripMapped(socket.remoteAddress)
+    this.dstKey = dst.ip + ':' + String(dst.port)
+    // Unknown peers are world, never "any" (STYLE §9.3 rule 6).
+    const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
+    const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
+    this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
+    this.parser = new Parser('request', opts.maxHeaderBytes, this)
+    socket.setNoDelay(true)
+    socket.on('data', (chunk: Buffer) => { this.onData(chunk) })
+    socket.on('end', () => { this.onClientEnd() })
+    socket.on('error', () => { this.socket.destroy() })
+    socket.on('close', () => { this.teardown() })
+    this.setDeadline(Deadline.IDLE, opts.idleTimeoutMs)
+  }
+
+  // ---- client bytes -------------------------------------------------------------------------
+
+  private onData (chunk: Buffer): void {
+    if (this.closed || (this.closeAfter && !this.busy)) return
+    if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
+    this.execute(chunk)
+  }
+
+  private execute (chunk: Buffer): void {
+    // Writes to the upstream made while parsing one read go out in one writev.
+    const up = this.upstream
+    if (up !== null) { up.socket.cork(); this.corked = up }
+    this.inExecute = true
+    const r = this.parser.execute(chunk)
+    this.inExecute = false
+    if (this.corked !== null) { this.corked.socket.uncork(); this.corked = null }
+    if (this.closed) return
+    if (typeof r === 'number') {
+      // An upgrade/CONNECT request: llhttp stops after it; the rest is tunnel payload.
+      if (this.upgradeReq && r < chunk.length) this.holdTunnelBytes(chunk.subarray(r))
+      return
+    }
+    if (isPaused(r)) {
+      if (this.closeAfter) return // a local reply ends the connection: ignore the rest
+      this.remainder = r.bytesParsed < chunk.length ? chunk.subarray(r.bytesParsed) : null
+      if (this.held !== null) this.pause(PAUSED_PIPELINE)
+      return
+    }
+    this.onParseError(r)
+  }
+
+  private holdTunnelBytes (chunk: Buffer): void {
+    this.tunnelBuf.push(chunk)
+    this.pause(PAUSED_TUNNEL)
+  }
+
+  private onClientEnd (): void {
+    if (this.closeAfter && !this.busy) { this.socket.destroy(); return }
+    // Half-close from the client: answer what it sent (pipelined included), then close.
+    // Needs a listener with allowHalfOpen: true; otherwise Node closes our side at once.
+    if (this.busy || this.held !== null) { this.clientEnded = true; return }
+    this.endClient()
+  }
+
+  // ---- llhttp callbacks (request side) -------------------------------------------------------
+
+  onMessageBegin (): void {
+    this.setDeadline(Deadline.HEAD, this.ctx.opts.headersTimeoutMs)
+  }
+
+  onHeaders (headers: string[]): void {
+    // Before headers-complete: more than 32 fields, flushed early. After: chunked trailers.
+    if (this.busy && !this.reqDone) { for (const h of headers) this.trailers.push(h) } else { for (const h of headers) this.moreHeaders.push(h) }
+  }
+
+  onHeadersComplete (major: number, minor: number, headers: string[], method: number, url: string,
+    _status: number, upgrade: boolean, keepAlive: boolean): number {
+    if (this.moreHeaders.length > 0) { headers = this.moreHeaders.concat(headers); this.moreHeaders = [] }
+    if (this.busy) {
+      // Pipelined: hold this head until the exchange in progress is answered.
+      this.held = { major, minor, headers, method, url, upgrade, keepAlive }
+      this.setDeadline(Deadline.NONE, 0)
+      return PAUSE
+    }
+    return this.startRequest(major, minor, headers, method, url, upgrade, keepAlive)
+  }
+
+  onBody (chunk: Buffer): void {
+    if (this.closed) return
+    this.bytesIn += chunk.length
+    this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
+    const up = this.upstream
+    if (this.denied || up === null) return // denied: the body is read and dropped, never forwarded
+    let ok: boolean
+    if (this.reqChunked) {
+      up.write(chunk.length.toString(16) + CRLF)
+      up.write(chunk)
+      ok = up.write(CRLF)
+    } else {
+      ok = up.write(chunk)
+    }
+    if (!ok) {
+      this.pause(PAUSED_UPSTREAM)
+      up.socket.once('drain', () => { this.unpause(PAUSED_UPSTREAM) })
+    }
+  }
+
+  onMessageComplete (): void {
+    if (this.closed || !this.busy) return
+    this.reqDone = true
+    this.setDeadline(Deadline.NONE, 0)
+    if (this.denied) { this.finishExchange(); return }
+    const up = this.upstream
+    if (up !== null && this.reqChunked) {
+      let t = LAST_CHUNK
+      for (let i = 0; i < this.trailers.length; i += 2) t += this.trailers[i] + ': ' + this.trailers[i + 1] + CRLF
+      up.write(t + CRLF)
+    }
+    if (this.reqHasBody) this.retryHead = null
+  }
+
+  // ---- one request ---------------------------------------------------------------------------
+
+  private startRequest (major: number, minor: number, headers: string[], methodIdx: number, url: string,
+    upgrade: boolean, keepAlive: boolean): number {
+    const { ctx } = this
+    ctx.counters.requests++
+    this.busy = true
+    this.reqDone = false
+    this.denied = false
+    this.headSent = false
+    this.upgradeReq = false
+    this.trailers = []
+    this.startedAt = performance.now()
+    this.status = 0
+    this.bytesIn = 0
+    this.bytesOut = 0
+    this.reason = ''
+    this.verdict = ''
+    this.reqKeepAlive = keepAlive
+    const method = METHODS[methodIdx] ?? ''
+    const view = this.view
+    view.method = method
+    view.path = url
+    view.host = ''
+    view.headers = headers
+
+    if (headers.length / 2 > ctx.opts.maxHeaders) return this.reject(431, 'too-many-headers')
+    if (major !== 1 || (minor !== 0 && minor !== 1)) return this.reject(505, 'http-version')
+
+    let hostCount = 0
+    let host = ''
+    let hasBody = false
+    let chunked = false
+    for (let i = 0; i < headers.length; i += 2) {
+      const n = headers[i]
+      const len = n.length
+      if (len === 4) {
+        if (n.toLowerCase() === 'host') { host = headers[i + 1]; hostCount++ }
+      } else if (len === 14) {
+        if (n.toLowerCase() === 'content-length' && headers[i + 1] !== '0') hasBody = true
+      } else if (len === 17) {
+        if (n.toLowerCase() === 'transfer-encoding') { hasBody = true; chunked = true }
+      }
+    }
+    if (hostCount > 1) return this.reject(400, 'duplicate-host')
+    if (hostCount === 0 && minor === 1) return this.reject(400, 'missing-host')
+
+    // Request target forms (RFC 9112 §3.2).
+    let target = url
+    let addHost = ''
+    if (method === 'CONNECT') {
+      // authority-form: the target is the authority; it is what `host` rules see.
+      if (hostCount === 1 && host.toLowerCase() !== url.toLowerCase()) return this.reject(400, 'connect-host-mismatch')
+      host = url
+    } else if (url.charCodeAt(0) !== 0x2f) {
+      if (url === '*' && method === 'OPTIONS') {
+        target = '*'
+      } else {
+        // absolute-form: accepted only when it names the same authority as Host (else a
+        // backend that honours the target's authority could be steered to another host).
+        const m = /^https?:\/\/([^/?#@]+)(.*)$/i.exec(url)
+        if (m === null) return this.reject(400, 'bad-target')
+        const authority = m[1]
+        if (hostCount === 1 && host.toLowerCase() !== authority.toLowerCase()) return this.reject(400, 'absolute-form-host-mismatch')
+        if (hostCount === 0) { host = authority; addHost = 'Host: ' + authority + CRLF }
+        const rest = m[2]
+        target = rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? '/' + rest : rest
+      }
+    }
+    let path = target
+    if (method !== 'CONNECT' && target !== '*') {
+      const n = normalizeTarget(target)
+      if (n === null) return this.reject(400, 'path-not-normalizable')
+      path = n
+    }
+    view.path = path
+    view.host = host
+
+    // Fresh policy for every request (STYLE §9.3 rule 7).
+    const pol = this.policy
+    pol.refresh(ctx.deps.snapshot())
+    if (!pol.decide(view)) return this.deny(hasBody, upgrade)
+
+    ctx.counters.allowed++
+    this.verdict = 'allowed'
+    this.reqChunked = chunked
+    this.reqHasBody = hasBody
+    this.isHead = method === 'HEAD'
+    this.upgradeReq = upgrade
+    let head = method + ' ' + path + (minor === 1 ? ' HTTP/1.1\r\n' : ' HTTP/1.0\r\n') + addHost
+    for (let i = 0; i < headers.length; i += 2) head += headers[i] + ': ' + headers[i + 1] + CRLF
+    head += CRLF
+    this.retryHead = head
+    this.sendUpstream(head, false)
+    if (hasBody) this.setDeadline(Deadline.BODY, ctx.opts.bodyTimeoutMs)
+    else this.setDeadline(Deadline.NONE, 0)
+    return 0
+  }
+
+  private sendUpstream (head: string, fresh: boolean): void {
+    const ip = this.policy.dstIp
+    const up = fresh
+      ? this.ctx.pool.acquireFresh(this.dstKey, ip, this.policy.dstPort)
+      : this.ctx.pool.acquire(this.dstKey, ip, this.policy.dstPort)
+    this.upstream = up
+    up.begin(this, this.isHead, this.view.method === 'CONNECT')
+    if (this.inExecute && this.corked === null) { up.socket.cork(); this.corked = up }
+    up.write(head)
+  }
+
+  private deny (hasBody: boolean, upgrade: boolean): number {
+    const { ctx } = this
+    const reason = this.policy.reason ?? 'no-l7-table'
+    if (reason === 'no-l7-table') ctx.counters.denied_no_l7_table++
+    else if (reason === 'ingress-no-rule-match') ctx.counters.denied_ingress_no_rule_match++
+    else ctx.counters.denied_egress_no_rule_match++
+    this.denied = true
+    this.verdict = 'denied'
+    this.reason = reason
+    if (ctx.opts.denyResponse === 'reset') {
+      this.status = 0
+      this.logAccess()
+      this.busy = false
+      this.closed = true
+      this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
+      return PAUSE
+    }
+    this.status = 403
+    // Keep the connection when the whole request is already known (no body follows);
+    // otherwise close after the reply, as Envoy does for a reply before the request's end.
+    const close = hasBody || upgrade || !this.reqKeepAlive
+    this.writeClient(ctx.replies.get(403, close))
+    if (close) {
+      this.logAccess()
+      this.busy = false
+      this.closeAfter = true
+      this.endClient()
+      return PAUSE
+    }
+    return 0 // onMessageComplete (right after, no body) finishes the exchange
+  }
+
+  /** Refuse a request that is malformed or over a limit: reply, log, close. Never forwarded. */
+  private reject (kind: ReplyKind, reason: string): number {
+    const c = this.ctx.counters
+    if (kind === 431) c.rejected_header_too_large++
+    else if (kind === 408) c.rejected_timeout++
+    else c.rejected_bad_request++
+    this.verdict = 'rejected'
+    this.reason = reason
+    this.status = kind
+    this.writeClient(this.ctx.replies.get(kind, true))
+    this.logAccess()
+    this.busy = false
+    this.closeAfter = true
+    this.endClient()
+    return PAUSE
+  }
+
+  private onParseError (err: ParseError): void {
+    const kind: ReplyKind = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
+    const reason = err.code.toLowerCase().replace(/^hpe_/, 'llhttp-').replace(/_/g, '-')
+    if (this.busy && !this.reqDone && !this.denied) {
+      // Broken body of a request being forwarded: the upstream got part of it, drop it.
+      this.upstream?.destroy()
+      this.upstream = null
+      if (!this.headSent) { this.reject(kind, reason); return }
+      this.destroy()
+      return
+    }
+    if (this.busy) {
+      // A pipelined head is malformed while an earlier exchange runs: answer after it.
+      this.fatal = kind
+      this.fatalReason = reason
+      this.pause(PAUSED_PIPELINE)
+      return
+    }
+    this.view.method = ''
+    this.view.path = ''
+    this.startedAt = performance.now()
+    this.bytesIn = 0
+    this.bytesOut = 0
+    this.reject(kind, reason)
+  }
+
+  // ---- upstream callbacks --------------------------------------------------------------------
+
+  onResponseHead (head: Buffer, status: number): void {
+    this.headSent = true
+    if (status >= 200 || status === 101) this.status = status
+    this.writeClient(head)
+  }
+
+  onResponseBody (chunk: Buffer): void {
+    this.bytesOut += chunk.length
+  }
+
+  onResponseComplete (keepAlive: boolean): void {
+    const up = this.upstream
+    this.upstream = null
+    if (up !== null) {
+      if (keepAlive && this.reqDone) this.ctx.pool.release(up)
+      else up.destroy()
+    }
+    if (!this.reqDone) {
+      // Answered before the request body ended (e.g. an early 413): the rest of the body has
+      // nowhere to go, so the connection ends here.
+      this.closeAfter = true
+    }
+    // After an Upgrade/CONNECT that the server did not accept, llhttp will not parse further.
+    if (!keepAlive || !this.reqKeepAlive || this.upgradeReq) this.closeAfter = true
+    this.finishExchange()
+  }
+
+  onTunnel (rest: Buffer): void {
+    const up = this.upstream
+    if (up === null) return
+    this.upstream = null
+    up.detachForTunnel()
+    this.logAccess()
+    const s = this.socket
+    if (rest.length > 0) s.write(rest)
+    for (const b of this.tunnelBuf) up.socket.write(b)
+    this.tunnelBuf = []
+    this.setDeadline(Deadline.NONE, 0)
+    this.closed = true // no more HTTP on this connection; it stays counted until it closes
+    this.socket.removeAllListeners('data')
+    this.socket.removeAllListeners('end')
+    s.pipe(up.socket)
+    up.socket.pipe(s)
+    up.socket.on('error', () => { s.destroy() })
+    up.socket.on('close', () => { s.destroy() })
+    s.on('close', () => { up.socket.destroy() })
+    this.pausedMask = 0
+    s.resume()
+  }
+
+  onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void {
+    if (this.closed) return
+    const c = this.ctx.counters
+    if (kind === 'connect') c.upstream_errors_connect++
+    else if (kind === 'connect-timeout') c.upstream_errors_connect_timeout++
+    else if (kind === 'reset') c.upstream_errors_reset++
+    else c.upstream_errors_bad_response++
+    const up = this.upstream
+    this.upstream = null
+    // A kept-alive connection the server closed under us: safe to replay a body-less request
+    // on a fresh connection (Envoy retries these too).
+    if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.reqDone && kind === 'reset') {
+      c.upstream_retries++
+      this.sendUpstream(this.retryHead, true)
+      return
+    }
+    if (this.headSent) { this.destroy(); return }
+    this.verdict = 'allowed'
+    this.reason = 'upstream-' + kind
+    const reply: ReplyKind = kind === 'connect' || kind === 'connect-timeout' ? 503 : 502
+    this.status = reply
+    this.writeClient(this.ctx.replies.get(reply, true))
+    this.logAccess()
+    this.busy = false
+    this.closeAfter = true
+    this.endClient()
+  }
+
+  // ---- exchange end, pipelining ---------------------------------------------------------------
+
+  private finishExchange (): void {
+    this.logAccess()
+    this.busy = false
+    this.retryHead = null
+    if (this.closeAfter) { this.endClient(); return }
+    if (this.fatal !== 0) {
+      const k = this.fatal
+      this.fatal = 0
+      this.view.method = ''
+      this.view.path = ''
+      this.startedAt = performance.now()
+      this.reject(k, this.fatalReason)
+      return
+    }
+    this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
+    const held = this.held
+    if (held === null) {
+      if (this.clientEnded) this.endClient()
+      return
+    }
+    this.held = null
+    const r = this.startRequest(held.major, held.minor, held.headers, held.method, held.url, held.upgrade, held.keepAlive)
+    if (this.closed || this.closeAfter || r === PAUSE) return
+    this.parser.resume()
+    const rest = this.remainder
+    this.remainder = null
+    if (rest !== null) this.execute(rest)
+    if (this.closed) return
+    if (this.held === null) this.unpause(PAUSED_PIPELINE)
+    if (this.clientEnded && !this.busy && this.held === null) this.endClient()
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  /** Send FIN after what is queued; the socket is destroyed when the client closes or lingers too long. */
+  private endClient (): void {
+    this.socket.end()
+    this.setDeadline(Deadline.LINGER, LINGER_MS)
+  }
+
+  private writeClient (b: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(b)
+  }
+
+  private pause (bit: number): void {
+    if (this.pausedMask === 0) this.socket.pause()
+    this.pausedMask |= bit
+  }
+
+  private unpause (bit: number): void {
+    if ((this.pausedMask & bit) === 0) return
+    this.pausedMask &= ~bit
+    if (this.pausedMask === 0 && !this.closed) this.socket.resume()
+  }
+
+  private setDeadline (kind: Deadline, ms: number): void {
+    this.deadlineKind = kind
+    this.deadline = kind === Deadline.NONE ? 0 : Date.now() + ms
+  }
+
+  /** Called by the proxy's sweeper when `deadline` has passed. */
+  onDeadline (): void {
+    if (this.gone) return
+    if (this.closed && this.deadlineKind !== Deadline.LINGER) return
+    const kind = this.deadlineKind
+    this.setDeadline(Deadline.NONE, 0)
+    if (kind === Deadline.LINGER) { this.destroy(); return }
+    if (kind === Deadline.IDLE) { this.closed = true; this.endClient(); return }
+    if (kind === Deadline.HEAD && !this.busy) {
+      this.view.method = ''
+      this.view.path = ''
+      this.startedAt = performance.now()
+      this.reject(408, 'headers-timeout')
+      return
+    }
+    // Body too slow: the upstream holds part of a request; drop both sides.
+    this.ctx.counters.rejected_timeout++
+    this.upstream?.destroy()
+    this.upstream = null
+    if (this.busy && !this.headSent) { this.busy = false; this.reject(408, 'body-timeout'); return }
+    this.destroy()
+  }
+
+  private logAccess (): void {
+    const { ctx } = this
+    const pol = this.policy
+    const rule = pol.rule
+    const snap = pol.snapshot
+    const src = pol.srcEndpoint
+    const dst = pol.dstEndpoint
+    const rec = {
+      srcIdentity: pol.srcIdentity,
+      src: src === undefined ? pol.srcIp : src.namespace + '/' + src.name,
+      srcLabels: snap?.identities.get(pol.srcIdentity),
+      dst: this.dstKey,
+      dstEndpoint: dst === undefined ? undefined : dst.namespace + '/' + dst.name,
+      method: this.view.method,
+      path: this.view.path,
+      verdict: this.verdict,
+      rule: this.verdict === 'allowed' && rule !== null ? { file: rule.file, line: rule.line, policy: rule.policy, section: rule.section, index: rule.index } : undefined,
+      reason: this.reason === '' ? undefined : this.reason,
+      status: this.status,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      durationMs: Math.round((performance.now() - this.startedAt) * 1000) / 1000
+    }
+    if (this.verdict === 'allowed' && this.reason === '') ctx.log.info(rec, 'http request')
+    else ctx.log.warn(rec, 'http request')
+  }
+
+  /** Close now, both sides (the pool never gets a connection in an unknown state). */
+  destroy (): void {
+    this.closed = true
+    if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
+    this.socket.destroy()
+  }
+
+  /** On the socket's 'close' (always asynchronous, so never inside a parser callback). */
+  private teardown (): void {
+    if (this.gone) return
+    this.gone = true
+    this.closed = true
+    if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
+    this.ctx.counters.connections_active--
+    this.ctx.onClosed(this)
+    this.parser.destroy()
+  }
+}

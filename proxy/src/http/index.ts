@@ -1,0 +1,93 @@
+/**
+ * warden's L7 HTTP proxy (issue 4): the Envoy replacement. The agent accepts connections on the
+ * transparent listener and hands each socket to `handleConnection`; the proxy parses request
+ * heads with llhttp, decides each request against the current `Snapshot`, forwards allowed ones
+ * over pooled keep-alive upstream connections and answers denied ones like Cilium (403 or RST).
+ *
+ * Listener requirement: create it with `allowHalfOpen: true` so that a client that half-closes
+ * after sending its requests still gets every response.
+ */
+import { ClientConn } from './connection.js'
+import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
+import { Replies } from './replies.js'
+import { UpstreamPool } from './upstream.js'
+import type net from 'node:net'
+
+export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
+export { normalizeTarget } from './normalize.js'
+
+export interface HttpProxy {
+  /** Take over an accepted client socket (original destination = its local address by default). */
+  handleConnection (socket: net.Socket): void
+  /**
+   * Counters: `requests`, `allowed`, `denied_<reason>` (no_l7_table, ingress_no_rule_match,
+   * egress_no_rule_match), `rejected_<kind>`, `upstream_errors_<kind>`, `connections_active`,
+   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`.
+   */
+  metrics (): Record<string, number>
+  /** Stop timers and close every client and upstream connection. */
+  close (): Promise<void>
+}
+
+export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions): HttpProxy {
+  const opts: ResolvedOptions = { ...DEFAULTS, ...stripUndefined(options), denyResponse: options.denyResponse ?? '403' }
+  if (opts.denyResponse !== '403' && opts.denyResponse !== 'reset') {
+    throw Object.assign(new Error(`denyResponse must be '403' or 'reset', got ${String(opts.denyResponse)}`), { code: 'WARDEN_ERR_HTTP_OPTIONS' })
+  }
+  const conns = new Set<ClientConn>()
+  const counters = new Counters()
+  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs)
+  const ctx: ProxyContext = {
+    deps,
+    opts,
+    pool,
+    replies: new Replies(opts.deny403Body),
+    counters,
+    log: deps.logger,
+    onClosed: (c) => { conns.delete(c as ClientConn) }
+  }
+
+  // One sweeper for every deadline (headers, body, idle, pooled upstreams): a slowloris client
+  // cannot hold a socket, and no timer is created or re-armed per request.
+  const shortest = Math.min(opts.headersTimeoutMs, opts.bodyTimeoutMs, opts.idleTimeoutMs, opts.upstreamIdleTimeoutMs)
+  const period = Math.max(10, Math.min(1000, Math.floor(shortest / 4)))
+  const sweeper = setInterval(() => {
+    const now = Date.now()
+    for (const c of conns) if (c.deadline !== 0 && now >= c.deadline) c.onDeadline()
+    pool.sweep(now)
+  }, period)
+  sweeper.unref()
+
+  return {
+    handleConnection (socket: net.Socket): void {
+      counters.connections_total++
+      if (conns.size >= opts.maxConnections) {
+        counters.connections_refused++
+        socket.resetAndDestroy()
+        return
+      }
+      counters.connections_active++
+      try {
+        conns.add(new ClientConn(socket, ctx))
+      } catch (err) {
+        counters.connections_active--
+        deps.logger.error({ err }, 'http proxy: cannot take connection')
+        socket.destroy()
+      }
+    },
+    metrics (): Record<string, number> {
+      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount }
+    },
+    async close (): Promise<void> {
+      clearInterval(sweeper)
+      for (const c of conns) c.destroy()
+      pool.closeAll()
+    }
+  }
+}
+
+function stripUndefined<T extends object> (o: T): Partial<T> {
+  const out: Partial<T> = {}
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) (out as Record<string, unknown>)[k] = v
+  return out
+}

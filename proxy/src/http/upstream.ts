@@ -1,0 +1,284 @@
+/**
+ * Upstream connections and their pool. One upstream connection serves one exchange at a time
+ * (the client side holds pipelined requests back, so responses can never be mismatched);
+ * between exchanges it sits in a bounded per-destination idle list, reused by any client.
+ *
+ * Responses are framed with llhttp: the head is forwarded as received (found by the first
+ * CRLFCRLF, which the strict parser guarantees is the head's end), the body as llhttp
+ * delivered it, re-chunked when the response was chunked. So the client gets exactly the
+ * message llhttp parsed, never bytes past its end (a server sending extra bytes is dropped).
+ */
+import net from 'node:net'
+import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
+
+const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
+const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
+const CRLF = Buffer.from('\r\n', 'latin1')
+
+export type UpstreamErrorKind = 'connect' | 'connect-timeout' | 'reset' | 'bad-response'
+
+/** Implemented by the client connection that currently owns the upstream connection. */
+export interface UpstreamOwner {
+  onResponseHead (head: Buffer, status: number): void
+  onResponseBody (chunk: Buffer): void
+  /** A final response is complete; `reusable` says whether the upstream may go back to the pool. */
+  onResponseComplete (keepAlive: boolean): void
+  /** 101 or CONNECT 2xx: from now on raw bytes; `rest` is what followed the head. */
+  onTunnel (rest: Buffer): void
+  onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void
+  /** Backpressure: the client socket can take more (resume reading upstream). */
+  readonly socket: net.Socket
+}
+
+export class UpstreamConn implements ParserHandler {
+  readonly socket: net.Socket
+  owner: UpstreamOwner | null = null
+  /** Already carried an exchange (a failure on it may be a stale keep-alive: retryable). */
+  reused = false
+  idleSince = 0
+  private readonly parser: Parser
+  private connected = false
+  private connectTimer: NodeJS.Timeout | null = null
+  private dead = false
+  private isHead = false
+  private isConnect = false
+  private chunked = false
+  private informational = false
+  /** llhttp's keep-alive verdict for the current response (Connection header, version, framing). */
+  private keepAlive = true
+  private anyBytes = false
+  /** A final response completed during the current data event: any further message is bogus. */
+  private completedInChunk = false
+  private tunnel = false
+  private inHead = false
+  private headParts: Buffer[] = []
+  private cur: Buffer = CRLF
+  private curPos = 0
+
+  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
+    this.parser = new Parser('response', maxHeaderBytes, this)
+    const s = net.connect({ host: ip, port, noDelay: true })
+    this.socket = s
+    this.connectTimer = setTimeout(() => { this.fail('connect-timeout') }, connectTimeoutMs)
+    s.on('connect', () => {
+      this.connected = true
+      if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null }
+    })
+    s.on('data', (chunk: Buffer) => { this.onData(chunk) })
+    s.on('end', () => { this.onEnd() })
+    s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
+    s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
+    s.on('drain', () => { this.owner?.socket.resume() })
+  }
+
+  /** Start an exchange for `owner`. */
+  begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean): void {
+    this.owner = owner
+    this.isHead = isHead
+    this.isConnect = isConnect
+    this.anyBytes = false
+    this.chunked = false
+    this.informational = false
+  }
+
+  get alive (): boolean { return !this.dead }
+
+  private onData (chunk: Buffer): void {
+    if (this.tunnel) return // piped elsewhere
+    const owner = this.owner
+    if (owner === null) { this.destroy(); return } // bytes on an idle connection: not ours to interpret
+    this.anyBytes = true
+    this.completedInChunk = false
+    this.cur = chunk
+    this.curPos = 0
+    owner.socket.cork()
+    const r = this.parser.execute(chunk)
+    if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(this.curPos === 0 ? chunk : chunk.subarray(this.curPos))
+    if (typeof r === 'number') {
+      if (this.tunnel) owner.onTunnel(chunk.subarray(r))
+    } else {
+      this.fail('bad-response', r)
+    }
+    owner.socket.uncork()
+  }
+
+  private onEnd (): void {
+    if (this.owner !== null && !this.dead && !this.tunnel) {
+      // EOF-framed body completes here (llhttp's finish); anything else is a reset.
+      const err = this.parser.finish()
+      if (err !== null) this.fail('reset', err)
+    }
+    if (!this.dead) this.destroy()
+  }
+
+  onMessageBegin (): void {
+    // A server never answers a request it has not received yet: bytes past the end of the
+    // response in the same read are a protocol violation (response splitting), not a response.
+    if (this.completedInChunk) { this.fail('bad-response'); return }
+    this.inHead = true
+  }
+
+  onHeaders (): void {}
+
+  onHeadersComplete (_major: number, _minor: number, headers: string[], _method: number, _url: string,
+    status: number, upgrade: boolean, keepAlive: boolean): number {
+    this.inHead = false
+    this.keepAlive = keepAlive
+    const owner = this.owner
+    if (owner === null) return 0
+    // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
+    let head: Buffer
+    let tailFromCur: number
+    if (this.headParts.length === 0) {
+      const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
+      head = this.cur.subarray(this.curPos, end)
+      tailFromCur = end
+    } else {
+      const prev = Buffer.concat(this.headParts)
+      this.headParts = []
+      const all = Buffer.concat([prev, this.cur])
+      const end = all.indexOf(CRLFCRLF) + 4
+      head = all.subarray(0, end)
+      tailFromCur = end - prev.length
+    }
+    this.curPos = tailFromCur
+    this.informational = status < 200 && status !== 101
+    this.chunked = false
+    for (let i = 0; i < headers.length; i += 2) {
+      const n = headers[i]
+      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
+    }
+    owner.onResponseHead(head, status)
+    if (this.informational) return 0
+    if (status === 101 && upgrade) { this.tunnel = true; return 0 }
+    if (this.isConnect && status >= 200 && status < 300) { this.tunnel = true; return UPGRADE }
+    return this.isHead ? SKIP_BODY : 0
+  }
+
+  onBody (chunk: Buffer): void {
+    const owner = this.owner
+    if (owner === null) return
+    let ok: boolean
+    if (this.chunked) {
+      owner.socket.write(chunk.length.toString(16) + '\r\n', 'latin1')
+      owner.socket.write(chunk)
+      ok = owner.socket.write(CRLF)
+    } else {
+      ok = owner.socket.write(chunk)
+    }
+    owner.onResponseBody(chunk)
+    if (!ok) {
+      // The client is slow: stop reading the upstream until it drains.
+      this.socket.pause()
+      owner.socket.once('drain', () => { this.socket.resume() })
+    }
+  }
+
+  onMessageComplete (): void {
+    const owner = this.owner
+    if (owner === null || this.informational || this.tunnel) return
+    if (this.chunked) owner.socket.write(LAST_CHUNK) // trailers are not forwarded
+    this.completedInChunk = true
+    // llhttp's keep-alive view of the response (Connection header, HTTP/1.0, EOF framing).
+    owner.onResponseComplete(this.keepAlive)
+  }
+
+  /** Write request bytes; false = backpressure (caller pauses its client). */
+  write (data: Buffer | string): boolean {
+    return typeof data === 'string' ? this.socket.write(data, 'latin1') : this.socket.write(data)
+  }
+
+  private fail (kind: UpstreamErrorKind, _err?: ParseError): void {
+    if (this.dead) return
+    const owner = this.owner
+    const any = this.anyBytes
+    this.destroy()
+    if (owner !== null && !this.tunnel) owner.onUpstreamError(kind, any)
+  }
+
+  /** Close for good (not reusable). */
+  destroy (): void {
+    if (this.dead) return
+    this.dead = true
+    if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null }
+    this.pool.forget(this)
+    this.socket.destroy()
+    this.parser.destroy()
+  }
+
+  /** Hand over to a tunnel: stop parsing, the caller pipes the raw sockets. */
+  detachForTunnel (): void {
+    this.dead = true
+    this.socket.removeAllListeners('data')
+    this.socket.removeAllListeners('end')
+    this.socket.removeAllListeners('close')
+    this.socket.removeAllListeners('drain')
+    this.parser.destroy()
+    this.pool.forget(this)
+  }
+}
+
+/** Idle keep-alive connections per destination (`ip:port`), bounded; shared by all clients. */
+export class UpstreamPool {
+  private readonly idle = new Map<string, UpstreamConn[]>()
+  private readonly all = new Set<UpstreamConn>()
+  created = 0
+  reusedCount = 0
+
+  constructor (readonly maxIdlePerDestination: number, readonly connectTimeoutMs: number,
+    readonly maxHeaderBytes: number, readonly idleTimeoutMs: number) {}
+
+  acquire (key: string, ip: string, port: number): UpstreamConn {
+    const list = this.idle.get(key)
+    while (list !== undefined && list.length > 0) {
+      const c = list.pop() as UpstreamConn
+      if (c.alive) { c.reused = true; this.reusedCount++; return c }
+    }
+    return this.acquireFresh(key, ip, port)
+  }
+
+  /** A new connection, never a pooled one (for a retry after a stale keep-alive). */
+  acquireFresh (key: string, ip: string, port: number): UpstreamConn {
+    const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes)
+    this.all.add(c)
+    this.created++
+    return c
+  }
+
+  /** Back to the idle list after a complete, keep-alive exchange; otherwise closed. */
+  release (c: UpstreamConn): void {
+    c.owner = null
+    if (!c.alive) return
+    let list = this.idle.get(c.key)
+    if (list === undefined) { list = []; this.idle.set(c.key, list) }
+    if (list.length >= this.maxIdlePerDestination) { c.destroy(); return }
+    c.idleSince = Date.now()
+    list.push(c)
+  }
+
+  forget (c: UpstreamConn): void {
+    this.all.delete(c)
+    const list = this.idle.get(c.key)
+    if (list === undefined) return
+    const i = list.indexOf(c)
+    if (i !== -1) list.splice(i, 1)
+    if (list.length === 0) this.idle.delete(c.key)
+  }
+
+  /** Close idle connections older than the idle timeout (called by the proxy's sweeper). */
+  sweep (now: number): void {
+    for (const list of this.idle.values()) {
+      for (let i = list.length - 1; i >= 0; i--) {
+        if (now - list[i].idleSince > this.idleTimeoutMs) list[i].destroy()
+      }
+    }
+  }
+
+  get idleCount (): number { let n = 0; for (const l of this.idle.values()) n += l.length; return n }
+  get openCount (): number { return this.all.size }
+
+  closeAll (): void {
+    for (const c of [...this.all]) c.destroy()
+    this.idle.clear()
+  }
+}
