@@ -1,11 +1,35 @@
 import type { Command } from './main.js'
 
 export const command: Command = {
-  summary: '(not implemented yet)',
-  usage: 'warden uninstall: not implemented yet',
-  options: {},
-  async run () {
-    console.error('warden uninstall: not implemented yet')
-    return 2
+  summary: 'remove every tc filter, ip rule, route and pinned map warden made',
+  usage: `Usage: warden uninstall [--bpffs DIR] [--route-table N]
+
+Removes the datapath an agent installed: the tc filters on every interface it attached
+(and the clsact qdiscs it created), its ip rule and local route (only if it added them),
+and every pin under --bpffs. Safe to run twice.
+
+Options:
+  --bpffs DIR       pin directory (default /sys/fs/bpf/warden)
+  --route-table N   routing table used when the pins are already gone (default 2004)`,
+  options: {
+    bpffs: { type: 'string', default: '/sys/fs/bpf/warden' },
+    'route-table': { type: 'string' }
+  },
+  async run (values) {
+    const { uninstall } = await import('../redirect-bpf/src/index.js')
+    const rt = values['route-table'] === undefined ? undefined : Number(values['route-table'])
+    if (rt !== undefined && (!Number.isInteger(rt) || rt < 1 || rt > 0xfffffffe)) {
+      console.error(`warden uninstall: --route-table must be a table number, got ${String(values['route-table'])}`)
+      return 1
+    }
+    try {
+      await uninstall({ bpffs: values.bpffs as string, routeTable: rt })
+      console.log(`warden uninstall: removed the datapath of ${String(values.bpffs)}`)
+      return 0
+    } catch (err) {
+      const e = err as Error & { code?: string }
+      console.error(`warden uninstall: ${e.code ?? 'ERROR'}: ${e.message}`)
+      return 1
+    }
   }
 }

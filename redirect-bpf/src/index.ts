@@ -46,7 +46,14 @@ export interface DatapathOptions {
 }
 
 export interface Datapath {
-  /** Bring the kernel in line with `snap`. Without `diff` this is also a full heal (re-attach). */
+  /**
+   * Bring the kernel in line with `snap`: removals of keys not wanted, then upserts of new or
+   * changed ones, then attach new endpoints' interfaces and detach removed ones. The maps are
+   * synced against their current content (read from the pins at open, then kept in memory),
+   * which makes the same writes as `diff` would and cannot drift, so `diff` is optional.
+   * The first apply after open also re-attaches every filter (heals what was removed while
+   * the agent was down).
+   */
   apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void>
   /** ipcache longest-prefix lookup; world (2) when nothing matches. */
   lookupIdentity (ipv4: string): number
@@ -112,6 +119,8 @@ class DatapathImpl implements Datapath {
   private last: Snapshot | undefined
   private pending = new Set<string>()
   private closed = false
+  /** The first apply after open re-attaches every filter (heals what was removed while down). */
+  private healed = false
   private readonly kb = Buffer.alloc(16)
 
   constructor (
@@ -207,7 +216,7 @@ class DatapathImpl implements Datapath {
     }
   }
 
-  async apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void> {
+  async apply (snap: Snapshot, _diff?: SnapshotDiff): Promise<void> {
     const t0 = performance.now()
     // 1. what the programs read: ipcache, endpoints, policy -- before attaching new interfaces
     const ipc = new Map<string, Buffer>()
@@ -234,7 +243,9 @@ class DatapathImpl implements Datapath {
     const added = new Map([...eps].filter(([k]) => !this.cache.endpoints.has(k)))
     syncMap(this.maps.l7p_endpoints, this.cache.endpoints, new Map([...this.cache.endpoints, ...added]))
     this.last = snap
-    await this.attachEndpoints(snap, diff === undefined)
+    // tc runs only for interfaces whose attachment changed, except on the first apply
+    await this.attachEndpoints(snap, !this.healed)
+    this.healed = true
     const sEp = syncMap(this.maps.l7p_endpoints, this.cache.endpoints, eps)
     this.opts.logger.debug({
       version: snap.version,
