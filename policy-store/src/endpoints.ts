@@ -1,0 +1,121 @@
+/**
+ * The endpoints file: the workloads on this node as the CNI plugin knows them. `EndpointSource`
+ * is the seam for another backend later (the Kubernetes API, a CNI state dir).
+ */
+import { dirname } from 'node:path'
+import { parseIPv4 } from './cidr.js'
+import { ERR, type PolicyError } from './errors.js'
+import { readYamlFile, type PathSeg, type Reporter } from './source-file.js'
+import { watchPaths } from './watch.js'
+
+export interface RawEndpoint {
+  name: string
+  namespace: string
+  labels: Record<string, string>
+  ipv4: string
+  interface: string
+  /** Line in the endpoints file. */
+  line: number
+}
+
+export interface EndpointSource {
+  /** Human-readable origin for logs (the file path). */
+  readonly description: string
+  /** The whole current list, or errors (then nothing of this version may be used). */
+  load (): Promise<{ endpoints: RawEndpoint[] | null, errors: PolicyError[] }>
+  /** Call `onChange` whenever the source may have changed. Returns a stop function. */
+  watch (onChange: () => void): () => void
+}
+
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
+const IFNAME = /^[A-Za-z0-9_.@-]{1,15}$/
+
+export class FileEndpointSource implements EndpointSource {
+  constructor (readonly file: string) {}
+  get description (): string { return this.file }
+
+  async load (): Promise<{ endpoints: RawEndpoint[] | null, errors: PolicyError[] }> {
+    const parsed = await readYamlFile(this.file)
+    if ('errors' in parsed) return { endpoints: null, errors: parsed.errors }
+    if (parsed.docs.length > 1) {
+      parsed.docs[1].reporter.add(ERR.VALUE, [], 'the endpoints file holds one YAML document')
+      return { endpoints: null, errors: parsed.reporter.errors }
+    }
+    const { value, reporter } = parsed.docs[0]
+    const endpoints = validateEndpoints(value, reporter)
+    return reporter.errors.length > 0 ? { endpoints: null, errors: reporter.errors } : { endpoints, errors: [] }
+  }
+
+  watch (onChange: () => void): () => void {
+    // Watch the directory, not the file: editors replace files by renaming over them.
+    return watchPaths([dirname(this.file)], false, (name) => name === null || this.file.endsWith(name), onChange)
+  }
+}
+
+function typeName (v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'list' : typeof v === 'object' ? 'map' : typeof v
+}
+
+export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
+  const out: RawEndpoint[] = []
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) { r.add(ERR.TYPE, [], `must be a map with an \`endpoints\` list, got ${typeName(v)}`); return out }
+  const top = v as Record<string, unknown>
+  for (const k of Object.keys(top)) if (k !== 'endpoints') r.add(ERR.UNKNOWN_FIELD, [k], `unknown field "${k}" (expected: endpoints)`, true)
+  if (top.endpoints === undefined) { r.add(ERR.REQUIRED, [], 'endpoints is required'); return out }
+  if (top.endpoints === null) return out
+  if (!Array.isArray(top.endpoints)) { r.add(ERR.TYPE, ['endpoints'], `must be a list, got ${typeName(top.endpoints)}`); return out }
+  const byName = new Map<string, number>()
+  const byIp = new Map<string, number>()
+  const byIf = new Map<string, number>()
+  top.endpoints.forEach((e, i) => {
+    const p: PathSeg[] = ['endpoints', i]
+    if (e === null || typeof e !== 'object' || Array.isArray(e)) { r.add(ERR.TYPE, p, `must be a map, got ${typeName(e)}`); return }
+    const o = e as Record<string, unknown>
+    const before = r.errors.length
+    for (const k of Object.keys(o)) {
+      if (!['name', 'namespace', 'labels', 'ipv4', 'interface'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...p, k], `unknown field "${k}" (expected one of: name, namespace, labels, ipv4, interface)`, true)
+    }
+    const str = (k: string, required: boolean): string | null => {
+      if (o[k] === undefined) { if (required) r.add(ERR.REQUIRED, p, `${k} is required`); return null }
+      if (typeof o[k] !== 'string') { r.add(ERR.TYPE, [...p, k], `must be a string, got ${typeName(o[k])}`); return null }
+      return o[k] as string
+    }
+    const name = str('name', true)
+    if (name !== null && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) r.add(ERR.VALUE, [...p, 'name'], `"${name}" is not a valid name (lower-case DNS-1123 subdomain)`)
+    const namespace = str('namespace', false) ?? 'default'
+    if (!DNS1123_LABEL.test(namespace)) r.add(ERR.VALUE, [...p, 'namespace'], `"${namespace}" is not a valid namespace (DNS-1123 label)`)
+    const ipv4 = str('ipv4', true)
+    if (ipv4 !== null && parseIPv4(ipv4) === null) r.add(ERR.ENDPOINT_IP, [...p, 'ipv4'], `"${ipv4}" is not an IPv4 address`)
+    const ifname = str('interface', true)
+    if (ifname !== null && !IFNAME.test(ifname)) r.add(ERR.VALUE, [...p, 'interface'], `"${ifname}" is not a valid interface name (1-15 characters)`)
+    const labels: Record<string, string> = {}
+    if (o.labels !== undefined && o.labels !== null) {
+      if (typeof o.labels !== 'object' || Array.isArray(o.labels)) r.add(ERR.TYPE, [...p, 'labels'], `must be a map, got ${typeName(o.labels)}`)
+      else {
+        for (const [k, lv] of Object.entries(o.labels as Record<string, unknown>)) {
+          if (k.length > 317 || !LABEL_KEY.test(k)) r.add(ERR.VALUE, [...p, 'labels', k], `"${k}" is not a valid label key`, true)
+          else if (typeof lv !== 'string') r.add(ERR.TYPE, [...p, 'labels', k], `must be a string, got ${typeName(lv)} (quote it)`)
+          else if (lv.length > 63 || !LABEL_VALUE.test(lv)) r.add(ERR.VALUE, [...p, 'labels', k], `"${lv}" is not a valid label value`)
+          else labels[k] = lv
+        }
+      }
+    }
+    if (r.errors.length > before || name === null || ipv4 === null || ifname === null) return
+    const line = r.lineOf(p)
+    const key = `${namespace}/${name}`
+    const dupName = byName.get(key)
+    if (dupName !== undefined) { r.add(ERR.ENDPOINT_DUPLICATE, [...p, 'name'], `duplicate endpoint ${key} (first declared on line ${dupName})`); return }
+    const dupIp = byIp.get(ipv4)
+    if (dupIp !== undefined) { r.add(ERR.ENDPOINT_DUPLICATE, [...p, 'ipv4'], `duplicate ipv4 ${ipv4} (already used on line ${dupIp})`); return }
+    const dupIf = byIf.get(ifname)
+    if (dupIf !== undefined) { r.add(ERR.ENDPOINT_DUPLICATE, [...p, 'interface'], `duplicate interface ${ifname} (already used on line ${dupIf})`); return }
+    byName.set(key, line)
+    byIp.set(ipv4, line)
+    byIf.set(ifname, line)
+    out.push({ name, namespace, labels, ipv4, interface: ifname, line })
+  })
+  return out
+}

@@ -1,0 +1,247 @@
+/**
+ * The policy store: sources -> validated files -> compiled snapshots, watched. Fails closed
+ * at startup (any error rejects `openStore`); at runtime a bad file is reported once per
+ * version and its last good version stays in force, so a snapshot is never half-applied.
+ */
+import { pino, type Logger } from 'pino'
+import { FileEndpointSource, type EndpointSource, type RawEndpoint } from './endpoints.js'
+import { formatPolicyError, PolicyLoadError, type PolicyError } from './errors.js'
+import { Compiler } from './compile.js'
+import { FileIdentityAllocator, MemoryIdentityAllocator, type IdentityAllocator } from './identity.js'
+import type { FilePolicies } from './model.js'
+import { DirectoryPolicySource, type PolicySource } from './policy-source.js'
+import type { Label, LearnedName, Snapshot, SnapshotDiff } from './types.js'
+
+export interface StoreOptions {
+  /** Policy directory. */
+  policies: string
+  /** Endpoints file; absent = no endpoints (e.g. `warden check` without --endpoints). */
+  endpoints?: string
+  /** Identity persistence; absent = in memory. */
+  stateDir?: string
+  /** Node addresses: /32 ipcache entries with the reserved host identity. */
+  hostIPs?: string[]
+  watch?: boolean
+  logger?: Logger
+  /** Other backends (defaults: the directory and file above). */
+  policySource?: PolicySource
+  endpointSource?: EndpointSource
+  allocator?: IdentityAllocator
+  /** Extra label sets compiled as identities (used by `warden trace` for `labels:` peers). */
+  extraLabelSets?: readonly (readonly Label[])[]
+}
+
+export interface PolicyStore {
+  current (): Snapshot
+  onSnapshot (fn: (snap: Snapshot, diff: SnapshotDiff) => void): () => void
+  onRejected (fn: (errors: PolicyError[]) => void): () => void
+  /** The DNS proxy's learned names (the whole current set). Recompiles synchronously. */
+  setLearnedNames (names: readonly LearnedName[]): Snapshot
+  close (): Promise<void>
+}
+
+/** Summary counts (for `warden check` and logs). */
+export interface LoadSummary { files: number, policies: number, rules: number, endpoints: number, identities: number, skippedDocuments: number }
+
+/** Settle time after the last file event before reloading; and the cap on waiting. */
+const DEBOUNCE_MS = 20
+const MAX_WAIT_MS = 60
+
+class Store implements PolicyStore {
+  private readonly compiler: Compiler
+  private readonly lastGood = new Map<string, FilePolicies>()
+  private readonly reported = new Map<string, string>()
+  private endpoints: RawEndpoint[] = []
+  private endpointsSig = ''
+  private learned: readonly LearnedName[] = []
+  private learnedSig = ''
+  private snapshot: Snapshot | null = null
+  private readonly snapListeners = new Set<(s: Snapshot, d: SnapshotDiff) => void>()
+  private readonly rejListeners = new Set<(e: PolicyError[]) => void>()
+  private readonly stops: (() => void)[] = []
+  private timer: NodeJS.Timeout | null = null
+  private firstEventAt = 0
+  private running: Promise<void> | null = null
+  private again = false
+  private closed = false
+  readonly log: Logger
+
+  constructor (readonly opts: StoreOptions, readonly policySource: PolicySource, readonly endpointSource: EndpointSource | null, readonly allocator: IdentityAllocator) {
+    this.compiler = new Compiler(allocator)
+    this.log = opts.logger ?? pino({ level: 'silent' })
+  }
+
+  current (): Snapshot {
+    if (this.snapshot === null) throw new Error('store not loaded')
+    return this.snapshot
+  }
+
+  onSnapshot (fn: (s: Snapshot, d: SnapshotDiff) => void): () => void {
+    this.snapListeners.add(fn)
+    return () => { this.snapListeners.delete(fn) }
+  }
+
+  onRejected (fn: (e: PolicyError[]) => void): () => void {
+    this.rejListeners.add(fn)
+    return () => { this.rejListeners.delete(fn) }
+  }
+
+  /** Load everything; returns all current errors (including files kept at their last good). */
+  async load (): Promise<{ errors: PolicyError[], changed: boolean }> {
+    const errors: PolicyError[] = []
+    const fresh: PolicyError[] = []
+    let changed = false
+    const resources = await this.policySource.load()
+    const present = new Set<string>()
+    let sourceBroken = false
+    for (const r of resources) {
+      present.add(r.key)
+      if (r.policies === null) {
+        errors.push(...r.errors)
+        if (r.key === this.policySource.description) sourceBroken = true
+        const sig = r.errors.map(formatPolicyError).join('\n')
+        if (this.reported.get(r.key) !== sig) { this.reported.set(r.key, sig); fresh.push(...r.errors) }
+        continue
+      }
+      this.reported.delete(r.key)
+      if (this.lastGood.get(r.key) !== r.policies) { this.lastGood.set(r.key, r.policies); changed = true }
+    }
+    if (!sourceBroken) {
+      for (const k of [...this.lastGood.keys()]) if (!present.has(k)) { this.lastGood.delete(k); changed = true }
+      for (const k of [...this.reported.keys()]) if (!present.has(k) && k !== '<endpoints>') this.reported.delete(k)
+    }
+    if (this.endpointSource !== null) {
+      const { endpoints, errors: epErrors } = await this.endpointSource.load()
+      if (endpoints === null) {
+        errors.push(...epErrors)
+        const sig = epErrors.map(formatPolicyError).join('\n')
+        if (this.reported.get('<endpoints>') !== sig) { this.reported.set('<endpoints>', sig); fresh.push(...epErrors) }
+      } else {
+        this.reported.delete('<endpoints>')
+        const sig = JSON.stringify(endpoints.map((e) => [e.name, e.namespace, e.labels, e.ipv4, e.interface, e.line]))
+        if (sig !== this.endpointsSig) { this.endpoints = endpoints; this.endpointsSig = sig; changed = true }
+      }
+    }
+    if (fresh.length > 0 && this.snapshot !== null) {
+      for (const e of fresh) this.log.warn({ code: e.code, file: e.file, line: e.line, col: e.col, path: e.path }, `policy rejected, last good version stays: ${formatPolicyError(e)}`)
+      for (const fn of this.rejListeners) fn(fresh)
+    }
+    return { errors, changed: changed || this.snapshot === null }
+  }
+
+  compileNow (): { snapshot: Snapshot, diff: SnapshotDiff } {
+    const res = this.compiler.compile({
+      endpoints: this.endpoints,
+      files: [...this.lastGood.values()],
+      learned: this.learned,
+      hostIPs: this.opts.hostIPs ?? [],
+      now: Date.now(),
+      extraLabelSets: this.opts.extraLabelSets
+    })
+    this.snapshot = res.snapshot
+    return res
+  }
+
+  private emit (snapshot: Snapshot, diff: SnapshotDiff): void {
+    this.log.info({ policyVersion: snapshot.version, kernelAdded: diff.kernelAdded.length, kernelRemoved: diff.kernelRemoved.length }, 'policy snapshot')
+    for (const fn of this.snapListeners) {
+      try { fn(snapshot, diff) } catch (err) { this.log.error({ err }, 'snapshot listener failed') }
+    }
+  }
+
+  setLearnedNames (names: readonly LearnedName[]): Snapshot {
+    const now = Date.now()
+    // Same effective set (names that can matter, not expired): nothing to do.
+    const sig = names.filter((n) => n.expiresAt > now).map((n) => n.name + '=' + [...n.ipv4].sort().join(',')).sort().join(';')
+    if (sig === this.learnedSig && this.snapshot !== null) return this.snapshot
+    this.learnedSig = sig
+    this.learned = names.slice()
+    const { snapshot, diff } = this.compileNow()
+    this.emit(snapshot, diff)
+    return snapshot
+  }
+
+  summary (): LoadSummary {
+    const files = [...this.lastGood.values()]
+    const snap = this.current()
+    return {
+      files: files.length,
+      policies: files.reduce((n, f) => n + f.policies, 0),
+      rules: files.reduce((n, f) => n + f.rules.reduce((m, r) => m + r.itemCount, 0), 0),
+      endpoints: snap.endpoints.length,
+      identities: new Set(snap.endpoints.map((e) => e.identity)).size,
+      skippedDocuments: files.reduce((n, f) => n + f.skipped, 0)
+    }
+  }
+
+  startWatching (): void {
+    const kick = (): void => this.schedule()
+    this.stops.push(this.policySource.watch(kick))
+    if (this.endpointSource !== null) this.stops.push(this.endpointSource.watch(kick))
+  }
+
+  private schedule (): void {
+    if (this.closed) return
+    const now = Date.now()
+    if (this.timer === null) this.firstEventAt = now
+    else clearTimeout(this.timer)
+    const wait = Math.max(0, Math.min(DEBOUNCE_MS, this.firstEventAt + MAX_WAIT_MS - now))
+    this.timer = setTimeout(() => { this.timer = null; void this.reload() }, wait)
+  }
+
+  private async reload (): Promise<void> {
+    if (this.running !== null) { this.again = true; return }
+    this.running = (async () => {
+      do {
+        this.again = false
+        try {
+          const { changed } = await this.load()
+          if (this.closed) return
+          if (changed) {
+            const { snapshot, diff } = this.compileNow()
+            await this.allocator.flush()
+            this.emit(snapshot, diff)
+          }
+        } catch (err) {
+          this.log.error({ err }, 'policy reload failed; keeping the current snapshot')
+        }
+      } while (this.again && !this.closed)
+    })()
+    try { await this.running } finally { this.running = null }
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
+    for (const s of this.stops) s()
+    if (this.running !== null) await this.running
+    await this.allocator.flush()
+  }
+}
+
+async function makeStore (opts: StoreOptions): Promise<Store> {
+  const allocator = opts.allocator ?? (opts.stateDir !== undefined ? await FileIdentityAllocator.open(opts.stateDir) : new MemoryIdentityAllocator())
+  const endpointSource = opts.endpointSource ?? (opts.endpoints !== undefined ? new FileEndpointSource(opts.endpoints) : null)
+  return new Store(opts, opts.policySource ?? new DirectoryPolicySource(opts.policies), endpointSource, allocator)
+}
+
+/** One-shot: load and compile what is valid; return every error too. */
+export async function loadSnapshot (opts: StoreOptions): Promise<{ snapshot: Snapshot, errors: PolicyError[], summary: LoadSummary }> {
+  const store = await makeStore(opts)
+  const { errors } = await store.load()
+  const { snapshot } = store.compileNow()
+  await store.allocator.flush()
+  return { snapshot, errors, summary: store.summary() }
+}
+
+/** Load, compile and (unless `watch: false`) watch. Rejects with PolicyLoadError on any error. */
+export async function openStore (opts: StoreOptions): Promise<PolicyStore> {
+  const store = await makeStore(opts)
+  const { errors } = await store.load()
+  if (errors.length > 0) throw new PolicyLoadError(errors)
+  const { snapshot } = store.compileNow()
+  await store.allocator.flush()
+  store.log.info({ policyVersion: snapshot.version, ...store.summary() }, 'policy store loaded')
+  if (opts.watch !== false) store.startWatching()
+  return store
+}

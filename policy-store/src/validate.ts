@@ -1,0 +1,620 @@
+/**
+ * Validation and normalisation of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy
+ * documents (Cilium's `Sanitize`, notes §1-§2). Strict: unknown fields, wrong types and
+ * features we do not implement are errors with their location, never silently ignored.
+ * Produces `PolicyRule`s with regexes compiled and namespaces injected.
+ */
+import { ERR, type PolicyError } from './errors.js'
+import { parsePrefix, prefixContains, type Prefix } from './cidr.js'
+import {
+  makeSelector, namesNamespace, NAMESPACE_LABEL, OPERATORS, parseSelectorKey, usesReserved,
+  type Operator, type Requirement, type Selector
+} from './labels.js'
+import {
+  compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
+} from './matchers.js'
+import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
+import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
+import { DIR, type CompiledHttpRule, type HeaderRequirement, type RuleRef, type StringMatcher } from './types.js'
+
+/** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
+export const MAX_PORTS = 40
+/** HTTP rules on a port range build one L7 table per port; cap the range width. */
+export const MAX_L7_RANGE = 1024
+
+const KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const
+type Kind = typeof KINDS[number]
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
+/** IANA service name (Cilium's `isValidServiceName` shape): letters, digits, inner hyphens. */
+const IANA_NAME = /^(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$/
+
+type Obj = Record<string, unknown>
+
+/** Small typed accessors that report as they check. */
+class Checker {
+  constructor (readonly r: Reporter) {}
+
+  typeName (v: unknown): string {
+    if (v === null) return 'null'
+    if (Array.isArray(v)) return 'list'
+    if (typeof v === 'object') return 'map'
+    return typeof v
+  }
+
+  obj (v: unknown, path: PathSeg[], allowed: readonly string[], unsupported: readonly string[] = []): Obj | null {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+      this.r.add(ERR.TYPE, path, `must be a map, got ${this.typeName(v)}`)
+      return null
+    }
+    const o = v as Obj
+    for (const k of Object.keys(o)) {
+      if (unsupported.includes(k)) this.r.add(ERR.UNSUPPORTED, [...path, k], `\`${k}\` is not supported by warden yet`, true)
+      else if (!allowed.includes(k)) this.r.add(ERR.UNKNOWN_FIELD, [...path, k], `unknown field "${k}" (expected one of: ${allowed.join(', ')})`, true)
+    }
+    return o
+  }
+
+  list (v: unknown, path: PathSeg[]): unknown[] | null {
+    if (!Array.isArray(v)) {
+      this.r.add(ERR.TYPE, path, `must be a list, got ${this.typeName(v)}`)
+      return null
+    }
+    return v
+  }
+
+  str (v: unknown, path: PathSeg[]): string | null {
+    if (typeof v !== 'string') {
+      this.r.add(ERR.TYPE, path, `must be a string, got ${this.typeName(v)}${typeof v === 'number' || typeof v === 'boolean' ? ' (quote it)' : ''}`)
+      return null
+    }
+    return v
+  }
+
+  bool (v: unknown, path: PathSeg[]): boolean | null {
+    if (typeof v !== 'boolean') {
+      this.r.add(ERR.TYPE, path, `must be true or false, got ${this.typeName(v)}`)
+      return null
+    }
+    return v
+  }
+}
+
+/** Validate every document of a parsed file. Errors go to the file's reporter. */
+export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicies, errors: PolicyError[] } {
+  const rules: PolicyRule[] = []
+  let policies = 0
+  let skipped = 0
+  for (const { value, reporter } of parsed.docs) {
+    const before = reporter.errors.length
+    if (isForeignDocument(value)) { skipped++; continue }
+    const docRules = validateDocument(value, new Checker(reporter))
+    // A document with any error contributes nothing (never a half-applied policy).
+    if (docRules !== null && reporter.errors.length === before) {
+      rules.push(...docRules)
+      policies++
+    }
+  }
+  return { policies: { file: parsed.reporter.file, rules, policies, skipped }, errors: parsed.reporter.errors }
+}
+
+/**
+ * A document of another API group (a Deployment or Service next to the policies, as in the
+ * seed's manifests directory) is not a policy: it is skipped and counted, not an error.
+ * Anything that claims cilium.io, or a Cilium policy kind, is validated strictly.
+ */
+function isForeignDocument (v: unknown): boolean {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return false
+  const { apiVersion, kind } = v as Obj
+  return typeof apiVersion === 'string' && typeof kind === 'string' && !apiVersion.startsWith('cilium.io/') &&
+    !(KINDS as readonly string[]).includes(kind)
+}
+
+function validateDocument (v: unknown, c: Checker): PolicyRule[] | null {
+  const doc = c.obj(v, [], ['apiVersion', 'kind', 'metadata', 'spec', 'specs', 'status'])
+  if (doc === null) return null
+  if (doc.apiVersion === undefined) c.r.add(ERR.REQUIRED, [], 'apiVersion is required (cilium.io/v2)')
+  else {
+    const av = c.str(doc.apiVersion, ['apiVersion'])
+    if (av !== null && av !== 'cilium.io/v2') c.r.add(ERR.KIND, ['apiVersion'], `unsupported apiVersion "${av}"; expected cilium.io/v2`)
+  }
+  const kindRaw = doc.kind === undefined ? null : c.str(doc.kind, ['kind'])
+  if (doc.kind === undefined) c.r.add(ERR.REQUIRED, [], `kind is required (${KINDS.join(' or ')})`)
+  if (kindRaw !== null && !(KINDS as readonly string[]).includes(kindRaw)) {
+    c.r.add(ERR.KIND, ['kind'], `unsupported kind "${kindRaw}"; expected ${KINDS.join(' or ')}`)
+    return null
+  }
+  if (kindRaw === null) return null
+  const kind = kindRaw as Kind
+  let name = ''
+  let namespace: string | null = kind === 'CiliumNetworkPolicy' ? 'default' : null
+  if (doc.metadata === undefined) c.r.add(ERR.REQUIRED, [], 'metadata.name is required')
+  else {
+    const md = c.obj(doc.metadata, ['metadata'], ['name', 'namespace', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp'])
+    if (md !== null) {
+      if (md.name === undefined) c.r.add(ERR.REQUIRED, ['metadata'], 'metadata.name is required')
+      else {
+        const n = c.str(md.name, ['metadata', 'name'])
+        if (n !== null && (n.length > 253 || !DNS1123_SUBDOMAIN.test(n))) c.r.add(ERR.VALUE, ['metadata', 'name'], `"${n}" is not a valid name (lower-case DNS-1123 subdomain)`)
+        name = n ?? ''
+      }
+      if (md.namespace !== undefined) {
+        const ns = c.str(md.namespace, ['metadata', 'namespace'])
+        if (kind === 'CiliumClusterwideNetworkPolicy') c.r.add(ERR.VALUE, ['metadata', 'namespace'], 'a CiliumClusterwideNetworkPolicy is cluster-scoped and has no namespace')
+        else if (ns !== null && !DNS1123_LABEL.test(ns)) c.r.add(ERR.VALUE, ['metadata', 'namespace'], `"${ns}" is not a valid namespace (DNS-1123 label)`)
+        else if (ns !== null) namespace = ns
+      }
+    }
+  }
+  const policy = namespace === null ? name : `${namespace}/${name}`
+  const specs: { v: unknown, path: PathSeg[], index: number }[] = []
+  if (doc.spec !== undefined) specs.push({ v: doc.spec, path: ['spec'], index: 0 })
+  if (doc.specs !== undefined) {
+    const list = c.list(doc.specs, ['specs'])
+    if (list !== null) {
+      if (list.length === 0 && doc.spec === undefined) c.r.add(ERR.REQUIRED, ['specs'], 'specs is empty; a policy needs at least one rule')
+      list.forEach((s, i) => specs.push({ v: s, path: ['specs', i], index: i }))
+    }
+  }
+  if (doc.spec === undefined && doc.specs === undefined) c.r.add(ERR.REQUIRED, [], 'a policy needs `spec` or `specs`')
+  const out: PolicyRule[] = []
+  const ctx = { kind, policy, namespace, file: c.r.file }
+  for (const s of specs) {
+    const rule = validateRule(s.v, s.path, s.index, ctx, c)
+    if (rule !== null) out.push(rule)
+  }
+  return out
+}
+
+interface Ctx { kind: Kind, policy: string, namespace: string | null, file: string }
+
+const SECTIONS = ['ingress', 'ingressDeny', 'egress', 'egressDeny'] as const
+type Section = typeof SECTIONS[number]
+
+function validateRule (v: unknown, path: PathSeg[], specIndex: number, ctx: Ctx, c: Checker): PolicyRule | null {
+  const o = c.obj(v, path, ['endpointSelector', 'ingress', 'ingressDeny', 'egress', 'egressDeny', 'enableDefaultDeny', 'labels', 'description', 'log'], ['nodeSelector'])
+  if (o === null) return null
+  let subject: Selector | null = null
+  if (o.endpointSelector === undefined) {
+    if (o.nodeSelector === undefined) c.r.add(ERR.REQUIRED, path, 'endpointSelector is required')
+  } else {
+    const sel = parseSelector(o.endpointSelector, [...path, 'endpointSelector'], c)
+    if (sel !== null) subject = scopeSubject(sel, [...path, 'endpointSelector'], ctx, c)
+  }
+  if (o.description !== undefined) c.str(o.description, [...path, 'description'])
+  if (o.log !== undefined) {
+    const log = c.obj(o.log, [...path, 'log'], ['value'])
+    if (log?.value !== undefined) c.str(log.value, [...path, 'log', 'value'])
+  }
+  if (o.labels !== undefined) {
+    const labels = c.list(o.labels, [...path, 'labels'])
+    labels?.forEach((l, i) => {
+      const lo = c.obj(l, [...path, 'labels', i], ['key', 'value', 'source'])
+      if (lo === null) return
+      if (lo.key === undefined) c.r.add(ERR.REQUIRED, [...path, 'labels', i], 'key is required')
+      for (const k of ['key', 'value', 'source']) if (lo[k] !== undefined) c.str(lo[k], [...path, 'labels', i, k])
+    })
+  }
+  const enable: [boolean | null, boolean | null] = [null, null]
+  if (o.enableDefaultDeny !== undefined) {
+    const e = c.obj(o.enableDefaultDeny, [...path, 'enableDefaultDeny'], ['ingress', 'egress'])
+    if (e?.ingress !== undefined) enable[0] = c.bool(e.ingress, [...path, 'enableDefaultDeny', 'ingress'])
+    if (e?.egress !== undefined) enable[1] = c.bool(e.egress, [...path, 'enableDefaultDeny', 'egress'])
+  }
+  const elements: RuleElement[] = []
+  const hasSection: [boolean, boolean] = [false, false]
+  let itemCount = 0
+  for (const section of SECTIONS) {
+    if (o[section] === undefined) continue
+    const list = c.list(o[section], [...path, section])
+    if (list === null) continue
+    const dir = section.startsWith('ingress') ? DIR.INGRESS : DIR.EGRESS
+    if (list.length > 0) hasSection[dir] = true
+    itemCount += list.length
+    list.forEach((item, i) => {
+      const ref: RuleRef = {
+        file: ctx.file,
+        line: c.r.lineOf([...path, section, i]),
+        kind: ctx.kind,
+        policy: ctx.policy,
+        spec: specIndex,
+        section,
+        index: i
+      }
+      elements.push(...validateElement(item, [...path, section, i], section, ref, ctx, c))
+    })
+  }
+  if (subject === null) return null
+  return {
+    uid: nextUid(),
+    file: ctx.file,
+    kind: ctx.kind,
+    policy: ctx.policy,
+    subject,
+    elements,
+    itemCount,
+    hasSection,
+    defaultDeny: [hasSection[0] && enable[0] !== false, hasSection[1] && enable[1] !== false]
+  }
+}
+
+const PEER_FIELDS: Record<Section, { allowed: string[], unsupported: string[] }> = {
+  ingress: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps', 'authentication'] },
+  ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps'] },
+  egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps', 'authentication'] },
+  egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps'] }
+}
+
+function validateElement (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, ctx: Ctx, c: Checker): RuleElement[] {
+  const { allowed, unsupported } = PEER_FIELDS[section]
+  const o = c.obj(v, path, allowed, unsupported)
+  if (o === null) return []
+  const before = c.r.errors.length
+  const ingress = section.startsWith('ingress')
+  const deny = section.endsWith('Deny')
+  const pre = ingress ? 'from' : 'to'
+  // Peer kinds; Cilium rejects mixing kinds in one element (notes §1.3).
+  const kinds: string[] = []
+  let peers: Peer[] | null = null
+  let anyPeer = false
+  const add = (p: Peer): void => { (peers ??= []).push(p) }
+  const ep = o[pre + 'Endpoints']
+  if (ep !== undefined) {
+    kinds.push(pre + 'Endpoints')
+    peers ??= []
+    c.list(ep, [...path, pre + 'Endpoints'])?.forEach((s, i) => {
+      const p = [...path, pre + 'Endpoints', i]
+      const sel = parseSelector(s, p, c)
+      if (sel !== null) add({ kind: 'endpoints', selector: scopePeer(sel, ctx) })
+    })
+  }
+  const cidr = o[pre + 'CIDR']
+  const cidrSet = o[pre + 'CIDRSet']
+  if (cidr !== undefined || cidrSet !== undefined) {
+    kinds.push(cidr !== undefined ? pre + 'CIDR' : pre + 'CIDRSet')
+    peers ??= []
+  }
+  if (cidr !== undefined) {
+    c.list(cidr, [...path, pre + 'CIDR'])?.forEach((s, i) => {
+      const p = [...path, pre + 'CIDR', i]
+      const str = c.str(s, p)
+      if (str === null) return
+      const prefix = parsePrefix(str)
+      if (typeof prefix === 'string') c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, p, prefix)
+      else add({ kind: 'cidr', prefix, except: [] })
+    })
+  }
+  if (cidrSet !== undefined) {
+    c.list(cidrSet, [...path, pre + 'CIDRSet'])?.forEach((s, i) => {
+      const p = [...path, pre + 'CIDRSet', i]
+      const so = c.obj(s, p, ['cidr', 'except'], ['cidrGroupRef', 'cidrGroupSelector'])
+      if (so === null) return
+      if (so.cidr === undefined) { if (so.cidrGroupRef === undefined && so.cidrGroupSelector === undefined) c.r.add(ERR.REQUIRED, p, 'cidr is required'); return }
+      const str = c.str(so.cidr, [...p, 'cidr'])
+      if (str === null) return
+      const prefix = parsePrefix(str)
+      if (typeof prefix === 'string') { c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, [...p, 'cidr'], prefix); return }
+      const except: Prefix[] = []
+      if (so.except !== undefined) {
+        c.list(so.except, [...p, 'except'])?.forEach((e, j) => {
+          const ep2 = [...p, 'except', j]
+          const es = c.str(e, ep2)
+          if (es === null) return
+          const ex = parsePrefix(es)
+          if (typeof ex === 'string') c.r.add(ERR.CIDR, ep2, ex)
+          else if (!prefixContains(prefix, ex)) c.r.add(ERR.CIDR, ep2, `except "${es}" is not inside cidr "${str}"`)
+          else except.push(ex)
+        })
+      }
+      add({ kind: 'cidr', prefix, except })
+    })
+  }
+  const ent = o[pre + 'Entities']
+  if (ent !== undefined) {
+    kinds.push(pre + 'Entities')
+    peers ??= []
+    c.list(ent, [...path, pre + 'Entities'])?.forEach((s, i) => {
+      const p = [...path, pre + 'Entities', i]
+      const str = c.str(s, p)
+      if (str === null) return
+      const e = str.toLowerCase()
+      if (!(ENTITIES as readonly string[]).includes(e)) c.r.add(ERR.ENTITY, p, `unknown entity "${str}" (expected one of: ${ENTITIES.join(', ')})`)
+      else if (e === 'all') anyPeer = true
+      else add({ kind: 'entity', entity: e as Entity })
+    })
+  }
+  if (o.toFQDNs !== undefined) {
+    kinds.push('toFQDNs')
+    peers ??= []
+    c.list(o.toFQDNs, [...path, 'toFQDNs'])?.forEach((s, i) => {
+      const m = parseNameMatch(s, [...path, 'toFQDNs', i], c)
+      if (m !== null) add({ kind: 'fqdn', matcher: m })
+    })
+  }
+  if (kinds.length > 1) {
+    c.r.add(ERR.VALUE, path, `combining ${kinds.join(' and ')} in one rule is not supported (as in Cilium); write them as separate rules`)
+  }
+  const finalPeers: Peer[] | null = anyPeer ? null : peers
+  const dir = ingress ? DIR.INGRESS : DIR.EGRESS
+  const out: RuleElement[] = []
+  if (o.toPorts === undefined) {
+    // `{}` (no peer, no port) allows nothing (notes §1.3), but still switches on default deny.
+    if (finalPeers !== null || anyPeer) {
+      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, http: null, dns: null })
+    }
+  } else {
+    const list = c.list(o.toPorts, [...path, 'toPorts'])
+    list?.forEach((pr, i) => {
+      const e = validatePortRule(pr, [...path, 'toPorts', i], section, ref, c)
+      if (e !== null) out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ...e })
+    })
+  }
+  return c.r.errors.length === before ? out : []
+}
+
+function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, c: Checker): Pick<RuleElement, 'ports' | 'http' | 'dns'> | null {
+  const deny = section.endsWith('Deny')
+  const o = deny
+    ? c.obj(v, path, ['ports'], [])
+    : c.obj(v, path, ['ports', 'rules'], ['serverNames', 'terminatingTLS', 'originatingTLS', 'listener'])
+  if (o === null) return null
+  if (deny && o.rules !== undefined) c.r.add(ERR.VALUE, [...path, 'rules'], 'deny rules cannot have L7 rules', true)
+  let http: CompiledHttpRule[] | null = null
+  let dns: DnsRuleItem[] | null = null
+  if (o.rules !== undefined) {
+    const rp = [...path, 'rules']
+    const rules = c.obj(o.rules, rp, ['http', 'dns'], ['kafka', 'l7proto', 'l7'])
+    if (rules !== null) {
+      if (rules.http !== undefined && rules.dns !== undefined) c.r.add(ERR.VALUE, rp, 'multiple L7 protocol rule types (http and dns) in one rule')
+      if (rules.http !== undefined) http = validateHttp(rules.http, [...rp, 'http'], ref, c)
+      if (rules.dns !== undefined) {
+        if (section === 'ingress') c.r.add(ERR.VALUE, [...rp, 'dns'], 'DNS rules are not allowed on ingress')
+        dns = validateDns(rules.dns, [...rp, 'dns'], ref, c)
+      }
+    }
+  }
+  if (o.ports === undefined) { c.r.add(ERR.REQUIRED, path, 'ports is required'); return null }
+  const list = c.list(o.ports, [...path, 'ports'])
+  if (list === null) return null
+  if (list.length === 0) { c.r.add(ERR.REQUIRED, [...path, 'ports'], 'ports must list at least one port'); return null }
+  if (list.length > MAX_PORTS) c.r.add(ERR.PORT, [...path, 'ports'], `too many ports, the max is ${MAX_PORTS}`)
+  const ports: PortItem[] = []
+  list.forEach((p, i) => {
+    const items = validatePort(p, [...path, 'ports', i], http !== null, dns !== null, c)
+    if (items !== null) ports.push(...items)
+  })
+  return { ports, http, dns }
+}
+
+function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: boolean, c: Checker): PortItem[] | null {
+  const o = c.obj(v, path, ['port', 'endPort', 'protocol'])
+  if (o === null) return null
+  let port: number | null = null
+  if (o.port === undefined) c.r.add(ERR.REQUIRED, path, 'port is required ("0" for all ports)')
+  else if (typeof o.port === 'number') {
+    // The CRD says string; an unquoted YAML number is unambiguous, so accept it.
+    if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) c.r.add(ERR.PORT, [...path, 'port'], `port ${o.port} is out of range 0..65535`)
+    else port = o.port
+  } else {
+    const s = c.str(o.port, [...path, 'port'])
+    if (s !== null) {
+      if (/^[0-9]+$/.test(s)) {
+        const n = Number(s)
+        if (n > 65535) c.r.add(ERR.PORT, [...path, 'port'], `port ${s} is out of range 0..65535`)
+        else port = n
+      } else if (s === '') {
+        c.r.add(ERR.PORT, [...path, 'port'], 'port must be specified')
+      } else if (s.length <= 15 && IANA_NAME.test(s.toLowerCase())) {
+        c.r.add(ERR.UNSUPPORTED, [...path, 'port'], `named port "${s}" is not supported yet; use the port number`)
+      } else {
+        c.r.add(ERR.PORT, [...path, 'port'], `"${s}" is not a port number (0..65535) or port name`)
+      }
+    }
+  }
+  let endPort = 0
+  if (o.endPort !== undefined) {
+    const e = o.endPort
+    if (typeof e !== 'number' || !Number.isInteger(e)) c.r.add(ERR.TYPE, [...path, 'endPort'], `must be an integer, got ${c.typeName(e)}`)
+    else if (e < 0 || e > 65535) c.r.add(ERR.PORT, [...path, 'endPort'], `endPort ${e} is out of range 0..65535`)
+    else if (port !== null && e !== 0 && e < port) c.r.add(ERR.PORT, [...path, 'endPort'], `endPort ${e} is below port ${port}`)
+    else if (port === 0 && e !== 0) c.r.add(ERR.PORT, [...path, 'endPort'], 'endPort needs a non-zero port')
+    else endPort = e
+  }
+  let proto = 'ANY'
+  if (o.protocol !== undefined) {
+    const s = c.str(o.protocol, [...path, 'protocol'])
+    if (s !== null) {
+      proto = s.toUpperCase()
+      if (!['TCP', 'UDP', 'SCTP', 'ANY'].includes(proto)) { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `unknown protocol "${s}" (expected TCP, UDP, SCTP or ANY)`); return null }
+    }
+  }
+  if (port === null) return null
+  if (endPort === port) endPort = 0
+  if ((hasHttp || hasDns) && port === 0) { c.r.add(ERR.PORT, [...path, 'port'], 'L7 rules can not be used when a port is 0'); return null }
+  if (hasHttp && proto !== 'TCP' && proto !== 'ANY') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `L7 rules can only apply to TCP (not ${proto}) except for DNS rules`); return null }
+  if (hasDns && proto === 'SCTP') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], 'DNS rules apply to UDP or TCP (not SCTP)'); return null }
+  if (hasDns && endPort !== 0) { c.r.add(ERR.PORT, [...path, 'endPort'], 'DNS rules do not support port ranges'); return null }
+  if (hasHttp && endPort !== 0 && endPort - port + 1 > MAX_L7_RANGE) {
+    c.r.add(ERR.UNSUPPORTED, [...path, 'endPort'], `HTTP rules on a range wider than ${MAX_L7_RANGE} ports are not supported`)
+    return null
+  }
+  const e = endPort === 0 ? port : endPort
+  if (port === 0) {
+    if (proto === 'ANY') return [{ protocol: 0, port: 0, endPort: 0 }]
+    return [{ protocol: protoNumber(proto), port: 0, endPort: 0 }]
+  }
+  // ANY with HTTP rules means TCP (HTTP is TCP only); with DNS rules TCP and UDP.
+  const protos: (6 | 17 | 132)[] = proto !== 'ANY' ? [protoNumber(proto)] : hasHttp ? [6] : hasDns ? [6, 17] : [6, 17, 132]
+  return protos.map((p) => ({ protocol: p, port, endPort: e }))
+}
+
+function protoNumber (p: string): 6 | 17 | 132 {
+  return p === 'TCP' ? 6 : p === 'UDP' ? 17 : 132
+}
+
+function regexField (v: unknown, path: PathSeg[], c: Checker): StringMatcher | null {
+  const s = c.str(v, path)
+  if (s === null) return null
+  try {
+    return compileFullMatch(s)
+  } catch (err) {
+    c.r.add(ERR.REGEX, path, `invalid RE2 regular expression "${s}": ${(err as Error).message}`)
+    return null
+  }
+}
+
+function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): CompiledHttpRule[] | null {
+  const list = c.list(v, path)
+  if (list === null) return null
+  const out: CompiledHttpRule[] = []
+  list.forEach((h, i) => {
+    const p = [...path, i]
+    const o = c.obj(h, p, ['method', 'path', 'host', 'headers', 'headerMatches'])
+    if (o === null) return
+    const headers: HeaderRequirement[] = []
+    if (o.headers !== undefined) {
+      c.list(o.headers, [...p, 'headers'])?.forEach((hv, j) => {
+        const s = c.str(hv, [...p, 'headers', j])
+        if (s === null) return
+        // Cilium: split at the first space; a trailing ':' on the name is dropped (notes §4.3).
+        const sp = s.indexOf(' ')
+        const name = (sp === -1 ? s : s.slice(0, sp)).replace(/:$/, '').toLowerCase()
+        if (name === '') { c.r.add(ERR.VALUE, [...p, 'headers', j], 'header name is empty'); return }
+        headers.push({ name, value: sp === -1 ? null : s.slice(sp + 1) })
+      })
+    }
+    if (o.headerMatches !== undefined) {
+      c.list(o.headerMatches, [...p, 'headerMatches'])?.forEach((hm, j) => {
+        const hp = [...p, 'headerMatches', j]
+        const ho = c.obj(hm, hp, ['name', 'value'], ['secret', 'mismatch'])
+        if (ho === null) return
+        if (ho.name === undefined) { c.r.add(ERR.REQUIRED, hp, 'name is required'); return }
+        const name = c.str(ho.name, [...hp, 'name'])
+        const value = ho.value === undefined ? null : c.str(ho.value, [...hp, 'value'])
+        if (name === null || name === '') return
+        headers.push({ name: name.toLowerCase(), value: value === '' ? null : value })
+      })
+    }
+    out.push({
+      method: o.method === undefined ? null : regexField(o.method, [...p, 'method'], c),
+      path: o.path === undefined ? null : regexField(o.path, [...p, 'path'], c),
+      host: o.host === undefined ? null : regexField(o.host, [...p, 'host'], c),
+      headers,
+      rule: ref,
+      httpIndex: i
+    })
+  })
+  return out
+}
+
+function parseNameMatch (v: unknown, path: PathSeg[], c: Checker): NameMatcher | null {
+  const o = c.obj(v, path, ['matchName', 'matchPattern'])
+  if (o === null) return null
+  if ((o.matchName === undefined) === (o.matchPattern === undefined)) {
+    c.r.add(ERR.VALUE, path, 'exactly one of matchName and matchPattern is required')
+    return null
+  }
+  const field = o.matchName !== undefined ? 'matchName' : 'matchPattern'
+  const s = c.str(o[field], [...path, field])
+  if (s === null) return null
+  const re = field === 'matchName' ? MATCH_NAME_RE : MATCH_PATTERN_RE
+  if (s.length > 255 || !re.test(s)) {
+    c.r.add(ERR.VALUE, [...path, field], `"${s}" is not a valid ${field} (allowed: ${field === 'matchName' ? 'letters, digits, - _ .' : 'letters, digits, - _ . *'}; at most 255)`)
+    return null
+  }
+  return field === 'matchName' ? compileMatchName(s) : compileMatchPattern(s)
+}
+
+function validateDns (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): DnsRuleItem[] | null {
+  const list = c.list(v, path)
+  if (list === null) return null
+  // An empty list allows every name (Cilium's GeneratePattern on no rules).
+  if (list.length === 0) return [{ pattern: '*', test: () => true, rule: ref }]
+  const out: DnsRuleItem[] = []
+  list.forEach((d, i) => {
+    const m = parseNameMatch(d, [...path, i], c)
+    if (m !== null) out.push({ pattern: m.pattern, test: m.test, rule: ref })
+  })
+  return out
+}
+
+function parseSelector (v: unknown, path: PathSeg[], c: Checker): Selector | null {
+  const o = c.obj(v, path, ['matchLabels', 'matchExpressions'])
+  if (o === null) return null
+  const reqs: Requirement[] = []
+  let ok = true
+  if (o.matchLabels !== undefined) {
+    const ml = c.obj(o.matchLabels, [...path, 'matchLabels'], Object.keys(o.matchLabels ?? {}))
+    if (ml === null) ok = false
+    else {
+      for (const [k, val] of Object.entries(ml)) {
+        const p = [...path, 'matchLabels', k]
+        const s = c.str(val, p)
+        if (s === null) { ok = false; continue }
+        if (!checkKey(k, p, c) || !checkValue(s, p, c)) { ok = false; continue }
+        const { source, key } = parseSelectorKey(k)
+        reqs.push({ source, key, op: 'In', values: [s] })
+      }
+    }
+  }
+  if (o.matchExpressions !== undefined) {
+    c.list(o.matchExpressions, [...path, 'matchExpressions'])?.forEach((e, i) => {
+      const p = [...path, 'matchExpressions', i]
+      const eo = c.obj(e, p, ['key', 'operator', 'values'])
+      if (eo === null) { ok = false; return }
+      if (eo.key === undefined || eo.operator === undefined) { c.r.add(ERR.REQUIRED, p, 'key and operator are required'); ok = false; return }
+      const k = c.str(eo.key, [...p, 'key'])
+      const op = c.str(eo.operator, [...p, 'operator'])
+      if (k === null || op === null || !checkKey(k, [...p, 'key'], c)) { ok = false; return }
+      if (!(OPERATORS as readonly string[]).includes(op)) {
+        c.r.add(ERR.SELECTOR, [...p, 'operator'], `unknown operator "${op}" (expected In, NotIn, Exists or DoesNotExist)`)
+        ok = false
+        return
+      }
+      const values: string[] = []
+      if (eo.values !== undefined) {
+        const vl = c.list(eo.values, [...p, 'values'])
+        if (vl === null) { ok = false; return }
+        vl.forEach((x, j) => { const s = c.str(x, [...p, 'values', j]); if (s === null) ok = false; else values.push(s) })
+      }
+      if ((op === 'In' || op === 'NotIn') && values.length === 0) { c.r.add(ERR.SELECTOR, [...p, 'values'], `operator ${op} needs at least one value`); ok = false; return }
+      if ((op === 'Exists' || op === 'DoesNotExist') && values.length > 0) { c.r.add(ERR.SELECTOR, [...p, 'values'], `operator ${op} takes no values`); ok = false; return }
+      const { source, key } = parseSelectorKey(k)
+      reqs.push({ source, key, op: op as Operator, values })
+    })
+  }
+  return ok ? makeSelector(reqs) : null
+}
+
+function checkKey (k: string, path: PathSeg[], c: Checker): boolean {
+  if (k === '' || /[\s=]/.test(k) || k.length > 317) { c.r.add(ERR.SELECTOR, path, `"${k}" is not a valid label key`, true); return false }
+  return true
+}
+
+function checkValue (v: string, path: PathSeg[], c: Checker): boolean {
+  if (v.length > 63 || !LABEL_VALUE.test(v)) { c.r.add(ERR.SELECTOR, path, `"${v}" is not a valid label value`); return false }
+  return true
+}
+
+/** CNP: the subject is always within the policy's namespace (notes §2.3). */
+function scopeSubject (sel: Selector, path: PathSeg[], ctx: Ctx, c: Checker): Selector | null {
+  if (ctx.namespace === null) return sel
+  const ns = ctx.namespace
+  const nsReqs = sel.reqs.filter((r) => r.key === NAMESPACE_LABEL && (r.source === 'k8s' || r.source === 'any'))
+  const conflicting = nsReqs.filter((r) => !(r.op === 'In' && r.values.length === 1 && r.values[0] === ns))
+  if (conflicting.length > 0) {
+    // Cilium overwrites it with a warning; we refuse, so the author sees the policy cannot do that.
+    c.r.add(ERR.SELECTOR, path, `a CiliumNetworkPolicy in namespace "${ns}" selects only endpoints of "${ns}"; use a CiliumClusterwideNetworkPolicy to select others`)
+    return null
+  }
+  const rest = sel.reqs.filter((r) => !nsReqs.includes(r))
+  return makeSelector([...rest, { source: 'k8s', key: NAMESPACE_LABEL, op: 'In', values: [ns] }])
+}
+
+/** CNP peers default to the policy's namespace; CCNP peers to any namespace (pods only). */
+function scopePeer (sel: Selector, ctx: Ctx): Selector {
+  if (namesNamespace(sel) || usesReserved(sel)) return sel
+  if (ctx.namespace !== null) return makeSelector([...sel.reqs, { source: 'k8s', key: NAMESPACE_LABEL, op: 'In', values: [ctx.namespace] }])
+  return makeSelector([...sel.reqs, { source: 'k8s', key: NAMESPACE_LABEL, op: 'Exists', values: [] }])
+}
