@@ -33,6 +33,7 @@ const LINGER_MS = 2000
 const PAUSED_PIPELINE = 1
 const PAUSED_UPSTREAM = 2
 const PAUSED_TUNNEL = 4
+const PAUSED_CLIENT_DRAIN = 8
 
 interface HeldHead {
   major: number
@@ -239,6 +240,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     view.headers = headers
 
     if (headers.length / 2 > ctx.opts.maxHeaders) return this.reject(431, 'too-many-headers')
+    // HTTP/0.9 (no version) is malformed here; a well-formed 2.x/1.2 request line is a version we do not speak.
+    if (major === 0) return this.reject(400, 'http-0.9')
     if (major !== 1 || (minor !== 0 && minor !== 1)) return this.reject(505, 'http-version')
 
     let hostCount = 0
@@ -494,6 +497,20 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       return
     }
     this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
+    if (this.socket.writableNeedDrain) {
+      // The client is not reading its responses: read nothing more from it until it does.
+      this.pause(PAUSED_CLIENT_DRAIN)
+      this.socket.once('drain', () => {
+        this.unpause(PAUSED_CLIENT_DRAIN)
+        if (!this.closed) this.nextHeld()
+      })
+      return
+    }
+    this.nextHeld()
+  }
+
+  /** Start the pipelined request held back while the previous exchange ran. */
+  private nextHeld (): void {
     const held = this.held
     if (held === null) {
       if (this.clientEnded) this.endClient()
