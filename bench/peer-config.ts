@@ -55,7 +55,7 @@ export function haproxyConfig (policy: PeerPolicy, ep: PeerEndpoints): string {
     '  nbthread 1',
     // normalize-uri is "experimental" in 2.6; it is how HAProxy does what Cilium's path normalisation does.
     '  expose-experimental-directives',
-    '  maxconn 20000',
+    '  maxconn 4096',
     `  pidfile ${ep.stateDir}/haproxy.pid`,
     '  tune.bufsize 16384',
     'defaults',

@@ -10,7 +10,8 @@ import { execFileSync } from 'node:child_process'
 export class ProcError extends Error {
   readonly code = 'WARDEN_ERR_BENCH_PROC'
   constructor (message: string, readonly argv: string[], readonly output: string) {
-    super(`${message}: ${argv.join(' ')}${output === '' ? '' : `\n${output}`}`)
+    // The output (what the process said) first: it is what a reader of a `skipped` reason needs.
+    super(`${message}${output === '' ? '' : `: ${output.replace(/\s*\n\s*/g, ' / ')}`} [${argv.slice(0, 4).join(' ')} ...]`)
     this.name = 'ProcError'
   }
 }
@@ -46,6 +47,9 @@ export class Proc {
     })
     this.child.stderr?.setEncoding('utf8').on('data', (s: string) => { this.stderrTail = (this.stderrTail + s).slice(-TAIL) })
   }
+
+  /** Calls `f` with every complete stdout line from now on. */
+  onLine (f: (line: string) => void): void { this.lineListeners.push(f) }
 
   get running (): boolean { return this.exitCode === null && this.exitSignal === null }
 
