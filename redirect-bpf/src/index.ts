@@ -340,7 +340,7 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
     const cur = cfgMap.get(Buffer.alloc(4))
     cfgMap.ref.close()
     upgrade = cur === undefined || decodeConfig(cur).progTag !== tag
-    if (upgrade) await loadObject(opts.bpffs, 'progs.new')
+    if (upgrade) await loadObject(opts.bpffs, 'progs_new')
     log.info({ bpffs: opts.bpffs, upgrade }, 'datapath reusing pinned maps')
   }
   const { maps, refs } = openMaps(opts.bpffs)
@@ -350,8 +350,8 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
       const rec = decodeAttach(v)
       const name = ifnameOf(k.readUInt32LE(0))
       if (name === undefined) continue
-      if ((rec.hooks & HOOK_INGRESS) !== 0) await attachHook(opts.bpffs, name, 'ingress', 'progs.new')
-      if ((rec.hooks & HOOK_EGRESS) !== 0) await attachHook(opts.bpffs, name, 'egress', 'progs.new')
+      if ((rec.hooks & HOOK_INGRESS) !== 0) await attachHook(opts.bpffs, name, 'ingress', 'progs_new')
+      if ((rec.hooks & HOOK_EGRESS) !== 0) await attachHook(opts.bpffs, name, 'egress', 'progs_new')
     }
     promoteProgs(opts.bpffs)
   }

@@ -8,7 +8,8 @@
  *   stay attached when the agent exits: no gap for L3/L4 between two runs. (tcx links
  *   would need a pinned link per interface and a newer bpftool than Debian 12's 7.1.)
  *
- * Layout under the bpffs dir: `l7p_*` maps, `progs/from_workload`, `progs/to_workload`.
+ * Layout under the bpffs dir: `l7p_*` maps, `progs/from_workload`, `progs/to_workload`
+ * (bpffs refuses names with a dot, hence `progs_new` during an upgrade).
  */
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
@@ -103,11 +104,11 @@ export async function loadObject (bpffs: string, progDir: string): Promise<void>
   if (still.length > 0) throw new DatapathError('WARDEN_ERR_BPF_PIN', `maps not pinned: ${still.join(', ')}`, { bpffs })
 }
 
-/** Swap `<bpffs>/progs.new` in for `<bpffs>/progs` (after filters point at the new ones). */
+/** Swap `<bpffs>/progs_new` in for `<bpffs>/progs` (after filters point at the new ones). */
 export function promoteProgs (bpffs: string): void {
   const cur = join(bpffs, 'progs')
   if (existsSync(cur)) rmSync(cur, { recursive: true, force: true })
-  renameSync(join(bpffs, 'progs.new'), cur)
+  renameSync(join(bpffs, 'progs_new'), cur)
 }
 
 export function ifnameOf (ifindex: number): string | undefined {

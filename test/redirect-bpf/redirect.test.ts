@@ -1,0 +1,103 @@
+// Redirect of flagged ports to transparent listeners (the proxies' sockets), and fail-closed.
+// Needs root and eBPF (CI runs as root): namespaces wdp2-*, veths wdp2*, pins under
+// /sys/fs/bpf/wdp2, route table 2102, proxy ports 16020/16021; all removed in teardown.
+import t from 'tap'
+import net from 'node:net'
+import { datapathLab, isRoot } from '../helpers/lab-fixture.js'
+import { connect, startServer } from '../helpers/lab-net.js'
+import { entry, openEntries } from '../helpers/lab-snapshot.js'
+import { bindTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
+import type { FlowEvent } from '../../redirect-bpf/src/index.js'
+
+const TCP = 6
+const UDP = 17
+const IN = 0
+const OUT = 1
+
+interface Seen { local: string, remote: string }
+
+/** A stand-in proxy: records what it saw, then relays to the original destination. */
+async function testProxy (port: number): Promise<{ server: net.Server, seen: Seen[] }> {
+  const seen: Seen[] = []
+  const server = await listenTransparentTcp(port)
+  server.on('connection', (c) => {
+    seen.push({ local: `${c.localAddress}:${c.localPort}`, remote: `${c.remoteAddress}:${c.remotePort}` })
+    const up = net.connect(c.localPort ?? 0, c.localAddress ?? '')
+    c.pipe(up).pipe(c)
+    up.on('error', () => c.destroy())
+    c.on('error', () => up.destroy())
+  })
+  return { server, seen }
+}
+
+t.test('redirect to the proxy listeners', { skip: isRoot() ? false : 'needs root' }, async (t) => {
+  const lab = await datapathLab(t, 2, ['a', 'b', 'c'])
+  const [A, B, C] = [100, 101, 102]
+  const flows: FlowEvent[] = []
+  lab.dp.onFlow((ev) => flows.push(ev))
+  for (const port of [8080, 9090]) {
+    const s = await startServer(lab.ns('b'), 'tcp', port, 'b')
+    t.teardown(s.stop)
+  }
+  await lab.apply([
+    entry(A, OUT, 0, TCP, 8080, 'redirect-http'),
+    entry(A, OUT, 0, UDP, 53, 'redirect-dns'),
+    entry(A, OUT, 0, TCP, 9090, 'allow'),
+    entry(B, IN, 0, 0, 0, 'allow'),
+    entry(B, IN, 0, TCP, 9090, 'redirect-http'),
+    entry(B, OUT, 0, 0, 0, 'allow'),
+    ...openEntries(C)
+  ])
+
+  await t.test('with no listener, a flagged port fails closed', async (t) => {
+    const r = await connect(lab.ns('a'), 'tcp', lab.ip('b'), 8080, 1000)
+    t.strictSame(r, { ok: false, error: 'timeout' }, 'dropped, never delivered to b')
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    t.ok(flows.some((f) => f.reason === 'drop_no_socket' && f.dstPort === 8080), 'drop_no_socket event')
+  })
+
+  await t.test('an egress-flagged port reaches the proxy, which sees the original destination', async (t) => {
+    const { server, seen } = await testProxy(lab.opts.proxyPort)
+    t.teardown(() => { server.close() })
+    const r = await connect(lab.ns('a'), 'tcp', lab.ip('b'), 8080)
+    t.match(r, { ok: true, reply: { from: 'b' } }, 'relayed to b')
+    t.equal(seen.length, 1)
+    t.equal(seen[0].local, `${lab.ip('b')}:8080`, 'original destination as local address')
+    t.match(seen[0].remote, new RegExp(`^${lab.ip('a')}:`), 'the client as remote address')
+    t.notMatch(r.ok ? r.reply.remote : '', new RegExp(`^${lab.ip('a')}:`), 'b saw the proxy upstream, not a')
+    t.ok(flows.some((f) => f.verdict === 'redirected-http' && f.srcIp === lab.ip('a') && f.dstPort === 8080), 'redirect event')
+  })
+
+  await t.test('an ingress-flagged port of the destination is redirected, whoever the client', async (t) => {
+    const { server, seen } = await testProxy(lab.opts.proxyPort)
+    t.teardown(() => { server.close() })
+    const r = await connect(lab.ns('c'), 'tcp', lab.ip('b'), 9090)
+    t.match(r, { ok: true, reply: { from: 'b' } })
+    t.equal(seen.length, 1)
+    t.equal(seen[0].local, `${lab.ip('b')}:9090`)
+    const direct = await connect(lab.ns('a'), 'tcp', lab.ip('b'), 9090)
+    t.match(direct, { ok: true }, 'a -> b:9090')
+    t.equal(seen.length, 2, 'b\'s ingress redirect applies to a as well')
+  })
+
+  await t.test('DNS over UDP reaches the DNS proxy, which reads the original destination and answers as it', async (t) => {
+    const sock = await bindTransparentUdp(lab.opts.dnsProxyPort)
+    t.teardown(() => sock.close())
+    const got: Array<{ from: string, orig: unknown }> = []
+    sock.on('message', (_msg, rinfo) => {
+      const orig = lab.dp.udpOriginalDestination(rinfo.address, rinfo.port)
+      got.push({ from: `${rinfo.address}:${rinfo.port}`, orig })
+      if (orig === undefined) return
+      // answer FROM the address the client asked
+      bindTransparentUdp(orig.port, orig.ip).then((out) => {
+        const body = JSON.stringify({ from: 'dns-proxy', local: `${orig.ip}:${orig.port}`, remote: `${rinfo.address}:${rinfo.port}` })
+        out.send(body, rinfo.port, rinfo.address, () => out.close())
+      }, () => {})
+    })
+    const r = await connect(lab.ns('a'), 'udp', lab.ip('c'), 53)
+    t.match(r, { ok: true, reply: { from: 'dns-proxy', local: `${lab.ip('c')}:53` } }, 'the client got the answer from c:53')
+    t.equal(got.length, 1)
+    t.match(got[0].orig, { ip: lab.ip('c'), port: 53 })
+    t.ok(lab.dp.counters().new_redirect_dns >= 1)
+  })
+})
