@@ -1,0 +1,189 @@
+// Upstream side: down (503), reset (502), large streamed bodies both ways, chunked and HEAD
+// responses, pooled reuse across clients, WebSocket upgrade turning into a raw pipe.
+import t from 'tap'
+import net from 'node:net'
+import { createHash } from 'node:crypto'
+import { ADDR, ID, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, type Tap } from '../../helpers/http-proxy.js'
+
+async function rawBackend (t: Tap, onConn: (s: net.Socket) => void): Promise<number> {
+  const srv = net.createServer(onConn)
+  await new Promise<void>(resolve => srv.listen(0, '127.0.0.1', resolve))
+  const conns = new Set<net.Socket>()
+  srv.on('connection', s => { conns.add(s); s.on('close', () => conns.delete(s)) })
+  t.teardown(async () => { for (const s of conns) s.destroy(); await new Promise(resolve => srv.close(resolve)) })
+  return (srv.address() as net.AddressInfo).port
+}
+
+t.test('upstream down: 503 and the error is counted', async t => {
+  // A port nobody listens on: bind one, note it, close it.
+  const tmp = net.createServer()
+  await new Promise<void>(resolve => tmp.listen(0, '127.0.0.1', resolve))
+  const port = (tmp.address() as net.AddressInfo).port
+  await new Promise(resolve => tmp.close(resolve))
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response()
+  t.equal(r?.status, 503)
+  t.equal(px.proxy.metrics().upstream_errors_connect, 1)
+  t.match(px.logs.find(l => l.msg === 'http request'), { status: 503, reason: 'upstream-connect', level: 40 })
+})
+
+t.test('upstream resets after reading the request: 502', async t => {
+  const port = await rawBackend(t, s => { s.once('data', () => s.resetAndDestroy()) })
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_reset, 1)
+})
+
+t.test('upstream sends a malformed response: 502, never relayed', async t => {
+  const port = await rawBackend(t, s => { s.once('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab')) })
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+})
+
+t.test('bytes past the end of a response are not relayed (response splitting)', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged'))
+  })
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response()
+  t.equal(r?.body, 'ok')
+  c.write(get('/healthz'))
+  const r2 = await c.response(1000)
+  t.not(r2?.body, 'forged', 'the forged response is never delivered')
+  t.notMatch(c.rest(), /forged/)
+})
+
+t.test('stale pooled connection closed by the server: body-less request retried on a fresh one', async t => {
+  let n = 0
+  const port = await rawBackend(t, s => {
+    const me = ++n
+    s.on('data', () => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n${me}`)
+      if (me === 1) setTimeout(() => s.destroy(), 20) // closes while pooled, without saying so
+    })
+  })
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.body, '1')
+  await sleep(100)
+  c.write(get('/healthz'))
+  const r = await c.response()
+  t.equal(r?.status, 200)
+  t.equal(r?.body, '2', 'served by a new upstream connection')
+})
+
+t.test('large bodies stream both ways intact (content-length and chunked)', async t => {
+  const be = await startBackend(t, (req, res) => {
+    // echo the SHA-256 of what arrived, then stream 8 MiB back in 64 KiB writes (chunked)
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    let left = 8 * 1024 * 1024
+    const block = Buffer.alloc(64 * 1024, 7)
+    const write = (): void => {
+      while (left > 0) { left -= block.length; if (!res.write(block)) { res.once('drain', write); return } }
+      res.end()
+    }
+    write()
+  })
+  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const big = Buffer.alloc(6 * 1024 * 1024)
+  for (let i = 0; i < big.length; i++) big[i] = i % 251
+  const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  c.write(`POST /api/v1/charge HTTP/1.1\r\nHost: b\r\nContent-Length: ${big.length}\r\n\r\n`)
+  c.write(big)
+  // Response is chunked; read raw until the terminal chunk and de-chunk here.
+  let raw = Buffer.alloc(0)
+  await new Promise<void>(resolve => {
+    c.socket.removeAllListeners('data')
+    c.socket.on('data', (d: Buffer) => { raw = Buffer.concat([raw, d]); if (raw.subarray(-5).toString() === '0\r\n\r\n') resolve() })
+  })
+  t.equal(be.requests[0].body.length, big.length, 'request body length at the backend')
+  t.equal(createHash('sha256').update(Buffer.from(be.requests[0].body, 'latin1')).digest('hex'), createHash('sha256').update(big).digest('hex'), 'request body intact')
+  const headEnd = raw.indexOf('\r\n\r\n')
+  t.match(raw.subarray(0, headEnd).toString(), /transfer-encoding: chunked/i)
+  let p = headEnd + 4
+  let total = 0
+  let ok = true
+  for (;;) {
+    const eol = raw.indexOf('\r\n', p)
+    const size = parseInt(raw.subarray(p, eol).toString(), 16)
+    if (size === 0) break
+    const data = raw.subarray(eol + 2, eol + 2 + size)
+    if (data.some(b => b !== 7)) ok = false
+    total += size
+    p = eol + 2 + size + 2
+  }
+  t.equal(total, 8 * 1024 * 1024, 'response body length')
+  t.ok(ok, 'response bytes intact')
+
+  // chunked request body, re-framed by the proxy
+  const c2 = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  c2.write('POST /api/v1/charge HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n')
+  for (let i = 0; i < 64; i++) c2.write(`4000;ext=1\r\n${'x'.repeat(0x4000)}\r\n`)
+  c2.write('0\r\nX-Trailer: t\r\n\r\n')
+  await sleep(200)
+  for (let i = 0; i < 50 && be.requests.length < 2; i++) await sleep(50)
+  t.equal(be.requests[1]?.body.length, 64 * 0x4000, 'chunked request body length')
+  t.notMatch(be.received(), /ext=1/, 'chunk extensions are not forwarded')
+})
+
+t.test('HEAD response: no body expected, connection reusable', async t => {
+  const be = await startBackend(t, (req, res) => { res.writeHead(200, { 'content-length': 1000 }); res.end(req.method === 'HEAD' ? undefined : 'x'.repeat(1000)) })
+  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port, { [ID.MONITORING]: [{ method: 'HEAD|GET', path: '/healthz' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('HEAD /healthz HTTP/1.1\r\nHost: b\r\n\r\n')
+  await sleep(100)
+  t.match(c.rest(), /^HTTP\/1.1 200 OK\r\n[\s\S]*content-length: 1000\r\n[\s\S]*\r\n\r\n$/i, 'head only')
+  c.socket.removeAllListeners('data')
+  let more = ''
+  c.socket.on('data', (d: Buffer) => { more += d.toString() })
+  c.write(get('/healthz'))
+  await sleep(100)
+  t.match(more, /\r\n\r\nx{1000}$/, 'the next response follows')
+})
+
+t.test('one pooled upstream connection serves several clients in turn', async t => {
+  const be = await startBackend(t)
+  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  for (let i = 0; i < 3; i++) {
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(get('/healthz'))
+    t.equal((await c.response())?.status, 200)
+    c.socket.destroy()
+    await sleep(20)
+  }
+  t.equal(be.connections, 1)
+  t.equal(px.proxy.metrics().upstream_idle, 1)
+})
+
+t.test('WebSocket upgrade on an allowed request becomes a raw two-way pipe', async t => {
+  const port = await rawBackend(t, s => {
+    let upgraded = false
+    s.on('data', (d: Buffer) => {
+      if (!upgraded) {
+        upgraded = true
+        s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhello')
+        return
+      }
+      s.write('echo:' + d.toString())
+    })
+  })
+  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port, { [ID.MONITORING]: [{ method: 'GET', path: '/ws' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  const r = await c.response()
+  t.equal(r?.status, 101)
+  for (let i = 0; i < 20 && c.rest() !== 'hello'; i++) await sleep(20)
+  t.equal(c.rest(), 'hello')
+  c.write('GET / HTTP/1.1 is just payload now')
+  for (let i = 0; i < 50 && !c.rest().includes('echo:'); i++) await sleep(20)
+  t.equal(c.rest(), 'helloecho:GET / HTTP/1.1 is just payload now')
+})
