@@ -1,11 +1,37 @@
+/**
+ * `warden check --policies DIR [--endpoints FILE]`: validate and compile, print every error as
+ * `file:line:col: path: message` (exit 1), or a one-line summary (exit 0).
+ */
 import type { Command } from './main.js'
+import { formatPolicyError, loadSnapshot } from '../policy-store/src/index.js'
 
 export const command: Command = {
-  summary: '(not implemented yet)',
-  usage: 'warden check: not implemented yet',
-  options: {},
-  async run () {
-    console.error('warden check: not implemented yet')
-    return 2
+  summary: 'validate policy files (and an endpoints file); print errors with their location',
+  usage: `Usage: warden check --policies DIR [--endpoints FILE]
+
+Loads every .yaml/.yml/.json file below DIR (CiliumNetworkPolicy and
+CiliumClusterwideNetworkPolicy) and compiles them. Prints each error as
+  file:line:col: field.path: message
+and exits 1 if there is any; otherwise prints a one-line summary and exits 0.`,
+  options: {
+    policies: { type: 'string' },
+    endpoints: { type: 'string' }
+  },
+  async run (values) {
+    const policies = values.policies as string | undefined
+    if (policies === undefined) {
+      console.error('warden check: --policies DIR is required')
+      return 2
+    }
+    const { errors, summary } = await loadSnapshot({ policies, endpoints: values.endpoints as string | undefined })
+    if (errors.length > 0) {
+      for (const e of errors) console.log(formatPolicyError(e))
+      console.error(`warden check: ${errors.length} error(s)`)
+      return 1
+    }
+    const s = summary
+    console.log(`ok: ${s.files} file(s), ${s.policies} ${s.policies === 1 ? 'policy' : 'policies'}, ${s.rules} rule(s), ${s.endpoints} endpoint(s), ${s.identities} ${s.identities === 1 ? 'identity' : 'identities'}` +
+      (s.skippedDocuments > 0 ? ` (skipped ${s.skippedDocuments} non-Cilium document(s))` : ''))
+    return 0
   }
 }
