@@ -1,14 +1,13 @@
 // Bypass regressions (after Envoy's /foo/../bar and friends): what the policy judges is what the
 // backend receives.
 import t from 'tap'
-import { ADDR, ID, RawClient, billingSnapshot, get, post, startBackend, startProxy } from '../../helpers/http-proxy.js'
+import { ADDR, ID, RawClient, billingSnapshot, get, post, startBackend, startProxy, type RuleSpec, type Tap } from '../../helpers/http-proxy.js'
 
-async function setup (t: Tap, overrides = {}) {
+async function setup (t: Tap, overrides: Partial<Record<number, RuleSpec[]>> = {}) {
   const be = await startBackend(t)
   const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port, overrides))
   return { be, px }
 }
-type Tap = Parameters<Parameters<typeof t.test>[1]>[0]
 
 const denied: Array<[string, string, string]> = [
   ['dot-dot out of invoices', ADDR.AUDITING, get('/api/v1/invoices/../charge')],
