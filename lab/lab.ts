@@ -104,12 +104,23 @@ async function upOne (spec: LabSpec, h: LabHost): Promise<void> {
 /** Create the lab. On failure everything made so far is removed and the error rethrown. */
 export async function labUp (spec: LabSpec): Promise<void> {
   validate(spec)
+  // never take over an interface someone else made (labDown would delete it)
+  for (const h of spec.hosts) {
+    if (existsSync(`/sys/class/net/${h.hostIf}`)) throw new LabError(`interface ${h.hostIf} already exists`, { host: h.name })
+  }
   try {
     for (const h of spec.hosts) await upOne(spec, h)
   } catch (err) {
     await labDown(spec)
     throw err
   }
+}
+
+async function isVeth (ifname: string): Promise<boolean> {
+  if (!existsSync(`/sys/class/net/${ifname}`)) return false
+  const out = await sh('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], /Cannot find device|does not exist/i)
+  const links = JSON.parse(out === '' ? '[]' : out) as Array<{ linkinfo?: { info_kind?: string } }>
+  return links[0]?.linkinfo?.info_kind === 'veth'
 }
 
 /** Remove the lab: namespaces, veths, routes, /etc/netns files. Idempotent. */
@@ -119,8 +130,8 @@ export async function labDown (spec: LabSpec): Promise<void> {
     await sh('ip', ['netns', 'del', ns], /No such file|Invalid netns|not found/i)
     // deleting the namespace deletes the peer and so the host side; this covers a host
     // side left behind by a partial labUp
-    await sh('ip', ['link', 'del', h.hostIf], /Cannot find device|does not exist/i)
-    await sh('ip', ['route', 'del', `${h.ipv4}/32`], /No such process|not found|Cannot find/i)
+    if (await isVeth(h.hostIf)) await sh('ip', ['link', 'del', h.hostIf], /Cannot find device|does not exist/i)
+    await sh('ip', ['route', 'del', `${h.ipv4}/32`, 'dev', h.hostIf], /No such process|not found|Cannot find|does not exist/i)
     const etc = `/etc/netns/${ns}`
     if (existsSync(etc)) rmSync(etc, { recursive: true, force: true })
   }
