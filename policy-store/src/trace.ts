@@ -105,8 +105,10 @@ export function resolvePeer (snap: Snapshot, spec: string): TracePeer | string {
     return { spec, identity: ep?.identity ?? lookupIpcache(snap, spec), endpoint: ep, ip: spec }
   }
   const slash = spec.indexOf('/')
+  // A bare name means the `default` namespace when it exists there (as kubectl), else any.
+  const inDefault = snap.endpoints.filter((e) => e.name === spec && e.namespace === 'default')
   const matches = slash === -1
-    ? snap.endpoints.filter((e) => e.name === spec)
+    ? (inDefault.length > 0 ? inDefault : snap.endpoints.filter((e) => e.name === spec))
     : snap.endpoints.filter((e) => e.namespace === spec.slice(0, slash) && e.name === spec.slice(slash + 1))
   if (matches.length === 0) return `no endpoint "${spec}" in the endpoints file`
   if (matches.length > 1) return `"${spec}" is ambiguous (${matches.map((e) => e.namespace + '/' + e.name).join(', ')}); use namespace/name`
