@@ -1,11 +1,106 @@
 import type { Command } from './main.js'
 
+const USAGE = `warden run --policies DIR --endpoints FILE [options]
+
+Runs the node agent: compiles the policies, loads the tc program on every endpoint's interface, fills its
+maps, and serves the transparent HTTP and DNS proxies. Needs root (eBPF, tc, ip rules).
+
+Options:
+  --policies DIR          CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files (watched)
+  --endpoints FILE        the node's workloads (watched)
+  --uplink IFACE          also enforce on traffic entering from IFACE (repeatable)
+  --proxy-port N          transparent HTTP proxy port (default 15001)
+  --dns-proxy-port N      transparent DNS proxy port, UDP and TCP (default 15053)
+  --bpffs DIR             where the maps are pinned (default /sys/fs/bpf/warden)
+  --route-table N         policy-routing table for redirected packets (default 2004)
+  --state-dir DIR         identities and learned DNS names survive restarts here (default /var/lib/warden)
+  --deny-response MODE    403 (default, like Cilium) or reset
+  --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
+  --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
+  --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
+  --fqdn-max-ips-per-name N  (default 1000)
+  --log-level LEVEL       pino level (default info)
+
+SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
+L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
+
+function int (v: unknown, name: string, dflt: number): number {
+  if (v === undefined) return dflt
+  const n = Number(v)
+  if (!Number.isInteger(n) || n < 0 || n > 65535 * 65536) throw new Error(`--${name} must be a whole number, got "${String(v)}"`)
+  return n
+}
+
 export const command: Command = {
-  summary: '(not implemented yet)',
-  usage: 'warden run: not implemented yet',
-  options: {},
-  async run () {
-    console.error('warden run: not implemented yet')
-    return 2
+  summary: 'run the node agent (kernel datapath + HTTP and DNS proxies)',
+  usage: USAGE,
+  options: {
+    policies: { type: 'string' },
+    endpoints: { type: 'string' },
+    uplink: { type: 'string', multiple: true },
+    'proxy-port': { type: 'string' },
+    'dns-proxy-port': { type: 'string' },
+    bpffs: { type: 'string' },
+    'route-table': { type: 'string' },
+    'state-dir': { type: 'string' },
+    'deny-response': { type: 'string' },
+    metrics: { type: 'string' },
+    'fqdn-min-ttl': { type: 'string' },
+    'fqdn-max-ttl': { type: 'string' },
+    'fqdn-max-ips-per-name': { type: 'string' },
+    'log-level': { type: 'string' }
+  },
+  async run (v) {
+    if (typeof v.policies !== 'string' || typeof v.endpoints !== 'string') {
+      console.error('warden run: --policies and --endpoints are required\n\n' + USAGE)
+      return 1
+    }
+    const deny = (v['deny-response'] as string | undefined) ?? '403'
+    if (deny !== '403' && deny !== 'reset') {
+      console.error(`warden run: --deny-response must be 403 or reset, got "${deny}"`)
+      return 1
+    }
+    let opts
+    try {
+      opts = {
+        policies: v.policies,
+        endpoints: v.endpoints,
+        uplinks: (v.uplink as string[] | undefined) ?? [],
+        proxyPort: int(v['proxy-port'], 'proxy-port', 15001),
+        dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053),
+        bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
+        routeTable: int(v['route-table'], 'route-table', 2004),
+        stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
+        denyResponse: deny as '403' | 'reset',
+        metrics: v.metrics as string | undefined,
+        fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
+        fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0),
+        fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000),
+        logLevel: (v['log-level'] as string | undefined) ?? 'info'
+      }
+    } catch (err) {
+      console.error(`warden run: ${(err as Error).message}`)
+      return 1
+    }
+    const { startAgent } = await import('../agent/agent.js')
+    let agent
+    try {
+      agent = await startAgent(opts)
+    } catch (err) {
+      const e = err as Error & { errors?: Array<{ file: string, line: number, col: number, path: string, message: string }> }
+      if (Array.isArray(e.errors)) for (const x of e.errors) console.error(`${x.file}:${x.line}:${x.col}: ${x.path}: ${x.message}`)
+      console.error(`warden run: ${e.message}`)
+      return 1
+    }
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string): void => {
+        agent.logger.info({ signal: sig }, 'stopping; the program and maps stay in place (L7 ports fail closed)')
+        resolve()
+      }
+      process.once('SIGTERM', () => stop('SIGTERM'))
+      process.once('SIGINT', () => stop('SIGINT'))
+    })
+    await agent.close()
+    return 0
   }
 }

@@ -121,3 +121,14 @@ export async function bindTransparentUdp (port: number, host = '0.0.0.0'): Promi
   })
   return sock
 }
+
+/**
+ * The same socket, returned at once: dgram queues sends until the bind completes, so the DNS
+ * proxy can ask for "a socket that answers as server X" synchronously, on its hot path.
+ */
+export function bindTransparentUdpSync (port: number, host = '0.0.0.0'): dgram.Socket {
+  const fd = transparentFd(SOCK_DGRAM, host, port)
+  const sock = dgram.createSocket({ type: 'udp4' })
+  sock.bind({ fd })
+  return sock
+}

@@ -1,0 +1,233 @@
+/**
+ * `warden run`: the node agent. Wiring only -- the policy store compiles snapshots, the datapath
+ * puts them in the kernel, the proxies enforce L7. Order matters for failing closed:
+ *
+ *   1. the store loads every file (a bad file at startup is fatal, like Cilium's static CNP path);
+ *   2. the datapath loads (or reuses) the program and its pinned maps and applies the snapshot;
+ *   3. the transparent listeners open -- until then redirected flows find no socket and are dropped;
+ *   4. later snapshots go to the kernel first; the proxies see a snapshot only once the kernel has it,
+ *      so the proxy never allows what the kernel does not yet redirect, and vice versa.
+ */
+import type { Server } from 'node:net'
+import type { Socket as UdpSocket } from 'node:dgram'
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
+import { networkInterfaces } from 'node:os'
+import pino, { type Logger } from 'pino'
+import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type LearnedName } from '../policy-store/src/index.js'
+import { openDatapath, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
+import { createHttpProxy, type HttpProxy } from '../proxy/src/http/index.js'
+import { createDnsProxy, type DnsProxy } from '../proxy/src/dns/index.js'
+import { listenTransparentTcp, bindTransparentUdp, bindTransparentUdpSync } from '../proxy/src/transparent.js'
+import { FlowLogLimiter } from './flow-log.js'
+import { renderMetrics } from './metrics.js'
+
+export interface AgentOptions {
+  policies: string
+  endpoints: string
+  uplinks: string[]
+  proxyPort: number
+  dnsProxyPort: number
+  bpffs: string
+  routeTable: number
+  stateDir: string
+  denyResponse: '403' | 'reset'
+  /** `host:port` for Prometheus text metrics, or undefined. */
+  metrics?: string
+  fqdnMinTtl: number
+  fqdnMaxTtl?: number
+  fqdnMaxIpsPerName: number
+  logger?: Logger
+  logLevel?: string
+}
+
+export interface Agent {
+  readonly logger: Logger
+  /** The snapshot the kernel and the proxies currently enforce. */
+  active (): Snapshot
+  metrics (): Record<string, number>
+  close (): Promise<void>
+}
+
+/** Every IPv4 address of this node: traffic from them is the reserved `host` identity. */
+function hostAddresses (): string[] {
+  const out: string[] = []
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4') out.push(a.address)
+  }
+  return out
+}
+
+export async function startAgent (opts: AgentOptions): Promise<Agent> {
+  const logger = opts.logger ?? pino({ level: opts.logLevel ?? 'info', base: { component: 'warden' } })
+  const log = logger.child({ module: 'agent' })
+  const closers: Array<() => Promise<void> | void> = []
+  const close = async (): Promise<void> => {
+    while (closers.length > 0) {
+      const fn = closers.pop() as () => Promise<void> | void
+      try { await fn() } catch (err) { log.error({ err }, 'error while stopping') }
+    }
+  }
+
+  try {
+    const store: PolicyStore = await openStore({
+      policies: opts.policies,
+      endpoints: opts.endpoints,
+      stateDir: opts.stateDir,
+      hostIPs: hostAddresses(),
+      watch: true,
+      logger
+    })
+    closers.push(async () => await store.close())
+
+    const datapath: Datapath = await openDatapath({
+      bpffs: opts.bpffs,
+      proxyPort: opts.proxyPort,
+      dnsProxyPort: opts.dnsProxyPort,
+      uplinks: opts.uplinks,
+      routeTable: opts.routeTable,
+      logger
+    })
+    closers.push(async () => await datapath.close())
+
+    let active = store.current()
+    await datapath.apply(active)
+    log.info({ policyVersion: active.version, endpoints: active.endpoints.length, kernelEntries: active.kernel.length }, 'snapshot in the kernel')
+
+    // Snapshots reach the kernel one at a time, in order; waiters learn when a version is in force.
+    let chain: Promise<void> = Promise.resolve()
+    const waiters: Array<{ version: number, resolve: () => void }> = []
+    const enforce = (snap: Snapshot, diff: SnapshotDiff): void => {
+      chain = chain.then(async () => {
+        const started = process.hrtime.bigint()
+        try {
+          await datapath.apply(snap, diff)
+          active = snap
+          log.info({
+            policyVersion: snap.version,
+            kernelAdded: diff.kernelAdded.length,
+            kernelRemoved: diff.kernelRemoved.length,
+            ipcacheAdded: diff.ipcacheAdded.length,
+            ipcacheRemoved: diff.ipcacheRemoved.length,
+            applyMs: Number(process.hrtime.bigint() - started) / 1e6
+          }, 'snapshot in the kernel')
+        } catch (err) {
+          // The old snapshot stays in force in the proxies; the next snapshot is a full resync.
+          log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
+          await datapath.apply(snap).then(() => { active = snap }, (err2) => log.error({ err: err2 }, 'full resync failed'))
+        }
+        for (let i = waiters.length - 1; i >= 0; i--) {
+          if (waiters[i].version <= active.version) waiters.splice(i, 1)[0].resolve()
+        }
+      })
+    }
+    closers.push(store.onSnapshot(enforce))
+    closers.push(store.onRejected((errors) => {
+      for (const e of errors) log.error({ file: e.file, line: e.line, col: e.col, path: e.path, code: e.code }, e.message)
+    }))
+
+    const flowLog = new FlowLogLimiter(logger.child({ module: 'flow' }), 100)
+    datapath.onFlow((ev: FlowEvent) => flowLog.logEvent(ev))
+    closers.push(() => flowLog.close())
+
+    // L7 HTTP proxy on the transparent listener the datapath assigns sockets to.
+    const http: HttpProxy = createHttpProxy({
+      snapshot: () => active,
+      lookupIdentity: (ip) => datapath.lookupIdentity(ip),
+      logger: logger.child({ module: 'http-proxy' })
+    }, { denyResponse: opts.denyResponse })
+    const httpServer: Server = await listenTransparentTcp(opts.proxyPort)
+    httpServer.on('connection', (socket) => http.handleConnection(socket))
+    closers.push(async () => { await closeServer(httpServer); await http.close() })
+
+    // DNS proxy: UDP and TCP on the DNS proxy port. Answers go back FROM the server's address.
+    const replySockets = new Map<string, UdpSocket>()
+    const dns: DnsProxy = await createDnsProxy({
+      snapshot: () => active,
+      lookupIdentity: (ip) => datapath.lookupIdentity(ip),
+      udpOriginalDestination: (ip, port) => datapath.udpOriginalDestination(ip, port),
+      replySocket: (ip, port) => {
+        const key = `${ip}:${port}`
+        let s = replySockets.get(key)
+        if (s === undefined) {
+          s = bindTransparentUdpSync(port, ip)
+          s.on('error', (err) => log.warn({ err, server: key }, 'DNS reply socket error'))
+          replySockets.set(key, s)
+        }
+        return s
+      },
+      learn: async (names: readonly LearnedName[]) => {
+        const snap = store.setLearnedNames(names)
+        if (snap.version <= active.version) return
+        await new Promise<void>((resolve) => waiters.push({ version: snap.version, resolve }))
+      },
+      hasConnection: (ip) => datapath.hasConnection(ip),
+      logger: logger.child({ module: 'dns-proxy' })
+    }, {
+      minTtlSec: opts.fqdnMinTtl,
+      maxTtlSec: opts.fqdnMaxTtl,
+      maxIpsPerName: opts.fqdnMaxIpsPerName,
+      stateDir: opts.stateDir,
+      rejectCode: 'refused'
+    })
+    const dnsUdp = await bindTransparentUdp(opts.dnsProxyPort)
+    dns.attachUdp(dnsUdp)
+    const dnsTcp = await listenTransparentTcp(opts.dnsProxyPort)
+    dnsTcp.on('connection', (socket) => dns.handleTcpConnection(socket))
+    closers.push(async () => {
+      await closeServer(dnsTcp)
+      dnsUdp.close()
+      for (const s of replySockets.values()) s.close()
+      await dns.close()
+    })
+
+    const metrics = (): Record<string, number> => ({
+      warden_policy_version: active.version,
+      warden_endpoints: active.endpoints.length,
+      warden_kernel_entries: active.kernel.length,
+      ...prefixed('warden_datapath_', datapath.counters()),
+      ...prefixed('warden_http_', http.metrics()),
+      ...prefixed('warden_dns_', dns.metrics())
+    })
+    if (opts.metrics !== undefined) {
+      const srv = await serveMetrics(opts.metrics, metrics)
+      closers.push(async () => await closeServer(srv))
+    }
+
+    log.info({
+      proxyPort: opts.proxyPort,
+      dnsProxyPort: opts.dnsProxyPort,
+      bpffs: opts.bpffs,
+      policyVersion: active.version,
+      endpoints: active.endpoints.map((e) => `${e.namespace}/${e.name}`)
+    }, 'warden agent ready')
+
+    return { logger, active: () => active, metrics, close }
+  } catch (err) {
+    await close()
+    throw err
+  }
+}
+
+function prefixed (prefix: string, rec: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [k, v] of Object.entries(rec)) out[prefix + k.replace(/[^a-zA-Z0-9_]/g, '_')] = v
+  return out
+}
+
+async function closeServer (srv: Server | HttpServer): Promise<void> {
+  await new Promise<void>((resolve) => srv.close(() => resolve()))
+}
+
+async function serveMetrics (addr: string, metrics: () => Record<string, number>): Promise<HttpServer> {
+  const i = addr.lastIndexOf(':')
+  const host = i > 0 ? addr.slice(0, i) : '127.0.0.1'
+  const port = Number(addr.slice(i + 1))
+  // node:http is fine here: an operator's scrape every few seconds, not the data path.
+  const srv = createHttpServer((req, res) => {
+    if (req.url !== '/metrics') { res.statusCode = 404; res.end(); return }
+    res.setHeader('content-type', 'text/plain; version=0.0.4')
+    res.end(renderMetrics(metrics()))
+  })
+  await new Promise<void>((resolve, reject) => { srv.once('error', reject); srv.listen(port, host, () => resolve()) })
+  return srv
+}
