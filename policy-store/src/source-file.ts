@@ -145,6 +145,7 @@ export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors
       reporter.addAt(ERR.SYNTAX, pos.line, pos.col, `YAML: ${firstLine((err as Error).message)}`)
       continue
     }
+    if (value === null || value === undefined) continue // `---` followed by nothing
     docs.push({ value, reporter: reporter.forDocument(doc) })
   }
   if (reporter.errors.length > 0) return { errors: reporter.errors }
