@@ -74,16 +74,17 @@ export function makeCert (dir: string, host: string): { cert: string, key: strin
   return { cert, key }
 }
 
-export function startHttpsHost (dir: string, netns: string, host: string): Started {
-  const { cert, key } = makeCert(dir, host)
-  const conf = nginxConf(dir, host, `  server {
+/** An HTTPS nginx in `netns` serving `host` with the certificate from `certsDir` (shared by replicas). */
+export function startHttpsHost (workDir: string, name: string, netns: string, host: string, certsDir: string): Started {
+  const { cert, key } = makeCert(certsDir, host)
+  const conf = nginxConf(workDir, name, `  server {
     listen 443 ssl http2;
     server_name ${host};
     ssl_certificate ${cert};
     ssl_certificate_key ${key};
     location / { return 404 "{\\"message\\": \\"Not Found\\"}\\n"; }
   }`)
-  return startIn(netns, `${host} nginx`, ['nginx', '-c', conf, '-p', join(dir, host)], join(dir, host, 'stdout.log'))
+  return startIn(netns, `${name} nginx (${host})`, ['nginx', '-c', conf, '-p', join(workDir, name)], join(workDir, name, 'stdout.log'))
 }
 
 export interface DnsRecord { name: string, ipv4: string }
