@@ -82,14 +82,18 @@ function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   return { maps, refs }
 }
 
-function readAll (map: RawMap): Map<string, Buffer> {
-  const out = new Map<string, Buffer>()
-  for (const [k, v] of map.entries()) out.set(k.toString('latin1'), Buffer.from(v))
+function readAll (map: RawMap): Map<string, string> {
+  const out = new Map<string, string>()
+  for (const [k, v] of map.entries()) out.set(k.toString('latin1'), v.toString('latin1'))
   return out
 }
 
-/** Sync one map to `want` (key bytes as latin1 -> value): removals first, then upserts. */
-function syncMap (map: RawMap, have: Map<string, Buffer>, want: Map<string, Buffer>): { added: number, removed: number } {
+/**
+ * Sync one map to `want` (key bytes -> value bytes, as latin1 strings): removals of keys
+ * not wanted first, then upserts of new or changed ones. `have` mirrors the map after
+ * each write, so a failure part-way leaves it true and the next apply finishes the job.
+ */
+function syncMap (map: RawMap, have: Map<string, string>, want: Map<string, string>): { added: number, removed: number } {
   let removed = 0
   let added = 0
   for (const k of [...have.keys()]) {
@@ -100,9 +104,8 @@ function syncMap (map: RawMap, have: Map<string, Buffer>, want: Map<string, Buff
     }
   }
   for (const [k, v] of want) {
-    const cur = have.get(k)
-    if (cur !== undefined && cur.equals(v)) continue
-    map.set(Buffer.from(k, 'latin1'), v)
+    if (have.get(k) === v) continue
+    map.set(Buffer.from(k, 'latin1'), Buffer.from(v, 'latin1'))
     have.set(k, v)
     added++
   }
@@ -111,7 +114,7 @@ function syncMap (map: RawMap, have: Map<string, Buffer>, want: Map<string, Buff
 
 class DatapathImpl implements Datapath {
   private readonly listeners: Array<(ev: FlowEvent) => void> = []
-  private readonly cache: { endpoints: Map<string, Buffer>, ipcache: Map<string, Buffer>, policy: Map<string, Buffer> }
+  private readonly cache: { endpoints: Map<string, string>, ipcache: Map<string, string>, policy: Map<string, string> }
   private rb: RingBuffer | undefined
   private poller: { close: () => void } | undefined
   private timer: NodeJS.Timeout | undefined
@@ -219,23 +222,23 @@ class DatapathImpl implements Datapath {
   async apply (snap: Snapshot, _diff?: SnapshotDiff): Promise<void> {
     const t0 = performance.now()
     // 1. what the programs read: ipcache, endpoints, policy -- before attaching new interfaces
-    const ipc = new Map<string, Buffer>()
+    const ipc = new Map<string, string>()
     const kb = Buffer.alloc(SIZE.ipcacheKey)
+    const vb = Buffer.alloc(SIZE.ipcacheValue)
     for (const e of snap.ipcache) {
       ipc.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
-        encodeIpcacheValue(Buffer.alloc(SIZE.ipcacheValue), { identity: e.identity, endpointId: e.endpointId }))
+        encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1'))
     }
-    const eps = new Map<string, Buffer>()
+    const eps = new Map<string, string>()
+    const ek = Buffer.alloc(4)
+    const ev = Buffer.alloc(SIZE.endpoint)
     for (const ep of snap.endpoints) {
       const idx = ifindexOf(ep.interface)
       if (idx === undefined) continue
-      const k = Buffer.alloc(4)
-      k.writeUInt32LE(idx, 0)
-      eps.set(k.toString('latin1'), encodeEndpoint(Buffer.alloc(SIZE.endpoint),
-        { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }))
+      ek.writeUInt32LE(idx, 0)
+      eps.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }).toString('latin1'))
     }
-    const pol = new Map<string, Buffer>()
-    for (const [k, r] of compilePolicy(snap.kernel)) pol.set(k, r.value)
+    const pol = compilePolicy(snap.kernel)
 
     const sIpc = syncMap(this.maps.l7p_ipcache, this.cache.ipcache, ipc)
     const sPol = syncMap(this.maps.l7p_policy, this.cache.policy, pol)

@@ -10,7 +10,7 @@ import {
   SIZE, REASONS, encodePolicyKey, decodePolicyKey, encodeIpcacheKey, decodeIpcacheKey, encodeCtKey,
   decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, encodeUdpOrigKey
 } from '../../redirect-bpf/src/layout.js'
-import { compilePolicy, portBlocks } from '../../redirect-bpf/src/policy.js'
+import { compilePolicy, policyRecords, portBlocks } from '../../redirect-bpf/src/policy.js'
 import { toFlowEvent } from '../../redirect-bpf/src/events.js'
 import { entry } from '../helpers/lab-snapshot.js'
 
@@ -103,7 +103,7 @@ t.test('colliding entries keep the strongest verdict; ports, any-port and ranges
     entry(1, 0, 5, 6, 88, 'allow', 89),
     entry(1, 1, 0, 0, 0, 'allow')
   ])
-  const byKey = new Map([...m.values()].map((r) => [JSON.stringify(decodePolicyKey(r.key)), r.verdict]))
+  const byKey = new Map(policyRecords(m).map((r) => [JSON.stringify(decodePolicyKey(r.key)), r.verdict]))
   t.equal(byKey.get(JSON.stringify({ portPrefix: 16, endpointId: 1, direction: 0, protocol: 6, identity: 5, port: 80 })), 2, 'deny wins over the range allow')
   t.equal(byKey.get(JSON.stringify({ portPrefix: 15, endpointId: 1, direction: 0, protocol: 6, identity: 5, port: 88 })), 3, 'redirect kept over allow')
   t.equal(byKey.get(JSON.stringify({ portPrefix: 0, endpointId: 1, direction: 1, protocol: 0, identity: 0, port: 0 })), 1)
