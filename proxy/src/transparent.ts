@@ -100,7 +100,8 @@ export async function listenTransparentTcp (port: number, host = '0.0.0.0', back
     c().close(fd)
     throw new TransparentSocketError('listen', e, `${host}:${port}`)
   }
-  const server = net.createServer()
+  // allowHalfOpen: a client that half-closes after pipelining still gets every response in flight.
+  const server = net.createServer({ allowHalfOpen: true })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen({ fd, backlog }, () => { server.off('error', reject); resolve() })
