@@ -1,0 +1,139 @@
+// Needs root and the real kernel (namespaces, tc eBPF, bpf_sk_assign); CI runs as root.
+// toFQDNs end to end: the DNS proxy on the real redirect, a real dnsmasq that is authoritative
+// only, and the seed's egress policy unchanged. Addresses move in the DNS server, TTLs run out,
+// a live connection outlives its address's TTL, and the agent restarts without losing what it
+// learned.
+import t from 'tap'
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { DemoSession, DEFAULT_DEMO, internetAddress, repoRoot, teardown, type DemoConfig } from '../../demo/session.js'
+
+const TTL = 6 // seconds: the lab DNS server's answers
+
+// checkout-service may only ask for api.github.com (and reach it on 443); other names: REFUSED.
+const RESTRICTED_DNS = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: checkout-dns-restricted
+spec:
+  endpointSelector:
+    matchLabels: {app: checkout-service}
+  egress:
+  - toEndpoints:
+    - matchLabels:
+        k8s:io.kubernetes.pod.namespace: kube-system
+        k8s:k8s-app: kube-dns
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns:
+        - matchName: api.github.com
+  - toFQDNs:
+    - matchName: api.github.com
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+`
+
+const policies = mkdtempSync(join(tmpdir(), 'warden-e2e-fqdn-'))
+cpSync(join(repoRoot(), 'demo', 'policies', 'egress-fqdn-policy.yaml'), join(policies, 'egress-fqdn-policy.yaml'))
+writeFileSync(join(policies, 'checkout-dns-restricted.yaml'), RESTRICTED_DNS)
+
+const cfg: DemoConfig = {
+  ...DEFAULT_DEMO,
+  workDir: '/run/warden-e2e-fqdn',
+  nsPrefix: 'wdf-',
+  ifPrefix: 'wdf-',
+  subnet: '198.19.20',
+  bpffs: '/sys/fs/bpf/wdt-fqdn',
+  routeTable: 2310,
+  proxyPort: 17010,
+  dnsProxyPort: 17110,
+  metricsPort: 17210,
+  policies,
+  dnsTtl: TTL
+}
+
+t.teardown(async () => {
+  await teardown(cfg)
+  rmSync(policies, { recursive: true, force: true })
+})
+
+const gh1 = internetAddress(cfg, 'inet-github')
+const gh2 = internetAddress(cfg, 'inet-github2')
+
+/** HTTPS HEAD to api.github.com, resolved by DNS or pinned to `ip` (no lookup). */
+async function head (s: DemoSession, from: string, ip?: string): Promise<string> {
+  const pin = ip === undefined ? [] : ['--resolve', `api.github.com:443:${ip}`]
+  const r = await s.exec(from, ['curl', '-s', '-I', 'https://api.github.com', '--cacert', s.githubCa,
+    '--connect-timeout', '2', '--max-time', '5', ...pin])
+  if (r.code === 28) return 'timeout'
+  if (r.code !== 0) return `curl exit ${r.code}`
+  return r.stdout.split('\n')[0].trim()
+}
+
+/** Resolve `name` with the workload's resolver settings; prints the addresses or the error code. */
+async function resolve4 (s: DemoSession, from: string, name: string): Promise<string> {
+  const js = `const r=new (require('dns').Resolver)();r.setServers(['${s.kubeDns}']);` +
+    `r.resolve4('${name}',(e,a)=>console.log(e?e.code:a.join(',')))`
+  const r = await s.exec(from, [process.execPath, '-e', js])
+  return r.stdout.trim()
+}
+
+async function eventually (what: () => Promise<string>, want: string, ms: number): Promise<string> {
+  const deadline = Date.now() + ms
+  let got = await what()
+  while (got !== want && Date.now() < deadline) {
+    await sleep(500)
+    got = await what()
+  }
+  return got
+}
+
+t.test('toFQDNs through the DNS proxy and the kernel', async (t) => {
+  const s = await DemoSession.open(cfg)
+
+  t.equal(await head(s, 'data-exporter'), 'HTTP/2 404', 'the exporter reaches api.github.com:443 after resolving it')
+  const google = await s.exec('data-exporter', ['curl', '-s', '-I', '-k', 'https://www.google.com', '--connect-timeout', '3', '--max-time', '5'])
+  t.equal(google.code, 28, 'www.google.com resolves but its address is dropped in the kernel (timeout)')
+
+  t.equal(await resolve4(s, 'checkout-service', 'api.github.com'), gh1, 'an allowed name is answered')
+  t.equal(await resolve4(s, 'checkout-service', 'www.google.com'), 'EREFUSED', 'a name the DNS rules do not allow is REFUSED')
+  t.equal(await head(s, 'checkout-service', internetAddress(cfg, 'inet-google')), 'timeout',
+    'a refused name teaches nothing: its address stays dropped')
+
+  // Restart: the kernel keeps enforcing while the agent is down, and the restarted agent keeps
+  // what it learned (no new lookup needed).
+  t.equal(await head(s, 'data-exporter'), 'HTTP/2 404', 'fresh lookup before the restart')
+  await s.stopAgent()
+  t.equal(await head(s, 'data-exporter', gh1), 'HTTP/2 404', 'with the agent stopped, the learned address still works (kernel state)')
+  await s.startAgent()
+  t.equal(await head(s, 'data-exporter', gh1), 'HTTP/2 404', 'after the restart, the learned address works without a new lookup')
+
+  // A live connection to gh1 that stays idle past gh1's TTL, then talks.
+  const holdMs = (TTL + 4) * 1000
+  const holder = s.exec('data-exporter', [process.execPath, '-e',
+    `const c=require('net').connect(443,'${gh1}');c.on('connect',()=>setTimeout(()=>c.write('GET / HTTP/1.0\\r\\n\\r\\n'),${holdMs}));` +
+    'c.once("data",d=>{console.log(d.toString().split("\\r\\n")[0]);c.destroy()});c.on("error",e=>console.log("ERR "+e.code))'], holdMs + 10_000)
+
+  // The name moves to gh2. gh2 is not allowed until the workload looks the name up again.
+  s.setDnsRecords([{ name: 'api.github.com', ipv4: gh2 }, { name: 'www.google.com', ipv4: internetAddress(cfg, 'inet-google') }])
+  await sleep(200)
+  t.equal(await head(s, 'data-exporter', gh2), 'timeout', 'the new address is dropped before anyone resolved it')
+  t.equal(await eventually(async () => await resolve4(s, 'data-exporter', 'api.github.com'), gh2, 5000), gh2, 'the DNS server now answers the new address')
+  t.equal(await head(s, 'data-exporter'), 'HTTP/2 404', 'after the lookup the new address works at once')
+
+  t.equal((await holder).stdout.trim(), 'HTTP/1.1 400 Bad Request', 'the live connection to the old address outlived its TTL')
+
+  // Once no connection uses it, the old address goes. Probe it only once: a successful probe
+  // would itself be a live connection that keeps the zombie allowed (as in Cilium). A closed
+  // TCP connection stays in conntrack for 10 s (CT_LIFETIME_CLOSE), then the DNS cache's 1 s GC.
+  await sleep(13_000)
+  t.equal(await head(s, 'data-exporter', gh1), 'timeout', 'the old address is dropped once its TTL ran out and its connections ended')
+  t.equal(await head(s, 'data-exporter', gh2), 'timeout', 'so is the new one, unused past its TTL')
+  t.equal(await head(s, 'data-exporter'), 'HTTP/2 404', 'a fresh lookup allows the current address again')
+
+  const log = s.agentLog()
+  t.match(log, /"name":"www\.google\.com\."[^\n]*REFUSED|REFUSED[^\n]*"name":"www\.google\.com\."|www\.google\.com[^\n]*refused/i, 'the refusal is logged with the name')
+})
