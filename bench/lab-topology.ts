@@ -8,9 +8,10 @@
  * Workloads use the Calico/Cilium-style pod route `default via 169.254.1.1` with proxy_arp on the
  * host side, so host veths need no addresses (datapath.md). Forwarding is enabled per interface
  * (`net.ipv4.conf.<if>.forwarding`), never globally. 198.18.200.1 is a host address on wb-c where
- * the peer proxies listen as explicit reverse proxies. For the scale scenario the lab can add dummy
- * links `wb-d<N>` that stand for the other 99 workloads on the node (endpoints with their own
- * identities that send no traffic).
+ * the peer proxies listen as explicit reverse proxies. For the scale scenario the lab can add idle
+ * workloads: veths `wb-d<N>` whose other ends sit in the namespace `wbench-p`; they stand for the
+ * other 99 workloads on the node (endpoints with their own identities that send no traffic).
+ * (Veths, not dummy links: this kernel has no dummy driver.)
  *
  * Everything is removed by `destroy()`, which also works on a half-built lab and on leftovers of a
  * crashed run (`destroyLeftovers`).
@@ -33,7 +34,9 @@ export interface LabAddresses {
   serverIp: string
   /** Address in the host namespace (on the client veth) where explicit reverse proxies listen. */
   hostIp: string
-  /** Dummy links standing for other workloads on the node: name and IPv4. */
+  /** Namespace holding the far ends of the idle workloads' veths. */
+  idleNs: string
+  /** Idle workloads' host-side veths standing for other workloads on the node: name and IPv4. */
   dummies: { ifname: string, ip: string }[]
 }
 
@@ -51,6 +54,7 @@ export function labAddresses (dummies = 0): LabAddresses {
   return {
     clientNs: 'wbench-c',
     serverNs: 'wbench-s',
+    idleNs: 'wbench-p',
     clientIf: 'wb-c',
     serverIf: 'wb-s',
     clientIp: `${NET}.10`,
@@ -106,7 +110,7 @@ export class BenchLab {
    */
   static async create (opts: LabOptions = {}): Promise<BenchLab> {
     const a = labAddresses(opts.dummies ?? 0)
-    for (const ns of [a.clientNs, a.serverNs]) {
+    for (const ns of [a.clientNs, a.serverNs, a.idleNs]) {
       if (await exists('netns', ns)) throw new LabError(`namespace ${ns} exists (another bench run, or leftovers: run with --cleanup)`, ['ip', 'netns', 'list'], '')
     }
     for (const ifname of [a.clientIf, a.serverIf]) {
@@ -143,7 +147,8 @@ export class BenchLab {
     }
     await run('ip', ['addr', 'add', `${a.hostIp}/32`, 'dev', a.clientIf])
     if (a.dummies.length > 0) {
-      const batch = a.dummies.map((d) => `link add ${d.ifname} type dummy\nlink set ${d.ifname} up\n`).join('')
+      await run('ip', ['netns', 'add', a.idleNs])
+      const batch = a.dummies.map((d, i) => `link add ${d.ifname} type veth peer name p${i} netns ${a.idleNs}\nlink set ${d.ifname} up\n`).join('')
       await run('ip', ['-batch', '-'], batch)
     }
   }
@@ -162,7 +167,7 @@ export class BenchLab {
 async function destroyLab (a: LabAddresses): Promise<void> {
   // Delete host-side links first: a namespace's veth outlives `ip netns del` for a moment.
   for (const ifname of [a.clientIf, a.serverIf, ...a.dummies.map((d) => d.ifname)]) await tryRun('ip', ['link', 'del', ifname])
-  for (const ns of [a.clientNs, a.serverNs]) {
+  for (const ns of [a.clientNs, a.serverNs, a.idleNs]) {
     await tryRun('ip', ['netns', 'del', ns])
     await rm(`/etc/netns/${ns}`, { recursive: true, force: true })
   }
