@@ -65,7 +65,7 @@ export async function startServer (ns: string, proto: 'tcp' | 'udp', port: numbe
 }
 
 /** From namespace `ns` (or the host when ns is null), connect to host:port. */
-export async function connect (ns: string | null, proto: 'tcp' | 'udp', host: string, port: number, timeoutMs = 1500): Promise<ConnectResult> {
+export async function connect (ns: string | null, proto: 'tcp' | 'udp', host: string, port: number, timeoutMs = 3000): Promise<ConnectResult> {
   const argv = [process.execPath, '-e', CLIENT, proto, host, String(port), String(timeoutMs)]
   const p = ns === null ? spawn(argv[0], argv.slice(1)) : spawn('ip', ['netns', 'exec', ns, ...argv])
   live.add(p)

@@ -26,7 +26,10 @@ t.test('restart, upgrade and uninstall', { skip: isRoot() ? false : 'needs root'
   const [A, B, C] = [100, 101, 102]
   const s = await startServer(lab.ns('b'), 'tcp', 8080, 'b')
   t.teardown(s.stop)
-  const policy = [...openEntries(A), ...openEntries(C), entry(B, IN, 1000, TCP, 8080, 'allow'), entry(B, OUT, 0, 0, 0, 'allow')]
+  const u = await startServer(lab.ns('b'), 'udp', 5353, 'b')
+  t.teardown(u.stop)
+  const policy = [...openEntries(A), ...openEntries(C), entry(B, IN, 1000, TCP, 8080, 'allow'),
+    entry(B, IN, 1000, 17, 5353, 'allow'), entry(B, OUT, 0, 0, 0, 'allow')]
   await lab.apply(policy)
   const bpffs = lab.opts.bpffs
   const ctId = mapId(`${bpffs}/l7p_ct`)
@@ -34,19 +37,21 @@ t.test('restart, upgrade and uninstall', { skip: isRoot() ? false : 'needs root'
 
   await t.test('the agent stopped keeps enforcing', async (t) => {
     await lab.dp.close()
-    const [ab, cb] = await Promise.all([
+    const [ab, udp, cb] = await Promise.all([
       connect(lab.ns('a'), 'tcp', lab.ip('b'), 8080),
+      connect(lab.ns('a'), 'udp', lab.ip('b'), 5353),
       connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000)
     ])
     t.match(ab, { ok: true }, 'allowed still passes')
     t.strictSame(cb, { ok: false, error: 'timeout' }, 'denied still dropped')
+    t.match(udp, { ok: true }, 'a UDP flow (60 s in CT) for the next check')
   })
 
   await t.test('restarted, it reuses the pinned maps and programs', async (t) => {
     const dp = await lab.reopen()
     t.equal(mapId(`${bpffs}/l7p_ct`), ctId, 'same CT map')
     t.equal(progId(`${bpffs}/progs/from_workload`), progBefore, 'same program')
-    t.ok(dp.hasConnection(lab.ip('a')), 'CT entries survived')
+    t.ok(dp.hasConnection(lab.ip('a')), 'CT entries survived (the UDP flow)')
     t.equal(dp.lookupIdentity(lab.ip('a')), 1000, 'ipcache survived')
     await lab.apply(policy)
     t.strictSame(await connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000), { ok: false, error: 'timeout' })
