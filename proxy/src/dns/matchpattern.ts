@@ -42,6 +42,28 @@ export interface NameMatcher {
   test (fqdn: string): boolean
 }
 
+/**
+ * `*` alone, without RE2: one or more labels of [-a-zA-Z0-9_], each followed by a dot, or the
+ * root. Same language as MATCH_ALL; a char scan is ~20x cheaper than an RE2 call on the DNS
+ * proxy's hot path (bench/dns-proxy.ts profile: RE2 was 11% of the per-query CPU).
+ */
+export function isPlainFqdn (fqdn: string): boolean {
+  if (fqdn === '.') return true
+  let labelLen = 0
+  for (let i = 0; i < fqdn.length; i++) {
+    const c = fqdn.charCodeAt(i)
+    if (c === 0x2e) {
+      if (labelLen === 0) return false
+      labelLen = 0
+    } else if ((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f || (c >= 0x41 && c <= 0x5a)) {
+      labelLen++
+    } else {
+      return false
+    }
+  }
+  return fqdn.length > 0 && labelLen === 0
+}
+
 /** Compile one `{ matchName }` or `{ matchPattern }` item. */
 export function compileNameMatcher (sel: { matchName?: string, matchPattern?: string }): NameMatcher {
   if (sel.matchName !== undefined) {
@@ -49,6 +71,13 @@ export function compileNameMatcher (sel: { matchName?: string, matchPattern?: st
     return { key: `matchName:${want}`, pattern: sel.matchName, test: (fqdn: string) => fqdn === want }
   }
   if (sel.matchPattern === undefined) throw new TypeError('one of matchName or matchPattern is required')
-  const re = new RE2('^(?:' + matchPatternSource(sel.matchPattern) + ')$', 'u')
-  return { key: `matchPattern:${toFqdn(sel.matchPattern)}`, pattern: sel.matchPattern, test: (fqdn: string) => re.test(fqdn) }
+  const key = `matchPattern:${toFqdn(sel.matchPattern)}`
+  const src = matchPatternSource(sel.matchPattern)
+  if (src === MATCH_ALL) return { key, pattern: sel.matchPattern, test: isPlainFqdn }
+  if (!sel.matchPattern.includes('*')) {
+    const want = toFqdn(sel.matchPattern)
+    return { key, pattern: sel.matchPattern, test: (fqdn: string) => fqdn === want }
+  }
+  const re = new RE2('^(?:' + src + ')$', 'u')
+  return { key, pattern: sel.matchPattern, test: (fqdn: string) => re.test(fqdn) }
 }

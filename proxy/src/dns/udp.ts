@@ -53,11 +53,9 @@ export class UdpForwarder {
       return
     }
     const replyFrom = core.deps.replySocket?.(server.ip, server.port) ?? listen
-    const reply = (out: Buffer): void => {
-      replyFrom.send(out, client.port, client.ip, err => {
-        if (err != null) { core.counters.upstreamErrors++; core.log.warn({ err, src: `${client.ip}:${client.port}` }, 'dns: reply not sent') }
-      })
-    }
+    // No send callbacks: without one Node tries a synchronous sendmsg (uv_udp_try_send) and
+    // allocates no request; a lost datagram is what UDP clients retry anyway.
+    const reply = (out: Buffer): void => { replyFrom.send(out, client.port, client.ip) }
     const p = core.admit(msg, client, server, 'udp', reply)
     if (p === null) return
     // Pick a socket at random, then an ID free on it.
@@ -72,9 +70,7 @@ export class UdpForwarder {
     up.pending.set(id, p)
     core.inFlight++
     core.counters.forwarded++
-    up.sock.send(msg, server.port, server.ip, err => {
-      if (err != null) { core.counters.upstreamErrors++; core.log.warn({ err, server: `${server.ip}:${server.port}` }, 'dns: query not forwarded') }
-    })
+    up.sock.send(msg, server.port, server.ip)
   }
 
   private onAnswer (up: Upstream, msg: Buffer, rinfo: dgram.RemoteInfo): void {

@@ -4,7 +4,7 @@ import t from 'tap'
 import * as net from 'node:net'
 import { once } from 'node:events'
 import dnsPacket from 'dns-packet'
-import { lastLearned, makeSnapshot, rawTcp, startDnsmasq, startProxy, waitFor } from '../../helpers/dns.js'
+import { lastLearned, makeSnapshot, rawTcp, startDnsmasq, startProxy, waitFor, type TestLike } from '../../helpers/dns.js'
 
 const EXPORTER = '127.0.53.26'
 
@@ -12,7 +12,7 @@ function q (id: number, name: string): Buffer {
   return dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name }] })
 }
 
-async function setup (t: Parameters<Parameters<typeof t.test>[1]>[0], options = {}) {
+async function setup (t: TestLike, options = {}) {
   const dns = await startDnsmasq(t, { ip: '127.0.53.17', hosts: { 'api.github.com': ['198.18.53.10'], 'status.github.com': ['198.18.53.11'], 'www.google.com': ['198.18.53.20'] } })
   const snapshot = makeSnapshot({
     endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }],

@@ -1,14 +1,14 @@
 // FQDN cache lifetimes through the proxy, against a real dnsmasq on 127.0.53.12 (loopback only):
 // TTL expiry, zombies, an IP change in the server, min/max TTL, max IPs per name.
 import t from 'tap'
-import { lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor } from '../../helpers/dns.js'
+import { lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor, type TestLike } from '../../helpers/dns.js'
 import type { DnsProxyOptions } from '../../../proxy/src/dns/index.js'
 
 const EXPORTER = '127.0.53.23'
 const DNS_IP = '127.0.53.12'
 const NAME = 'api.github.com.'
 
-async function setup (t: Parameters<Parameters<typeof t.test>[1]>[0], hosts: Record<string, string[]>, ttl: number, options: DnsProxyOptions = {}) {
+async function setup (t: TestLike, hosts: Record<string, string[]>, ttl: number, options: DnsProxyOptions = {}) {
   const dns = await startDnsmasq(t, { ip: DNS_IP, hosts, ttl })
   const snapshot = makeSnapshot({
     endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }],

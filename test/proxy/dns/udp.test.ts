@@ -1,13 +1,13 @@
 // DNS proxy over UDP against a real dnsmasq on 127.0.53.11 (no root needed; loopback only).
 // Client "endpoints" send from 127.0.53.21 (exporter) and 127.0.53.22 (other).
 import t from 'tap'
-import { aRecords, lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor } from '../../helpers/dns.js'
+import { aRecords, lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor, type TestLike } from '../../helpers/dns.js'
 
 const EXPORTER = '127.0.53.21'
 const OTHER = '127.0.53.22'
 const DNS_IP = '127.0.53.11'
 
-async function setup (t: Parameters<Parameters<typeof t.test>[1]>[0], dnsRule: { matchPatterns?: string[], matchNames?: string[] }, options = {}) {
+async function setup (t: TestLike, dnsRule: { matchPatterns?: string[], matchNames?: string[] }, options = {}) {
   const dns = await startDnsmasq(t, {
     ip: DNS_IP,
     hosts: { 'api.github.com': ['198.18.53.10'], 'www.google.com': ['198.18.53.20'], 'lb.github.com': ['198.18.53.30'] },

@@ -3,7 +3,8 @@ import t from 'tap'
 import dnsPacket from 'dns-packet'
 import fc from 'fast-check'
 import { errorReply, parseQuestion, sameQuestion, walkAnswers, WIRE_ERR, type NameCursor } from '../../../proxy/src/dns/wire.js'
-import { compileNameMatcher } from '../../../proxy/src/dns/matchpattern.js'
+import RE2 from 're2'
+import { compileNameMatcher, isPlainFqdn, matchPatternSource } from '../../../proxy/src/dns/matchpattern.js'
 
 const cur: NameCursor = { name: '', end: 0 }
 
@@ -122,4 +123,14 @@ t.test("Cilium's matchName / matchPattern semantics", async t => {
     [{ matchPattern: 'api.github.com' }, 'apixgithub.com.', false]
   ]
   for (const [sel, name, want] of cases) t.equal(compileNameMatcher(sel).test(name), want, `${JSON.stringify(sel)} ${name}`)
+})
+
+t.test("the RE2-free `*` matcher accepts exactly what Cilium's `*` regex accepts", async t => {
+  const re = new RE2('^(?:' + matchPatternSource('*') + ')$', 'u')
+  const label = fc.stringOf(fc.constantFrom('a', 'Z', '0', '-', '_', '.', '*', ' ', '\\', 'é'), { maxLength: 6 })
+  fc.assert(fc.property(fc.array(label, { maxLength: 4 }).map(ls => ls.join('.')), fc.boolean(), (n, dot) => {
+    const name = dot ? n + '.' : n
+    return isPlainFqdn(name) === re.test(name)
+  }), { numRuns: 5000 })
+  t.pass('agrees on 5000 names')
 })
