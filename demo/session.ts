@@ -217,11 +217,14 @@ export class DemoSession {
     this.save()
   }
 
-  /** nginx and dnsmasq bind while the agent starts; wait until each answers from its namespace. */
+  /** nginx and dnsmasq start in the background; wait until each answers inside its namespace. */
   private async waitForServers (): Promise<void> {
     const probes: Array<[string, string[]]> = [
       [this.ns('billing-service'), ['curl', '-s', '-o', '/dev/null', 'http://127.0.0.1:8080/healthz']],
-      ...INTERNET.map((h): [string, string[]] => [this.ns(h.name), ['curl', '-s', '-k', '-o', '/dev/null', 'https://127.0.0.1/']])
+      ...INTERNET.map((h): [string, string[]] => [this.ns(h.name), ['curl', '-s', '-k', '-o', '/dev/null', 'https://127.0.0.1/']]),
+      // dnsmasq, asked from its own namespace (no redirect on that path): exits 0 once it answers
+      [this.ns('kube-dns'), [process.execPath, '-e', `const r=new (require('dns').Resolver)();r.setServers(['${this.kubeDns}']);` +
+        "r.resolve4('api.github.com',(e)=>process.exit(e?1:0))"]]
     ]
     for (const [netns, argv] of probes) {
       const deadline = Date.now() + 10_000
