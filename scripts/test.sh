@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine (apt packages, npm ci, build) and runs the whole test suite.
-# Needs root: the datapath tests create network namespaces, tc filters and pinned maps.
+# Needs root: the datapath and end-to-end tests create network namespaces, tc filters, pinned
+# maps and processes (each test removes what it made, also when it fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npm run typecheck
-npm test
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+npm test 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# tap's closing line is `# { total: N, pass: N, fail: N, ... }`; say it plainly as well.
+summary=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1 || true)
+pass=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary")
+fail=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary")
+echo "tests: ${pass:-0} passed, ${fail:-0} failed"
+exit "$status"
