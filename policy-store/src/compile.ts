@@ -51,7 +51,7 @@ export class Compiler {
   private nextLocal = LOCAL_IDENTITY_BASE
   private selectorCache = new Map<string, number[]>()
   private selectorUniverse = ''
-  private readonly peerRes = new Map<number, { sig: string, ver: number, ids: number[] | null }>()
+  private readonly peerRes = new Map<number, { sig: string, ver: number, ids: number[] | null, podKey: string, localKey: string }>()
   private peerVer = 0
 
   constructor (private readonly allocator: IdentityAllocator) {}
@@ -142,16 +142,27 @@ export class Compiler {
       if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
       return ids
     }
+    // Peers resolve against pod identities (endpoint selectors, `cluster`) and/or local
+    // identities (CIDR, FQDN, `world`); re-resolve an element only when its side changed.
+    const localKey = locals.map((l) => `${l.id}`).join(',')
     const seenEls = new Set<number>()
     const resolveEl = (el: RuleElement): { ids: number[] | null, ver: number } => {
       seenEls.add(el.uid)
+      const prev = this.peerRes.get(el.uid)
+      const deps = peerDeps(el)
+      const pk = deps.pods ? universeKey : ''
+      const lk = deps.locals ? localKey : ''
+      if (prev !== undefined && prev.podKey === pk && prev.localKey === lk) return prev
       const ids = el.peers === null ? null : resolvePeers(el.peers, universe, selectCached)
       const sig = ids === null ? '*' : ids.join(',')
-      const prev = this.peerRes.get(el.uid)
-      if (prev !== undefined && prev.sig === sig) return { ids: prev.ids, ver: prev.ver }
-      const ver = ++this.peerVer
-      this.peerRes.set(el.uid, { sig, ver, ids })
-      return { ids, ver }
+      if (prev !== undefined && prev.sig === sig) {
+        prev.podKey = pk
+        prev.localKey = lk
+        return prev
+      }
+      const res = { sig, ver: ++this.peerVer, ids, podKey: pk, localKey: lk }
+      this.peerRes.set(el.uid, res)
+      return res
     }
 
     // Rules selecting each endpoint.
@@ -304,6 +315,20 @@ function push (m: Map<string, number[]>, k: string, v: number): void {
   const l = m.get(k)
   if (l === undefined) m.set(k, [v])
   else l.push(v)
+}
+
+const depsCache = new WeakMap<RuleElement, { pods: boolean, locals: boolean }>()
+function peerDeps (el: RuleElement): { pods: boolean, locals: boolean } {
+  let d = depsCache.get(el)
+  if (d === undefined) {
+    d = { pods: false, locals: false }
+    for (const p of el.peers ?? []) {
+      if (p.kind === 'endpoints' || (p.kind === 'entity' && p.entity === 'cluster')) d.pods = true
+      if (p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.locals = true
+    }
+    depsCache.set(el, d)
+  }
+  return d
 }
 
 function resolvePeers (peers: readonly Peer[], u: Universe, select: (s: Selector) => number[]): number[] {
