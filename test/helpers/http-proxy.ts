@@ -1,86 +1,81 @@
 /**
  * Fixtures for the HTTP proxy tests (loopback only, no kernel): a backend that records every
- * byte it receives, the proxy on 127.0.0.1:0 with its original destination pointed at the
- * backend, raw clients bound to 127.0.0.x (one identity per address), a parsed access log, and
- * the seed billing policy's L7 table built by hand with RE2 matchers.
- *
- * TODO(http): switch billingSnapshot() to policy-store's loadSnapshot once policy-store/src/index.ts
- * exists (being written in parallel); the table shape is the contract in types.ts either way.
+ * byte it receives, the proxy on 127.0.0.1:0, raw clients bound to 127.0.0.x, a parsed access
+ * log, and the policy as the real store compiles it: `loadSnapshot` on the seed manifest
+ * demo/policies/billing-policy.yaml and test/fixtures/http-proxy/endpoints.yaml, whose workloads
+ * sit on 127.0.0.x (checkout .2, auditing .3, prometheus .4, billing .10). So the proxy's
+ * `lookupIdentity` is a real ipcache lookup in the snapshot, its original destination is
+ * billing-service's address and port 8080 from the snapshot, and only the dialled address is
+ * rewritten (the `upstreamAddress` seam) to the backend's ephemeral port on 127.0.0.1.
  */
 import net from 'node:net'
 import http from 'node:http'
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
 import pino from 'pino'
-import RE2 from 're2'
-import { DIR, PROTO, l7Key } from '../../policy-store/src/types.js'
-import type { CompiledHttpRule, Endpoint, HttpPolicy, L7PortTable, RuleRef, Snapshot, StringMatcher } from '../../policy-store/src/types.js'
+import { parseDocument } from 'yaml'
+import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../../policy-store/src/index.js'
 import { createHttpProxy, type HttpProxy, type HttpProxyOptions } from '../../proxy/src/http/index.js'
 
-export const ID = { CHECKOUT: 1001, AUDITING: 1002, MONITORING: 1003, BILLING: 1004 } as const
-/** Client source addresses: identity by address, as the ipcache would give it. */
+/** Client source addresses, as in the endpoints fixture; STRANGER is no endpoint (world). */
 export const ADDR = { CHECKOUT: '127.0.0.2', AUDITING: '127.0.0.3', MONITORING: '127.0.0.4', STRANGER: '127.0.0.5' } as const
-const IDENTITY_BY_ADDR: Record<string, number> = { '127.0.0.2': ID.CHECKOUT, '127.0.0.3': ID.AUDITING, '127.0.0.4': ID.MONITORING }
+/** The port the seed policy's rules are for (the original destination port). */
+export const BILLING_PORT = 8080
 
-function matcher (source: string): StringMatcher {
-  const re = new RE2('^(?:' + source + ')$', 'u')
-  return { source, test: (v: string) => re.test(v) }
-}
+const SEED_POLICY = fileURLToPath(new URL('../../demo/policies/billing-policy.yaml', import.meta.url))
+const ENDPOINTS = fileURLToPath(new URL('../fixtures/http-proxy/endpoints.yaml', import.meta.url))
 
-function ref (index: number): RuleRef {
-  return { file: 'billing-policy.yaml', line: 10 + index * 14, kind: 'CiliumNetworkPolicy', policy: 'default/billing-l7-policy', spec: 0, section: 'ingress', index }
-}
+/** One allocator per test process: a policy edit keeps every workload's identity, as in the agent. */
+const allocator = new MemoryIdentityAllocator()
 
+/** The seed's ingress rules, by the peer they are for (their index in `spec.ingress`). */
+const RULE_INDEX = { checkout: 0, auditing: 1, monitoring: 2 } as const
+export type Peer = keyof typeof RULE_INDEX
+
+/** One `rules.http` item; `headers` become `headerMatches` (value null = must be present). */
 export interface RuleSpec { method?: string, path?: string, host?: string, headers?: Array<{ name: string, value: string | null }> }
 
-function policy (index: number, rules: RuleSpec[]): HttpPolicy {
-  const compiled: CompiledHttpRule[] = rules.map((r, i) => ({
-    method: r.method === undefined ? null : matcher(r.method),
-    path: r.path === undefined ? null : matcher(r.path),
-    host: r.host === undefined ? null : matcher(r.host),
-    headers: r.headers ?? [],
-    rule: ref(index),
-    httpIndex: i
-  }))
-  return { allowAll: false, rules: compiled }
-}
-
-function ep (id: number, name: string, ipv4: string, identity: number): Endpoint {
-  return {
-    id, name, namespace: 'default', labels: { app: name },
-    identityLabels: [`k8s:app=${name}`, 'k8s:io.kubernetes.pod.namespace=default'],
-    identity, ipv4, interface: 'lo', line: 1
-  }
-}
-
-let version = 0
 /**
- * The seed billing policy (shared/seed/manifests/billing-policy.yaml) as the store would compile
- * it, for billing at 127.0.0.1:`port`. `overrides` replaces an identity's rules (policy edits).
+ * The seed billing policy compiled by the policy store. `overrides` replaces the http rules of
+ * a peer's ingress rule (a policy edit); the edited manifest is written to a temporary
+ * directory, loaded and removed again (loadSnapshot does not watch).
  */
-export function billingSnapshot (port: number, overrides: Partial<Record<number, RuleSpec[]>> = {}): Snapshot {
-  const rules: Record<number, RuleSpec[]> = {
-    [ID.CHECKOUT]: [{ method: 'POST', path: '/api/v1/charge' }],
-    [ID.AUDITING]: [{ method: 'GET', path: '/api/v1/invoices/.*' }],
-    [ID.MONITORING]: [{ method: 'GET', path: '/healthz' }],
-    ...overrides
+export async function billingSnapshot (overrides: Partial<Record<Peer, RuleSpec[]>> = {}): Promise<Snapshot> {
+  const dir = await mkdtemp(join(tmpdir(), 'warden-http-test-'))
+  try {
+    const file = join(dir, 'billing-policy.yaml')
+    const edits = Object.entries(overrides) as Array<[Peer, RuleSpec[]]>
+    if (edits.length === 0) {
+      await copyFile(SEED_POLICY, file)
+    } else {
+      const doc = parseDocument(await readFile(SEED_POLICY, 'utf8'))
+      for (const [peer, rules] of edits) {
+        const http = rules.map(r => ({
+          ...(r.method === undefined ? {} : { method: r.method }),
+          ...(r.path === undefined ? {} : { path: r.path }),
+          ...(r.host === undefined ? {} : { host: r.host }),
+          ...(r.headers === undefined ? {} : { headerMatches: r.headers.map(h => h.value === null ? { name: h.name } : h) })
+        }))
+        doc.setIn(['spec', 'ingress', RULE_INDEX[peer], 'toPorts', 0, 'rules', 'http'], doc.createNode(http))
+      }
+      await writeFile(file, doc.toString())
+    }
+    const { snapshot, errors } = await loadSnapshot({ policies: dir, endpoints: ENDPOINTS, allocator, watch: false })
+    if (errors.length > 0) throw new Error('test policy does not load:\n' + errors.map(e => formatPolicyError(e)).join('\n'))
+    return snapshot
+  } finally {
+    await rm(dir, { recursive: true, force: true })
   }
-  const byIdentity = new Map<number, HttpPolicy>()
-  const order = [ID.CHECKOUT, ID.AUDITING, ID.MONITORING]
-  for (const id of Object.keys(rules).map(Number)) byIdentity.set(id, policy(Math.max(0, order.indexOf(id as 1001)), rules[id] ?? []))
-  const table: L7PortTable<HttpPolicy> = { endpointId: 1, direction: DIR.INGRESS, protocol: PROTO.TCP, port, byIdentity, anyIdentity: null }
-  const endpoints = [ep(1, 'billing-service', '127.0.0.1', ID.BILLING), ep(2, 'checkout-service', ADDR.CHECKOUT, ID.CHECKOUT),
-    ep(3, 'auditing-service', ADDR.AUDITING, ID.AUDITING), ep(4, 'monitoring', ADDR.MONITORING, ID.MONITORING)]
-  return {
-    version: ++version,
-    createdAt: Date.now(),
-    endpoints,
-    identities: new Map(endpoints.map(e => [e.identity, e.identityLabels])),
-    ipcache: endpoints.map(e => ({ prefix: e.ipv4 + '/32', identity: e.identity, endpointId: e.id })),
-    kernel: [],
-    http: new Map([[l7Key(1, DIR.INGRESS, port), table]]),
-    dns: new Map(),
-    fqdnSelectors: []
-  }
+}
+
+/** The identity the snapshot gave a workload (by endpoint name). */
+export function identityOf (snap: Snapshot, name: string): number {
+  const ep = snap.endpoints.find(e => e.name === name)
+  if (ep === undefined) throw new Error(`no endpoint ${name} in the snapshot`)
+  return ep.identity
 }
 
 /** A backend that records the raw bytes of every connection and answers with node:http. */
@@ -131,12 +126,23 @@ export interface ProxyFixture {
   port: number
   /** Parsed access-log records. */
   logs: Array<Record<string, any>>
+  /** The original destination every connection is given (billing-service's address). */
+  dst: { ip: string, port: number }
   setSnapshot (s: Snapshot): void
 }
 
-/** The proxy on 127.0.0.1:0; every connection's original destination is `dst`. */
-export async function startProxy (t: Tap, dst: { ip: string, port: number }, snap: Snapshot,
-  opts: Partial<HttpProxyOptions> = {}): Promise<ProxyFixture> {
+export interface ProxyFixtureOptions {
+  /** Original destination port the proxy is told about. Default BILLING_PORT (the policy's port). */
+  dstPort?: number
+}
+
+/**
+ * The proxy on 127.0.0.1:0. Every connection's original destination is billing-service's
+ * address in `snap` and `dstPort`; the proxy dials 127.0.0.1:`backendPort` instead. Source
+ * identities come from the current snapshot's ipcache.
+ */
+export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
+  opts: Partial<HttpProxyOptions> = {}, fx: ProxyFixtureOptions = {}): Promise<ProxyFixture> {
   const logs: Array<Record<string, any>> = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, cb) {
@@ -145,10 +151,14 @@ export async function startProxy (t: Tap, dst: { ip: string, port: number }, sna
     }
   })
   let current = snap
+  const billing = snap.endpoints.find(e => e.name === 'billing-service')
+  if (billing === undefined) throw new Error('no billing-service endpoint in the snapshot')
+  const dst = { ip: billing.ipv4, port: fx.dstPort ?? BILLING_PORT }
   const proxy = createHttpProxy({
     snapshot: () => current,
-    lookupIdentity: (ip) => IDENTITY_BY_ADDR[ip] ?? 0,
+    lookupIdentity: (ip) => lookupIpcache(current, ip),
     originalDestination: () => dst,
+    upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
   const server = net.createServer({ allowHalfOpen: true }, (s) => proxy.handleConnection(s))
@@ -157,7 +167,7 @@ export async function startProxy (t: Tap, dst: { ip: string, port: number }, sna
     await proxy.close()
     await new Promise<void>(resolve => server.close(() => resolve()))
   })
-  return { proxy, port: (server.address() as net.AddressInfo).port, logs, setSnapshot: (s) => { current = s } }
+  return { proxy, port: (server.address() as net.AddressInfo).port, logs, dst, setSnapshot: (s) => { current = s } }
 }
 
 export interface Response { status: number, head: string, headers: Record<string, string>, body: string }

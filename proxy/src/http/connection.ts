@@ -55,6 +55,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   readonly policy: ConnectionPolicy
   private readonly view = new RequestView()
   private readonly dstKey: string
+  /** Where the upstream connection goes (`upstreamAddress(dst)`), and its pool key. */
+  private readonly upIp: string
+  private readonly upPort: number
+  private readonly upKey: string
   /** No more HTTP processing on this connection (closing, reset, or turned into a tunnel). */
   private closed = false
   /** Socket closed and counters settled. */
@@ -99,6 +103,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const dst = deps.originalDestination?.(socket) ?? { ip: stripMapped(socket.localAddress), port: socket.localPort ?? 0 }
     const srcIp = stripMapped(socket.remoteAddress)
     this.dstKey = dst.ip + ':' + String(dst.port)
+    const up = deps.upstreamAddress?.(dst) ?? dst
+    this.upIp = up.ip
+    this.upPort = up.port
+    this.upKey = up === dst ? this.dstKey : up.ip + ':' + String(up.port)
     // Unknown peers are world, never "any" (STYLE §9.3 rule 6).
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
@@ -315,10 +323,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   private sendUpstream (head: string, fresh: boolean): void {
-    const ip = this.policy.dstIp
     const up = fresh
-      ? this.ctx.pool.acquireFresh(this.dstKey, ip, this.policy.dstPort)
-      : this.ctx.pool.acquire(this.dstKey, ip, this.policy.dstPort)
+      ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
+      : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
     up.begin(this, this.isHead, this.view.method === 'CONNECT')
     if (this.inExecute && this.corked === null) { up.socket.cork(); this.corked = up }

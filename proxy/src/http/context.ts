@@ -16,6 +16,12 @@ export interface HttpProxyDeps {
   lookupIdentity (ipv4: string): number
   /** Where the client meant to go. Default: the accepted socket's local address and port. */
   originalDestination? (socket: net.Socket): { ip: string, port: number }
+  /**
+   * The address to dial for an original destination (once per connection). Default: the
+   * destination itself. Policy, identities and logs always use the original destination; this
+   * only changes where the bytes go (tests point it at a local backend on an ephemeral port).
+   */
+  upstreamAddress? (dst: { ip: string, port: number }): { ip: string, port: number }
   logger: pino.Logger
 }
 

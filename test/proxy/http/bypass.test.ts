@@ -1,11 +1,11 @@
 // Bypass regressions (after Envoy's /foo/../bar and friends): what the policy judges is what the
 // backend receives.
 import t from 'tap'
-import { ADDR, ID, RawClient, billingSnapshot, get, post, startBackend, startProxy, type RuleSpec, type Tap } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, post, startBackend, startProxy, type Peer, type RuleSpec, type Tap } from '../../helpers/http-proxy.js'
 
-async function setup (t: Tap, overrides: Partial<Record<number, RuleSpec[]>> = {}) {
+async function setup (t: Tap, overrides: Partial<Record<Peer, RuleSpec[]>> = {}) {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port, overrides))
+  const px = await startProxy(t, be.port, await billingSnapshot(overrides))
   return { be, px }
 }
 
@@ -71,7 +71,7 @@ t.test('absolute-form to the same host becomes origin-form', async t => {
 })
 
 t.test('host rule matches the Host header verbatim, port included', async t => {
-  const { be, px } = await setup(t, { [ID.MONITORING]: [{ method: 'GET', path: '/healthz', host: 'billing' }] })
+  const { be, px } = await setup(t, { monitoring: [{ method: 'GET', path: '/healthz', host: 'billing' }] })
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz', 'billing:8080'))
   t.equal((await c.response())?.status, 403, 'billing:8080 is not billing')
@@ -81,7 +81,7 @@ t.test('host rule matches the Host header verbatim, port included', async t => {
 })
 
 t.test('header rules: name case-insensitive, value exact', async t => {
-  const { be, px } = await setup(t, { [ID.AUDITING]: [{ method: 'GET', path: '/api/v1/invoices/.*', headers: [{ name: 'x-audit', value: 'yes' }] }] })
+  const { be, px } = await setup(t, { auditing: [{ method: 'GET', path: '/api/v1/invoices/.*', headers: [{ name: 'x-audit', value: 'yes' }] }] })
   const c = await RawClient.connect(t, px.port, ADDR.AUDITING)
   c.write(get('/api/v1/invoices/1', 'b', 'X-AUDIT: yes\r\n'))
   t.equal((await c.response())?.status, 200)

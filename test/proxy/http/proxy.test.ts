@@ -1,11 +1,11 @@
 // HTTP proxy behaviour on loopback (no kernel): the seed billing policy's checks, pipelining,
 // keep-alive across a policy edit, both deny modes, access log and counters.
 import t from 'tap'
-import { ADDR, ID, RawClient, billingSnapshot, get, post, startBackend, startProxy } from '../../helpers/http-proxy.js'
+import { ADDR, BILLING_PORT, RawClient, billingSnapshot, identityOf, get, post, startBackend, startProxy } from '../../helpers/http-proxy.js'
 
 t.test('seed billing policy: the six checks', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const cases: Array<[string, string, string, number]> = [
     ['checkout POST /api/v1/charge', ADDR.CHECKOUT, post('/api/v1/charge', '{"amount":1}'), 200],
     ['checkout GET /api/v1/invoices/1', ADDR.CHECKOUT, get('/api/v1/invoices/1'), 403],
@@ -32,7 +32,7 @@ t.test('seed billing policy: the six checks', async t => {
 
 t.test('pipelining with a denied request in the middle: order kept, the next one served', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.AUDITING)
   c.write(get('/api/v1/invoices/1') + get('/api/v1/charge') + get('/api/v1/invoices/3'))
   const r1 = await c.response()
@@ -47,11 +47,11 @@ t.test('pipelining with a denied request in the middle: order kept, the next one
 
 t.test('keep-alive connection picks up a policy edit on the next request', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 200)
-  px.setSnapshot(billingSnapshot(be.port, { [ID.MONITORING]: [{ method: 'GET', path: '/readyz' }] }))
+  px.setSnapshot(await billingSnapshot({ monitoring: [{ method: 'GET', path: '/readyz' }] }))
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 403, 'old permission gone on the same connection')
   c.write(get('/readyz'))
@@ -61,7 +61,7 @@ t.test('keep-alive connection picks up a policy edit on the next request', async
 
 t.test('deny mode reset: TCP RST, nothing forwarded', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port), { denyResponse: 'reset' })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { denyResponse: 'reset' })
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
   c.write(get('/api/v1/invoices/1'))
   t.equal(await c.response(), null, 'no HTTP response')
@@ -72,7 +72,7 @@ t.test('deny mode reset: TCP RST, nothing forwarded', async t => {
 
 t.test('denied request with a body: 403 then close; body never forwarded', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.AUDITING)
   c.write('POST /api/v1/charge HTTP/1.1\r\nHost: billing\r\nContent-Length: 100000\r\n\r\nsecret')
   const r = await c.response()
@@ -84,7 +84,7 @@ t.test('denied request with a body: 403 then close; body never forwarded', async
 
 t.test('denied request keeps an HTTP/1.0 non-keep-alive client semantics (close)', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.STRANGER)
   c.write('GET /healthz HTTP/1.0\r\n\r\n')
   const r = await c.response()
@@ -94,7 +94,8 @@ t.test('denied request keeps an HTTP/1.0 non-keep-alive client semantics (close)
 
 t.test('access log: one record per request, denied at warn with the reason, allowed with the rule', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const snap = await billingSnapshot()
+  const px = await startProxy(t, be.port, snap)
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
   c.write(post('/api/v1/charge', 'abc'))
   await c.response()
@@ -104,7 +105,7 @@ t.test('access log: one record per request, denied at warn with the reason, allo
   t.equal(recs.length, 2)
   const [ok, no] = recs
   t.match(ok, {
-    level: 30, srcIdentity: ID.CHECKOUT, src: 'default/checkout-service', dst: `127.0.0.1:${be.port}`,
+    level: 30, srcIdentity: identityOf(snap, 'checkout-service'), src: 'default/checkout-service', dst: `127.0.0.10:${BILLING_PORT}`,
     dstEndpoint: 'default/billing-service', method: 'POST', path: '/api/v1/charge', verdict: 'allowed', status: 200, bytesIn: 3,
     rule: { file: 'billing-policy.yaml', policy: 'default/billing-l7-policy', section: 'ingress', index: 0 }
   })
@@ -121,7 +122,7 @@ t.test('access log: one record per request, denied at warn with the reason, allo
 
 t.test('no L7 table for the destination port: denied (fail closed)', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port + 1 === 65536 ? 1 : be.port + 1))
+  const px = await startProxy(t, be.port, await billingSnapshot(), {}, { dstPort: BILLING_PORT + 1 })
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
   c.write(post('/api/v1/charge', 'x'))
   t.equal((await c.response())?.status, 403)

@@ -28,7 +28,7 @@ const refused: Array<[string, string, number]> = [
 for (const [name, bytes, status] of refused) {
   t.test(name, async t => {
     const be = await startBackend(t)
-    const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+    const px = await startProxy(t, be.port, await billingSnapshot())
     // checkout is allowed POST /api/v1/charge: only strictness stands between it and the backend
     const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
     c.write(bytes)
@@ -44,7 +44,7 @@ for (const [name, bytes, status] of refused) {
 
 t.test('invalid chunk size in an allowed request: nothing after the valid part reaches the backend', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
   c.write(`POST /api/v1/charge HTTP/1.1\r\n${H}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n\r\nGET /admin HTTP/1.1\r\n${H}\r\n`)
   const r = await c.response()
@@ -57,7 +57,7 @@ t.test('invalid chunk size in an allowed request: nothing after the valid part r
 
 t.test('garbage after a valid pipelined request: first answered, then 400 and close', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz') + 'GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n')
   t.equal((await c.response())?.status, 200)
@@ -68,7 +68,7 @@ t.test('garbage after a valid pipelined request: first answered, then 400 and cl
 
 t.test('slowloris: a head that never completes gets 408 and is closed', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port), { headersTimeoutMs: 200 })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { headersTimeoutMs: 200 })
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write('GET /healthz HTTP/1.1\r\n')
   const timer = setInterval(() => { if (!c.closed) c.write('X-A: b\r\n') }, 50) // keeps trickling
@@ -82,7 +82,7 @@ t.test('slowloris: a head that never completes gets 408 and is closed', async t 
 
 t.test('idle keep-alive connection is closed after the idle timeout', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port), { idleTimeoutMs: 200 })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { idleTimeoutMs: 200 })
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 200)
@@ -91,7 +91,7 @@ t.test('idle keep-alive connection is closed after the idle timeout', async t =>
 
 t.test('slow body: 408 and close once the body stalls', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port), { bodyTimeoutMs: 200 })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { bodyTimeoutMs: 200 })
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
   c.write(`POST /api/v1/charge HTTP/1.1\r\n${H}Content-Length: 10\r\n\r\nabc`)
   const r = await c.response(3000)
@@ -102,7 +102,7 @@ t.test('slow body: 408 and close once the body stalls', async t => {
 
 t.test('max connections: the one over the limit is reset at accept', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port), { maxConnections: 2 })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { maxConnections: 2 })
   await RawClient.connect(t, px.port, ADDR.MONITORING)
   await RawClient.connect(t, px.port, ADDR.MONITORING)
   await sleep(50)
@@ -120,7 +120,7 @@ t.test('max connections: the one over the limit is reset at accept', async t => 
 
 t.test('memory stays bounded: a client that pipelines without reading is paused, not buffered', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const s = net.connect({ host: '127.0.0.1', port: px.port, localAddress: ADDR.MONITORING })
   t.teardown(() => { s.destroy() })
   await new Promise(resolve => s.once('connect', resolve))

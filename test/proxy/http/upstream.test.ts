@@ -3,7 +3,7 @@
 import t from 'tap'
 import net from 'node:net'
 import { createHash } from 'node:crypto'
-import { ADDR, ID, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, type Tap } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, type Tap } from '../../helpers/http-proxy.js'
 
 async function rawBackend (t: Tap, onConn: (s: net.Socket) => void): Promise<number> {
   const srv = net.createServer(onConn)
@@ -20,7 +20,7 @@ t.test('upstream down: 503 and the error is counted', async t => {
   await new Promise<void>(resolve => tmp.listen(0, '127.0.0.1', resolve))
   const port = (tmp.address() as net.AddressInfo).port
   await new Promise(resolve => tmp.close(resolve))
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const px = await startProxy(t, port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   const r = await c.response()
@@ -31,7 +31,7 @@ t.test('upstream down: 503 and the error is counted', async t => {
 
 t.test('upstream resets after reading the request: 502', async t => {
   const port = await rawBackend(t, s => { s.once('data', () => s.resetAndDestroy()) })
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const px = await startProxy(t, port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 502)
@@ -40,7 +40,7 @@ t.test('upstream resets after reading the request: 502', async t => {
 
 t.test('upstream sends a malformed response: 502, never relayed', async t => {
   const port = await rawBackend(t, s => { s.once('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab')) })
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const px = await startProxy(t, port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 502)
@@ -50,7 +50,7 @@ t.test('bytes past the end of a response are not relayed (response splitting)', 
   const port = await rawBackend(t, s => {
     s.once('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged'))
   })
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const px = await startProxy(t, port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   const r = await c.response()
@@ -70,7 +70,7 @@ t.test('stale pooled connection closed by the server: body-less request retried 
       if (me === 1) setTimeout(() => s.destroy(), 20) // closes while pooled, without saying so
     })
   })
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port))
+  const px = await startProxy(t, port, await billingSnapshot())
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write(get('/healthz'))
   t.equal((await c.response())?.body, '1')
@@ -93,7 +93,7 @@ t.test('large bodies stream both ways intact (content-length and chunked)', asyn
     }
     write()
   })
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   const big = Buffer.alloc(6 * 1024 * 1024)
   for (let i = 0; i < big.length; i++) big[i] = i % 251
   const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
@@ -137,7 +137,7 @@ t.test('large bodies stream both ways intact (content-length and chunked)', asyn
 
 t.test('HEAD response: no body expected, connection reusable', async t => {
   const be = await startBackend(t, (req, res) => { res.writeHead(200, { 'content-length': 1000 }); res.end(req.method === 'HEAD' ? undefined : 'x'.repeat(1000)) })
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port, { [ID.MONITORING]: [{ method: 'HEAD|GET', path: '/healthz' }] }))
+  const px = await startProxy(t, be.port, await billingSnapshot({ monitoring: [{ method: 'HEAD|GET', path: '/healthz' }] }))
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write('HEAD /healthz HTTP/1.1\r\nHost: b\r\n\r\n')
   await sleep(100)
@@ -152,7 +152,7 @@ t.test('HEAD response: no body expected, connection reusable', async t => {
 
 t.test('one pooled upstream connection serves several clients in turn', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, { ip: '127.0.0.1', port: be.port }, billingSnapshot(be.port))
+  const px = await startProxy(t, be.port, await billingSnapshot())
   for (let i = 0; i < 3; i++) {
     const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
     c.write(get('/healthz'))
@@ -176,7 +176,7 @@ t.test('WebSocket upgrade on an allowed request becomes a raw two-way pipe', asy
       s.write('echo:' + d.toString())
     })
   })
-  const px = await startProxy(t, { ip: '127.0.0.1', port }, billingSnapshot(port, { [ID.MONITORING]: [{ method: 'GET', path: '/ws' }] }))
+  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'GET', path: '/ws' }] }))
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
   c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
   const r = await c.response()
