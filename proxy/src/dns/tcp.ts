@@ -63,7 +63,10 @@ export class TcpConnection {
     socket.on('data', chunk => this.framer.push(chunk, msg => this.onQuery(Buffer.from(msg))))
     socket.on('error', err => { if (core.log.isLevelEnabled('debug')) core.log.debug({ err }, 'dns: tcp client error') })
     socket.on('close', () => this.close())
-    socket.setTimeout(core.opts.tcpIdleTimeoutMs, () => { if (this.pending.size === 0) socket.destroy() })
+    // 'timeout' fires once per idle period: with queries in flight, arm it again (they end by
+    // answer or by the upstream timeout), so a silent connection is always closed eventually.
+    socket.on('timeout', () => { if (this.pending.size === 0) socket.destroy(); else socket.setTimeout(core.opts.tcpIdleTimeoutMs) })
+    socket.setTimeout(core.opts.tcpIdleTimeoutMs)
   }
 
   private send (msg: Buffer): void {
