@@ -69,6 +69,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private pausedMask = 0
   deadline = 0
   deadlineKind: Deadline = Deadline.NONE
+  /** When the upstream must have sent the final response head (0 = not waiting); see upstreamResponseTimeoutMs. */
+  responseDeadline = 0
 
   // The exchange in progress (stable shape: every field assigned here).
   private busy = false
@@ -80,6 +82,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private reqKeepAlive = true
   private upgradeReq = false
   private isHead = false
+  /** A final (non-1xx) response head went to the client: no local reply is possible any more. */
   private headSent = false
   private upstream: UpstreamConn | null = null
   private retryHead: string | null = null
@@ -219,6 +222,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       up.write(t + CRLF)
     }
     if (this.reqHasBody) this.retryHead = null
+    // The request is all out: the upstream now has upstreamResponseTimeoutMs to start answering.
+    if (!this.headSent && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
   }
 
   // ---- one request ---------------------------------------------------------------------------
@@ -410,8 +415,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   // ---- upstream callbacks --------------------------------------------------------------------
 
   onResponseHead (head: Buffer, status: number): void {
-    this.headSent = true
-    if (status >= 200 || status === 101) this.status = status
+    if (status >= 200 || status === 101) {
+      this.headSent = true
+      this.responseDeadline = 0
+      this.status = status
+    }
     this.writeClient(head)
   }
 
@@ -420,6 +428,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onResponseComplete (keepAlive: boolean): void {
+    this.responseDeadline = 0
     const up = this.upstream
     this.upstream = null
     if (up !== null) {
@@ -461,6 +470,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void {
     if (this.closed) return
+    const deadline = this.responseDeadline
+    this.responseDeadline = 0
     const c = this.ctx.counters
     if (kind === 'connect') c.upstream_errors_connect++
     else if (kind === 'connect-timeout') c.upstream_errors_connect_timeout++
@@ -472,6 +483,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // on a fresh connection (Envoy retries these too).
     if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.reqDone && kind === 'reset') {
       c.upstream_retries++
+      this.responseDeadline = deadline // the retry runs on the same clock (as Envoy's route timeout)
       this.sendUpstream(this.retryHead, true)
       return
     }
@@ -613,9 +625,29 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     else ctx.log.warn(rec, 'http request')
   }
 
+  /**
+   * Called by the proxy's sweeper when the upstream has not started its response within
+   * upstreamResponseTimeoutMs of the request's end: 504, the upstream connection is destroyed
+   * (it still owes a response, so it can never be reused), the client connection closes.
+   */
+  onResponseTimeout (): void {
+    this.responseDeadline = 0
+    if (this.closed || this.headSent || !this.busy) return
+    this.ctx.counters.upstream_errors_response_timeout++
+    if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
+    this.reason = 'upstream-response-timeout'
+    this.status = 504
+    this.writeClient(this.ctx.replies.get(504, true))
+    this.logAccess()
+    this.busy = false
+    this.closeAfter = true
+    this.endClient()
+  }
+
   /** Close now, both sides (the pool never gets a connection in an unknown state). */
   destroy (): void {
     this.closed = true
+    this.responseDeadline = 0
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.socket.destroy()
   }

@@ -44,6 +44,14 @@ export interface HttpProxyOptions {
   maxConnections?: number
   /** Default 2000 (Cilium's --proxy-connect-timeout). */
   upstreamConnectTimeoutMs?: number
+  /**
+   * From the end of a forwarded request to the upstream's final response head; then 504 and
+   * both connections closed. Default 3600000 (1 h): Cilium's --http-request-timeout (Envoy's
+   * route timeout, which there bounds the whole response), so nothing that works behind Cilium
+   * times out behind warden. Memory is bounded by maxConnections, not by this; lower it to
+   * free stuck exchanges sooner.
+   */
+  upstreamResponseTimeoutMs?: number
   /** Idle keep-alive upstream connections kept per destination. Default 64. */
   upstreamPoolSize?: number
   /** Idle upstream connections are closed after this. Default 60000 (Cilium's --proxy-idle-timeout-seconds). */
@@ -61,6 +69,7 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   bodyTimeoutMs: 30_000,
   maxConnections: 10_000,
   upstreamConnectTimeoutMs: 2_000,
+  upstreamResponseTimeoutMs: 3_600_000,
   upstreamPoolSize: 64,
   upstreamIdleTimeoutMs: 60_000
 }
@@ -82,6 +91,7 @@ export class Counters {
   upstream_errors_connect_timeout = 0
   upstream_errors_reset = 0
   upstream_errors_bad_response = 0
+  upstream_errors_response_timeout = 0
   upstream_retries = 0
 }
 

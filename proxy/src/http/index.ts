@@ -49,11 +49,14 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
 
   // One sweeper for every deadline (headers, body, idle, pooled upstreams): a slowloris client
   // cannot hold a socket, and no timer is created or re-armed per request.
-  const shortest = Math.min(opts.headersTimeoutMs, opts.bodyTimeoutMs, opts.idleTimeoutMs, opts.upstreamIdleTimeoutMs)
+  const shortest = Math.min(opts.headersTimeoutMs, opts.bodyTimeoutMs, opts.idleTimeoutMs, opts.upstreamIdleTimeoutMs, opts.upstreamResponseTimeoutMs)
   const period = Math.max(10, Math.min(1000, Math.floor(shortest / 4)))
   const sweeper = setInterval(() => {
     const now = Date.now()
-    for (const c of conns) if (c.deadline !== 0 && now >= c.deadline) c.onDeadline()
+    for (const c of conns) {
+      if (c.deadline !== 0 && now >= c.deadline) c.onDeadline()
+      if (c.responseDeadline !== 0 && now >= c.responseDeadline) c.onResponseTimeout()
+    }
     pool.sweep(now)
   }, period)
   sweeper.unref()

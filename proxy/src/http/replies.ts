@@ -7,7 +7,7 @@
  * configured message plus CRLF). We leave out Envoy's `server: envoy`.
  */
 
-export type ReplyKind = 403 | 400 | 408 | 413 | 431 | 502 | 503 | 505
+export type ReplyKind = 403 | 400 | 408 | 413 | 431 | 502 | 503 | 504 | 505
 const REASONS: Record<ReplyKind, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
@@ -16,6 +16,7 @@ const REASONS: Record<ReplyKind, string> = {
   431: 'Request Header Fields Too Large',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
+  504: 'Gateway Timeout',
   505: 'HTTP Version Not Supported'
 }
 const BODIES: Record<Exclude<ReplyKind, 403>, string> = {
@@ -25,6 +26,7 @@ const BODIES: Record<Exclude<ReplyKind, 403>, string> = {
   431: 'Request Header Fields Too Large\r\n',
   502: 'upstream reset before response headers\r\n',
   503: 'upstream connect error\r\n',
+  504: 'upstream request timeout\r\n',
   505: 'HTTP Version Not Supported\r\n'
 }
 

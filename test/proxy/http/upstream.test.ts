@@ -187,3 +187,51 @@ t.test('WebSocket upgrade on an allowed request becomes a raw two-way pipe', asy
   for (let i = 0; i < 50 && !c.rest().includes('echo:'); i++) await sleep(20)
   t.equal(c.rest(), 'helloecho:GET / HTTP/1.1 is just payload now')
 })
+
+t.test('upstream accepts and never answers: 504 after upstreamResponseTimeoutMs, upstream connection destroyed', async t => {
+  let received = ''
+  let upstreamClosed = false
+  const port = await rawBackend(t, s => {
+    s.on('data', (d: Buffer) => { received += d.toString('latin1') }) // reads, never writes
+    s.on('close', () => { upstreamClosed = true })
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { upstreamResponseTimeoutMs: 300 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response(5000)
+  t.equal(r?.status, 504)
+  t.equal(r?.body, 'upstream request timeout\r\n')
+  t.equal(r?.headers.connection, 'close')
+  t.ok(await c.waitClose(), 'client connection closed')
+  t.match(received, /^GET \/healthz HTTP\/1.1\r\n/, 'the request did reach the upstream')
+  for (let i = 0; i < 50 && !upstreamClosed; i++) await sleep(20)
+  t.ok(upstreamClosed, 'the upstream connection was closed (it still owed a response)')
+  const m = px.proxy.metrics()
+  t.equal(m.upstream_errors_response_timeout, 1)
+  t.equal(m.upstream_open, 0, 'not kept, not pooled')
+  t.match(px.logs.find(l => l.msg === 'http request'), { level: 40, status: 504, reason: 'upstream-response-timeout', path: '/healthz' })
+})
+
+t.test('the response timeout starts when the request ends: a slow upload is not cut by it', async t => {
+  const be = await startBackend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot(), { upstreamResponseTimeoutMs: 300 })
+  const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  c.write('POST /api/v1/charge HTTP/1.1\r\nHost: billing\r\nContent-Length: 6\r\n\r\nabc')
+  await sleep(700) // longer than the response timeout, shorter than the body timeout
+  c.write('def')
+  const r = await c.response()
+  t.equal(r?.status, 200)
+  t.equal(be.requests[0]?.body, 'abcdef')
+  t.equal(px.proxy.metrics().upstream_errors_response_timeout, 0)
+})
+
+t.test('a 100 Continue does not stop the response clock; 504 may follow it', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => s.write('HTTP/1.1 100 Continue\r\n\r\n')) // then silence
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { upstreamResponseTimeoutMs: 300 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 100)
+  t.equal((await c.response(5000))?.status, 504)
+})
