@@ -172,6 +172,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const dnsUdp = await bindTransparentUdp(opts.dnsProxyPort)
     dns.attachUdp(dnsUdp)
     const dnsTcp = await listenTransparentTcp(opts.dnsProxyPort)
+    // DNS over TCP is rare (truncated answers, zone-sized replies); a cap keeps a client that
+    // opens connections in a loop from exhausting file descriptors. Beyond it, new ones are closed.
+    dnsTcp.maxConnections = 1024
     dnsTcp.on('connection', (socket) => dns.handleTcpConnection(socket))
     closers.push(async () => {
       await closeServer(dnsTcp)
