@@ -3,7 +3,7 @@
 import t from 'tap'
 import net from 'node:net'
 import { createHash } from 'node:crypto'
-import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, type Tap } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, unacceptingPort, type Tap } from '../../helpers/http-proxy.js'
 
 async function rawBackend (t: Tap, onConn: (s: net.Socket) => void): Promise<number> {
   const srv = net.createServer(onConn)
@@ -27,6 +27,30 @@ t.test('upstream down: 503 and the error is counted', async t => {
   t.equal(r?.status, 503)
   t.equal(px.proxy.metrics().upstream_errors_connect, 1)
   t.match(px.logs.find(l => l.msg === 'http request'), { status: 503, reason: 'upstream-connect', level: 40 })
+})
+
+t.test('upstream connect never completes: 503 after upstreamConnectTimeoutMs', async t => {
+  const port = await unacceptingPort(t)
+  // The precondition, checked: a plain connect to that port does not complete either.
+  const probe = net.connect({ host: '127.0.0.1', port })
+  let probed = false
+  probe.on('connect', () => { probed = true })
+  probe.on('error', () => {})
+  t.teardown(() => { probe.destroy() })
+  const px = await startProxy(t, port, await billingSnapshot(), { upstreamConnectTimeoutMs: 300 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response(5000)
+  t.equal(r?.status, 503)
+  t.equal(r?.body, 'upstream connect error\r\n')
+  t.equal(r?.headers.connection, 'close')
+  t.ok(await c.waitClose(), 'client connection closed')
+  t.notOk(probed, 'the port really does not accept (the 503 came from the timeout, not a refusal)')
+  const m = px.proxy.metrics()
+  t.equal(m.upstream_errors_connect_timeout, 1)
+  t.equal(m.upstream_errors_connect, 0)
+  t.equal(m.upstream_open, 0, 'the half-open upstream socket is gone')
+  t.match(px.logs.find(l => l.msg === 'http request'), { level: 40, status: 503, reason: 'upstream-connect-timeout' })
 })
 
 t.test('upstream resets after reading the request: 502', async t => {
