@@ -3,7 +3,7 @@
  * by PID, stopped by PID (SIGTERM, then SIGKILL after a grace period), and measured from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, readdirSync } from 'node:fs'
+import { appendFileSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { connect } from 'node:net'
 import { execFileSync } from 'node:child_process'
 
@@ -34,6 +34,7 @@ export class Proc {
     this.child = spawn(argv[0], argv.slice(1), { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] })
     if (this.child.pid === undefined) throw new ProcError('could not start', argv, '')
     this.pid = this.child.pid
+    if (registryFile !== null) appendFileSync(registryFile, `${this.pid} ${startTime(this.pid)}\n`)
     this.exited = new Promise((resolve) => {
       this.child.once('exit', (code, signal) => { this.exitCode = code; this.exitSignal = signal; resolve() })
       this.child.once('error', (err) => { this.stderrTail += String(err); this.exitCode = -1; resolve() })
@@ -80,6 +81,34 @@ export class Proc {
     await this.exited
     clearTimeout(timer)
   }
+}
+
+/**
+ * PIDs (with their start times, against PID reuse) of every process the harness started, so that
+ * `--cleanup` can stop what a killed harness left running, by PID and nothing else.
+ */
+let registryFile: string | null = null
+export function setProcRegistry (file: string | null): void { registryFile = file }
+
+function startTime (pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '?' // field 22: starttime
+  } catch { return '?' }
+}
+
+/** Kills (SIGKILL) the registered processes that are still the same processes; removes the file. */
+export function killRegistered (file: string): number {
+  let text = ''
+  try { text = readFileSync(file, 'utf8') } catch { return 0 }
+  let killed = 0
+  for (const line of text.split('\n')) {
+    const [pid, start] = line.split(' ')
+    if (pid === undefined || pid === '' || start === '?' || startTime(Number(pid)) !== start) continue
+    for (const p of processTree(Number(pid)).reverse()) { try { process.kill(p, 'SIGKILL'); killed++ } catch { /* gone */ } }
+  }
+  rmSync(file, { force: true })
+  return killed
 }
 
 /** Polls a TCP connect to host:port (from the host namespace) until it succeeds. */

@@ -15,17 +15,18 @@ export function markdownTable (res: BenchResults): string {
   const lines = [
     `Commit \`${res.commit.slice(0, 12)}\`${res.dirty ? ' (dirty)' : ''}, ${res.date}; ${String(res.machine.cpu)} ×${String(res.machine.cores)}, Linux ${String(res.machine.kernel)}, Node ${String(res.machine.node)}, ${String(res.machine.haproxy)}, ${String(res.machine.nginx)}.`,
     `autocannon ${String(k.connections)} connections, pipelining ${String(k.pipelining)}, ${String(k.duration_s)} s per run after ${String(k.warmup_s)} s warmup, ${String(k.rounds)} interleaved round(s); medians.`,
+    '"other load" is CPU used by anything but the proxy, the upstream and the load generator during the runs (noise).',
     '',
-    '| scenario | req/s | p50 | p99 | p99.9 | proxy CPU (cores) | req per proxy CPU-s | vs direct (req/s) | vs haproxy-l7 (per core) | note |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'
+    '| scenario | req/s | p50 | p99 | p99.9 | proxy CPU (cores) | req per proxy CPU-s | vs direct (req/s) | vs haproxy-l7 (per core) | other load (cores) | note |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
   ]
   for (const s of res.scenarios) {
     if (s.skipped !== undefined) {
-      lines.push(`| ${s.name} | – | – | – | – | – | – | – | – | skipped: ${oneLine(s.skipped)} |`)
+      lines.push(`| ${s.name} | – | – | – | – | – | – | – | – | – | skipped: ${oneLine(s.skipped)} |`)
       continue
     }
     const note = s.error !== undefined ? `error: ${oneLine(s.error)}` : s.wrk !== undefined && 'rps' in s.wrk ? `wrk: ${fmtInt(s.wrk.rps)} req/s` : ''
-    lines.push(`| ${s.name} | ${fmtInt(s.rps)} | ${fmtUs(s.p50_us)} | ${fmtUs(s.p99_us)} | ${fmtUs(s.p999_us)} | ${s.proxy_cpu?.toFixed(2) ?? '–'} | ${fmtInt(s.rps_per_core)} | ${fmtX(s.vs_direct)} | ${fmtX(s.vs_haproxy_per_core)} | ${note} |`)
+    lines.push(`| ${s.name} | ${fmtInt(s.rps)} | ${fmtUs(s.p50_us)} | ${fmtUs(s.p99_us)} | ${fmtUs(s.p999_us)} | ${s.proxy_cpu?.toFixed(2) ?? '–'} | ${fmtInt(s.rps_per_core)} | ${fmtX(s.vs_direct)} | ${fmtX(s.vs_haproxy_per_core)} | ${s.foreign_cpu?.toFixed(2) ?? '–'} | ${note} |`)
   }
   return lines.join('\n') + '\n'
 }

@@ -12,7 +12,7 @@ import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { BenchLab, destroyLeftovers, type LabAddresses } from './lab-topology.js'
-import { Proc, waitForTcp } from './procs.js'
+import { killRegistered, Proc, setProcRegistry, waitForTcp } from './procs.js'
 import { haproxyConfig, nginxConfig, upstreamConfig } from './peer-config.js'
 import { rulesFromManifests } from './peer-rules.js'
 import { benchEndpoints, endpointsYaml, policyFiles, UPSTREAM_PORT, type PolicySet } from './workloads.js'
@@ -24,6 +24,8 @@ import { markdownTable, svgChart, withTable } from './report.js'
 import type { LoadSpec } from './load-client.js'
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** PIDs the harness started (see setProcRegistry); `--cleanup` stops the ones still alive. */
+const PID_FILE = '/run/warden-bench.pids'
 
 const USAGE = `npm run bench -- [options]
   --quick              short runs (1 round, 2 s each): the whole bench in under 2 minutes
@@ -153,7 +155,9 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
     const set = s.set as PolicySet
     if (fx.agent !== null && fx.agentSet !== set) await fx.stopAgent()
     if (fx.agent === null) {
-      fx.agent = await WardenAgent.start(join(fx.tmp, `agent-${s.name}-${round}-${driver}`), { policies: policyFiles(set), endpointsYaml: endpointsYaml(benchEndpoints(a, set)) })
+      // The scale set has 101 endpoints to attach to: give the agent longer to come up.
+      const readyMs = set === 'scale' ? 180_000 : 60_000
+      fx.agent = await WardenAgent.start(join(fx.tmp, `agent-${s.name}-${round}-${driver}`), { policies: policyFiles(set), endpointsYaml: endpointsYaml(benchEndpoints(a, set)) }, readyMs)
       fx.agentSet = set
     }
     proxyPid = fx.agent.pid
@@ -201,6 +205,7 @@ export async function runBench (v: Record<string, unknown>): Promise<BenchResult
   log(`scenarios: ${scenarios.map((s) => s.name).join(' ')}`)
   log(`knobs: ${JSON.stringify(k)}`)
   const tmp = await mkdtemp(join(tmpdir(), 'wbench-'))
+  setProcRegistry(PID_FILE)
   const lab = await BenchLab.create({ dummies: needsScale ? 99 : 0 })
   const fx = new Fixture(lab, tmp)
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -255,6 +260,8 @@ export async function runBench (v: Record<string, unknown>): Promise<BenchResult
     await fx.stopAll()
     await lab.destroy()
     await rm(tmp, { recursive: true, force: true })
+    setProcRegistry(null)
+    await rm(PID_FILE, { force: true })
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
   }
@@ -318,6 +325,8 @@ async function main (): Promise<number> {
   if (v.help === true) { console.log(USAGE); return 0 }
   if (process.getuid?.() !== 0) { console.error('bench: needs root (network namespaces, tc, the agent)'); return 1 }
   if (v.cleanup === true) {
+    const killed = killRegistered(PID_FILE)
+    if (killed > 0) log(`stopped ${killed} process(es) a killed run left`)
     await uninstallAgent()
     await destroyLeftovers()
     log('removed leftovers of the lab and the agent state')

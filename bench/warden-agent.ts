@@ -62,7 +62,7 @@ export class WardenAgent {
       }, readyTimeoutMs)
     } catch (err) {
       await agent.stop()
-      throw err
+      throw new AgentNotReady(err as Error, proc)
     }
     return agent
   }
@@ -71,6 +71,20 @@ export class WardenAgent {
   async stop (): Promise<void> {
     await this.proc.stop('SIGTERM', 10_000)
     await uninstallAgent()
+  }
+}
+
+/** The agent did not come up: why, with the last thing it logged (its pino `msg`, or raw text). */
+export class AgentNotReady extends Error {
+  readonly code = 'WARDEN_ERR_BENCH_AGENT_NOT_READY'
+  constructor (cause: Error, proc: Proc) {
+    const lines = proc.output().split('\n').filter((l) => l.trim() !== '')
+    const last = lines[lines.length - 1] ?? ''
+    let said = last
+    try { said = String((JSON.parse(last) as { msg?: unknown, err?: { message?: unknown } }).err?.message ?? (JSON.parse(last) as { msg?: unknown }).msg ?? last) } catch { /* not JSON */ }
+    const why = cause.message.split(':')[0]
+    super(`${why}; last output: ${said.slice(0, 300)}`)
+    this.name = 'AgentNotReady'
   }
 }
 

@@ -25,12 +25,14 @@ if (process.getuid?.() !== 0) {
     child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s })
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
     t.teardown(async () => {
-      // The harness cleans up on SIGTERM; --cleanup removes what a killed one left.
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM')
-        await exited
-      }
-      execFileSync(process.execPath, [runJs, '--cleanup'], { stdio: 'ignore' })
+      // Only when the test gave up on it: the harness cleans up after itself on SIGTERM; if it
+      // does not exit within a minute, SIGKILL and --cleanup (its registered PIDs, lab, agent state).
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => { child.kill('SIGKILL') }, 60_000)
+      await exited
+      clearTimeout(timer)
+      if (child.signalCode === 'SIGKILL') execFileSync(process.execPath, [runJs, '--cleanup'], { stdio: 'ignore' })
     })
     const code = await exited
     t.equal(code, 0, `exit code (stderr: ${stderr.slice(-2000)})`)
