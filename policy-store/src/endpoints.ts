@@ -5,7 +5,7 @@
 import { dirname } from 'node:path'
 import { parseIPv4 } from './cidr.js'
 import { ERR, type PolicyError } from './errors.js'
-import { readYamlFile, type PathSeg, type Reporter } from './source-file.js'
+import { fileStamp, readYamlFile, type ParsedFile, type PathSeg, type Reporter } from './source-file.js'
 import { watchPaths } from './watch.js'
 
 export interface RawEndpoint {
@@ -34,12 +34,31 @@ const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
 const IFNAME = /^[A-Za-z0-9_.@-]{1,15}$/
 
 export class FileEndpointSource implements EndpointSource {
+  /** The last result, by (size, mtime, inode) and by content: an unchanged file is not re-parsed. */
+  private cache: { stamp: string, text: string, result: { endpoints: RawEndpoint[] | null, errors: PolicyError[] } } | null = null
   constructor (readonly file: string) {}
   get description (): string { return this.file }
 
+  /** Unchanged file: the SAME result object (and endpoints array), so the store can skip it. */
   async load (): Promise<{ endpoints: RawEndpoint[] | null, errors: PolicyError[] }> {
+    const stamp = await fileStamp(this.file)
+    const cached = this.cache
+    if (cached !== null && stamp !== '' && cached.stamp === stamp) return cached.result
     const parsed = await readYamlFile(this.file)
-    if ('errors' in parsed) return { endpoints: null, errors: parsed.errors }
+    if ('errors' in parsed) {
+      this.cache = null
+      return { endpoints: null, errors: parsed.errors }
+    }
+    if (cached !== null && cached.text === parsed.text) {
+      cached.stamp = stamp
+      return cached.result
+    }
+    const result = this.parse(parsed)
+    this.cache = { stamp, text: parsed.text, result }
+    return result
+  }
+
+  private parse (parsed: ParsedFile): { endpoints: RawEndpoint[] | null, errors: PolicyError[] } {
     if (parsed.docs.length > 1) {
       parsed.docs[1].reporter.add(ERR.VALUE, [], 'the endpoints file holds one YAML document')
       return { endpoints: null, errors: parsed.reporter.errors }

@@ -2,13 +2,15 @@
  * Where policies come from. `PolicySource` is the seam for a second backend (etcd, the
  * Kubernetes API); `DirectoryPolicySource` reads every .yaml/.yml/.json file below a directory.
  * Results are cached per file by (size, mtime, inode) and then by content, so an unchanged file
- * yields the SAME `FilePolicies` object and the compiler can skip its endpoints.
+ * yields the SAME `FilePolicies` object and the compiler can skip its endpoints. Within a changed
+ * file, documents are cached by (first line, text): an edit of one document re-parses and
+ * re-validates that document only, and the others keep their `PolicyRule` objects.
  */
-import { readdir, stat } from 'node:fs/promises'
+import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ERR, type PolicyError } from './errors.js'
-import type { FilePolicies } from './model.js'
-import { readYamlFile } from './source-file.js'
+import type { FilePolicies, PolicyRule } from './model.js'
+import { fileStamp, parseYamlString, readTextFile, splitDocuments, type ParsedFile } from './source-file.js'
 import { validatePolicyFile } from './validate.js'
 import { watchPaths } from './watch.js'
 
@@ -31,7 +33,9 @@ const EXT = /\.(ya?ml|json)$/i
 /** Refuse to walk absurd trees (a mistaken `--policies /`). */
 const MAX_FILES = 10000
 
-interface CacheEntry { stamp: string, text: string, resource: PolicyResource }
+/** One document (piece of a file) parsed and validated. */
+interface DocEntry { syntax: PolicyError[] | null, parsed: ParsedFile | null, docCount: number, policies: FilePolicies | null, errors: PolicyError[] }
+interface CacheEntry { stamp: string, text: string, resource: PolicyResource, docs: Map<string, DocEntry> }
 
 export class DirectoryPolicySource implements PolicySource {
   private readonly cache = new Map<string, CacheEntry>()
@@ -76,28 +80,73 @@ export class DirectoryPolicySource implements PolicySource {
   }
 
   private async loadFile (file: string): Promise<PolicyResource> {
-    let stamp = ''
-    try {
-      const s = await stat(file)
-      stamp = `${s.size}:${s.mtimeMs}:${s.ino}`
-    } catch { /* vanished: readYamlFile reports it */ }
+    const stamp = await fileStamp(file)
     const cached = this.cache.get(file)
     if (cached !== undefined && stamp !== '' && cached.stamp === stamp) return cached.resource
-    const parsed = await readYamlFile(file)
-    if ('errors' in parsed) {
-      const resource = { key: file, policies: null, errors: parsed.errors }
-      if (stamp !== '') this.cache.set(file, { stamp, text: '', resource })
+    const read = await readTextFile(file)
+    if ('errors' in read) {
+      const resource = { key: file, policies: null, errors: read.errors }
+      // Keep the document cache: the next good version likely shares most documents.
+      this.cache.set(file, { stamp: '', text: '', resource, docs: cached?.docs ?? new Map() })
       return resource
     }
     // Same bytes (touched, or rewritten identically): keep the same objects.
-    if (cached !== undefined && cached.text === parsed.text) {
+    if (cached !== undefined && cached.text === read.text) {
       cached.stamp = stamp
       return cached.resource
     }
-    const { policies, errors } = validatePolicyFile(parsed)
-    const resource: PolicyResource = errors.length > 0 ? { key: file, policies: null, errors } : { key: file, policies, errors: [] }
-    this.cache.set(file, { stamp, text: parsed.text, resource })
+    const docs = new Map<string, DocEntry>()
+    let pieces = splitDocuments(read.text).map((p) => {
+      const key = `${p.lineBase}\n${p.text}`
+      let d = cached?.docs.get(key) ?? docs.get(key)
+      if (d === undefined) {
+        const parsed = parseYamlString(p.text, file, p.lineBase, true)
+        d = 'errors' in parsed
+          ? { syntax: parsed.errors, parsed: null, docCount: 0, policies: null, errors: [] }
+          : { syntax: null, parsed, docCount: parsed.docs.length, policies: null, errors: [] }
+      }
+      docs.set(key, d)
+      return d
+    })
+    if (pieces.some((d) => d.syntax !== null)) {
+      // A YAML error: report it exactly as the whole file parses (a quoted scalar may span a
+      // `---` line there); if the whole file parses after all, use that.
+      const whole = parseYamlString(read.text, file)
+      pieces = ['errors' in whole
+        ? { syntax: whole.errors, parsed: null, docCount: 0, policies: null, errors: [] }
+        : { syntax: null, parsed: whole, docCount: whole.docs.length, policies: null, errors: [] }]
+    }
+    const resource = this.combine(file, pieces)
+    this.cache.set(file, { stamp, text: read.text, resource, docs })
     return resource
+  }
+
+  /** The file's result from its documents: as if it had been parsed and validated whole. */
+  private combine (file: string, pieces: DocEntry[]): PolicyResource {
+    // YAML syntax errors alone (validation needs every document).
+    const syntax = pieces.flatMap((d) => d.syntax ?? [])
+    if (syntax.length > 0) return { key: file, policies: null, errors: syntax }
+    if (pieces.every((d) => d.docCount === 0)) {
+      return { key: file, policies: null, errors: [{ code: ERR.EMPTY, file, line: 1, col: 1, path: '', message: 'no YAML document in the file (only comments or separators)' }] }
+    }
+    const errors: PolicyError[] = []
+    const rules: PolicyRule[] = []
+    let policies = 0
+    let skipped = 0
+    for (const d of pieces) {
+      if (d.policies === null) {
+        const v = validatePolicyFile(d.parsed as ParsedFile)
+        d.policies = v.policies
+        d.errors = v.errors
+        d.parsed = null // the YAML tree is no longer needed
+      }
+      errors.push(...d.errors)
+      for (const r of d.policies.rules) rules.push(r)
+      policies += d.policies.policies
+      skipped += d.policies.skipped
+    }
+    if (errors.length > 0) return { key: file, policies: null, errors }
+    return { key: file, policies: { file, rules, policies, skipped }, errors: [] }
   }
 
   watch (onChange: () => void): () => void {

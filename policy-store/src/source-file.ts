@@ -15,8 +15,11 @@ const MAX_ALIAS_COUNT = 100
 export type PathSeg = string | number
 
 /** Collects errors for one file, with positions resolved from the YAML tree. */
+/** Offset -> 1-based line and column (a yaml LineCounter, possibly shifted). */
+export interface Positions { linePos (offset: number): { line: number, col: number } }
+
 export class Reporter {
-  constructor (readonly file: string, private readonly lc: LineCounter | null,
+  constructor (readonly file: string, private readonly lc: Positions | null,
     private readonly doc: Document | null = null, readonly errors: PolicyError[] = []) {}
 
   /** A reporter for one document of the file; errors of all documents land in one list. */
@@ -82,12 +85,30 @@ export interface ParsedFile {
   text: string
 }
 
+/** Younger files are re-read even when their stamp matches (timestamps are coarse: a rewrite of
+ * the same size within one clock tick keeps the same mtime). */
+const STAMP_SETTLE_MS = 1000
+
+/**
+ * `size:mtime:inode` of a file, for "unchanged since last read" checks; '' when it cannot be
+ * trusted (missing file, or modified less than a second ago) so the caller re-reads it.
+ */
+export async function fileStamp (file: string): Promise<string> {
+  try {
+    const s = await stat(file)
+    if (Date.now() - s.mtimeMs < STAMP_SETTLE_MS) return ''
+    return `${s.size}:${s.mtimeMs}:${s.ino}`
+  } catch {
+    return ''
+  }
+}
+
 function fail (file: string, code: PolicyErrorCode, message: string): { errors: PolicyError[] } {
   return { errors: [{ code, file, line: 1, col: 1, path: '', message }] }
 }
 
-/** Read and parse one file. Never throws for anything about the file's content. */
-export async function readYamlFile (file: string, displayName = file): Promise<ParsedFile | { errors: PolicyError[] }> {
+/** Read one file as text. Never throws for anything about the file's content. */
+export async function readTextFile (file: string, displayName = file): Promise<{ text: string } | { errors: PolicyError[] }> {
   let size: number
   try {
     size = (await stat(file)).size
@@ -105,10 +126,17 @@ export async function readYamlFile (file: string, displayName = file): Promise<P
   }
   // Re-check: the file may have grown between stat and read.
   if (buf.length > MAX_FILE_BYTES) return fail(displayName, ERR.TOO_LARGE, `file is ${buf.length} bytes; the limit is ${MAX_FILE_BYTES} bytes`)
-  return parseYamlText(buf, displayName)
+  return decodeText(buf, displayName)
 }
 
-export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors: PolicyError[] } {
+/** Read and parse one file. Never throws for anything about the file's content. */
+export async function readYamlFile (file: string, displayName = file): Promise<ParsedFile | { errors: PolicyError[] }> {
+  const r = await readTextFile(file, displayName)
+  return 'errors' in r ? r : parseYamlString(r.text, displayName)
+}
+
+/** Bytes to text: refuses binary (NUL, invalid UTF-8) and empty files. */
+export function decodeText (buf: Buffer, file: string): { text: string } | { errors: PolicyError[] } {
   if (buf.includes(0)) return fail(file, ERR.BINARY, 'binary file (contains NUL bytes); expected YAML or JSON text')
   let text: string
   try {
@@ -117,20 +145,37 @@ export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors
     return fail(file, ERR.BINARY, 'binary file (not valid UTF-8); expected YAML or JSON text')
   }
   if (text.trim() === '') return fail(file, ERR.EMPTY, 'empty file; expected at least one policy document')
+  return { text }
+}
+
+export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors: PolicyError[] } {
+  const r = decodeText(buf, file)
+  return 'errors' in r ? r : parseYamlString(r.text, file)
+}
+
+/**
+ * Parse YAML text. `lineBase` is the number of file lines before `text` (when `text` is one
+ * document cut out of a file by `splitDocuments`): reported lines are file lines. With
+ * `allowEmpty`, a text without any document is not an error (a piece of a file may be empty).
+ */
+export function parseYamlString (text: string, file: string, lineBase = 0, allowEmpty = false): ParsedFile | { errors: PolicyError[] } {
   const lc = new LineCounter()
-  const reporter = new Reporter(file, lc)
+  const positions: Positions = lineBase === 0
+    ? lc
+    : { linePos: (offset: number) => { const p = lc.linePos(offset); return { line: p.line + lineBase, col: p.col } } }
+  const reporter = new Reporter(file, positions)
   const docs: ParsedFile['docs'] = []
   let parsed
   try {
     parsed = parseAllDocuments(text, { lineCounter: lc, uniqueKeys: true, prettyErrors: false })
   } catch (err) {
-    return fail(file, ERR.SYNTAX, `YAML: ${(err as Error).message}`)
+    return { errors: [{ code: ERR.SYNTAX, file, line: lineBase + 1, col: 1, path: '', message: `YAML: ${(err as Error).message}` }] }
   }
   const list = Array.isArray(parsed) ? parsed : []
   for (const doc of list) {
     if (doc.errors.length > 0) {
       for (const e of doc.errors) {
-        const pos = lc.linePos(e.pos[0])
+        const pos = positions.linePos(e.pos[0])
         reporter.addAt(ERR.SYNTAX, pos.line, pos.col, `YAML: ${firstLine(e.message)}`)
       }
       continue
@@ -141,7 +186,7 @@ export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors
       value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT })
     } catch (err) {
       const r = doc.contents.range ?? [0]
-      const pos = lc.linePos(r[0])
+      const pos = positions.linePos(r[0])
       reporter.addAt(ERR.SYNTAX, pos.line, pos.col, `YAML: ${firstLine((err as Error).message)}`)
       continue
     }
@@ -149,8 +194,38 @@ export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors
     docs.push({ value, reporter: reporter.forDocument(doc) })
   }
   if (reporter.errors.length > 0) return { errors: reporter.errors }
-  if (docs.length === 0) return fail(file, ERR.EMPTY, 'no YAML document in the file (only comments or separators)')
+  if (docs.length === 0 && !allowEmpty) return fail(file, ERR.EMPTY, 'no YAML document in the file (only comments or separators)')
   return { docs, reporter, text }
+}
+
+/** A line that starts a document (`---` at column 0; YAML 1.2 makes it a marker everywhere). */
+const DOC_START = /^---(?=[ \t\r\n]|$)/gm
+/** Directives (`%YAML`, `%TAG`) and document-end markers (`...`) span documents, and a lone CR
+ * is a line break we do not count: no split. */
+const NO_SPLIT = /^(%|\.\.\.(?=[ \t\r\n]|$))|\r(?!\n)/m
+
+/**
+ * Cut a YAML stream into pieces of at most one document each, so that an edit of one document
+ * re-parses only that piece. Each piece keeps its `---` line; `lineBase` is the number of lines
+ * before it. Parsing the pieces gives the same documents as parsing the whole text (YAML
+ * documents are independent once directives are excluded), with the same line numbers.
+ */
+export function splitDocuments (text: string): { text: string, lineBase: number }[] {
+  if (NO_SPLIT.test(text)) return [{ text, lineBase: 0 }]
+  const starts: number[] = []
+  DOC_START.lastIndex = 0
+  for (let m = DOC_START.exec(text); m !== null; m = DOC_START.exec(text)) if (m.index > 0 && text.charCodeAt(m.index - 1) === 10) starts.push(m.index)
+  if (starts.length === 0) return [{ text, lineBase: 0 }]
+  const out: { text: string, lineBase: number }[] = []
+  let from = 0
+  let line = 0
+  for (const at of [...starts, text.length]) {
+    const piece = text.slice(from, at)
+    out.push({ text: piece, lineBase: line })
+    for (let i = piece.indexOf('\n'); i !== -1; i = piece.indexOf('\n', i + 1)) line++
+    from = at
+  }
+  return out
 }
 
 function firstLine (s: string): string {
