@@ -3,7 +3,7 @@
  * by PID, stopped by PID (SIGTERM, then SIGKILL after a grace period), and measured from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { appendFileSync, readFileSync, readdirSync, rmSync } from 'node:fs'
+import { appendFileSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { execFileSync } from 'node:child_process'
 
@@ -88,7 +88,11 @@ export class Proc {
  * `--cleanup` can stop what a killed harness left running, by PID and nothing else.
  */
 let registryFile: string | null = null
-export function setProcRegistry (file: string | null): void { registryFile = file }
+export function setProcRegistry (file: string | null): void {
+  registryFile = file
+  // The first line is the harness itself: --cleanup leaves a live harness alone.
+  if (file !== null) writeFileSync(file, `harness ${process.pid} ${startTime(process.pid)}\n`)
+}
 
 function startTime (pid: number): string {
   try {
@@ -101,8 +105,13 @@ function startTime (pid: number): string {
 export function killRegistered (file: string): number {
   let text = ''
   try { text = readFileSync(file, 'utf8') } catch { return 0 }
+  const [first, ...rest] = text.split('\n')
+  const [, hPid, hStart] = first.split(' ')
+  if (hPid !== undefined && hPid !== String(process.pid) && startTime(Number(hPid)) === hStart) {
+    throw new ProcError(`a bench run (PID ${hPid}) is still running; stop it first`, [], '')
+  }
   let killed = 0
-  for (const line of text.split('\n')) {
+  for (const line of rest) {
     const [pid, start] = line.split(' ')
     if (pid === undefined || pid === '' || start === '?' || startTime(Number(pid)) !== start) continue
     for (const p of processTree(Number(pid)).reverse()) { try { process.kill(p, 'SIGKILL'); killed++ } catch { /* gone */ } }
