@@ -1,13 +1,20 @@
 /**
- * Policies + endpoints + learned names -> one immutable Snapshot and its diff. The compiler
- * keeps caches between runs so that a one-rule change recompiles only the endpoints whose
- * inputs changed (their selecting rules, or the identities those rules' peers resolve to).
+ * Policies + endpoints + learned names -> one immutable Snapshot and its diff.
+ *
+ * Incremental: the compiler keeps, between runs, which endpoints each rule selects, what each
+ * rule element's peers resolve to, and each endpoint's compiled entries. A run works out what
+ * changed in its input (rules added or removed -- files hand back the same rule objects for
+ * unchanged documents --, endpoints, the local CIDR/FQDN identities) and re-resolves only the
+ * endpoints whose inputs changed: a one-rule edit re-resolves the endpoints that rule selects,
+ * new learned FQDN IPs re-resolve the endpoints with toFQDNs/CIDR/world peers. The result is the
+ * same as a cold compile of the same input (test/policy-store/incremental.test.ts checks it).
  */
 import { formatIPv4, formatPrefix, parseIPv4, prefixContains, type Prefix } from './cidr.js'
 import type { IdentityAllocator } from './identity.js'
 import { labelsKey } from './identity.js'
 import { identityLabelsOf, LabelSet, matchesSelector, type Selector } from './labels.js'
 import type { FilePolicies, Peer, PolicyRule, RuleElement } from './model.js'
+import type { NameMatcher } from './matchers.js'
 import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import {
@@ -29,8 +36,10 @@ export const RESERVED_LABELS: ReadonlyMap<number, readonly Label[]> = new Map([
 ])
 
 export interface CompileInput {
+  /** Pass the same array again when nothing changed: the compiler then skips endpoint work. */
   endpoints: readonly RawEndpoint[]
   files: readonly FilePolicies[]
+  /** Same array again = same names (expiry is still checked against `now`). */
   learned: readonly LearnedName[]
   hostIPs: readonly string[]
   /** For learned-name expiry. */
@@ -39,78 +48,362 @@ export interface CompileInput {
   extraLabelSets?: readonly (readonly Label[])[]
 }
 
-interface EpResult { fingerprint: string, entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
+interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
 
 interface Local { id: number, prefix: Prefix, fqdnKeys: string[] }
+interface LocalEntry { labels: Label[], local: Local, ip: IpcacheEntry }
+
+/** A rule's CIDR prefixes and FQDN matchers (they make local identities). */
+interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[] }
+
+interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean }
 
 export class Compiler {
   private version = 0
   private prevSnapshot: Snapshot | null = null
-  private epCache = new Map<number, EpResult>()
+  // Endpoints and pod identities.
+  private epInput: readonly RawEndpoint[] | null = null
+  private extraInput: CompileInput['extraLabelSets'] | null = null
+  private endpoints: readonly Endpoint[] = Object.freeze([])
+  private podIds = new Set<number>()
+  private podKey = ''
+  private podLabels = new Map<number, readonly Label[]>()
+  private epsByIdentity = new Map<number, number[]>()
+  private pods: PodIndex | null = null
+  private selectorCache = new Map<string, number[]>()
+  // Rules, in input order; what each selects; what each element resolves to.
+  private files: readonly FilePolicies[] = []
+  /** Position of a file in the input, of a rule in its file: rules are used in input order. */
+  private fileIdx = new Map<FilePolicies, number>()
+  private readonly ruleFile = new Map<PolicyRule, FilePolicies>()
+  private readonly ruleIdx = new Map<PolicyRule, number>()
+  private readonly ruleEps = new Map<PolicyRule, number[]>()
+  private readonly epRules = new Map<number, Set<PolicyRule>>()
+  private readonly els = new Map<RuleElement, ElState>()
+  // Local identities, the ipcache and FQDN selectors.
+  private hostKey = ''
+  private learnedInput: readonly LearnedName[] | null = null
+  private learnedExpiry = Infinity
   private readonly localIds = new Map<string, number>()
   private nextLocal = LOCAL_IDENTITY_BASE
-  private selectorCache = new Map<string, number[]>()
-  private selectorUniverse = ''
-  private readonly peerRes = new Map<number, { sig: string, ver: number, ids: number[] | null, podKey: string, localKey: string }>()
-  private peerVer = 0
+  private locals: Local[] = []
+  private localKey = ''
+  private fqdnSelectors: readonly FqdnSelector[] = Object.freeze([])
+  private fqdnKeysSig = ''
+  private nameKeys = new Map<string, string[]>()
+  private identities: Map<number, readonly Label[]> = new Map(RESERVED_LABELS)
+  private base: { endpoints: readonly Endpoint[], hostKey: string, taken: Set<number>, entries: IpcacheEntry[] } | null = null
+  private ipNums = new Map<string, number | null>()
+  /** Local identities in use, by prefix and FQDN selector keys (objects reused across runs). */
+  private localEntries = new Map<string, LocalEntry>()
+  private ipcache: readonly IpcacheEntry[] = Object.freeze([])
+  // Output per endpoint.
+  private epCache = new Map<number, EpResult>()
 
   constructor (private readonly allocator: IdentityAllocator) {}
 
   get current (): Snapshot | null { return this.prevSnapshot }
 
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
-    const identities = new Map<number, readonly Label[]>(RESERVED_LABELS)
-    // Endpoints and their identities.
-    const endpoints: Endpoint[] = input.endpoints.map((e) => {
-      const identityLabels = identityLabelsOf(e.labels, e.namespace)
-      const identity = this.allocator.identityFor(identityLabels)
-      identities.set(identity, identityLabels)
-      return { id: this.allocator.endpointIdFor(`${e.namespace}/${e.name}`), name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels, identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
-    })
-    const podIds = new Set(endpoints.map((e) => e.identity))
-    for (const ls of input.extraLabelSets ?? []) {
-      const id = this.allocator.identityFor(ls)
-      identities.set(id, [...ls].sort())
-      podIds.add(id)
-    }
-    const rules: PolicyRule[] = input.files.flatMap((f) => f.rules)
+    const dirty = new Set<number>()
+    let allDirty = this.prevSnapshot === null
 
-    // Local (CIDR / FQDN) identities and the ipcache.
-    const ipcache = new Map<string, IpcacheEntry>()
-    ipcache.set('0.0.0.0/0', { prefix: '0.0.0.0/0', identity: RESERVED.WORLD, endpointId: 0 })
-    const taken = new Set<number>()
-    for (const ip of input.hostIPs) {
-      const n = parseIPv4(ip)
-      if (n === null) continue
-      taken.add(n)
-      ipcache.set(`${ip}/32`, { prefix: `${ip}/32`, identity: RESERVED.HOST, endpointId: 0 })
+    // 1. Endpoints and their identities (only when the endpoints input changed).
+    let endpointsChanged = false
+    let podsChanged = false
+    if (input.endpoints !== this.epInput || (input.extraLabelSets ?? null) !== this.extraInput || this.prevSnapshot === null) {
+      const before = new Map(this.endpoints.map((e) => [e.id, e]))
+      const podLabels = new Map<number, readonly Label[]>()
+      const endpoints: Endpoint[] = input.endpoints.map((e) => {
+        const identityLabels = identityLabelsOf(e.labels, e.namespace)
+        const identity = this.allocator.identityFor(identityLabels)
+        podLabels.set(identity, identityLabels)
+        return { id: this.allocator.endpointIdFor(`${e.namespace}/${e.name}`), name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels, identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
+      })
+      const podIds = new Set(endpoints.map((e) => e.identity))
+      for (const ls of input.extraLabelSets ?? []) {
+        const id = this.allocator.identityFor(ls)
+        podLabels.set(id, [...ls].sort())
+        podIds.add(id)
+      }
+      const podKey = [...podIds].sort((a, b) => a - b).join(',')
+      endpointsChanged = endpoints.length !== before.size || endpoints.some((e) => !sameEndpoint(before.get(e.id), e))
+      if (endpointsChanged || podKey !== this.podKey) {
+        for (const e of endpoints) if (before.get(e.id)?.identity !== e.identity) dirty.add(e.id)
+        this.endpoints = Object.freeze(endpoints)
+        this.epsByIdentity = new Map()
+        for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
+      }
+      if (podKey !== this.podKey || this.pods === null) {
+        podsChanged = true
+        this.podKey = podKey
+        this.podIds = podIds
+        this.podLabels = podLabels
+        this.pods = new PodIndex(podLabels, podIds)
+        this.selectorCache = new Map()
+      }
+      this.epInput = input.endpoints
+      this.extraInput = input.extraLabelSets ?? null
     }
-    for (const e of endpoints) {
-      taken.add(parseIPv4(e.ipv4) as number)
-      ipcache.set(`${e.ipv4}/32`, { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
+    const endpoints = this.endpoints
+
+    // 2. Rules added and removed (files give back the same rule objects for unchanged documents).
+    const added: PolicyRule[] = []
+    const removed: PolicyRule[] = []
+    let filesChanged = false
+    if (input.files.length !== this.files.length || input.files.some((f, i) => f !== this.files[i])) {
+      filesChanged = true
+      if (this.diffFiles(input.files, added, removed, dirty)) allDirty = true
+      this.files = input.files
     }
-    const fqdnSelectors = new Map<string, FqdnSelector>()
-    const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: Set<string> }>()
-    for (const r of rules) {
+
+    // 3. Local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache.
+    const hostKey = input.hostIPs.join(',')
+    const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
+    let localsChanged = false
+    if (filesChanged || learnedChanged || endpointsChanged || podsChanged || hostKey !== this.hostKey || this.prevSnapshot === null) {
+      localsChanged = this.computeLocals(input, endpoints, filesChanged)
+      this.hostKey = hostKey
+      this.learnedInput = input.learned
+    }
+    const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals)
+    const select = (sel: Selector): number[] => {
+      let ids = this.selectorCache.get(sel.canonical)
+      if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
+      return ids
+    }
+
+    // 4. Which endpoints each rule selects.
+    const selectEps = (r: PolicyRule): number[] => {
+      const out: number[] = []
+      for (const id of select(r.subject)) for (const ep of this.epsByIdentity.get(id) ?? []) out.push(ep)
+      return out
+    }
+    for (const r of removed) {
+      for (const ep of this.ruleEps.get(r) ?? []) { dirty.add(ep); this.epRules.get(ep)?.delete(r) }
+      this.ruleEps.delete(r)
+      for (const el of r.elements) this.els.delete(el)
+    }
+    if (endpointsChanged || podsChanged) {
+      // Every rule's selection may have changed: recompute, and dirty the differences.
+      const now = new Map<number, Set<PolicyRule>>()
+      for (const [r, old] of this.ruleEps) {
+        const eps = selectEps(r)
+        if (!sameMembers(old, eps)) { for (const ep of old) dirty.add(ep); for (const ep of eps) dirty.add(ep) }
+        this.ruleEps.set(r, eps)
+        for (const ep of eps) pushSet(now, ep, r)
+      }
+      this.epRules.clear()
+      for (const [ep, rs] of now) this.epRules.set(ep, rs)
+    }
+    for (const r of added) {
+      const eps = selectEps(r)
+      this.ruleEps.set(r, eps)
+      for (const ep of eps) { dirty.add(ep); pushSet(this.epRules, ep, r) }
+    }
+
+    // 5. Peers of rule elements: new elements, and those whose side of the universe changed.
+    const resolve = (el: RuleElement): ElState['ids'] => el.peers === null ? null : resolvePeers(el.peers, universe, select)
+    for (const r of added) {
       for (const el of r.elements) {
-        for (const p of el.peers ?? []) {
-          if (p.kind === 'cidr') {
-            for (const x of [p.prefix, ...p.except]) {
-              if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
-              prefixes.set(formatPrefix(x), { prefix: x, fqdnKeys: new Set() })
-            }
-          } else if (p.kind === 'fqdn' && !fqdnSelectors.has(p.matcher.key)) {
-            fqdnSelectors.set(p.matcher.key, { key: p.matcher.key, test: p.matcher.test })
-          }
-        }
+        const d = peerDeps(el)
+        const ids = resolve(el)
+        this.els.set(el, { rule: r, ids, sig: ids === null ? '*' : ids.join(','), pods: d.pods, locals: d.locals })
       }
     }
+    if (podsChanged || localsChanged) {
+      const fresh = new Set(added)
+      for (const [el, st] of this.els) {
+        if (fresh.has(st.rule) || !((podsChanged && st.pods) || (localsChanged && st.locals))) continue
+        const ids = resolve(el)
+        const sig = ids === null ? '*' : ids.join(',')
+        if (sig === st.sig) continue
+        st.ids = ids
+        st.sig = sig
+        for (const ep of this.ruleEps.get(st.rule) ?? []) dirty.add(ep)
+      }
+    }
+
+    // 6. Re-resolve the dirty endpoints; keep the others' entries.
+    const diffAdded: KernelEntry[] = []
+    const diffRemoved: KernelEntry[] = []
+    const live = new Set<number>()
+    for (const e of endpoints) {
+      live.add(e.id)
+      const cached = this.epCache.get(e.id)
+      if (cached !== undefined && !allDirty && !dirty.has(e.id)) continue
+      const res = this.compileEndpoint(e.id)
+      this.epCache.set(e.id, res)
+      diffEntries(cached?.entries ?? [], res.entries, diffAdded, diffRemoved)
+    }
+    for (const [id, old] of this.epCache) if (!live.has(id)) { diffRemoved.push(...old.entries); this.epCache.delete(id) }
+
+    const prev = this.prevSnapshot
+    const outputChanged = prev === null || diffAdded.length > 0 || diffRemoved.length > 0 || endpointsChanged || allDirty || dirty.size > 0
+    let kernel: readonly KernelEntry[]
+    let http: Map<number, L7PortTable<HttpPolicy>>
+    let dns: Map<number, L7PortTable<DnsPolicy>>
+    if (!outputChanged && prev !== null) {
+      kernel = prev.kernel
+      http = prev.http as Map<number, L7PortTable<HttpPolicy>>
+      dns = prev.dns as Map<number, L7PortTable<DnsPolicy>>
+    } else {
+      const k: KernelEntry[] = []
+      http = new Map()
+      dns = new Map()
+      for (const e of endpoints) {
+        const r = this.epCache.get(e.id) as EpResult
+        for (const x of r.entries) k.push(x)
+        for (const [key, t] of r.http) http.set(key, t)
+        for (const [key, t] of r.dns) dns.set(key, t)
+      }
+      kernel = Object.freeze(k)
+    }
+    const snapshot: Snapshot = Object.freeze({
+      version: ++this.version,
+      createdAt: Date.now(),
+      endpoints,
+      identities: this.identities,
+      ipcache: this.ipcache,
+      kernel,
+      http,
+      dns,
+      fqdnSelectors: this.fqdnSelectors
+    })
+    const diff = diffSnapshots(prev, snapshot, diffAdded, diffRemoved)
+    this.prevSnapshot = snapshot
+    return { snapshot, diff }
+  }
+
+  /**
+   * Rules added and removed between the previous files and `files` (matched by file name);
+   * endpoints whose rules changed order go into `dirty`. True when everything must be redone.
+   */
+  private diffFiles (files: readonly FilePolicies[], added: PolicyRule[], removed: PolicyRule[], dirty: Set<number>): boolean {
+    const fileIdx = new Map<FilePolicies, number>()
+    files.forEach((f, i) => fileIdx.set(f, i))
+    const names = new Set(files.map((f) => f.file))
+    const prevByName = new Map(this.files.map((f) => [f.file, f]))
+    if (names.size !== files.length || prevByName.size !== this.files.length) {
+      // Two inputs with one name: no per-file diff; compare rule sets, redo every endpoint.
+      const now = new Set<PolicyRule>()
+      files.forEach((f) => f.rules.forEach((r, j) => {
+        if (now.has(r)) return
+        now.add(r)
+        this.ruleFile.set(r, f)
+        this.ruleIdx.set(r, j)
+        if (!this.ruleEps.has(r)) added.push(r)
+      }))
+      for (const r of this.ruleEps.keys()) if (!now.has(r)) removed.push(r)
+      for (const r of removed) { this.ruleIdx.delete(r); this.ruleFile.delete(r) }
+      this.fileIdx = fileIdx
+      return true
+    }
+    let all = false
+    let lastOld = -1
+    for (const f of files) {
+      const old = prevByName.get(f.file)
+      const oi = old === undefined ? undefined : this.fileIdx.get(old)
+      if (oi !== undefined) { if (oi < lastOld) all = true; lastOld = oi } // files changed order
+      if (old === f) continue
+      const oldSet = new Set(old?.rules ?? [])
+      let lastIdx = -1
+      let reordered = false
+      f.rules.forEach((r, j) => {
+        if (oldSet.delete(r)) {
+          const oj = this.ruleIdx.get(r) as number
+          if (oj < lastIdx) reordered = true
+          lastIdx = oj
+        } else added.push(r)
+        this.ruleIdx.set(r, j)
+        this.ruleFile.set(r, f)
+      })
+      for (const r of oldSet) removed.push(r)
+      if (reordered) for (const r of f.rules) for (const ep of this.ruleEps.get(r) ?? []) dirty.add(ep)
+    }
+    for (const [name, f] of prevByName) if (!names.has(name)) for (const r of f.rules) removed.push(r)
+    for (const r of removed) { this.ruleIdx.delete(r); this.ruleFile.delete(r) }
+    this.fileIdx = fileIdx
+    return all
+  }
+
+  /** Kernel entries and L7 tables of one endpoint from the rules selecting it, in input order. */
+  private compileEndpoint (id: number): EpResult {
+    const pos = (r: PolicyRule): number => (this.fileIdx.get(this.ruleFile.get(r) as FilePolicies) as number) * 2 ** 24 + (this.ruleIdx.get(r) as number)
+    const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => pos(a) - pos(b))
+    const dirs: [DirectionInput, DirectionInput] = [
+      { elements: [], selected: false, defaultDeny: false },
+      { elements: [], selected: false, defaultDeny: false }
+    ]
+    for (const r of rules) {
+      for (const d of [DIR.INGRESS, DIR.EGRESS]) {
+        if (r.hasSection[d]) dirs[d].selected = true
+        if (r.defaultDeny[d]) dirs[d].defaultDeny = true
+      }
+      for (const el of r.elements) {
+        const st = this.els.get(el) as ElState
+        ;(dirs[el.direction].elements as { el: RuleElement, ids: number[] | null }[]).push({ el, ids: st.ids })
+      }
+    }
+    const ing = resolveDirection(id, DIR.INGRESS, dirs[0])
+    const eg = resolveDirection(id, DIR.EGRESS, dirs[1])
+    return { entries: [...ing.entries, ...eg.entries], http: [...ing.http, ...eg.http], dns: [...ing.dns, ...eg.dns] }
+  }
+
+  /**
+   * Local identities, FQDN selectors, identities and the ipcache. Returns whether the set of
+   * local identities changed (peers with CIDR/FQDN/world then need re-resolving).
+   */
+  private computeLocals (input: CompileInput, endpoints: readonly Endpoint[], filesChanged: boolean): boolean {
+    // The ipcache's fixed part: world, node addresses, endpoints.
+    const hostKey = input.hostIPs.join(',')
+    if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey) {
+      const fixed = new Map<string, IpcacheEntry>()
+      fixed.set('0.0.0.0/0', { prefix: '0.0.0.0/0', identity: RESERVED.WORLD, endpointId: 0 })
+      const taken = new Set<number>()
+      for (const ip of input.hostIPs) {
+        const n = parseIPv4(ip)
+        if (n === null) continue
+        taken.add(n)
+        fixed.set(`${ip}/32`, { prefix: `${ip}/32`, identity: RESERVED.HOST, endpointId: 0 })
+      }
+      for (const e of endpoints) {
+        taken.add(parseIPv4(e.ipv4) as number)
+        fixed.set(`${e.ipv4}/32`, { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
+      }
+      this.base = { endpoints, hostKey, taken, entries: [...fixed.values()] }
+    }
+    const { taken } = this.base
+    const fqdnSelectors = new Map<string, FqdnSelector>()
+    const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: Set<string> }>()
+    for (const rl of this.files.flatMap(fileLocals)) {
+      for (const x of rl.prefixes) {
+        if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
+        prefixes.set(formatPrefix(x), { prefix: x, fqdnKeys: new Set() })
+      }
+      for (const m of rl.fqdns) if (!fqdnSelectors.has(m.key)) fqdnSelectors.set(m.key, { key: m.key, test: m.test })
+    }
+    if (filesChanged || this.prevSnapshot === null) {
+      const sig = [...fqdnSelectors.keys()].join('\n')
+      if (sig !== this.fqdnKeysSig) {
+        this.fqdnKeysSig = sig
+        this.fqdnSelectors = Object.freeze([...fqdnSelectors.values()])
+        this.nameKeys = new Map()
+      }
+    }
+    const sels = this.fqdnSelectors
+    if (this.nameKeys.size > 2 * input.learned.length + 1024) this.nameKeys = new Map() // names long gone
+    if (this.ipNums.size > 4 * input.learned.length + 1024) this.ipNums = new Map()
+    let expiry = Infinity
     for (const ln of input.learned) {
       if (ln.expiresAt <= input.now) continue
-      const keys = [...fqdnSelectors.values()].filter((s) => s.test(ln.name)).map((s) => s.key)
+      let keys = this.nameKeys.get(ln.name)
+      if (keys === undefined) this.nameKeys.set(ln.name, keys = sels.filter((s) => s.test(ln.name)).map((s) => s.key))
       if (keys.length === 0) continue
+      if (ln.expiresAt < expiry) expiry = ln.expiresAt
       for (const ip of ln.ipv4) {
-        const n = parseIPv4(ip)
+        let n = this.ipNums.get(ip)
+        if (n === undefined) this.ipNums.set(ip, n = parseIPv4(ip))
         if (n === null || taken.has(n)) continue
         const k = `${formatIPv4(n)}/32`
         let e = prefixes.get(k)
@@ -118,146 +411,93 @@ export class Compiler {
         for (const key of keys) e.fqdnKeys.add(key)
       }
     }
+    this.learnedExpiry = expiry
     const locals: Local[] = []
+    const identities = new Map<number, readonly Label[]>(RESERVED_LABELS)
+    for (const [id, labels] of this.podLabels) identities.set(id, labels)
+    const ipList = [...this.base.entries]
+    const localEntries = new Map<string, LocalEntry>()
     for (const [k, { prefix, fqdnKeys }] of prefixes) {
-      const fk = [...fqdnKeys].sort()
-      const labels = [`cidr:${k}`, 'reserved:world', ...fk.map((f) => `fqdn:${f}`)].sort()
-      const lk = labelsKey(labels)
-      let id = this.localIds.get(lk)
-      if (id === undefined) this.localIds.set(lk, id = this.nextLocal++)
-      identities.set(id, labels)
-      locals.push({ id, prefix, fqdnKeys: fk })
-      ipcache.set(k, { prefix: k, identity: id, endpointId: 0 })
+      const fk = fqdnKeys.size === 0 ? [] : fqdnKeys.size === 1 ? [...fqdnKeys] : [...fqdnKeys].sort()
+      const ck = fk.length === 0 ? k : k + '\n' + fk.join('\n')
+      let le = this.localEntries.get(ck)
+      if (le === undefined) {
+        const labels = [`cidr:${k}`, 'reserved:world', ...fk.map((f) => `fqdn:${f}`)].sort()
+        const lk = labelsKey(labels)
+        let id = this.localIds.get(lk)
+        if (id === undefined) this.localIds.set(lk, id = this.nextLocal++)
+        le = { labels, local: { id, prefix, fqdnKeys: fk }, ip: { prefix: k, identity: id, endpointId: 0 } }
+      }
+      localEntries.set(ck, le)
+      identities.set(le.local.id, le.labels)
+      locals.push(le.local)
+      ipList.push(le.ip)
     }
-
-    // Selection.
-    const universe = new Universe(identities, podIds, locals)
-    const universeKey = [...podIds].sort((a, b) => a - b).join(',')
-    if (universeKey !== this.selectorUniverse) {
-      this.selectorCache = new Map()
-      this.selectorUniverse = universeKey
-    }
-    const selectCached = (sel: Selector): number[] => {
-      let ids = this.selectorCache.get(sel.canonical)
-      if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
-      return ids
-    }
-    // Peers resolve against pod identities (endpoint selectors, `cluster`) and/or local
-    // identities (CIDR, FQDN, `world`); re-resolve an element only when its side changed.
+    this.localEntries = localEntries
+    this.identities = identities
+    if (!sameIpcache(this.ipcache, ipList)) this.ipcache = Object.freeze(ipList)
     const localKey = locals.map((l) => `${l.id}`).join(',')
-    const seenEls = new Set<number>()
-    const resolveEl = (el: RuleElement): { ids: number[] | null, ver: number } => {
-      seenEls.add(el.uid)
-      const prev = this.peerRes.get(el.uid)
-      const deps = peerDeps(el)
-      const pk = deps.pods ? universeKey : ''
-      const lk = deps.locals ? localKey : ''
-      if (prev !== undefined && prev.podKey === pk && prev.localKey === lk) return prev
-      const ids = el.peers === null ? null : resolvePeers(el.peers, universe, selectCached)
-      const sig = ids === null ? '*' : ids.join(',')
-      if (prev !== undefined && prev.sig === sig) {
-        prev.podKey = pk
-        prev.localKey = lk
-        return prev
-      }
-      const res = { sig, ver: ++this.peerVer, ids, podKey: pk, localKey: lk }
-      this.peerRes.set(el.uid, res)
-      return res
-    }
-
-    // Rules selecting each endpoint.
-    const epsByIdentity = new Map<number, Endpoint[]>()
-    for (const e of endpoints) {
-      const l = epsByIdentity.get(e.identity)
-      if (l === undefined) epsByIdentity.set(e.identity, [e])
-      else l.push(e)
-    }
-    const rulesByEp = new Map<number, PolicyRule[]>()
-    for (const r of rules) {
-      for (const id of selectCached(r.subject)) {
-        for (const e of epsByIdentity.get(id) ?? []) {
-          const l = rulesByEp.get(e.id)
-          if (l === undefined) rulesByEp.set(e.id, [r])
-          else l.push(r)
-        }
-      }
-    }
-
-    // Per endpoint: reuse the cached result when its inputs did not change.
-    const newCache = new Map<number, EpResult>()
-    const diffAdded: KernelEntry[] = []
-    const diffRemoved: KernelEntry[] = []
-    for (const e of endpoints) {
-      const epRules = rulesByEp.get(e.id) ?? []
-      const dirs: [DirectionInput, DirectionInput] = [
-        { elements: [], selected: false, defaultDeny: false },
-        { elements: [], selected: false, defaultDeny: false }
-      ]
-      const fp: (string | number)[] = [e.id, e.identity]
-      for (const r of epRules) {
-        fp.push('r', r.uid)
-        for (const d of [DIR.INGRESS, DIR.EGRESS]) {
-          if (r.hasSection[d]) dirs[d].selected = true
-          if (r.defaultDeny[d]) dirs[d].defaultDeny = true
-        }
-        for (const el of r.elements) {
-          const { ids, ver } = resolveEl(el)
-          fp.push(ver)
-          ;(dirs[el.direction].elements as { el: RuleElement, ids: number[] | null }[]).push({ el, ids })
-        }
-      }
-      const fingerprint = fp.join(' ')
-      const cached = this.epCache.get(e.id)
-      if (cached !== undefined && cached.fingerprint === fingerprint) {
-        newCache.set(e.id, cached)
-        continue
-      }
-      const ing = resolveDirection(e.id, DIR.INGRESS, dirs[0])
-      const eg = resolveDirection(e.id, DIR.EGRESS, dirs[1])
-      const res: EpResult = { fingerprint, entries: [...ing.entries, ...eg.entries], http: [...ing.http, ...eg.http], dns: [...ing.dns, ...eg.dns] }
-      newCache.set(e.id, res)
-      diffEntries(cached?.entries ?? [], res.entries, diffAdded, diffRemoved)
-    }
-    for (const [id, old] of this.epCache) if (!newCache.has(id)) diffRemoved.push(...old.entries)
-    this.epCache = newCache
-    for (const uid of this.peerRes.keys()) if (!seenEls.has(uid)) this.peerRes.delete(uid)
-
-    const kernel: KernelEntry[] = []
-    const http = new Map<number, L7PortTable<HttpPolicy>>()
-    const dns = new Map<number, L7PortTable<DnsPolicy>>()
-    for (const e of endpoints) {
-      const r = newCache.get(e.id) as EpResult
-      for (const x of r.entries) kernel.push(x)
-      for (const [k, t] of r.http) http.set(k, t)
-      for (const [k, t] of r.dns) dns.set(k, t)
-    }
-    const snapshot: Snapshot = Object.freeze({
-      version: ++this.version,
-      createdAt: Date.now(),
-      endpoints: Object.freeze(endpoints),
-      identities,
-      ipcache: Object.freeze([...ipcache.values()]),
-      kernel: Object.freeze(kernel),
-      http,
-      dns,
-      fqdnSelectors: Object.freeze([...fqdnSelectors.values()])
-    })
-    const diff = diffSnapshots(this.prevSnapshot, snapshot, diffAdded, diffRemoved)
-    this.prevSnapshot = snapshot
-    return { snapshot, diff }
+    this.locals = locals
+    if (localKey === this.localKey) return false
+    this.localKey = localKey
+    return true
   }
 }
 
-/** The identities a selector can pick from, with an index for matchLabels lookups. */
-class Universe {
-  private readonly sets = new Map<number, LabelSet>()
-  private readonly byKV = new Map<string, number[]>()
-  private readonly byK = new Map<string, number[]>()
-  private readonly all: number[] = []
+function sameEndpoint (a: Endpoint | undefined, b: Endpoint): boolean {
+  if (a === undefined) return false
+  if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line) return false
+  const ka = Object.keys(a.labels)
+  return ka.length === Object.keys(b.labels).length && ka.every((k) => a.labels[k] === b.labels[k])
+}
 
-  constructor (identities: ReadonlyMap<number, readonly Label[]>, readonly podIds: ReadonlySet<number>, readonly locals: readonly Local[]) {
+function sameIpcache (a: readonly IpcacheEntry[], b: readonly IpcacheEntry[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i] || x.prefix === b[i].prefix && x.identity === b[i].identity && x.endpointId === b[i].endpointId)
+}
+
+function sameMembers (a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false
+  const s = new Set(a)
+  return b.every((x) => s.has(x))
+}
+
+function pushSet<K, V> (m: Map<K, Set<V>>, k: K, v: V): void {
+  const s = m.get(k)
+  if (s === undefined) m.set(k, new Set([v]))
+  else s.add(v)
+}
+
+/** The CIDR prefixes and FQDN matchers of a file's rules, in order (computed once per file version). */
+const localsCache = new WeakMap<FilePolicies, RuleLocals[]>()
+function fileLocals (f: FilePolicies): RuleLocals[] {
+  let list = localsCache.get(f)
+  if (list === undefined) {
+    list = []
+    for (const r of f.rules) {
+      const out: RuleLocals = { prefixes: [], fqdns: [] }
+      for (const el of r.elements) {
+        for (const p of el.peers ?? []) {
+          if (p.kind === 'cidr') out.prefixes.push(p.prefix, ...p.except)
+          else if (p.kind === 'fqdn') out.fqdns.push(p.matcher)
+        }
+      }
+      if (out.prefixes.length > 0 || out.fqdns.length > 0) list.push(out)
+    }
+    localsCache.set(f, list)
+  }
+  return list
+}
+
+/** Reserved and pod identities with an index for matchLabels lookups (rebuilt when pods change). */
+class PodIndex {
+  readonly sets = new Map<number, LabelSet>()
+  readonly byKV = new Map<string, number[]>()
+  readonly byK = new Map<string, number[]>()
+  readonly all: number[] = []
+
+  constructor (podLabels: ReadonlyMap<number, readonly Label[]>, podIds: ReadonlySet<number>) {
     for (const id of [...RESERVED_LABELS.keys(), ...podIds]) {
-      const ls = new LabelSet(identities.get(id) ?? [])
+      const ls = new LabelSet(RESERVED_LABELS.get(id) ?? podLabels.get(id) ?? [])
       this.sets.set(id, ls)
       this.all.push(id)
       for (const l of ls.labels) {
@@ -269,18 +509,25 @@ class Universe {
       }
     }
   }
+}
+
+/** The identities peers can resolve to: reserved, pods (indexed) and local (CIDR/FQDN) ones. */
+class Universe {
+  private byFqdn: Map<string, number[]> | null = null
+  constructor (private readonly pods: PodIndex, readonly podIds: ReadonlySet<number>, readonly locals: readonly Local[]) {}
 
   /** Endpoint selectors pick among pod identities and reserved identities (never CIDR/FQDN). */
   select (sel: Selector): number[] {
-    let candidates = this.all
+    const p = this.pods
+    let candidates = p.all
     const inReq = sel.reqs.find((r) => r.op === 'In')
     if (inReq !== undefined) {
-      candidates = [...new Set(inReq.values.flatMap((v) => this.byKV.get(`${inReq.key}=${v}`) ?? (v === '' ? this.byKV.get(inReq.key) ?? [] : [])))]
+      candidates = [...new Set(inReq.values.flatMap((v) => p.byKV.get(`${inReq.key}=${v}`) ?? (v === '' ? p.byKV.get(inReq.key) ?? [] : [])))]
     } else {
       const ex = sel.reqs.find((r) => r.op === 'Exists')
-      if (ex !== undefined) candidates = this.byK.get(ex.key) ?? []
+      if (ex !== undefined) candidates = p.byK.get(ex.key) ?? []
     }
-    return candidates.filter((id) => matchesSelector(sel, this.sets.get(id) as LabelSet)).sort((a, b) => a - b)
+    return candidates.filter((id) => matchesSelector(sel, p.sets.get(id) as LabelSet)).sort((a, b) => a - b)
   }
 
   entity (e: string): number[] {
@@ -307,11 +554,15 @@ class Universe {
   }
 
   fqdn (key: string): number[] {
-    return this.locals.filter((l) => l.fqdnKeys.includes(key)).map((l) => l.id)
+    if (this.byFqdn === null) {
+      this.byFqdn = new Map()
+      for (const l of this.locals) for (const k of l.fqdnKeys) push(this.byFqdn, k, l.id)
+    }
+    return this.byFqdn.get(key) ?? []
   }
 }
 
-function push (m: Map<string, number[]>, k: string, v: number): void {
+function push<K> (m: Map<K, number[]>, k: K, v: number): void {
   const l = m.get(k)
   if (l === undefined) m.set(k, [v])
   else l.push(v)
@@ -365,22 +616,22 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
 }
 
 function diffSnapshots (prev: Snapshot | null, next: Snapshot, kernelAdded: KernelEntry[], kernelRemoved: KernelEntry[]): SnapshotDiff {
-  const ipKey = (e: IpcacheEntry): string => `${e.prefix}|${e.identity}|${e.endpointId}`
-  const oldIp = new Set((prev?.ipcache ?? []).map(ipKey))
-  const newIp = new Set(next.ipcache.map(ipKey))
-  const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}`
-  const oldEp = new Set((prev?.endpoints ?? []).map(epKey))
-  const newEp = new Set(next.endpoints.map(epKey))
-  return {
-    from: prev?.version ?? 0,
-    to: next.version,
-    kernelAdded,
-    kernelRemoved,
-    ipcacheAdded: next.ipcache.filter((e) => !oldIp.has(ipKey(e))),
-    ipcacheRemoved: (prev?.ipcache ?? []).filter((e) => !newIp.has(ipKey(e))),
-    endpointsAdded: next.endpoints.filter((e) => !oldEp.has(epKey(e))),
-    endpointsRemoved: (prev?.endpoints ?? []).filter((e) => !newEp.has(epKey(e)))
+  const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded, kernelRemoved, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
+  if (prev?.ipcache !== next.ipcache) {
+    const ipKey = (e: IpcacheEntry): string => `${e.prefix}|${e.identity}|${e.endpointId}`
+    const oldIp = new Set((prev?.ipcache ?? []).map(ipKey))
+    const newIp = new Set(next.ipcache.map(ipKey))
+    diff.ipcacheAdded = next.ipcache.filter((e) => !oldIp.has(ipKey(e)))
+    diff.ipcacheRemoved = (prev?.ipcache ?? []).filter((e) => !newIp.has(ipKey(e)))
   }
+  if (prev?.endpoints !== next.endpoints) {
+    const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}`
+    const oldEp = new Set((prev?.endpoints ?? []).map(epKey))
+    const newEp = new Set(next.endpoints.map(epKey))
+    diff.endpointsAdded = next.endpoints.filter((e) => !oldEp.has(epKey(e)))
+    diff.endpointsRemoved = (prev?.endpoints ?? []).filter((e) => !newEp.has(epKey(e)))
+  }
+  return diff
 }
 
 export { ANY_IDENTITY }

@@ -118,8 +118,10 @@ class Store implements PolicyStore {
         if (this.reported.get('<endpoints>') !== sig) { this.reported.set('<endpoints>', sig); fresh.push(...epErrors) }
       } else {
         this.reported.delete('<endpoints>')
-        const sig = JSON.stringify(endpoints.map((e) => [e.name, e.namespace, e.labels, e.ipv4, e.interface, e.line]))
-        if (sig !== this.endpointsSig) { this.endpoints = endpoints; this.endpointsSig = sig; changed = true }
+        if (endpoints !== this.endpoints) { // the source hands back the same array when unchanged
+          const sig = JSON.stringify(endpoints.map((e) => [e.name, e.namespace, e.labels, e.ipv4, e.interface, e.line]))
+          if (sig !== this.endpointsSig) { this.endpoints = endpoints; this.endpointsSig = sig; changed = true }
+        }
       }
     }
     if (fresh.length > 0 && this.snapshot !== null) {
