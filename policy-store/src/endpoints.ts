@@ -5,7 +5,7 @@
 import { dirname } from 'node:path'
 import { parseIPv4 } from './cidr.js'
 import { ERR, type PolicyError } from './errors.js'
-import { fileStamp, readYamlFile, type ParsedFile, type PathSeg, type Reporter } from './source-file.js'
+import { fileStamp, parseYamlString, readTextFile, type ParsedFile, type PathSeg, type Reporter } from './source-file.js'
 import { watchPaths } from './watch.js'
 
 export interface RawEndpoint {
@@ -44,17 +44,23 @@ export class FileEndpointSource implements EndpointSource {
     const stamp = await fileStamp(this.file)
     const cached = this.cache
     if (cached !== null && stamp !== '' && cached.stamp === stamp) return cached.result
-    const parsed = await readYamlFile(this.file)
-    if ('errors' in parsed) {
+    const read = await readTextFile(this.file)
+    if ('errors' in read) {
       this.cache = null
-      return { endpoints: null, errors: parsed.errors }
+      return { endpoints: null, errors: read.errors }
     }
-    if (cached !== null && cached.text === parsed.text) {
+    if (cached !== null && cached.text === read.text) {
       cached.stamp = stamp
       return cached.result
     }
-    const result = this.parse(parsed)
-    this.cache = { stamp, text: parsed.text, result }
+    // The fast YAML path first; on any error, the `yaml` package's positions for the messages.
+    const fast = parseYamlString(read.text, this.file, 0, false, true)
+    let result = 'errors' in fast ? { endpoints: null, errors: fast.errors } : this.parse(fast)
+    if (result.errors.length > 0 && !('errors' in fast) && fast.fast === true) {
+      const slow = parseYamlString(read.text, this.file)
+      result = 'errors' in slow ? { endpoints: null, errors: slow.errors } : this.parse(slow)
+    }
+    this.cache = { stamp, text: read.text, result }
     return result
   }
 

@@ -10,7 +10,7 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ERR, type PolicyError } from './errors.js'
 import type { FilePolicies, PolicyRule } from './model.js'
-import { fileStamp, parseYamlString, readTextFile, splitDocuments, type ParsedFile } from './source-file.js'
+import { fileStamp, parseYamlString, readTextFile, splitDocuments } from './source-file.js'
 import { validatePolicyFile } from './validate.js'
 import { watchPaths } from './watch.js'
 
@@ -34,7 +34,7 @@ const EXT = /\.(ya?ml|json)$/i
 const MAX_FILES = 10000
 
 /** One document (piece of a file) parsed and validated. */
-interface DocEntry { syntax: PolicyError[] | null, parsed: ParsedFile | null, docCount: number, policies: FilePolicies | null, errors: PolicyError[] }
+interface DocEntry { syntax: PolicyError[] | null, docCount: number, policies: FilePolicies | null, errors: PolicyError[] }
 interface CacheEntry { stamp: string, text: string, resource: PolicyResource, docs: Map<string, DocEntry> }
 
 export class DirectoryPolicySource implements PolicySource {
@@ -98,24 +98,13 @@ export class DirectoryPolicySource implements PolicySource {
     const docs = new Map<string, DocEntry>()
     let pieces = splitDocuments(read.text).map((p) => {
       const key = `${p.lineBase}\n${p.text}`
-      let d = cached?.docs.get(key) ?? docs.get(key)
-      if (d === undefined) {
-        const parsed = parseYamlString(p.text, file, p.lineBase, true)
-        d = 'errors' in parsed
-          ? { syntax: parsed.errors, parsed: null, docCount: 0, policies: null, errors: [] }
-          : { syntax: null, parsed, docCount: parsed.docs.length, policies: null, errors: [] }
-      }
+      const d = cached?.docs.get(key) ?? docs.get(key) ?? parsePiece(p.text, file, p.lineBase)
       docs.set(key, d)
       return d
     })
-    if (pieces.some((d) => d.syntax !== null)) {
-      // A YAML error: report it exactly as the whole file parses (a quoted scalar may span a
-      // `---` line there); if the whole file parses after all, use that.
-      const whole = parseYamlString(read.text, file)
-      pieces = ['errors' in whole
-        ? { syntax: whole.errors, parsed: null, docCount: 0, policies: null, errors: [] }
-        : { syntax: null, parsed: whole, docCount: whole.docs.length, policies: null, errors: [] }]
-    }
+    // A YAML error: report it exactly as the whole file parses (a quoted scalar may span a
+    // `---` line there); if the whole file parses after all, use that.
+    if (pieces.some((d) => d.syntax !== null)) pieces = [parsePiece(read.text, file, 0)]
     const resource = this.combine(file, pieces)
     this.cache.set(file, { stamp, text: read.text, resource, docs })
     return resource
@@ -134,16 +123,11 @@ export class DirectoryPolicySource implements PolicySource {
     let policies = 0
     let skipped = 0
     for (const d of pieces) {
-      if (d.policies === null) {
-        const v = validatePolicyFile(d.parsed as ParsedFile)
-        d.policies = v.policies
-        d.errors = v.errors
-        d.parsed = null // the YAML tree is no longer needed
-      }
       errors.push(...d.errors)
-      for (const r of d.policies.rules) rules.push(r)
-      policies += d.policies.policies
-      skipped += d.policies.skipped
+      const p = d.policies as FilePolicies
+      for (const r of p.rules) rules.push(r)
+      policies += p.policies
+      skipped += p.skipped
     }
     if (errors.length > 0) return { key: file, policies: null, errors }
     return { key: file, policies: { file, rules, policies, skipped }, errors: [] }
@@ -152,4 +136,21 @@ export class DirectoryPolicySource implements PolicySource {
   watch (onChange: () => void): () => void {
     return watchPaths([this.dir], true, (name) => name === null || EXT.test(name) || !name.includes('.'), onChange)
   }
+}
+
+/**
+ * Parse and validate one document (a piece of a file). The fast YAML path is tried first; a
+ * document with a validation error is parsed again by the `yaml` package, whose positions the
+ * error messages need.
+ */
+function parsePiece (text: string, file: string, lineBase: number): DocEntry {
+  const parsed = parseYamlString(text, file, lineBase, true, true)
+  if ('errors' in parsed) return { syntax: parsed.errors, docCount: 0, policies: null, errors: [] }
+  let v = validatePolicyFile(parsed)
+  if (v.errors.length > 0 && parsed.fast === true) {
+    const slow = parseYamlString(text, file, lineBase, true)
+    if ('errors' in slow) return { syntax: slow.errors, docCount: 0, policies: null, errors: [] }
+    v = validatePolicyFile(slow)
+  }
+  return { syntax: null, docCount: parsed.docs.length, policies: v.policies, errors: v.errors }
 }

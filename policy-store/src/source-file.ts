@@ -6,6 +6,7 @@
 import { readFile, stat } from 'node:fs/promises'
 import { isMap, isScalar, isSeq, LineCounter, parseAllDocuments, type Document, type Node as YamlNode } from 'yaml'
 import { ERR, renderPath, type PolicyError, type PolicyErrorCode } from './errors.js'
+import { fastParseYaml } from './fast-yaml.js'
 
 /** Larger files are refused unread (a policy file is a few KB; 4 MiB is generous). */
 export const MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -20,7 +21,9 @@ export interface Positions { linePos (offset: number): { line: number, col: numb
 
 export class Reporter {
   constructor (readonly file: string, private readonly lc: Positions | null,
-    private readonly doc: Document | null = null, readonly errors: PolicyError[] = []) {}
+    private readonly doc: Document | null = null, readonly errors: PolicyError[] = [],
+    /** Fast-path documents: the value and its sequence item lines instead of a YAML tree. */
+    private readonly fast: { root: unknown, itemLines: WeakMap<readonly unknown[], number[]> } | null = null) {}
 
   /** A reporter for one document of the file; errors of all documents land in one list. */
   forDocument (doc: Document): Reporter {
@@ -39,6 +42,13 @@ export class Reporter {
 
   /** The line of the node at `path` (1-based), or of its closest existing ancestor. */
   lineOf (path: readonly PathSeg[]): number {
+    if (this.fast !== null) {
+      // Only sequence items are asked for (rule elements, endpoints).
+      let node = this.fast.root
+      for (let i = 0; i < path.length - 1; i++) node = (node as Record<string | number, unknown> | null)?.[path[i]]
+      const line = Array.isArray(node) ? this.fast.itemLines.get(node)?.[path[path.length - 1] as number] : undefined
+      if (line !== undefined) return line
+    }
     return this.locate(path, false).line
   }
 
@@ -83,6 +93,11 @@ export interface ParsedFile {
   reporter: Reporter
   /** Raw bytes, to tell whether a file changed. */
   text: string
+  /**
+   * Parsed by the fast path (fast-yaml.ts): item lines are exact, but error positions are not;
+   * if validation finds an error, parse again with `fast: false` to report it.
+   */
+  fast?: boolean
 }
 
 /** Younger files are re-read even when their stamp matches (timestamps are coarse: a rewrite of
@@ -154,11 +169,23 @@ export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors
 }
 
 /**
- * Parse YAML text. `lineBase` is the number of file lines before `text` (when `text` is one
+ * Parse YAML text (with `fast`, through the fast path when the text is in its subset). `lineBase` is the number of file lines before `text` (when `text` is one
  * document cut out of a file by `splitDocuments`): reported lines are file lines. With
  * `allowEmpty`, a text without any document is not an error (a piece of a file may be empty).
  */
-export function parseYamlString (text: string, file: string, lineBase = 0, allowEmpty = false): ParsedFile | { errors: PolicyError[] } {
+export function parseYamlString (text: string, file: string, lineBase = 0, allowEmpty = false, fast = false): ParsedFile | { errors: PolicyError[] } {
+  if (fast) {
+    const docs = fastParseYaml(text, lineBase)
+    if (docs !== null && (docs.length > 0 || allowEmpty)) {
+      const reporter = new Reporter(file, null)
+      return {
+        docs: docs.map((d) => ({ value: d.value, reporter: new Reporter(file, null, null, reporter.errors, { root: d.value, itemLines: d.itemLines }) })),
+        reporter,
+        text,
+        fast: true
+      }
+    }
+  }
   const lc = new LineCounter()
   const positions: Positions = lineBase === 0
     ? lc
