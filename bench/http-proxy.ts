@@ -1,47 +1,66 @@
 /**
  * HTTP proxy throughput on loopback with autocannon: `direct` (client -> backend, the baseline),
  * `allowed` (GET /healthz through the proxy, seed billing policy, method + path rule) and
- * `denied` (GET /api/v1/charge, answered 403 by the proxy). The proxy and a minimal raw-socket
- * backend run in two child processes, autocannon in this one (3 busy threads on a 2-core
- * machine: autocannon's own ceiling shows in `direct`). The access log is on (pino to /dev/null, async), as in production.
+ * `denied` (GET /api/v1/charge, answered 403 by the proxy) and `sketch` (a raw forwarder, the
+ * floor: see sketchProxy; not run unless named in SCENARIOS). The proxy and a minimal raw-socket
+ * backend run in two child processes, autocannon in this one. The access log is on (pino to
+ * /dev/null, buffered as the agent does it).
  *
- * Build, then run: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
- * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2).
+ * The policy is the seed's demo/policies/billing-policy.yaml compiled by the policy store's
+ * `loadSnapshot`, with prometheus (the monitoring identity) on 127.0.0.1 (where autocannon
+ * connects from) and billing-service on 127.0.0.10:8080 (the original destination; the bytes go
+ * to the backend's ephemeral port through the `upstreamAddress` seam).
+ *
+ * On a shared, loaded machine wall-clock req/s means little, so besides req/s this prints
+ * requests per proxy CPU-second (the proxy process's user+system time over the measured
+ * interval): the number to compare between versions.
+ *
+ * Build, then run from the repository root: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
+ * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
+ * SCENARIOS (direct,allowed,denied),
+ * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
 import { fork } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
+import { join, resolve as resolvePath } from 'node:path'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import pino from 'pino'
-import RE2 from 're2'
 import { createHttpProxy } from '../proxy/src/http/index.js'
-import { DIR, PROTO, l7Key, type HttpPolicy, type Snapshot, type StringMatcher } from '../policy-store/src/types.js'
+import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../policy-store/src/index.js'
 
-const MONITORING = 1003
+const BILLING_PORT = 8080
+const ENDPOINTS = `endpoints:
+  - {name: billing-service, labels: {app: billing-service, class: sensitive}, ipv4: 127.0.0.10, interface: wdb-billing}
+  - {name: checkout-service, labels: {app: checkout-service}, ipv4: 127.0.0.2, interface: wdb-checkout}
+  - {name: auditing-service, labels: {app: auditing-service}, ipv4: 127.0.0.3, interface: wdb-auditing}
+  - {name: prometheus, labels: {app: prometheus, system: monitoring}, ipv4: 127.0.0.1, interface: wdb-prom}
+`
 
-function matcher (source: string): StringMatcher {
-  const re = new RE2('^(?:' + source + ')$', 'u')
-  return { source, test: (v: string) => re.test(v) }
+/** The seed policy file: next to the built bench (dist/bench -> repo root) or under the working directory. */
+function seedPolicyFile (): string {
+  const candidates = [fileURLToPath(new URL('../../demo/policies/billing-policy.yaml', import.meta.url)), resolvePath('demo/policies/billing-policy.yaml')]
+  for (const c of candidates) if (existsSync(c)) return c
+  throw new Error('demo/policies/billing-policy.yaml not found: run from the repository root')
 }
 
-function seedSnapshot (port: number): Snapshot {
-  const rule = (i: number, method: string, path: string): HttpPolicy => ({
-    allowAll: false,
-    rules: [{ method: matcher(method), path: matcher(path), host: null, headers: [], httpIndex: 0, rule: { file: 'billing-policy.yaml', line: 1, kind: 'CiliumNetworkPolicy', policy: 'default/billing-l7-policy', spec: 0, section: 'ingress', index: i } }]
-  })
-  const byIdentity = new Map<number, HttpPolicy>([[1001, rule(0, 'POST', '/api/v1/charge')], [1002, rule(1, 'GET', '/api/v1/invoices/.*')], [MONITORING, rule(2, 'GET', '/healthz')]])
-  return {
-    version: 1,
-    createdAt: Date.now(),
-    endpoints: [{ id: 1, name: 'billing-service', namespace: 'default', labels: { app: 'billing-service' }, identityLabels: ['k8s:app=billing-service'], identity: 1004, ipv4: '127.0.0.1', interface: 'lo', line: 1 }],
-    identities: new Map([[MONITORING, ['k8s:system=monitoring']]]),
-    ipcache: [],
-    kernel: [],
-    http: new Map([[l7Key(1, DIR.INGRESS, port), { endpointId: 1, direction: DIR.INGRESS, protocol: PROTO.TCP, port, byIdentity, anyIdentity: null }]]),
-    dns: new Map(),
-    fqdnSelectors: []
+async function seedSnapshot (): Promise<Snapshot> {
+  const dir = await mkdtemp(join(os.tmpdir(), 'warden-http-bench-'))
+  try {
+    const endpoints = join(dir, 'endpoints.yaml')
+    await writeFile(endpoints, ENDPOINTS)
+    const policies = join(dir, 'policies')
+    await mkdir(policies)
+    await copyFile(seedPolicyFile(), join(policies, 'billing-policy.yaml'))
+    const { snapshot, errors } = await loadSnapshot({ policies, endpoints, allocator: new MemoryIdentityAllocator(), watch: false })
+    if (errors.length > 0) throw new Error('bench policy does not load:\n' + errors.map(e => formatPolicyError(e)).join('\n'))
+    return snapshot
+  } finally {
+    await rm(dir, { recursive: true, force: true })
   }
 }
 
@@ -69,17 +88,65 @@ async function serveBackend (): Promise<void> {
 
 /** Child 2: the proxy, in its own process (one core), in front of the backend. */
 async function serveProxy (bport: number): Promise<void> {
-  const snap = seedSnapshot(bport)
+  const snap = await seedSnapshot()
+  const billing = snap.endpoints.find(e => e.name === 'billing-service')
+  if (billing === undefined) throw new Error('no billing-service endpoint')
+  const dst = { ip: billing.ipv4, port: BILLING_PORT }
+  // The agent's logger (agent/agent.ts): 4 KiB buffered writes, flushed every 100 ms.
+  const dest = pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 })
+  const logger = pino({ level: process.env.LOG === '0' ? 'silent' : 'info', base: { component: 'warden' } }, dest)
+  setInterval(() => dest.flush(), 100).unref()
   const proxy = createHttpProxy({
     snapshot: () => snap,
-    lookupIdentity: () => MONITORING, // every bench client is 127.0.0.1: give it the monitoring identity
-    originalDestination: () => ({ ip: '127.0.0.1', port: bport }),
-    logger: pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false }))
+    lookupIdentity: (ip) => lookupIpcache(snap, ip),
+    originalDestination: () => dst,
+    upstreamAddress: () => ({ ip: '127.0.0.1', port: bport }),
+    logger: logger.child({ module: 'http-proxy' })
   }, { denyResponse: '403' })
   const front = net.createServer({ allowHalfOpen: true }, s => proxy.handleConnection(s))
   await new Promise<void>(resolve => front.listen(0, '127.0.0.1', resolve))
-  process.send?.({ proxy: (front.address() as net.AddressInfo).port })
-  process.on('message', (m) => { if (m === 'metrics') process.send?.({ metrics: proxy.metrics() }) })
+  const sketch = sketchProxy(bport)
+  await new Promise<void>(resolve => sketch.listen(0, '127.0.0.1', resolve))
+  process.send?.({ proxy: (front.address() as net.AddressInfo).port, sketch: (sketch.address() as net.AddressInfo).port })
+  process.on('message', (m) => {
+    if (m === 'metrics') process.send?.({ metrics: proxy.metrics() })
+    if (m === 'cpu') process.send?.({ cpu: process.cpuUsage() })
+  })
+}
+
+/**
+ * The floor to compare with, in the same process: a throwaway raw forwarder like the issue's
+ * sketch (llhttp for the request head, raw bytes both ways, one upstream socket per client
+ * connection, no policy, no log, no response framing). Not a proxy: a calibration of this
+ * machine's per-request cost of Node sockets right now.
+ */
+function sketchProxy (bport: number): net.Server {
+  const require = createRequire(import.meta.url)
+  const { HTTPParser } = require('_http_common') as { HTTPParser: any }
+  return net.createServer(client => {
+    client.setNoDelay(true)
+    const up = net.connect({ host: '127.0.0.1', port: bport, noDelay: true })
+    const p = new HTTPParser()
+    p.initialize(HTTPParser.REQUEST, {}, 16384, 0)
+    let heads = 0
+    p[HTTPParser.kOnHeadersComplete] = () => { heads++; return 0 }
+    p[HTTPParser.kOnBody] = () => {}
+    p[HTTPParser.kOnMessageComplete] = () => {}
+    client.on('data', (d: Buffer) => { p.execute(d); up.write(d) })
+    up.on('data', (d: Buffer) => { client.write(d) })
+    client.on('error', () => { up.destroy() })
+    up.on('error', () => { client.destroy() })
+    client.on('close', () => { up.destroy(); p.close() })
+    up.on('close', () => { client.destroy() })
+  })
+}
+
+function ask<T> (child: ReturnType<typeof fork>, what: string): Promise<T> {
+  return new Promise<T>(resolve => {
+    const on = (m: any): void => { if (m !== null && typeof m === 'object' && what in m) { child.off('message', on); resolve(m[what]) } }
+    child.on('message', on)
+    child.send(what)
+  })
 }
 
 async function main (): Promise<void> {
@@ -89,28 +156,34 @@ async function main (): Promise<void> {
   const pipelining = Number(process.env.PIPELINING ?? 1)
   const duration = Number(process.env.DURATION ?? 10)
   const warmup = Number(process.env.WARMUP ?? 2)
-  console.log(`node ${process.version}, ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}; connections=${connections} pipelining=${pipelining} duration=${duration}s`)
+  const wanted = (process.env.SCENARIOS ?? 'direct,allowed,denied').split(',')
+  console.log(`node ${process.version}, ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}, load ${os.loadavg().map(l => l.toFixed(1)).join(' ')}; connections=${connections} pipelining=${pipelining} duration=${duration}s`)
   const be = fork(fileURLToPath(import.meta.url), ['serve-backend'])
   const { backend } = await new Promise<{ backend: number }>(resolve => be.once('message', m => resolve(m as any)))
-  const child = fork(fileURLToPath(import.meta.url), ['serve-proxy', String(backend)], { execArgv: process.env.PROFILE === '1' ? ['--cpu-prof', '--cpu-prof-dir=bench/results'] : [] })
-  const { proxy } = await new Promise<{ proxy: number }>(resolve => child.once('message', m => resolve(m as any)))
-  const ports = { backend, proxy }
+  const profDir = process.env.PROFILE_DIR ?? os.tmpdir()
+  const child = fork(fileURLToPath(import.meta.url), ['serve-proxy', String(backend)], { execArgv: process.env.PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [] })
+  const { proxy, sketch } = await new Promise<{ proxy: number, sketch: number }>(resolve => child.once('message', m => resolve(m as any)))
   const scenarios: Array<[string, number, string, number]> = [
-    ['direct', ports.backend, '/healthz', 200],
-    ['allowed', ports.proxy, '/healthz', 200],
-    ['denied', ports.proxy, '/api/v1/charge', 403]
+    ['direct', backend, '/healthz', 200],
+    ['allowed', proxy, '/healthz', 200],
+    ['denied', proxy, '/api/v1/charge', 403],
+    ['sketch', sketch, '/healthz', 200]
   ]
-  for (const [name, port, path, want] of scenarios) {
+  const repeat = Number(process.env.REPEAT ?? 1)
+  for (let rep = 0; rep < repeat; rep++) for (const [name, port, path, want] of scenarios) {
+    if (!wanted.includes(name)) continue
     const opts = { url: `http://127.0.0.1:${port}${path}`, connections, pipelining, headers: { host: 'billing:8080' } }
     await autocannon({ ...opts, duration: warmup })
+    const cpu0 = await ask<NodeJS.CpuUsage>(child, 'cpu')
     const r = await autocannon({ ...opts, duration })
+    const cpu1 = await ask<NodeJS.CpuUsage>(child, 'cpu')
+    const cpuSec = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / 1e6
     const statusOk = want === 200 ? r['2xx'] : r['4xx']
+    const perCpu = port !== backend && cpuSec > 0 ? `  ${Math.round(r.requests.total / cpuSec).toString().padStart(6)} req/proxy-cpu-s (cpu ${cpuSec.toFixed(2)} s, user ${((cpu1.user - cpu0.user) / 1e6).toFixed(2)})` : ''
     console.log(`${name.padEnd(8)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms  ` +
-      `expected-status ${statusOk}/${r.requests.total}  errors ${r.errors} non2xx ${r.non2xx}`)
+      `expected-status ${statusOk}/${r.requests.total}  errors ${r.errors} non2xx ${r.non2xx}${perCpu}`)
   }
-  child.send('metrics')
-  const m = await new Promise<any>(resolve => child.once('message', resolve))
-  console.log('proxy counters', JSON.stringify(m.metrics))
+  console.log('proxy counters', JSON.stringify(await ask<object>(child, 'metrics')))
   child.kill('SIGINT')
   be.kill('SIGINT')
 }
