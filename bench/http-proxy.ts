@@ -18,11 +18,12 @@
  * Build, then run from the repository root: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
  * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
  * SCENARIOS (direct,allowed,denied),
- * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
+ * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
+ * LOGDEST (sonic: the agent's pino.destination today; batched: proxy/src/http/log-destination.ts), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
 import { fork } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, openSync } from 'node:fs'
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
@@ -31,6 +32,7 @@ import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import pino from 'pino'
 import { createHttpProxy } from '../proxy/src/http/index.js'
+import { batchedDestination } from '../proxy/src/http/log-destination.js'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../policy-store/src/index.js'
 
 const BILLING_PORT = 8080
@@ -92,10 +94,17 @@ async function serveProxy (bport: number): Promise<void> {
   const billing = snap.endpoints.find(e => e.name === 'billing-service')
   if (billing === undefined) throw new Error('no billing-service endpoint')
   const dst = { ip: billing.ipv4, port: BILLING_PORT }
-  // The agent's logger (agent/agent.ts): 4 KiB buffered writes, flushed every 100 ms.
-  const dest = pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 })
-  const logger = pino({ level: process.env.LOG === '0' ? 'silent' : 'info', base: { component: 'warden' } }, dest)
-  setInterval(() => dest.flush(), 100).unref()
+  // LOGDEST=sonic: the agent's logger today (agent/agent.ts): sonic-boom, 4 KiB buffered
+  // writes, flushed every 100 ms. LOGDEST=batched: proxy/src/http/log-destination.ts.
+  const level = process.env.LOG === '0' ? 'silent' : 'info'
+  let logger: pino.Logger
+  if (process.env.LOGDEST === 'batched') {
+    logger = pino({ level, base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w')))
+  } else {
+    const dest = pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 })
+    logger = pino({ level, base: { component: 'warden' } }, dest)
+    setInterval(() => dest.flush(), 100).unref()
+  }
   const proxy = createHttpProxy({
     snapshot: () => snap,
     lookupIdentity: (ip) => lookupIpcache(snap, ip),

@@ -7,8 +7,9 @@
  *
  * Build, then run: `node dist/bench/micro/access-log.js` (N=100000 lines per case, ROUNDS=5, to /dev/null).
  */
-import { closeSync, openSync, write } from 'node:fs'
+import { openSync } from 'node:fs'
 import pino from 'pino'
+import { batchedDestination } from '../../proxy/src/http/log-destination.js'
 
 const N = Number(process.env.N ?? 100_000)
 
@@ -21,27 +22,6 @@ const labels = ['k8s:app=prometheus', 'k8s:io.kubernetes.pod.namespace=default',
 const rule = { file: 'billing-policy.yaml', line: 37, policy: 'default/billing-l7-policy', section: 'ingress', index: 2 }
 
 interface Dest { write (s: string): unknown, flush (cb: () => void): void, end (): void }
-
-/** A batching destination without sonic-boom's per-write Buffer.byteLength of its growing string. */
-function arrayBatcher (minBytes: number): Dest {
-  const fd = openSync('/dev/null', 'w')
-  let parts: string[] = []
-  let len = 0
-  let writing = false
-  const flush = (cb?: () => void): void => {
-    if (writing || parts.length === 0) { cb?.(); return }
-    const data = parts.join('')
-    parts = []
-    len = 0
-    writing = true
-    write(fd, data, () => { writing = false; if (len >= minBytes) flush(); cb?.() })
-  }
-  return {
-    write (line: string) { parts.push(line); len += line.length; if (len >= minBytes) flush() },
-    flush: (cb) => { flush(cb) },
-    end: () => { closeSync(fd) }
-  }
-}
 
 const best = new Map<string, number>()
 
@@ -73,6 +53,6 @@ for (let r = 0; r < Number(process.env.ROUNDS ?? 5); r++) {
   await run('sonic-boom async minLength 4096 (agent today), all fields', sonic({ sync: false, minLength: 4096 }), false)
   await run('sonic-boom async minLength 4096, per-connection child', sonic({ sync: false, minLength: 4096 }), true)
   await run('sonic-boom async minLength 0, per-connection child', sonic({ sync: false, minLength: 0 }), true)
-  await run('array batcher 16 KiB async, per-connection child', arrayBatcher(16384), true)
+  await run('batchedDestination 16 KiB (log-destination.ts), per-conn child', batchedDestination(openSync('/dev/null', 'w')) as unknown as Dest, true)
 }
 for (const [label, ns] of best) console.log(`${label.padEnd(62)} ${ns.toFixed(0).padStart(6)} ns/line (best of rounds)`)

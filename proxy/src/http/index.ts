@@ -15,6 +15,7 @@ import type net from 'node:net'
 
 export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
+export { batchedDestination, BatchedDestination, type BatchedDestinationOptions } from './log-destination.js'
 
 export interface HttpProxy {
   /** Take over an accepted client socket (original destination = its local address by default). */

@@ -1,0 +1,46 @@
+import t from 'tap'
+import { closeSync, openSync, readFileSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import pino from 'pino'
+import { batchedDestination } from '../../../proxy/src/http/log-destination.js'
+
+async function tempFile (t: { teardown (fn: () => unknown): void }): Promise<{ path: string, fd: number }> {
+  const dir = await mkdtemp(join(tmpdir(), 'warden-logdest-'))
+  const path = join(dir, 'log')
+  const fd = openSync(path, 'w')
+  t.teardown(async () => { closeSync(fd); await rm(dir, { recursive: true, force: true }) })
+  return { path, fd }
+}
+
+t.test('pino lines arrive whole and in order, batched, after flush', async t => {
+  const { path, fd } = await tempFile(t)
+  const dest = batchedDestination(fd, { minBytes: 1000, flushMs: 60_000 })
+  t.teardown(() => dest.end())
+  const log = pino({ base: null }, dest)
+  for (let i = 0; i < 500; i++) log.info({ i }, 'http request')
+  await new Promise<void>(resolve => { dest.flush(resolve) })
+  const lines = readFileSync(path, 'utf8').split('\n').filter(l => l !== '').map(l => JSON.parse(l))
+  t.equal(lines.length, 500, 'every line written')
+  t.same(lines.map(l => l.i), Array.from({ length: 500 }, (_, i) => i), 'in order')
+  t.equal(dest.dropped, 0)
+})
+
+t.test('a small trickle is written by the timer, without an explicit flush', async t => {
+  const { path, fd } = await tempFile(t)
+  const dest = batchedDestination(fd, { minBytes: 1 << 20, flushMs: 20 })
+  t.teardown(() => dest.end())
+  dest.write('{"a":1}\n')
+  for (let i = 0; i < 100 && readFileSync(path, 'utf8') === ''; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(readFileSync(path, 'utf8'), '{"a":1}\n')
+})
+
+t.test('bounded: beyond maxBytes waiting, lines are dropped and counted; end() writes the rest', async t => {
+  const { path, fd } = await tempFile(t)
+  const dest = batchedDestination(fd, { minBytes: 1 << 20, maxBytes: 100, flushMs: 60_000 })
+  for (let i = 0; i < 20; i++) dest.write(`{"line":${String(i).padStart(2, '0')}}\n`) // 12 bytes each
+  t.equal(dest.dropped, 12, '8 lines fit in 100 bytes, 12 dropped')
+  dest.end()
+  t.equal(readFileSync(path, 'utf8').split('\n').filter(l => l !== '').length, 8, 'the kept lines are written at end()')
+})
