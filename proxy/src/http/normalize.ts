@@ -32,10 +32,25 @@ function isUnreserved (c: number): boolean {
 }
 
 /**
+ * The targets that come back unchanged, as one regex (V8 compiles it to machine code): path
+ * segments that do not start with `/` or `.`, no `%`, `#`, `\` or byte outside 0x21-0x7e, an
+ * optional trailing `/`, an optional query without `#` or such bytes. bench/micro/normalize.ts:
+ * 1.2-1.9x cheaper than the character loop of `normalizeTargetSlow` on clean API paths (the
+ * longer, the better), about 0.1 us dearer on the rare targets that need work.
+ */
+const CLEAN = /^(?:\/[^/.%#\\\x00-\x20\x7f-\uffff][^/%#\\\x00-\x20\x7f-\uffff]*)*\/?(?:\?[^#\x00-\x20\x7f-\uffff]*)?$/
+
+/**
  * Normalise an origin-form target (`/p?q`). Returns the normalised target, or null when it must
  * be refused. Fast path: a target with no `%`, `//`, `/.` and no odd bytes comes back as is.
  */
 export function normalizeTarget (target: string): string | null {
+  if (target.charCodeAt(0) === 0x2f && CLEAN.test(target)) return target
+  return normalizeTargetSlow(target)
+}
+
+/** The same function without the regex fast path (exported for the property test that ties the two). */
+export function normalizeTargetSlow (target: string): string | null {
   if (target.length === 0 || target.charCodeAt(0) !== 0x2f) return null
   let q = target.indexOf('?')
   if (q === -1) q = target.length

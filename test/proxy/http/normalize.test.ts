@@ -1,6 +1,6 @@
 // Path normalisation (the exact rules are in proxy/src/http/normalize.ts and the README).
 import t from 'tap'
-import { normalizeTarget } from '../../../proxy/src/http/normalize.js'
+import { normalizeTarget, normalizeTargetSlow } from '../../../proxy/src/http/normalize.js'
 
 const cases: Array<[string, string | null]> = [
   ['/api/v1/charge', '/api/v1/charge'],
@@ -40,4 +40,13 @@ for (const [input, want] of cases) {
 
 t.test('idempotent: normalising twice changes nothing', async t => {
   for (const [input, want] of cases) if (want !== null) t.equal(normalizeTarget(want), want, input)
+})
+
+// The regex fast path must agree with the character-by-character rules on every input.
+t.test('fast path and slow path agree (property)', async t => {
+  const { default: fc } = await import('fast-check')
+  const alphabet = ['/', '/', '/', '.', '.', '%', '2', 'e', 'E', 'f', 'F', 'c', '#', '\\', '?', '=', '&', 'a', 'Z', '0', '-', '~', ' ', '\x7f', '\x01', '\u00e9', ':', '@']
+  const target = fc.array(fc.constantFrom(...alphabet), { maxLength: 24 }).map(cs => cs.join(''))
+  fc.assert(fc.property(fc.oneof(target, target.map(s => '/' + s)), (s) => normalizeTarget(s) === normalizeTargetSlow(s)), { numRuns: 20000 })
+  t.pass('20000 random targets agree')
 })
