@@ -1,9 +1,10 @@
 /**
  * Cost of the HTTP proxy's access-log line (one per request, issue 4), in CPU time of the whole
  * process (so sonic-boom's thread-pool writes count): the record as connection.ts builds it, via
- * (a) the module logger with every field per line, or (b) a per-connection child logger whose
- * bindings (source, destination, labels) pino serialises once; and destinations as the agent
- * configures them (async, minLength 4096) or with bigger batches / sync writes.
+ * (a) the module logger with every field per line, (b) a per-connection child logger whose
+ * bindings (source, destination, labels) pino serialises once, (c) plus the deciding rule bound
+ * in a further child; and destinations: sonic-boom as the agent configures it today (async,
+ * minLength 4096), sonic-boom minLength 0, and proxy/src/http/log-destination.ts.
  *
  * Build, then run: `node dist/bench/micro/access-log.js` (N=100000 lines per case, ROUNDS=5, to /dev/null).
  */
@@ -25,12 +26,15 @@ interface Dest { write (s: string): unknown, flush (cb: () => void): void, end (
 
 const best = new Map<string, number>()
 
-async function run (label: string, dest: Dest, perConnection: boolean): Promise<void> {
+async function run (label: string, dest: Dest, perConnection: boolean, ruleBound = false): Promise<void> {
   const root = pino({ level: 'info', base: { component: 'warden' } }, dest as pino.DestinationStream).child({ module: 'http-proxy' })
   const conn = root.child({ srcIdentity: 1003, src: 'default/prometheus', srcLabels: labels, dst: '127.0.0.10:8080', dstEndpoint: 'default/billing-service' })
+  const connRule = conn.child({ rule })
   const t0 = process.cpuUsage()
   for (let i = 0; i < N; i++) {
-    if (perConnection) {
+    if (ruleBound) {
+      connRule.info({ method: 'GET', path: '/healthz', verdict: 'allowed', reason: undefined, status: 200, bytesIn: 0, bytesOut: 2, durationMs: 0.123 }, 'http request')
+    } else if (perConnection) {
       conn.info({ method: 'GET', path: '/healthz', verdict: 'allowed', rule, reason: undefined, status: 200, bytesIn: 0, bytesOut: 2, durationMs: 0.123 }, 'http request')
     } else {
       root.info({ srcIdentity: 1003, src: 'default/prometheus', srcLabels: labels, dst: '127.0.0.10:8080', dstEndpoint: 'default/billing-service', method: 'GET', path: '/healthz', verdict: 'allowed', rule, reason: undefined, status: 200, bytesIn: 0, bytesOut: 2, durationMs: 0.123 }, 'http request')
@@ -50,6 +54,7 @@ const noop: Dest = { write () {}, flush (cb) { cb() }, end () {} }
 for (let r = 0; r < Number(process.env.ROUNDS ?? 5); r++) {
   await run('no destination (pino serialisation only), all fields', noop, false)
   await run('no destination (pino serialisation only), per-conn child', noop, true)
+  await run('no destination (pino serialisation only), per-conn+rule child', noop, true, true)
   await run('sonic-boom async minLength 4096 (agent today), all fields', sonic({ sync: false, minLength: 4096 }), false)
   await run('sonic-boom async minLength 4096, per-connection child', sonic({ sync: false, minLength: 4096 }), true)
   await run('sonic-boom async minLength 0, per-connection child', sonic({ sync: false, minLength: 0 }), true)
