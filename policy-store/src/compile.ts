@@ -56,7 +56,8 @@ interface LocalEntry { labels: Label[], local: Local, ip: IpcacheEntry }
 /** A rule's CIDR prefixes and FQDN matchers (they make local identities). */
 interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[] }
 
-interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean }
+/** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
+interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
 
 export class Compiler {
   private version = 0
@@ -80,6 +81,9 @@ export class Compiler {
   private readonly ruleEps = new Map<PolicyRule, number[]>()
   private readonly epRules = new Map<number, Set<PolicyRule>>()
   private readonly els = new Map<RuleElement, ElState>()
+  /** Elements whose peers depend on pod identities / on local identities. */
+  private readonly podEls = new Set<RuleElement>()
+  private readonly localEls = new Set<RuleElement>()
   // Local identities, the ipcache and FQDN selectors.
   private hostKey = ''
   private learnedInput: readonly LearnedName[] | null = null
@@ -87,13 +91,17 @@ export class Compiler {
   private readonly localIds = new Map<string, number>()
   private nextLocal = LOCAL_IDENTITY_BASE
   private locals: Local[] = []
-  private localKey = ''
+  /** FQDN selector key -> its identities, to re-resolve only the elements whose selectors changed. */
+  private fqdnIds = new Map<string, string>()
   private fqdnSelectors: readonly FqdnSelector[] = Object.freeze([])
   private fqdnKeysSig = ''
   private nameKeys = new Map<string, string[]>()
   private identities: Map<number, readonly Label[]> = new Map(RESERVED_LABELS)
   private base: { endpoints: readonly Endpoint[], hostKey: string, taken: Set<number>, entries: IpcacheEntry[] } | null = null
-  private ipNums = new Map<string, number | null>()
+  private ipNums = new Map<string, { n: number, key: string } | null>()
+  private rulePrefixes: [string, Prefix][] = []
+  private ruleLocalsBase: Compiler['base'] = null
+  private podIdentities: { labels: ReadonlyMap<number, readonly Label[]>, map: Map<number, readonly Label[]> } | null = null
   /** Local identities in use, by prefix and FQDN selector keys (objects reused across runs). */
   private localEntries = new Map<string, LocalEntry>()
   private ipcache: readonly IpcacheEntry[] = Object.freeze([])
@@ -161,8 +169,11 @@ export class Compiler {
     const hostKey = input.hostIPs.join(',')
     const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
     let localsChanged = false
+    let fqdnChanged: Set<string> | null = null
     if (filesChanged || learnedChanged || endpointsChanged || podsChanged || hostKey !== this.hostKey || this.prevSnapshot === null) {
-      localsChanged = this.computeLocals(input, endpoints, filesChanged)
+      const lc = this.computeLocals(input, endpoints, filesChanged)
+      localsChanged = lc.changed
+      fqdnChanged = lc.fqdnChanged
       this.hostKey = hostKey
       this.learnedInput = input.learned
     }
@@ -182,7 +193,7 @@ export class Compiler {
     for (const r of removed) {
       for (const ep of this.ruleEps.get(r) ?? []) { dirty.add(ep); this.epRules.get(ep)?.delete(r) }
       this.ruleEps.delete(r)
-      for (const el of r.elements) this.els.delete(el)
+      for (const el of r.elements) { this.els.delete(el); this.podEls.delete(el); this.localEls.delete(el) }
     }
     if (endpointsChanged || podsChanged) {
       // Every rule's selection may have changed: recompute, and dirty the differences.
@@ -208,13 +219,21 @@ export class Compiler {
       for (const el of r.elements) {
         const d = peerDeps(el)
         const ids = resolve(el)
-        this.els.set(el, { rule: r, ids, sig: ids === null ? '*' : ids.join(','), pods: d.pods, locals: d.locals })
+        this.els.set(el, { rule: r, ids, sig: ids === null ? '*' : ids.join(','), pods: d.pods, locals: d.locals, fqdnKeys: d.fqdnKeys })
+        if (d.pods) this.podEls.add(el)
+        if (d.locals) this.localEls.add(el)
       }
     }
     if (podsChanged || localsChanged) {
       const fresh = new Set(added)
-      for (const [el, st] of this.els) {
-        if (fresh.has(st.rule) || !((podsChanged && st.pods) || (localsChanged && st.locals))) continue
+      const todo = podsChanged && localsChanged ? [...this.podEls, ...this.localEls] : podsChanged ? this.podEls : this.localEls
+      for (const el of todo) {
+        const st = this.els.get(el) as ElState
+        if (fresh.has(st.rule)) continue
+        const byPods = podsChanged && st.pods
+        if (!byPods && !(localsChanged && st.locals)) continue
+        // Only FQDN peers among the local ones, none of whose selectors changed: nothing to do.
+        if (!byPods && st.fqdnKeys !== null && fqdnChanged !== null && !st.fqdnKeys.some((k) => (fqdnChanged as Set<string>).has(k))) continue
         const ids = resolve(el)
         const sig = ids === null ? '*' : ids.join(',')
         if (sig === st.sig) continue
@@ -228,36 +247,52 @@ export class Compiler {
     const diffAdded: KernelEntry[] = []
     const diffRemoved: KernelEntry[] = []
     const live = new Set<number>()
+    const recompiled: { id: number, old: EpResult | undefined }[] = []
     for (const e of endpoints) {
       live.add(e.id)
       const cached = this.epCache.get(e.id)
       if (cached !== undefined && !allDirty && !dirty.has(e.id)) continue
       const res = this.compileEndpoint(e.id)
       this.epCache.set(e.id, res)
+      recompiled.push({ id: e.id, old: cached })
       diffEntries(cached?.entries ?? [], res.entries, diffAdded, diffRemoved)
     }
-    for (const [id, old] of this.epCache) if (!live.has(id)) { diffRemoved.push(...old.entries); this.epCache.delete(id) }
+    let gone = false
+    for (const [id, old] of this.epCache) if (!live.has(id)) { diffRemoved.push(...old.entries); this.epCache.delete(id); gone = true }
 
     const prev = this.prevSnapshot
-    const outputChanged = prev === null || diffAdded.length > 0 || diffRemoved.length > 0 || endpointsChanged || allDirty || dirty.size > 0
     let kernel: readonly KernelEntry[]
     let http: Map<number, L7PortTable<HttpPolicy>>
     let dns: Map<number, L7PortTable<DnsPolicy>>
-    if (!outputChanged && prev !== null) {
+    if (prev !== null && recompiled.length === 0 && !gone && prev.endpoints === endpoints) {
       kernel = prev.kernel
       http = prev.http as Map<number, L7PortTable<HttpPolicy>>
       dns = prev.dns as Map<number, L7PortTable<DnsPolicy>>
     } else {
       const k: KernelEntry[] = []
-      http = new Map()
-      dns = new Map()
-      for (const e of endpoints) {
-        const r = this.epCache.get(e.id) as EpResult
-        for (const x of r.entries) k.push(x)
-        for (const [key, t] of r.http) http.set(key, t)
-        for (const [key, t] of r.dns) dns.set(key, t)
-      }
+      for (const e of endpoints) for (const x of (this.epCache.get(e.id) as EpResult).entries) k.push(x)
       kernel = Object.freeze(k)
+      if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
+        // A few endpoints changed: patch copies of the previous tables (same key order as a
+        // rebuild is not needed: consumers look tables up by key).
+        http = new Map(prev.http)
+        dns = new Map(prev.dns)
+        for (const { id, old } of recompiled) {
+          for (const [key] of old?.http ?? []) http.delete(key)
+          for (const [key] of old?.dns ?? []) dns.delete(key)
+          const r = this.epCache.get(id) as EpResult
+          for (const [key, t] of r.http) http.set(key, t)
+          for (const [key, t] of r.dns) dns.set(key, t)
+        }
+      } else {
+        http = new Map()
+        dns = new Map()
+        for (const e of endpoints) {
+          const r = this.epCache.get(e.id) as EpResult
+          for (const [key, t] of r.http) http.set(key, t)
+          for (const [key, t] of r.dns) dns.set(key, t)
+        }
+      }
     }
     const snapshot: Snapshot = Object.freeze({
       version: ++this.version,
@@ -354,7 +389,7 @@ export class Compiler {
    * Local identities, FQDN selectors, identities and the ipcache. Returns whether the set of
    * local identities changed (peers with CIDR/FQDN/world then need re-resolving).
    */
-  private computeLocals (input: CompileInput, endpoints: readonly Endpoint[], filesChanged: boolean): boolean {
+  private computeLocals (input: CompileInput, endpoints: readonly Endpoint[], filesChanged: boolean): { changed: boolean, fqdnChanged: Set<string> | null } {
     // The ipcache's fixed part: world, node addresses, endpoints.
     const hostKey = input.hostIPs.join(',')
     if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey) {
@@ -374,16 +409,19 @@ export class Compiler {
       this.base = { endpoints, hostKey, taken, entries: [...fixed.values()] }
     }
     const { taken } = this.base
-    const fqdnSelectors = new Map<string, FqdnSelector>()
-    const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: Set<string> }>()
-    for (const rl of this.files.flatMap(fileLocals)) {
-      for (const x of rl.prefixes) {
-        if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
-        prefixes.set(formatPrefix(x), { prefix: x, fqdnKeys: new Set() })
+    // The rules' part: CIDR prefixes and FQDN selectors (only when rules or endpoints changed).
+    if (filesChanged || this.ruleLocalsBase !== this.base || this.prevSnapshot === null) {
+      const fqdnSelectors = new Map<string, FqdnSelector>()
+      const rulePrefixes = new Map<string, Prefix>()
+      for (const rl of this.files.flatMap(fileLocals)) {
+        for (const x of rl.prefixes) {
+          if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
+          rulePrefixes.set(formatPrefix(x), x)
+        }
+        for (const m of rl.fqdns) if (!fqdnSelectors.has(m.key)) fqdnSelectors.set(m.key, { key: m.key, test: m.test })
       }
-      for (const m of rl.fqdns) if (!fqdnSelectors.has(m.key)) fqdnSelectors.set(m.key, { key: m.key, test: m.test })
-    }
-    if (filesChanged || this.prevSnapshot === null) {
+      this.rulePrefixes = [...rulePrefixes]
+      this.ruleLocalsBase = this.base
       const sig = [...fqdnSelectors.keys()].join('\n')
       if (sig !== this.fqdnKeysSig) {
         this.fqdnKeysSig = sig
@@ -391,6 +429,14 @@ export class Compiler {
         this.nameKeys = new Map()
       }
     }
+    const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: string[] }>()
+    for (const [k, x] of this.rulePrefixes) prefixes.set(k, { prefix: x, fqdnKeys: [] })
+    this.learnedPrefixes(input, taken, prefixes)
+    return this.buildLocals(prefixes)
+  }
+
+  /** Learned names' IPs into `prefixes` (/32s with the FQDN selector keys they carry). */
+  private learnedPrefixes (input: CompileInput, taken: ReadonlySet<number>, prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>): void {
     const sels = this.fqdnSelectors
     if (this.nameKeys.size > 2 * input.learned.length + 1024) this.nameKeys = new Map() // names long gone
     if (this.ipNums.size > 4 * input.learned.length + 1024) this.ipNums = new Map()
@@ -402,23 +448,35 @@ export class Compiler {
       if (keys.length === 0) continue
       if (ln.expiresAt < expiry) expiry = ln.expiresAt
       for (const ip of ln.ipv4) {
-        let n = this.ipNums.get(ip)
-        if (n === undefined) this.ipNums.set(ip, n = parseIPv4(ip))
-        if (n === null || taken.has(n)) continue
-        const k = `${formatIPv4(n)}/32`
+        let p = this.ipNums.get(ip)
+        if (p === undefined) {
+          const n = parseIPv4(ip)
+          this.ipNums.set(ip, p = n === null ? null : { n, key: `${formatIPv4(n)}/32` })
+        }
+        if (p === null || taken.has(p.n)) continue
+        const k = p.key
         let e = prefixes.get(k)
-        if (e === undefined) prefixes.set(k, e = { prefix: { addr: n, len: 32 }, fqdnKeys: new Set() })
-        for (const key of keys) e.fqdnKeys.add(key)
+        if (e === undefined) prefixes.set(k, e = { prefix: { addr: p.n, len: 32 }, fqdnKeys: [] })
+        for (const key of keys) if (!e.fqdnKeys.includes(key)) e.fqdnKeys.push(key)
       }
     }
     this.learnedExpiry = expiry
+  }
+
+  /** Local identities (stable numbers), identities and the ipcache from the local prefixes. */
+  private buildLocals (prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>): { changed: boolean, fqdnChanged: Set<string> | null } {
+    const base = this.base as NonNullable<Compiler['base']>
     const locals: Local[] = []
-    const identities = new Map<number, readonly Label[]>(RESERVED_LABELS)
-    for (const [id, labels] of this.podLabels) identities.set(id, labels)
-    const ipList = [...this.base.entries]
+    if (this.podIdentities === null || this.podIdentities.labels !== this.podLabels) {
+      const m = new Map<number, readonly Label[]>(RESERVED_LABELS)
+      for (const [id, labels] of this.podLabels) m.set(id, labels)
+      this.podIdentities = { labels: this.podLabels, map: m }
+    }
+    const identities = new Map<number, readonly Label[]>(this.podIdentities.map)
+    const ipList = [...base.entries]
     const localEntries = new Map<string, LocalEntry>()
     for (const [k, { prefix, fqdnKeys }] of prefixes) {
-      const fk = fqdnKeys.size === 0 ? [] : fqdnKeys.size === 1 ? [...fqdnKeys] : [...fqdnKeys].sort()
+      const fk = fqdnKeys.length > 1 ? fqdnKeys.sort() : fqdnKeys
       const ck = fk.length === 0 ? k : k + '\n' + fk.join('\n')
       let le = this.localEntries.get(ck)
       if (le === undefined) {
@@ -436,11 +494,22 @@ export class Compiler {
     this.localEntries = localEntries
     this.identities = identities
     if (!sameIpcache(this.ipcache, ipList)) this.ipcache = Object.freeze(ipList)
-    const localKey = locals.map((l) => `${l.id}`).join(',')
+    const changed = locals.length !== this.locals.length || locals.some((l, i) => l !== this.locals[i])
     this.locals = locals
-    if (localKey === this.localKey) return false
-    this.localKey = localKey
-    return true
+    if (!changed) return { changed: false, fqdnChanged: null }
+    // Which FQDN selectors' identities changed.
+    const fqdnIds = new Map<string, number[]>()
+    for (const l of locals) for (const k of l.fqdnKeys) push(fqdnIds, k, l.id)
+    const fqdnChanged = new Set<string>()
+    const sigs = new Map<string, string>()
+    for (const [k, ids] of fqdnIds) {
+      const sig = ids.join(',')
+      sigs.set(k, sig)
+      if (this.fqdnIds.get(k) !== sig) fqdnChanged.add(k)
+    }
+    for (const k of this.fqdnIds.keys()) if (!sigs.has(k)) fqdnChanged.add(k)
+    this.fqdnIds = sigs
+    return { changed: true, fqdnChanged }
   }
 }
 
@@ -568,15 +637,19 @@ function push<K> (m: Map<K, number[]>, k: K, v: number): void {
   else l.push(v)
 }
 
-const depsCache = new WeakMap<RuleElement, { pods: boolean, locals: boolean }>()
-function peerDeps (el: RuleElement): { pods: boolean, locals: boolean } {
+interface Deps { pods: boolean, locals: boolean, fqdnKeys: string[] | null }
+const depsCache = new WeakMap<RuleElement, Deps>()
+function peerDeps (el: RuleElement): Deps {
   let d = depsCache.get(el)
   if (d === undefined) {
-    d = { pods: false, locals: false }
+    d = { pods: false, locals: false, fqdnKeys: [] }
     for (const p of el.peers ?? []) {
       if (p.kind === 'endpoints' || (p.kind === 'entity' && p.entity === 'cluster')) d.pods = true
       if (p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.locals = true
+      if (p.kind === 'fqdn') d.fqdnKeys?.push(p.matcher.key)
+      else if (p.kind === 'cidr' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.fqdnKeys = null
     }
+    if (!d.locals) d.fqdnKeys = null
     depsCache.set(el, d)
   }
   return d
@@ -618,11 +691,17 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
 function diffSnapshots (prev: Snapshot | null, next: Snapshot, kernelAdded: KernelEntry[], kernelRemoved: KernelEntry[]): SnapshotDiff {
   const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded, kernelRemoved, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
   if (prev?.ipcache !== next.ipcache) {
+    // Entries are reused across snapshots: compare objects first, then contents of the rest.
+    const before = prev?.ipcache ?? []
+    const oldObj = new Set(before)
+    const newObj = new Set(next.ipcache)
+    const added = next.ipcache.filter((e) => !oldObj.has(e))
+    const removed = before.filter((e) => !newObj.has(e))
     const ipKey = (e: IpcacheEntry): string => `${e.prefix}|${e.identity}|${e.endpointId}`
-    const oldIp = new Set((prev?.ipcache ?? []).map(ipKey))
-    const newIp = new Set(next.ipcache.map(ipKey))
-    diff.ipcacheAdded = next.ipcache.filter((e) => !oldIp.has(ipKey(e)))
-    diff.ipcacheRemoved = (prev?.ipcache ?? []).filter((e) => !newIp.has(ipKey(e)))
+    const removedKeys = new Set(removed.map(ipKey))
+    const addedKeys = new Set(added.map(ipKey))
+    diff.ipcacheAdded = added.filter((e) => !removedKeys.has(ipKey(e)))
+    diff.ipcacheRemoved = removed.filter((e) => !addedKeys.has(ipKey(e)))
   }
   if (prev?.endpoints !== next.endpoints) {
     const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}`

@@ -35,6 +35,8 @@ const EPS: RawEndpoint[] = [
   { name: 'a2', namespace: 'other', labels: { app: 'a' }, ipv4: '10.9.0.5', interface: 'lxa2', line: 6 },
   { name: 'b2', namespace: 'default', labels: { app: 'b' }, ipv4: '10.9.0.6', interface: 'lxb2', line: 7 }
 ]
+/** Always there, selected by `{}` only: so that few endpoints change in a step (the compiler patches its tables then). */
+const FILLER: RawEndpoint[] = Array.from({ length: 12 }, (_, i) => ({ name: `f${i}`, namespace: 'default', labels: { app: `f${i}` }, ipv4: `10.9.1.${i + 1}`, interface: `lxf${i}`, line: 10 + i }))
 const NAMES: [string, string[]][] = [
   ['x.example.com.', ['198.18.0.5']], ['y.example.com.', ['198.18.0.6', '198.18.0.7']], ['api.example.com.', ['198.18.1.1']],
   ['z.other.org.', ['198.18.2.2', '198.18.0.5']], ['nothing.net.', ['198.18.3.3']], ['b.example.com.', ['10.9.0.2']]
@@ -117,7 +119,7 @@ t.test('incremental compile = cold compile, and diffs replay to the snapshot', a
   fc.assert(fc.property(fc.array(op, { minLength: 1, maxLength: 12 }), (ops) => {
     const inc = new Compiler(new MemoryIdentityAllocator())
     const files = new Map<string, FilePolicies>() // insertion order, as the store keeps them
-    let endpoints: RawEndpoint[] = EPS.slice(0, 4)
+    let endpoints: RawEndpoint[] = [...EPS.slice(0, 4), ...FILLER]
     let learned: LearnedName[] = []
     let now = 1_000_000
     const state = { kernel: new Map<string, string>(), ipcache: new Set<string>() }
@@ -140,7 +142,7 @@ t.test('incremental compile = cold compile, and diffs replay to the snapshot', a
       } else if (o.kind === 'delete') {
         files.delete(`f${o.file}.yaml`)
       } else if (o.kind === 'endpoints') {
-        endpoints = EPS.filter((_, i) => o.present[i]).map((e) => o.swapC && e.name === 'c' ? { ...e, labels: { app: 'd' } } : e)
+        endpoints = [...EPS.filter((_, i) => o.present[i]).map((e) => o.swapC && e.name === 'c' ? { ...e, labels: { app: 'd' } } : e), ...FILLER]
       } else if (o.kind === 'learned') {
         learned = NAMES.filter((_, i) => o.names[i]).map(([name, ipv4], i) => ({ name, ipv4, expiresAt: now + o.expiresIn[i] * 1000 }))
       } else if (o.kind === 'reverse' || o.kind === 'tolast') {
