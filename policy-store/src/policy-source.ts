@@ -32,6 +32,8 @@ export interface PolicySource {
 const EXT = /\.(ya?ml|json)$/i
 /** Refuse to walk absurd trees (a mistaken `--policies /`). */
 const MAX_FILES = 10000
+/** Files stat'ed (and, when changed, read and parsed) concurrently. */
+const LOAD_BATCH = 16
 
 /** One document (piece of a file) parsed and validated. */
 interface DocEntry { syntax: PolicyError[] | null, docCount: number, policies: FilePolicies | null, errors: PolicyError[] }
@@ -48,10 +50,11 @@ export class DirectoryPolicySource implements PolicySource {
     await this.walk(this.dir, files, errors)
     const out: PolicyResource[] = []
     if (errors.length > 0) out.push({ key: this.dir, policies: null, errors })
-    const seen = new Set<string>()
-    for (const file of files.sort()) {
-      seen.add(file)
-      out.push(await this.loadFile(file))
+    const seen = new Set<string>(files)
+    files.sort()
+    // A few files at a time: the stats (most files are unchanged) overlap in the thread pool.
+    for (let i = 0; i < files.length; i += LOAD_BATCH) {
+      out.push(...await Promise.all(files.slice(i, i + LOAD_BATCH).map(async (f) => await this.loadFile(f))))
     }
     for (const k of this.cache.keys()) if (!seen.has(k)) this.cache.delete(k)
     return out
