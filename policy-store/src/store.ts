@@ -54,7 +54,8 @@ class Store implements PolicyStore {
   private endpoints: RawEndpoint[] = []
   private endpointsSig = ''
   private learned: readonly LearnedName[] = []
-  private learnedSig = ''
+  /** name -> its IPs, of the names in effect at the last setLearnedNames. */
+  private learnedSet = new Map<string, string>()
   private snapshot: Snapshot | null = null
   private readonly snapListeners = new Set<(s: Snapshot, d: SnapshotDiff) => void>()
   private readonly rejListeners = new Set<(e: PolicyError[]) => void>()
@@ -153,10 +154,21 @@ class Store implements PolicyStore {
 
   setLearnedNames (names: readonly LearnedName[]): Snapshot {
     const now = Date.now()
-    // Same effective set (names that can matter, not expired): nothing to do.
-    const sig = names.filter((n) => n.expiresAt > now).map((n) => n.name + '=' + [...n.ipv4].sort().join(',')).sort().join(';')
-    if (sig === this.learnedSig && this.snapshot !== null) return this.snapshot
-    this.learnedSig = sig
+    // Same effective set (names not expired, with the same IPs): nothing to do. One pass, no sort
+    // of the whole set: this runs on every DNS answer that brings new IPs.
+    const effective = new Map<string, string>()
+    for (const n of names) {
+      if (n.expiresAt <= now) continue
+      const ips = n.ipv4.length === 1 ? n.ipv4[0] : [...n.ipv4].sort().join(',')
+      const prev = effective.get(n.name)
+      effective.set(n.name, prev === undefined ? ips : [...prev.split(';'), ips].sort().join(';')) // a name given twice
+    }
+    if (this.snapshot !== null && effective.size === this.learnedSet.size) {
+      let same = true
+      for (const [name, ips] of effective) if (this.learnedSet.get(name) !== ips) { same = false; break }
+      if (same) return this.snapshot
+    }
+    this.learnedSet = effective
     this.learned = names.slice()
     const { snapshot, diff } = this.compileNow()
     this.emit(snapshot, diff)
