@@ -14,9 +14,9 @@ async function tempFile (t: { teardown (fn: () => unknown): void }): Promise<{ p
   return { path, fd }
 }
 
-t.test('pino lines arrive whole and in order, batched, after flush', async t => {
+for (const sync of [true, false]) t.test(`pino lines arrive whole and in order, batched, after flush (sync: ${String(sync)})`, async t => {
   const { path, fd } = await tempFile(t)
-  const dest = batchedDestination(fd, { minBytes: 1000, flushMs: 60_000 })
+  const dest = batchedDestination(fd, { minBytes: 1000, flushMs: 60_000, sync })
   t.teardown(() => dest.end())
   const log = pino({ base: null }, dest)
   for (let i = 0; i < 500; i++) log.info({ i }, 'http request')
