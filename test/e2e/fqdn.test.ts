@@ -70,8 +70,10 @@ async function head (s: DemoSession, from: string, ip?: string): Promise<string>
     '--connect-timeout', '2', '--max-time', '5', ...pin])
   if (r.code === 28) return 'timeout'
   if (r.code === 6) {
-    // The name did not resolve: show what the DNS proxy decided, for whoever reads the failure.
-    const dns = s.agentLog().split('\n').filter((l) => /dns|learn/i.test(l)).slice(-12)
+    // The name did not resolve: show what the DNS proxy decided, for whoever reads the failure
+    // (after the agent's log flush interval, 100 ms, so its lines are in the file).
+    await sleep(500)
+    const dns = s.agentLog().split('\n').filter((l) => /dns query|dns-proxy|learn/i.test(l)).slice(-12)
     console.error(`curl could not resolve api.github.com from ${from}; the agent's last DNS lines:\n${dns.join('\n')}`)
   }
   if (r.code !== 0) return `curl exit ${r.code}`
