@@ -96,7 +96,11 @@ export function startDnsmasq (dir: string, netns: string, listen: string, record
   const hostsFile = join(d, 'records')
   writeFileSync(hostsFile, records.map((r) => `${r.ipv4} ${r.name}`).join('\n') + '\n')
   return startIn(netns, 'kube-dns dnsmasq', ['dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null',
-    '--no-resolv', '--no-hosts', '--no-poll', `--addn-hosts=${hostsFile}`, `--local-ttl=${ttl}`,
+    // --local=/#/: every domain is local, so dnsmasq answers like an authoritative server: NODATA
+    // for a type it has no record of (AAAA), NXDOMAIN for unknown names. Without it, it tries to
+    // forward those, has no upstream, and answers REFUSED -- and glibc, which asks A and AAAA
+    // together, gives up on the name when that REFUSED arrives before the A answer.
+    '--no-resolv', '--no-hosts', '--no-poll', '--local=/#/', `--addn-hosts=${hostsFile}`, `--local-ttl=${ttl}`,
     '--bind-interfaces', `--listen-address=${listen}`, '--port=53', `--pid-file=${join(d, 'pid')}`,
     '--user=root', '--log-queries', `--log-facility=${join(d, 'queries.log')}`], join(d, 'stdout.log'))
 }
