@@ -118,7 +118,9 @@ export async function labUp (spec: LabSpec): Promise<void> {
 
 async function isVeth (ifname: string): Promise<boolean> {
   if (!existsSync(`/sys/class/net/${ifname}`)) return false
-  const out = await sh('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], /Cannot find device|does not exist/i)
+  // the host side of a veth whose namespace was just deleted vanishes asynchronously:
+  // "No such device" here means it is already gone
+  const out = await sh('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], /Cannot find device|does not exist|No such device/i)
   const links = JSON.parse(out === '' ? '[]' : out) as Array<{ linkinfo?: { info_kind?: string } }>
   return links[0]?.linkinfo?.info_kind === 'veth'
 }
@@ -130,7 +132,7 @@ export async function labDown (spec: LabSpec): Promise<void> {
     await sh('ip', ['netns', 'del', ns], /No such file|Invalid netns|not found/i)
     // deleting the namespace deletes the peer and so the host side; this covers a host
     // side left behind by a partial labUp
-    if (await isVeth(h.hostIf)) await sh('ip', ['link', 'del', h.hostIf], /Cannot find device|does not exist/i)
+    if (await isVeth(h.hostIf)) await sh('ip', ['link', 'del', h.hostIf], /Cannot find device|does not exist|No such device/i)
     await sh('ip', ['route', 'del', `${h.ipv4}/32`, 'dev', h.hostIf], /No such process|not found|Cannot find|does not exist/i)
     const etc = `/etc/netns/${ns}`
     if (existsSync(etc)) rmSync(etc, { recursive: true, force: true })
