@@ -34,6 +34,12 @@ for (const [n, mode] of [[1, '403'], [2, 'reset']] as const) {
     const results = await runChecks(s)
     t.equal(results.length, 8, 'every check of the seed ran')
     for (const r of results) t.ok(r.pass, `${r.name}: expected ${r.expected}, observed ${r.observed}`)
+    if (results.some((r) => !r.pass)) {
+      // For whoever reads the failure: what the proxies decided (after the log's 100 ms flush).
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const lines = s.agentLog().split('\n').filter((l) => /dns query|dns-proxy|http-proxy|flow/.test(l)).slice(-25)
+      console.error(`agent log, last proxy and flow lines:\n${lines.join('\n')}`)
+    }
 
     if (mode === '403') {
       // An operator can tell from one line who talked to whom, on which rule, and why.
