@@ -119,7 +119,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
             applyMs: Number(process.hrtime.bigint() - started) / 1e6
           }, 'snapshot in the kernel')
         } catch (err) {
-          // The old snapshot stays in force in the proxies; the next snapshot is a full resync.
+          // datapath.apply() always syncs the maps against their content, so one retry heals a
+          // transient failure; if it fails too, the proxies keep the old snapshot and the next
+          // snapshot syncs again.
           log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
           await datapath.apply(snap).then(() => { active = snap }, (err2) => log.error({ err: err2 }, 'full resync failed'))
         }
