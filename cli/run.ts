@@ -24,10 +24,10 @@ Options:
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
 
-function int (v: unknown, name: string, dflt: number): number {
+function int (v: unknown, name: string, dflt: number, max = 0xffffffff): number {
   if (v === undefined) return dflt
   const n = Number(v)
-  if (!Number.isInteger(n) || n < 0 || n > 65535 * 65536) throw new Error(`--${name} must be a whole number, got "${String(v)}"`)
+  if (!Number.isInteger(n) || n < 0 || n > max) throw new Error(`--${name} must be a whole number from 0 to ${max}, got "${String(v)}"`)
   return n
 }
 
@@ -66,10 +66,10 @@ export const command: Command = {
         policies: v.policies,
         endpoints: v.endpoints,
         uplinks: (v.uplink as string[] | undefined) ?? [],
-        proxyPort: int(v['proxy-port'], 'proxy-port', 15001),
-        dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053),
+        proxyPort: int(v['proxy-port'], 'proxy-port', 15001, 65535),
+        dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053, 65535),
         bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
-        routeTable: int(v['route-table'], 'route-table', 2004),
+        routeTable: int(v['route-table'], 'route-table', 2004, 0xfffffffe),
         stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
         denyResponse: deny as '403' | 'reset',
         metrics: v.metrics as string | undefined,
