@@ -10,13 +10,8 @@
  */
 import net from 'node:net'
 import dgram from 'node:dgram'
-import koffi from 'koffi'
+import { AF_INET, errno, libc, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
-const AF_INET = 2
-const SOCK_STREAM = 1
-const SOCK_DGRAM = 2
-const SOCK_NONBLOCK = 0o4000
-const SOCK_CLOEXEC = 0o2000000
 const SOL_SOCKET = 1
 const SO_REUSEADDR = 2
 const SO_REUSEPORT = 15
@@ -32,27 +27,7 @@ export class TransparentSocketError extends Error {
   }
 }
 
-interface Libc {
-  socket: (domain: number, type: number, proto: number) => number
-  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number
-  bind: (fd: number, addr: Buffer, len: number) => number
-  listen: (fd: number, backlog: number) => number
-  close: (fd: number) => number
-}
-
-let libc: Libc | undefined
-function c (): Libc {
-  if (libc !== undefined) return libc
-  const lib = koffi.load('libc.so.6')
-  libc = {
-    socket: lib.func('int socket(int domain, int type, int protocol)'),
-    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
-    bind: lib.func('int bind(int fd, const void *addr, uint32_t len)'),
-    listen: lib.func('int listen(int fd, int backlog)'),
-    close: lib.func('int close(int fd)')
-  }
-  return libc
-}
+const c = libc
 
 function sockaddrIn (host: string, port: number): Buffer {
   if (net.isIPv4(host) === false) throw new TypeError(`not an IPv4 address: ${host}`)
@@ -67,7 +42,7 @@ function transparentFd (type: number, host: string, port: number): number {
   const l = c()
   const where = `${host}:${port}`
   const fd = l.socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-  if (fd < 0) throw new TransparentSocketError('socket', koffi.errno(), where)
+  if (fd < 0) throw new TransparentSocketError('socket', errno(), where)
   const one = Buffer.alloc(4)
   one.writeInt32LE(1, 0)
   const opts: Array<[number, number, string]> = [
@@ -78,14 +53,14 @@ function transparentFd (type: number, host: string, port: number): number {
   ]
   for (const [level, name, label] of opts) {
     if (l.setsockopt(fd, level, name, one, 4) !== 0) {
-      const e = koffi.errno()
+      const e = errno()
       l.close(fd)
       throw new TransparentSocketError(`setsockopt(${label})`, e, where)
     }
   }
   const sa = sockaddrIn(host, port)
   if (l.bind(fd, sa, 16) !== 0) {
-    const e = koffi.errno()
+    const e = errno()
     l.close(fd)
     throw new TransparentSocketError('bind', e, where)
   }
@@ -93,15 +68,16 @@ function transparentFd (type: number, host: string, port: number): number {
 }
 
 /** A listening net.Server on host:port with IP_TRANSPARENT, SO_REUSEADDR, SO_REUSEPORT. */
-export async function listenTransparentTcp (port: number, host = '0.0.0.0', backlog = 511): Promise<net.Server> {
+export async function listenTransparentTcp (port: number, host = '0.0.0.0', backlog = 511,
+  serverOptions: net.ServerOpts = { allowHalfOpen: true }): Promise<net.Server> {
   const fd = transparentFd(SOCK_STREAM, host, port)
   if (c().listen(fd, backlog) !== 0) {
-    const e = koffi.errno()
+    const e = errno()
     c().close(fd)
     throw new TransparentSocketError('listen', e, `${host}:${port}`)
   }
   // allowHalfOpen: a client that half-closes after pipelining still gets every response in flight.
-  const server = net.createServer({ allowHalfOpen: true })
+  const server = net.createServer(serverOptions)
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen({ fd, backlog }, () => { server.off('error', reject); resolve() })

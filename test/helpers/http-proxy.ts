@@ -15,11 +15,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
-import koffi from 'koffi'
+import { AF_INET, errno, libc, SOCK_CLOEXEC, SOCK_STREAM } from '../../proxy/src/libc.js'
 import pino from 'pino'
 import { parseDocument } from 'yaml'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../../policy-store/src/index.js'
-import { createHttpProxy, type HttpProxy, type HttpProxyOptions } from '../../proxy/src/http/index.js'
+import { createHttpProxy, SERVER_OPTIONS, type HttpProxy, type HttpProxyOptions } from '../../proxy/src/http/index.js'
 
 /** Client source addresses, as in the endpoints fixture; STRANGER is no endpoint (world). */
 export const ADDR = { CHECKOUT: '127.0.0.2', AUDITING: '127.0.0.3', MONITORING: '127.0.0.4', STRANGER: '127.0.0.5' } as const
@@ -119,27 +119,6 @@ export async function startBackend (t: Tap, handler?: http.RequestListener): Pro
   return b
 }
 
-interface SockLibc {
-  socket: (domain: number, type: number, proto: number) => number
-  bind: (fd: number, addr: Buffer, len: number) => number
-  listen: (fd: number, backlog: number) => number
-  getsockname: (fd: number, addr: Buffer, len: number[]) => number
-  close: (fd: number) => number
-}
-let sockLibc: SockLibc | undefined
-function libc (): SockLibc {
-  if (sockLibc !== undefined) return sockLibc
-  const lib = koffi.load('libc.so.6')
-  sockLibc = {
-    socket: lib.func('int socket(int domain, int type, int protocol)'),
-    bind: lib.func('int bind(int fd, const void *addr, uint32_t len)'),
-    listen: lib.func('int listen(int fd, int backlog)'),
-    getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)'),
-    close: lib.func('int close(int fd)')
-  }
-  return sockLibc
-}
-
 /**
  * A loopback port where TCP connects hang (no RST, no SYN-ACK): a listening socket made with
  * libc directly (so libuv never accepts on it), backlog 0, whose accept queue is then filled by
@@ -150,19 +129,16 @@ function libc (): SockLibc {
  */
 export async function unacceptingPort (t: Tap): Promise<number> {
   const c = libc()
-  const AF_INET = 2
-  const SOCK_STREAM = 1
-  const SOCK_CLOEXEC = 0o2000000
   const fd = c.socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)
-  if (fd < 0) throw new Error(`socket: errno ${koffi.errno()}`)
+  if (fd < 0) throw new Error(`socket: errno ${errno()}`)
   let filler: net.Socket | null = null
   t.teardown(() => { filler?.destroy(); c.close(fd) })
   const sa = Buffer.alloc(16)
   sa.writeUInt16LE(AF_INET, 0)
   sa.set([127, 0, 0, 1], 4) // port 0: the kernel picks one
-  if (c.bind(fd, sa, 16) !== 0 || c.listen(fd, 0) !== 0) throw new Error(`bind/listen: errno ${koffi.errno()}`)
+  if (c.bind(fd, sa, 16) !== 0 || c.listen(fd, 0) !== 0) throw new Error(`bind/listen: errno ${errno()}`)
   const out = Buffer.alloc(16)
-  if (c.getsockname(fd, out, [16]) !== 0) throw new Error(`getsockname: errno ${koffi.errno()}`)
+  if (c.getsockname(fd, out, [16]) !== 0) throw new Error(`getsockname: errno ${errno()}`)
   const port = out.readUInt16BE(2)
   const f = net.connect({ host: '127.0.0.1', port })
   filler = f
@@ -213,7 +189,7 @@ export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
     upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
-  const server = net.createServer({ allowHalfOpen: true }, (s) => proxy.handleConnection(s))
+  const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => {
     await proxy.close()

@@ -1,0 +1,46 @@
+/**
+ * The few libc calls Node does not expose (setsockopt, and socket/bind/listen on a descriptor
+ * libuv does not own yet), through koffi. One binding for the whole project: the transparent
+ * listeners, the socket adoption of the HTTP proxy, and the tests' unaccepting port.
+ */
+import koffi from 'koffi'
+
+export interface Libc {
+  socket: (domain: number, type: number, proto: number) => number
+  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number
+  bind: (fd: number, addr: Buffer, len: number) => number
+  listen: (fd: number, backlog: number) => number
+  getsockname: (fd: number, addr: Buffer, len: number[]) => number
+  fcntl: (fd: number, cmd: number, arg: number) => number
+  close: (fd: number) => number
+}
+
+export const AF_INET = 2
+export const SOCK_STREAM = 1
+export const SOCK_DGRAM = 2
+export const SOCK_NONBLOCK = 0o4000
+export const SOCK_CLOEXEC = 0o2000000
+export const F_DUPFD_CLOEXEC = 1030
+
+let bound: Libc | undefined
+
+/** libc, loaded on first use. */
+export function libc (): Libc {
+  if (bound !== undefined) return bound
+  const lib = koffi.load('libc.so.6')
+  bound = {
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
+    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
+    bind: lib.func('int bind(int fd, const void *addr, uint32_t len)'),
+    listen: lib.func('int listen(int fd, int backlog)'),
+    getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)'),
+    fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
+    close: lib.func('int close(int fd)')
+  }
+  return bound
+}
+
+/** errno of the last failed call on this thread. */
+export function errno (): number {
+  return koffi.errno()
+}
