@@ -31,7 +31,7 @@ import { join, resolve as resolvePath } from 'node:path'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import pino from 'pino'
-import { createHttpProxy } from '../proxy/src/http/index.js'
+import { createHttpProxy, SERVER_OPTIONS } from '../proxy/src/http/index.js'
 import { batchedDestination } from '../proxy/src/http/log-destination.js'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../policy-store/src/index.js'
 
@@ -112,7 +112,7 @@ async function serveProxy (bport: number): Promise<void> {
     upstreamAddress: () => ({ ip: '127.0.0.1', port: bport }),
     logger: logger.child({ module: 'http-proxy' })
   }, { denyResponse: '403' })
-  const front = net.createServer({ allowHalfOpen: true }, s => proxy.handleConnection(s))
+  const front = net.createServer(SERVER_OPTIONS, s => proxy.handleConnection(s))
   await new Promise<void>(resolve => front.listen(0, '127.0.0.1', resolve))
   const sketch = sketchProxy(bport)
   await new Promise<void>(resolve => sketch.listen(0, '127.0.0.1', resolve))

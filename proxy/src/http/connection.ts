@@ -14,6 +14,7 @@
  * the policy judged: no byte llhttp did not accept is ever forwarded.
  */
 import type net from 'node:net'
+import { adoptAccepted, keep, relay } from './reads.js'
 import type pino from 'pino'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
 import { normalizeTarget } from './normalize.js'
@@ -21,10 +22,12 @@ import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
+import { bindingsOf, jsonString, LEVEL, levelEnabled, writeLine } from '../log-line.js'
 import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
 const LAST_CHUNK = '0\r\n'
+const MSG_HTTP_REQUEST = jsonString('http request')
 
 /** What a deadline means when it passes. */
 const enum Deadline { NONE, IDLE, HEAD, BODY, LINGER }
@@ -92,6 +95,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private held: HeldHead | null = null
   private remainder: Buffer | null = null
   private tunnelBuf: Buffer[] = []
+  /** After a 101 / CONNECT 2xx: the upstream socket that client bytes are relayed to. */
+  private tunnelPeer: net.Socket | null = null
   private fatal: ReplyKind | 0 = 0
   private fatalReason = ''
   // Access-log fields of the exchange.
@@ -112,8 +117,13 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private ruleLog: pino.Logger | null = null
   private ruleLogRef: RuleRef | null = null
 
-  constructor (readonly socket: net.Socket, private readonly ctx: ProxyContext) {
+  readonly socket: net.Socket
+
+  /** `accepted` comes from a server made with reads.ts's SERVER_OPTIONS; it is re-opened with onread. */
+  constructor (accepted: net.Socket, private readonly ctx: ProxyContext) {
     const { deps, opts } = ctx
+    const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
+    this.socket = socket
     const dst = deps.originalDestination?.(socket) ?? { ip: stripMapped(socket.localAddress), port: socket.localPort ?? 0 }
     const srcIp = stripMapped(socket.remoteAddress)
     this.dstKey = dst.ip + ':' + String(dst.port)
@@ -127,7 +137,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
     socket.setNoDelay(true)
-    socket.on('data', (chunk: Buffer) => { this.onData(chunk) })
     socket.on('end', () => { this.onClientEnd() })
     socket.on('error', () => { this.socket.destroy() })
     socket.on('close', () => { this.teardown() })
@@ -136,7 +145,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   // ---- client bytes -------------------------------------------------------------------------
 
+  /** `chunk` is valid only during this call (reads.ts): whatever is kept is copied. */
   private onData (chunk: Buffer): void {
+    if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
     if (this.closed || (this.closeAfter && !this.busy)) return
     if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
     this.execute(chunk)
@@ -158,7 +169,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     }
     if (isPaused(r)) {
       if (this.closeAfter) return // a local reply ends the connection: ignore the rest
-      this.remainder = r.bytesParsed < chunk.length ? chunk.subarray(r.bytesParsed) : null
+      this.remainder = r.bytesParsed < chunk.length ? keep(chunk.subarray(r.bytesParsed)) : null
       if (this.held !== null) this.pause(PAUSED_PIPELINE)
       return
     }
@@ -166,11 +177,12 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   private holdTunnelBytes (chunk: Buffer): void {
-    this.tunnelBuf.push(chunk)
+    this.tunnelBuf.push(keep(chunk))
     this.pause(PAUSED_TUNNEL)
   }
 
   private onClientEnd (): void {
+    if (this.tunnelPeer !== null) { this.tunnelPeer.end(); return }
     if (this.closeAfter && !this.busy) { this.socket.destroy(); return }
     // Half-close from the client: answer what it sent (pipelined included), then close.
     // Needs a listener with allowHalfOpen: true; otherwise Node closes our side at once.
@@ -463,21 +475,18 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const up = this.upstream
     if (up === null) return
     this.upstream = null
-    up.detachForTunnel()
+    const peer = up.detachForTunnel(this.socket)
     this.logAccess()
     const s = this.socket
-    if (rest.length > 0) s.write(rest)
-    for (const b of this.tunnelBuf) up.socket.write(b)
+    if (rest.length > 0) s.write(keep(rest))
+    for (const b of this.tunnelBuf) peer.write(b)
     this.tunnelBuf = []
     this.setDeadline(Deadline.NONE, 0)
     this.closed = true // no more HTTP on this connection; it stays counted until it closes
-    this.socket.removeAllListeners('data')
-    this.socket.removeAllListeners('end')
-    s.pipe(up.socket)
-    up.socket.pipe(s)
-    up.socket.on('error', () => { s.destroy() })
-    up.socket.on('close', () => { s.destroy() })
-    s.on('close', () => { up.socket.destroy() })
+    this.tunnelPeer = peer
+    peer.on('error', () => { s.destroy() })
+    peer.on('close', () => { s.destroy() })
+    s.on('close', () => { peer.destroy() })
     this.pausedMask = 0
     s.resume()
   }
@@ -614,6 +623,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   private logAccess (): void {
     const { ctx } = this
+    const allowedOk = this.verdict === 'allowed' && this.reason === ''
+    const level = allowedOk ? LEVEL.info : LEVEL.warn
+    if (!levelEnabled(ctx.log, level)) return
     const pol = this.policy
     const rule = pol.rule
     const snap = pol.snapshot
@@ -639,6 +651,16 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       }
       log = this.ruleLog
     }
+    const durationMs = Math.round((performance.now() - this.startedAt) * 1000) / 1000
+    if (ctx.fastLog) {
+      // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
+      writeLine(log, level, bindingsOf(log),
+        ',"method":' + jsonString(this.view.method) + ',"path":' + jsonString(this.view.path) +
+        ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
+        ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
+        ',"durationMs":' + String(durationMs), MSG_HTTP_REQUEST)
+      return
+    }
     const rec = {
       method: this.view.method,
       path: this.view.path,
@@ -647,9 +669,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       status: this.status,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
-      durationMs: Math.round((performance.now() - this.startedAt) * 1000) / 1000
+      durationMs
     }
-    if (this.verdict === 'allowed' && this.reason === '') log.info(rec, 'http request')
+    if (allowedOk) log.info(rec, 'http request')
     else log.warn(rec, 'http request')
   }
 

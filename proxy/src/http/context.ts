@@ -102,6 +102,8 @@ export interface ProxyContext {
   readonly replies: Replies
   readonly counters: Counters
   readonly log: pino.Logger
+  /** The access log may use proxy/src/log-line.ts (the logger has no mixin, hooks or custom formatters). */
+  readonly fastLog: boolean
   /** A client connection is gone (socket closed). */
   onClosed (conn: object): void
 }

@@ -4,9 +4,11 @@
  * heads with llhttp, decides each request against the current `Snapshot`, forwards allowed ones
  * over pooled keep-alive upstream connections and answers denied ones like Cilium (403 or RST).
  *
- * Listener requirement: create it with `allowHalfOpen: true` so that a client that half-closes
- * after sending its requests still gets every response.
+ * Listener requirement: create it with `SERVER_OPTIONS` (reads.ts): `allowHalfOpen`, so that a
+ * client that half-closes after sending its requests still gets every response, and
+ * `pauseOnConnect`, so that the proxy can re-open each socket with reads into its own buffer.
  */
+import { fastLineOk } from '../log-line.js'
 import { ClientConn } from './connection.js'
 import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
 import { Replies } from './replies.js'
@@ -15,6 +17,7 @@ import type net from 'node:net'
 
 export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
+export { SERVER_OPTIONS } from './reads.js'
 export { batchedDestination, BatchedDestination, type BatchedDestinationOptions } from './log-destination.js'
 
 export interface HttpProxy {
@@ -45,6 +48,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
     replies: new Replies(opts.deny403Body),
     counters,
     log: deps.logger,
+    fastLog: fastLineOk(deps.logger),
     onClosed: (c) => { conns.delete(c as ClientConn) }
   }
 

@@ -11,7 +11,8 @@
  * client as ONE subarray write: bench/micro/response-write.ts measured a corked head + body
  * writev about 10% dearer per response than a single write.
  */
-import net from 'node:net'
+import type net from 'node:net'
+import { connect, keep, relay } from './reads.js'
 import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
@@ -57,6 +58,8 @@ export class UpstreamConn implements ParserHandler {
   /** A final response completed during the current data event: any further message is bogus. */
   private completedInChunk = false
   private tunnel = false
+  /** After detachForTunnel: the client socket that upstream bytes are relayed to. */
+  private tunnelPeer: net.Socket | null = null
   private inHead = false
   private headParts: Buffer[] = []
   private cur: Buffer = CRLF
@@ -68,14 +71,13 @@ export class UpstreamConn implements ParserHandler {
 
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
-    const s = net.connect({ host: ip, port, noDelay: true })
+    const s = connect(ip, port, (chunk) => { this.onData(chunk) })
     this.socket = s
     this.connectTimer = setTimeout(() => { this.fail('connect-timeout') }, connectTimeoutMs)
     s.on('connect', () => {
       this.connected = true
       if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null }
     })
-    s.on('data', (chunk: Buffer) => { this.onData(chunk) })
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
     s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
@@ -94,8 +96,10 @@ export class UpstreamConn implements ParserHandler {
 
   get alive (): boolean { return !this.dead }
 
+  /** `chunk` is valid only during this call (reads.ts): what goes to the client is copied. */
   private onData (chunk: Buffer): void {
-    if (this.tunnel) return // piped elsewhere
+    if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
+    if (this.tunnel) return // a tunnel being handed over: the owner calls detachForTunnel
     const owner = this.owner
     if (owner === null) { this.destroy(); return } // bytes on an idle connection: not ours to interpret
     this.anyBytes = true
@@ -105,11 +109,11 @@ export class UpstreamConn implements ParserHandler {
     this.pendStart = -1
     owner.socket.cork()
     const r = this.parser.execute(chunk)
-    if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(this.curPos === 0 ? chunk : chunk.subarray(this.curPos))
+    if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
     this.flushPending()
     if (this.owner === owner) this.checkClientBackpressure(owner)
     if (typeof r === 'number') {
-      if (this.tunnel) owner.onTunnel(chunk.subarray(r))
+      if (this.tunnel) owner.onTunnel(chunk.subarray(r)) // copied by the owner
     } else {
       this.fail('bad-response', r)
     }
@@ -129,7 +133,7 @@ export class UpstreamConn implements ParserHandler {
     const from = this.pendStart
     this.pendStart = -1
     const owner = this.owner
-    if (owner !== null) owner.sendToClient(from === 0 && this.pendEnd === this.cur.length ? this.cur : this.cur.subarray(from, this.pendEnd))
+    if (owner !== null) owner.sendToClient(keep(this.cur.subarray(from, this.pendEnd)))
   }
 
   private onEnd (): void {
@@ -242,15 +246,20 @@ export class UpstreamConn implements ParserHandler {
     this.parser.destroy()
   }
 
-  /** Hand over to a tunnel: stop parsing, the caller pipes the raw sockets. */
-  detachForTunnel (): void {
+  /**
+   * Hand over to a tunnel: stop parsing; from now on upstream bytes are relayed to `client`
+   * (the caller relays the other way). Returns the upstream socket.
+   */
+  detachForTunnel (client: net.Socket): net.Socket {
     this.dead = true
-    this.socket.removeAllListeners('data')
+    this.tunnelPeer = client
     this.socket.removeAllListeners('end')
     this.socket.removeAllListeners('close')
     this.socket.removeAllListeners('drain')
+    this.socket.on('end', () => { client.end() })
     this.parser.destroy()
     this.pool.forget(this)
+    return this.socket
   }
 }
 

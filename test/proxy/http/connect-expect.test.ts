@@ -53,6 +53,52 @@ t.test('CONNECT allowed by a rule (method CONNECT) becomes a two-way tunnel', as
   t.equal(px.proxy.metrics().allowed, 1, 'the tunnelled bytes are not requests')
 })
 
+t.test('a tunnel carries megabytes both ways intact, with a slow reader on each side, and passes each half-close on', async t => {
+  // The proxy reads into one shared buffer (proxy/src/http/reads.ts) and must copy what it
+  // relays: a write that waits for a slow reader would otherwise send bytes of a later read.
+  const SIZE = 8 * 1024 * 1024
+  const pattern = (seed: number): Buffer => { const b = Buffer.allocUnsafe(SIZE); for (let i = 0; i < SIZE; i++) b[i] = (i * 31 + seed + (i >> 12)) & 0xff; return b }
+  const up = pattern(7)
+  const down = pattern(91)
+  const upstreamGot: Buffer[] = []
+  let upstreamSawEnd = false
+  const be = await rawBackend(t, s => {
+    let tunnel = false
+    s.on('data', (d: Buffer) => {
+      if (!tunnel) {
+        tunnel = true
+        s.pause() // a slow reader: the client -> upstream direction backs up
+        s.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+        s.write(down, () => { s.end() })
+        setTimeout(() => { s.resume() }, 300)
+        return
+      }
+      upstreamGot.push(d)
+    })
+    s.on('end', () => { upstreamSawEnd = true })
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot({ monitoring: [{ method: 'CONNECT' }] }))
+  const c = net.connect({ host: '127.0.0.1', port: px.port, localAddress: ADDR.MONITORING, allowHalfOpen: true })
+  t.teardown(() => { c.destroy() })
+  await new Promise<void>((resolve, reject) => { c.once('connect', resolve); c.once('error', reject) })
+  const got: Buffer[] = []
+  c.pause() // a slow reader here too: the upstream -> client direction backs up
+  c.on('data', (d: Buffer) => { got.push(d) })
+  c.write('CONNECT billing:443 HTTP/1.1\r\nHost: billing:443\r\n\r\n')
+  await sleep(100)
+  c.end(up)
+  await sleep(300)
+  c.resume()
+  await new Promise<void>(resolve => c.once('end', resolve))
+  const all = Buffer.concat(got)
+  const head = all.indexOf('\r\n\r\n') + 4
+  t.match(all.subarray(0, head).toString('latin1'), /^HTTP\/1.1 200 /)
+  t.ok(all.subarray(head).equals(down), `the client got the upstream's ${SIZE} bytes intact`)
+  await until(() => upstreamSawEnd, 5000)
+  t.ok(Buffer.concat(upstreamGot).equals(up), `the upstream got the client's ${SIZE} bytes intact`)
+  t.ok(upstreamSawEnd, "the client's half-close reached the upstream")
+})
+
 t.test('CONNECT denied (no rule allows the method): 403, connection closed, nothing forwarded', async t => {
   const be = await rawBackend(t, () => {})
   const px = await startProxy(t, be.port, await billingSnapshot())

@@ -159,6 +159,46 @@ t.test('large bodies stream both ways intact (content-length and chunked)', asyn
   t.notMatch(be.received(), /ext=1/, 'chunk extensions are not forwarded')
 })
 
+t.test('a large content-length response reaches a slow client intact', async t => {
+  // The proxy reads the upstream into one shared buffer (proxy/src/http/reads.ts): bytes it
+  // writes to a client that is not reading must be its own copy, or a later read overwrites them.
+  const SIZE = 8 * 1024 * 1024
+  const body = Buffer.allocUnsafe(SIZE)
+  for (let i = 0; i < SIZE; i++) body[i] = (i * 13 + (i >> 10)) & 0xff
+  const be = await startBackend(t, (req, res) => {
+    const b = req.url === '/healthz' ? body : Buffer.alloc(40_000, 'z')
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(b.length) })
+    res.end(b)
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.socket.removeAllListeners('data')
+  c.socket.pause()
+  const got: Buffer[] = []
+  let n = 0
+  c.socket.on('data', (d: Buffer) => { got.push(d); n += d.length })
+  c.write('GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n')
+  await sleep(200) // the proxy's writes to us back up meanwhile...
+  // ...while another client's exchanges make the proxy read other bytes.
+  const other = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  for (let i = 0; i < 10; i++) {
+    other.write('POST /api/v1/charge HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n')
+    t.equal((await other.response())?.body.length, 40_000)
+  }
+  c.socket.resume()
+  for (let i = 0; i < 200; i++) {
+    const all = Buffer.concat(got)
+    const headEnd = all.indexOf('\r\n\r\n')
+    if (headEnd !== -1 && n >= headEnd + 4 + SIZE) break
+    await sleep(25)
+  }
+  const all = Buffer.concat(got)
+  const headEnd = all.indexOf('\r\n\r\n') + 4
+  t.match(all.subarray(0, headEnd).toString(), /^HTTP\/1.1 200 /)
+  t.equal(all.length - headEnd, SIZE, 'response body length')
+  t.ok(all.subarray(headEnd).equals(body), 'response bytes intact')
+})
+
 t.test('HEAD response: no body expected, connection reusable', async t => {
   const be = await startBackend(t, (req, res) => { res.writeHead(200, { 'content-length': 1000 }); res.end(req.method === 'HEAD' ? undefined : 'x'.repeat(1000)) })
   const px = await startProxy(t, be.port, await billingSnapshot({ monitoring: [{ method: 'HEAD|GET', path: '/healthz' }] }))
