@@ -356,7 +356,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
     up.begin(this, this.isHead, this.view.method === 'CONNECT')
-    if (this.inExecute && this.corked === null) { up.socket.cork(); this.corked = up }
+    // Body bytes in the same read go out with the head in one writev; a body-less request is
+    // one write, and corking it would only add a trip through the writev path.
+    if (this.inExecute && this.corked === null && this.reqHasBody) { up.socket.cork(); this.corked = up }
     up.write(head)
   }
 

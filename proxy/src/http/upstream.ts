@@ -68,6 +68,9 @@ export class UpstreamConn implements ParserHandler {
   private pendStart = -1
   private pendEnd = -1
   private waitingClientDrain = false
+  /** Writes to the client during the current read; the second one corks the client socket (see toClient). */
+  private clientWrites = 0
+  private corkedClient: net.Socket | null = null
 
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
@@ -107,7 +110,7 @@ export class UpstreamConn implements ParserHandler {
     this.cur = chunk
     this.curPos = 0
     this.pendStart = -1
-    owner.socket.cork()
+    this.clientWrites = 0
     const r = this.parser.execute(chunk)
     if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
     this.flushPending()
@@ -117,7 +120,28 @@ export class UpstreamConn implements ParserHandler {
     } else {
       this.fail('bad-response', r)
     }
-    owner.socket.uncork()
+    this.uncorkClient()
+  }
+
+  /**
+   * Response bytes to the client. Most reads produce ONE write (head and identity body are
+   * coalesced by forward()); a second write in the same read (chunked framing, a head split
+   * across reads) corks the client socket so they leave in one writev at the end of the read.
+   * Corking up front would cost every single-write response a trip through the writev path.
+   */
+  private toClient (owner: UpstreamOwner, bytes: Buffer): void {
+    if (++this.clientWrites === 2 && this.corkedClient === null) {
+      this.corkedClient = owner.socket
+      owner.socket.cork()
+    }
+    owner.sendToClient(bytes)
+  }
+
+  private uncorkClient (): void {
+    const s = this.corkedClient
+    if (s === null) return
+    this.corkedClient = null
+    s.uncork()
   }
 
   /** Mark cur[from, to) for the client, merged with the pending range when contiguous. */
@@ -133,13 +157,15 @@ export class UpstreamConn implements ParserHandler {
     const from = this.pendStart
     this.pendStart = -1
     const owner = this.owner
-    if (owner !== null) owner.sendToClient(keep(this.cur.subarray(from, this.pendEnd)))
+    if (owner !== null) this.toClient(owner, keep(this.cur.subarray(from, this.pendEnd)))
   }
 
   private onEnd (): void {
     if (this.owner !== null && !this.dead && !this.tunnel) {
       // EOF-framed body completes here (llhttp's finish); anything else is a reset.
+      this.clientWrites = 0
       const err = this.parser.finish()
+      this.uncorkClient()
       if (err !== null) this.fail('reset', err)
     }
     if (!this.dead) this.destroy()
@@ -171,7 +197,7 @@ export class UpstreamConn implements ParserHandler {
       const all = Buffer.concat([prev, this.cur])
       const end = all.indexOf(CRLFCRLF) + 4
       this.flushPending()
-      owner.sendToClient(all.subarray(0, end))
+      this.toClient(owner, all.subarray(0, end))
       this.curPos = end - prev.length
     }
     this.informational = status < 200 && status !== 101
@@ -192,9 +218,9 @@ export class UpstreamConn implements ParserHandler {
     if (owner === null) return
     if (this.chunked) {
       this.flushPending() // the head, still pending
-      owner.sendToClient(Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'))
-      owner.sendToClient(chunk)
-      owner.sendToClient(CRLF)
+      this.toClient(owner, Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'))
+      this.toClient(owner, chunk)
+      this.toClient(owner, CRLF)
     } else {
       // Identity body: llhttp's bytes are the raw bytes right after the head (or the previous
       // body piece), so forward the read's own bytes, not llhttp's copy.
@@ -217,7 +243,7 @@ export class UpstreamConn implements ParserHandler {
     const owner = this.owner
     if (owner === null || this.informational || this.tunnel) return
     this.flushPending()
-    if (this.chunked) owner.sendToClient(LAST_CHUNK) // trailers are not forwarded
+    if (this.chunked) this.toClient(owner, LAST_CHUNK) // trailers are not forwarded
     this.completedInChunk = true
     // llhttp's keep-alive view of the response (Connection header, HTTP/1.0, EOF framing).
     owner.onResponseComplete(this.keepAlive)
