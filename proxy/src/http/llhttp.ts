@@ -75,6 +75,7 @@ export interface ParserHandler {
 
 export class Parser {
   private readonly native: NativeParser
+  private readonly onBodyFn: (chunk: Buffer) => void
   private freed = false
   private executing = false
 
@@ -87,9 +88,19 @@ export class Parser {
     p[HTTPParser.kOnHeadersComplete] = (major: number, minor: number, headers: string[] | undefined, method: number,
       url: string | undefined, status: number, _statusText: string, upgrade: boolean, keepAlive: boolean) =>
       handler.onHeadersComplete(major, minor, headers ?? [], method, url ?? '', status, upgrade, keepAlive)
-    p[HTTPParser.kOnBody] = (chunk: Buffer) => { handler.onBody(chunk) }
+    this.onBodyFn = (chunk: Buffer) => { handler.onBody(chunk) }
+    p[HTTPParser.kOnBody] = this.onBodyFn
     p[HTTPParser.kOnMessageComplete] = () => { handler.onMessageComplete() }
     this.native = p
+  }
+
+  /**
+   * Whether body bytes are delivered to `onBody` (default: yes). The binding copies every body
+   * piece into a new Buffer before calling it (about 1.5 us per response here); with the callback
+   * off it skips both, and the owner frames the body itself. Can be switched from onHeadersComplete.
+   */
+  bodyCallback (on: boolean): void {
+    this.native[HTTPParser.kOnBody] = on ? this.onBodyFn : undefined
   }
 
   /** Bytes consumed, or the error (HPE_PAUSED included). */

@@ -18,6 +18,8 @@ import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
 const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
 const CRLF = Buffer.from('\r\n', 'latin1')
+/** A Content-Length this module frames itself (at most 15 digits: an exact double). */
+const DIGITS = /^\d{1,15}$/
 
 export type UpstreamErrorKind = 'connect' | 'connect-timeout' | 'reset' | 'bad-response'
 
@@ -70,6 +72,11 @@ export class UpstreamConn implements ParserHandler {
   private waitingClientDrain = false
   /** Writes to the client during the current read; the second one corks the client socket (see toClient). */
   private clientWrites = 0
+  /**
+   * Identity body bytes of the current response still to forward, when the response is framed
+   * here rather than through llhttp's onBody (see onHeadersComplete); -1 otherwise.
+   */
+  private bodyLeft = -1
   private corkedClient: net.Socket | null = null
 
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
@@ -95,6 +102,7 @@ export class UpstreamConn implements ParserHandler {
     this.anyBytes = false
     this.chunked = false
     this.informational = false
+    this.bodyLeft = -1
   }
 
   get alive (): boolean { return !this.dead }
@@ -111,6 +119,7 @@ export class UpstreamConn implements ParserHandler {
     this.curPos = 0
     this.pendStart = -1
     this.clientWrites = 0
+    if (this.bodyLeft > 0) this.forwardBody(owner)
     const r = this.parser.execute(chunk)
     if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
     this.flushPending()
@@ -202,15 +211,47 @@ export class UpstreamConn implements ParserHandler {
     }
     this.informational = status < 200 && status !== 101
     this.chunked = false
+    let te = false
+    let clCount = 0
+    let cl = ''
     for (let i = 0; i < headers.length; i += 2) {
       const n = headers[i]
-      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
+      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') {
+        te = true
+        this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
+      } else if (n.length === 14 && n.toLowerCase() === 'content-length') {
+        clCount++
+        cl = headers[i + 1]
+      }
     }
     owner.onResponseHead(status)
     if (this.informational) return 0
     if (status === 101 && upgrade) { this.tunnel = true; return 0 }
     if (this.isConnect && status >= 200 && status < 300) { this.tunnel = true; return UPGRADE }
-    return this.isHead ? SKIP_BODY : 0
+    if (this.isHead) return SKIP_BODY
+    // The common response -- a final status with a body, one Content-Length, no Transfer-Encoding
+    // -- is framed here: its body is exactly that many bytes after the head (RFC 9112 6.3,
+    // llhttp's own rule for it), forwarded straight from the reads without llhttp's per-piece
+    // copy. Anything else (chunked, EOF-framed, 204/304, odd values) keeps llhttp's onBody.
+    // onMessageComplete checks that llhttp ended the message exactly where this count did.
+    if (!te && clCount === 1 && status >= 200 && status !== 204 && status !== 304 && DIGITS.test(cl)) {
+      this.parser.bodyCallback(false)
+      this.bodyLeft = Number(cl)
+      this.forwardBody(owner)
+    } else {
+      this.parser.bodyCallback(true)
+    }
+    return 0
+  }
+
+  /** Forward the identity body bytes of the current read (framed by bodyLeft). */
+  private forwardBody (owner: UpstreamOwner): void {
+    const n = Math.min(this.bodyLeft, this.cur.length - this.curPos)
+    if (n <= 0) return
+    this.forward(this.curPos, this.curPos + n)
+    this.curPos += n
+    this.bodyLeft -= n
+    owner.onResponseBody(n)
   }
 
   onBody (chunk: Buffer): void {
@@ -242,6 +283,11 @@ export class UpstreamConn implements ParserHandler {
   onMessageComplete (): void {
     const owner = this.owner
     if (owner === null || this.informational || this.tunnel) return
+    if (this.bodyLeft !== -1) {
+      // Framed here: llhttp must have ended the message exactly where the count did.
+      if (this.bodyLeft !== 0) { this.fail('bad-response'); return }
+      this.bodyLeft = -1
+    }
     this.flushPending()
     if (this.chunked) this.toClient(owner, LAST_CHUNK) // trailers are not forwarded
     this.completedInChunk = true

@@ -79,6 +79,8 @@ t.test('bytes past the end of a response are not relayed (response splitting)', 
   c.write(get('/healthz'))
   const r = await c.response()
   t.equal(r?.body, 'ok')
+  await sleep(50)
+  t.equal(c.rest(), '', 'not one byte past the end of the first response')
   c.write(get('/healthz'))
   const r2 = await c.response(1000)
   t.not(r2?.body, 'forged', 'the forged response is never delivered')
