@@ -54,6 +54,13 @@ enum l7p_reason {
 #define L7P_DIR_EGRESS 1
 
 #define L7P_MARK_TO_PROXY 0x200
+/*
+ * Set by from_workload on a packet it let through (a tracked flow, or a new flow whose egress
+ * and ingress were both checked there), so that to_workload on the destination's veth, which
+ * would only find the same conntrack entry again, returns at once. The mark never leaves the
+ * host namespace: crossing into the workload's namespace clears it (skb_scrub_packet).
+ */
+#define L7P_MARK_PASSED 0x300
 #define L7P_MARK_MASK 0xf00
 
 #define L7P_WORLD_ID 2

@@ -120,6 +120,11 @@ struct pkt {
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
 
+static __always_inline void mark_passed(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~L7P_MARK_MASK) | L7P_MARK_PASSED;
+}
+
 static __always_inline void count(__u32 reason)
 {
 	__u64 *c = bpf_map_lookup_elem(&l7p_counters, &reason);
@@ -437,6 +442,7 @@ static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct 
 	ct_touch(e, p, now, is_reply);
 	if (!(e->flags & L7P_CT_REDIRECT) || !can_assign) {
 		count(L7P_R_CT_PASS);
+		mark_passed(skb);
 		return TC_ACT_OK;
 	}
 	__u8 verdict = (e->flags & L7P_CT_REDIRECT_DNS) ? L7P_VERDICT_REDIRECT_DNS : L7P_VERDICT_REDIRECT_HTTP;
@@ -475,12 +481,18 @@ int from_workload(struct __sk_buff *skb)
 	__u32 src_id = L7P_WORLD_ID, dst_id = L7P_WORLD_ID;
 	__u16 src_epid = 0, dst_epid = 0;
 	struct l7p_ipcache_value *ipc;
+	int is_reply = 0;
+	struct l7p_ct_entry *e;
 
 	if (src_ep) {
 		src_id = src_ep->identity;
 		src_epid = src_ep->endpoint_id;
 		if (p.tuple.saddr != src_ep->ipv4)
 			return drop(skb, &p, src_id, 0, src_epid, L7P_R_DROP_SPOOFED, L7P_DIR_EGRESS);
+		/* a tracked flow needs no identity: skip the ipcache (LPM) lookups */
+		e = ct_lookup(&p, now, &is_reply);
+		if (e)
+			return ct_pass(skb, &p, e, now, is_reply, 1);
 	} else {
 		ipc = ipcache_lookup(p.tuple.saddr);
 		if (ipc)
@@ -495,11 +507,11 @@ int from_workload(struct __sk_buff *skb)
 	if (!src_epid && !dst_epid)
 		return TC_ACT_OK;
 
-	int is_reply = 0;
-	struct l7p_ct_entry *e = ct_lookup(&p, now, &is_reply);
-
-	if (e)
-		return ct_pass(skb, &p, e, now, is_reply, 1);
+	if (!src_ep) {
+		e = ct_lookup(&p, now, &is_reply);
+		if (e)
+			return ct_pass(skb, &p, e, now, is_reply, 1);
+	}
 
 	/* a new flow: the source's egress, then the destination's ingress */
 	__u8 verdict = L7P_VERDICT_ALLOW, v;
@@ -529,6 +541,7 @@ int from_workload(struct __sk_buff *skb)
 	if (verdict == L7P_VERDICT_ALLOW) {
 		ct_create(&p, now, src_id, dst_id, epid, 0);
 		emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
+		mark_passed(skb);
 		return TC_ACT_OK;
 	}
 
@@ -554,6 +567,10 @@ int from_workload(struct __sk_buff *skb)
 SEC("tc")
 int to_workload(struct __sk_buff *skb)
 {
+	/* from_workload let it through already (L7P_MARK_PASSED): nothing left to check */
+	if ((skb->mark & L7P_MARK_MASK) == L7P_MARK_PASSED)
+		return TC_ACT_OK;
+
 	struct pkt p;
 	int r = parse(skb, &p);
 
