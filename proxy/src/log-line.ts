@@ -64,13 +64,32 @@ export function levelEnabled (logger: pino.Logger, level: number): boolean {
 }
 
 /**
- * Write one line: `{"level":L,"time":T<bindings><fields>,"msg":<msg>}`. `fields` is `""` or
- * starts with a comma, each value already JSON (`jsonString` for strings). `msgJson` is the
- * message as a JSON string literal, computed once by the caller.
+ * Writes lines for one root logger and its children (they share its destination and clock).
+ * The destination and clock are read from pino once, here: reading them per line through
+ * pino's symbol keys was a megamorphic load on every call (children differ in shape).
  */
-export function writeLine (logger: pino.Logger, level: number, bindings: string, fields: string, msgJson: string): void {
-  const l = internals(logger)
-  l[S.streamSym].write('{"level":' + String(level) + l[S.timeSym]() + bindings + fields + ',"msg":' + msgJson + '}\n')
+export class LineWriter {
+  private readonly stream: { write (line: string): unknown }
+  private readonly time: () => string
+
+  constructor (readonly logger: pino.Logger) {
+    const l = internals(logger)
+    this.stream = l[S.streamSym]
+    this.time = l[S.timeSym]
+  }
+
+  enabled (level: number): boolean {
+    return this.logger.levelVal <= level
+  }
+
+  /**
+   * Write one line: `{"level":L,"time":T<bindings><fields>,"msg":<msg>}`. `bindings` comes from
+   * `bindingsOf(child)`; `fields` is `""` or starts with a comma, each value already JSON
+   * (`jsonString` for strings); `msgJson` is the message as a JSON string literal.
+   */
+  write (level: number, bindings: string, fields: string, msgJson: string): void {
+    this.stream.write('{"level":' + String(level) + this.time() + bindings + fields + ',"msg":' + msgJson + '}\n')
+  }
 }
 
 /** A string as a JSON literal (what pino writes for a string value). */

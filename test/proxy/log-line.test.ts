@@ -3,7 +3,7 @@
 import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
-import { bindingsOf, fastLineOk, jsonString, LEVEL, levelEnabled, writeLine } from '../../proxy/src/log-line.js'
+import { bindingsOf, fastLineOk, jsonString, LEVEL, levelEnabled, LineWriter } from '../../proxy/src/log-line.js'
 
 function capture (opts: pino.LoggerOptions = {}): { logger: pino.Logger, lines: string[] } {
   const lines: string[] = []
@@ -24,12 +24,13 @@ const bindings = {
 t.test('a line from writeLine equals the line pino writes for the same record', async (t) => {
   const { logger, lines } = capture()
   const child = logger.child(bindings).child({ rule: { file: 'p.yaml', line: 12, policy: 'default/billing', section: 'ingress', index: 0 } })
+  const writer = new LineWriter(logger)
   const paths = ['/api/v1/charge', '/a"b\\c', '/ünï\u0001code', '']
   for (const path of paths) {
     for (const [level, name] of [[LEVEL.info, 'info'], [LEVEL.warn, 'warn']] as const) {
       const reason = level === LEVEL.warn ? 'ingress-no-rule-match' : undefined
       child[name]({ method: 'POST', path, verdict: 'allowed', reason, status: 200, bytesIn: 3, bytesOut: 1024, durationMs: 0.153 }, 'http request')
-      writeLine(child, level, bindingsOf(child),
+      writer.write(level, bindingsOf(child),
         ',"method":' + jsonString('POST') + ',"path":' + jsonString(path) + ',"verdict":"allowed"' +
         (reason === undefined ? '' : ',"reason":' + jsonString(reason)) +
         ',"status":200,"bytesIn":3,"bytesOut":1024,"durationMs":0.153', jsonString('http request'))
@@ -55,8 +56,12 @@ t.test('fastLineOk says no where pino would change the line', async (t) => {
 
 t.test('levelEnabled follows the logger level, also when it changes at run time', async (t) => {
   const { logger } = capture({ level: 'warn' })
+  const writer = new LineWriter(logger)
   t.notOk(levelEnabled(logger, LEVEL.info))
+  t.notOk(writer.enabled(LEVEL.info))
   t.ok(levelEnabled(logger, LEVEL.warn))
+  t.ok(writer.enabled(LEVEL.warn))
   logger.level = 'info'
   t.ok(levelEnabled(logger, LEVEL.info))
+  t.ok(writer.enabled(LEVEL.info))
 })

@@ -6,6 +6,7 @@ import type net from 'node:net'
 import type pino from 'pino'
 import type { Snapshot } from '../../../policy-store/src/types.js'
 import type { Replies } from './replies.js'
+import type { LineWriter } from '../log-line.js'
 import type { UpstreamPool } from './upstream.js'
 
 /** What the proxy needs from the agent (injected so tests run without a kernel). */
@@ -102,8 +103,8 @@ export interface ProxyContext {
   readonly replies: Replies
   readonly counters: Counters
   readonly log: pino.Logger
-  /** The access log may use proxy/src/log-line.ts (the logger has no mixin, hooks or custom formatters). */
-  readonly fastLog: boolean
+  /** The access-line writer (proxy/src/log-line.ts), or null when the logger needs pino's own path (mixin, hooks, formatters). */
+  readonly lines: LineWriter | null
   /** A client connection is gone (socket closed). */
   onClosed (conn: object): void
 }

@@ -8,7 +8,7 @@
  * client that half-closes after sending its requests still gets every response, and
  * `pauseOnConnect`, so that the proxy can re-open each socket with reads into its own buffer.
  */
-import { fastLineOk } from '../log-line.js'
+import { fastLineOk, LineWriter } from '../log-line.js'
 import { ClientConn } from './connection.js'
 import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
 import { Replies } from './replies.js'
@@ -48,7 +48,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
     replies: new Replies(opts.deny403Body),
     counters,
     log: deps.logger,
-    fastLog: fastLineOk(deps.logger),
+    lines: fastLineOk(deps.logger) ? new LineWriter(deps.logger) : null,
     onClosed: (c) => { conns.delete(c as ClientConn) }
   }
 
