@@ -72,13 +72,22 @@ function renderLabel (buf: Buffer, start: number, end: number): string {
 export interface NameCursor { name: string, end: number }
 
 /**
+ * Plain names (every byte 0x21-0x7e and not special) are rendered here, lower-cased, with
+ * dots, then turned into a string with one latin1 slice: a flat string, cheap to hash and
+ * compare, where concatenating labels made a rope that every Map lookup had to flatten first.
+ * A plain rendering is one byte per wire byte, so MAX_NAME_WIRE is enough.
+ */
+const scratch = Buffer.allocUnsafe(MAX_NAME_WIRE)
+
+/**
  * Read a (possibly compressed) name at `offset`. On success sets `cur.name` (canonical form,
  * trailing dot; the root is ".") and `cur.end` (offset after the name in the original stream)
  * and returns 0; otherwise a WIRE_ERR code. Pointers must point strictly backwards to data
  * before the label that holds them, so a chain always terminates (no compression loops).
  */
 export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPointers: boolean): number {
-  let name = ''
+  let n = 0 // bytes rendered into `scratch` while every label is plain
+  let plain = true
   let wire = 0
   let pos = offset
   let end = -1
@@ -97,7 +106,12 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       if (pos + 1 + len > buf.length) return WIRE_ERR.SHORT
       wire += len + 1
       if (wire > MAX_NAME_WIRE) return WIRE_ERR.NAME_TOO_LONG
-      name += renderLabel(buf, pos + 1, pos + 1 + len) + '.'
+      for (let i = pos + 1; plain && i <= pos + len; i++) {
+        const c = buf[i]
+        if (c < 0x21 || c > 0x7e || isSpecial(c)) plain = false
+        else scratch[n++] = c >= 0x41 && c <= 0x5a ? c + 32 : c
+      }
+      if (plain) scratch[n++] = 0x2e
       pos += len + 1
     } else if (kind === 0xc0) {
       if (!allowPointers) return WIRE_ERR.BAD_POINTER
@@ -111,9 +125,22 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       return WIRE_ERR.BAD_LABEL // 0x40 / 0x80: extended label types (RFC 6891 deprecated them)
     }
   }
-  cur.name = name === '' ? '.' : name
+  // The whole name is well-formed; a name with an escaped byte is rendered again, label by label.
+  cur.name = wire === 1 ? '.' : plain ? scratch.toString('latin1', 0, n) : renderEscaped(buf, offset)
   cur.end = end
   return 0
+}
+
+/** The slow rendering of a name readName has already validated (so: no error checks). */
+function renderEscaped (buf: Buffer, offset: number): string {
+  let name = ''
+  let pos = offset
+  for (let len = buf[pos]; len !== 0; len = buf[pos]) {
+    if ((len & 0xc0) === 0xc0) { pos = ((len & 0x3f) << 8) | buf[pos + 1]; continue }
+    name += renderLabel(buf, pos + 1, pos + 1 + len) + '.'
+    pos += len + 1
+  }
+  return name
 }
 
 /** The single question of a query, as the proxy decides on it. */
