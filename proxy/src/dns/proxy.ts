@@ -242,7 +242,8 @@ export class DnsCore {
    * to keep waiting (UDP: a spoofer may have sent it) or to fail the query (TCP).
    */
   complete (p: Pending, resp: Buffer): boolean {
-    const recs = walkAnswers(resp, p.q.end, this.cur)
+    // The transport has checked sameQuestion, so the question's rendered name can be reused.
+    const recs = walkAnswers(resp, p.q.end, this.cur, p.q.name)
     if (typeof recs === 'number') {
       this.counters.malformedAnswers++
       this.log.warn({ server: `${p.server.ip}:${p.server.port}`, name: p.q.name, error: recs }, 'dns: malformed answer ignored')

@@ -78,6 +78,8 @@ t.test('answers: malformed ones are errors', async t => {
   t.equal(walkAnswers(cname, QEND, cur), WIRE_ERR.RDATA, 'CNAME data longer than its name')
 })
 
+const wireOf = (ls: number[][]): Buffer => Buffer.concat(ls.map(l => Buffer.from([l.length, ...l])))
+
 /** miekg/dns's rendering, written the obvious way: the reference for readName's fast path. */
 function rendered (labels: number[][]): string {
   if (labels.length === 0) return '.'
@@ -90,7 +92,6 @@ function rendered (labels: number[][]): string {
 t.test('names render like miekg/dns, plain or escaped, through compression pointers', async t => {
   const byte = fc.oneof(fc.constantFrom(0x61, 0x41, 0x5a, 0x7a, 0x30, 0x2d, 0x5f), fc.nat(255))
   const labels = fc.array(fc.array(byte, { minLength: 1, maxLength: 8 }), { maxLength: 4 })
-  const wireOf = (ls: number[][]): Buffer => Buffer.concat(ls.map(l => Buffer.from([l.length, ...l])))
   fc.assert(fc.property(labels, labels, (q, prefix) => {
     const query = Buffer.concat([header(1), wireOf(q), Buffer.from([0]), Q_A_IN])
     const pq = parseQuestion(query, cur)
@@ -99,10 +100,21 @@ t.test('names render like miekg/dns, plain or escaped, through compression point
     const rr = Buffer.concat([wireOf(prefix), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
     const resp = Buffer.concat([query, rr])
     resp.writeUInt16BE(1, 6)
+    const want = rendered([...prefix, ...q])
     const recs = walkAnswers(resp, pq.end, cur)
-    return typeof recs !== 'number' && recs.length === 1 && recs[0].owner === rendered([...prefix, ...q])
+    // With the question's name given (the proxy's path), the pointer to it reuses that name.
+    const reused = walkAnswers(resp, pq.end, cur, pq.name)
+    return typeof recs !== 'number' && recs.length === 1 && recs[0].owner === want &&
+      typeof reused !== 'number' && reused.length === 1 && reused[0].owner === want
   }), { numRuns: 3000 })
   t.pass('agrees on 3000 names')
+  // 3 x 63-byte labels in the question (193 wire bytes) + a 63-byte label before the pointer: 257.
+  const long = Buffer.concat([header(1, 1), wireOf(Array.from({ length: 3 }, () => Array(63).fill(0x61))), Buffer.from([0]), Q_A_IN,
+    wireOf([Array(63).fill(0x62)]), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
+  const lq = parseQuestion(long, cur)
+  if (typeof lq === 'number') throw new Error('parse')
+  t.equal(walkAnswers(long, lq.end, cur), WIRE_ERR.NAME_TOO_LONG, 'an owner over 255 bytes through a pointer')
+  t.equal(walkAnswers(long, lq.end, cur, lq.name), WIRE_ERR.NAME_TOO_LONG, 'also when the question name is reused')
 })
 
 t.test('the parser is total on random and mutated input', async t => {
