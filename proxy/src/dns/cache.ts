@@ -47,6 +47,12 @@ export interface AddResult {
   zombified: IpEvent[]
 }
 
+function newAddResult (): AddResult { return { fresh: [], evicted: [], zombified: [] } }
+/** Frozen, so a caller that pushed into it would throw rather than corrupt every later result. */
+const NONE: IpEvent[] = []
+Object.freeze(NONE)
+const NO_CHANGE: AddResult = Object.freeze({ fresh: NONE, evicted: NONE, zombified: NONE })
+
 export interface GcResult {
   expired: IpEvent[]
   zombified: IpEvent[]
@@ -84,10 +90,13 @@ export class FqdnCache {
     return false
   }
 
-  /** Learn `ips` for `name` at endpoint `endpoint`, each with its own TTL (seconds). */
+  /**
+   * Learn `ips` for `name` at endpoint `endpoint`, each with its own TTL (seconds). Most answers
+   * only refresh known IPs: those get the shared, frozen NO_CHANGE instead of a new result.
+   */
   add (endpoint: string, name: string, ips: readonly { ip: string, ttl: number }[], now: number,
     hasConnection: (ip: string) => boolean): AddResult {
-    const res: AddResult = { fresh: [], evicted: [], zombified: [] }
+    let res: AddResult | null = null
     let names = this.eps.get(endpoint)
     if (names === undefined) { names = new Map(); this.eps.set(endpoint, names) }
     let map = names.get(name)
@@ -100,18 +109,18 @@ export class FqdnCache {
         st.zombie = false
         continue
       }
-      if (!this.nodeHas(name, ip)) res.fresh.push({ endpoint, name, ip, expiresAt })
+      if (!this.nodeHas(name, ip)) (res ??= newAddResult()).fresh.push({ endpoint, name, ip, expiresAt })
       map.set(ip, { expiresAt, addedAt: now, zombie: false })
     }
-    this.enforceCap(endpoint, name, map, hasConnection, res)
-    return res
+    return this.enforceCap(endpoint, name, map, hasConnection, res) ?? NO_CHANGE
   }
 
   private enforceCap (endpoint: string, name: string, map: Map<string, IpState>,
-    hasConnection: (ip: string) => boolean, res: AddResult): void {
+    hasConnection: (ip: string) => boolean, res0: AddResult | null): AddResult | null {
     let live = 0
     for (const st of map.values()) if (!st.zombie) live++
-    if (live <= this.opts.maxIpsPerName) return
+    if (live <= this.opts.maxIpsPerName) return res0
+    const res = res0 ?? newAddResult()
     const order = [...map].filter(([, st]) => !st.zombie)
       .sort((a, b) => a[1].expiresAt - b[1].expiresAt || a[1].addedAt - b[1].addedAt)
     for (let i = 0; i < live - this.opts.maxIpsPerName; i++) {
@@ -120,6 +129,7 @@ export class FqdnCache {
       if (hasConnection(ip)) { st.zombie = true; res.zombified.push(ev) } else { map.delete(ip); res.evicted.push(ev) }
     }
     this.capZombies(endpoint, res.evicted)
+    return res
   }
 
   /** Keep at most maxZombiesPerEndpoint zombies; the ones that expired first go. */

@@ -68,8 +68,7 @@ function resolveOptions (o: DnsProxyOptions): ResolvedOptions {
 export async function createDnsProxy (deps: DnsProxyDeps, options: DnsProxyOptions = {}): Promise<DnsProxy> {
   const opts = resolveOptions(options)
   const core = new DnsCore(deps, opts)
-  const udp = new UdpForwarder(core)
-  await udp.open(opts.upstreamSockets)
+  const udp = new UdpForwarder(core, opts.upstreamSockets)
   await core.start()
   const tcp = new Set<TcpConnection>()
   const rnd = new RandomPool()

@@ -12,7 +12,7 @@ import { DIR, l7Key } from '../../../policy-store/src/types.js'
 import type { DnsPolicy, Endpoint, L7PortTable, LearnedName, RuleRef, Snapshot } from '../../../policy-store/src/types.js'
 import qtypes from 'dns-packet/types.js'
 import rcodes from 'dns-packet/rcodes.js'
-import { FqdnCache, type IpEvent } from './cache.js'
+import { FqdnCache, type IpEvent, type PersistedCache } from './cache.js'
 import { LearnSync } from './sync.js'
 import { StateFile } from './state.js'
 import {
@@ -72,6 +72,17 @@ function ruleName (r: RuleRef | null | undefined): string | undefined {
   return r == null ? undefined : `${r.file}:${r.line}`
 }
 
+/**
+ * `namespace/name` per endpoint, made once: the cache's Map lookups then hash the same string
+ * object every time (V8 keeps a string's hash in it) instead of a new one per answer.
+ */
+const endpointKeys = new WeakMap<Endpoint, string>()
+function endpointKey (ep: Endpoint): string {
+  let k = endpointKeys.get(ep)
+  if (k === undefined) { k = `${ep.namespace}/${ep.name}`; endpointKeys.set(ep, k) }
+  return k
+}
+
 const endpointIndex = new WeakMap<Snapshot, Map<string, Endpoint>>()
 function endpointByIp (snap: Snapshot, ip: string): Endpoint | undefined {
   let m = endpointIndex.get(snap)
@@ -80,6 +91,10 @@ function endpointByIp (snap: Snapshot, ip: string): Endpoint | undefined {
     endpointIndex.set(snap, m)
   }
   return m.get(ip)
+}
+
+function whoFields (ep: Endpoint, serverIdentity: number): Record<string, unknown> {
+  return { endpoint: `${ep.namespace}/${ep.name}`, endpointId: ep.id, serverIdentity }
 }
 
 /** `::ffff:a.b.c.d` (dual-stack sockets) -> `a.b.c.d`. */
@@ -117,6 +132,9 @@ export class DnsCore {
 
   /** Forwarded queries in flight, all transports (kept by the transports). */
   inFlight = 0
+  // Made once, not per answer.
+  private readonly hasConnection = (ip: string): boolean => this.deps.hasConnection(ip)
+  private readonly persisted = (): PersistedCache => this.cache.toPersisted(this.opts.now())
   private readonly cur: NameCursor = { name: '', end: 0 }
   private readonly state: StateFile | undefined
   private gcTimer: NodeJS.Timeout | undefined
@@ -181,38 +199,41 @@ export class DnsCore {
     }
     const snap = this.deps.snapshot()
     const ep = endpointByIp(snap, client.ip)
-    const base = { src: `${client.ip}:${client.port}`, server: `${server.ip}:${server.port}`, transport, name: q.name, qtype: qtypes.toString(q.type) }
     if (opcodeOf(buf) !== OPCODE_QUERY) {
       c.notimp++
       reply(errorReply(buf, q.end, RCODE.NOTIMP))
-      this.log.info({ ...base, endpoint: ep && `${ep.namespace}/${ep.name}`, verdict: 'denied', reason: 'opcode', rcode: 'NOTIMP' }, 'dns query')
+      this.log.info({ ...this.baseFields(client, server, transport, q), endpoint: ep && `${ep.namespace}/${ep.name}`, verdict: 'denied', reason: 'opcode', rcode: 'NOTIMP' }, 'dns query')
       return null
     }
     if (ep === undefined) {
       // Only local endpoints are redirected here; anything else fails closed.
       c.refused++
       reply(errorReply(buf, q.end, this.opts.rejectRcode))
-      this.log.info({ ...base, verdict: 'denied', reason: 'unknown-endpoint', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      this.log.info({ ...this.baseFields(client, server, transport, q), verdict: 'denied', reason: 'unknown-endpoint', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
       return null
     }
     const table = snap.dns.get(l7Key(ep.id, DIR.EGRESS, server.port))
     const remoteIdentity = this.deps.lookupIdentity(server.ip)
     const rule = decideDns(table, remoteIdentity, q.name)
-    const who = { endpoint: `${ep.namespace}/${ep.name}`, endpointId: ep.id, serverIdentity: remoteIdentity }
+    // The log fields of a refused query are built only here: the allowed path logs on the answer.
     if (rule === null) {
       c.refused++
       reply(errorReply(buf, q.end, this.opts.rejectRcode))
-      this.log.info({ ...base, ...who, verdict: 'denied', reason: table === undefined ? 'no-dns-table' : 'no-rule-matches', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      this.log.info({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'denied', reason: table === undefined ? 'no-dns-table' : 'no-rule-matches', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
       return null
     }
     if (this.inFlight >= this.opts.maxPending) {
       c.overload++
       reply(errorReply(buf, q.end, RCODE.SERVFAIL))
-      this.log.warn({ ...base, ...who, verdict: 'overload', rcode: 'SERVFAIL', inFlight: this.inFlight }, 'dns query')
+      this.log.warn({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'overload', rcode: 'SERVFAIL', inFlight: this.inFlight }, 'dns query')
       return null
     }
     c.allowed++
     return new Pending(buf.readUInt16BE(0), buf, q, client, server, transport, ep, table, remoteIdentity, rule, this.opts.now(), reply)
+  }
+
+  private baseFields (client: Addr, server: Addr, transport: Transport, q: Question): Record<string, unknown> {
+    return { src: `${client.ip}:${client.port}`, server: `${server.ip}:${server.port}`, transport, name: q.name, qtype: qtypes.toString(q.type) }
   }
 
   /**
@@ -221,7 +242,8 @@ export class DnsCore {
    * to keep waiting (UDP: a spoofer may have sent it) or to fail the query (TCP).
    */
   complete (p: Pending, resp: Buffer): boolean {
-    const recs = walkAnswers(resp, p.q.end, this.cur)
+    // The transport has checked sameQuestion, so the question's rendered name can be reused.
+    const recs = walkAnswers(resp, p.q.end, this.cur, p.q.name)
     if (typeof recs === 'number') {
       this.counters.malformedAnswers++
       this.log.warn({ server: `${p.server.ip}:${p.server.port}`, name: p.q.name, error: recs }, 'dns: malformed answer ignored')
@@ -259,17 +281,19 @@ export class DnsCore {
     resp.writeUInt16BE(p.clientId, 0)
     // Fields constant per (endpoint, server, transport) live in a cached child logger: pino
     // serialises them once, which halves the cost of the per-query line (bench/dns-proxy.ts).
-    const line: Record<string, unknown> = {
+    const qlog = this.queryLogger(p)
+    const line: Record<string, unknown> | null = !qlog.isLevelEnabled('info') ? null : {
       src: p.client.ip + ':' + p.client.port, name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: 'allowed',
       rule: ruleName(p.rule), rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl,
       cname: chain.length > 1 ? chain.slice(1) : undefined, ms: 0
     }
-    const qlog = this.queryLogger(p)
     this.counters.answered++
     if (!hold) {
       p.reply(resp)
-      line.ms = now - p.started
-      qlog.info(line, 'dns query')
+      if (line !== null) {
+        line.ms = now - p.started
+        qlog.info(line, 'dns query')
+      }
       return true
     }
     this.counters.held++
@@ -279,10 +303,12 @@ export class DnsCore {
       clearTimeout(timer)
       if (!inKernel) this.counters.holdTimeouts++
       p.reply(resp)
-      line.held = true
-      line.heldTimeout = !inKernel
-      line.ms = this.opts.now() - p.started
-      qlog.info(line, 'dns query')
+      if (line !== null) {
+        line.held = true
+        line.heldTimeout = !inKernel
+        line.ms = this.opts.now() - p.started
+        qlog.info(line, 'dns query')
+      }
     })
     return true
   }
@@ -297,9 +323,20 @@ export class DnsCore {
   }
 
   private readonly queryLoggers = new Map<string, Logger>()
+  /** The previous answer's logger and what it was for: consecutive queries mostly share it. */
+  private lastQlog: { logger: Logger, endpoint: Endpoint, ip: string, port: number, identity: number, transport: Transport } | null = null
 
   /** The child logger carrying endpoint, server, server identity and transport (bounded cache). */
   private queryLogger (p: Pending): Logger {
+    const last = this.lastQlog
+    if (last !== null && last.endpoint === p.endpoint && last.port === p.server.port && last.ip === p.server.ip &&
+      last.identity === p.remoteIdentity && last.transport === p.transport) return last.logger
+    const l = this.queryLoggerSlow(p)
+    this.lastQlog = { logger: l, endpoint: p.endpoint, ip: p.server.ip, port: p.server.port, identity: p.remoteIdentity, transport: p.transport }
+    return l
+  }
+
+  private queryLoggerSlow (p: Pending): Logger {
     const key = p.endpoint.id + '|' + p.endpoint.namespace + '/' + p.endpoint.name + '|' + p.server.ip + ':' + p.server.port + '|' + p.remoteIdentity + '|' + p.transport
     let l = this.queryLoggers.get(key)
     if (l === undefined) {
@@ -319,14 +356,14 @@ export class DnsCore {
    * IPs for a name it may not ask about). Returns whether the answer must be held.
    */
   private learn (p: Pending, chain: string[], list: { ip: string, ttl: number }[], now: number): boolean {
-    const epKey = `${p.endpoint.namespace}/${p.endpoint.name}`
+    const epKey = endpointKey(p.endpoint)
     const selectors = this.deps.snapshot().fqdnSelectors
     let relevant = false
     let changed = false
     for (let i = 0; i < chain.length; i++) {
       const name = chain[i]
       if (i > 0 && decideDns(p.table, p.remoteIdentity, name) === null) continue
-      const r = this.cache.add(epKey, name, list, now, ip => this.deps.hasConnection(ip))
+      const r = this.cache.add(epKey, name, list, now, this.hasConnection)
       for (const ev of r.fresh) this.logIp('learned', ev)
       for (const ev of r.evicted) this.logIp('evicted', ev)
       for (const ev of r.zombified) this.logIp('zombie', ev)
@@ -336,7 +373,7 @@ export class DnsCore {
       changed = true
       if (r.fresh.length + r.evicted.length > 0 && selectors.some(s => s.test(name))) relevant = true
     }
-    if (changed) this.state?.schedule(() => this.cache.toPersisted(this.opts.now()))
+    if (changed) this.state?.schedule(this.persisted)
     return relevant
   }
 

@@ -55,7 +55,7 @@ export interface DnsProxyOptions {
   zombieGraceMs?: number
   /** Forwarded queries in flight, all transports. Beyond: SERVFAIL. Default 10000. */
   maxPending?: number
-  /** UDP sockets (random source ports) for upstream queries. Default 8. */
+  /** UDP sockets (random source ports) per upstream server, opened on its first query. Default 8. */
   upstreamSockets?: number
   /** Queries in flight per TCP connection; beyond, reading pauses. Default 32. */
   maxTcpPendingPerConnection?: number

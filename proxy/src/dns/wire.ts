@@ -72,13 +72,28 @@ function renderLabel (buf: Buffer, start: number, end: number): string {
 export interface NameCursor { name: string, end: number }
 
 /**
+ * Plain names (every byte 0x21-0x7e and not special) are rendered here, lower-cased, with
+ * dots, then turned into a string with one latin1 slice: a flat string, cheap to hash and
+ * compare, where concatenating labels made a rope that every Map lookup had to flatten first.
+ * A plain rendering is one byte per wire byte, so MAX_NAME_WIRE is enough.
+ */
+const scratch = Buffer.allocUnsafe(MAX_NAME_WIRE)
+
+/**
  * Read a (possibly compressed) name at `offset`. On success sets `cur.name` (canonical form,
  * trailing dot; the root is ".") and `cur.end` (offset after the name in the original stream)
  * and returns 0; otherwise a WIRE_ERR code. Pointers must point strictly backwards to data
  * before the label that holds them, so a chain always terminates (no compression loops).
+ *
+ * `q`, when given, is the rendered name at offset 12 and its wire length: a pointer there
+ * (most answer records' owners) reuses it instead of rendering it again. Only for a response
+ * whose question the caller has checked equal to the query's (sameQuestion): then the bytes at
+ * 12 are the query's question name up to ASCII case, which rendering folds.
  */
-export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPointers: boolean): number {
-  let name = ''
+export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPointers: boolean,
+  q?: { name: string, wire: number }): number {
+  let n = 0 // bytes rendered into `scratch` while every label is plain
+  let plain = true
   let wire = 0
   let pos = offset
   let end = -1
@@ -97,7 +112,12 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       if (pos + 1 + len > buf.length) return WIRE_ERR.SHORT
       wire += len + 1
       if (wire > MAX_NAME_WIRE) return WIRE_ERR.NAME_TOO_LONG
-      name += renderLabel(buf, pos + 1, pos + 1 + len) + '.'
+      for (let i = pos + 1; plain && i <= pos + len; i++) {
+        const c = buf[i]
+        if (c < 0x21 || c > 0x7e || isSpecial(c)) plain = false
+        else scratch[n++] = c >= 0x41 && c <= 0x5a ? c + 32 : c
+      }
+      if (plain) scratch[n++] = 0x2e
       pos += len + 1
     } else if (kind === 0xc0) {
       if (!allowPointers) return WIRE_ERR.BAD_POINTER
@@ -105,15 +125,35 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       const target = ((len & 0x3f) << 8) | buf[pos + 1]
       if (target >= limit || target < HEADER_LEN) return WIRE_ERR.BAD_POINTER
       if (end < 0) end = pos + 2
+      if (target === HEADER_LEN && q !== undefined && plain) {
+        wire += q.wire
+        if (wire > MAX_NAME_WIRE) return WIRE_ERR.NAME_TOO_LONG
+        cur.name = n === 0 ? q.name : scratch.toString('latin1', 0, n) + (q.name === '.' ? '' : q.name)
+        cur.end = end
+        return 0
+      }
       limit = target
       pos = target
     } else {
       return WIRE_ERR.BAD_LABEL // 0x40 / 0x80: extended label types (RFC 6891 deprecated them)
     }
   }
-  cur.name = name === '' ? '.' : name
+  // The whole name is well-formed; a name with an escaped byte is rendered again, label by label.
+  cur.name = wire === 1 ? '.' : plain ? scratch.toString('latin1', 0, n) : renderEscaped(buf, offset)
   cur.end = end
   return 0
+}
+
+/** The slow rendering of a name readName has already validated (so: no error checks). */
+function renderEscaped (buf: Buffer, offset: number): string {
+  let name = ''
+  let pos = offset
+  for (let len = buf[pos]; len !== 0; len = buf[pos]) {
+    if ((len & 0xc0) === 0xc0) { pos = ((len & 0x3f) << 8) | buf[pos + 1]; continue }
+    name += renderLabel(buf, pos + 1, pos + 1 + len) + '.'
+    pos += len + 1
+  }
+  return name
 }
 
 /** The single question of a query, as the proxy decides on it. */
@@ -171,15 +211,17 @@ export interface AnswerRecord {
  * Walk a whole response after its question (offset `qEnd`): every record of every section
  * must be framed by its RDLENGTH inside the message, A records must have 4 bytes, CNAME data
  * must be exactly one name, and nothing may follow the last record. Returns the A/CNAME
- * records of the answer section (class IN) or a WIRE_ERR code.
+ * records of the answer section (class IN) or a WIRE_ERR code. `qname`: the query's rendered
+ * question name, only once sameQuestion(query, qEnd, buf) holds (see readName).
  */
-export function walkAnswers (buf: Buffer, qEnd: number, cur: NameCursor): AnswerRecord[] | number {
+export function walkAnswers (buf: Buffer, qEnd: number, cur: NameCursor, qname?: string): AnswerRecord[] | number {
+  const q = qname === undefined ? undefined : { name: qname, wire: qEnd - 4 - HEADER_LEN }
   const an = buf.readUInt16BE(6)
   const total = an + buf.readUInt16BE(8) + buf.readUInt16BE(10)
   const out: AnswerRecord[] = []
   let pos = qEnd
   for (let i = 0; i < total; i++) {
-    const err = readName(buf, pos, cur, true)
+    const err = readName(buf, pos, cur, true, q)
     if (err !== 0) return err
     pos = cur.end
     if (pos + 10 > buf.length) return WIRE_ERR.SHORT
@@ -194,7 +236,7 @@ export function walkAnswers (buf: Buffer, qEnd: number, cur: NameCursor): Answer
       if (rdlen !== 4) return WIRE_ERR.RDATA
       if (i < an) out.push({ owner, type, ttl, data: `${buf[rd]}.${buf[rd + 1]}.${buf[rd + 2]}.${buf[rd + 3]}` })
     } else if (cls === CLASS_IN && type === TYPE_CNAME) {
-      const e = readName(buf, rd, cur, true)
+      const e = readName(buf, rd, cur, true, q)
       if (e !== 0) return e
       if (cur.end !== rd + rdlen) return WIRE_ERR.RDATA
       if (i < an) out.push({ owner, type, ttl, data: cur.name })

@@ -60,7 +60,9 @@ t.test('only the matching answer from the server the query went to is accepted',
   await new Promise(resolve => setTimeout(resolve, 100))
   t.strictSame(h.proxy.learned().map(n => [n.name, n.ipv4]), [['api.github.com.', ['198.18.53.10']]],
     'only the real IP of the asked name is learned; spoofed, late and off-chain records taught nothing')
-  t.match(h.proxy.metrics(), { spoofedAnswers: 5, malformedAnswers: 1, answered: 1 })
+  // The upstream socket is connected to the server, so the kernel drops the two answers from
+  // the wrong port and host before the proxy sees them; the other three are counted here.
+  t.match(h.proxy.metrics(), { spoofedAnswers: 3, malformedAnswers: 1, answered: 1 })
 })
 
 t.test('the upstream ID is not the client ID and varies', async t => {

@@ -1,6 +1,9 @@
 // DNS proxy over UDP against a real dnsmasq on 127.0.53.11 (no root needed; loopback only).
 // Client "endpoints" send from 127.0.53.21 (exporter) and 127.0.53.22 (other).
 import t from 'tap'
+import * as dgram from 'node:dgram'
+import { once } from 'node:events'
+import dnsPacket from 'dns-packet'
 import { aRecords, lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor, type TestLike } from '../../helpers/dns.js'
 
 const EXPORTER = '127.0.53.21'
@@ -124,4 +127,44 @@ t.test('queries without an answer time out silently and are logged', async t => 
   t.ok(await waitFor(() => h.proxy.metrics().upstreamTimeouts === 1))
   t.equal(h.proxy.metrics().inFlight, 0, 'nothing left in flight')
   t.match(h.logs.find(l => l.reason === 'upstream-timeout'), { name: 'api.github.com.', verdict: 'allowed' })
+})
+
+t.test('upstream socket pools are bounded: beyond 64 busy servers a query gets SERVFAIL, and idle pools make room', async t => {
+  const dns = await startDnsmasq(t, { ip: DNS_IP, hosts: { 'api.github.com': ['198.18.53.10'] } })
+  // 64 "servers" that never answer, on 127.0.53.18.
+  const silent: dgram.Socket[] = []
+  for (let i = 0; i < 64; i++) {
+    const s = dgram.createSocket('udp4')
+    s.bind(0, '127.0.53.18')
+    await once(s, 'listening')
+    silent.push(s)
+  }
+  t.teardown(() => { for (const s of silent) s.close() })
+  const ports = silent.map(s => s.address().port)
+  const snapshot = makeSnapshot({
+    endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }],
+    dns: [...ports, dns.port].map(port => ({ endpointId: 7, port, matchPatterns: ['*'] }))
+  })
+  let upstream: { ip: string, port: number } = dns
+  // The proxy's clock stands still until the test moves it, so nothing times out early.
+  let clock = Date.now()
+  const h = await startProxy(t, { snapshot, get upstream () { return upstream }, options: { upstreamSockets: 1, upstreamTimeoutMs: 1000, now: () => clock } })
+  const sender = dgram.createSocket('udp4')
+  sender.bind(0, EXPORTER)
+  await once(sender, 'listening')
+  t.teardown(() => sender.close())
+  for (const port of ports) {
+    upstream = { ip: '127.0.53.18', port }
+    // The proxy reads the original destination when the datagram arrives: wait for it.
+    const before = h.proxy.metrics().forwarded
+    sender.send(dnsPacket.encode({ type: 'query', id: 1, questions: [{ type: 'A', name: 'api.github.com' }] }), h.udp.port, h.udp.ip)
+    t.ok(await waitFor(() => h.proxy.metrics().forwarded === before + 1), `forwarded to server ${port}`)
+  }
+  upstream = dns
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'SERVFAIL', 'a 65th server while 64 have queries in flight')
+  t.match(h.proxy.metrics(), { overload: 1 })
+  t.equal(await dns.queriesFor('api.github.com'), 0, 'not forwarded')
+  clock += 1000
+  t.ok(await waitFor(() => h.proxy.metrics().upstreamTimeouts === 64), 'the silent servers time out')
+  t.strictSame(aRecords(await query(h.udp, 'api.github.com', { from: EXPORTER })), ['198.18.53.10'], 'then an idle pool is closed for the new server')
 })

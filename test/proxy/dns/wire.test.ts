@@ -78,6 +78,45 @@ t.test('answers: malformed ones are errors', async t => {
   t.equal(walkAnswers(cname, QEND, cur), WIRE_ERR.RDATA, 'CNAME data longer than its name')
 })
 
+const wireOf = (ls: number[][]): Buffer => Buffer.concat(ls.map(l => Buffer.from([l.length, ...l])))
+
+/** miekg/dns's rendering, written the obvious way: the reference for readName's fast path. */
+function rendered (labels: number[][]): string {
+  if (labels.length === 0) return '.'
+  const ch = (c: number): string => c < 0x21 || c > 0x7e ? '\\' + String(c).padStart(3, '0')
+    : '. \'@;()"\\'.includes(String.fromCharCode(c)) ? '\\' + String.fromCharCode(c)
+      : String.fromCharCode(c >= 0x41 && c <= 0x5a ? c + 32 : c)
+  return labels.map(l => l.map(ch).join('')).join('.') + '.'
+}
+
+t.test('names render like miekg/dns, plain or escaped, through compression pointers', async t => {
+  const byte = fc.oneof(fc.constantFrom(0x61, 0x41, 0x5a, 0x7a, 0x30, 0x2d, 0x5f), fc.nat(255))
+  const labels = fc.array(fc.array(byte, { minLength: 1, maxLength: 8 }), { maxLength: 4 })
+  fc.assert(fc.property(labels, labels, (q, prefix) => {
+    const query = Buffer.concat([header(1), wireOf(q), Buffer.from([0]), Q_A_IN])
+    const pq = parseQuestion(query, cur)
+    if (typeof pq === 'number' || pq.name !== rendered(q)) return false
+    // An A record whose owner is `prefix` then a pointer to the question name.
+    const rr = Buffer.concat([wireOf(prefix), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
+    const resp = Buffer.concat([query, rr])
+    resp.writeUInt16BE(1, 6)
+    const want = rendered([...prefix, ...q])
+    const recs = walkAnswers(resp, pq.end, cur)
+    // With the question's name given (the proxy's path), the pointer to it reuses that name.
+    const reused = walkAnswers(resp, pq.end, cur, pq.name)
+    return typeof recs !== 'number' && recs.length === 1 && recs[0].owner === want &&
+      typeof reused !== 'number' && reused.length === 1 && reused[0].owner === want
+  }), { numRuns: 3000 })
+  t.pass('agrees on 3000 names')
+  // 3 x 63-byte labels in the question (193 wire bytes) + a 63-byte label before the pointer: 257.
+  const long = Buffer.concat([header(1, 1), wireOf(Array.from({ length: 3 }, () => Array(63).fill(0x61))), Buffer.from([0]), Q_A_IN,
+    wireOf([Array(63).fill(0x62)]), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
+  const lq = parseQuestion(long, cur)
+  if (typeof lq === 'number') throw new Error('parse')
+  t.equal(walkAnswers(long, lq.end, cur), WIRE_ERR.NAME_TOO_LONG, 'an owner over 255 bytes through a pointer')
+  t.equal(walkAnswers(long, lq.end, cur, lq.name), WIRE_ERR.NAME_TOO_LONG, 'also when the question name is reused')
+})
+
 t.test('the parser is total on random and mutated input', async t => {
   const valid = response([{ type: 'CNAME', name: 'api.github.com', ttl: 30, data: 'lb.github.com' }, { type: 'A', name: 'lb.github.com', ttl: 20, data: '198.18.53.30' }])
   fc.assert(fc.property(fc.uint8Array({ maxLength: 600 }), fc.array(fc.tuple(fc.nat(valid.length - 1), fc.nat(255)), { maxLength: 8 }), (rand, muts) => {
