@@ -24,6 +24,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { performance } from 'node:perf_hooks'
 import dnsPacket from 'dns-packet'
 import pino from 'pino'
+import { openSync } from 'node:fs'
+import { batchedDestination } from '../proxy/src/http/log-destination.js'
+import { ipLiteralLookup } from '../proxy/src/ip-lookup.js'
 
 const DNS_IP = '127.0.53.40'
 const PROXY_IP = '127.0.53.41'
@@ -47,7 +50,8 @@ async function runProxy (): Promise<void> {
     dns: new Map([[l7Key(7, DIR.EGRESS, dnsPort), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port: dnsPort, byIdentity: new Map(), anyIdentity: policy }]]),
     fqdnSelectors: [{ key: sel.key, test: (f: string) => sel.test(f) }]
   }
-  const logger = log ? pino(pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 })) : pino({ level: 'silent' })
+  // The agent's logger (agent/agent.ts): pino with base {component}, through the batching destination.
+  const logger = log ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
   const proxy = await createDnsProxy({
     snapshot: () => snapshot,
     lookupIdentity: () => RESERVED.WORLD,
@@ -56,7 +60,8 @@ async function runProxy (): Promise<void> {
     hasConnection: () => false,
     logger
   }, {})
-  const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 })
+  // As the agent's listener (proxy/src/transparent.ts): replies to IP literals skip dns.lookup.
+  const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20, lookup: ipLiteralLookup })
   sock.bind(0, PROXY_IP)
   await once(sock, 'listening')
   proxy.attachUdp(sock)
