@@ -19,7 +19,7 @@
  * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
  * SCENARIOS (direct,allowed,denied),
  * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
- * LOGDEST (sonic: the agent's pino.destination today; batched / batched-sync: proxy/src/http/log-destination.ts, LOGMIN bytes per batch), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
+ * LOGDEST (batched, the agent's: proxy/src/http/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
 import { fork } from 'node:child_process'
@@ -94,11 +94,11 @@ async function serveProxy (bport: number): Promise<void> {
   const billing = snap.endpoints.find(e => e.name === 'billing-service')
   if (billing === undefined) throw new Error('no billing-service endpoint')
   const dst = { ip: billing.ipv4, port: BILLING_PORT }
-  // LOGDEST=sonic: the agent's logger today (agent/agent.ts): sonic-boom, 4 KiB buffered
-  // writes, flushed every 100 ms. LOGDEST=batched: proxy/src/http/log-destination.ts.
+  // LOGDEST=batched (default): the agent's logger (agent/agent.ts), proxy/src/http/log-destination.ts.
+  // LOGDEST=sonic: pino.destination (sonic-boom, 4 KiB buffered writes, flushed every 100 ms).
   const level = process.env.LOG === '0' ? 'silent' : 'info'
   let logger: pino.Logger
-  if (process.env.LOGDEST === 'batched' || process.env.LOGDEST === 'batched-sync') {
+  if (process.env.LOGDEST === undefined || process.env.LOGDEST === 'batched' || process.env.LOGDEST === 'batched-sync') {
     logger = pino({ level, base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'), { sync: process.env.LOGDEST === 'batched-sync', minBytes: Number(process.env.LOGMIN ?? 16384) }))
   } else {
     const dest = pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 })
