@@ -74,6 +74,26 @@ interface QueryLogger { logger: Logger, bindings: string, endpoint: Endpoint, ip
 
 const MSG_DNS_QUERY = jsonString('dns query')
 
+/** The `dns query` line of an answered query, written when the answer is released (held or not). */
+interface AnswerLog { write (ms: number, held: boolean, heldTimeout: boolean): void }
+
+class PinoAnswerLog implements AnswerLog {
+  constructor (private readonly logger: Logger, private readonly rec: Record<string, unknown>) {}
+  write (ms: number, held: boolean, heldTimeout: boolean): void {
+    this.rec.ms = ms
+    if (held) { this.rec.held = true; this.rec.heldTimeout = heldTimeout }
+    this.logger.info(this.rec, 'dns query')
+  }
+}
+
+class LineAnswerLog implements AnswerLog {
+  constructor (private readonly lines: LineWriter, private readonly bindings: string, private readonly fields: string) {}
+  write (ms: number, held: boolean, heldTimeout: boolean): void {
+    this.lines.write(LEVEL.info, this.bindings, this.fields + ',"ms":' + String(ms) +
+      (held ? ',"held":true,"heldTimeout":' + String(heldTimeout) : ''), MSG_DNS_QUERY)
+  }
+}
+
 function ruleName (r: RuleRef | null | undefined): string | undefined {
   return r == null ? undefined : `${r.file}:${r.line}`
 }
@@ -288,23 +308,11 @@ export class DnsCore {
     let hold = false
     if (rcode === RCODE.NOERROR && ips.length > 0) hold = this.learn(p, chain, ips, now)
     resp.writeUInt16BE(p.clientId, 0)
-    // Fields constant per (endpoint, server, transport) live in a cached child logger: pino
-    // serialises them once, which halves the cost of the per-query line (bench/dns-proxy.ts).
-    const qlog = this.queryLogger(p)
-    const lines = this.lines
-    if (lines !== null) return this.answerFast(p, resp, lines, rcode, answer, minTtl, chain, hold, now)
-    const line: Record<string, unknown> | null = !qlog.isLevelEnabled('info') ? null : {
-      src: p.client.ip + ':' + p.client.port, name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: 'allowed',
-      rule: ruleName(p.rule), rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl,
-      cname: chain.length > 1 ? chain.slice(1) : undefined, ms: 0
-    }
+    const log = this.answerLog(p, rcode, answer, minTtl, chain)
     this.counters.answered++
     if (!hold) {
       p.reply(resp)
-      if (line !== null) {
-        line.ms = now - p.started
-        qlog.info(line, 'dns query')
-      }
+      log?.write(now - p.started, false, false)
       return true
     }
     this.counters.held++
@@ -314,52 +322,35 @@ export class DnsCore {
       clearTimeout(timer)
       if (!inKernel) this.counters.holdTimeouts++
       p.reply(resp)
-      if (line !== null) {
-        line.held = true
-        line.heldTimeout = !inKernel
-        line.ms = this.opts.now() - p.started
-        qlog.info(line, 'dns query')
-      }
+      log?.write(this.opts.now() - p.started, true, !inKernel)
     })
     return true
   }
 
-  /**
-   * The rest of `answer()` when the log line can be written by log-line.ts: the same line as
-   * pino's path above (same keys, same order), built by concatenation. The line cost about 15 us
-   * per query through pino (bench/dns-proxy.ts, LOG=0 against LOG=1), a quarter of the proxy's CPU.
-   */
-  private answerFast (p: Pending, resp: Buffer, lines: LineWriter, rcode: number, answer: string[], minTtl: number,
-    chain: string[], hold: boolean, now: number): boolean {
-    let fields = ''
-    const bindings = lines.enabled(LEVEL.info) ? (this.lastQlog as QueryLogger).bindings : null
-    if (bindings !== null) {
+  /** The answered query's log line, to write once the answer is released; null when info is off. */
+  private answerLog (p: Pending, rcode: number, answer: string[], minTtl: number, chain: string[]): AnswerLog | null {
+    // Fields constant per (endpoint, server, transport) live in a cached child logger: pino
+    // serialises them once, which halves the cost of the per-query line (bench/dns-proxy.ts).
+    const qlog = this.queryLogger(p)
+    const lines = this.lines
+    if (lines !== null) {
+      // log-line.ts: the same line as pino's (same keys, same order), by concatenation. Through
+      // pino the line cost about 15 us per query, a quarter of the proxy's CPU (LOG=0 against LOG=1).
+      if (!lines.enabled(LEVEL.info)) return null
       const rule = ruleName(p.rule)
-      fields = ',"src":' + jsonString(p.client.ip + ':' + String(p.client.port)) + ',"name":' + jsonString(p.q.name) +
+      const fields = ',"src":' + jsonString(p.client.ip + ':' + String(p.client.port)) + ',"name":' + jsonString(p.q.name) +
         ',"qtype":' + jsonString(qtypes.toString(p.q.type)) + ',"verdict":"allowed"' +
         (rule === undefined ? '' : ',"rule":' + jsonString(rule)) + ',"rcode":' + jsonString(rcodes.toString(rcode)) +
         ',"answer":' + JSON.stringify(answer) + (minTtl === Infinity ? '' : ',"ttl":' + String(minTtl)) +
         (chain.length > 1 ? ',"cname":' + JSON.stringify(chain.slice(1)) : '')
+      return new LineAnswerLog(lines, (this.lastQlog as QueryLogger).bindings, fields)
     }
-    this.counters.answered++
-    if (!hold) {
-      p.reply(resp)
-      if (bindings !== null) lines.write(LEVEL.info, bindings, fields + ',"ms":' + String(now - p.started), MSG_DNS_QUERY)
-      return true
-    }
-    this.counters.held++
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<boolean>(resolve => { timer = setTimeout(resolve, this.opts.holdMaxMs, false) })
-    void Promise.race([this.sync.request().then(() => true), timeout]).then(inKernel => {
-      clearTimeout(timer)
-      if (!inKernel) this.counters.holdTimeouts++
-      p.reply(resp)
-      if (bindings !== null) {
-        lines.write(LEVEL.info, bindings, fields + ',"ms":' + String(this.opts.now() - p.started) +
-          ',"held":true,"heldTimeout":' + String(!inKernel), MSG_DNS_QUERY)
-      }
+    if (!qlog.isLevelEnabled('info')) return null
+    return new PinoAnswerLog(qlog, {
+      src: p.client.ip + ':' + p.client.port, name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: 'allowed',
+      rule: ruleName(p.rule), rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl,
+      cname: chain.length > 1 ? chain.slice(1) : undefined, ms: 0
     })
-    return true
   }
 
   /** An allowed query whose answer never came: no reply (the client retries), one log line. */
