@@ -125,8 +125,11 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
           log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
           await datapath.apply(snap).then(() => { active = snap }, (err2) => log.error({ err: err2 }, 'full resync failed'))
         }
+        // Waiters up to this version are done either way: in force, or the apply failed and a
+        // DNS answer would be released after its bounded hold anyway. Resolving them on failure
+        // too keeps the list from growing while applies fail.
         for (let i = waiters.length - 1; i >= 0; i--) {
-          if (waiters[i].version <= active.version) waiters.splice(i, 1)[0].resolve()
+          if (waiters[i].version <= snap.version) waiters.splice(i, 1)[0].resolve()
         }
       })
     }
