@@ -125,10 +125,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   /** `accepted` comes from a server made with reads.ts's SERVER_OPTIONS; it is re-opened with onread. */
   constructor (accepted: net.Socket, private readonly ctx: ProxyContext) {
     const { deps, opts } = ctx
-    const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
-    this.socket = socket
-    const dst = deps.originalDestination?.(socket) ?? { ip: stripMapped(socket.localAddress), port: socket.localPort ?? 0 }
-    const srcIp = stripMapped(socket.remoteAddress)
+    // Everything that may throw happens before the socket is re-opened, so that a failure
+    // leaves only `accepted` for the caller to close. Both have the same addresses.
+    const dst = deps.originalDestination?.(accepted) ?? { ip: stripMapped(accepted.localAddress), port: accepted.localPort ?? 0 }
+    const srcIp = stripMapped(accepted.remoteAddress)
     this.dstKey = dst.ip + ':' + String(dst.port)
     const up = deps.upstreamAddress?.(dst) ?? dst
     this.upIp = up.ip
@@ -138,6 +138,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
+    const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
+    this.socket = socket
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
     socket.setNoDelay(true)
     socket.on('end', () => { this.onClientEnd() })
