@@ -37,8 +37,10 @@ for (const [n, mode] of [[1, '403'], [2, 'reset']] as const) {
     if (results.some((r) => !r.pass)) {
       // For whoever reads the failure: what the proxies decided (after the log's 100 ms flush).
       await new Promise((resolve) => setTimeout(resolve, 500))
-      const lines = s.agentLog().split('\n').filter((l) => /dns query|dns-proxy|http-proxy|flow/.test(l)).slice(-25)
-      console.error(`agent log, last proxy and flow lines:\n${lines.join('\n')}`)
+      const all = s.agentLog().split('\n')
+      const http = all.filter((l) => /http-proxy/.test(l))
+      const rest = all.filter((l) => /dns query|dns-proxy|flow/.test(l)).slice(-25)
+      console.error(`agent log, every HTTP proxy line:\n${http.join('\n')}\nlast DNS and flow lines:\n${rest.join('\n')}`)
     }
 
     if (mode === '403') {
