@@ -34,7 +34,7 @@ function internals (logger: pino.Logger): PinoInternals {
 }
 
 /**
- * Whether `writeLine` reproduces this logger's output: no mixin, no log hooks, no custom
+ * Whether `LineWriter` reproduces this logger's output: no mixin, no log hooks, no custom
  * formatters for the level or the record, and `msg` as the message key.
  */
 export function fastLineOk (logger: pino.Logger): boolean {

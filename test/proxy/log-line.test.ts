@@ -21,7 +21,7 @@ const bindings = {
   dstEndpoint: undefined
 }
 
-t.test('a line from writeLine equals the line pino writes for the same record', async (t) => {
+t.test('a line from LineWriter equals the line pino writes for the same record', async (t) => {
   const { logger, lines } = capture()
   const child = logger.child(bindings).child({ rule: { file: 'p.yaml', line: 12, policy: 'default/billing', section: 'ingress', index: 0 } })
   const writer = new LineWriter(logger)
