@@ -26,7 +26,6 @@ import dnsPacket from 'dns-packet'
 import pino from 'pino'
 import { openSync } from 'node:fs'
 import { batchedDestination } from '../proxy/src/http/log-destination.js'
-import { ipLiteralLookup } from '../proxy/src/ip-lookup.js'
 
 const DNS_IP = '127.0.53.40'
 const PROXY_IP = '127.0.53.41'
@@ -60,8 +59,7 @@ async function runProxy (): Promise<void> {
     hasConnection: () => false,
     logger
   }, {})
-  // As the agent's listener (proxy/src/transparent.ts): replies to IP literals skip dns.lookup.
-  const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20, lookup: ipLiteralLookup })
+  const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 })
   sock.bind(0, PROXY_IP)
   await once(sock, 'listening')
   proxy.attachUdp(sock)

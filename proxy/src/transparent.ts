@@ -10,7 +10,6 @@
  */
 import net from 'node:net'
 import dgram from 'node:dgram'
-import { ipLiteralLookup } from './ip-lookup.js'
 import { AF_INET, errno, libc, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
 const SOL_SOCKET = 1
@@ -92,7 +91,7 @@ export async function listenTransparentTcp (port: number, host = '0.0.0.0', back
  */
 export async function bindTransparentUdp (port: number, host = '0.0.0.0'): Promise<dgram.Socket> {
   const fd = transparentFd(SOCK_DGRAM, host, port)
-  const sock = dgram.createSocket({ type: 'udp4', lookup: ipLiteralLookup })
+  const sock = dgram.createSocket({ type: 'udp4' })
   await new Promise<void>((resolve, reject) => {
     sock.once('error', reject)
     sock.bind({ fd }, () => { sock.off('error', reject); resolve() })
@@ -106,7 +105,7 @@ export async function bindTransparentUdp (port: number, host = '0.0.0.0'): Promi
  */
 export function bindTransparentUdpSync (port: number, host = '0.0.0.0'): dgram.Socket {
   const fd = transparentFd(SOCK_DGRAM, host, port)
-  const sock = dgram.createSocket({ type: 'udp4', lookup: ipLiteralLookup })
+  const sock = dgram.createSocket({ type: 'udp4' })
   sock.bind({ fd })
   return sock
 }
