@@ -58,11 +58,6 @@ export function bindingsOf (logger: pino.Logger): string {
   return internals(logger)[S.chindingsSym]
 }
 
-/** True when a line at `level` would be written (the logger's level may change at run time). */
-export function levelEnabled (logger: pino.Logger, level: number): boolean {
-  return logger.levelVal <= level
-}
-
 /**
  * Writes lines for one root logger and its children (they share its destination and clock).
  * The destination and clock are read from pino once, here: reading them per line through
@@ -72,18 +67,15 @@ export class LineWriter {
   private readonly stream: { write (line: string): unknown }
   private readonly time: () => string
 
-  constructor (readonly logger: pino.Logger) {
+  constructor (logger: pino.Logger) {
     const l = internals(logger)
     this.stream = l[S.streamSym]
     this.time = l[S.timeSym]
   }
 
-  enabled (level: number): boolean {
-    return this.logger.levelVal <= level
-  }
-
   /**
-   * Write one line: `{"level":L,"time":T<bindings><fields>,"msg":<msg>}`. `bindings` comes from
+   * Write one line (the caller has checked the level with pino's isLevelEnabled):
+   * `{"level":L,"time":T<bindings><fields>,"msg":<msg>}`. `bindings` comes from
    * `bindingsOf(child)`; `fields` is `""` or starts with a comma, each value already JSON
    * (`jsonString` for strings); `msgJson` is the message as a JSON string literal.
    */

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
-import { bindingsOf, fastLineOk, jsonString, LEVEL, levelEnabled, LineWriter } from '../../proxy/src/log-line.js'
+import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter } from '../../proxy/src/log-line.js'
 
 function capture (opts: pino.LoggerOptions = {}): { logger: pino.Logger, lines: string[] } {
   const lines: string[] = []
@@ -52,16 +52,4 @@ t.test('fastLineOk says no where pino would change the line', async (t) => {
   t.notOk(fastLineOk(capture({ formatters: { level: (label) => ({ severity: label }) } }).logger), 'formatters.level')
   t.notOk(fastLineOk(capture({ hooks: { logMethod (args, method) { method.apply(this, args) } } }).logger), 'hooks.logMethod')
   t.notOk(fastLineOk(capture({ messageKey: 'message' }).logger), 'another message key')
-})
-
-t.test('levelEnabled follows the logger level, also when it changes at run time', async (t) => {
-  const { logger } = capture({ level: 'warn' })
-  const writer = new LineWriter(logger)
-  t.notOk(levelEnabled(logger, LEVEL.info))
-  t.notOk(writer.enabled(LEVEL.info))
-  t.ok(levelEnabled(logger, LEVEL.warn))
-  t.ok(writer.enabled(LEVEL.warn))
-  logger.level = 'info'
-  t.ok(levelEnabled(logger, LEVEL.info))
-  t.ok(writer.enabled(LEVEL.info))
 })

@@ -22,7 +22,7 @@ import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
-import { bindingsOf, jsonString, LEVEL, levelEnabled } from '../log-line.js'
+import { bindingsOf, jsonString, LEVEL } from '../log-line.js'
 import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
@@ -631,8 +631,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private logAccess (): void {
     const { ctx } = this
     const allowedOk = this.verdict === 'allowed' && this.reason === ''
-    const level = allowedOk ? LEVEL.info : LEVEL.warn
-    if (!levelEnabled(ctx.log, level)) return
+    if (!ctx.log.isLevelEnabled(allowedOk ? 'info' : 'warn')) return
     const pol = this.policy
     const rule = pol.rule
     const snap = pol.snapshot
@@ -666,7 +665,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const lines = ctx.lines
     if (lines !== null) {
       // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
-      lines.write(level, bindings,
+      lines.write(allowedOk ? LEVEL.info : LEVEL.warn, bindings,
         ',"method":' + jsonString(this.view.method) + ',"path":' + jsonString(this.view.path) +
         ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
         ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
