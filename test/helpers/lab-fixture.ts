@@ -76,3 +76,11 @@ export async function datapathLab (t: TapLike, n: number, names: string[], ident
   }
   return lab
 }
+
+/**
+ * Wait until `cond()` holds, at most `ms`. Flow events reach the agent through the ring buffer's
+ * epoll wake-up (or its 1 s fallback poll); on a loaded machine a fixed short sleep can end first.
+ */
+export async function eventually (cond: () => boolean, ms = 3000): Promise<void> {
+  for (let waited = 0; waited < ms && !cond(); waited += 25) await new Promise((resolve) => setTimeout(resolve, 25))
+}

@@ -2,7 +2,7 @@
 // Needs root and a kernel with eBPF (CI runs as root): creates namespaces wdp1-*, veths
 // wdp1*, pins under /sys/fs/bpf/wdp1, route table 2101; all removed in teardown.
 import t from 'tap'
-import { datapathLab, isRoot } from '../helpers/lab-fixture.js'
+import { datapathLab, eventually, isRoot } from '../helpers/lab-fixture.js'
 import { connect, startServer } from '../helpers/lab-net.js'
 import { entry, openEntries } from '../helpers/lab-snapshot.js'
 import type { FlowEvent } from '../../redirect-bpf/src/index.js'
@@ -55,7 +55,7 @@ t.test('kernel enforcement', { skip: isRoot() ? false : 'needs root' }, async (t
     t.strictSame(ab2, { ok: false, error: 'timeout' }, 'another port: dropped')
     t.strictSame(cb, { ok: false, error: 'timeout' }, 'another peer: dropped')
     t.strictSame(au, { ok: false, error: 'timeout' }, 'another protocol: dropped')
-    await new Promise((resolve) => setTimeout(resolve, 200))
+    await eventually(() => flows.some((f) => f.verdict === 'dropped' && f.srcIp === lab.ip('c') && f.dstPort === 8080))
     const drop = flows.find((f) => f.verdict === 'dropped' && f.srcIp === lab.ip('c') && f.dstPort === 8080)
     t.match(drop, { reason: 'drop_policy', endpointId: B, direction: 'ingress', srcIdentity: idC, protocol: TCP }, 'the drop is an event')
     t.ok(lab.dp.counters().drop_policy >= 3, 'and counted')
@@ -91,7 +91,7 @@ t.test('kernel enforcement', { skip: isRoot() ? false : 'needs root' }, async (t
     t.strictSame(ab, { ok: false, error: 'timeout' }, 'denied peer and port')
     t.match(ab9, { ok: true }, 'same peer, other port')
     t.match(cb, { ok: true }, 'other peer, same port')
-    await new Promise((resolve) => setTimeout(resolve, 200))
+    await eventually(() => flows.some((f) => f.reason === 'drop_policy_deny' && f.srcIp === lab.ip('a')))
     t.ok(flows.some((f) => f.reason === 'drop_policy_deny' && f.srcIp === lab.ip('a')), 'reason is the deny rule')
   })
 

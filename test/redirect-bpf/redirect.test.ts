@@ -3,7 +3,7 @@
 // /sys/fs/bpf/wdp2, route table 2102, proxy ports 16020/16021; all removed in teardown.
 import t from 'tap'
 import net from 'node:net'
-import { datapathLab, isRoot } from '../helpers/lab-fixture.js'
+import { datapathLab, eventually, isRoot } from '../helpers/lab-fixture.js'
 import { connect, startServer } from '../helpers/lab-net.js'
 import { entry, openEntries } from '../helpers/lab-snapshot.js'
 import { bindTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
@@ -52,7 +52,7 @@ t.test('redirect to the proxy listeners', { skip: isRoot() ? false : 'needs root
   await t.test('with no listener, a flagged port fails closed', async (t) => {
     const r = await connect(lab.ns('a'), 'tcp', lab.ip('b'), 8080, 1000)
     t.strictSame(r, { ok: false, error: 'timeout' }, 'dropped, never delivered to b')
-    await new Promise((resolve) => setTimeout(resolve, 200))
+    await eventually(() => flows.some((f) => f.reason === 'drop_no_socket' && f.dstPort === 8080))
     t.ok(flows.some((f) => f.reason === 'drop_no_socket' && f.dstPort === 8080), 'drop_no_socket event')
   })
 
