@@ -15,6 +15,7 @@
  */
 import type net from 'node:net'
 import { adoptAccepted, keep, relay } from './reads.js'
+import { SocketWriter } from './writes.js'
 import type pino from 'pino'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
 import { normalizeTarget } from './normalize.js'
@@ -121,6 +122,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private ruleBindings = ''
 
   readonly socket: net.Socket
+  /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
+  readonly out: SocketWriter
 
   /** `accepted` comes from a server made with reads.ts's SERVER_OPTIONS; it is re-opened with onread. */
   constructor (accepted: net.Socket, private readonly ctx: ProxyContext) {
@@ -140,6 +143,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
     const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
     this.socket = socket
+    this.out = new SocketWriter(socket)
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
     socket.setNoDelay(true)
     socket.on('end', () => { this.onClientEnd() })
@@ -161,11 +165,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private execute (chunk: Buffer): void {
     // Writes to the upstream made while parsing one read go out in one writev.
     const up = this.upstream
-    if (up !== null) { up.socket.cork(); this.corked = up }
+    if (up !== null) { up.out.cork(); this.corked = up }
     this.inExecute = true
     const r = this.parser.execute(chunk)
     this.inExecute = false
-    if (this.corked !== null) { this.corked.socket.uncork(); this.corked = null }
+    if (this.corked !== null) { this.corked.out.uncork(); this.corked = null }
     if (this.closed) return
     if (typeof r === 'number') {
       // An upgrade/CONNECT request: llhttp stops after it; the rest is tunnel payload.
@@ -363,7 +367,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     up.begin(this, this.isHead, this.view.method === 'CONNECT')
     // Body bytes in the same read go out with the head in one writev; a body-less request is
     // one write, and corking it would only add a trip through the writev path.
-    if (this.inExecute && this.corked === null && this.reqHasBody) { up.socket.cork(); this.corked = up }
+    if (this.inExecute && this.corked === null && this.reqHasBody) { up.out.cork(); this.corked = up }
     up.write(head)
   }
 
@@ -546,7 +550,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       return
     }
     this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
-    if (this.socket.writableNeedDrain) {
+    if (this.out.needDrain) {
       // The client is not reading its responses: read nothing more from it until it does.
       this.pause(PAUSED_CLIENT_DRAIN)
       this.socket.once('drain', () => {
@@ -586,7 +590,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   private writeClient (b: Buffer): void {
-    if (!this.socket.destroyed) this.socket.write(b)
+    this.out.write(b)
   }
 
   private pause (bit: number): void {

@@ -13,6 +13,7 @@
  */
 import type net from 'node:net'
 import { connect, keep, relay } from './reads.js'
+import { SocketWriter } from './writes.js'
 import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
@@ -38,10 +39,14 @@ export interface UpstreamOwner {
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void
   /** Backpressure: the client socket can take more (resume reading upstream). */
   readonly socket: net.Socket
+  /** The client socket's writer (cork/uncork around a read's writes, backpressure). */
+  readonly out: SocketWriter
 }
 
 export class UpstreamConn implements ParserHandler {
   readonly socket: net.Socket
+  /** Request bytes to the upstream (writes.ts). */
+  readonly out: SocketWriter
   owner: UpstreamOwner | null = null
   /** Already carried an exchange (a failure on it may be a stale keep-alive: retryable). */
   reused = false
@@ -77,12 +82,13 @@ export class UpstreamConn implements ParserHandler {
    * here rather than through llhttp's onBody (see onHeadersComplete); -1 otherwise.
    */
   private bodyLeft = -1
-  private corkedClient: net.Socket | null = null
+  private corkedClient: SocketWriter | null = null
 
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
     const s = connect(ip, port, (chunk) => { this.onData(chunk) })
     this.socket = s
+    this.out = new SocketWriter(s)
     this.connectTimer = setTimeout(() => { this.fail('connect-timeout') }, connectTimeoutMs)
     s.on('connect', () => {
       this.connected = true
@@ -140,8 +146,8 @@ export class UpstreamConn implements ParserHandler {
    */
   private toClient (owner: UpstreamOwner, bytes: Buffer): void {
     if (++this.clientWrites === 2 && this.corkedClient === null) {
-      this.corkedClient = owner.socket
-      owner.socket.cork()
+      this.corkedClient = owner.out
+      owner.out.cork()
     }
     owner.sendToClient(bytes)
   }
@@ -274,7 +280,7 @@ export class UpstreamConn implements ParserHandler {
 
   /** The client is slow: stop reading the upstream until it drains (once per stall). */
   private checkClientBackpressure (owner: UpstreamOwner): void {
-    if (this.waitingClientDrain || !owner.socket.writableNeedDrain) return
+    if (this.waitingClientDrain || !owner.out.needDrain) return
     this.waitingClientDrain = true
     this.socket.pause()
     owner.socket.once('drain', () => { this.waitingClientDrain = false; this.socket.resume() })
@@ -297,7 +303,7 @@ export class UpstreamConn implements ParserHandler {
 
   /** Write request bytes; false = backpressure (caller pauses its client). */
   write (data: Buffer | string): boolean {
-    return typeof data === 'string' ? this.socket.write(data, 'latin1') : this.socket.write(data)
+    return this.out.write(data)
   }
 
   private fail (kind: UpstreamErrorKind, _err?: ParseError): void {
