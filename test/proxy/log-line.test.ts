@@ -3,7 +3,7 @@
 import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
-import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter } from '../../proxy/src/log-line.js'
+import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter, millis3 } from '../../proxy/src/log-line.js'
 
 function capture (opts: pino.LoggerOptions = {}): { logger: pino.Logger, lines: string[] } {
   const lines: string[] = []
@@ -52,4 +52,46 @@ t.test('fastLineOk says no where pino would change the line', async (t) => {
   t.notOk(fastLineOk(capture({ formatters: { level: (label) => ({ severity: label }) } }).logger), 'formatters.level')
   t.notOk(fastLineOk(capture({ hooks: { logMethod (args, method) { method.apply(this, args) } } }).logger), 'hooks.logMethod')
   t.notOk(fastLineOk(capture({ messageKey: 'message' }).logger), 'another message key')
+})
+
+t.test('jsonString is JSON.stringify for every kind of character', async (t) => {
+  const samples = ['', 'POST', '/api/v1/charge?x=1&y=%20', 'a"b', 'back\\slash', 'tab\there', '\u0000\u001f\u007f',
+    'latin1 \u00e9\u00ff', 'bmp \u20ac', 'pair \ud83d\ude00', 'lone \ud800 high', 'lone \udc00 low', 'end\ud83d']
+  for (let c = 0; c < 0x10000; c += 7) samples.push('x' + String.fromCharCode(c) + 'y')
+  let same = 0
+  for (const s of samples) if (jsonString(s) === JSON.stringify(s)) same++
+  t.equal(same, samples.length, 'identical output for all samples')
+})
+
+t.test('millis3 writes what String writes for a duration rounded to microseconds', async (t) => {
+  let bad = ''
+  let n = 0
+  const check = (ms: number): void => {
+    n++
+    const want = String(Math.round(ms * 1000) / 1000)
+    if (millis3(ms) !== want && bad === '') bad = `${ms}: ${millis3(ms)} != ${want}`
+  }
+  for (let us = 0; us < 200_000; us++) check(us / 1000)
+  for (let i = 0; i < 200_000; i++) check(Math.random() * 10 ** (i % 10))
+  for (const v of [0, -0, 0.0004, 0.0005, 0.9995, 1e6 + 0.0015, 2 ** 31 / 1000, 2 ** 31 / 1000 + 5, 1e12, -1, NaN, Infinity]) check(v)
+  t.equal(bad, '', `all ${n} values agree`)
+})
+
+t.test("with pino's default clock the line carries the current time, as pino's does", async (t) => {
+  const lines: string[] = []
+  const stream = new Writable({ write (chunk, _enc, cb) { lines.push(String(chunk)); cb() } })
+  const logger = pino({ base: null }, stream)
+  const writer = new LineWriter(logger)
+  for (let i = 0; i < 3; i++) {
+    const before = Date.now()
+    writer.write(LEVEL.info, '', ',"i":' + String(i), jsonString('m'))
+    const time = (JSON.parse(lines[lines.length - 1]) as { time: number }).time
+    t.ok(time >= before && time <= Date.now(), `line ${i}: time ${time} is now`)
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  logger.info({ i: 9 }, 'm')
+  writer.write(LEVEL.info, '', ',"i":9', jsonString('m'))
+  const [a, b] = lines.slice(-2).map(l => JSON.parse(l) as Record<string, unknown>)
+  t.same(Object.keys(b), Object.keys(a), 'same keys in the same order as pino')
+  t.ok(Math.abs((b.time as number) - (a.time as number)) < 1000, 'same clock')
 })

@@ -23,7 +23,7 @@ import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
-import { bindingsOf, jsonString, LEVEL } from '../log-line.js'
+import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
 import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
@@ -665,7 +665,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       log = this.ruleLog
       bindings = this.ruleBindings
     }
-    const durationMs = Math.round((performance.now() - this.startedAt) * 1000) / 1000
+    const elapsed = performance.now() - this.startedAt
     const lines = ctx.lines
     if (lines !== null) {
       // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
@@ -673,7 +673,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
         ',"method":' + jsonString(this.view.method) + ',"path":' + jsonString(this.view.path) +
         ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
         ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
-        ',"durationMs":' + String(durationMs), MSG_HTTP_REQUEST)
+        ',"durationMs":' + millis3(elapsed), MSG_HTTP_REQUEST)
       return
     }
     const rec = {
@@ -684,7 +684,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       status: this.status,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
-      durationMs
+      durationMs: Math.round(elapsed * 1000) / 1000
     }
     if (allowedOk) log.info(rec, 'http request')
     else log.warn(rec, 'http request')
