@@ -14,7 +14,7 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { networkInterfaces } from 'node:os'
 import pino, { type Logger } from 'pino'
 import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type LearnedName } from '../policy-store/src/index.js'
-import { openDatapath, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
+import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, batchedDestination, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { createDnsProxy, type DnsProxy } from '../proxy/src/dns/index.js'
 import { listenTransparentTcp, bindTransparentUdp, bindTransparentUdpSync } from '../proxy/src/transparent.js'
@@ -147,8 +147,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       snapshot: () => active,
       lookupIdentity: (ip) => datapath.lookupIdentity(ip),
       logger: logger.child({ module: 'http-proxy' })
-    }, { denyResponse: opts.denyResponse })
-    const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS)
+    }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
+    const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
     httpServer.on('connection', (socket) => http.handleConnection(socket))
     closers.push(async () => { await closeServer(httpServer); await http.close() })
 

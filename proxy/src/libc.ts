@@ -44,3 +44,13 @@ export function libc (): Libc {
 export function errno (): number {
   return koffi.errno()
 }
+
+const SOL_SOCKET = 1
+const SO_MARK = 36
+
+/** SO_MARK on a socket (needs CAP_NET_ADMIN); 0 on success, else errno. */
+export function setSocketMark (fd: number, mark: number): number {
+  const v = Buffer.alloc(4)
+  v.writeUInt32LE(mark >>> 0, 0)
+  return libc().setsockopt(fd, SOL_SOCKET, SO_MARK, v, 4) === 0 ? 0 : errno()
+}

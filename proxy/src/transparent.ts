@@ -10,7 +10,7 @@
  */
 import net from 'node:net'
 import dgram from 'node:dgram'
-import { AF_INET, errno, libc, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
+import { AF_INET, errno, libc, setSocketMark, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
 const SOL_SOCKET = 1
 const SO_REUSEADDR = 2
@@ -67,10 +67,21 @@ function transparentFd (type: number, host: string, port: number): number {
   return fd
 }
 
-/** A listening net.Server on host:port with IP_TRANSPARENT, SO_REUSEADDR, SO_REUSEPORT. */
+/**
+ * A listening net.Server on host:port with IP_TRANSPARENT, SO_REUSEADDR, SO_REUSEPORT, and
+ * `mark` as SO_MARK when not 0 (every accepted connection inherits it: the HTTP proxy passes
+ * the datapath's proxy mark, redirect-bpf's PROXY_SOCKET_MARK).
+ */
 export async function listenTransparentTcp (port: number, host = '0.0.0.0', backlog = 511,
-  serverOptions: net.ServerOpts = { allowHalfOpen: true }): Promise<net.Server> {
+  serverOptions: net.ServerOpts = { allowHalfOpen: true }, mark = 0): Promise<net.Server> {
   const fd = transparentFd(SOCK_STREAM, host, port)
+  if (mark !== 0) {
+    const e = setSocketMark(fd, mark)
+    if (e !== 0) {
+      c().close(fd)
+      throw new TransparentSocketError('setsockopt(SO_MARK)', e, `${host}:${port}`)
+    }
+  }
   if (c().listen(fd, backlog) !== 0) {
     const e = errno()
     c().close(fd)

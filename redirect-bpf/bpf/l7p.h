@@ -61,6 +61,14 @@ enum l7p_reason {
  * host namespace: crossing into the workload's namespace clears it (skb_scrub_packet).
  */
 #define L7P_MARK_PASSED 0x300
+/*
+ * SO_MARK of the proxies' own TCP sockets (the transparent listener, inherited by every accepted
+ * connection, and the upstream connections). to_workload lets their segments that carry no SYN,
+ * FIN or RST through without conntrack: the flow was checked and tracked when it opened, the
+ * workload's own segments keep the entry fresh, and the ones that change its state still pass
+ * through it. Only root (CAP_NET_ADMIN) can set a socket mark, and marks do not cross namespaces.
+ */
+#define L7P_MARK_PROXY 0x400
 #define L7P_MARK_MASK 0xf00
 
 #define L7P_WORLD_ID 2

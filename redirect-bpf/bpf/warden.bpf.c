@@ -581,6 +581,11 @@ int to_workload(struct __sk_buff *skb)
 		return drop(skb, &p, 0, 0, 0, -r, 0xff);
 	}
 
+	/* a proxy's own connection, locally sent, not opening or closing: see L7P_MARK_PROXY */
+	if ((skb->mark & L7P_MARK_MASK) == L7P_MARK_PROXY && skb->ingress_ifindex == 0 &&
+	    p.tuple.proto == IPPROTO_TCP && !(p.tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST)))
+		return TC_ACT_OK;
+
 	__u64 now = bpf_ktime_get_ns();
 	__u32 ifindex = skb->ifindex;
 	struct l7p_endpoint *dst_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);

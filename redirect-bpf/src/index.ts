@@ -29,7 +29,7 @@ import { existsSync } from 'node:fs'
 
 export type { FlowEvent, FlowVerdict } from './events.js'
 export { DatapathError, BpfError } from './errors.js'
-export { DEFAULT_ROUTE_TABLE } from './loader.js'
+export { DEFAULT_ROUTE_TABLE, PROXY_SOCKET_MARK } from './loader.js'
 
 export interface DatapathOptions {
   /** bpffs directory for this instance's pins (default /sys/fs/bpf/warden). */

@@ -29,6 +29,8 @@ export const PROGS = ['from_workload', 'to_workload'] as const
 export const TC_PREF = 7
 export const TC_HANDLE = '0x77'
 export const MARK_TO_PROXY = '0x200/0xf00'
+/** SO_MARK of the proxies' own TCP sockets (l7p.h L7P_MARK_PROXY): their data segments skip conntrack in to_workload. */
+export const PROXY_SOCKET_MARK = 0x400
 export const RULE_PREF = 9 // Cilium's RulePriorityToProxyIngress
 export const DEFAULT_ROUTE_TABLE = 2004
 

@@ -7,7 +7,8 @@ import { datapathLab, eventually, isRoot } from '../helpers/lab-fixture.js'
 import { connect, startServer } from '../helpers/lab-net.js'
 import { entry, openEntries } from '../helpers/lab-snapshot.js'
 import { bindTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
-import type { FlowEvent } from '../../redirect-bpf/src/index.js'
+import { setSocketMark } from '../../proxy/src/libc.js'
+import { PROXY_SOCKET_MARK, type FlowEvent } from '../../redirect-bpf/src/index.js'
 
 const TCP = 6
 const UDP = 17
@@ -16,13 +17,17 @@ const OUT = 1
 
 interface Seen { local: string, remote: string }
 
-/** A stand-in proxy: records what it saw, then relays to the original destination. */
-async function testProxy (port: number): Promise<{ server: net.Server, seen: Seen[] }> {
+/**
+ * A stand-in proxy: records what it saw, then relays to the original destination. With `mark`,
+ * its sockets carry that SO_MARK as the HTTP proxy's do (listener, and upstream once connected).
+ */
+async function testProxy (port: number, mark = 0): Promise<{ server: net.Server, seen: Seen[] }> {
   const seen: Seen[] = []
-  const server = await listenTransparentTcp(port)
+  const server = await listenTransparentTcp(port, '0.0.0.0', 511, { allowHalfOpen: true }, mark)
   server.on('connection', (c) => {
     seen.push({ local: `${c.localAddress}:${c.localPort}`, remote: `${c.remoteAddress}:${c.remotePort}` })
     const up = net.connect(c.localPort ?? 0, c.localAddress ?? '')
+    if (mark !== 0) up.on('connect', () => { setSocketMark((up as unknown as { _handle: { fd: number } })._handle.fd, mark) })
     c.pipe(up).pipe(c)
     up.on('error', () => c.destroy())
     c.on('error', () => up.destroy())
@@ -66,6 +71,30 @@ t.test('redirect to the proxy listeners', { skip: isRoot() ? false : 'needs root
     t.match(seen[0].remote, new RegExp(`^${lab.ip('a')}:`), 'the client as remote address')
     t.notMatch(r.ok ? r.reply.remote : '', new RegExp(`^${lab.ip('a')}:`), 'b saw the proxy upstream, not a')
     t.ok(flows.some((f) => f.verdict === 'redirected-http' && f.srcIp === lab.ip('a') && f.dstPort === 8080), 'redirect event')
+  })
+
+  await t.test("the proxy's marked sockets: their data segments skip conntrack, their connections still work", async (t) => {
+    // The same ten exchanges through an unmarked and a marked stand-in proxy; every segment
+    // to_workload sends through conntrack counts ct_pass. Marked, only the proxy's SYN/FIN/RST
+    // segments (and the workloads' own) may count.
+    const passes = async (mark: number): Promise<number> => {
+      const { server, seen } = await testProxy(lab.opts.proxyPort, mark)
+      try {
+        const before = lab.dp.counters().ct_pass
+        for (let i = 0; i < 10; i++) {
+          const r = await connect(lab.ns('a'), 'tcp', lab.ip('b'), 8080)
+          t.match(r, { ok: true, reply: { from: 'b' } }, `exchange ${i + 1} relayed (mark ${mark})`)
+        }
+        t.equal(seen.length, 10)
+        await new Promise(resolve => setTimeout(resolve, 200)) // last FIN/ACKs
+        return lab.dp.counters().ct_pass - before
+      } finally {
+        await new Promise(resolve => server.close(resolve))
+      }
+    }
+    const unmarked = await passes(0)
+    const marked = await passes(PROXY_SOCKET_MARK)
+    t.ok(marked + 20 <= unmarked, `at least 2 fewer conntrack passes per connection marked (${marked} against ${unmarked})`)
   })
 
   await t.test('an ingress-flagged port of the destination is redirected, whoever the client', async (t) => {

@@ -57,6 +57,12 @@ export interface HttpProxyOptions {
   upstreamPoolSize?: number
   /** Idle upstream connections are closed after this. Default 60000 (Cilium's --proxy-idle-timeout-seconds). */
   upstreamIdleTimeoutMs?: number
+  /**
+   * SO_MARK for upstream connections once connected; 0 (default) sets none. The agent passes
+   * the datapath's proxy mark, so that their segments skip conntrack on the workload's veth
+   * (redirect-bpf/bpf/l7p.h, L7P_MARK_PROXY). Best effort: without it they take the full path.
+   */
+  upstreamSocketMark?: number
 }
 
 export type ResolvedOptions = Required<HttpProxyOptions>
@@ -72,7 +78,8 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   upstreamConnectTimeoutMs: 2_000,
   upstreamResponseTimeoutMs: 3_600_000,
   upstreamPoolSize: 64,
-  upstreamIdleTimeoutMs: 60_000
+  upstreamIdleTimeoutMs: 60_000,
+  upstreamSocketMark: 0
 }
 
 /** Counters; flat numbers so that `metrics()` is a cheap copy. */

@@ -40,7 +40,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
   }
   const conns = new Set<ClientConn>()
   const counters = new Counters()
-  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs)
+  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark)
   const ctx: ProxyContext = {
     deps,
     opts,

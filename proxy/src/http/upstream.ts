@@ -14,6 +14,7 @@
 import type net from 'node:net'
 import { connect, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
+import { setSocketMark } from '../libc.js'
 import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
@@ -84,7 +85,7 @@ export class UpstreamConn implements ParserHandler {
   private bodyLeft = -1
   private corkedClient: SocketWriter | null = null
 
-  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number) {
+  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number, mark: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
     const s = connect(ip, port, (chunk) => { this.onData(chunk) })
     this.socket = s
@@ -93,6 +94,9 @@ export class UpstreamConn implements ParserHandler {
     s.on('connect', () => {
       this.connected = true
       if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null }
+      // Set once connected: the descriptor exists only from the connect on, and the SYN must
+      // take the datapath's full path anyway (it creates the conntrack entry).
+      if (mark !== 0) setSocketMark((s as unknown as { _handle: { fd: number } })._handle.fd, mark)
     })
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
@@ -349,7 +353,7 @@ export class UpstreamPool {
   reusedCount = 0
 
   constructor (readonly maxIdlePerDestination: number, readonly connectTimeoutMs: number,
-    readonly maxHeaderBytes: number, readonly idleTimeoutMs: number) {}
+    readonly maxHeaderBytes: number, readonly idleTimeoutMs: number, readonly socketMark = 0) {}
 
   acquire (key: string, ip: string, port: number): UpstreamConn {
     const list = this.idle.get(key)
@@ -362,7 +366,7 @@ export class UpstreamPool {
 
   /** A new connection, never a pooled one (for a retry after a stale keep-alive). */
   acquireFresh (key: string, ip: string, port: number): UpstreamConn {
-    const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes)
+    const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes, this.socketMark)
     this.all.add(c)
     this.created++
     return c
