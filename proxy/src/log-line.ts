@@ -18,6 +18,8 @@ import pino from 'pino'
 const S = pino.symbols
 
 export const LEVEL = { info: 30, warn: 40 } as const
+const INFO = '{"level":30'
+const WARN = '{"level":40'
 
 interface PinoInternals {
   [S.chindingsSym]: string
@@ -53,9 +55,22 @@ export function fastLineOk (logger: pino.Logger): boolean {
   return l[S.messageKeySym] === 'msg'
 }
 
-/** The bindings pino serialised for this (child) logger: `,"k":v,...`, after level and time. */
+/**
+ * The bindings pino serialised for this (child) logger: `,"k":v,...`, after level and time.
+ * Returned as a flat string: pino builds it by concatenation, and a line that embeds such a
+ * string of pieces makes V8 walk the pieces again for every line it writes out (perf: about 2%
+ * of the HTTP proxy's CPU went to that walk). Callers keep the result per connection.
+ */
 export function bindingsOf (logger: pino.Logger): string {
-  return internals(logger)[S.chindingsSym]
+  return flat(internals(logger)[S.chindingsSym])
+}
+
+/**
+ * The same string in one piece (V8 keeps concatenations as trees until something flattens
+ * them). Through JSON so that every UTF-16 unit, lone surrogates included, comes back as it was.
+ */
+function flat (s: string): string {
+  return JSON.parse(JSON.stringify(s)) as string
 }
 
 /**
@@ -96,7 +111,8 @@ export class LineWriter {
    * (`jsonString` for strings); `msgJson` is the message as a JSON string literal.
    */
   write (level: number, bindings: string, fields: string, msgJson: string): void {
-    this.stream.write('{"level":' + String(level) + this.timeField() + bindings + fields + ',"msg":' + msgJson + '}\n')
+    this.stream.write((level === LEVEL.info ? INFO : level === LEVEL.warn ? WARN : '{"level":' + String(level)) +
+      this.timeField() + bindings + fields + ',"msg":' + msgJson + '}\n')
   }
 }
 
