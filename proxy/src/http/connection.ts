@@ -549,7 +549,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.reject(k, this.fatalReason)
       return
     }
-    this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
+    // A pipelined head already begun keeps its head deadline (onMessageBegin set it).
+    if (this.deadlineKind !== Deadline.HEAD) this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
     if (this.out.needDrain) {
       // The client is not reading its responses: read nothing more from it until it does.
       this.pause(PAUSED_CLIENT_DRAIN)
@@ -622,6 +623,14 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.view.path = ''
       this.startedAt = performance.now()
       this.reject(408, 'headers-timeout')
+      return
+    }
+    if (kind === Deadline.HEAD) {
+      // A pipelined head, begun while an exchange runs, did not complete in time: the exchange
+      // is not at fault; it finishes, then this head is answered 408 and the connection ends.
+      this.fatal = 408
+      this.fatalReason = 'headers-timeout'
+      this.pause(PAUSED_PIPELINE)
       return
     }
     // Body too slow: the upstream holds part of a request; drop both sides.

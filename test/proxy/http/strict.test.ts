@@ -80,6 +80,26 @@ t.test('slowloris: a head that never completes gets 408 and is closed', async t 
   t.equal(px.proxy.metrics().rejected_timeout, 1)
 })
 
+t.test('a pipelined head still arriving while a slow upstream answers: that answer first, then 408', async t => {
+  // The head deadline of the held head must not cut the exchange in progress (it used to: the
+  // sweeper took it for a slow request body and answered the FIRST request 408).
+  const be = await startBackend(t, (_req, res) => {
+    setTimeout(() => { res.writeHead(200, { 'content-length': 2 }); res.end('ok') }, 600)
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { headersTimeoutMs: 200 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz') + 'GET /healthz HTTP/1.1\r\nX-Slow: ')
+  const first = await c.response(3000)
+  t.equal(first?.status, 200, 'the slow answer reaches the client')
+  t.equal(first?.body, 'ok')
+  const second = await c.response(3000)
+  t.equal(second?.status, 408, 'the head that did not complete in time is answered 408')
+  t.ok(await c.waitClose(), 'then the connection closes')
+  t.equal(be.requests.length, 1, 'only the complete request reached the backend')
+  t.equal(px.proxy.metrics().upstream_errors_reset, 0)
+  t.equal(px.proxy.metrics().rejected_timeout, 1, 'one timeout, counted once')
+})
+
 t.test('idle keep-alive connection is closed after the idle timeout', async t => {
   const be = await startBackend(t)
   const px = await startProxy(t, be.port, await billingSnapshot(), { idleTimeoutMs: 200 })
