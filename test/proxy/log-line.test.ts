@@ -3,6 +3,7 @@
 import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
+import fc from 'fast-check'
 import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter } from '../../proxy/src/log-line.js'
 
 function capture (opts: pino.LoggerOptions = {}): { logger: pino.Logger, lines: string[] } {
@@ -52,4 +53,11 @@ t.test('fastLineOk says no where pino would change the line', async (t) => {
   t.notOk(fastLineOk(capture({ formatters: { level: (label) => ({ severity: label }) } }).logger), 'formatters.level')
   t.notOk(fastLineOk(capture({ hooks: { logMethod (args, method) { method.apply(this, args) } } }).logger), 'hooks.logMethod')
   t.notOk(fastLineOk(capture({ messageKey: 'message' }).logger), 'another message key')
+})
+
+t.test('jsonString is JSON.stringify for every string', async (t) => {
+  for (const s of ['', 'api.github.com.', 'a"b', 'a\\b', 'tab\there', '\u0000', '\u001f', '\u007f', 'ünï', '\ud83d\ude00', '\ud800', 'x\udfff', '\\.\\255']) {
+    t.equal(jsonString(s), JSON.stringify(s), JSON.stringify(s))
+  }
+  fc.assert(fc.property(fc.oneof(fc.string(), fc.fullUnicodeString(), fc.string16bits()), s => jsonString(s) === JSON.stringify(s)), { numRuns: 2000 })
 })
