@@ -229,6 +229,8 @@ export interface ProxyHarness {
   /** IPs with a "live connection" for hasConnection(). */
   connections: Set<string>
   logs: Record<string, unknown>[]
+  /** The same lines as written, byte for byte. */
+  lines: string[]
   setSnapshot (s: Snapshot): void
   /** Make learn() take this long (ms), or never resolve (Infinity). */
   setLearnDelay (ms: number): void
@@ -239,13 +241,14 @@ export interface ProxyHarness {
  * The proxy on 127.0.53.1 (port 0, UDP and TCP) whose original destination is always
  * `upstream` (as the kernel map would say), with a recording learn() and a pino sink.
  */
-export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number, connections?: string[] }): Promise<ProxyHarness> {
+export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number, connections?: string[], loggerOptions?: pino.LoggerOptions }): Promise<ProxyHarness> {
   let snapshot = opts.snapshot
   let learnDelay = 0
   const learnCalls: LearnedName[][] = []
   const connections = new Set<string>(opts.connections)
   const logs: Record<string, unknown>[] = []
-  const logger = pino({ level: 'debug' }, { write (s: string) { logs.push(JSON.parse(s)) } })
+  const lines: string[] = []
+  const logger = pino({ level: 'debug', ...opts.loggerOptions }, { write (s: string) { lines.push(s); logs.push(JSON.parse(s)) } })
   const proxy = await createDnsProxy({
     snapshot: () => snapshot,
     lookupIdentity: () => opts.serverIdentity ?? RESERVED.WORLD,
@@ -282,6 +285,7 @@ export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstr
     learnCalls,
     connections,
     logs,
+    lines,
     setSnapshot (s) { snapshot = s },
     setLearnDelay (ms) { learnDelay = ms },
     close

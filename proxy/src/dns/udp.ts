@@ -7,11 +7,15 @@
  * on that socket and the same question (and, checked again here, from the server's address);
  * anything else is counted and ignored, so a spoofed or late answer teaches nothing and does
  * not cancel the real one.
+ *
+ * Both sends of a query (upstream, and the reply to the client) go through udp-direct.ts, which
+ * calls the socket's handle the way dgram would after its argument checks and dns.lookup.
  */
 import * as dgram from 'node:dgram'
 import type { DnsCore, Pending } from './proxy.js'
 import { plainIpv4 } from './proxy.js'
 import { RandomPool } from './ids.js'
+import { directSender, type DirectSender } from '../udp-direct.js'
 import { HEADER_LEN, MAX_MESSAGE, RCODE, errorReply, isResponse, sameQuestion } from './wire.js'
 import type { Addr } from './types.js'
 
@@ -22,6 +26,8 @@ const IDLE_POOL_MS = 60_000
 
 interface Upstream {
   sock: dgram.Socket
+  /** Sends on the socket's handle (udp-direct.ts); null: dgram's send. */
+  direct: DirectSender | null
   /** upstream ID -> query; insertion order = start order (used by sweep). */
   pending: Map<number, Pending>
   /** Queries that arrived before connect() finished; sent once it has. */
@@ -42,6 +48,10 @@ export class UdpForwarder {
   /** The pool of the previous query: most queries go to the same server (kube-dns). */
   private last: ServerPool | null = null
   private readonly rnd = new RandomPool()
+  /** Per reply socket: its DirectSender, or null where dgram's send must be used. */
+  private readonly senders = new WeakMap<dgram.Socket, DirectSender | null>()
+  private lastReplySock: dgram.Socket | null = null
+  private lastSender: DirectSender | null = null
 
   constructor (private readonly core: DnsCore, private readonly socketsPerServer: number) {}
 
@@ -61,9 +71,12 @@ export class UdpForwarder {
       return
     }
     const replyFrom = core.deps.replySocket?.(server.ip, server.port) ?? listen
-    // No send callbacks: without one Node tries a synchronous sendmsg (uv_udp_try_send) and
-    // allocates no request; a lost datagram is what UDP clients retry anyway.
-    const reply = (out: Buffer): void => { replyFrom.send(out, client.port, client.ip) }
+    const direct = this.senderFor(replyFrom)
+    // No send callbacks: Node tries a synchronous sendmsg (uv_udp_try_send) and allocates no
+    // request unless the kernel says EAGAIN; a lost datagram is what UDP clients retry anyway.
+    const reply = direct !== null
+      ? (out: Buffer): void => { direct.sendTo(out, client.port, client.ip) }
+      : (out: Buffer): void => { replyFrom.send(out, client.port, client.ip) }
     const p = core.admit(msg, client, server, 'udp', reply)
     if (p === null) return
     const pool = this.poolFor(server, p.started)
@@ -80,7 +93,17 @@ export class UdpForwarder {
     up.pending.set(id, p)
     core.inFlight++
     core.counters.forwarded++
-    if (up.waiting !== null) up.waiting.push(p); else up.sock.send(msg)
+    if (up.waiting !== null) up.waiting.push(p); else if (up.direct !== null) up.direct.send(msg); else up.sock.send(msg)
+  }
+
+  /** The reply socket's DirectSender (made once per socket), null where dgram must send. */
+  private senderFor (sock: dgram.Socket): DirectSender | null {
+    if (sock === this.lastReplySock) return this.lastSender
+    let s = this.senders.get(sock)
+    if (s === undefined) { s = directSender(sock); this.senders.set(sock, s) }
+    this.lastReplySock = sock
+    this.lastSender = s
+    return s
   }
 
   /** The pool for `server`, opened on first use; null when MAX_UPSTREAM_SERVERS are busy. */
@@ -103,7 +126,7 @@ export class UdpForwarder {
     const pool: ServerPool = { ip, port, key, ups: [], lastUsed: 0 }
     for (let i = 0; i < this.socketsPerServer; i++) {
       const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 1 << 20 })
-      const up: Upstream = { sock, pending: new Map(), waiting: [] }
+      const up: Upstream = { sock, direct: directSender(sock), pending: new Map(), waiting: [] }
       sock.on('message', (msg, rinfo) => this.onAnswer(pool, up, msg, rinfo))
       sock.on('error', err => this.onSocketError(pool, err))
       // connect() binds to a random port first; sends wait in `waiting` until it is done.

@@ -4,13 +4,14 @@ import t from 'tap'
 import * as dgram from 'node:dgram'
 import { once } from 'node:events'
 import dnsPacket from 'dns-packet'
+import type pino from 'pino'
 import { aRecords, lastLearned, makeSnapshot, query, startDnsmasq, startProxy, waitFor, type TestLike } from '../../helpers/dns.js'
 
 const EXPORTER = '127.0.53.21'
 const OTHER = '127.0.53.22'
 const DNS_IP = '127.0.53.11'
 
-async function setup (t: TestLike, dnsRule: { matchPatterns?: string[], matchNames?: string[] }, options = {}) {
+async function setup (t: TestLike, dnsRule: { matchPatterns?: string[], matchNames?: string[] }, options = {}, loggerOptions?: pino.LoggerOptions) {
   const dns = await startDnsmasq(t, {
     ip: DNS_IP,
     hosts: { 'api.github.com': ['198.18.53.10'], 'www.google.com': ['198.18.53.20'], 'lb.github.com': ['198.18.53.30'] },
@@ -21,7 +22,7 @@ async function setup (t: TestLike, dnsRule: { matchPatterns?: string[], matchNam
     dns: [{ endpointId: 7, port: dns.port, ...dnsRule }],
     fqdn: [{ matchName: 'api.github.com' }, { matchPattern: '*.github.com' }]
   })
-  const h = await startProxy(t, { snapshot, upstream: dns, options })
+  const h = await startProxy(t, { snapshot, upstream: dns, options, loggerOptions })
   return { dns, h }
 }
 
@@ -38,6 +39,25 @@ t.test('an allowed name is answered by the server and its IPs are learned', asyn
   t.match(line, { endpoint: 'default/data-exporter', endpointId: 7, qtype: 'A', verdict: 'allowed', rcode: 'NOERROR', answer: ['198.18.53.10'], ttl: 60, rule: 'test.yaml:1' })
   t.ok(h.logs.some(l => l.msg === 'dns: ip learned' && l.ip === '198.18.53.10'), 'one line per IP added')
   t.match(h.proxy.metrics(), { queries: 1, allowed: 1, forwarded: 1, answered: 1, learnedIps: 1, cachedIps: 1 })
+})
+
+t.test("the answered query's line is byte for byte the line pino writes for it", async t => {
+  // The proxy writes this line by concatenation (log-line.ts) when the logger allows it; an
+  // identity streamWrite hook makes it take pino's own path instead, with the same output.
+  const queries: Array<[string, string]> = [['api.github.com', 'A'], ['alias.github.com', 'A'], ['API.GitHub.com', 'AAAA'], ['nowhere.github.com', 'A'], ['api.github.com', 'TXT']]
+  const lineSets: string[][] = []
+  for (const loggerOptions of [undefined, { hooks: { streamWrite: (s: string) => s } }]) {
+    const { h } = await setup(t, { matchPatterns: ['*.github.com'] }, {}, loggerOptions)
+    for (const [name, type] of queries) await query(h.udp, name, { from: EXPORTER, type })
+    // The client's port, dnsmasq's port, the clock and the duration differ between the runs.
+    lineSets.push(h.lines.filter(l => l.includes('"msg":"dns query"'))
+      .map(l => l.replace(/"time":\d+/, '"time":0').replace(/"src":"127\.0\.53\.21:\d+"/, '"src":"-"').replace(/"server":"127\.0\.53\.11:\d+"/, '"server":"-"').replace(/"ms":\d+/, '"ms":0')))
+    await h.close()
+  }
+  t.equal(lineSets[0].length, queries.length, 'one line per query')
+  t.strictSame(lineSets[0], lineSets[1])
+  t.match(lineSets[0][1], /"answer":\["198\.18\.53\.30"\],"ttl":\d+,"cname":\["lb\.github\.com\."\]/)
+  t.match(lineSets[0][3], /"rcode":"REFUSED","answer":\[\],"ms":0,"msg"/, 'an answer without records (dnsmasq refuses names it has not)')
 })
 
 t.test('a denied name gets REFUSED and is never forwarded', async t => {
