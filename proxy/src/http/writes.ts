@@ -112,7 +112,8 @@ export class SocketWriter {
     if (g !== null) { g.push(data); return true }
     const s = this.socket
     const h = (s as unknown as { _handle: StreamHandle | null })._handle
-    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed) {
+    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed || s.writableEnded) {
+      // Writable's own path, which also reports a write after end() as net.Socket does.
       if (s.destroyed) return false
       return typeof data === 'string' ? s.write(data, 'latin1') : s.write(data)
     }
@@ -134,7 +135,7 @@ export class SocketWriter {
     if (g.length === 1) { this.write(g[0]); return }
     const s = this.socket
     const h = (s as unknown as { _handle: StreamHandle | null })._handle
-    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed) {
+    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed || s.writableEnded) {
       if (s.destroyed) return
       s.cork()
       for (const d of g) { if (typeof d === 'string') s.write(d, 'latin1'); else s.write(d) }

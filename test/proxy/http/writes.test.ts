@@ -99,3 +99,17 @@ t.test('writing to a peer that reset: the socket is destroyed with a write error
   t.match((err as WriteError).code, /^(EPIPE|ECONNRESET)$/)
   t.equal(w.write('y'), false, 'a write after that reports backpressure and sends nothing')
 })
+
+t.test('a write after end() is refused as net.Socket refuses it, and nothing of it is sent', async t => {
+  const { a, b } = await pair(t)
+  const w = new SocketWriter(a)
+  const got = collect(b)
+  b.resume()
+  w.write('before end')
+  a.end()
+  const errored = once(a, 'error')
+  t.equal(w.write('after end'), false)
+  const [err] = await errored as [NodeJS.ErrnoException]
+  t.equal(err.code, 'ERR_STREAM_WRITE_AFTER_END')
+  t.equal((await got).toString(), 'before end')
+})
