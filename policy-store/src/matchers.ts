@@ -2,7 +2,12 @@
  * Precompiled full-match string matchers for HTTP fields and DNS names. Cilium matches
  * `method`/`path`/`host` with RE2 FullMatch (notes §4.1), so a pattern is compiled as
  * `^(?:pattern)$`. RE2 costs microseconds per call (shared/notes/datapath.md), so patterns
- * that are literals compare with `===`, and `literal.*` is a prefix compare.
+ * that are literals compare with `===`, `literal.*` is a prefix compare, `literal[0-9]+` (and
+ * `*`, `\d`) a prefix plus a digit scan, and any other pattern with a literal start is asked of
+ * RE2 only when the value has that start: a rule list such as `/api/v1/users/[0-9]+`,
+ * `/api/v1/orders/[0-9]+`, ... then costs one engine call per request, not one per rule (perf
+ * put the engine's calls, with their UTF-8 copies and mallocs, at ~5% of the proxy's CPU on
+ * bench's 1,000-rule policy).
  */
 import RE2 from 're2'
 import type { StringMatcher } from './types.js'
@@ -18,7 +23,44 @@ export function compileFullMatch (source: string): StringMatcher {
     return { source, test: (v: string) => v.startsWith(prefix) && v.indexOf('\n', prefix.length) === -1 }
   }
   const re = new RE2('^(?:' + source + ')$', 'u')
-  return { source, test: (v: string) => re.test(v) }
+  const prefix = literalPrefix(source)
+  const tail = source.slice(prefix.length)
+  const digits = DIGIT_TAILS.get(tail)
+  if (digits !== undefined) {
+    // RE2's [0-9] and \d are the ASCII digits only, also in UTF-8 mode.
+    const min = prefix.length + digits
+    return { source, test: (v: string) => v.length >= min && v.startsWith(prefix) && allDigits(v, prefix.length) }
+  }
+  if (prefix === '') return { source, test: (v: string) => re.test(v) }
+  return { source, test: (v: string) => v.startsWith(prefix) && re.test(v) }
+}
+
+/** Digit-run tails and the fewest digits each needs. */
+const DIGIT_TAILS = new Map<string, number>([['[0-9]+', 1], ['[0-9]*', 0], ['\\d+', 1], ['\\d*', 0]])
+
+function allDigits (v: string, from: number): boolean {
+  for (let i = from; i < v.length; i++) {
+    const c = v.charCodeAt(i)
+    if (c < 0x30 || c > 0x39) return false
+  }
+  return true
+}
+
+/**
+ * Text that every full match of `source` starts with: the characters before its first
+ * metacharacter, less the last one when a quantifier follows it (`ab*`: `a`). '' when the
+ * pattern has an alternation anywhere (a branch need not start with it) or starts with a
+ * metacharacter (a group, a class, an escape, inline flags). A necessary condition only: the
+ * engine still decides every value that has it, except the digit tails above.
+ */
+export function literalPrefix (source: string): string {
+  if (source.includes('|')) return ''
+  const m = META.exec(source)
+  if (m === null) return source
+  let end = m.index
+  const c = source[end]
+  if (end > 0 && (c === '?' || c === '*' || c === '+' || c === '{')) end--
+  return source.slice(0, end)
 }
 
 /** `api.GitHub.com` -> `api.github.com.` (Cilium's FQDN normalisation, notes §6.4). */
