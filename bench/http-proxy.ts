@@ -17,7 +17,8 @@
  *
  * Build, then run from the repository root: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
  * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
- * SCENARIOS (direct,allowed,denied),
+ * SCENARIOS (direct,allowed,denied,latency; `latency` = issue 4's added p50 per hop: one connection, one
+ * request in flight, hrtime-timed, LATENCY_N requests each way),
  * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
  * LOGDEST (batched, the agent's: proxy/src/http/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
@@ -165,7 +166,7 @@ async function main (): Promise<void> {
   const pipelining = Number(process.env.PIPELINING ?? 1)
   const duration = Number(process.env.DURATION ?? 10)
   const warmup = Number(process.env.WARMUP ?? 2)
-  const wanted = (process.env.SCENARIOS ?? 'direct,allowed,denied').split(',')
+  const wanted = (process.env.SCENARIOS ?? 'direct,allowed,denied,latency').split(',')
   console.log(`node ${process.version}, ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}, load ${os.loadavg().map(l => l.toFixed(1)).join(' ')}; connections=${connections} pipelining=${pipelining} duration=${duration}s`)
   const be = fork(fileURLToPath(import.meta.url), ['serve-backend'])
   const { backend } = await new Promise<{ backend: number }>(resolve => be.once('message', m => resolve(m as any)))
@@ -192,9 +193,68 @@ async function main (): Promise<void> {
     console.log(`${name.padEnd(8)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms  ` +
       `expected-status ${statusOk}/${r.requests.total}  errors ${r.errors} non2xx ${r.non2xx}${perCpu}`)
   }
+  if (wanted.includes('latency')) await latency(backend, proxy)
   console.log('proxy counters', JSON.stringify(await ask<object>(child, 'metrics')))
   child.kill('SIGINT')
   be.kill('SIGINT')
+}
+
+/**
+ * Issue 4's per-hop latency: one connection, one request in flight (the next is sent when the
+ * previous response is complete), timed with hrtime at 1 us resolution (autocannon's histogram
+ * has 1 ms). Direct and through the proxy alternate in blocks so that both see the same machine.
+ */
+async function latency (backend: number, proxy: number): Promise<void> {
+  const n = Number(process.env.LATENCY_N ?? 20_000)
+  const blocks = 4
+  const samples: Record<'direct' | 'proxy', number[]> = { direct: [], proxy: [] }
+  for (let b = 0; b < blocks; b++) {
+    for (const [name, port] of [['direct', backend], ['proxy', proxy]] as const) {
+      samples[name].push(...await sequential(port, Math.ceil(n / blocks), 500))
+    }
+  }
+  const pct = (a: number[], q: number): number => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)] }
+  const d50 = pct(samples.direct, 0.5)
+  const p50 = pct(samples.proxy, 0.5)
+  console.log(`latency  one connection, one request in flight, ${samples.proxy.length} requests each: direct p50 ${d50.toFixed(1)} us p99 ${pct(samples.direct, 0.99).toFixed(1)} us; ` +
+    `through the proxy p50 ${p50.toFixed(1)} us p99 ${pct(samples.proxy, 0.99).toFixed(1)} us; added p50 ${(p50 - d50).toFixed(1)} us (issue 4: at most 40 us)`)
+}
+
+/** `count` timed GET /healthz on one keep-alive connection (after `warm` untimed ones); microseconds each. */
+async function sequential (port: number, count: number, warm: number): Promise<number[]> {
+  const req = Buffer.from('GET /healthz HTTP/1.1\r\nHost: billing:8080\r\n\r\n', 'latin1')
+  const sock = net.connect({ host: '127.0.0.1', port, noDelay: true })
+  await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject) })
+  const times: number[] = []
+  let got: Buffer = Buffer.alloc(0)
+  let want = -1
+  let sent = 0n
+  let i = 0
+  await new Promise<void>((resolve, reject) => {
+    sock.on('error', reject)
+    sock.on('data', (d: Buffer) => {
+      got = got.length === 0 ? d : Buffer.concat([got, d])
+      if (want === -1) {
+        const end = got.indexOf('\r\n\r\n')
+        if (end === -1) return
+        const m = /content-length:\s*(\d+)/i.exec(got.subarray(0, end).toString('latin1'))
+        if (m === null) { reject(new Error('latency: response without content-length')); return }
+        want = end + 4 + Number(m[1])
+      }
+      if (got.length < want) return
+      if (got.length > want) { reject(new Error('latency: more bytes than one response')); return }
+      const us = Number(process.hrtime.bigint() - sent) / 1000
+      if (i >= warm) times.push(us)
+      got = Buffer.alloc(0)
+      if (++i === warm + count) { resolve(); return }
+      sent = process.hrtime.bigint()
+      sock.write(req)
+    })
+    sent = process.hrtime.bigint()
+    sock.write(req)
+  })
+  sock.destroy()
+  return times
 }
 
 const mode = process.argv[2]
