@@ -45,8 +45,14 @@ export function errno (): number {
   return koffi.errno()
 }
 
-const SOL_SOCKET = 1
+export const SOL_SOCKET = 1
 const SO_MARK = 36
+
+/** The descriptor under a net.Socket (libuv's), or -1 when it has none (not connected yet, closed). */
+export function socketFd (socket: object): number {
+  const fd = (socket as { _handle?: { fd?: number } | null })._handle?.fd
+  return typeof fd === 'number' ? fd : -1
+}
 
 /** SO_MARK on a socket (needs CAP_NET_ADMIN); 0 on success, else errno. */
 export function setSocketMark (fd: number, mark: number): number {

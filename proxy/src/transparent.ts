@@ -10,9 +10,8 @@
  */
 import net from 'node:net'
 import dgram from 'node:dgram'
-import { AF_INET, errno, libc, setSocketMark, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
+import { AF_INET, errno, libc, setSocketMark, SOCK_CLOEXEC, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
-const SOL_SOCKET = 1
 const SO_REUSEADDR = 2
 const SO_REUSEPORT = 15
 const SOL_IP = 0

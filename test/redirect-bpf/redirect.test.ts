@@ -7,7 +7,7 @@ import { datapathLab, eventually, isRoot } from '../helpers/lab-fixture.js'
 import { connect, startServer } from '../helpers/lab-net.js'
 import { entry, openEntries } from '../helpers/lab-snapshot.js'
 import { bindTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
-import { setSocketMark } from '../../proxy/src/libc.js'
+import { setSocketMark, socketFd } from '../../proxy/src/libc.js'
 import { PROXY_SOCKET_MARK, type FlowEvent } from '../../redirect-bpf/src/index.js'
 
 const TCP = 6
@@ -27,7 +27,7 @@ async function testProxy (port: number, mark = 0): Promise<{ server: net.Server,
   server.on('connection', (c) => {
     seen.push({ local: `${c.localAddress}:${c.localPort}`, remote: `${c.remoteAddress}:${c.remotePort}` })
     const up = net.connect(c.localPort ?? 0, c.localAddress ?? '')
-    if (mark !== 0) up.on('connect', () => { setSocketMark((up as unknown as { _handle: { fd: number } })._handle.fd, mark) })
+    if (mark !== 0) up.on('connect', () => { setSocketMark(socketFd(up), mark) })
     c.pipe(up).pipe(c)
     up.on('error', () => c.destroy())
     c.on('error', () => up.destroy())

@@ -20,7 +20,7 @@
  * descriptors of a TCP socket does not end the connection.
  */
 import net from 'node:net'
-import { errno, F_DUPFD_CLOEXEC, libc } from '../libc.js'
+import { errno, F_DUPFD_CLOEXEC, libc, socketFd } from '../libc.js'
 
 /** Largest single read (the size Node itself uses per read). */
 const READ_SIZE = 64 * 1024
@@ -52,8 +52,8 @@ export function adoptAccepted (socket: net.Socket, onRead: OnRead): net.Socket {
   if (socket.readableFlowing !== false) {
     throw new AdoptError('HTTP proxy: sockets must come from a server made with pauseOnConnect: true (reads/SERVER_OPTIONS)')
   }
-  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd
-  if (typeof fd !== 'number' || fd < 0) throw new AdoptError('HTTP proxy: accepted socket has no descriptor')
+  const fd = socketFd(socket)
+  if (fd < 0) throw new AdoptError('HTTP proxy: accepted socket has no descriptor')
   const dup = libc().fcntl(fd, F_DUPFD_CLOEXEC, 0)
   if (dup < 0) throw new AdoptError(`HTTP proxy: fcntl(F_DUPFD_CLOEXEC) failed: errno ${errno()}`)
   socket.destroy()

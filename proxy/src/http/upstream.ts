@@ -14,7 +14,7 @@
 import type net from 'node:net'
 import { connect, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
-import { setSocketMark } from '../libc.js'
+import { setSocketMark, socketFd } from '../libc.js'
 import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
@@ -96,7 +96,7 @@ export class UpstreamConn implements ParserHandler {
       if (this.connectTimer !== null) { clearTimeout(this.connectTimer); this.connectTimer = null }
       // Set once connected: the descriptor exists only from the connect on, and the SYN must
       // take the datapath's full path anyway (it creates the conntrack entry).
-      if (mark !== 0) setSocketMark((s as unknown as { _handle: { fd: number } })._handle.fd, mark)
+      if (mark !== 0) setSocketMark(socketFd(s), mark)
     })
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })

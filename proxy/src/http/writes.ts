@@ -111,8 +111,8 @@ export class SocketWriter {
     const g = this.gathered
     if (g !== null) { g.push(data); return true }
     const s = this.socket
-    const h = (s as unknown as { _handle: StreamHandle | null })._handle
-    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed || s.writableEnded) {
+    const h = this.directHandle()
+    if (h === null) {
       // Writable's own path, which also reports a write after end() as net.Socket does.
       if (s.destroyed) return false
       return typeof data === 'string' ? s.write(data, 'latin1') : s.write(data)
@@ -134,8 +134,8 @@ export class SocketWriter {
     if (g.length === 0) return
     if (g.length === 1) { this.write(g[0]); return }
     const s = this.socket
-    const h = (s as unknown as { _handle: StreamHandle | null })._handle
-    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed || s.writableEnded) {
+    const h = this.directHandle()
+    if (h === null) {
       if (s.destroyed) return
       s.cork()
       for (const d of g) { if (typeof d === 'string') s.write(d, 'latin1'); else s.write(d) }
@@ -152,6 +152,14 @@ export class SocketWriter {
     }
     const req = takeReq()
     this.dispatched(req, h.writev(req, chunks, false), chunks, bytes)
+  }
+
+  /** The handle when a direct write keeps the order and net.Socket's rules (module comment), else null. */
+  private directHandle (): StreamHandle | null {
+    const s = this.socket
+    const h = (s as unknown as { _handle: StreamHandle | null })._handle
+    if (binding === null || h === null || s.connecting || s.writableLength !== 0 || s.destroyed || s.writableEnded) return null
+    return h
   }
 
   private dispatched (req: WriteReq, err: number, data: unknown, bytes: number): boolean {
