@@ -101,7 +101,6 @@ export class UpstreamConn implements ParserHandler {
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
     s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
-    s.on('drain', () => { this.owner?.socket.resume() })
   }
 
   /** Start an exchange for `owner`. */

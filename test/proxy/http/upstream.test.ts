@@ -301,3 +301,42 @@ t.test('a 100 Continue does not stop the response clock; 504 may follow it', asy
   t.equal((await c.response())?.status, 100)
   t.equal((await c.response(5000))?.status, 504)
 })
+
+t.test('a slow-reading upstream and pipelined requests behind a large body: every request answered, in order', async t => {
+  // The upstream does not read for a while, so the big body fills its socket (backpressure on
+  // the client); the two small requests behind it are held while the first exchange runs.
+  // The upstream's 'drain' must only lift the upstream pause, never the pipeline one: a client
+  // read while a head is held would replace the held remainder (lost or reordered requests).
+  const answered: string[] = []
+  const port = await rawBackend(t, (s) => {
+    s.pause()
+    setTimeout(() => { s.resume() }, 300)
+    let buf = Buffer.alloc(0)
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d])
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n')
+        if (end === -1) return
+        const head = buf.subarray(0, end).toString('latin1')
+        const len = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0)
+        if (buf.length < end + 4 + len) return
+        const tag = /x-tag: *(\w+)/i.exec(head)?.[1] ?? '?'
+        buf = buf.subarray(end + 4 + len)
+        answered.push(tag)
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${tag.length + String(len).length + 1}\r\n\r\n${tag}:${len}`)
+      }
+    })
+  })
+  const px = await startProxy(t, port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  const big = Buffer.alloc(8 * 1024 * 1024, 1)
+  const small = (tag: string): string => `POST /api/v1/charge HTTP/1.1\r\nHost: b\r\nX-Tag: ${tag}\r\nContent-Length: 0\r\n\r\n`
+  c.write(Buffer.concat([Buffer.from(`POST /api/v1/charge HTTP/1.1\r\nHost: b\r\nX-Tag: big\r\nContent-Length: ${big.length}\r\n\r\n`), big,
+    Buffer.from(small('two'))]))
+  // The third arrives on its own while the second is held and the upstream still drains.
+  setTimeout(() => { c.write(small('three')) }, 100)
+  const bodies: string[] = []
+  for (let i = 0; i < 3; i++) bodies.push((await c.response(10_000))?.body ?? 'none')
+  t.same(bodies, [`big:${big.length}`, 'two:0', 'three:0'], 'three answers, in order')
+  t.same(answered, ['big', 'two', 'three'], 'the upstream got each request once, in order')
+})
