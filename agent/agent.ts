@@ -29,6 +29,8 @@ export interface AgentOptions {
   dnsProxyPort: number
   bpffs: string
   routeTable: number
+  /** BPF host routing between local endpoints (default true); see DatapathOptions.hostRouting. */
+  hostRouting?: boolean
   stateDir: string
   denyResponse: '403' | 'reset'
   /** `host:port` for Prometheus text metrics, or undefined. */
@@ -93,6 +95,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       dnsProxyPort: opts.dnsProxyPort,
       uplinks: opts.uplinks,
       routeTable: opts.routeTable,
+      hostRouting: opts.hostRouting,
       logger
     })
     closers.push(async () => await datapath.close())

@@ -13,6 +13,8 @@ Options:
   --dns-proxy-port N      transparent DNS proxy port, UDP and TCP (default 15053)
   --bpffs DIR             where the maps are pinned (default /sys/fs/bpf/warden)
   --route-table N         policy-routing table for redirected packets (default 2004)
+  --host-routing MODE     bpf (default): traffic the kernel allows between local endpoints goes straight
+                          into the destination's namespace; legacy: the host's IP stack routes it
   --state-dir DIR         identities and learned DNS names survive restarts here (default /var/lib/warden)
   --deny-response MODE    403 (default, like Cilium) or reset
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
@@ -42,6 +44,7 @@ export const command: Command = {
     'dns-proxy-port': { type: 'string' },
     bpffs: { type: 'string' },
     'route-table': { type: 'string' },
+    'host-routing': { type: 'string' },
     'state-dir': { type: 'string' },
     'deny-response': { type: 'string' },
     metrics: { type: 'string' },
@@ -60,6 +63,11 @@ export const command: Command = {
       console.error(`warden run: --deny-response must be 403 or reset, got "${deny}"`)
       return 1
     }
+    const hostRouting = (v['host-routing'] as string | undefined) ?? 'bpf'
+    if (hostRouting !== 'bpf' && hostRouting !== 'legacy') {
+      console.error(`warden run: --host-routing must be bpf or legacy, got "${hostRouting}"`)
+      return 1
+    }
     let opts
     try {
       opts = {
@@ -70,6 +78,7 @@ export const command: Command = {
         dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053, 65535),
         bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
         routeTable: int(v['route-table'], 'route-table', 2004, 0xfffffffe),
+        hostRouting: hostRouting === 'bpf',
         stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
         denyResponse: deny as '403' | 'reset',
         metrics: v.metrics as string | undefined,

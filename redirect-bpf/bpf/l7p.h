@@ -46,8 +46,15 @@ enum l7p_reason {
 	L7P_R_CT_PASS = 13,          /* packet of a tracked flow (forward or reply) */
 	L7P_R_CT_REDIRECT = 14,      /* packet of a tracked redirected flow, assigned */
 	L7P_R_EVENTS_LOST = 15,      /* ring buffer full: event not delivered */
-	L7P_R_MAX = 16,
+	L7P_R_HOST_BYPASS = 16,      /* passed packet put straight into a local endpoint (L7P_FEAT_HOST_ROUTING) */
+	L7P_R_MAX = 17,
 };
+/*
+ * Slots of l7p_counters: more than there are reasons, so that a new reason does not change
+ * the map's shape (a pinned map is reused by an upgrade only when its shape is the same).
+ */
+#define L7P_COUNTER_SLOTS 32
+_Static_assert(L7P_R_MAX <= L7P_COUNTER_SLOTS, "l7p_counters has a slot per reason");
 
 /* Direction, as seen from the endpoint whose policy is looked up (== policy-store DIR). */
 #define L7P_DIR_INGRESS 0
@@ -76,19 +83,25 @@ enum l7p_reason {
 
 /*
  * l7p_config (array, 1 entry). Written by the loader at open; read by both programs for
- * the proxy ports. route_table and flags are the loader's own bookkeeping (what it
- * installed, so uninstall removes only that); prog_tag identifies the loaded object.
+ * the proxy ports and the features. route_table and flags are the loader's own bookkeeping
+ * (what it installed, so uninstall removes only that); prog_tag identifies the loaded object.
  */
 struct l7p_config {
 	__u16 proxy_port;     /* host order */
 	__u16 dns_proxy_port; /* host order */
 	__u32 route_table;
 	__u32 flags;          /* L7P_CFG_* */
-	__u32 pad;
+	__u32 features;       /* L7P_FEAT_* */
 	__u64 prog_tag;
 };
 #define L7P_CFG_MADE_RULE 1
 #define L7P_CFG_MADE_ROUTE 2
+/*
+ * A packet that from_workload lets through to a local endpoint goes straight into that
+ * endpoint's namespace (bpf_fib_lookup for the next hop, bpf_redirect_peer) instead of
+ * through the host's IP stack: Cilium's "BPF host routing". Off: the host routes it.
+ */
+#define L7P_FEAT_HOST_ROUTING 1
 
 /*
  * l7p_endpoints (hash): host-side ifindex -> local endpoint. Written by the agent from the
@@ -181,6 +194,10 @@ struct l7p_ct_entry {
 #define L7P_CT_CLOSING 4
 #define L7P_CT_FROM_HOST 8
 #define L7P_CT_REPLIED 16
+/* The flow's source / destination is a local endpoint (set by from_workload when it creates
+ * the entry): where host routing may put a packet of the flow straight into the endpoint. */
+#define L7P_CT_SRC_LOCAL 32
+#define L7P_CT_DST_LOCAL 64
 
 /*
  * l7p_udp_orig (LRU hash): (client addr, client port) -> original destination of a UDP

@@ -42,6 +42,7 @@
 #define ETH_P_IPV6 0x86DD
 #endif
 #define IPPROTO_ICMPV6_NUM 58
+#define L7P_AF_INET 2 /* AF_INET: <sys/socket.h> is not for BPF targets */
 
 /* Loader-written knobs (proxy ports). */
 struct {
@@ -102,7 +103,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, L7P_R_MAX);
+	__uint(max_entries, L7P_COUNTER_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } l7p_counters SEC(".maps");
@@ -120,6 +121,16 @@ struct pkt {
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
 
+/*
+ * Conntrack's clock: CLOCK_MONOTONIC at tick resolution (the agent compares deadlines with
+ * CLOCK_MONOTONIC). A tick is nothing next to the lifetimes, and reading the coarse clock
+ * costs less than a clocksource read, on every packet of every flow.
+ */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline void mark_passed(struct __sk_buff *skb)
 {
 	skb->mark = (skb->mark & ~L7P_MARK_MASK) | L7P_MARK_PASSED;
@@ -131,6 +142,13 @@ static __always_inline void count(__u32 reason)
 
 	if (c)
 		*c += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline struct l7p_config *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&l7p_config, &zero);
 }
 
 static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
@@ -427,12 +445,79 @@ static __always_inline void record_udp_orig(const struct pkt *p)
 
 static __always_inline __u16 proxy_port_for(__u8 verdict)
 {
-	__u32 zero = 0;
-	struct l7p_config *cfg = bpf_map_lookup_elem(&l7p_config, &zero);
+	struct l7p_config *cfg = config();
 
 	if (!cfg)
 		return 0;
 	return verdict == L7P_VERDICT_REDIRECT_DNS ? cfg->dns_proxy_port : cfg->proxy_port;
+}
+
+/*
+ * A packet from_workload let through: when it is for a local endpoint and host routing is
+ * on, put it into that endpoint's namespace at once (bpf_redirect_peer), doing what the
+ * host's forwarding would do: the next hop from the main table and the neighbour table
+ * (bpf_fib_lookup, which also refuses when forwarding is off on the ingress interface),
+ * the MAC addresses of that hop, TTL - 1. Everything else, and every case the lookup
+ * cannot settle (no neighbour entry yet, a non-GSO packet over the MTU, TTL 1, the next
+ * hop not an endpoint veth with this address), goes through the host's stack as before.
+ * Skipped on this path: the host's routing, netfilter and to_workload, which would only
+ * find the mark from_workload set.
+ */
+static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct l7p_config *cfg = config();
+	struct bpf_fib_lookup fib = {};
+	struct l7p_endpoint *ep;
+	void *data, *data_end;
+	struct iphdr *ip;
+	__u8 hdr[ETH_HLEN + 12]; /* Ethernet header and IPv4 up to the checksum */
+	__u32 check;
+	long rc;
+
+	if (!cfg || !(cfg->features & L7P_FEAT_HOST_ROUTING))
+		return TC_ACT_OK;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+		return TC_ACT_OK;
+	fib.family = L7P_AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = ip->protocol;
+	/* a GSO packet is cut to the MTU later: only a single packet's length is checked */
+	fib.tot_len = skb->gso_segs > 1 ? 0 : bpf_ntohs(ip->tot_len);
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+	fib.ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	__u32 out = fib.ifindex;
+
+	ep = bpf_map_lookup_elem(&l7p_endpoints, &out);
+	if (!ep || ep->ipv4 != p->tuple.daddr)
+		return TC_ACT_OK;
+
+	/* fib_lookup may have moved the data: find the headers again */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + sizeof(hdr) > data_end)
+		return TC_ACT_OK;
+	__builtin_memcpy(hdr, data, sizeof(hdr));
+	__builtin_memcpy(hdr, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(hdr + ETH_ALEN, fib.smac, ETH_ALEN);
+	ip = (void *)(hdr + ETH_HLEN);
+	/* ip_decrease_ttl's incremental checksum (RFC 1624): TTL is the high byte of its word */
+	check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+	/* one helper write instead of direct writes: those would make the verifier unclone
+	 * every packet this program sees, not just the ones taking this path */
+	if (bpf_skb_store_bytes(skb, 0, hdr, sizeof(hdr), 0))
+		return TC_ACT_SHOT;
+	count(L7P_R_HOST_BYPASS);
+	return bpf_redirect_peer(out, 0);
 }
 
 /* Packet of a tracked flow. */
@@ -443,6 +528,8 @@ static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct 
 	if (!(e->flags & L7P_CT_REDIRECT) || !can_assign) {
 		count(L7P_R_CT_PASS);
 		mark_passed(skb);
+		if (can_assign && (e->flags & (is_reply ? L7P_CT_SRC_LOCAL : L7P_CT_DST_LOCAL)))
+			return pass_local(skb, p);
 		return TC_ACT_OK;
 	}
 	__u8 verdict = (e->flags & L7P_CT_REDIRECT_DNS) ? L7P_VERDICT_REDIRECT_DNS : L7P_VERDICT_REDIRECT_HTTP;
@@ -475,7 +562,7 @@ int from_workload(struct __sk_buff *skb)
 		return drop(skb, &p, 0, 0, 0, -r, 0xff);
 	}
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	__u32 ifindex = skb->ifindex;
 	struct l7p_endpoint *src_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
 	__u32 src_id = L7P_WORLD_ID, dst_id = L7P_WORLD_ID;
@@ -538,11 +625,13 @@ int from_workload(struct __sk_buff *skb)
 	__u16 epid = src_epid ? src_epid : dst_epid;
 	__u8 dir = src_epid ? L7P_DIR_EGRESS : L7P_DIR_INGRESS;
 
+	__u8 local = (src_epid ? L7P_CT_SRC_LOCAL : 0) | (dst_epid ? L7P_CT_DST_LOCAL : 0);
+
 	if (verdict == L7P_VERDICT_ALLOW) {
-		ct_create(&p, now, src_id, dst_id, epid, 0);
+		ct_create(&p, now, src_id, dst_id, epid, local);
 		emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
 		mark_passed(skb);
-		return TC_ACT_OK;
+		return dst_epid ? pass_local(skb, &p) : TC_ACT_OK;
 	}
 
 	if (p.tuple.proto != IPPROTO_TCP && p.tuple.proto != IPPROTO_UDP)
@@ -550,7 +639,7 @@ int from_workload(struct __sk_buff *skb)
 	if (assign_to_proxy(skb, &p, proxy_port_for(verdict), 0) != 0)
 		return drop(skb, &p, src_id, dst_id, epid, L7P_R_DROP_NO_SOCKET, dir);
 
-	__u8 flags = L7P_CT_REDIRECT;
+	__u8 flags = L7P_CT_REDIRECT | local;
 	__u8 reason = L7P_R_NEW_REDIRECT_HTTP;
 
 	if (verdict == L7P_VERDICT_REDIRECT_DNS) {
@@ -586,7 +675,7 @@ int to_workload(struct __sk_buff *skb)
 	    p.tuple.proto == IPPROTO_TCP && !(p.tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST)))
 		return TC_ACT_OK;
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	__u32 ifindex = skb->ifindex;
 	struct l7p_endpoint *dst_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
 

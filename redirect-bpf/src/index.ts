@@ -9,7 +9,7 @@ import { objGet, createMapRef, RawMap, type MapRef } from 'bpf'
 import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import { RESERVED } from '../../policy-store/src/types.js'
 import {
-  CFG_MADE_ROUTE, CFG_MADE_RULE, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
+  CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
   decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue, decodeUdpOrigValue,
   encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue,
   encodeUdpOrigKey, writeIpv4
@@ -42,6 +42,12 @@ export interface DatapathOptions {
   uplinks: string[]
   /** Policy routing table for marked (to-proxy) packets; default 2004. */
   routeTable?: number
+  /**
+   * BPF host routing (default on): a packet let through to a local endpoint goes straight
+   * into its namespace instead of through the host's IP stack (L7P_FEAT_HOST_ROUTING in l7p.h).
+   * Off: the host routes it, its netfilter FORWARD rules see it (Cilium's legacy host routing).
+   */
+  hostRouting?: boolean
   logger: Logger
 }
 
@@ -366,7 +372,12 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
   if (made.rule) flags |= CFG_MADE_RULE
   if (made.route) flags |= CFG_MADE_ROUTE
   maps.l7p_config.set(zero, encodeConfig(Buffer.alloc(SIZE.config), {
-    proxyPort: opts.proxyPort, dnsProxyPort: opts.dnsProxyPort, routeTable: table, flags, progTag: tag
+    proxyPort: opts.proxyPort,
+    dnsProxyPort: opts.dnsProxyPort,
+    routeTable: table,
+    flags,
+    features: opts.hostRouting === false ? 0 : FEAT_HOST_ROUTING,
+    progTag: tag
   }))
   const dp = new DatapathImpl(opts, maps, refs)
   dp.startEvents()

@@ -42,12 +42,16 @@ export const REASONS = [
   'drop_unsupported_l4',
   'ct_pass',
   'ct_redirect',
-  'events_lost'
+  'events_lost',
+  'host_bypass'
 ] as const
 export type Reason = typeof REASONS[number]
+/** l7p_counters' max_entries (L7P_COUNTER_SLOTS): room for reasons to come without a new map shape. */
+export const COUNTER_SLOTS = 32
 
 export const CFG_MADE_RULE = 1
 export const CFG_MADE_ROUTE = 2
+export const FEAT_HOST_ROUTING = 1
 export const HOOK_INGRESS = 1
 export const HOOK_EGRESS = 2
 export const CT_REDIRECT = 1
@@ -55,6 +59,8 @@ export const CT_REDIRECT_DNS = 2
 export const CT_CLOSING = 4
 export const CT_FROM_HOST = 8
 export const CT_REPLIED = 16
+export const CT_SRC_LOCAL = 32
+export const CT_DST_LOCAL = 64
 
 /** Dotted quad -> the 4 wire bytes, written at `off`. Throws on anything else. */
 export function writeIpv4 (buf: Buffer, off: number, ip: string): void {
@@ -76,6 +82,8 @@ export interface ConfigValue {
   dnsProxyPort: number
   routeTable: number
   flags: number
+  /** FEAT_* bits the programs read. */
+  features: number
   progTag: bigint
 }
 
@@ -85,6 +93,7 @@ export function encodeConfig (buf: Buffer, v: ConfigValue): Buffer {
   buf.writeUInt16LE(v.dnsProxyPort, 2)
   buf.writeUInt32LE(v.routeTable, 4)
   buf.writeUInt32LE(v.flags, 8)
+  buf.writeUInt32LE(v.features, 12)
   buf.writeBigUInt64LE(v.progTag, 16)
   return buf
 }
@@ -95,6 +104,7 @@ export function decodeConfig (buf: Buffer): ConfigValue {
     dnsProxyPort: buf.readUInt16LE(2),
     routeTable: buf.readUInt32LE(4),
     flags: buf.readUInt32LE(8),
+    features: buf.readUInt32LE(12),
     progTag: buf.readBigUInt64LE(16)
   }
 }

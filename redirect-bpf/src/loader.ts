@@ -17,6 +17,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { bpffsMountedAt, run, runTolerant } from './sys.js'
 import { DatapathError } from './errors.js'
+import { COUNTER_SLOTS } from './layout.js'
 
 export const MAP_NAMES = [
   'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
@@ -81,6 +82,7 @@ export async function loadObject (bpffs: string, progDir: string): Promise<void>
   const obj = objectPath()
   const target = join(bpffs, progDir)
   if (existsSync(target)) rmSync(target, { recursive: true, force: true })
+  await retireReshapedCounters(bpffs)
   const args = ['prog', 'loadall', obj, target, 'type', 'tc']
   const pinned = MAP_NAMES.filter((m) => existsSync(mapPath(bpffs, m)))
   for (const m of pinned) args.push('map', 'name', m, 'pinned', mapPath(bpffs, m))
@@ -104,6 +106,19 @@ export async function loadObject (bpffs: string, progDir: string): Promise<void>
   }
   const still = MAP_NAMES.filter((m) => !existsSync(mapPath(bpffs, m)))
   if (still.length > 0) throw new DatapathError('WARDEN_ERR_BPF_PIN', `maps not pinned: ${still.join(', ')}`, { bpffs })
+}
+
+/**
+ * A pinned map is reused only when its shape matches the object's, or the load fails. The
+ * counters hold no state worth keeping: when an older build pinned them with fewer slots,
+ * drop that pin (programs still attached keep their map until they are replaced) and let
+ * the load create and pin the new one. Every other map keeps its shape across builds.
+ */
+async function retireReshapedCounters (bpffs: string): Promise<void> {
+  const pin = mapPath(bpffs, 'l7p_counters')
+  if (!existsSync(pin)) return
+  const info = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as { max_entries?: number }
+  if (info.max_entries !== COUNTER_SLOTS) rmSync(pin)
 }
 
 /** Swap `<bpffs>/progs_new` in for `<bpffs>/progs` (after filters point at the new ones). */

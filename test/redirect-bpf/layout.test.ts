@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
   SIZE, REASONS, encodePolicyKey, decodePolicyKey, encodeIpcacheKey, decodeIpcacheKey, encodeCtKey,
-  decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, encodeUdpOrigKey
+  decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, encodeUdpOrigKey, COUNTER_SLOTS, CT_REPLIED, CT_SRC_LOCAL,
+  CT_DST_LOCAL, FEAT_HOST_ROUTING
 } from '../../redirect-bpf/src/layout.js'
 import { compilePolicy, policyRecords, portBlocks } from '../../redirect-bpf/src/policy.js'
 import { toFlowEvent } from '../../redirect-bpf/src/events.js'
@@ -20,14 +21,16 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
   const fields: Array<[string, string]> = [
     ['l7p_policy_key', 'identity'], ['l7p_policy_key', 'port'], ['l7p_ct_key', 'proto'],
     ['l7p_ct_entry', 'flags'], ['l7p_event', 'reason'], ['l7p_event', 'endpoint_id'],
-    ['l7p_config', 'prog_tag'], ['l7p_endpoint', 'endpoint_id']
+    ['l7p_config', 'prog_tag'], ['l7p_config', 'features'], ['l7p_endpoint', 'endpoint_id']
   ]
   const structs = ['l7p_config', 'l7p_endpoint', 'l7p_attach', 'l7p_ipcache_key', 'l7p_ipcache_value',
     'l7p_policy_key', 'l7p_policy_value', 'l7p_ct_key', 'l7p_ct_entry', 'l7p_udp_orig_key', 'l7p_udp_orig_value', 'l7p_event']
   const src = `#include <stdio.h>\n#include <stddef.h>\n#include "${process.cwd()}/redirect-bpf/bpf/l7p.h"\nint main(void){\n` +
     structs.map((s) => `printf("${s} %zu\\n", sizeof(struct ${s}));`).join('\n') + '\n' +
     fields.map(([s, f]) => `printf("${s}.${f} %zu\\n", offsetof(struct ${s}, ${f}));`).join('\n') +
-    `\nprintf("L7P_R_MAX %d\\n", L7P_R_MAX);\nreturn 0;}\n`
+    `\nprintf("L7P_R_MAX %d\\n", L7P_R_MAX);\nprintf("L7P_COUNTER_SLOTS %d\\n", L7P_COUNTER_SLOTS);\n` +
+    ['L7P_CT_REPLIED', 'L7P_CT_SRC_LOCAL', 'L7P_CT_DST_LOCAL', 'L7P_FEAT_HOST_ROUTING'].map((c) => `printf("${c} %d\\n", ${c});`).join('\n') +
+    '\nreturn 0;}\n'
   writeFileSync(join(dir, 'l.c'), src)
   execFileSync('clang', ['-I/usr/include/x86_64-linux-gnu', '-o', join(dir, 'l'), join(dir, 'l.c')])
   const got = Object.fromEntries(execFileSync(join(dir, 'l'), { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(' ')))
@@ -46,8 +49,12 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
   t.equal(Number(got['l7p_event.endpoint_id']), 32)
   t.equal(Number(got['l7p_event.reason']), 36)
   t.equal(Number(got['l7p_config.prog_tag']), 16)
+  t.equal(Number(got['l7p_config.features']), 12)
   t.equal(Number(got['l7p_endpoint.endpoint_id']), 8)
   t.equal(Number(got.L7P_R_MAX), REASONS.length, 'one counter name per reason')
+  t.equal(Number(got.L7P_COUNTER_SLOTS), COUNTER_SLOTS, 'counter slots')
+  t.strictSame([got.L7P_CT_REPLIED, got.L7P_CT_SRC_LOCAL, got.L7P_CT_DST_LOCAL, got.L7P_FEAT_HOST_ROUTING].map(Number),
+    [CT_REPLIED, CT_SRC_LOCAL, CT_DST_LOCAL, FEAT_HOST_ROUTING], 'flag values')
 })
 
 t.test('keys encode to the fixture bytes', async (t) => {
@@ -62,8 +69,8 @@ t.test('keys encode to the fixture bytes', async (t) => {
   t.strictSame(decodeCtKey(ck), { saddr: '10.0.0.1', daddr: '10.0.0.2', sport: 40000, dport: 80, proto: 17 })
   t.equal(encodeEndpoint(Buffer.alloc(SIZE.endpoint), { identity: 300, ipv4: '1.2.3.4', endpointId: 7 }).toString('hex'), '2c010000' + '01020304' + '0700' + '0000')
   t.equal(encodeUdpOrigKey(Buffer.alloc(SIZE.udpOrigKey), '1.2.3.4', 53).toString('hex'), '01020304' + '0035' + '0000')
-  t.equal(encodeConfig(Buffer.alloc(SIZE.config), { proxyPort: 15001, dnsProxyPort: 15053, routeTable: 2004, flags: 3, progTag: 1n }).toString('hex'),
-    '993a' + 'cd3a' + 'd4070000' + '03000000' + '00000000' + '0100000000000000')
+  t.equal(encodeConfig(Buffer.alloc(SIZE.config), { proxyPort: 15001, dnsProxyPort: 15053, routeTable: 2004, flags: 3, features: 1, progTag: 1n }).toString('hex'),
+    '993a' + 'cd3a' + 'd4070000' + '03000000' + '01000000' + '0100000000000000')
   t.throws(() => encodeCtKey(Buffer.alloc(16), { saddr: '1.2.3', daddr: '1.1.1.1', sport: 1, dport: 1, proto: 6 }), TypeError)
 })
 

@@ -76,6 +76,22 @@ t.test('restart, upgrade and uninstall', { skip: isRoot() ? false : 'needs root'
     t.strictSame(await connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000), { ok: false, error: 'timeout' })
   })
 
+  await t.test('counters pinned by an older build with fewer slots are replaced; the state is kept', async (t) => {
+    await lab.dp.close()
+    const counters = `${bpffs}/l7p_counters`
+    execFileSync('rm', [counters])
+    execFileSync('bpftool', ['map', 'create', counters, 'type', 'percpu_array', 'key', '4', 'value', '8', 'entries', '16', 'name', 'l7p_counters'])
+    const cfg = new RawMap(createMapRef(objGet(`${bpffs}/l7p_config`), { transfer: true }))
+    const v = cfg.get(Buffer.alloc(4))
+    if (v !== undefined) { v.writeBigUInt64LE(43n, 16); cfg.set(Buffer.alloc(4), v) }
+    cfg.ref.close()
+    const dp = await lab.reopen()
+    t.equal((JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', counters])) as { max_entries: number }).max_entries, 32, 'the new shape')
+    t.equal(mapId(`${bpffs}/l7p_ct`), ctId, 'same CT map')
+    t.strictSame(await connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000), { ok: false, error: 'timeout' }, 'still enforcing')
+    t.ok(dp.counters().drop_policy >= 1, 'and counting in the new map')
+  })
+
   await t.test('uninstall leaves no filter, rule, route or pin', async (t) => {
     await lab.dp.close()
     await uninstall({ bpffs, routeTable: lab.opts.routeTable })
