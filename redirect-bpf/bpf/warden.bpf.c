@@ -455,7 +455,7 @@ static __always_inline __u16 proxy_port_for(__u8 verdict)
 /*
  * A packet from_workload let through: when it is for a local endpoint and host routing is
  * on, put it into that endpoint's namespace at once (bpf_redirect_peer), doing what the
- * host's forwarding would do: the next hop from the main table and the neighbour table
+ * host's forwarding would do: the next hop from the routing tables and the neighbour table
  * (bpf_fib_lookup, which also refuses when forwarding is off on the ingress interface),
  * the MAC addresses of that hop, TTL - 1. Everything else, and every case the lookup
  * cannot settle (no neighbour entry yet, a non-GSO packet over the MTU, TTL 1, the next
@@ -489,7 +489,8 @@ static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 	fib.ifindex = skb->ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	/* the full lookup, rules included: an operator's policy routing applies as on the stack */
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
 	__u32 out = fib.ifindex;
