@@ -10,23 +10,28 @@ const fmtInt = (n: number | null | undefined): string => n === null || n === und
 const fmtUs = (n: number | undefined): string => n === undefined ? '–' : n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${n} µs`
 const fmtX = (n: number | null | undefined): string => n === null || n === undefined ? '–' : `${n.toFixed(2)}×`
 
+const fmtMachine = (s: ScenarioResult): string => s.machine_us_per_req === undefined || Number.isNaN(s.machine_us_per_req)
+  ? '–'
+  : `${s.machine_us_per_req.toFixed(1)} µs (${fmtX(s.vs_direct_machine)})`
+
 export function markdownTable (res: BenchResults): string {
   const k = res.knobs
   const lines = [
     `Commit \`${res.commit.slice(0, 12)}\`${res.dirty ? ' (dirty)' : ''}, ${res.date}; ${String(res.machine.cpu)} ×${String(res.machine.cores)}, Linux ${String(res.machine.kernel)}, Node ${String(res.machine.node)}, ${String(res.machine.haproxy)}, ${String(res.machine.nginx)}.`,
     `autocannon ${String(k.connections)} connections, pipelining ${String(k.pipelining)}, ${String(k.duration_s)} s per run after ${String(k.warmup_s)} s warmup, ${String(k.rounds)} interleaved round(s); medians.`,
+    '"machine CPU per req" is the whole machine\'s busy CPU per request (load generator and upstream included), with direct\'s divided by it in brackets (above 1 = cheaper than direct).',
     '"other load" is CPU used by anything but the proxy, the upstream and the load generator during the runs (noise).',
     '',
-    '| scenario | req/s | p50 | p99 | p99.9 | proxy CPU (cores) | req per proxy CPU-s | vs direct (req/s) | vs haproxy-l7 (per core) | other load (cores) | note |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
+    '| scenario | req/s | p50 | p99 | p99.9 | proxy CPU (cores) | req per proxy CPU-s | vs direct (req/s) | machine CPU per req (vs direct) | vs haproxy-l7 (per core) | other load (cores) | note |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
   ]
   for (const s of res.scenarios) {
     if (s.skipped !== undefined) {
-      lines.push(`| ${s.name} | – | – | – | – | – | – | – | – | – | skipped: ${oneLine(s.skipped)} |`)
+      lines.push(`| ${s.name} | – | – | – | – | – | – | – | – | – | – | skipped: ${oneLine(s.skipped)} |`)
       continue
     }
     const note = s.error !== undefined ? `error: ${oneLine(s.error)}` : s.wrk !== undefined && 'rps' in s.wrk ? `wrk: ${fmtInt(s.wrk.rps)} req/s` : ''
-    lines.push(`| ${s.name} | ${fmtInt(s.rps)} | ${fmtUs(s.p50_us)} | ${fmtUs(s.p99_us)} | ${fmtUs(s.p999_us)} | ${s.proxy_cpu?.toFixed(2) ?? '–'} | ${fmtInt(s.rps_per_core)} | ${fmtX(s.vs_direct)} | ${fmtX(s.vs_haproxy_per_core)} | ${s.foreign_cpu?.toFixed(2) ?? '–'} | ${note} |`)
+    lines.push(`| ${s.name} | ${fmtInt(s.rps)} | ${fmtUs(s.p50_us)} | ${fmtUs(s.p99_us)} | ${fmtUs(s.p999_us)} | ${s.proxy_cpu?.toFixed(2) ?? '–'} | ${fmtInt(s.rps_per_core)} | ${fmtX(s.vs_direct)} | ${fmtMachine(s)} | ${fmtX(s.vs_haproxy_per_core)} | ${s.foreign_cpu?.toFixed(2) ?? '–'} | ${note} |`)
   }
   return lines.join('\n') + '\n'
 }

@@ -43,6 +43,15 @@ export interface ScenarioResult {
   upstream_cpu?: number
   client_cpu?: number
   machine_cpu?: number
+  /**
+   * Busy CPU of the whole machine per request, in µs (median over rounds): what a request costs
+   * everything on its path, the load generator and the upstream included. Unlike req/s it does
+   * not depend on who waits for whom, so it shows a path's cost where the load generator is the
+   * bottleneck (`direct`, `warden-l4`).
+   */
+  machine_us_per_req?: number
+  /** direct's machine_us_per_req / this one's: above 1 = this path costs the machine less. */
+  vs_direct_machine?: number | null
   /** CPU (cores) used on the machine by anything but the proxy, the upstream and the load generator: noise. */
   foreign_cpu?: number
   /** rps / direct's rps. */
@@ -96,6 +105,7 @@ export function summarise (name: string, rounds: RoundResult[], expectStatus: nu
     upstream_cpu: round3(med((r) => r.upstream_cpu_s / r.duration_s)),
     client_cpu: round3(med((r) => r.client_cpu_s / r.duration_s)),
     machine_cpu: round3(med((r) => r.machine_cpu_s / r.duration_s)),
+    machine_us_per_req: Math.round(med((r) => r.requests > 0 ? r.machine_cpu_s * 1e6 / r.requests : NaN) * 10) / 10,
     foreign_cpu: round3(Math.max(0, med((r) => (r.machine_cpu_s - r.proxy_cpu_s - r.upstream_cpu_s - r.client_cpu_s) / r.duration_s))),
     expect_status: expectStatus,
     status_ok: round3(statusOk),
@@ -107,7 +117,7 @@ export function summarise (name: string, rounds: RoundResult[], expectStatus: nu
   return out
 }
 
-/** Fills vs_direct and vs_haproxy_per_core from the `direct` and `haproxy-l7` rows. */
+/** Fills vs_direct, vs_direct_machine and vs_haproxy_per_core from the `direct` and `haproxy-l7` rows. */
 export function addRatios (scenarios: ScenarioResult[]): void {
   const usable = (s: ScenarioResult | undefined): s is ScenarioResult => s !== undefined && s.skipped === undefined && s.error === undefined
   const direct = scenarios.find((s) => s.name === 'direct')
@@ -115,6 +125,9 @@ export function addRatios (scenarios: ScenarioResult[]): void {
   for (const s of scenarios) {
     if (s.skipped !== undefined) continue
     s.vs_direct = usable(direct) && direct.rps !== undefined && direct.rps > 0 && s.rps !== undefined ? round3(s.rps / direct.rps) : null
+    s.vs_direct_machine = usable(direct) && typeof direct.machine_us_per_req === 'number' && typeof s.machine_us_per_req === 'number' && s.machine_us_per_req > 0
+      ? round3(direct.machine_us_per_req / s.machine_us_per_req)
+      : null
     s.vs_haproxy_per_core = usable(haproxy) && typeof haproxy.rps_per_core === 'number' && typeof s.rps_per_core === 'number'
       ? round3(s.rps_per_core / haproxy.rps_per_core)
       : null

@@ -38,7 +38,7 @@ t.test('wrong answers are flagged, not ranked', async (t) => {
 
 t.test('ratios to direct (req/s) and to haproxy-l7 (per core)', async (t) => {
   const rows = [
-    { ...summarise('direct', [round({ rps: 2000 })], 200, false) },
+    { ...summarise('direct', [round({ rps: 2000, requests: 2000 })], 200, false) },
     { ...summarise('haproxy-l7', [round({ rps: 1000, requests: 1000, proxy_cpu_s: 0.5 })], 200, true) },
     { ...summarise('warden-l7', [round({ rps: 500, requests: 500, proxy_cpu_s: 0.5 })], 200, true) },
     { name: 'warden-l4', skipped: 'agent not ready' }
@@ -49,6 +49,9 @@ t.test('ratios to direct (req/s) and to haproxy-l7 (per core)', async (t) => {
   t.equal(rows[1].vs_haproxy_per_core, 1)
   t.equal(rows[0].vs_haproxy_per_core, null)
   t.equal(rows[3].vs_direct, undefined)
+  // machine CPU per request: 1.2 s over 2000, 1000 and 500 requests
+  t.strictSame(rows.slice(0, 3).map((r) => r.machine_us_per_req), [600, 1200, 2400])
+  t.strictSame(rows.slice(0, 3).map((r) => r.vs_direct_machine), [1, 0.5, 0.25])
 })
 
 const results = (): BenchResults => {
@@ -72,7 +75,7 @@ t.test('the Markdown table has one row per scenario and says why one was skipped
   const rows = md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| scenario'))
   t.equal(rows.length, 3)
   t.match(rows[0], /^\| direct \| 2,000 \|/)
-  t.match(rows[1], /^\| haproxy-l7 \| 1,000 \| 100 µs \| 300 µs \| 500 µs \| 0\.50 \| 2,000 \| 0\.50× \| 1\.00× \|/)
+  t.match(rows[1], /^\| haproxy-l7 \| 1,000 \| 100 µs \| 300 µs \| 500 µs \| 0\.50 \| 2,000 \| 0\.50× \| 1200\.0 µs \(1\.00×\) \| 1\.00× \|/)
   t.match(rows[2], /skipped: warden agent: exited \(2\)/)
 })
 
