@@ -1,10 +1,11 @@
 /**
  * Datapath numbers (root; not a test): `node dist/bench/datapath.js`
  * 1. Throughput (one TCP stream, DURATION s) and request/response latency (1-byte ping-pong)
- *    between two lab namespaces, SAMPLES pairs of runs alternating without the program (its
- *    filters detached) and with it attached and a 1,000-entry policy; the loss is the median
- *    of the pairs' losses. Also the programs' average run time per packet (kernel.bpf_stats,
- *    switched on for the runs and restored). Target: under 3% lost throughput for allowed L4 traffic.
+ *    between two lab namespaces, SAMPLES rounds of runs alternating without the program (its
+ *    filters detached), with it attached and a 1,000-entry policy and legacy host routing, and
+ *    with BPF host routing (the default); each mode's change is the median of its rounds'. Also
+ *    the programs' average run time per packet (kernel.bpf_stats, switched on for the runs and
+ *    restored). Target: under 3% lost throughput for allowed L4 traffic.
  * 2. Time from apply() of a 10,000-rule snapshot to the maps updated, and of a one-rule
  *    change after it. Target: under 100 ms.
  * Lab: netns wdp0-*, 198.18.16.0/24, pins /sys/fs/bpf/wdp0, table 2100; removed at the end.
@@ -12,6 +13,8 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { pino } from 'pino'
+import { createMapRef, objGet, RawMap } from 'bpf'
+import { FEAT_HOST_ROUTING } from '../redirect-bpf/src/layout.js'
 import { labDown, labUp, type LabSpec } from '../lab/lab.js'
 import { openDatapath, uninstall, type DatapathOptions } from '../redirect-bpf/src/index.js'
 import { attachHook, detachHook, PROGS, progPath } from '../redirect-bpf/src/loader.js'
@@ -67,6 +70,19 @@ function busyNs (): number {
   return (total - f[3] - f[4]) * 1e9 / 100 // USER_HZ is 100 on Linux
 }
 
+/** Switch the loaded programs' features (l7p_config) without reopening the datapath. */
+function setFeatures (bpffs: string, features: number): void {
+  const cfg = new RawMap(createMapRef(objGet(`${bpffs}/l7p_config`), { transfer: true }))
+  try {
+    const v = cfg.get(Buffer.alloc(4))
+    if (v === undefined) throw new Error('l7p_config is empty')
+    v.writeUInt32LE(features, 12)
+    cfg.set(Buffer.alloc(4), v)
+  } finally {
+    cfg.ref.close()
+  }
+}
+
 /** run_time_ns / run_cnt of a pinned program (kernel.bpf_stats_enabled must be 1). */
 function progStats (path: string): { ns: number, cnt: number } {
   const out = execFileSync('bpftool', ['-j', 'prog', 'show', 'pinned', path], { encoding: 'utf8' })
@@ -96,38 +112,48 @@ async function main (): Promise<void> {
     const kernel: KernelEntry[] = [...openEntries(100), entry(101, 1, 0, 0, 0, 'allow'), entry(101, 0, 1000, 6, 5001, 'allow')]
     for (let i = 0; i < 997; i++) kernel.push(entry(101, 0, 2000 + i, 6, 5001, 'allow'))
     await dp.apply(snapshot(eps, kernel))
-    // Throughput varies run to run by more than the effect measured here, so samples without
-    // and with the program alternate (the program's filters are detached and re-attached in
-    // between) and the loss is the median of each pair's loss.
+    // Throughput varies run to run by more than the effect measured here, so samples alternate:
+    // without the program (its filters detached), with it and legacy host routing, with it and
+    // BPF host routing (the default); each mode's change is the median of its per-round changes.
     const hooks = eps.flatMap((e) => [[e.iface, 'ingress'], [e.iface, 'egress']] as const)
+    const modes = ['legacy', 'bpf'] as const
     const without: Sample[] = []
-    const withProg: Sample[] = []
-    const losses: number[] = []
-    let busyWith = 0
+    const withProg: Record<typeof modes[number], Sample[]> = { legacy: [], bpf: [] }
+    const change: Record<typeof modes[number], number[]> = { legacy: [], bpf: [] }
+    const busy: Record<typeof modes[number], number> = { legacy: 0, bpf: 0 }
+    const progNs: Record<typeof modes[number], number[]> = { legacy: [0, 0], bpf: [0, 0] }
+    const progCnt: Record<typeof modes[number], number[]> = { legacy: [0, 0], bpf: [0, 0] }
     writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1')
-    const s0 = PROGS.map((p) => progStats(progPath(opts.bpffs, p)))
     for (let i = 0; i < SAMPLES; i++) {
       for (const [ifname, hook] of hooks) await detachHook(ifname, hook)
       const a = await sample(spec, eps[1].ipv4)
-      for (const [ifname, hook] of hooks) await attachHook(opts.bpffs, ifname, hook)
-      const busy0 = busyNs()
-      const b = await sample(spec, eps[1].ipv4)
-      busyWith += busyNs() - busy0
       without.push(a)
-      withProg.push(b)
-      losses.push((1 - b.gbps / a.gbps) * 100)
+      for (const [ifname, hook] of hooks) await attachHook(opts.bpffs, ifname, hook)
+      for (const m of modes) {
+        setFeatures(opts.bpffs, m === 'bpf' ? FEAT_HOST_ROUTING : 0)
+        const s0 = PROGS.map((p) => progStats(progPath(opts.bpffs, p)))
+        const busy0 = busyNs()
+        const b = await sample(spec, eps[1].ipv4)
+        busy[m] += busyNs() - busy0
+        const s1 = PROGS.map((p) => progStats(progPath(opts.bpffs, p)))
+        PROGS.forEach((_p, j) => { progNs[m][j] += s1[j].ns - s0[j].ns; progCnt[m][j] += s1[j].cnt - s0[j].cnt })
+        withProg[m].push(b)
+        change[m].push((b.gbps / a.gbps - 1) * 100)
+      }
     }
-    const s1 = PROGS.map((p) => progStats(progPath(opts.bpffs, p)))
     writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas)
-    const perRun = PROGS.map((p, i) => `${p} ${((s1[i].ns - s0[i].ns) / Math.max(1, s1[i].cnt - s0[i].cnt)).toFixed(0)} ns x ${s1[i].cnt - s0[i].cnt}`)
-    console.log(`without program     : ${med(without.map((x) => x.gbps)).toFixed(2)} Gbit/s, rr p50 ${med(without.map((x) => x.p50us)).toFixed(1)} us p99 ${med(without.map((x) => x.p99us)).toFixed(1)} us`)
-    console.log(`with program+1k     : ${med(withProg.map((x) => x.gbps)).toFixed(2)} Gbit/s, rr p50 ${med(withProg.map((x) => x.p50us)).toFixed(1)} us p99 ${med(withProg.map((x) => x.p99us)).toFixed(1)} us`)
-    console.log(`throughput lost     : median ${med(losses).toFixed(1)}% of ${SAMPLES} pairs (${losses.map((x) => x.toFixed(1)).join(', ')}), target < 3%`)
-    const progNs = PROGS.reduce((a, _p, i) => a + s1[i].ns - s0[i].ns, 0)
-    console.log(`program run time    : ${perRun.join('; ')} (average per run, bpf_stats)`)
-    // The share of all CPU time spent in the programs while they were attached: on a CPU-bound
-    // stream, the throughput the program can cost (noise free, unlike the pairs above).
-    console.log(`program CPU share   : ${(progNs / busyWith * 100).toFixed(2)}% of the machine's busy CPU time during the runs with it`)
+    const line = (xs: Sample[]): string => `${med(xs.map((x) => x.gbps)).toFixed(2)} Gbit/s, rr p50 ${med(xs.map((x) => x.p50us)).toFixed(1)} us p99 ${med(xs.map((x) => x.p99us)).toFixed(1)} us`
+    console.log(`without program          : ${line(without)}`)
+    for (const m of modes) {
+      const perRun = PROGS.map((p, j) => `${p} ${(progNs[m][j] / Math.max(1, progCnt[m][j])).toFixed(0)} ns x ${progCnt[m][j]}`)
+      const total = progNs[m][0] + progNs[m][1]
+      console.log(`program+1k, ${m.padEnd(6)} routing: ${line(withProg[m])}`)
+      console.log(`  throughput vs without  : median ${med(change[m]) >= 0 ? '+' : ''}${med(change[m]).toFixed(1)}% of ${SAMPLES} rounds (${change[m].map((x) => x.toFixed(1)).join(', ')})`)
+      console.log(`  program run time       : ${perRun.join('; ')} (average per run, bpf_stats)`)
+      // The share of all CPU time spent in the programs while they were attached: on a CPU-bound
+      // stream, the throughput the programs themselves can cost (noise free, unlike the rounds).
+      console.log(`  program CPU share      : ${(total / busy[m] * 100).toFixed(2)}% of the machine's busy CPU time during these runs`)
+    }
 
     // 10,000 rules: 10 ports x 1,000 identities on b's ingress
     const big: KernelEntry[] = [...kernel]

@@ -200,6 +200,25 @@ struct l7p_ct_entry {
 #define L7P_CT_DST_LOCAL 64
 
 /*
+ * l7p_fib (LRU hash): what bpf_fib_lookup answered for a destination, kept for a second so
+ * that host routing (L7P_FEAT_HOST_ROUTING) does not walk the routing rules and tables for
+ * every packet. Keyed by the ingress interface too, which stands for the source (an
+ * endpoint's veth), so that source-based rules are honoured as the stack would. The
+ * programs' own cache; userspace never reads it.
+ */
+struct l7p_fib_key {
+	__u32 daddr;       /* network order */
+	__u32 ifindex;     /* ingress */
+};
+struct l7p_fib_value {
+	__u64 expires;     /* coarse CLOCK_MONOTONIC ns */
+	__u32 ifindex;     /* egress: the destination endpoint's host-side veth */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u16 mtu;         /* the route's MTU (host order) */
+};
+
+/*
  * l7p_udp_orig (LRU hash): (client addr, client port) -> original destination of a UDP
  * datagram redirected to the DNS proxy. Node's dgram cannot read IP_ORIGDSTADDR, so the
  * program records it here and the DNS proxy reads it (Datapath.udpOriginalDestination).
@@ -245,5 +264,7 @@ _Static_assert(sizeof(struct l7p_ct_entry) == 24, "l7p_ct_entry");
 _Static_assert(sizeof(struct l7p_udp_orig_key) == 8, "l7p_udp_orig_key");
 _Static_assert(sizeof(struct l7p_udp_orig_value) == 8, "l7p_udp_orig_value");
 _Static_assert(sizeof(struct l7p_event) == 40, "l7p_event");
+_Static_assert(sizeof(struct l7p_fib_key) == 8, "l7p_fib_key");
+_Static_assert(sizeof(struct l7p_fib_value) == 32, "l7p_fib_value");
 
 #endif /* L7P_H */

@@ -97,6 +97,13 @@ struct {
 } l7p_udp_orig SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct l7p_fib_key);
+	__type(value, struct l7p_fib_value);
+} l7p_fib SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } l7p_events SEC(".maps");
@@ -452,27 +459,78 @@ static __always_inline __u16 proxy_port_for(__u8 verdict)
 	return verdict == L7P_VERDICT_REDIRECT_DNS ? cfg->dns_proxy_port : cfg->proxy_port;
 }
 
+/* How long a bpf_fib_lookup answer is used (l7p_fib). The kernel's own neighbour entries
+ * stay valid for tens of seconds without confirmation; a route or MAC change shows within this. */
+#define FIB_CACHE_NS (1 * NS_PER_SEC)
+
+static __always_inline long fib_ask(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
+				    const struct iphdr *ip, __u16 tot_len)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = L7P_AF_INET;
+	fib->tos = ip->tos;
+	fib->l4_protocol = ip->protocol;
+	fib->tot_len = tot_len;
+	fib->ipv4_src = ip->saddr;
+	fib->ipv4_dst = ip->daddr;
+	fib->ifindex = skb->ifindex;
+	/* the full lookup, rules included: an operator's policy routing applies as on the stack */
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+}
+
+/*
+ * Where to put a packet for daddr that entered on ifindex: bpf_fib_lookup's next hop and
+ * MAC addresses, and the route's MTU (asked with a length no route takes), cached for
+ * FIB_CACHE_NS. 0 when it cannot be settled here: no neighbour entry yet, forwarding off on
+ * the ingress interface, a packet over the MTU (the stack sends the ICMP error), ... Those
+ * go through the stack, which knows what to do. A GSO packet is not checked against the
+ * MTU: its segments were cut to the MSS of the same MTU (Cilium's local delivery does the same).
+ */
+static __always_inline struct l7p_fib_value *next_hop(struct __sk_buff *skb, struct iphdr *ip, __u64 now)
+{
+	struct l7p_fib_key k = { .daddr = ip->daddr, .ifindex = skb->ifindex };
+	struct l7p_fib_value *v = bpf_map_lookup_elem(&l7p_fib, &k);
+
+	if (!v || v->expires <= now) {
+		struct bpf_fib_lookup fib;
+		struct l7p_fib_value nv = { .expires = now + FIB_CACHE_NS, .mtu = 0xffff };
+
+		if (fib_ask(skb, &fib, ip, 0) != BPF_FIB_LKUP_RET_SUCCESS)
+			return 0;
+		nv.ifindex = fib.ifindex;
+		__builtin_memcpy(nv.dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(nv.smac, fib.smac, ETH_ALEN);
+		if (fib_ask(skb, &fib, ip, 0xffff) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			nv.mtu = fib.mtu_result;
+		bpf_map_update_elem(&l7p_fib, &k, &nv, BPF_ANY);
+		v = bpf_map_lookup_elem(&l7p_fib, &k);
+		if (!v)
+			return 0;
+	}
+	if (skb->gso_segs <= 1 && bpf_ntohs(ip->tot_len) > v->mtu)
+		return 0;
+	return v;
+}
+
 /*
  * A packet from_workload let through: when it is for a local endpoint and host routing is
  * on, put it into that endpoint's namespace at once (bpf_redirect_peer), doing what the
- * host's forwarding would do: the next hop from the routing tables and the neighbour table
- * (bpf_fib_lookup, which also refuses when forwarding is off on the ingress interface),
- * the MAC addresses of that hop, TTL - 1. Everything else, and every case the lookup
- * cannot settle (no neighbour entry yet, a non-GSO packet over the MTU, TTL 1, the next
- * hop not an endpoint veth with this address), goes through the host's stack as before.
- * Skipped on this path: the host's routing, netfilter and to_workload, which would only
- * find the mark from_workload set.
+ * host's forwarding would do: the next hop and its MAC addresses (next_hop), TTL - 1.
+ * Every case that cannot be settled here (see next_hop; TTL 1; a next hop that is not the
+ * veth of an endpoint with this address) goes through the host's stack as before.
+ * Skipped on this path: the host's input and forwarding path with its netfilter hooks, a
+ * second pass through the backlog queue, and to_workload, which would only find the mark
+ * from_workload set.
  */
-static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p, __u64 now)
 {
 	struct l7p_config *cfg = config();
-	struct bpf_fib_lookup fib = {};
+	struct l7p_fib_value *hop;
 	struct l7p_endpoint *ep;
 	void *data, *data_end;
 	struct iphdr *ip;
 	__u8 hdr[ETH_HLEN + 12]; /* Ethernet header and IPv4 up to the checksum */
-	__u32 check;
-	long rc;
+	__u32 check, out;
 
 	if (!cfg || !(cfg->features & L7P_FEAT_HOST_ROUTING))
 		return TC_ACT_OK;
@@ -481,32 +539,22 @@ static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p
 	ip = data + ETH_HLEN;
 	if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
 		return TC_ACT_OK;
-	fib.family = L7P_AF_INET;
-	fib.tos = ip->tos;
-	fib.l4_protocol = ip->protocol;
-	/* a GSO packet is cut to the MTU later: only a single packet's length is checked */
-	fib.tot_len = skb->gso_segs > 1 ? 0 : bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
-	fib.ifindex = skb->ifindex;
-	/* the full lookup, rules included: an operator's policy routing applies as on the stack */
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+	hop = next_hop(skb, ip, now);
+	if (!hop)
 		return TC_ACT_OK;
-	__u32 out = fib.ifindex;
-
+	out = hop->ifindex;
 	ep = bpf_map_lookup_elem(&l7p_endpoints, &out);
 	if (!ep || ep->ipv4 != p->tuple.daddr)
 		return TC_ACT_OK;
 
-	/* fib_lookup may have moved the data: find the headers again */
+	/* the helpers above may have moved the data: find the headers again */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	if (data + sizeof(hdr) > data_end)
 		return TC_ACT_OK;
 	__builtin_memcpy(hdr, data, sizeof(hdr));
-	__builtin_memcpy(hdr, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(hdr + ETH_ALEN, fib.smac, ETH_ALEN);
+	__builtin_memcpy(hdr, hop->dmac, ETH_ALEN);
+	__builtin_memcpy(hdr + ETH_ALEN, hop->smac, ETH_ALEN);
 	ip = (void *)(hdr + ETH_HLEN);
 	/* ip_decrease_ttl's incremental checksum (RFC 1624): TTL is the high byte of its word */
 	check = ip->check;
@@ -530,7 +578,7 @@ static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct 
 		count(L7P_R_CT_PASS);
 		mark_passed(skb);
 		if (can_assign && (e->flags & (is_reply ? L7P_CT_SRC_LOCAL : L7P_CT_DST_LOCAL)))
-			return pass_local(skb, p);
+			return pass_local(skb, p, now);
 		return TC_ACT_OK;
 	}
 	__u8 verdict = (e->flags & L7P_CT_REDIRECT_DNS) ? L7P_VERDICT_REDIRECT_DNS : L7P_VERDICT_REDIRECT_HTTP;
@@ -632,7 +680,7 @@ int from_workload(struct __sk_buff *skb)
 		ct_create(&p, now, src_id, dst_id, epid, local);
 		emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
 		mark_passed(skb);
-		return dst_epid ? pass_local(skb, &p) : TC_ACT_OK;
+		return dst_epid ? pass_local(skb, &p, now) : TC_ACT_OK;
 	}
 
 	if (p.tuple.proto != IPPROTO_TCP && p.tuple.proto != IPPROTO_UDP)

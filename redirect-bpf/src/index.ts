@@ -81,6 +81,7 @@ function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   const maps = {} as Maps
   for (const name of MAP_NAMES) {
     if (name === 'l7p_events' || name === 'l7p_counters') continue // read through libbpf
+    if (name === 'l7p_fib') continue // the programs' own cache
     const ref = createMapRef(objGet(mapPath(bpffs, name)), { transfer: true })
     refs.push(ref)
     maps[name] = new RawMap(ref)

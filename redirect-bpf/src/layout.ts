@@ -20,7 +20,9 @@ export const SIZE = {
   ctEntry: 24,
   udpOrigKey: 8,
   udpOrigValue: 8,
-  event: 40
+  event: 40,
+  fibKey: 8,
+  fibValue: 32
 } as const
 
 export const VERDICT = { NONE: 0, ALLOW: 1, DENY: 2, REDIRECT_HTTP: 3, REDIRECT_DNS: 4 } as const

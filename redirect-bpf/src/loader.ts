@@ -21,7 +21,7 @@ import { COUNTER_SLOTS } from './layout.js'
 
 export const MAP_NAMES = [
   'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
-  'l7p_udp_orig', 'l7p_events', 'l7p_counters'
+  'l7p_udp_orig', 'l7p_events', 'l7p_counters', 'l7p_fib'
 ] as const
 export type MapName = typeof MAP_NAMES[number]
 export const PROGS = ['from_workload', 'to_workload'] as const

@@ -24,7 +24,7 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
     ['l7p_config', 'prog_tag'], ['l7p_config', 'features'], ['l7p_endpoint', 'endpoint_id']
   ]
   const structs = ['l7p_config', 'l7p_endpoint', 'l7p_attach', 'l7p_ipcache_key', 'l7p_ipcache_value',
-    'l7p_policy_key', 'l7p_policy_value', 'l7p_ct_key', 'l7p_ct_entry', 'l7p_udp_orig_key', 'l7p_udp_orig_value', 'l7p_event']
+    'l7p_policy_key', 'l7p_policy_value', 'l7p_ct_key', 'l7p_ct_entry', 'l7p_udp_orig_key', 'l7p_udp_orig_value', 'l7p_event', 'l7p_fib_key', 'l7p_fib_value']
   const src = `#include <stdio.h>\n#include <stddef.h>\n#include "${process.cwd()}/redirect-bpf/bpf/l7p.h"\nint main(void){\n` +
     structs.map((s) => `printf("${s} %zu\\n", sizeof(struct ${s}));`).join('\n') + '\n' +
     fields.map(([s, f]) => `printf("${s}.${f} %zu\\n", offsetof(struct ${s}, ${f}));`).join('\n') +
@@ -38,7 +38,7 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
     l7p_config: SIZE.config, l7p_endpoint: SIZE.endpoint, l7p_attach: SIZE.attach, l7p_ipcache_key: SIZE.ipcacheKey,
     l7p_ipcache_value: SIZE.ipcacheValue, l7p_policy_key: SIZE.policyKey, l7p_policy_value: SIZE.policyValue,
     l7p_ct_key: SIZE.ctKey, l7p_ct_entry: SIZE.ctEntry, l7p_udp_orig_key: SIZE.udpOrigKey,
-    l7p_udp_orig_value: SIZE.udpOrigValue, l7p_event: SIZE.event
+    l7p_udp_orig_value: SIZE.udpOrigValue, l7p_event: SIZE.event, l7p_fib_key: SIZE.fibKey, l7p_fib_value: SIZE.fibValue
   }
   for (const [s, n] of Object.entries(names)) t.equal(Number(got[s]), n, `sizeof ${s}`)
   // offsets the TS codecs use
