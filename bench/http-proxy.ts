@@ -18,12 +18,13 @@
  * Build, then run from the repository root: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
  * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
  * SCENARIOS (direct,allowed,denied,latency; `latency` = issue 4's added p50 per hop: one connection, one
- * request in flight, hrtime-timed, LATENCY_N requests each way),
+ * request in flight, hrtime-timed, LATENCY_N requests each way, also through HAProxy with the same rules
+ * when it is installed, LATENCY_HAPROXY=0 to skip it),
  * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
  * LOGDEST (batched, the agent's: proxy/src/http/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
-import { fork } from 'node:child_process'
+import { fork, spawn } from 'node:child_process'
 import { existsSync, openSync } from 'node:fs'
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -34,6 +35,8 @@ import { fileURLToPath } from 'node:url'
 import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../proxy/src/http/index.js'
 import { batchedDestination } from '../proxy/src/http/log-destination.js'
+import { haproxyConfig } from './peer-config.js'
+import { rulesFromSnapshot } from './peer-rules.js'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../policy-store/src/index.js'
 
 const BILLING_PORT = 8080
@@ -193,31 +196,74 @@ async function main (): Promise<void> {
     console.log(`${name.padEnd(8)} ${Math.round(r.requests.average).toString().padStart(7)} req/s  p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms  ` +
       `expected-status ${statusOk}/${r.requests.total}  errors ${r.errors} non2xx ${r.non2xx}${perCpu}`)
   }
-  if (wanted.includes('latency')) await latency(backend, proxy)
+  if (wanted.includes('latency')) await latency(backend, proxy, process.env.LATENCY_HAPROXY === '0' ? undefined : await startHaproxy(backend))
   console.log('proxy counters', JSON.stringify(await ask<object>(child, 'metrics')))
   child.kill('SIGINT')
   be.kill('SIGINT')
 }
 
 /**
+ * HAProxy in front of the same backend, with the seed's rules (bench/peer-config.ts, as in
+ * `npm run bench`), for the latency scenario's yardstick; undefined when haproxy is not installed.
+ */
+async function startHaproxy (backend: number): Promise<{ port: number, stop: () => Promise<void> } | undefined> {
+  if (!['/usr/sbin/haproxy', '/usr/bin/haproxy'].some((p) => existsSync(p))) return undefined
+  const dir = await mkdtemp(join(os.tmpdir(), 'warden-http-bench-haproxy-'))
+  const port = await new Promise<number>((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as net.AddressInfo).port
+      probe.close(() => resolve(p))
+    })
+  })
+  const policy = rulesFromSnapshot(await seedSnapshot(), 'billing-service', BILLING_PORT)
+  const conf = join(dir, 'haproxy.cfg')
+  await writeFile(conf, haproxyConfig(policy, { listenIp: '127.0.0.1', listenPort: port, upstreamIp: '127.0.0.1', upstreamPort: backend, stateDir: dir }))
+  const proc = spawn('haproxy', ['-db', '-f', conf], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const stop = async (): Promise<void> => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      await new Promise<void>((resolve) => { proc.once('exit', () => resolve()); proc.kill('SIGTERM') })
+    }
+    await rm(dir, { recursive: true, force: true })
+  }
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const c = net.connect({ host: '127.0.0.1', port }, () => { c.destroy(); resolve(true) })
+      c.once('error', () => resolve(false))
+    })
+    if (up) return { port, stop }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  await stop()
+  throw new Error('haproxy did not come up')
+}
+
+/**
  * Issue 4's per-hop latency: one connection, one request in flight (the next is sent when the
  * previous response is complete), timed with hrtime at 1 us resolution (autocannon's histogram
- * has 1 ms). Direct and through the proxy alternate in blocks so that both see the same machine.
+ * has 1 ms). Direct, through the proxy and through HAProxy (when installed: what this machine
+ * gives a proxy hop) alternate in blocks so that all see the same machine.
  */
-async function latency (backend: number, proxy: number): Promise<void> {
+async function latency (backend: number, proxy: number, haproxy: { port: number, stop: () => Promise<void> } | undefined): Promise<void> {
   const n = Number(process.env.LATENCY_N ?? 20_000)
   const blocks = 4
-  const samples: Record<'direct' | 'proxy', number[]> = { direct: [], proxy: [] }
-  for (let b = 0; b < blocks; b++) {
-    for (const [name, port] of [['direct', backend], ['proxy', proxy]] as const) {
-      samples[name].push(...await sequential(port, Math.ceil(n / blocks), 500))
+  const targets: Array<['direct' | 'proxy' | 'haproxy', number]> = [['direct', backend], ['proxy', proxy]]
+  if (haproxy !== undefined) targets.push(['haproxy', haproxy.port])
+  const samples: Record<'direct' | 'proxy' | 'haproxy', number[]> = { direct: [], proxy: [], haproxy: [] }
+  try {
+    for (let b = 0; b < blocks; b++) {
+      for (const [name, port] of targets) samples[name].push(...await sequential(port, Math.ceil(n / blocks), 500))
     }
+  } finally {
+    await haproxy?.stop()
   }
   const pct = (a: number[], q: number): number => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)] }
   const d50 = pct(samples.direct, 0.5)
   const p50 = pct(samples.proxy, 0.5)
+  const hap = haproxy === undefined
+    ? '; haproxy not installed'
+    : `; through HAProxy p50 ${pct(samples.haproxy, 0.5).toFixed(1)} us p99 ${pct(samples.haproxy, 0.99).toFixed(1)} us, added p50 ${(pct(samples.haproxy, 0.5) - d50).toFixed(1)} us`
   console.log(`latency  one connection, one request in flight, ${samples.proxy.length} requests each: direct p50 ${d50.toFixed(1)} us p99 ${pct(samples.direct, 0.99).toFixed(1)} us; ` +
-    `through the proxy p50 ${p50.toFixed(1)} us p99 ${pct(samples.proxy, 0.99).toFixed(1)} us; added p50 ${(p50 - d50).toFixed(1)} us (issue 4: at most 40 us)`)
+    `through the proxy p50 ${p50.toFixed(1)} us p99 ${pct(samples.proxy, 0.99).toFixed(1)} us; added p50 ${(p50 - d50).toFixed(1)} us (issue 4: at most 40 us)${hap}`)
 }
 
 /** `count` timed GET /healthz on one keep-alive connection (after `warm` untimed ones); microseconds each. */
