@@ -562,9 +562,10 @@ static __always_inline int pass_local(struct __sk_buff *skb, const struct pkt *p
 	ip->check = (__u16)(check + (check >= 0xffff));
 	ip->ttl--;
 	/* one helper write instead of direct writes: those would make the verifier unclone
-	 * every packet this program sees, not just the ones taking this path */
+	 * every packet this program sees, not just the ones taking this path. It fails only
+	 * before writing (no memory to unclone): the stack can still take the packet as it is. */
 	if (bpf_skb_store_bytes(skb, 0, hdr, sizeof(hdr), 0))
-		return TC_ACT_SHOT;
+		return TC_ACT_OK;
 	count(L7P_R_HOST_BYPASS);
 	return bpf_redirect_peer(out, 0);
 }
