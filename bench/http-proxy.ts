@@ -24,7 +24,7 @@
  * LOGDEST (batched, the agent's: proxy/src/http/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
-import { fork, spawn } from 'node:child_process'
+import { fork } from 'node:child_process'
 import { existsSync, openSync } from 'node:fs'
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -36,6 +36,7 @@ import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../proxy/src/http/index.js'
 import { batchedDestination } from '../proxy/src/http/log-destination.js'
 import { haproxyConfig } from './peer-config.js'
+import { Proc, waitForTcp } from './procs.js'
 import { rulesFromSnapshot } from './peer-rules.js'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../policy-store/src/index.js'
 
@@ -218,23 +219,18 @@ async function startHaproxy (backend: number): Promise<{ port: number, stop: () 
   const policy = rulesFromSnapshot(await seedSnapshot(), 'billing-service', BILLING_PORT)
   const conf = join(dir, 'haproxy.cfg')
   await writeFile(conf, haproxyConfig(policy, { listenIp: '127.0.0.1', listenPort: port, upstreamIp: '127.0.0.1', upstreamPort: backend, stateDir: dir }))
-  const proc = spawn('haproxy', ['-db', '-f', conf], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const proc = new Proc(['haproxy', '-db', '-f', conf])
   const stop = async (): Promise<void> => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      await new Promise<void>((resolve) => { proc.once('exit', () => resolve()); proc.kill('SIGTERM') })
-    }
+    await proc.stop('SIGTERM', 5000)
     await rm(dir, { recursive: true, force: true })
   }
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const c = net.connect({ host: '127.0.0.1', port }, () => { c.destroy(); resolve(true) })
-      c.once('error', () => resolve(false))
-    })
-    if (up) return { port, stop }
-    await new Promise((resolve) => setTimeout(resolve, 50))
+  try {
+    await waitForTcp('127.0.0.1', port, 5000, proc)
+  } catch (err) {
+    await stop()
+    throw err
   }
-  await stop()
-  throw new Error('haproxy did not come up')
+  return { port, stop }
 }
 
 /**
