@@ -20,6 +20,7 @@ import { createDnsProxy, type DnsProxy } from '../proxy/src/dns/index.js'
 import { listenTransparentTcp, bindTransparentUdp, bindTransparentUdpSync } from '../proxy/src/transparent.js'
 import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
+import { HttpWorkers } from './workers/pool.js'
 
 export interface AgentOptions {
   policies: string
@@ -31,6 +32,12 @@ export interface AgentOptions {
   routeTable: number
   /** BPF host routing between local endpoints (default true); see DatapathOptions.hostRouting. */
   hostRouting?: boolean
+  /**
+   * HTTP proxies on the proxy port (default 1): the main thread's and N - 1 worker threads, the
+   * kernel spreading connections over them (agent/workers/). Needs the agent's own log
+   * destination (no `logger` option): the workers' lines are written with the main thread's.
+   */
+  httpWorkers?: number
   stateDir: string
   denyResponse: '403' | 'reset'
   /** `host:port` for Prometheus text metrics, or undefined. */
@@ -61,14 +68,23 @@ function hostAddresses (): string[] {
 
 export async function startAgent (opts: AgentOptions): Promise<Agent> {
   const closers: Array<() => Promise<void> | void> = []
+  const workers = opts.httpWorkers ?? 1
+  if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+    throw Object.assign(new Error(`httpWorkers must be a whole number from 1 to 256, got ${String(workers)}`), { code: 'WARDEN_ERR_CONFIG' })
+  }
+  if (workers > 1 && opts.logger !== undefined) {
+    throw Object.assign(new Error('httpWorkers > 1 needs the agent\'s own log destination (no logger option)'), { code: 'WARDEN_ERR_CONFIG' })
+  }
   let logger = opts.logger
+  let dest: ReturnType<typeof batchedDestination> | undefined
   if (logger === undefined) {
     // One access-log line per request: lines are joined and written once per 16 KiB or 100 ms
     // (bench/micro/access-log.ts: 5.5 us a line against 9-10 us for pino.destination), bounded,
     // in order; a stalled log reader blocks a pool thread, never the proxy.
-    const dest = batchedDestination(1)
-    logger = pino({ level: opts.logLevel ?? 'info', base: { component: 'warden' } }, dest)
-    closers.push(() => dest.end())
+    const d = batchedDestination(1)
+    dest = d
+    logger = pino({ level: opts.logLevel ?? 'info', base: { component: 'warden' } }, d)
+    closers.push(() => d.end())
   }
   const log = logger.child({ module: 'agent' })
   const close = async (): Promise<void> => {
@@ -101,6 +117,13 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     closers.push(async () => await datapath.close())
 
     let active = store.current()
+    let httpWorkers: HttpWorkers | undefined
+    // The proxies enforce the snapshot the kernel has: the main thread's reads `active`, the
+    // workers get a copy of its HTTP part.
+    const setActive = (snap: Snapshot): void => {
+      active = snap
+      httpWorkers?.update(snap)
+    }
     await datapath.apply(active)
     log.info({ policyVersion: active.version, endpoints: active.endpoints.length, kernelEntries: active.kernel.length }, 'snapshot in the kernel')
 
@@ -112,7 +135,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         const started = process.hrtime.bigint()
         try {
           await datapath.apply(snap, diff)
-          active = snap
+          setActive(snap)
           log.info({
             policyVersion: snap.version,
             kernelAdded: diff.kernelAdded.length,
@@ -126,7 +149,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
           // transient failure; if it fails too, the proxies keep the old snapshot and the next
           // snapshot syncs again.
           log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
-          await datapath.apply(snap).then(() => { active = snap }, (err2) => log.error({ err: err2 }, 'full resync failed'))
+          await datapath.apply(snap).then(() => { setActive(snap) }, (err2) => log.error({ err: err2 }, 'full resync failed'))
         }
         // Waiters up to this version are done either way: in force, or the apply failed and a
         // DNS answer would be released after its bounded hold anyway. Resolving them on failure
@@ -149,11 +172,27 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const http: HttpProxy = createHttpProxy({
       snapshot: () => active,
       lookupIdentity: (ip) => datapath.lookupIdentity(ip),
-      logger: logger.child({ module: 'http-proxy' })
+      logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
     }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
     const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
     httpServer.on('connection', (socket) => http.handleConnection(socket))
     closers.push(async () => { await closeServer(httpServer); await http.close() })
+    if (workers > 1 && dest !== undefined) {
+      const out = dest
+      httpWorkers = await HttpWorkers.start({
+        count: workers - 1,
+        proxyPort: opts.proxyPort,
+        bpffs: opts.bpffs,
+        denyResponse: opts.denyResponse,
+        logLevel: opts.logLevel ?? 'info',
+        snapshot: active,
+        logger: log,
+        writeLog: (batch) => out.writeBytes(batch)
+      })
+      const pool = httpWorkers
+      closers.push(async () => await pool.close())
+      log.info({ workers }, 'HTTP proxy workers listening')
+    }
 
     // DNS proxy: UDP and TCP on the DNS proxy port. Answers go back FROM the server's address.
     const replySockets = new Map<string, UdpSocket>()
@@ -204,7 +243,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       warden_endpoints: active.endpoints.length,
       warden_kernel_entries: active.kernel.length,
       ...prefixed('warden_datapath_', datapath.counters()),
-      ...prefixed('warden_http_', http.metrics()),
+      ...prefixed('warden_http_', httpWorkers === undefined ? http.metrics() : sumCounters(http.metrics(), httpWorkers.metrics())),
       ...prefixed('warden_dns_', dns.metrics())
     })
     if (opts.metrics !== undefined) {
@@ -225,6 +264,12 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     await close()
     throw err
   }
+}
+
+function sumCounters (a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out = { ...a }
+  for (const [k, v] of Object.entries(b)) out[k] = (out[k] ?? 0) + v
+  return out
 }
 
 function prefixed (prefix: string, rec: Record<string, number>): Record<string, number> {

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import type { Command } from './main.js'
 
 const USAGE = `warden run --policies DIR --endpoints FILE [options]
@@ -17,6 +18,7 @@ Options:
                           into the destination's namespace; legacy: the host's IP stack routes it
   --state-dir DIR         identities and learned DNS names survive restarts here (default /var/lib/warden)
   --deny-response MODE    403 (default, like Cilium) or reset
+  --http-workers N|auto   HTTP proxies on the proxy port, one per thread (default 1; auto: one per CPU)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
@@ -30,6 +32,11 @@ function int (v: unknown, name: string, dflt: number, max = 0xffffffff): number 
   if (v === undefined) return dflt
   const n = Number(v)
   if (!Number.isInteger(n) || n < 0 || n > max) throw new Error(`--${name} must be a whole number from 0 to ${max}, got "${String(v)}"`)
+  return n
+}
+
+function atLeastOne (n: number, name: string): number {
+  if (n < 1) throw new Error(`--${name} must be from 1 to 256 (or auto), got 0`)
   return n
 }
 
@@ -47,6 +54,7 @@ export const command: Command = {
     'host-routing': { type: 'string' },
     'state-dir': { type: 'string' },
     'deny-response': { type: 'string' },
+    'http-workers': { type: 'string' },
     metrics: { type: 'string' },
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
@@ -79,6 +87,7 @@ export const command: Command = {
         bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
         routeTable: int(v['route-table'], 'route-table', 2004, 0xfffffffe),
         hostRouting: hostRouting === 'bpf',
+        httpWorkers: v['http-workers'] === 'auto' ? availableParallelism() : atLeastOne(int(v['http-workers'], 'http-workers', 1, 256), 'http-workers'),
         stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
         denyResponse: deny as '403' | 'reset',
         metrics: v.metrics as string | undefined,

@@ -267,9 +267,7 @@ class DatapathImpl implements Datapath {
   }
 
   lookupIdentity (ipv4: string): number {
-    const k = encodeIpcacheKey(Buffer.alloc(SIZE.ipcacheKey), ipv4 + '/32')
-    const v = this.maps.l7p_ipcache.get(k)
-    return v === undefined ? RESERVED.WORLD : decodeIpcacheValue(v).identity
+    return ipcacheIdentity(this.maps.l7p_ipcache, ipv4)
   }
 
   udpOriginalDestination (srcIp: string, srcPort: number): { ip: string, port: number } | undefined {
@@ -315,6 +313,21 @@ class DatapathImpl implements Datapath {
     if (this.countersFd >= 0) libbpf().close(this.countersFd)
     for (const r of this.refs) r.close()
   }
+}
+
+function ipcacheIdentity (map: RawMap, ipv4: string): number {
+  const v = map.get(encodeIpcacheKey(Buffer.alloc(SIZE.ipcacheKey), ipv4 + '/32'))
+  return v === undefined ? RESERVED.WORLD : decodeIpcacheValue(v).identity
+}
+
+/**
+ * Identity lookups in the pinned ipcache of an open datapath, for another thread (an HTTP
+ * proxy worker) that cannot share the Datapath object: its own map handle, read only.
+ */
+export function openIpcacheReader (bpffs: string): { lookupIdentity: (ipv4: string) => number, close: () => void } {
+  const ref = createMapRef(objGet(mapPath(bpffs, 'l7p_ipcache')), { transfer: true })
+  const map = new RawMap(ref)
+  return { lookupIdentity: (ipv4) => ipcacheIdentity(map, ipv4), close: () => { ref.close() } }
 }
 
 async function detachIfindex (ifindex: number, rec: { hooks: number, madeQdisc: boolean }): Promise<void> {

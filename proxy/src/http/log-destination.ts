@@ -70,6 +70,19 @@ export class BatchedDestination {
     return true
   }
 
+  /**
+   * Whole lines already encoded elsewhere (an HTTP proxy worker's batch, agent/workers/): they
+   * join this batch, so that one writer keeps every line whole on a pipe. Bounded as `write`.
+   */
+  writeBytes (bytes: Uint8Array): void {
+    const held = this.out === null ? 0 : this.out.length
+    if (this.closed || held + this.used + bytes.length > this.maxBytes) { this.dropped++; return }
+    if (this.used + bytes.length > this.fill.length) this.makeRoom(bytes.length)
+    this.fill.set(bytes, this.used)
+    this.used += bytes.length
+    if (this.used >= this.minBytes) this.kick()
+  }
+
   /** Room for `bytes` more: write the batch out, or (a write in flight) grow it. */
   private makeRoom (bytes: number): void {
     this.kick()

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pino from 'pino'
 import { batchedDestination } from '../../../proxy/src/http/log-destination.js'
+import { PortDestination } from '../../../agent/workers/log.js'
 
 async function tempFile (t: { teardown (fn: () => unknown): void }): Promise<{ path: string, fd: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'warden-logdest-'))
@@ -43,4 +44,31 @@ t.test('bounded: beyond maxBytes waiting, lines are dropped and counted; end() w
   t.equal(dest.dropped, 12, '8 lines fit in 100 bytes, 12 dropped')
   dest.end()
   t.equal(readFileSync(path, 'utf8').split('\n').filter(l => l !== '').length, 8, 'the kept lines are written at end()')
+})
+
+t.test('a proxy worker\'s batches (PortDestination) join the main destination whole and in order, bounded', async t => {
+  const { path, fd } = await tempFile(t)
+  const dest = batchedDestination(fd, { minBytes: 1000, flushMs: 60_000, maxBytes: 200_000 })
+  t.teardown(() => dest.end())
+  const main = pino({ base: { worker: 0 } }, dest)
+  const batches: Uint8Array[] = []
+  const port = new PortDestination((b) => { batches.push(b); dest.writeBytes(b) }, { minBytes: 700, flushMs: 60_000 })
+  t.teardown(() => port.end())
+  const worker = pino({ base: { worker: 1 } }, port)
+  for (let i = 0; i < 300; i++) {
+    worker.info({ i }, 'http request')
+    main.info({ i }, 'http request')
+  }
+  port.flush()
+  t.ok(batches.length > 10, `the worker handed its lines over in batches (${batches.length})`)
+  t.ok(batches.every((b) => b[b.length - 1] === 0x0a), 'each batch ends with a whole line')
+  await new Promise<void>(resolve => { dest.flush(resolve) })
+  const lines = readFileSync(path, 'utf8').split('\n').filter(l => l !== '').map(l => JSON.parse(l) as { worker: number, i: number })
+  t.equal(lines.length, 600, 'every line of both, each one whole JSON')
+  for (const w of [0, 1]) t.same(lines.filter(l => l.worker === w).map(l => l.i), Array.from({ length: 300 }, (_, i) => i), `worker ${w}'s in order`)
+
+  const big = new Uint8Array(150_000).fill(0x61)
+  dest.writeBytes(big)
+  dest.writeBytes(big)
+  t.equal(dest.dropped, 1, 'a batch beyond maxBytes waiting is dropped and counted')
 })

@@ -1,0 +1,51 @@
+/**
+ * One HTTP proxy worker (a worker thread): its own transparent listener on the proxy port, in
+ * the SO_REUSEPORT group of the main thread's, so the kernel spreads the connections that the
+ * datapath assigns to the port over every worker (bpf_sk_assign selects within the group). It
+ * enforces the snapshots the agent sends (HTTP part only, snapshot-wire.ts), looks identities up
+ * in the pinned ipcache itself, and sends its log lines and counters to the main thread.
+ */
+import { parentPort, workerData } from 'node:worker_threads'
+import pino from 'pino'
+import { createHttpProxy, SERVER_OPTIONS } from '../../proxy/src/http/index.js'
+import { httpSnapshotFromWire } from '../../proxy/src/http/snapshot-wire.js'
+import { listenTransparentTcp } from '../../proxy/src/transparent.js'
+import { openIpcacheReader, PROXY_SOCKET_MARK } from '../../redirect-bpf/src/index.js'
+import { PortDestination } from './log.js'
+import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
+
+const port = parentPort
+if (port === null) throw new Error('http-worker.ts runs as a worker thread')
+const data = workerData as HttpWorkerData
+const send = (m: FromWorker, transfer?: ArrayBuffer[]): void => { port.postMessage(m, transfer) }
+
+const dest = new PortDestination((batch) => { send({ type: 'log', batch }, [batch.buffer as ArrayBuffer]) })
+const logger = pino({ level: data.logLevel, base: { component: 'warden', worker: data.index } }, dest)
+let { snapshot: active, matchers } = httpSnapshotFromWire(data.snapshot)
+const ipcache = openIpcacheReader(data.bpffs)
+const http = createHttpProxy({
+  snapshot: () => active,
+  lookupIdentity: ipcache.lookupIdentity,
+  logger: logger.child({ module: 'http-proxy' })
+}, { denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
+const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
+server.on('connection', (socket) => http.handleConnection(socket))
+const ticker = setInterval(() => { send({ type: 'metrics', metrics: http.metrics() }) }, 1000)
+
+port.on('message', (m: ToWorker) => {
+  if (m.type === 'snapshot') {
+    ({ snapshot: active, matchers } = httpSnapshotFromWire(m.snapshot, matchers))
+    return
+  }
+  clearInterval(ticker)
+  server.close()
+  http.close().then(() => {
+    ipcache.close()
+    send({ type: 'metrics', metrics: http.metrics() })
+    dest.end()
+    send({ type: 'closed' })
+    port.close()
+  }, (err: Error) => { logger.error({ err }, 'closing the worker failed') })
+})
+logger.child({ module: 'http-proxy' }).debug({ port: data.proxyPort }, 'worker listening')
+send({ type: 'ready' })

@@ -1,0 +1,25 @@
+/** What the agent and its HTTP proxy workers say to each other (worker_threads messages). */
+import type { HttpSnapshotWire } from '../../proxy/src/http/snapshot-wire.js'
+
+/** Everything a worker needs to start (`workerData`). */
+export interface HttpWorkerData {
+  /** 1.. (the main thread's own proxy is 0): in every log line as `worker`. */
+  index: number
+  proxyPort: number
+  bpffs: string
+  denyResponse: '403' | 'reset'
+  logLevel: string
+  snapshot: HttpSnapshotWire
+}
+
+export type ToWorker =
+  | { type: 'snapshot', snapshot: HttpSnapshotWire }
+  | { type: 'close' }
+
+export type FromWorker =
+  | { type: 'ready' }
+  /** Encoded log lines, whole (PortDestination). */
+  | { type: 'log', batch: Uint8Array }
+  /** The worker's HTTP proxy counters, every second and once more when closing. */
+  | { type: 'metrics', metrics: Record<string, number> }
+  | { type: 'closed' }
