@@ -3,11 +3,12 @@
  * thread's own proxy, each with a listener in the proxy port's SO_REUSEPORT group (issue 4: one
  * worker per core on the same transparent port). The main thread keeps everything else: the
  * policy store, the datapath, the DNS proxy, the metrics endpoint and the one writer of stdout.
+ * A worker that dies is started again (after a second); meanwhile the others take its share.
  */
 import { Worker } from 'node:worker_threads'
 import type { Logger } from 'pino'
 import type { Snapshot } from '../../policy-store/src/types.js'
-import { httpSnapshotToWire } from '../../proxy/src/http/snapshot-wire.js'
+import { httpSnapshotToWire, type HttpSnapshotWire } from '../../proxy/src/http/snapshot-wire.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
 
 export interface HttpWorkersOptions {
@@ -23,12 +24,14 @@ export interface HttpWorkersOptions {
   writeLog: (batch: Uint8Array) => void
   /** How long a worker may take to start (listen) or to stop; default 10 s. */
   timeoutMs?: number
+  /** Wait before starting a worker that died again; default 1 s. */
+  restartMs?: number
 }
 
-interface Running {
-  worker: Worker
+interface Slot {
+  index: number
+  worker: Worker | null
   metrics: Record<string, number>
-  closed: Promise<void>
 }
 
 /** The worker's module: the .js beside this file when built, the .ts under tap's TypeScript loader. */
@@ -37,31 +40,23 @@ function entry (): URL {
 }
 
 export class HttpWorkers {
-  private constructor (private readonly running: Running[], private readonly timeoutMs: number) {}
+  private readonly slots: Slot[] = []
+  private snapshot: HttpSnapshotWire
+  private closing = false
+  private readonly timers = new Set<NodeJS.Timeout>()
 
+  private constructor (private readonly opts: HttpWorkersOptions) {
+    this.snapshot = httpSnapshotToWire(opts.snapshot)
+  }
+
+  /** Starts every worker and resolves once each listens; rejects (having stopped them) if one does not. */
   static async start (opts: HttpWorkersOptions): Promise<HttpWorkers> {
-    const timeoutMs = opts.timeoutMs ?? 10_000
-    const snapshot = httpSnapshotToWire(opts.snapshot)
-    const running: Running[] = []
-    const pool = new HttpWorkers(running, timeoutMs)
+    const pool = new HttpWorkers(opts)
     try {
       for (let i = 1; i <= opts.count; i++) {
-        const data: HttpWorkerData = { index: i, proxyPort: opts.proxyPort, bpffs: opts.bpffs, denyResponse: opts.denyResponse, logLevel: opts.logLevel, snapshot }
-        const worker = new Worker(entry(), { workerData: data })
-        const r: Running = { worker, metrics: {}, closed: new Promise((resolve) => worker.once('exit', () => resolve())) }
-        running.push(r)
-        await new Promise<void>((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error(`HTTP proxy worker ${i} did not start in ${timeoutMs} ms`)), timeoutMs)
-          worker.on('message', (m: FromWorker) => {
-            if (m.type === 'ready') { clearTimeout(timer); resolve() } else if (m.type === 'log') opts.writeLog(m.batch)
-            else if (m.type === 'metrics') r.metrics = m.metrics
-          })
-          worker.once('error', (err) => { clearTimeout(timer); reject(err) })
-          worker.once('exit', (code) => { clearTimeout(timer); reject(new Error(`HTTP proxy worker ${i} exited (${code}) before it was ready`)) })
-        })
-        // after start, a worker that dies is logged; its connections are gone, the others serve
-        worker.on('error', (err) => opts.logger.error({ err, worker: i }, 'HTTP proxy worker failed'))
-        worker.on('exit', (code) => { if (code !== 0) opts.logger.error({ worker: i, code }, 'HTTP proxy worker exited') })
+        const slot: Slot = { index: i, worker: null, metrics: {} }
+        pool.slots.push(slot)
+        await pool.run(slot)
       }
     } catch (err) {
       await pool.close()
@@ -70,33 +65,75 @@ export class HttpWorkers {
     return pool
   }
 
-  get size (): number { return this.running.length }
+  get size (): number { return this.slots.length }
+
+  /** The running threads by worker index (null while one is being started again). */
+  get threads (): ReadonlyArray<Worker | null> { return this.slots.map((s) => s.worker) }
+
+  private async run (slot: Slot): Promise<void> {
+    const o = this.opts
+    const timeoutMs = o.timeoutMs ?? 10_000
+    const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, logLevel: o.logLevel, snapshot: this.snapshot }
+    const worker = new Worker(entry(), { workerData: data })
+    slot.worker = worker
+    let ready = false
+    worker.on('message', (m: FromWorker) => {
+      if (m.type === 'log') o.writeLog(m.batch)
+      else if (m.type === 'metrics') slot.metrics = m.metrics
+    })
+    worker.on('error', (err) => { if (ready) o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker failed') })
+    worker.once('exit', (code) => {
+      if (slot.worker === worker) slot.worker = null
+      if (!ready || this.closing) return
+      o.logger.error({ worker: slot.index, code }, 'HTTP proxy worker exited; starting it again')
+      const timer = setTimeout(() => {
+        this.timers.delete(timer)
+        if (this.closing) return
+        this.run(slot).catch((err) => o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker did not start again'))
+      }, o.restartMs ?? 1000)
+      this.timers.add(timer)
+    })
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`HTTP proxy worker ${slot.index} did not start in ${timeoutMs} ms`)), timeoutMs)
+      worker.on('message', (m: FromWorker) => { if (m.type === 'ready') { ready = true; clearTimeout(timer); resolve() } })
+      worker.once('error', (err) => { clearTimeout(timer); reject(err) })
+      worker.once('exit', (code) => { clearTimeout(timer); reject(new Error(`HTTP proxy worker ${slot.index} exited (${code}) before it was ready`)) })
+    })
+    // a snapshot may have arrived while it was starting
+    if (data.snapshot !== this.snapshot) worker.postMessage({ type: 'snapshot', snapshot: this.snapshot } satisfies ToWorker)
+  }
 
   /** Every worker enforces `snap` from its next request on. */
   update (snap: Snapshot): void {
-    const m: ToWorker = { type: 'snapshot', snapshot: httpSnapshotToWire(snap) }
-    for (const r of this.running) r.worker.postMessage(m)
+    this.snapshot = httpSnapshotToWire(snap)
+    const m: ToWorker = { type: 'snapshot', snapshot: this.snapshot }
+    for (const s of this.slots) s.worker?.postMessage(m)
   }
 
   /** The workers' HTTP counters summed (each as of its last report, at most a second old). */
   metrics (): Record<string, number> {
     const sum: Record<string, number> = {}
-    for (const r of this.running) for (const [k, v] of Object.entries(r.metrics)) sum[k] = (sum[k] ?? 0) + v
+    for (const s of this.slots) for (const [k, v] of Object.entries(s.metrics)) sum[k] = (sum[k] ?? 0) + v
     return sum
   }
 
   /** Close every worker's listener and connections, then end the threads (after `timeoutMs` at the latest). */
   async close (): Promise<void> {
-    await Promise.all(this.running.map(async (r) => {
-      const done = new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => resolve(false), this.timeoutMs)
-        r.worker.on('message', (m: FromWorker) => { if (m.type === 'closed') { clearTimeout(timer); resolve(true) } })
-        void r.closed.then(() => { clearTimeout(timer); resolve(true) })
+    this.closing = true
+    for (const t of this.timers) clearTimeout(t)
+    this.timers.clear()
+    const timeoutMs = this.opts.timeoutMs ?? 10_000
+    await Promise.all(this.slots.map(async (s) => {
+      const w = s.worker
+      if (w === null) return
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs)
+        w.on('message', (m: FromWorker) => { if (m.type === 'closed') { clearTimeout(timer); resolve() } })
+        w.once('exit', () => { clearTimeout(timer); resolve() })
+        w.postMessage({ type: 'close' } satisfies ToWorker)
       })
-      r.worker.postMessage({ type: 'close' } satisfies ToWorker)
-      await done
       // its lines and last counters have arrived by now ('closed' comes after them)
-      await r.worker.terminate()
+      await w.terminate()
     }))
   }
 }
