@@ -179,16 +179,19 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     closers.push(async () => { await closeServer(httpServer); await http.close() })
     if (workers > 1 && dest !== undefined) {
       const out = dest
+      const startedWith = active
       httpWorkers = await HttpWorkers.start({
         count: workers - 1,
         proxyPort: opts.proxyPort,
         bpffs: opts.bpffs,
         denyResponse: opts.denyResponse,
         logLevel: opts.logLevel ?? 'info',
-        snapshot: active,
+        snapshot: startedWith,
         logger: log,
         writeLog: (batch) => out.writeBytes(batch)
       })
+      // a snapshot that reached the kernel while they were starting
+      if (active !== startedWith) httpWorkers.update(active)
       const pool = httpWorkers
       closers.push(async () => await pool.close())
       log.info({ workers }, 'HTTP proxy workers listening')
