@@ -118,10 +118,24 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
 
     let active = store.current()
     let httpWorkers: HttpWorkers | undefined
+    // Identities by address, as the kernel's ipcache has them. That map is written only from
+    // snapshots (here), so an answer holds until the next one: a DNS query or an HTTP connection
+    // then costs no bpf() call. Bounded; emptied whenever the kernel's ipcache may have changed.
+    const identities = new Map<string, number>()
+    const lookupIdentity = (ip: string): number => {
+      let id = identities.get(ip)
+      if (id === undefined) {
+        if (identities.size >= 65536) identities.clear()
+        id = datapath.lookupIdentity(ip)
+        identities.set(ip, id)
+      }
+      return id
+    }
     // The proxies enforce the snapshot the kernel has: the main thread's reads `active`, the
     // workers get a copy of its HTTP part.
     const setActive = (snap: Snapshot): void => {
       active = snap
+      identities.clear()
       httpWorkers?.update(snap)
     }
     await datapath.apply(active)
@@ -149,6 +163,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
           // transient failure; if it fails too, the proxies keep the old snapshot and the next
           // snapshot syncs again.
           log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
+          identities.clear() // the ipcache may be part-way between the two
           await datapath.apply(snap).then(() => { setActive(snap) }, (err2) => log.error({ err: err2 }, 'full resync failed'))
         }
         // Waiters up to this version are done either way: in force, or the apply failed and a
@@ -171,7 +186,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     // L7 HTTP proxy on the transparent listener the datapath assigns sockets to.
     const http: HttpProxy = createHttpProxy({
       snapshot: () => active,
-      lookupIdentity: (ip) => datapath.lookupIdentity(ip),
+      lookupIdentity,
       logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
     }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
     const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
@@ -201,7 +216,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const replySockets = new Map<string, UdpSocket>()
     const dns: DnsProxy = await createDnsProxy({
       snapshot: () => active,
-      lookupIdentity: (ip) => datapath.lookupIdentity(ip),
+      lookupIdentity,
       udpOriginalDestination: (ip, port) => datapath.udpOriginalDestination(ip, port),
       replySocket: (ip, port) => {
         const key = `${ip}:${port}`
