@@ -99,7 +99,8 @@ class Fixture {
   upstream: Proc | null = null
   peers = new Map<string, Peer>()
   agent: WardenAgent | null = null
-  agentSet: PolicySet | null = null
+  /** The policy set and flags the running agent was started with. */
+  agentKey: string | null = null
 
   constructor (readonly lab: BenchLab, readonly tmp: string) {}
 
@@ -130,7 +131,7 @@ class Fixture {
   }
 
   async stopAgent (): Promise<void> {
-    if (this.agent !== null) { await this.agent.stop(); this.agent = null; this.agentSet = null }
+    if (this.agent !== null) { await this.agent.stop(); this.agent = null; this.agentKey = null }
   }
 
   async stopAll (): Promise<void> {
@@ -141,6 +142,8 @@ class Fixture {
 }
 
 let aborted = false
+
+function agentKey (s: Scenario): string { return `${s.set ?? ''} ${(s.agentArgs ?? []).join(' ')}` }
 
 async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined, round: number, k: Knobs, driver: 'autocannon' | 'wrk'): Promise<RoundResult | { wrk: { rps: number, p50_us: number, p99_us: number } }> {
   const a = fx.addr
@@ -153,12 +156,12 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
     proxyPid = peer.proc.pid
   } else if (s.kind === 'warden') {
     const set = s.set as PolicySet
-    if (fx.agent !== null && fx.agentSet !== set) await fx.stopAgent()
+    if (fx.agent !== null && fx.agentKey !== agentKey(s)) await fx.stopAgent()
     if (fx.agent === null) {
       // The scale set has 101 endpoints to attach to: give the agent longer to come up.
       const readyMs = set === 'scale' ? 180_000 : 60_000
-      fx.agent = await WardenAgent.start(join(fx.tmp, `agent-${s.name}-${round}-${driver}`), { policies: policyFiles(set), endpointsYaml: endpointsYaml(benchEndpoints(a, set)) }, readyMs)
-      fx.agentSet = set
+      fx.agent = await WardenAgent.start(join(fx.tmp, `agent-${s.name}-${round}-${driver}`), { policies: policyFiles(set), endpointsYaml: endpointsYaml(benchEndpoints(a, set)) }, readyMs, s.agentArgs)
+      fx.agentKey = agentKey(s)
     }
     proxyPid = fx.agent.pid
   }
@@ -187,8 +190,8 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
       timeouts: m.timeouts
     }
   } finally {
-    // The agent stays up only for the next scenario if that one enforces the same policy set.
-    if (next?.kind !== 'warden' || next.set !== s.set) await fx.stopAgent()
+    // The agent stays up only for the next scenario if that one enforces the same policy set with the same flags.
+    if (next?.kind !== 'warden' || agentKey(next) !== agentKey(s)) await fx.stopAgent()
   }
 }
 

@@ -13,11 +13,14 @@ export interface Scenario {
   set: PolicySet | null
   request: BenchRequest
   description: string
+  /** Extra `warden run` flags (warden scenarios). */
+  agentArgs?: readonly string[]
 }
 
 export const SCENARIOS: readonly Scenario[] = [
   { name: 'direct', kind: 'direct', set: null, request: REQUESTS.allow, description: 'no agent: client to the nginx upstream (the limit)' },
-  { name: 'warden-l4', kind: 'warden', set: 'l4', request: REQUESTS.allow, description: 'agent attached, port allowed at L4 only (kernel path cost)' },
+  { name: 'warden-l4', kind: 'warden', set: 'l4', request: REQUESTS.allow, description: 'agent attached, port allowed at L4 only: the kernel path, with BPF host routing (the default)' },
+  { name: 'warden-l4-legacy', kind: 'warden', set: 'l4', request: REQUESTS.allow, agentArgs: ['--host-routing', 'legacy'], description: 'the same with --host-routing legacy: the programs on the host\'s own routing path' },
   { name: 'warden-l7', kind: 'warden', set: 'l7', request: REQUESTS.allow, description: "the seed's billing policy, allowed POST /api/v1/charge from checkout" },
   { name: 'warden-l7-deny', kind: 'warden', set: 'l7', request: REQUESTS.deny, description: 'the billing policy, denied POST /api/v1/refund (403)' },
   { name: 'warden-l7-scale', kind: 'warden', set: 'scale', request: REQUESTS.scale, description: '1,000 HTTP rules over 100 identities, matching the last rule' },

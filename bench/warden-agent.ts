@@ -42,7 +42,7 @@ export class WardenAgent {
    * its ready line. Throws (with the agent's output) when it exits or is not ready in time; the
    * caller turns that into a `skipped` reason, never into numbers.
    */
-  static async start (dir: string, files: AgentFiles, readyTimeoutMs = 20_000): Promise<WardenAgent> {
+  static async start (dir: string, files: AgentFiles, readyTimeoutMs = 20_000, extraArgs: readonly string[] = []): Promise<WardenAgent> {
     const policies = join(dir, 'policies')
     const stateDir = join(dir, 'state')
     await mkdir(policies, { recursive: true })
@@ -54,7 +54,7 @@ export class WardenAgent {
       '--policies', policies, '--endpoints', endpoints,
       '--bpffs', AGENT.bpffs, '--route-table', String(AGENT.routeTable),
       '--proxy-port', String(AGENT.proxyPort), '--dns-proxy-port', String(AGENT.dnsProxyPort),
-      '--state-dir', stateDir, '--metrics', AGENT.metrics])
+      '--state-dir', stateDir, '--metrics', AGENT.metrics, ...extraArgs])
     const agent = new WardenAgent(proc, stateDir)
     try {
       await proc.waitForLine((line) => {
