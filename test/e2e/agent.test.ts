@@ -32,8 +32,8 @@ t.teardown(async () => {
   rmSync(policies, { recursive: true, force: true })
 })
 
-async function charge (s: DemoSession): Promise<string> {
-  const r = await s.exec('checkout-service', ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST',
+async function charge (s: DemoSession, from = 'checkout-service'): Promise<string> {
+  const r = await s.exec(from, ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST',
     'http://billing-service:8080/api/v1/charge', '--connect-timeout', '2', '--max-time', '4'])
   return r.code === 28 ? 'timeout' : r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`
 }
@@ -75,4 +75,16 @@ t.test('policy edits, a bad edit, and a stopped agent', async (t) => {
 
   await s.startAgent()
   t.equal(await until(async () => await charge(s), '404'), '404', 'the restarted agent serves the L7 port again')
+
+  // auditing relabelled as checkout: the HTTP proxy must decide with the address's new identity,
+  // not one it remembered (auditing's old identity, which no rule allows to POST a charge).
+  t.equal(await charge(s, 'auditing-service'), '403', 'auditing may not POST a charge')
+  const endpointsFile = join(cfg.workDir, 'endpoints.yaml')
+  const endpoints = readFileSync(endpointsFile, 'utf8')
+  const relabelled = endpoints.replace('labels: {app: auditing-service}', 'labels: {app: checkout-service}')
+  t.not(relabelled, endpoints, 'the edit relabels auditing')
+  writeFileSync(endpointsFile, relabelled)
+  t.equal(await until(async () => await charge(s, 'auditing-service'), '404'), '404', 'its next request is decided with its new identity (allowed)')
+  writeFileSync(endpointsFile, endpoints)
+  t.equal(await until(async () => await charge(s, 'auditing-service'), '403'), '403', 'and with its own labels back, denied again')
 })
