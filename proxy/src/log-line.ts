@@ -124,11 +124,16 @@ export class LineWriter {
  * (control characters, `"`, `\`, surrogates) is left to JSON.stringify.
  */
 export function jsonString (s: string): string {
+  return needsJsonEscape(s) ? JSON.stringify(s) : '"' + s + '"'
+}
+
+/** Whether JSON.stringify(s) is anything but `s` in quotes (control characters, `"`, `\`, surrogates). */
+export function needsJsonEscape (s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i)
-    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s)
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return true
   }
-  return '"' + s + '"'
+  return false
 }
 
 /** `.ddd` with trailing zeros dropped, for 0..999 thousandths ('' for 0). */
