@@ -100,7 +100,7 @@ export class LineWriter {
   private timeField (): string {
     if (!this.epoch) return this.time()
     const now = Date.now()
-    if (now !== this.lastNow) { this.lastNow = now; this.lastTime = ',"time":' + String(now) }
+    if (now !== this.lastNow) { this.lastNow = now; this.lastTime = ',"time":' + epochText(now) }
     return this.lastTime
   }
 
@@ -124,11 +124,28 @@ export class LineWriter {
  * (control characters, `"`, `\`, surrogates) is left to JSON.stringify.
  */
 export function jsonString (s: string): string {
+  return needsJsonEscape(s) ? JSON.stringify(s) : '"' + s + '"'
+}
+
+/** Whether JSON.stringify(s) is anything but `s` in quotes (control characters, `"`, `\`, surrogates). */
+export function needsJsonEscape (s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i)
-    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s)
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return true
   }
-  return '"' + s + '"'
+  return false
+}
+
+/**
+ * `String(ms)` for an integer count of milliseconds since the epoch: as two small integers (the
+ * millions and the six digits below), which V8 turns into text without the double-to-shortest
+ * conversion `String` needs for a 13-digit number (perf on bench/dns-proxy.ts: 0.3% of the
+ * proxy's CPU, once per millisecond). Anything else goes to `String`.
+ */
+export function epochText (ms: number): string {
+  if (!(ms >= 1e6 && ms < 2 ** 52 && Math.floor(ms) === ms)) return String(ms)
+  const hi = Math.floor(ms / 1e6)
+  return String(hi) + String(ms - hi * 1e6 + 1e6).slice(1)
 }
 
 /** `.ddd` with trailing zeros dropped, for 0..999 thousandths ('' for 0). */

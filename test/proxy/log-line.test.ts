@@ -4,7 +4,7 @@ import t from 'tap'
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import fc from 'fast-check'
-import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter, millis3 } from '../../proxy/src/log-line.js'
+import { bindingsOf, epochText, fastLineOk, jsonString, LEVEL, LineWriter, millis3 } from '../../proxy/src/log-line.js'
 
 function capture (opts: pino.LoggerOptions = {}): { logger: pino.Logger, lines: string[] } {
   const lines: string[] = []
@@ -73,6 +73,21 @@ t.test('millis3 writes what String writes for a duration rounded to microseconds
   for (let us = 0; us < 200_000; us++) check(us / 1000)
   for (let i = 0; i < 200_000; i++) check(Math.random() * 10 ** (i % 10))
   for (const v of [0, -0, 0.0004, 0.0005, 0.9995, 1e6 + 0.0015, 2 ** 31 / 1000, 2 ** 31 / 1000 + 5, 1e12, -1, NaN, Infinity]) check(v)
+  t.equal(bad, '', `all ${n} values agree`)
+})
+
+t.test('epochText writes what String writes for a time in milliseconds', async (t) => {
+  let bad = ''
+  let n = 0
+  const check = (ms: number): void => {
+    n++
+    if (epochText(ms) !== String(ms) && bad === '') bad = `${ms}: ${epochText(ms)} != ${String(ms)}`
+  }
+  const now = Date.now()
+  for (let d = -100_000; d < 100_000; d++) check(now + d)
+  for (let i = 0; i < 100_000; i++) check(Math.floor(Math.random() * 2 ** (20 + (i % 34))))
+  for (let k = 6; k < 16; k++) { check(10 ** k); check(10 ** k - 1); check(10 ** k + 1) }
+  for (const v of [0, -0, 999_999, 1e6, 2 ** 52 - 1, 2 ** 52, 2 ** 53, 1.5e12 + 0.5, -1e12, NaN, Infinity]) check(v)
   t.equal(bad, '', `all ${n} values agree`)
 })
 

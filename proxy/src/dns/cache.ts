@@ -117,6 +117,8 @@ export class FqdnCache {
 
   private enforceCap (endpoint: string, name: string, map: Map<string, IpState>,
     hasConnection: (ip: string) => boolean, res0: AddResult | null): AddResult | null {
+    // Live IPs are at most all IPs: nothing to count (and no iterator to make) below the cap.
+    if (map.size <= this.opts.maxIpsPerName) return res0
     let live = 0
     for (const st of map.values()) if (!st.zombie) live++
     if (live <= this.opts.maxIpsPerName) return res0

@@ -80,19 +80,45 @@ export interface NameCursor { name: string, end: number }
 const scratch = Buffer.allocUnsafe(MAX_NAME_WIRE)
 
 /**
+ * Rendered plain names, by a hash of their bytes (direct-mapped, 1024 slots). Most queries ask
+ * for a name asked before: the string already made for it is returned after a byte compare,
+ * instead of a new latin1 slice (a call into C++) whose hash every Map lookup of the cache then
+ * computes again (V8 keeps the hash in the string). A slot holds the last name that hashed
+ * there; a miss only costs the slice it saved. The compare is over every byte, so a hit is the
+ * very string a slice would have made (bench/micro/dns-query.ts).
+ */
+const NAME_SLOTS = 1024
+const names: string[] = new Array<string>(NAME_SLOTS).fill('')
+
+/** The string of `scratch[0, n)` (latin1), `h` the FNV-1a hash readName computed over them. */
+function internScratch (n: number, h: number): string {
+  const slot = (h >>> 0) & (NAME_SLOTS - 1)
+  const s = names[slot]
+  if (s.length === n) {
+    let i = 0
+    while (i < n && s.charCodeAt(i) === scratch[i]) i++
+    if (i === n) return s
+  }
+  const fresh = scratch.toString('latin1', 0, n)
+  names[slot] = fresh
+  return fresh
+}
+
+/**
  * Read a (possibly compressed) name at `offset`. On success sets `cur.name` (canonical form,
  * trailing dot; the root is ".") and `cur.end` (offset after the name in the original stream)
  * and returns 0; otherwise a WIRE_ERR code. Pointers must point strictly backwards to data
  * before the label that holds them, so a chain always terminates (no compression loops).
  *
- * `q`, when given, is the rendered name at offset 12 and its wire length: a pointer there
- * (most answer records' owners) reuses it instead of rendering it again. Only for a response
- * whose question the caller has checked equal to the query's (sameQuestion): then the bytes at
- * 12 are the query's question name up to ASCII case, which rendering folds.
+ * `qName`, when given, is the rendered name at offset 12 and `qWire` its wire length: a pointer
+ * there (most answer records' owners) reuses it instead of rendering it again. Only for a
+ * response whose question the caller has checked equal to the query's (sameQuestion): then the
+ * bytes at 12 are the query's question name up to ASCII case, which rendering folds.
  */
 export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPointers: boolean,
-  q?: { name: string, wire: number }): number {
+  qName?: string, qWire = 0): number {
   let n = 0 // bytes rendered into `scratch` while every label is plain
+  let h = 0x811c9dc5 // FNV-1a over those bytes, for internScratch
   let plain = true
   let wire = 0
   let pos = offset
@@ -115,9 +141,9 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       for (let i = pos + 1; plain && i <= pos + len; i++) {
         const c = buf[i]
         if (c < 0x21 || c > 0x7e || isSpecial(c)) plain = false
-        else scratch[n++] = c >= 0x41 && c <= 0x5a ? c + 32 : c
+        else { const l = c >= 0x41 && c <= 0x5a ? c + 32 : c; scratch[n++] = l; h = Math.imul(h ^ l, 0x01000193) }
       }
-      if (plain) scratch[n++] = 0x2e
+      if (plain) { scratch[n++] = 0x2e; h = Math.imul(h ^ 0x2e, 0x01000193) }
       pos += len + 1
     } else if (kind === 0xc0) {
       if (!allowPointers) return WIRE_ERR.BAD_POINTER
@@ -125,10 +151,10 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
       const target = ((len & 0x3f) << 8) | buf[pos + 1]
       if (target >= limit || target < HEADER_LEN) return WIRE_ERR.BAD_POINTER
       if (end < 0) end = pos + 2
-      if (target === HEADER_LEN && q !== undefined && plain) {
-        wire += q.wire
+      if (target === HEADER_LEN && qName !== undefined && plain) {
+        wire += qWire
         if (wire > MAX_NAME_WIRE) return WIRE_ERR.NAME_TOO_LONG
-        cur.name = n === 0 ? q.name : scratch.toString('latin1', 0, n) + (q.name === '.' ? '' : q.name)
+        cur.name = n === 0 ? qName : scratch.toString('latin1', 0, n) + (qName === '.' ? '' : qName)
         cur.end = end
         return 0
       }
@@ -139,7 +165,7 @@ export function readName (buf: Buffer, offset: number, cur: NameCursor, allowPoi
     }
   }
   // The whole name is well-formed; a name with an escaped byte is rendered again, label by label.
-  cur.name = wire === 1 ? '.' : plain ? scratch.toString('latin1', 0, n) : renderEscaped(buf, offset)
+  cur.name = wire === 1 ? '.' : plain ? internScratch(n, h) : renderEscaped(buf, offset)
   cur.end = end
   return 0
 }
@@ -208,6 +234,27 @@ export interface AnswerRecord {
 }
 
 /**
+ * Dotted quads made before, by address (direct-mapped, 1024 slots): answers mostly repeat the
+ * addresses of earlier ones, and the cached string (hash included) is what the FQDN cache's Map
+ * lookups and the log line then use, instead of four number-to-text conversions and a join.
+ */
+const QUAD_SLOTS = 1024
+const quadKeys = new Int32Array(QUAD_SLOTS)
+const quadStrs: string[] = new Array<string>(QUAD_SLOTS).fill('')
+
+function dottedQuad (buf: Buffer, at: number): string {
+  const a = buf[at]; const b = buf[at + 1]; const c = buf[at + 2]; const d = buf[at + 3]
+  const key = (a << 24) | (b << 16) | (c << 8) | d
+  const slot = (Math.imul(key, 0x9e3779b1) >>> 22) & (QUAD_SLOTS - 1)
+  const s = quadStrs[slot]
+  if (quadKeys[slot] === key && s !== '') return s
+  const fresh = `${a}.${b}.${c}.${d}`
+  quadKeys[slot] = key
+  quadStrs[slot] = fresh
+  return fresh
+}
+
+/**
  * Walk a whole response after its question (offset `qEnd`): every record of every section
  * must be framed by its RDLENGTH inside the message, A records must have 4 bytes, CNAME data
  * must be exactly one name, and nothing may follow the last record. Returns the A/CNAME
@@ -215,13 +262,13 @@ export interface AnswerRecord {
  * question name, only once sameQuestion(query, qEnd, buf) holds (see readName).
  */
 export function walkAnswers (buf: Buffer, qEnd: number, cur: NameCursor, qname?: string): AnswerRecord[] | number {
-  const q = qname === undefined ? undefined : { name: qname, wire: qEnd - 4 - HEADER_LEN }
+  const qWire = qEnd - 4 - HEADER_LEN
   const an = buf.readUInt16BE(6)
   const total = an + buf.readUInt16BE(8) + buf.readUInt16BE(10)
   const out: AnswerRecord[] = []
   let pos = qEnd
   for (let i = 0; i < total; i++) {
-    const err = readName(buf, pos, cur, true, q)
+    const err = readName(buf, pos, cur, true, qname, qWire)
     if (err !== 0) return err
     pos = cur.end
     if (pos + 10 > buf.length) return WIRE_ERR.SHORT
@@ -234,9 +281,9 @@ export function walkAnswers (buf: Buffer, qEnd: number, cur: NameCursor, qname?:
     if (rd + rdlen > buf.length) return WIRE_ERR.SHORT
     if (cls === CLASS_IN && type === TYPE_A) {
       if (rdlen !== 4) return WIRE_ERR.RDATA
-      if (i < an) out.push({ owner, type, ttl, data: `${buf[rd]}.${buf[rd + 1]}.${buf[rd + 2]}.${buf[rd + 3]}` })
+      if (i < an) out.push({ owner, type, ttl, data: dottedQuad(buf, rd) })
     } else if (cls === CLASS_IN && type === TYPE_CNAME) {
-      const e = readName(buf, rd, cur, true, q)
+      const e = readName(buf, rd, cur, true, qname, qWire)
       if (e !== 0) return e
       if (cur.end !== rd + rdlen) return WIRE_ERR.RDATA
       if (i < an) out.push({ owner, type, ttl, data: cur.name })

@@ -83,6 +83,18 @@ t.test('an endpoint without DNS rules on that port, or an unknown source, gets R
   t.match(h.logs.filter(l => l.verdict === 'denied').map(l => l.reason), ['no-dns-table', 'unknown-endpoint'])
 })
 
+t.test('each query finds its endpoint in the current snapshot, also when the same client asks again', async t => {
+  const { dns, h } = await setup(t, { matchPatterns: ['*'] })
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'NOERROR')
+  // The same address is now another endpoint (id 8, no DNS rules), then no endpoint at all.
+  h.setSnapshot(makeSnapshot({ endpoints: [{ id: 8, name: 'other', ipv4: EXPORTER }], dns: [{ endpointId: 7, port: dns.port, matchPatterns: ['*'] }] }))
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'REFUSED', 'no table for endpoint 8')
+  h.setSnapshot(makeSnapshot({ endpoints: [], dns: [{ endpointId: 7, port: dns.port, matchPatterns: ['*'] }] }))
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'REFUSED', 'not an endpoint')
+  t.match(h.logs.filter(l => l.verdict === 'denied').map(l => [l.reason, l.endpoint]), [['no-dns-table', 'default/other'], ['unknown-endpoint', undefined]])
+  t.equal(await dns.queriesFor('api.github.com'), 1, 'only the first was forwarded')
+})
+
 t.test('rejectCode nxdomain answers NXDOMAIN instead', async t => {
   const { h } = await setup(t, { matchNames: ['api.github.com'] }, { rejectCode: 'nxdomain' })
   t.equal((await query(h.udp, 'www.google.com', { from: EXPORTER })).rcode, 'NXDOMAIN')

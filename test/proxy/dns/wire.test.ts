@@ -117,6 +117,30 @@ t.test('names render like miekg/dns, plain or escaped, through compression point
   t.equal(walkAnswers(long, lq.end, cur, lq.name), WIRE_ERR.NAME_TOO_LONG, 'also when the question name is reused')
 })
 
+t.test('names and addresses made before are reused only when their bytes are the same', async t => {
+  // More names and addresses than the caches' 1024 slots, so slots collide and are replaced;
+  // asked in two passes, each answer checked against its own rendering.
+  const names = Array.from({ length: 3000 }, (_, i) => `n${i}.Example${i % 7}.com`)
+  const expect = (n: string): string => n.toLowerCase() + '.'
+  for (let pass = 0; pass < 2; pass++) {
+    let bad = 0
+    for (let i = 0; i < names.length; i++) {
+      const ip = `${(i * 7) & 255}.${(i >> 3) & 255}.${i & 255}.${(i * 13) & 255}`
+      const resp = dnsPacket.encode({ type: 'response', id: 1, questions: [{ type: 'A', name: names[i] }], answers: [{ type: 'A', name: names[i], ttl: 60, data: ip }] })
+      const q = parseQuestion(resp, cur)
+      if (typeof q === 'number' || q.name !== expect(names[i])) { bad++; continue }
+      const recs = walkAnswers(resp, q.end, cur)
+      if (typeof recs === 'number' || recs.length !== 1 || recs[0].owner !== q.name || recs[0].data !== ip) bad++
+    }
+    t.equal(bad, 0, `pass ${pass + 1}: ${names.length} names and addresses`)
+  }
+  // Same length, same slot or not: only equal bytes give the cached string.
+  const a = parseQuestion(dnsPacket.encode({ type: 'query', id: 1, questions: [{ type: 'A', name: 'ab.com' }] }), cur)
+  const b = parseQuestion(dnsPacket.encode({ type: 'query', id: 1, questions: [{ type: 'A', name: 'ba.com' }] }), cur)
+  const a2 = parseQuestion(dnsPacket.encode({ type: 'query', id: 1, questions: [{ type: 'A', name: 'AB.com' }] }), cur)
+  t.match([a, b, a2], [{ name: 'ab.com.' }, { name: 'ba.com.' }, { name: 'ab.com.' }])
+})
+
 t.test('the parser is total on random and mutated input', async t => {
   const valid = response([{ type: 'CNAME', name: 'api.github.com', ttl: 30, data: 'lb.github.com' }, { type: 'A', name: 'lb.github.com', ttl: 20, data: '198.18.53.30' }])
   fc.assert(fc.property(fc.uint8Array({ maxLength: 600 }), fc.array(fc.tuple(fc.nat(valid.length - 1), fc.nat(255)), { maxLength: 8 }), (rand, muts) => {
