@@ -34,6 +34,8 @@ const MSG_HTTP_REQUEST = jsonString('http request')
 const enum Deadline { NONE, IDLE, HEAD, BODY, LINGER }
 /** After our last response on a closing connection, how long the client may keep its side open. */
 const LINGER_MS = 2000
+/** An empty read: lets llhttp run the callbacks it paused before (see nextHeld). */
+const NO_BYTES = Buffer.alloc(0)
 /** Why the client socket is paused (a bit each; resumed when all clear). */
 const PAUSED_PIPELINE = 1
 const PAUSED_UPSTREAM = 2
@@ -576,7 +578,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.parser.resume()
     const rest = this.remainder
     this.remainder = null
-    if (rest !== null) this.execute(rest)
+    // Also when no byte followed the head: llhttp finishes the paused message (its message
+    // complete, for a request without a body) only inside an execute. Without it the last
+    // request of a pipelined burst never completed, and the connection was closed after its
+    // response as if its body had been cut short.
+    this.execute(rest ?? NO_BYTES)
     if (this.closed) return
     if (this.held === null) this.unpause(PAUSED_PIPELINE)
     if (this.clientEnded && !this.busy && this.held === null) this.endClient()

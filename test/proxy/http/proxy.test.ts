@@ -45,6 +45,21 @@ t.test('pipelining with a denied request in the middle: order kept, the next one
   t.notOk(c.closed, 'connection still open')
 })
 
+t.test('a pipelined burst leaves the connection open for the next burst (allowed and denied last)', async t => {
+  const be = await startBackend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.AUDITING)
+  for (const last of [get('/api/v1/invoices/3'), get('/api/v1/charge')]) {
+    c.write(get('/api/v1/invoices/1') + get('/api/v1/invoices/2') + last)
+    const statuses = [(await c.response())?.status, (await c.response())?.status, (await c.response())?.status]
+    t.strictSame(statuses, [200, 200, last.includes('charge') ? 403 : 200], 'three answers, in order')
+  }
+  c.write(get('/api/v1/invoices/4'))
+  t.equal((await c.response())?.body, 'backend saw GET /api/v1/invoices/4', 'and a request after the bursts is served on the same connection')
+  t.notOk(c.closed, 'still open')
+  t.equal(px.proxy.metrics().connections_total, 1, 'one client connection throughout')
+})
+
 t.test('keep-alive connection picks up a policy edit on the next request', async t => {
   const be = await startBackend(t)
   const px = await startProxy(t, be.port, await billingSnapshot())
