@@ -19,6 +19,8 @@ export interface LoadSpec {
   workers: number
   durationS: number
   warmupS: number
+  /** Offered load in requests/s over all connections (autocannon overallRate); 0 = as fast as it goes. */
+  rate: number
 }
 
 export interface LoadResult {
@@ -63,15 +65,18 @@ export class LatencyHistogram {
 
 async function cannon (spec: LoadSpec, durationS: number, hist: LatencyHistogram | null): Promise<autocannon.Result> {
   return await new Promise((resolve, reject) => {
-    const inst = autocannon({
+    // overallRate is autocannon's (see its README) but not in its typings
+    const opts: autocannon.Options & { overallRate?: number } = {
       url: spec.url,
       method: spec.method as autocannon.Options['method'],
       connections: spec.connections,
       pipelining: spec.pipelining,
       workers: spec.workers > 0 ? spec.workers : undefined,
+      overallRate: spec.rate > 0 ? spec.rate : undefined,
       duration: durationS,
       timeout: 10
-    }, (err, result) => { if (err != null) reject(err); else resolve(result) })
+    }
+    const inst = autocannon(opts, (err, result) => { if (err != null) reject(err); else resolve(result) })
     if (hist !== null) inst.on('response', (_c: unknown, _s: number, _b: number, ms: number) => { hist.record(ms * 1000) })
   })
 }

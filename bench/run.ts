@@ -36,6 +36,8 @@ const USAGE = `npm run bench -- [options]
   --connections N      autocannon connections (default 64; env CONNECTIONS)
   --pipelining N       autocannon pipelining (default 1; env PIPELINING)
   --workers N          autocannon worker threads (default 0 = in-process; env WORKERS)
+  --rate N             offered load in requests/s over all connections (default 0 = as fast as it goes;
+                       env RATE): compare paths by machine CPU per request at equal load
   --scenarios a,b      run only these scenarios
   --wrk                cross-check the top figures with wrk
   --out DIR            results directory (default bench/results)
@@ -45,7 +47,7 @@ const USAGE = `npm run bench -- [options]
 const T0 = Date.now()
 const log = (msg: string): void => { process.stderr.write(`[bench +${((Date.now() - T0) / 1000).toFixed(1)}s] ${msg}\n`) }
 
-interface Knobs { rounds: number, durationS: number, warmupS: number, connections: number, pipelining: number, workers: number }
+interface Knobs { rounds: number, durationS: number, warmupS: number, connections: number, pipelining: number, workers: number, rate: number }
 
 function knobs (v: Record<string, unknown>): Knobs {
   const num = (flag: string, env: string, def: number, quickDef: number): number => {
@@ -60,7 +62,8 @@ function knobs (v: Record<string, unknown>): Knobs {
     warmupS: num('warmup', 'WARMUP', 1, 0.5),
     connections: Math.max(1, Math.round(num('connections', 'CONNECTIONS', 64, 32))),
     pipelining: Math.max(1, Math.round(num('pipelining', 'PIPELINING', 1, 1))),
-    workers: Math.round(num('workers', 'WORKERS', 0, 0))
+    workers: Math.round(num('workers', 'WORKERS', 0, 0)),
+    rate: Math.round(num('rate', 'RATE', 0, 0))
   }
 }
 
@@ -171,7 +174,7 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
       const w = await runWrk(a.clientNs, url, s.request.method, k.connections, Math.max(1, Math.round(k.durationS)), fx.tmp, watch)
       return { wrk: { rps: w.rps, p50_us: w.p50_us, p99_us: w.p99_us } }
     }
-    const spec: LoadSpec = { url, method: s.request.method, connections: k.connections, pipelining: k.pipelining, workers: k.workers, durationS: k.durationS, warmupS: k.warmupS }
+    const spec: LoadSpec = { url, method: s.request.method, connections: k.connections, pipelining: k.pipelining, workers: k.workers, durationS: k.durationS, warmupS: k.warmupS, rate: k.rate }
     const m = await runAutocannon(a.clientNs, spec, watch)
     return {
       round,
@@ -287,7 +290,7 @@ export async function runBench (v: Record<string, unknown>): Promise<BenchResult
     date: new Date().toISOString(),
     ...gitCommit(),
     machine: machineInfo(),
-    knobs: { rounds: k.rounds, duration_s: k.durationS, warmup_s: k.warmupS, connections: k.connections, pipelining: k.pipelining, workers: k.workers, quick: v.quick === true, order: 'interleaved' },
+    knobs: { rounds: k.rounds, duration_s: k.durationS, warmup_s: k.warmupS, connections: k.connections, pipelining: k.pipelining, workers: k.workers, rate: k.rate, quick: v.quick === true, order: 'interleaved' },
     notes: [
       'Lab: client and server in their own network namespaces (198.18.200.0/24), routed through the host namespace.',
       'HAProxy and nginx run in the host namespace as explicit reverse proxies on 198.18.200.1 (not behind warden\'s tc redirect), one worker each.',
@@ -312,6 +315,7 @@ async function main (): Promise<number> {
         warmup: { type: 'string' },
         connections: { type: 'string' },
         pipelining: { type: 'string' },
+        rate: { type: 'string' },
         workers: { type: 'string' },
         scenarios: { type: 'string' },
         wrk: { type: 'boolean' },
