@@ -35,6 +35,8 @@ const NAMES = ['api.github.com', 'status.github.com', 'www.example.com', 'a.exam
 interface WorkerIn { dnsPort: number, log: boolean }
 
 async function runProxy (): Promise<void> {
+  // The bench process gone (killed, or died on the way): nothing is left to measure for.
+  process.on('disconnect', () => { process.exit(0) })
   const { dnsPort, log } = JSON.parse(process.argv[3]) as WorkerIn
   const { createDnsProxy, compileNameMatcher } = await import('../proxy/src/dns/index.js')
   const { DIR, l7Key, RESERVED } = await import('../policy-store/src/types.js')
@@ -142,6 +144,9 @@ async function main (): Promise<void> {
   const dnsmasq = spawn(pin ? 'taskset' : '/usr/sbin/dnsmasq', [...(pin ? ['-c', `0-${last - 1}`, '/usr/sbin/dnsmasq'] : []), '--keep-in-foreground', '--no-resolv', '--no-hosts', '--conf-file=/dev/null', '--user=root',
     `--addn-hosts=${join(dir, 'hosts')}`, '--local-ttl=3600', `--port=${dnsPort}`, `--listen-address=${DNS_IP}`, '--bind-interfaces',
     `--pid-file=${join(dir, 'pid')}`, '--dns-forward-max=10000'], { stdio: 'ignore' })
+  // If this process dies on the way (an uncaught error, EPIPE on a closed stdout), dnsmasq must not outlive it.
+  const stopDnsmasq = (): void => { if (dnsmasq.exitCode === null && dnsmasq.signalCode === null) dnsmasq.kill('SIGTERM') }
+  process.on('exit', stopDnsmasq)
   const self = fileURLToPath(import.meta.url)
   const args = [...(process.env.PROXY_NODE_ARGS ?? '').split(' ').filter(a => a !== ''), self, 'proxy', JSON.stringify({ dnsPort, log } satisfies WorkerIn)]
   const worker = spawn(pin ? 'taskset' : process.execPath, pin ? ['-c', String(last), process.execPath, ...args] : args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
@@ -176,7 +181,8 @@ async function main (): Promise<void> {
   } finally {
     worker.send('exit')
     await once(worker, 'exit')
-    dnsmasq.kill('SIGTERM')
+    stopDnsmasq()
+    process.off('exit', stopDnsmasq)
     await rm(dir, { recursive: true, force: true })
   }
 }
