@@ -38,19 +38,10 @@ async function runProxy (): Promise<void> {
   // The bench process gone (killed, or died on the way): nothing is left to measure for.
   process.on('disconnect', () => { process.exit(0) })
   const { dnsPort, log } = JSON.parse(process.argv[3]) as WorkerIn
-  const { createDnsProxy, compileNameMatcher } = await import('../proxy/src/dns/index.js')
-  const { DIR, l7Key, RESERVED } = await import('../policy-store/src/types.js')
-  const rule = { file: 'bench.yaml', line: 1, kind: 'CiliumNetworkPolicy' as const, policy: 'default/bench', spec: 0, section: 'egress' as const, index: 0 }
-  const star = compileNameMatcher({ matchPattern: '*' })
-  const policy = { allowAll: false, rules: [{ pattern: '*', test: (f: string) => star.test(f), rule }] }
-  const sel = compileNameMatcher({ matchName: 'api.github.com' })
-  const snapshot = {
-    version: 1, createdAt: Date.now(), ipcache: [], kernel: [], http: new Map(),
-    endpoints: [{ id: 7, name: 'bench-client', namespace: 'default', labels: {}, identityLabels: [], identity: 1007, ipv4: CLIENT_IP, interface: 'lxc7', line: 1 }],
-    identities: new Map([[RESERVED.WORLD, ['reserved:world']]]),
-    dns: new Map([[l7Key(7, DIR.EGRESS, dnsPort), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port: dnsPort, byIdentity: new Map(), anyIdentity: policy }]]),
-    fqdnSelectors: [{ key: sel.key, test: (f: string) => sel.test(f) }]
-  }
+  const { createDnsProxy } = await import('../proxy/src/dns/index.js')
+  const { RESERVED } = await import('../policy-store/src/types.js')
+  const { benchDnsSnapshot } = await import('./dns-snapshot.js')
+  const snapshot = benchDnsSnapshot(CLIENT_IP, dnsPort)
   // The agent's logger (agent/agent.ts): pino with base {component}, through the batching destination.
   const logger = log ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
   const proxy = await createDnsProxy({

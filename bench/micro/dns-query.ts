@@ -10,8 +10,8 @@ import dnsPacket from 'dns-packet'
 import pino from 'pino'
 import { batchedDestination } from '../../proxy/src/http/log-destination.js'
 import { DnsCore } from '../../proxy/src/dns/proxy.js'
-import { compileNameMatcher } from '../../proxy/src/dns/index.js'
-import { DIR, l7Key, RESERVED } from '../../policy-store/src/types.js'
+import { RESERVED } from '../../policy-store/src/types.js'
+import { benchDnsSnapshot } from '../dns-snapshot.js'
 
 const N = Number(process.env.N ?? 200_000)
 const ROUNDS = Number(process.env.ROUNDS ?? 7)
@@ -21,21 +21,11 @@ const DNS_IP = '127.0.53.40'
 const PORT = 53
 const NAMES = ['api.github.com', 'status.github.com', 'www.example.com', 'a.example.com']
 
-const rule = { file: 'bench.yaml', line: 1, kind: 'CiliumNetworkPolicy' as const, policy: 'default/bench', spec: 0, section: 'egress' as const, index: 0 }
-const star = compileNameMatcher({ matchPattern: '*' })
-const policy = { allowAll: false, rules: [{ pattern: '*', test: (f: string) => star.test(f), rule }] }
-const sel = compileNameMatcher({ matchName: 'api.github.com' })
-const snapshot = {
-  version: 1, createdAt: Date.now(), ipcache: [], kernel: [], http: new Map(),
-  endpoints: [{ id: 7, name: 'bench-client', namespace: 'default', labels: {}, identityLabels: [], identity: 1007, ipv4: CLIENT_IP, interface: 'lxc7', line: 1 }],
-  identities: new Map([[RESERVED.WORLD, ['reserved:world']]]),
-  dns: new Map([[l7Key(7, DIR.EGRESS, PORT), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port: PORT, byIdentity: new Map(), anyIdentity: policy }]]),
-  fqdnSelectors: [{ key: sel.key, test: (f: string) => sel.test(f) }]
-}
+const snapshot = benchDnsSnapshot(CLIENT_IP, PORT)
 const logger = LOG ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
 const now = Date.now
 const core = new DnsCore({
-  snapshot: () => snapshot as never,
+  snapshot: () => snapshot,
   lookupIdentity: () => RESERVED.WORLD,
   udpOriginalDestination: () => ({ ip: DNS_IP, port: PORT }),
   learn: async () => {},

@@ -1,0 +1,25 @@
+/**
+ * The snapshot the DNS benches enforce (bench/dns-proxy.ts, bench/micro/dns-query.ts): one client
+ * endpoint whose DNS rule allows every name (`matchPattern: *`) on `port`, and one toFQDNs selector
+ * (api.github.com) so that answers are learned as in the agent.
+ */
+import { compileNameMatcher } from '../proxy/src/dns/index.js'
+import { DIR, l7Key, RESERVED, type Snapshot } from '../policy-store/src/types.js'
+
+export function benchDnsSnapshot (clientIp: string, port: number): Snapshot {
+  const rule = { file: 'bench.yaml', line: 1, kind: 'CiliumNetworkPolicy' as const, policy: 'default/bench', spec: 0, section: 'egress' as const, index: 0 }
+  const star = compileNameMatcher({ matchPattern: '*' })
+  const policy = { allowAll: false, rules: [{ pattern: '*', test: (f: string) => star.test(f), rule }] }
+  const sel = compileNameMatcher({ matchName: 'api.github.com' })
+  return {
+    version: 1,
+    createdAt: Date.now(),
+    ipcache: [],
+    kernel: [],
+    http: new Map(),
+    endpoints: [{ id: 7, name: 'bench-client', namespace: 'default', labels: {}, identityLabels: [], identity: 1007, ipv4: clientIp, interface: 'lxc7', line: 1 }],
+    identities: new Map([[RESERVED.WORLD, ['reserved:world']]]),
+    dns: new Map([[l7Key(7, DIR.EGRESS, port), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port, byIdentity: new Map(), anyIdentity: policy }]]),
+    fqdnSelectors: [{ key: sel.key, test: (f: string) => sel.test(f) }]
+  }
+}
