@@ -23,9 +23,6 @@ import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { performance } from 'node:perf_hooks'
 import dnsPacket from 'dns-packet'
-import pino from 'pino'
-import { openSync } from 'node:fs'
-import { batchedDestination } from '../proxy/src/http/log-destination.js'
 
 const DNS_IP = '127.0.53.40'
 const PROXY_IP = '127.0.53.41'
@@ -39,19 +36,8 @@ async function runProxy (): Promise<void> {
   process.on('disconnect', () => { process.exit(0) })
   const { dnsPort, log } = JSON.parse(process.argv[3]) as WorkerIn
   const { createDnsProxy } = await import('../proxy/src/dns/index.js')
-  const { RESERVED } = await import('../policy-store/src/types.js')
-  const { benchDnsSnapshot } = await import('./dns-snapshot.js')
-  const snapshot = benchDnsSnapshot(CLIENT_IP, dnsPort)
-  // The agent's logger (agent/agent.ts): pino with base {component}, through the batching destination.
-  const logger = log ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
-  const proxy = await createDnsProxy({
-    snapshot: () => snapshot,
-    lookupIdentity: () => RESERVED.WORLD,
-    udpOriginalDestination: () => ({ ip: DNS_IP, port: dnsPort }),
-    learn: async () => {},
-    hasConnection: () => false,
-    logger
-  }, {})
+  const { benchDnsDeps } = await import('./dns-snapshot.js')
+  const proxy = await createDnsProxy(benchDnsDeps(CLIENT_IP, { ip: DNS_IP, port: dnsPort }, log), {})
   const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 })
   sock.bind(0, PROXY_IP)
   await once(sock, 'listening')

@@ -1,9 +1,30 @@
 /**
+ * What the DNS benches give the proxy (bench/dns-proxy.ts, bench/micro/dns-query.ts): the snapshot
+ * below, the world identity for the server, `server` as every query's original destination, and
+ * the agent's logger (pino with base {component}, through the batching destination, to /dev/null)
+ * or a silent one. Nothing is learned into a store and no connection is live.
+ */
+export function benchDnsDeps (clientIp: string, server: { ip: string, port: number }, log: boolean): DnsProxyDeps {
+  const snapshot = benchDnsSnapshot(clientIp, server.port)
+  return {
+    snapshot: () => snapshot,
+    lookupIdentity: () => RESERVED.WORLD,
+    udpOriginalDestination: () => server,
+    learn: async () => {},
+    hasConnection: () => false,
+    logger: log ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
+  }
+}
+
+/**
  * The snapshot the DNS benches enforce (bench/dns-proxy.ts, bench/micro/dns-query.ts): one client
  * endpoint whose DNS rule allows every name (`matchPattern: *`) on `port`, and one toFQDNs selector
  * (api.github.com) so that answers are learned as in the agent.
  */
-import { compileNameMatcher } from '../proxy/src/dns/index.js'
+import { openSync } from 'node:fs'
+import pino from 'pino'
+import { compileNameMatcher, type DnsProxyDeps } from '../proxy/src/dns/index.js'
+import { batchedDestination } from '../proxy/src/http/log-destination.js'
 import { DIR, l7Key, RESERVED, type Snapshot } from '../policy-store/src/types.js'
 
 export function benchDnsSnapshot (clientIp: string, port: number): Snapshot {

@@ -5,13 +5,9 @@
  *
  * Build, then run: `node dist/bench/micro/dns-query.js` (N=200000 queries per round, ROUNDS=7).
  */
-import { openSync } from 'node:fs'
 import dnsPacket from 'dns-packet'
-import pino from 'pino'
-import { batchedDestination } from '../../proxy/src/http/log-destination.js'
 import { DnsCore } from '../../proxy/src/dns/proxy.js'
-import { RESERVED } from '../../policy-store/src/types.js'
-import { benchDnsSnapshot } from '../dns-snapshot.js'
+import { benchDnsDeps } from '../dns-snapshot.js'
 
 const N = Number(process.env.N ?? 200_000)
 const ROUNDS = Number(process.env.ROUNDS ?? 7)
@@ -21,17 +17,8 @@ const DNS_IP = '127.0.53.40'
 const PORT = 53
 const NAMES = ['api.github.com', 'status.github.com', 'www.example.com', 'a.example.com']
 
-const snapshot = benchDnsSnapshot(CLIENT_IP, PORT)
-const logger = LOG ? pino({ base: { component: 'warden' } }, batchedDestination(openSync('/dev/null', 'w'))) : pino({ level: 'silent' })
 const now = Date.now
-const core = new DnsCore({
-  snapshot: () => snapshot,
-  lookupIdentity: () => RESERVED.WORLD,
-  udpOriginalDestination: () => ({ ip: DNS_IP, port: PORT }),
-  learn: async () => {},
-  hasConnection: () => false,
-  logger
-}, {
+const core = new DnsCore(benchDnsDeps(CLIENT_IP, { ip: DNS_IP, port: PORT }, LOG), {
   minTtlSec: 0, maxTtlSec: undefined, maxIpsPerName: 1000, maxZombiesPerEndpoint: 10000, stateDir: undefined, rejectRcode: 5,
   upstreamTimeoutMs: 10000, holdMaxMs: 100, gcIntervalMs: 1000, zombieGraceMs: 60000, maxPending: 10000, upstreamSockets: 8,
   maxTcpPendingPerConnection: 32, tcpIdleTimeoutMs: 10000, now
