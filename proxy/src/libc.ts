@@ -1,7 +1,8 @@
 /**
- * The few libc calls Node does not expose (setsockopt, and socket/bind/listen on a descriptor
- * libuv does not own yet), through koffi. One binding for the whole project: the transparent
- * listeners, the socket adoption of the HTTP proxy, and the tests' unaccepting port.
+ * The few libc calls Node does not expose (setsockopt, socket/bind/listen on a descriptor libuv
+ * does not own yet, recvmmsg), through koffi. One binding for the whole project: the transparent
+ * listeners, the socket adoption of the HTTP proxy, the DNS proxy's UDP sockets (udp-batch.ts),
+ * and the tests' unaccepting port.
  */
 import koffi from 'koffi'
 
@@ -13,6 +14,11 @@ export interface Libc {
   getsockname: (fd: number, addr: Buffer, len: number[]) => number
   fcntl: (fd: number, cmd: number, arg: number) => number
   close: (fd: number) => number
+  connect: (fd: number, addr: Buffer, len: number) => number
+  /** `vec` is a koffi.alloc pointer: the mmsghdr array holds raw addresses (udp-batch.ts). */
+  recvmmsg: (fd: number, vec: unknown, vlen: number, flags: number, timeout: null) => number
+  send: (fd: number, buf: Buffer, len: number, flags: number) => number
+  sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number) => number
 }
 
 export const AF_INET = 2
@@ -35,7 +41,11 @@ export function libc (): Libc {
     listen: lib.func('int listen(int fd, int backlog)'),
     getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
-    close: lib.func('int close(int fd)')
+    close: lib.func('int close(int fd)'),
+    connect: lib.func('int connect(int fd, const void *addr, uint32_t len)'),
+    recvmmsg: lib.func('int recvmmsg(int fd, void *vec, unsigned int vlen, int flags, void *timeout)'),
+    send: lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)'),
+    sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t len)')
   }
   return bound
 }
