@@ -9,7 +9,6 @@
  *      so the proxy never allows what the kernel does not yet redirect, and vice versa.
  */
 import type { Server } from 'node:net'
-import type { Socket as UdpSocket } from 'node:dgram'
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
 import { networkInterfaces } from 'node:os'
 import pino, { type Logger } from 'pino'
@@ -17,7 +16,8 @@ import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type Lea
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, batchedDestination, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { createDnsProxy, type DnsProxy } from '../proxy/src/dns/index.js'
-import { listenTransparentTcp, bindTransparentUdp, bindTransparentUdpSync } from '../proxy/src/transparent.js'
+import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
+import type { UdpBatchSocket } from '../proxy/src/udp-batch.js'
 import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { HttpWorkers } from './workers/pool.js'
@@ -213,17 +213,18 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     }
 
     // DNS proxy: UDP and TCP on the DNS proxy port. Answers go back FROM the server's address.
-    const replySockets = new Map<string, UdpSocket>()
+    const replySockets = new Map<string, UdpBatchSocket>()
     const dns: DnsProxy = await createDnsProxy({
       snapshot: () => active,
       lookupIdentity,
-      udpOriginalDestination: (ip, port) => datapath.udpOriginalDestination(ip, port),
+      // The listener asks for IP_ORIGDSTADDR: the datagram names its server. The map is the
+      // fallback should a kernel not fill it in.
+      udpOriginalDestination: (ip, port, received) => received ?? datapath.udpOriginalDestination(ip, port),
       replySocket: (ip, port) => {
         const key = `${ip}:${port}`
         let s = replySockets.get(key)
         if (s === undefined) {
-          s = bindTransparentUdpSync(port, ip)
-          s.on('error', (err) => log.warn({ err, server: key }, 'DNS reply socket error'))
+          s = openTransparentUdp(port, ip)
           replySockets.set(key, s)
         }
         return s
@@ -242,7 +243,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       stateDir: opts.stateDir,
       rejectCode: 'refused'
     })
-    const dnsUdp = await bindTransparentUdp(opts.dnsProxyPort)
+    const dnsUdp = openTransparentUdp(opts.dnsProxyPort, '0.0.0.0', true)
     dns.attachUdp(dnsUdp)
     const dnsTcp = await listenTransparentTcp(opts.dnsProxyPort)
     // DNS over TCP is rare (truncated answers, zone-sized replies); a cap keeps a client that

@@ -1,6 +1,7 @@
 /**
  * Transparent sockets (IP_TRANSPARENT) for the proxies. Node has no setsockopt, so the
- * socket is made with libc through koffi, bound, and handed to net/dgram by fd.
+ * socket is made with libc through koffi, bound, and handed to net by fd (TCP) or read and
+ * written with libc (UDP, udp-batch.ts).
  *
  * - A TCP listener with IP_TRANSPARENT accepts connections that the tc program assigned to
  *   it with bpf_sk_assign; an accepted socket's localAddress/localPort are the ORIGINAL
@@ -9,7 +10,7 @@
  *   non-local ip:port to send answers FROM the address the client queried.
  */
 import net from 'node:net'
-import dgram from 'node:dgram'
+import { UdpBatchSocket, askOriginalDestination } from './udp-batch.js'
 import { AF_INET, errno, libc, setSocketMark, SOCK_CLOEXEC, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
 const SO_REUSEADDR = 2
@@ -96,26 +97,14 @@ export async function listenTransparentTcp (port: number, host = '0.0.0.0', back
 }
 
 /**
- * A bound udp4 socket with IP_TRANSPARENT (+ SO_REUSEADDR/SO_REUSEPORT). With a non-local
- * `host` it sends from that address: how the DNS proxy answers as the server queried.
+ * A bound UDP socket with IP_TRANSPARENT (+ SO_REUSEADDR/SO_REUSEPORT), read with recvmmsg
+ * (udp-batch.ts). `origDst`: each datagram carries the address and port its sender addressed
+ * (IP_ORIGDSTADDR), the DNS proxy's listener. With a non-local `host` it sends from that
+ * address: how the DNS proxy answers as the server queried. Returned at once, bound: the DNS
+ * proxy asks for "a socket that answers as server X" on its hot path.
  */
-export async function bindTransparentUdp (port: number, host = '0.0.0.0'): Promise<dgram.Socket> {
+export function openTransparentUdp (port: number, host = '0.0.0.0', origDst = false): UdpBatchSocket {
   const fd = transparentFd(SOCK_DGRAM, host, port)
-  const sock = dgram.createSocket({ type: 'udp4' })
-  await new Promise<void>((resolve, reject) => {
-    sock.once('error', reject)
-    sock.bind({ fd }, () => { sock.off('error', reject); resolve() })
-  })
-  return sock
-}
-
-/**
- * The same socket, returned at once: dgram queues sends until the bind completes, so the DNS
- * proxy can ask for "a socket that answers as server X" synchronously, on its hot path.
- */
-export function bindTransparentUdpSync (port: number, host = '0.0.0.0'): dgram.Socket {
-  const fd = transparentFd(SOCK_DGRAM, host, port)
-  const sock = dgram.createSocket({ type: 'udp4' })
-  sock.bind({ fd })
-  return sock
+  if (origDst) askOriginalDestination(fd, `${host}:${port}`)
+  return new UdpBatchSocket(fd, `${host}:${port}`)
 }

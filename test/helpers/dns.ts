@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import dnsPacket from 'dns-packet'
 import pino from 'pino'
 import { createDnsProxy, compileNameMatcher, type DnsProxy, type DnsProxyOptions } from '../../proxy/src/dns/index.js'
+import { bindUdp } from '../../proxy/src/udp-batch.js'
 import { DIR, l7Key, RESERVED } from '../../policy-store/src/types.js'
 import type { DnsPolicy, Endpoint, FqdnSelector, L7PortTable, LearnedName, RuleRef, Snapshot } from '../../policy-store/src/types.js'
 
@@ -262,9 +263,7 @@ export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstr
     hasConnection: ip => connections.has(ip),
     logger
   }, { upstreamTimeoutMs: 2000, gcIntervalMs: 50, ...opts.options })
-  const udpSock = dgram.createSocket('udp4')
-  udpSock.bind(0, '127.0.53.1')
-  await once(udpSock, 'listening')
+  const udpSock = bindUdp('127.0.53.1', 0)
   proxy.attachUdp(udpSock)
   const server = net.createServer(s => proxy.handleTcpConnection(s))
   server.listen(0, '127.0.53.1')
@@ -280,7 +279,7 @@ export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstr
   t.teardown(close)
   return {
     proxy,
-    udp: { ip: '127.0.53.1', port: udpSock.address().port },
+    udp: { ip: '127.0.53.1', port: udpSock.localAddress().port },
     tcp: { ip: '127.0.53.1', port: (server.address() as net.AddressInfo).port },
     learnCalls,
     connections,

@@ -6,7 +6,7 @@ import net from 'node:net'
 import { datapathLab, eventually, isRoot } from '../helpers/lab-fixture.js'
 import { connect, startServer } from '../helpers/lab-net.js'
 import { entry, openEntries } from '../helpers/lab-snapshot.js'
-import { bindTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
+import { openTransparentUdp, listenTransparentTcp } from '../../proxy/src/transparent.js'
 import { setSocketMark, socketFd } from '../../proxy/src/libc.js'
 import { PROXY_SOCKET_MARK, type FlowEvent } from '../../redirect-bpf/src/index.js'
 
@@ -110,23 +110,25 @@ t.test('redirect to the proxy listeners', { skip: isRoot() ? false : 'needs root
   })
 
   await t.test('DNS over UDP reaches the DNS proxy, which reads the original destination and answers as it', async (t) => {
-    const sock = await bindTransparentUdp(lab.opts.dnsProxyPort)
+    const sock = openTransparentUdp(lab.opts.dnsProxyPort, '0.0.0.0', true)
     t.teardown(() => sock.close())
-    const got: Array<{ from: string, orig: unknown }> = []
-    sock.on('message', (_msg, rinfo) => {
-      const orig = lab.dp.udpOriginalDestination(rinfo.address, rinfo.port)
-      got.push({ from: `${rinfo.address}:${rinfo.port}`, orig })
-      if (orig === undefined) return
+    const got: Array<{ from: string, received: string, map: unknown }> = []
+    sock.startReading((d) => {
+      // What the datagram says (IP_ORIGDSTADDR) and what the datapath recorded must agree.
+      const map = lab.dp.udpOriginalDestination(d.srcIp, d.srcPort)
+      got.push({ from: `${d.srcIp}:${d.srcPort}`, received: `${d.dstIp}:${d.dstPort}`, map })
+      if (d.dstPort === 0) return
       // answer FROM the address the client asked
-      bindTransparentUdp(orig.port, orig.ip).then((out) => {
-        const body = JSON.stringify({ from: 'dns-proxy', local: `${orig.ip}:${orig.port}`, remote: `${rinfo.address}:${rinfo.port}` })
-        out.send(body, rinfo.port, rinfo.address, () => out.close())
-      }, () => {})
+      const out = openTransparentUdp(d.dstPort, d.dstIp)
+      const body = JSON.stringify({ from: 'dns-proxy', local: `${d.dstIp}:${d.dstPort}`, remote: `${d.srcIp}:${d.srcPort}` })
+      out.sendTo(Buffer.from(body), d.srcIpNum, d.srcPort)
+      out.close()
     })
     const r = await connect(lab.ns('a'), 'udp', lab.ip('c'), 53)
     t.match(r, { ok: true, reply: { from: 'dns-proxy', local: `${lab.ip('c')}:53` } }, 'the client got the answer from c:53')
     t.equal(got.length, 1)
-    t.match(got[0].orig, { ip: lab.ip('c'), port: 53 })
+    t.equal(got[0].received, `${lab.ip('c')}:53`, 'the datagram names the server it was sent to')
+    t.match(got[0].map, { ip: lab.ip('c'), port: 53 }, 'as the datapath recorded it')
     t.ok(lab.dp.counters().new_redirect_dns >= 1)
   })
 })

@@ -13,7 +13,6 @@
  * tcpListener.on('connection', s => dns.handleTcpConnection(s))
  * ```
  */
-import type * as dgram from 'node:dgram'
 import type * as net from 'node:net'
 import { DnsCore, type ResolvedOptions } from './proxy.js'
 import { RandomPool } from './ids.js'
@@ -22,6 +21,7 @@ import { UdpForwarder } from './udp.js'
 import { DnsProxyError } from './errors.js'
 import { RCODE } from './wire.js'
 import type { DnsProxy, DnsProxyDeps, DnsProxyOptions } from './types.js'
+import type { UdpBatchSocket } from '../udp-batch.js'
 
 export type { Addr, DnsProxy, DnsProxyDeps, DnsProxyOptions } from './types.js'
 export { DnsProxyError, type DnsProxyErrorCode } from './errors.js'
@@ -80,7 +80,7 @@ export async function createDnsProxy (deps: DnsProxyDeps, options: DnsProxyOptio
   sweeper.unref()
 
   return {
-    attachUdp (sock: dgram.Socket): void { udp.attach(sock) },
+    attachUdp (sock: UdpBatchSocket): void { udp.attach(sock) },
     handleTcpConnection (socket: net.Socket): void {
       const ends = clientAndServer(core, socket)
       if (ends === null) {

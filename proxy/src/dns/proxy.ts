@@ -207,6 +207,8 @@ export class DnsCore {
     answered: 0,
     upstreamTimeouts: 0,
     upstreamErrors: 0,
+    /** UDP datagrams the kernel would not take (full socket buffer, pending ICMP error): lost. */
+    sendErrors: 0,
     overload: 0,
     spoofedAnswers: 0,
     malformedAnswers: 0,
@@ -378,12 +380,14 @@ export class DnsCore {
     }
     const log = this.answerLog(p, rcode, answer, minTtl, chain)
     this.counters.held++
+    // The transport's bytes may be valid only during this call (UDP reads into a reused area).
+    const held = Buffer.from(resp)
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<boolean>(resolve => { timer = setTimeout(resolve, this.opts.holdMaxMs, false) })
     void Promise.race([this.sync.request().then(() => true), timeout]).then(inKernel => {
       clearTimeout(timer)
       if (!inKernel) this.counters.holdTimeouts++
-      p.reply(resp)
+      p.reply(held)
       log?.write(this.opts.now() - p.started, true, !inKernel)
     })
     return true

@@ -1,8 +1,8 @@
 /** The DNS proxy's public types: what the agent injects and what it gets back. */
-import type * as dgram from 'node:dgram'
 import type * as net from 'node:net'
 import type { Logger } from 'pino'
 import type { LearnedName, Snapshot } from '../../../policy-store/src/types.js'
+import type { UdpBatchSocket } from '../udp-batch.js'
 
 export interface Addr { ip: string, port: number }
 
@@ -12,15 +12,19 @@ export interface DnsProxyDeps {
   snapshot (): Snapshot
   /** Identity of an IPv4 address from the ipcache (world when unknown). */
   lookupIdentity (ipv4: string): number
-  /** Original destination of a redirected UDP datagram, by its source (kernel map). */
-  udpOriginalDestination (srcIp: string, srcPort: number): Addr | undefined
+  /**
+   * Original destination of a redirected UDP datagram. `received` is what the datagram itself
+   * says (IP_ORIGDSTADDR on the listener; undefined when the socket does not ask): on a
+   * transparent listener that is the answer. Undefined: no server, the query is dropped.
+   */
+  udpOriginalDestination (srcIp: string, srcPort: number, received: Addr | undefined): Addr | undefined
   /** Original destination of a redirected TCP connection; default: its local address/port. */
   tcpOriginalDestination? (socket: net.Socket): Addr
   /**
    * The socket that sends UDP answers FROM the server's address (production: a transparent
    * socket bound to it); default: the listening socket the query arrived on.
    */
-  replySocket? (serverIp: string, serverPort: number): dgram.Socket
+  replySocket? (serverIp: string, serverPort: number): UdpBatchSocket
   /**
    * Receives the WHOLE current learned set; resolves when the kernel has it (the agent calls
    * store.setLearnedNames and applies the datapath diff). Answers that bring new IPs for a
@@ -66,8 +70,8 @@ export interface DnsProxyOptions {
 }
 
 export interface DnsProxy {
-  /** Serve queries arriving on this (transparent) UDP socket. */
-  attachUdp (sock: dgram.Socket): void
+  /** Serve queries arriving on this (transparent) UDP socket; the caller still owns (closes) it. */
+  attachUdp (sock: UdpBatchSocket): void
   /** Serve one accepted (transparent) TCP connection; several queries per connection. */
   handleTcpConnection (socket: net.Socket): void
   /** The node-wide learned set, as last pushed (or about to be pushed) to `learn`. */

@@ -2,41 +2,44 @@
  * DNS over UDP: queries from attached (transparent) listening sockets, forwarded with random
  * IDs from a small pool of random-port sockets per server (RFC 5452). Each pool socket is
  * connect()ed to its server: the kernel then delivers only datagrams from that address and
- * port (anything else never reaches us), and a send needs neither an address lookup in Node
- * nor a route lookup in the kernel. An answer is accepted only with the ID of a query in flight
- * on that socket and the same question (and, checked again here, from the server's address);
- * anything else is counted and ignored, so a spoofed or late answer teaches nothing and does
- * not cancel the real one.
+ * port (anything else never reaches us), and a send needs no route lookup in the kernel. An
+ * answer is accepted only with the ID of a query in flight on that socket and the same question
+ * (and, checked again here, from the server's address); anything else is counted and ignored,
+ * so a spoofed or late answer teaches nothing and does not cancel the real one.
  *
- * Both sends of a query (upstream, and the reply to the client) go through udp-direct.ts, which
- * calls the socket's handle the way dgram would after its argument checks and dns.lookup.
+ * Every socket here is a UdpBatchSocket (udp-batch.ts): read with recvmmsg, many datagrams per
+ * call, into an area reused by the next read. So a query is copied before it becomes a Pending,
+ * and an answer is sent on before the handler returns (the core copies one it holds).
  */
-import * as dgram from 'node:dgram'
-import type { DnsCore, Pending } from './proxy.js'
-import { plainIpv4 } from './proxy.js'
+import type { DnsCore } from './proxy.js'
 import { RandomPool } from './ids.js'
-import { directSender, type DirectSender } from '../udp-direct.js'
-import { HEADER_LEN, MAX_MESSAGE, RCODE, errorReply, isResponse, sameQuestion } from './wire.js'
+import { connectUdp, ipv4Num, type Datagram, type UdpBatchSocket, UdpSocketError } from '../udp-batch.js'
+import { HEADER_LEN, RCODE, errorReply, isResponse, sameQuestion } from './wire.js'
 import type { Addr } from './types.js'
+import type { Pending } from './proxy.js'
 
 /** Servers with an open pool at most; beyond, an idle pool is closed or the query gets SERVFAIL. */
 export const MAX_UPSTREAM_SERVERS = 64
 /** A pool without queries in flight for this long is closed (its sockets are file descriptors). */
 const IDLE_POOL_MS = 60_000
+/** Receive queue of each upstream socket: a burst of answers waits here, not in the server's retries. */
+const UPSTREAM_RCVBUF = 1 << 20
+
+// errno of ICMP errors a connected socket reports: the server is not there (not our fault).
+const ECONNREFUSED = 111
+const ENETUNREACH = 101
+const EHOSTUNREACH = 113
 
 interface Upstream {
-  sock: dgram.Socket
-  /** Sends on the socket's handle (udp-direct.ts); null: dgram's send. */
-  direct: DirectSender | null
+  sock: UdpBatchSocket
   /** upstream ID -> query; insertion order = start order (used by sweep). */
   pending: Map<number, Pending>
-  /** Queries that arrived before connect() finished; sent once it has. */
-  waiting: Pending[] | null
 }
 
 /** The connected sockets to one server (address and port). */
 interface ServerPool {
   ip: string
+  ipNum: number
   port: number
   key: string
   ups: Upstream[]
@@ -48,22 +51,20 @@ export class UdpForwarder {
   /** The pool of the previous query: most queries go to the same server (kube-dns). */
   private last: ServerPool | null = null
   private readonly rnd = new RandomPool()
-  /** Per reply socket: its DirectSender, or null where dgram's send must be used. */
-  private readonly senders = new WeakMap<dgram.Socket, DirectSender | null>()
-  private lastReplySock: dgram.Socket | null = null
-  private lastSender: DirectSender | null = null
 
   constructor (private readonly core: DnsCore, private readonly socketsPerServer: number) {}
 
   /** Serve queries arriving on `listen`. */
-  attach (listen: dgram.Socket): void {
-    listen.on('message', (msg, rinfo) => this.onQuery(listen, msg, rinfo))
+  attach (listen: UdpBatchSocket): void {
+    listen.startReading(d => this.onQuery(listen, d), err => {
+      this.core.log.error({ err, socket: listen.label }, 'dns: udp listener error')
+    })
   }
 
-  private onQuery (listen: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+  private onQuery (listen: UdpBatchSocket, d: Datagram): void {
     const core = this.core
-    const client: Addr = { ip: plainIpv4(rinfo.address), port: rinfo.port }
-    const server = core.deps.udpOriginalDestination(client.ip, client.port)
+    const client: Addr = { ip: d.srcIp, port: d.srcPort }
+    const server = core.deps.udpOriginalDestination(client.ip, client.port, d.dstPort === 0 ? undefined : { ip: d.dstIp, port: d.dstPort })
     if (server === undefined) {
       // Without the original destination there is no server to ask nor address to answer from.
       core.counters.dropped++
@@ -71,12 +72,13 @@ export class UdpForwarder {
       return
     }
     const replyFrom = core.deps.replySocket?.(server.ip, server.port) ?? listen
-    const direct = this.senderFor(replyFrom)
-    // No send callbacks: Node tries a synchronous sendmsg (uv_udp_try_send) and allocates no
-    // request unless the kernel says EAGAIN; a lost datagram is what UDP clients retry anyway.
-    const reply = direct !== null
-      ? (out: Buffer): void => { direct.sendTo(out, client.port, client.ip) }
-      : (out: Buffer): void => { replyFrom.send(out, client.port, client.ip) }
+    const clientNum = d.srcIpNum
+    const clientPort = d.srcPort
+    // A lost reply is what UDP clients retry anyway; it is counted.
+    const reply = (out: Buffer): void => { if (!replyFrom.sendTo(out, clientNum, clientPort)) core.counters.sendErrors++ }
+    // The bytes are the receive area's until this returns; the Pending keeps its own copy.
+    const msg = Buffer.allocUnsafe(d.data.length)
+    d.data.copy(msg)
     const p = core.admit(msg, client, server, 'udp', reply)
     if (p === null) return
     const pool = this.poolFor(server, p.started)
@@ -93,17 +95,8 @@ export class UdpForwarder {
     up.pending.set(id, p)
     core.inFlight++
     core.counters.forwarded++
-    if (up.waiting !== null) up.waiting.push(p); else if (up.direct !== null) up.direct.send(msg); else up.sock.send(msg)
-  }
-
-  /** The reply socket's DirectSender (made once per socket), null where dgram must send. */
-  private senderFor (sock: dgram.Socket): DirectSender | null {
-    if (sock === this.lastReplySock) return this.lastSender
-    let s = this.senders.get(sock)
-    if (s === undefined) { s = directSender(sock); this.senders.set(sock, s) }
-    this.lastReplySock = sock
-    this.lastSender = s
-    return s
+    // Refused (ECONNREFUSED left by an ICMP error, full buffer): the query times out as lost.
+    if (!up.sock.send(msg)) core.counters.sendErrors++
   }
 
   /** The pool for `server`, opened on first use; null when MAX_UPSTREAM_SERVERS are busy. */
@@ -115,6 +108,7 @@ export class UdpForwarder {
       if (pool === null) {
         if (this.pools.size >= MAX_UPSTREAM_SERVERS && !this.closeIdlePool()) return null
         pool = this.openPool(server.ip, server.port, key)
+        if (pool === null) return null
       }
       this.last = pool
     }
@@ -122,30 +116,32 @@ export class UdpForwarder {
     return pool
   }
 
-  private openPool (ip: string, port: number, key: string): ServerPool {
-    const pool: ServerPool = { ip, port, key, ups: [], lastUsed: 0 }
-    for (let i = 0; i < this.socketsPerServer; i++) {
-      const sock = dgram.createSocket({ type: 'udp4', recvBufferSize: 1 << 20 })
-      const up: Upstream = { sock, direct: directSender(sock), pending: new Map(), waiting: [] }
-      sock.on('message', (msg, rinfo) => this.onAnswer(pool, up, msg, rinfo))
-      sock.on('error', err => this.onSocketError(pool, err))
-      // connect() binds to a random port first; sends wait in `waiting` until it is done.
-      sock.connect(port, ip, () => {
-        const waiting = up.waiting ?? []
-        up.waiting = null
-        // Those swept meanwhile are gone from `pending`; their client has been told nothing.
-        for (const p of waiting) if (up.pending.get(p.id) === p) sock.send(p.query)
-      })
-      pool.ups.push(up)
+  /** The pool's sockets, connected at once (UDP connect only binds and sets the peer); null when that fails. */
+  private openPool (ip: string, port: number, key: string): ServerPool | null {
+    const pool: ServerPool = { ip, ipNum: ipv4Num(ip), port, key, ups: [], lastUsed: 0 }
+    try {
+      for (let i = 0; i < this.socketsPerServer; i++) {
+        const up: Upstream = { sock: null as unknown as UdpBatchSocket, pending: new Map() }
+        up.sock = connectUdp(ip, port, UPSTREAM_RCVBUF, {
+          onDatagram: d => this.onAnswer(pool, up, d),
+          onError: err => this.onSocketError(pool, err)
+        })
+        pool.ups.push(up)
+      }
+    } catch (err) {
+      for (const up of pool.ups) up.sock.close()
+      this.core.counters.upstreamErrors++
+      this.core.log.error({ err, server: key }, 'dns: cannot open upstream udp sockets')
+      return null
     }
     this.pools.set(key, pool)
     return pool
   }
 
-  private onSocketError (pool: ServerPool, err: NodeJS.ErrnoException): void {
+  private onSocketError (pool: ServerPool, err: unknown): void {
     // On a connected socket the kernel reports the server's ICMP errors (port unreachable):
     // the queries time out as they would unconnected; this is not the proxy's fault.
-    if (err.code === 'ECONNREFUSED' || err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH') {
+    if (err instanceof UdpSocketError && (err.errno === ECONNREFUSED || err.errno === EHOSTUNREACH || err.errno === ENETUNREACH)) {
       this.core.counters.upstreamErrors++
       if (this.core.log.isLevelEnabled('debug')) this.core.log.debug({ err, server: pool.key }, 'dns: upstream udp error')
       return
@@ -174,17 +170,18 @@ export class UdpForwarder {
     if (this.last === pool) this.last = null
   }
 
-  private onAnswer (pool: ServerPool, up: Upstream, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+  private onAnswer (pool: ServerPool, up: Upstream, d: Datagram): void {
     const core = this.core
-    if (msg.length < HEADER_LEN || msg.length > MAX_MESSAGE) { core.counters.spoofedAnswers++; return }
+    const msg = d.data
+    if (msg.length < HEADER_LEN) { core.counters.spoofedAnswers++; return }
     const id = msg.readUInt16BE(0)
     const p = up.pending.get(id)
     // The socket is connected, so the source was checked by the kernel; checked again here
     // because it costs two compares and keeps this function correct on its own.
-    if (p === undefined || rinfo.port !== pool.port || plainIpv4(rinfo.address) !== pool.ip ||
+    if (p === undefined || d.srcPort !== pool.port || d.srcIpNum !== pool.ipNum ||
       !isResponse(msg) || !sameQuestion(p.query, p.q.end, msg)) {
       core.counters.spoofedAnswers++
-      if (core.log.isLevelEnabled('debug')) core.log.debug({ from: `${rinfo.address}:${rinfo.port}`, id, known: p !== undefined }, 'dns: unmatched answer ignored')
+      if (core.log.isLevelEnabled('debug')) core.log.debug({ from: `${d.srcIp}:${d.srcPort}`, id, known: p !== undefined }, 'dns: unmatched answer ignored')
       return
     }
     // A malformed answer may come from a spoofer that guessed right: keep waiting for the real one.
