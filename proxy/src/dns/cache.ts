@@ -69,6 +69,11 @@ export class FqdnCache {
   private readonly opts: CacheOptions
   /** endpoint key (`namespace/name`) -> name -> ip -> state */
   private readonly eps = new Map<string, Map<string, Map<string, IpState>>>()
+  /**
+   * Counts what `add` changed beyond an expiry (an IP new to its endpoint and name, a zombie
+   * revived): the caller persists such changes soon and mere refreshes late (state.ts).
+   */
+  changes = 0
 
   constructor (opts: CacheOptions) {
     this.opts = opts
@@ -106,11 +111,13 @@ export class FqdnCache {
       const st = map.get(ip)
       if (st !== undefined) {
         if (expiresAt > st.expiresAt || st.zombie) st.expiresAt = Math.max(st.expiresAt, expiresAt)
+        if (st.zombie) this.changes++
         st.zombie = false
         continue
       }
       if (!this.nodeHas(name, ip)) (res ??= newAddResult()).fresh.push({ endpoint, name, ip, expiresAt })
       map.set(ip, { expiresAt, addedAt: now, zombie: false })
+      this.changes++
     }
     return this.enforceCap(endpoint, name, map, hasConnection, res) ?? NO_CHANGE
   }

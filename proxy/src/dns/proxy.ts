@@ -15,7 +15,7 @@ import { bindingsOf, fastLineOk, jsonString, LEVEL, LineWriter, needsJsonEscape 
 import rcodes from 'dns-packet/rcodes.js'
 import { FqdnCache, type IpEvent, type PersistedCache } from './cache.js'
 import { LearnSync } from './sync.js'
-import { StateFile } from './state.js'
+import { DEBOUNCE_MS, REFRESH_DEBOUNCE_MS, StateFile } from './state.js'
 import {
   HEADER_LEN, OPCODE_QUERY, RCODE, TYPE_A, TYPE_CNAME, errorReply, isResponse, opcodeOf, parseQuestion, rcodeOf,
   walkAnswers, type NameCursor, type Question
@@ -467,8 +467,9 @@ export class DnsCore {
    */
   private learn (p: Pending, chain: string[], list: { ip: string, ttl: number }[], now: number): boolean {
     const epKey = endpointKey(p.endpoint)
+    const changesBefore = this.cache.changes
     let relevant = false
-    let changed = false
+    let touched = false
     for (let i = 0; i < chain.length; i++) {
       const name = chain[i]
       if (i > 0 && decideDns(p.table, p.remoteIdentity, name) === null) continue
@@ -479,11 +480,11 @@ export class DnsCore {
       this.counters.learnedIps += r.fresh.length
       this.counters.evictedIps += r.evicted.length
       this.counters.zombieIps += r.zombified.length
-      changed = true
+      touched = true
       // Most answers only refresh known IPs: the selectors are read only when the set changed.
       if (r.fresh.length + r.evicted.length > 0 && this.deps.snapshot().fqdnSelectors.some(s => s.test(name))) relevant = true
     }
-    if (changed) this.state?.schedule(this.persisted)
+    if (touched) this.state?.schedule(this.persisted, this.cache.changes !== changesBefore ? DEBOUNCE_MS : REFRESH_DEBOUNCE_MS)
     return relevant
   }
 

@@ -11,11 +11,22 @@ import type { PersistedCache } from './cache.js'
 import { DnsProxyError } from './errors.js'
 
 const FILE = 'dns-cache.json'
-const DEBOUNCE_MS = 200
+/** A change to the set (an IP added, evicted, expired, a zombie): written this soon. */
+export const DEBOUNCE_MS = 200
+/**
+ * Answers that only push known IPs' expiry further: written this late. Under steady DNS load
+ * nearly every answer is one, and rewriting the whole cache five times a second for them cost
+ * CPU for nothing. What waits is bounded: a crash loses at most this much of their refreshed
+ * expiry (those IPs may then expire that much early after a restart, unless a connection uses
+ * them: zombies); a clean stop writes everything.
+ */
+export const REFRESH_DEBOUNCE_MS = 10_000
 
 export class StateFile {
   private readonly path: string
   private timer: NodeJS.Timeout | undefined
+  /** When the scheduled write fires (ms since the epoch). */
+  private due = 0
   private pending: (() => PersistedCache) | undefined
   private writing: Promise<void> = Promise.resolve()
 
@@ -42,16 +53,24 @@ export class StateFile {
     }
   }
 
-  /** Write `make()` soon; later calls before the write replace earlier ones. */
-  schedule (make: () => PersistedCache): void {
+  /**
+   * Write `make()` within `delayMs`; later calls before the write replace earlier ones, and a
+   * sooner one brings a later write forward.
+   */
+  schedule (make: () => PersistedCache, delayMs = DEBOUNCE_MS): void {
     this.pending = make
-    if (this.timer !== undefined) return
+    const due = Date.now() + delayMs
+    if (this.timer !== undefined) {
+      if (this.due <= due) return
+      clearTimeout(this.timer)
+    }
+    this.due = due
     this.timer = setTimeout(() => {
       this.timer = undefined
       const m = this.pending
       this.pending = undefined
       if (m !== undefined) void this.save(m())
-    }, DEBOUNCE_MS)
+    }, delayMs)
     this.timer.unref()
   }
 

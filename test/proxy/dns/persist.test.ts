@@ -3,6 +3,7 @@
 import t from 'tap'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { lastLearned, makeSnapshot, query, startDnsmasq, startProxy } from '../../helpers/dns.js'
 
 const EXPORTER = '127.0.53.24'
@@ -28,6 +29,45 @@ t.test('learned IPs are restored and pushed to the kernel before the new proxy s
   t.equal(second.learnCalls.length, 1, 'pushed once at start')
   t.strictSame(lastLearned(second, NAME), ['198.18.53.10'])
   t.equal(await dns.queriesFor('api.github.com'), 1, 'no new lookup was needed')
+})
+
+t.test('a new IP is written at once; answers that only refresh expiry wait, and a clean stop writes them', async t => {
+  const stateDir = t.testdir({})
+  const file = join(stateDir, 'dns-cache.json')
+  const dns = await startDnsmasq(t, { ip: '127.0.53.13', hosts: { 'api.github.com': ['198.18.53.10'], 'www.example.com': ['198.18.53.12'] }, ttl: 60 })
+  const snapshot = makeSnapshot({
+    endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }],
+    dns: [{ endpointId: 7, port: dns.port, matchPatterns: ['*'] }],
+    fqdn: [{ matchName: 'api.github.com' }]
+  })
+  const h = await startProxy(t, { snapshot, upstream: dns, options: { stateDir } })
+  const expiry = async (name: string): Promise<number | undefined> => {
+    const saved = JSON.parse(await readFile(file, 'utf8')) as { entries: Array<{ name: string, ips: Array<{ expiresAt: number }> }> }
+    return saved.entries.find(e => e.name === name)?.ips[0].expiresAt
+  }
+  await query(h.udp, 'api.github.com', { from: EXPORTER })
+  await sleep(600)
+  const first = await expiry(NAME)
+  t.ok(first !== undefined, 'the new IP is on disk within the short debounce (200 ms)')
+
+  // A second of refreshes: the expiry in memory moves on, the file does not.
+  for (let i = 0; i < 5; i++) { await sleep(200); await query(h.udp, 'api.github.com', { from: EXPORTER }) }
+  await sleep(400)
+  t.equal(await expiry(NAME), first, 'refresh-only answers are not written within the second')
+  const inMemory = h.proxy.learned().find(n => n.name === NAME)?.expiresAt ?? 0
+  t.ok(inMemory >= (first ?? 0) + 900, 'while the cache has the later expiry')
+
+  // Something new brings the pending write forward.
+  await query(h.udp, 'www.example.com', { from: EXPORTER })
+  await sleep(600)
+  t.ok(await expiry('www.example.com.') !== undefined, 'a new name is written at once')
+  const second = await expiry(NAME) ?? 0
+  t.ok(second >= inMemory - 1000, 'and the write carries the refreshed expiry with it')
+
+  await query(h.udp, 'api.github.com', { from: EXPORTER })
+  const last = h.proxy.learned().find(n => n.name === NAME)?.expiresAt ?? 0
+  await h.close()
+  t.equal(await expiry(NAME), last, 'a clean stop writes the latest expiry')
 })
 
 t.test('at restart, expired IPs go unless a connection uses them (then they are zombies)', async t => {
