@@ -217,9 +217,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const dns: DnsProxy = await createDnsProxy({
       snapshot: () => active,
       lookupIdentity,
-      // The listener asks for IP_ORIGDSTADDR: the datagram names its server. The map is the
-      // fallback should a kernel not fill it in.
-      udpOriginalDestination: (ip, port, received) => received ?? datapath.udpOriginalDestination(ip, port),
+      // The listener asks for IP_ORIGDSTADDR: each datagram names the server it was sent to.
+      udpOriginalDestination: (_ip, _port, received) => received,
       replySocket: (ip, port) => {
         const key = `${ip}:${port}`
         let s = replySockets.get(key)

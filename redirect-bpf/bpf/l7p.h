@@ -218,21 +218,6 @@ struct l7p_fib_value {
 	__u16 mtu;         /* the route's MTU (host order) */
 };
 
-/*
- * l7p_udp_orig (LRU hash): (client addr, client port) -> original destination of a UDP
- * datagram redirected to the DNS proxy. Node's dgram cannot read IP_ORIGDSTADDR, so the
- * program records it here and the DNS proxy reads it (Datapath.udpOriginalDestination).
- */
-struct l7p_udp_orig_key {
-	__u32 saddr;       /* network order */
-	__u16 sport;       /* network order */
-	__u16 pad;
-};
-struct l7p_udp_orig_value {
-	__u32 daddr;       /* network order */
-	__u16 dport;       /* network order */
-	__u16 pad;
-};
 
 /* One ring buffer record (l7p_events): every drop and every new allowed/redirected flow. */
 struct l7p_event {
@@ -261,8 +246,6 @@ _Static_assert(sizeof(struct l7p_policy_key) == 16, "l7p_policy_key");
 _Static_assert(sizeof(struct l7p_policy_value) == 8, "l7p_policy_value");
 _Static_assert(sizeof(struct l7p_ct_key) == 16, "l7p_ct_key");
 _Static_assert(sizeof(struct l7p_ct_entry) == 24, "l7p_ct_entry");
-_Static_assert(sizeof(struct l7p_udp_orig_key) == 8, "l7p_udp_orig_key");
-_Static_assert(sizeof(struct l7p_udp_orig_value) == 8, "l7p_udp_orig_value");
 _Static_assert(sizeof(struct l7p_event) == 40, "l7p_event");
 _Static_assert(sizeof(struct l7p_fib_key) == 8, "l7p_fib_key");
 _Static_assert(sizeof(struct l7p_fib_value) == 32, "l7p_fib_value");

@@ -92,13 +92,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct l7p_udp_orig_key);
-	__type(value, struct l7p_udp_orig_value);
-} l7p_udp_orig SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
 	__type(key, struct l7p_fib_key);
 	__type(value, struct l7p_fib_value);
 } l7p_fib SEC(".maps");
@@ -442,14 +435,6 @@ assign:
 	return 0;
 }
 
-static __always_inline void record_udp_orig(const struct pkt *p)
-{
-	struct l7p_udp_orig_key k = { .saddr = p->tuple.saddr, .sport = p->tuple.sport };
-	struct l7p_udp_orig_value v = { .daddr = p->tuple.daddr, .dport = p->tuple.dport };
-
-	bpf_map_update_elem(&l7p_udp_orig, &k, &v, BPF_ANY);
-}
-
 static __always_inline __u16 proxy_port_for(__u8 verdict)
 {
 	struct l7p_config *cfg = config();
@@ -584,9 +569,9 @@ static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct 
 	}
 	__u8 verdict = (e->flags & L7P_CT_REDIRECT_DNS) ? L7P_VERDICT_REDIRECT_DNS : L7P_VERDICT_REDIRECT_HTTP;
 
+	/* A UDP datagram keeps its addresses: the DNS proxy reads the server it was sent to
+	 * from IP_ORIGDSTADDR, so nothing is recorded here. */
 	if (assign_to_proxy(skb, p, proxy_port_for(verdict), is_reply) == 0) {
-		if (p->tuple.proto == IPPROTO_UDP && !is_reply)
-			record_udp_orig(p);
 		count(L7P_R_CT_REDIRECT);
 		return TC_ACT_OK;
 	}
@@ -696,8 +681,6 @@ int from_workload(struct __sk_buff *skb)
 		flags |= L7P_CT_REDIRECT_DNS;
 		reason = L7P_R_NEW_REDIRECT_DNS;
 	}
-	if (p.tuple.proto == IPPROTO_UDP)
-		record_udp_orig(&p);
 	ct_create(&p, now, src_id, dst_id, epid, flags);
 	emit(skb, &p, src_id, dst_id, epid, verdict, reason, dir);
 	return TC_ACT_OK;

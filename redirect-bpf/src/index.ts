@@ -10,9 +10,8 @@ import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
-  decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue, decodeUdpOrigValue,
-  encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue,
-  encodeUdpOrigKey, writeIpv4
+  decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue,
+  encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
@@ -63,8 +62,6 @@ export interface Datapath {
   apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void>
   /** ipcache longest-prefix lookup; world (2) when nothing matches. */
   lookupIdentity (ipv4: string): number
-  /** Where a UDP datagram redirected to the DNS proxy was going. */
-  udpOriginalDestination (srcIp: string, srcPort: number): { ip: string, port: number } | undefined
   /** Is there a live CT entry with this address at either end? */
   hasConnection (remoteIpv4: string): boolean
   onFlow (fn: (ev: FlowEvent) => void): void
@@ -270,10 +267,6 @@ class DatapathImpl implements Datapath {
     return ipcacheIdentity(this.maps.l7p_ipcache, ipv4)
   }
 
-  udpOriginalDestination (srcIp: string, srcPort: number): { ip: string, port: number } | undefined {
-    const v = this.maps.l7p_udp_orig.get(encodeUdpOrigKey(Buffer.alloc(SIZE.udpOrigKey), srcIp, srcPort))
-    return v === undefined ? undefined : decodeUdpOrigValue(v)
-  }
 
   hasConnection (remoteIpv4: string): boolean {
     const want = Buffer.alloc(4)

@@ -18,8 +18,6 @@ export const SIZE = {
   policyValue: 8,
   ctKey: 16,
   ctEntry: 24,
-  udpOrigKey: 8,
-  udpOrigValue: 8,
   event: 40,
   fibKey: 8,
   fibValue: 32
@@ -258,17 +256,6 @@ export function encodeCtEntry (buf: Buffer, e: CtEntry): Buffer {
   buf.writeUInt16LE(e.endpointId, 16)
   buf[18] = e.flags
   return buf
-}
-
-export function encodeUdpOrigKey (buf: Buffer, saddr: string, sport: number): Buffer {
-  buf.fill(0, 0, SIZE.udpOrigKey)
-  writeIpv4(buf, 0, saddr)
-  buf.writeUInt16BE(sport, 4)
-  return buf
-}
-
-export function decodeUdpOrigValue (buf: Buffer): { ip: string, port: number } {
-  return { ip: readIpv4(buf, 0), port: buf.readUInt16BE(4) }
 }
 
 export interface RawEvent {

@@ -21,8 +21,14 @@ import { COUNTER_SLOTS } from './layout.js'
 
 export const MAP_NAMES = [
   'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
-  'l7p_udp_orig', 'l7p_events', 'l7p_counters', 'l7p_fib'
+  'l7p_events', 'l7p_counters', 'l7p_fib'
 ] as const
+/**
+ * Maps an older build pinned that this one no longer has; their pins go at load (programs of
+ * that build still attached keep the map until they are replaced). l7p_udp_orig: the DNS
+ * proxy reads IP_ORIGDSTADDR instead.
+ */
+export const RETIRED_MAPS = ['l7p_udp_orig'] as const
 export type MapName = typeof MAP_NAMES[number]
 export const PROGS = ['from_workload', 'to_workload'] as const
 
@@ -83,6 +89,7 @@ export async function loadObject (bpffs: string, progDir: string): Promise<void>
   const target = join(bpffs, progDir)
   if (existsSync(target)) rmSync(target, { recursive: true, force: true })
   await retireReshapedCounters(bpffs)
+  for (const m of RETIRED_MAPS) rmSync(join(bpffs, m), { force: true })
   const args = ['prog', 'loadall', obj, target, 'type', 'tc']
   const pinned = MAP_NAMES.filter((m) => existsSync(mapPath(bpffs, m)))
   for (const m of pinned) args.push('map', 'name', m, 'pinned', mapPath(bpffs, m))

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import {
   SIZE, REASONS, encodePolicyKey, decodePolicyKey, encodeIpcacheKey, decodeIpcacheKey, encodeCtKey,
-  decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, encodeUdpOrigKey, COUNTER_SLOTS, CT_REPLIED, CT_SRC_LOCAL,
+  decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, COUNTER_SLOTS, CT_REPLIED, CT_SRC_LOCAL,
   CT_DST_LOCAL, FEAT_HOST_ROUTING
 } from '../../redirect-bpf/src/layout.js'
 import { compilePolicy, policyRecords, portBlocks } from '../../redirect-bpf/src/policy.js'
@@ -24,7 +24,7 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
     ['l7p_config', 'prog_tag'], ['l7p_config', 'features'], ['l7p_endpoint', 'endpoint_id']
   ]
   const structs = ['l7p_config', 'l7p_endpoint', 'l7p_attach', 'l7p_ipcache_key', 'l7p_ipcache_value',
-    'l7p_policy_key', 'l7p_policy_value', 'l7p_ct_key', 'l7p_ct_entry', 'l7p_udp_orig_key', 'l7p_udp_orig_value', 'l7p_event', 'l7p_fib_key', 'l7p_fib_value']
+    'l7p_policy_key', 'l7p_policy_value', 'l7p_ct_key', 'l7p_ct_entry', 'l7p_event', 'l7p_fib_key', 'l7p_fib_value']
   const src = `#include <stdio.h>\n#include <stddef.h>\n#include "${process.cwd()}/redirect-bpf/bpf/l7p.h"\nint main(void){\n` +
     structs.map((s) => `printf("${s} %zu\\n", sizeof(struct ${s}));`).join('\n') + '\n' +
     fields.map(([s, f]) => `printf("${s}.${f} %zu\\n", offsetof(struct ${s}, ${f}));`).join('\n') +
@@ -37,8 +37,8 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
   const names: Record<string, number> = {
     l7p_config: SIZE.config, l7p_endpoint: SIZE.endpoint, l7p_attach: SIZE.attach, l7p_ipcache_key: SIZE.ipcacheKey,
     l7p_ipcache_value: SIZE.ipcacheValue, l7p_policy_key: SIZE.policyKey, l7p_policy_value: SIZE.policyValue,
-    l7p_ct_key: SIZE.ctKey, l7p_ct_entry: SIZE.ctEntry, l7p_udp_orig_key: SIZE.udpOrigKey,
-    l7p_udp_orig_value: SIZE.udpOrigValue, l7p_event: SIZE.event, l7p_fib_key: SIZE.fibKey, l7p_fib_value: SIZE.fibValue
+    l7p_ct_key: SIZE.ctKey, l7p_ct_entry: SIZE.ctEntry,
+    l7p_event: SIZE.event, l7p_fib_key: SIZE.fibKey, l7p_fib_value: SIZE.fibValue
   }
   for (const [s, n] of Object.entries(names)) t.equal(Number(got[s]), n, `sizeof ${s}`)
   // offsets the TS codecs use
@@ -68,7 +68,6 @@ t.test('keys encode to the fixture bytes', async (t) => {
   t.equal(ck.toString('hex'), '0a000001' + '0a000002' + '9c40' + '0050' + '11000000')
   t.strictSame(decodeCtKey(ck), { saddr: '10.0.0.1', daddr: '10.0.0.2', sport: 40000, dport: 80, proto: 17 })
   t.equal(encodeEndpoint(Buffer.alloc(SIZE.endpoint), { identity: 300, ipv4: '1.2.3.4', endpointId: 7 }).toString('hex'), '2c010000' + '01020304' + '0700' + '0000')
-  t.equal(encodeUdpOrigKey(Buffer.alloc(SIZE.udpOrigKey), '1.2.3.4', 53).toString('hex'), '01020304' + '0035' + '0000')
   t.equal(encodeConfig(Buffer.alloc(SIZE.config), { proxyPort: 15001, dnsProxyPort: 15053, routeTable: 2004, flags: 3, features: 1, progTag: 1n }).toString('hex'),
     '993a' + 'cd3a' + 'd4070000' + '03000000' + '01000000' + '0100000000000000')
   t.throws(() => encodeCtKey(Buffer.alloc(16), { saddr: '1.2.3', daddr: '1.1.1.1', sport: 1, dport: 1, proto: 6 }), TypeError)

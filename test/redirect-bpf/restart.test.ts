@@ -76,17 +76,21 @@ t.test('restart, upgrade and uninstall', { skip: isRoot() ? false : 'needs root'
     t.strictSame(await connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000), { ok: false, error: 'timeout' })
   })
 
-  await t.test('counters pinned by an older build with fewer slots are replaced; the state is kept', async (t) => {
+  await t.test('an older build\'s counters (fewer slots) are replaced, its retired maps unpinned; the state is kept', async (t) => {
     await lab.dp.close()
     const counters = `${bpffs}/l7p_counters`
     execFileSync('rm', [counters])
     execFileSync('bpftool', ['map', 'create', counters, 'type', 'percpu_array', 'key', '4', 'value', '8', 'entries', '16', 'name', 'l7p_counters'])
+    // l7p_udp_orig: the original destination of redirected UDP, until the DNS proxy read IP_ORIGDSTADDR
+    const retired = `${bpffs}/l7p_udp_orig`
+    execFileSync('bpftool', ['map', 'create', retired, 'type', 'lru_hash', 'key', '8', 'value', '8', 'entries', '16384', 'name', 'l7p_udp_orig'])
     const cfg = new RawMap(createMapRef(objGet(`${bpffs}/l7p_config`), { transfer: true }))
     const v = cfg.get(Buffer.alloc(4))
     if (v !== undefined) { v.writeBigUInt64LE(43n, 16); cfg.set(Buffer.alloc(4), v) }
     cfg.ref.close()
     const dp = await lab.reopen()
     t.equal((JSON.parse(sh('bpftool', ['-j', 'map', 'show', 'pinned', counters])) as { max_entries: number }).max_entries, 32, 'the new shape')
+    t.notOk(existsSync(retired), 'the retired map\'s pin is gone')
     t.equal(mapId(`${bpffs}/l7p_ct`), ctId, 'same CT map')
     t.strictSame(await connect(lab.ns('c'), 'tcp', lab.ip('b'), 8080, 1000), { ok: false, error: 'timeout' }, 'still enforcing')
     t.ok(dp.counters().drop_policy >= 1, 'and counting in the new map')
