@@ -9,6 +9,10 @@
  * its own CPU time, so `proxyQpsPerCpuSecond` is the one-core figure whatever the machine
  * does meanwhile. The proxy logs one JSON line per query to /dev/null (LOG=0 turns that off).
  *
+ * Scenarios: `latency` (one query in flight), `latency-shared-cpu` (the same with the proxy moved
+ * onto the load generator's CPU: no wake-up of an idle CPU per hop, which on a VM is the
+ * variable part of the first; 2+ CPUs only), `throughput` (CONCURRENCY in flight).
+ *
  *   npx tsc -p tsconfig.build.json && node dist/bench/dns-proxy.js
  *   knobs: DURATION (s, 5), CONCURRENCY (outstanding queries in the throughput run, 64), LOG (1),
  *   PROXY_NODE_ARGS (extra node flags for the proxy process, e.g. --cpu-prof)
@@ -137,7 +141,11 @@ async function main (): Promise<void> {
     const proxied = { ip: PROXY_IP, port: proxyPort }
     await load(proxied, 8, 1) // warm-up (JIT, caches), discarded
     const results: Record<string, unknown> = {}
-    for (const [scenario, conc] of [['latency', 1], ['throughput', concurrency]] as const) {
+    const scenarios: Array<[string, number, string | null]> = [['latency', 1, null], ['throughput', concurrency, null]]
+    if (pin) scenarios.splice(1, 0, ['latency-shared-cpu', 1, `0-${last - 1}`])
+    const moveProxy = (cpuList: string): void => { execFileSync('taskset', ['-a', '-p', '-c', cpuList, String(worker.pid)], { stdio: 'ignore' }) }
+    for (const [scenario, conc, cpuList] of scenarios) {
+      if (cpuList !== null) moveProxy(cpuList)
       const d = await load(direct, conc, seconds)
       worker.send('start')
       const p = await load(proxied, conc, seconds)
@@ -152,6 +160,7 @@ async function main (): Promise<void> {
         proxyQpsPerCpuSecond: answered / cpuSeconds,
         proxyMetrics: { forwarded: metrics.forwarded, answered: metrics.answered, spoofedAnswers: metrics.spoofedAnswers, upstreamTimeouts: metrics.upstreamTimeouts }
       }
+      if (cpuList !== null) moveProxy(String(last))
       results[scenario] = r
       console.log(JSON.stringify({ scenario, ...r }, (_k, v: unknown) => typeof v === 'number' ? Math.round(v * 1000) / 1000 : v))
     }
