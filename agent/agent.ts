@@ -14,8 +14,8 @@ import { networkInterfaces } from 'node:os'
 import pino, { type Logger } from 'pino'
 import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type LearnedName } from '../policy-store/src/index.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
-import { createHttpProxy, batchedDestination, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
-import { createDnsProxy, type DnsProxy } from '../proxy/src/dns/index.js'
+import { createHttpProxy, batchedDestination, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
+import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
 import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
 import type { UdpBatchSocket } from '../proxy/src/udp-batch.js'
 import { FlowLogLimiter } from './flow-log.js'
@@ -284,6 +284,13 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
   }
 }
 
+/** The agent's metrics that go up and down; every other one is a counter (metrics.ts). */
+const GAUGES: ReadonlySet<string> = new Set([
+  'warden_policy_version', 'warden_endpoints', 'warden_kernel_entries',
+  ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
+  ...DNS_GAUGES.map((g) => 'warden_dns_' + g)
+])
+
 function sumCounters (a: Record<string, number>, b: Record<string, number>): Record<string, number> {
   const out = { ...a }
   for (const [k, v] of Object.entries(b)) out[k] = (out[k] ?? 0) + v
@@ -308,7 +315,7 @@ async function serveMetrics (addr: string, metrics: () => Record<string, number>
   const srv = createHttpServer((req, res) => {
     if (req.url !== '/metrics') { res.statusCode = 404; res.end(); return }
     res.setHeader('content-type', 'text/plain; version=0.0.4')
-    res.end(renderMetrics(metrics()))
+    res.end(renderMetrics(metrics(), GAUGES))
   })
   await new Promise<void>((resolve, reject) => { srv.once('error', reject); srv.listen(port, host, () => resolve()) })
   return srv

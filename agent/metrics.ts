@@ -1,10 +1,26 @@
-/** Prometheus text exposition (version 0.0.4) of a flat name -> number record. */
-export function renderMetrics (values: Record<string, number>): string {
-  let out = ''
-  for (const name of Object.keys(values).sort()) {
-    const v = values[name]
+/**
+ * Prometheus text exposition (version 0.0.4) of the agent's flat name -> number record.
+ *
+ * Names are made Prometheus-style here (camelCase -> snake_case), and every value that is not
+ * listed in `gauges` is a counter: typed `counter`, its name ending in `_total`, so `rate()`
+ * and `increase()` apply and a restart reads as a counter reset. The modules say which of
+ * their values are gauges (HTTP_GAUGES, DNS_GAUGES); anything else they report only grows.
+ */
+export function renderMetrics (values: Record<string, number>, gauges: ReadonlySet<string>): string {
+  const rows: Array<[string, string, number]> = []
+  for (const [key, v] of Object.entries(values)) {
     if (!Number.isFinite(v)) continue
-    out += `# TYPE ${name} ${name.endsWith('_total') ? 'counter' : 'gauge'}\n${name} ${v}\n`
+    const base = metricName(key)
+    const gauge = gauges.has(key)
+    rows.push([gauge || base.endsWith('_total') ? base : base + '_total', gauge ? 'gauge' : 'counter', v])
   }
+  rows.sort((a, b) => a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
+  let out = ''
+  for (const [name, type, v] of rows) out += `# TYPE ${name} ${type}\n${name} ${v}\n`
   return out
+}
+
+/** `warden_dns_spoofedAnswers` -> `warden_dns_spoofed_answers`; anything outside [a-zA-Z0-9_] -> `_`. */
+export function metricName (key: string): string {
+  return key.replace(/[^a-zA-Z0-9_]/g, '_').replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase()
 }

@@ -10,6 +10,44 @@ import type { Logger } from 'pino'
 import type { Snapshot } from '../../policy-store/src/types.js'
 import { httpSnapshotToWire, type HttpSnapshotWire } from '../../proxy/src/http/snapshot-wire.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
+import { HTTP_GAUGES } from '../../proxy/src/http/context.js'
+
+const GAUGES: ReadonlySet<string> = new Set(HTTP_GAUGES)
+
+/**
+ * The workers' counters summed. Each worker reports its own totals; one that dies takes them
+ * along and a restarted one counts from 0, so a dead worker's last counters are kept as a base
+ * and the sum never steps back (Prometheus would read a step back as a reset). Its gauges are
+ * dropped: its connections are gone with it.
+ */
+export class WorkerCounters {
+  private readonly live = new Map<number, Record<string, number>>()
+  private readonly retired: Record<string, number> = {}
+  /** Threads retired: a report that arrives after (none should) would count twice. */
+  private readonly gone = new Set<number>()
+
+  constructor (private readonly gauges: ReadonlySet<string> = GAUGES) {}
+
+  /** The totals of thread `threadId` as it last reported them. */
+  report (threadId: number, metrics: Record<string, number>): void {
+    if (!this.gone.has(threadId)) this.live.set(threadId, metrics)
+  }
+
+  /** Thread `threadId` is gone: keep its counters, forget its gauges. */
+  retire (threadId: number): void {
+    this.gone.add(threadId)
+    const m = this.live.get(threadId)
+    if (m === undefined) return
+    for (const [k, v] of Object.entries(m)) if (!this.gauges.has(k)) this.retired[k] = (this.retired[k] ?? 0) + v
+    this.live.delete(threadId)
+  }
+
+  sum (): Record<string, number> {
+    const out: Record<string, number> = { ...this.retired }
+    for (const m of this.live.values()) for (const [k, v] of Object.entries(m)) out[k] = (out[k] ?? 0) + v
+    return out
+  }
+}
 
 export interface HttpWorkersOptions {
   /** Worker threads to start (the main thread's proxy is not counted here). */
@@ -31,7 +69,6 @@ export interface HttpWorkersOptions {
 interface Slot {
   index: number
   worker: Worker | null
-  metrics: Record<string, number>
 }
 
 /** The worker's module: the .js beside this file when built, the .ts under tap's TypeScript loader. */
@@ -44,6 +81,7 @@ export class HttpWorkers {
   private snapshot: HttpSnapshotWire
   private closing = false
   private readonly timers = new Set<NodeJS.Timeout>()
+  private readonly counters = new WorkerCounters()
 
   private constructor (private readonly opts: HttpWorkersOptions) {
     this.snapshot = httpSnapshotToWire(opts.snapshot)
@@ -54,7 +92,7 @@ export class HttpWorkers {
     const pool = new HttpWorkers(opts)
     try {
       for (let i = 1; i <= opts.count; i++) {
-        const slot: Slot = { index: i, worker: null, metrics: {} }
+        const slot: Slot = { index: i, worker: null }
         pool.slots.push(slot)
         await pool.run(slot)
       }
@@ -76,14 +114,16 @@ export class HttpWorkers {
     const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, logLevel: o.logLevel, snapshot: this.snapshot }
     const worker = new Worker(entry(), { workerData: data })
     slot.worker = worker
+    const tid = worker.threadId // -1 once it has exited
     let ready = false
     worker.on('message', (m: FromWorker) => {
       if (m.type === 'log') o.writeLog(m.batch)
-      else if (m.type === 'metrics') slot.metrics = m.metrics
+      else if (m.type === 'metrics') this.counters.report(tid, m.metrics)
     })
     worker.on('error', (err) => { if (ready) o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker failed') })
     worker.once('exit', (code) => {
       if (slot.worker === worker) slot.worker = null
+      this.counters.retire(tid)
       if (!ready || this.closing) return
       o.logger.error({ worker: slot.index, code }, 'HTTP proxy worker exited; starting it again')
       const timer = setTimeout(() => {
@@ -110,11 +150,9 @@ export class HttpWorkers {
     for (const s of this.slots) s.worker?.postMessage(m)
   }
 
-  /** The workers' HTTP counters summed (each as of its last report, at most a second old). */
+  /** The workers' HTTP counters summed (each as of its last report, at most a second old), dead workers' included. */
   metrics (): Record<string, number> {
-    const sum: Record<string, number> = {}
-    for (const s of this.slots) for (const [k, v] of Object.entries(s.metrics)) sum[k] = (sum[k] ?? 0) + v
-    return sum
+    return this.counters.sum()
   }
 
   /** Close every worker's listener and connections, then end the threads (after `timeoutMs` at the latest). */

@@ -89,6 +89,6 @@ t.test('three HTTP proxies on one transparent port', async (t) => {
   writeFileSync(billingFile, billing)
 
   await sleep(1200) // workers report their counters every second
-  const m = /^warden_http_requests (\d+)$/m.exec(await metrics())
-  t.ok(m !== null && Number(m[1]) >= 2 * CONNECTIONS, `warden_http_requests counts every proxy's requests (${m?.[1] ?? 'missing'})`)
+  const m = /^warden_http_requests_total (\d+)$/m.exec(await metrics())
+  t.ok(m !== null && Number(m[1]) >= 2 * CONNECTIONS, `warden_http_requests_total counts every proxy's requests (${m?.[1] ?? 'missing'})`)
 })

@@ -26,6 +26,8 @@ import type { UdpBatchSocket } from '../udp-batch.js'
 export type { Addr, DnsProxy, DnsProxyDeps, DnsProxyOptions } from './types.js'
 export { DnsProxyError, type DnsProxyErrorCode } from './errors.js'
 export { compileNameMatcher, matchPatternSource, toFqdn, type NameMatcher } from './matchpattern.js'
+/** Values of the DNS proxy's `metrics()` that go up and down (the rest only grow). */
+export const DNS_GAUGES = ['inFlight', 'cachedNames', 'cachedIps', 'zombies'] as const
 
 function intOption (name: string, v: number | undefined, dflt: number, min: number): number {
   const n = v ?? dflt

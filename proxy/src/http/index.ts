@@ -17,6 +17,7 @@ import type net from 'node:net'
 
 export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
+export { HTTP_GAUGES } from './context.js'
 export { SERVER_OPTIONS } from './reads.js'
 export { batchedDestination, BatchedDestination, type BatchedDestinationOptions } from './log-destination.js'
 
