@@ -236,10 +236,13 @@ export class UdpBatchSocket {
     this.onDatagram = onDatagram
     this.onError = onError
     area ??= new ReceiveArea()
-    this.poller = koffi.node.poll(this.fd, { readable: true }, this.readable)
+    this.poller = koffi.node.poll(this.fd, { readable: true }, this.pollCallback)
   }
 
-  private readonly readable = (): void => {
+  // koffi calls it as (status, events) (src/koffi/src/uv.cc), whatever its index.d.ts says.
+  private readonly pollCallback = this.readable.bind(this) as unknown as (ev: unknown) => void
+
+  private readable (status: unknown): void {
     const a = area as ReceiveArea
     const handler = this.onDatagram as (d: Datagram) => void
     try {
@@ -249,9 +252,10 @@ export class UdpBatchSocket {
           if (n === -EAGAIN) break
           if (n === -EINTR) continue
           // A pending socket error (ICMP port unreachable on a connected socket) is reported once
-          // and cleared by the call; the queue may still hold datagrams.
+          // and cleared by the call. Stop here either way: datagrams still queued wake us again
+          // (level-triggered), and an error that does not clear is not reported in a loop.
           this.onError(new UdpSocketError('recvmmsg', -n, this.label))
-          continue
+          break
         }
         for (let i = 0; i < n && !this.closed; i++) {
           const d = a.datagram(i)
@@ -261,6 +265,10 @@ export class UdpBatchSocket {
         if (n < SLOTS) break
       }
     } finally {
+      // A pending socket error (POLLERR: an ICMP error on a connected socket) makes libuv stop
+      // the poll handle and report UV_EBADF. The recvmmsg above has read and cleared it, so
+      // watch again; without this, an upstream socket that once met a closed port went deaf.
+      if (typeof status === 'number' && status < 0 && !this.closed) this.poller?.start({ readable: true }, this.pollCallback)
       drainTicks()
     }
   }

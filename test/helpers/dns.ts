@@ -33,6 +33,8 @@ export interface Dnsmasq {
   setHosts (hosts: Record<string, string[]>): Promise<void>
   /** How many queries for `name` dnsmasq has logged. */
   queriesFor (name: string): Promise<number>
+  /** End it now (its port is then closed: queries draw ICMP port unreachable). */
+  stop (): Promise<void>
 }
 
 function hostsText (hosts: Record<string, string[]>): string {
@@ -61,14 +63,14 @@ async function freePort (ip: string): Promise<number> {
  * `hosts` (via an addn-hosts file, so setHosts + SIGHUP can change answers) and `cnames`,
  * with TTL `ttl`. Queries are logged to a file so tests can prove what was (not) forwarded.
  */
-export async function startDnsmasq (t: TestLike, opts: { ip: string, hosts: Record<string, string[]>, cnames?: [string, string][], ttl?: number }): Promise<Dnsmasq> {
+export async function startDnsmasq (t: TestLike, opts: { ip: string, hosts: Record<string, string[]>, cnames?: [string, string][], ttl?: number, port?: number }): Promise<Dnsmasq> {
   const dir = await mkdtemp(join(tmpdir(), 'warden-dnsmasq-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const hostsPath = join(dir, 'hosts')
   const logPath = join(dir, 'log')
   await writeFile(hostsPath, hostsText(opts.hosts))
   await writeFile(logPath, '')
-  const port = await freePort(opts.ip)
+  const port = opts.port ?? await freePort(opts.ip)
   const args = [
     '--keep-in-foreground', '--no-resolv', '--no-hosts', '--conf-file=/dev/null', '--user=root',
     `--addn-hosts=${hostsPath}`, `--local-ttl=${opts.ttl ?? 60}`, `--port=${port}`,
@@ -81,12 +83,13 @@ export async function startDnsmasq (t: TestLike, opts: { ip: string, hosts: Reco
   child.stderr.on('data', d => { stderr += String(d) })
   const pid = child.pid
   if (pid === undefined) throw new Error('dnsmasq did not start')
-  t.teardown(async () => {
+  const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) {
       process.kill(pid, 'SIGTERM')
       await once(child, 'exit')
     }
-  })
+  }
+  t.teardown(stop)
   // Ready when it answers.
   for (let i = 0; ; i++) {
     if (child.exitCode !== null) throw new Error(`dnsmasq exited: ${stderr}`)
@@ -114,6 +117,7 @@ export async function startDnsmasq (t: TestLike, opts: { ip: string, hosts: Reco
       }
       throw new Error('dnsmasq did not re-read its hosts file')
     },
+    stop,
     async queriesFor (name) {
       const text = await readFile(logPath, 'utf8')
       return text.split('\n').filter(l => / query\[/.test(l) && l.includes(` ${name} from `)).length

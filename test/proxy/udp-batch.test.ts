@@ -99,6 +99,14 @@ t.test('sendTo and send reach their peer; a connected socket hears only it and r
   conn.send(Buffer.from('after close'))
   t.ok(await until(() => errors.length > 0), 'the error is reported')
   t.match(errors[0], { code: 'WARDEN_ERR_UDP_SOCKET', op: 'recvmmsg', errno: 111 })
+
+  // The error was consumed: with a server back on the port, answers flow again, no more errors.
+  const again = bindUdp(A, port, { onDatagram: d => { again.sendTo(Buffer.from('back'), d.srcIpNum, d.srcPort) } })
+  t.teardown(() => again.close())
+  conn.send(Buffer.from('hello again'))
+  t.ok(await until(() => answers.length === 41), 'the next answer arrives')
+  t.equal(answers[40], 'back')
+  t.equal(errors.length, 1, 'reported once')
 })
 
 t.test('a handler that throws loses its datagram only; the rest are delivered', async t => {

@@ -200,3 +200,23 @@ t.test('upstream socket pools are bounded: beyond 64 busy servers a query gets S
   t.ok(await waitFor(() => h.proxy.metrics().upstreamTimeouts === 64), 'the silent servers time out')
   t.strictSame(aRecords(await query(h.udp, 'api.github.com', { from: EXPORTER })), ['198.18.53.10'], 'then an idle pool is closed for the new server')
 })
+
+t.test('a server that went away and came back is asked again on every upstream socket', async t => {
+  // Queries to a closed port draw ICMP port unreachable, a pending error on the pool's
+  // connected sockets. libuv stops watching a socket with a pending error; the proxy must
+  // watch it again, or the sockets that met the closed port never hear an answer again.
+  const { dns, h } = await setup(t, { matchPatterns: ['*'] })
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'NOERROR', 'answered before')
+  await dns.stop()
+  const lost = await Promise.allSettled(Array.from({ length: 24 }, () => query(h.udp, 'api.github.com', { from: EXPORTER, timeoutMs: 300 })))
+  t.ok(lost.every(r => r.status === 'rejected'), 'no answer while the server is gone')
+  await waitFor(() => h.proxy.metrics().upstreamErrors > 0)
+  t.ok(h.proxy.metrics().upstreamErrors > 0, `the ICMP errors are counted (${h.proxy.metrics().upstreamErrors})`)
+  await startDnsmasq(t, { ip: DNS_IP, port: dns.port, hosts: { 'api.github.com': ['198.18.53.10'] } })
+  let answered = 0
+  for (let i = 0; i < 40; i++) {
+    const a = await query(h.udp, 'api.github.com', { from: EXPORTER, timeoutMs: 1000 }).catch(() => null)
+    if (a?.rcode === 'NOERROR') answered++
+  }
+  t.equal(answered, 40, 'every query answered again, whichever socket it went out on')
+})
