@@ -204,6 +204,10 @@ function sockaddrIn (into: Buffer, ipNum: number, port: number): Buffer {
 // answer's release must not depend on that. Present on every Node this project supports.
 const drainTicks: () => void = (process as unknown as { _tickCallback?: () => void })._tickCallback ?? (() => {})
 
+function rethrowLater (err: unknown): void {
+  setImmediate(() => { throw err })
+}
+
 export interface UdpBatchSocketOptions {
   /** Where it is bound (`host:port` in errors and logs). */
   label: string
@@ -220,8 +224,6 @@ export class UdpBatchSocket {
   private onDatagram: ((d: Datagram) => void) | undefined
   private onError: (err: UdpSocketError | unknown) => void
   private closed = false
-  /** Sends the kernel refused (full socket buffer, ICMP error pending): the datagram is lost. */
-  sendErrors = 0
 
   constructor (readonly fd: number, readonly label: string, opts: Omit<UdpBatchSocketOptions, 'label'> = {}) {
     this.onDatagram = opts.onDatagram
@@ -242,49 +244,73 @@ export class UdpBatchSocket {
   // koffi calls it as (status, events) (src/koffi/src/uv.cc), whatever its index.d.ts says.
   private readonly pollCallback = this.readable.bind(this) as unknown as (ev: unknown) => void
 
+  /**
+   * Nothing may escape this function: koffi calls it with napi_call_function and does not look
+   * at the result, so an exception left pending there stops every poll callback of the thread
+   * (seen with koffi 3.3.4 on Node 20). What a handler or onError throws is rethrown from a
+   * setImmediate, where Node's uncaught-exception handling sees it as usual.
+   */
   private readable (status: unknown): void {
-    const a = area as ReceiveArea
-    const handler = this.onDatagram as (d: Datagram) => void
     try {
-      for (let reads = 0; reads < MAX_READS && !this.closed; reads++) {
-        const n = a.recv(this.fd)
-        if (n < 0) {
-          if (n === -EAGAIN) break
-          if (n === -EINTR) continue
-          // A pending socket error (ICMP port unreachable on a connected socket) is reported once
-          // and cleared by the call. Stop here either way: datagrams still queued wake us again
-          // (level-triggered), and an error that does not clear is not reported in a loop.
-          this.onError(new UdpSocketError('recvmmsg', -n, this.label))
-          break
-        }
-        for (let i = 0; i < n && !this.closed; i++) {
-          const d = a.datagram(i)
-          if (d === null) continue
-          try { handler(d) } catch (err) { this.onError(err) }
-        }
-        if (n < SLOTS) break
-      }
-    } finally {
+      this.readBatches()
+    } catch (err) {
+      rethrowLater(err)
+    }
+    try {
       // A pending socket error (POLLERR: an ICMP error on a connected socket) makes libuv stop
       // the poll handle and report UV_EBADF. The recvmmsg above has read and cleared it, so
       // watch again; without this, an upstream socket that once met a closed port went deaf.
+      // (An error that reading does not clear would make this spin; none can arise here: no
+      // IP_RECVERR queue is asked for.)
       if (typeof status === 'number' && status < 0 && !this.closed) this.poller?.start({ readable: true }, this.pollCallback)
+    } catch (err) {
+      rethrowLater(err)
+    }
+    try {
       drainTicks()
+    } catch (err) {
+      rethrowLater(err)
     }
   }
 
-  /** sendto(ip, port) without waiting: false when the kernel refused it (counted in sendErrors). */
-  sendTo (buf: Buffer, ipNum: number, port: number): boolean {
-    if (this.closed) return false
-    if (libc().sendto(this.fd, buf, buf.length, MSG_DONTWAIT, sockaddrIn(this.addr, ipNum, port), 16) < 0) { this.sendErrors++; return false }
-    return true
+  private readBatches (): void {
+    const a = area as ReceiveArea
+    const handler = this.onDatagram as (d: Datagram) => void
+    for (let reads = 0; reads < MAX_READS && !this.closed; reads++) {
+      const n = a.recv(this.fd)
+      if (n < 0) {
+        if (n === -EAGAIN) break
+        if (n === -EINTR) continue
+        // A pending socket error (ICMP port unreachable on a connected socket) is reported once
+        // and cleared by the call. Stop here either way: datagrams still queued wake us again
+        // (level-triggered), and an error that does not clear is not reported in a loop.
+        this.report(new UdpSocketError('recvmmsg', -n, this.label))
+        break
+      }
+      for (let i = 0; i < n && !this.closed; i++) {
+        const d = a.datagram(i)
+        if (d === null) continue
+        try { handler(d) } catch (err) { this.report(err) }
+      }
+      if (n < SLOTS) break
+    }
   }
 
-  /** send() on a connected socket, without waiting; false when refused (counted in sendErrors). */
+  /** onError, which must not end the batch when it throws itself. */
+  private report (err: unknown): void {
+    try { this.onError(err) } catch (e) { rethrowLater(e) }
+  }
+
+  /** sendto(ip, port) without waiting: false when the kernel refused it (full buffer, pending error). */
+  sendTo (buf: Buffer, ipNum: number, port: number): boolean {
+    if (this.closed) return false
+    return libc().sendto(this.fd, buf, buf.length, MSG_DONTWAIT, sockaddrIn(this.addr, ipNum, port), 16) >= 0
+  }
+
+  /** send() on a connected socket, without waiting; false when the kernel refused it. */
   send (buf: Buffer): boolean {
     if (this.closed) return false
-    if (libc().send(this.fd, buf, buf.length, MSG_DONTWAIT) < 0) { this.sendErrors++; return false }
-    return true
+    return libc().send(this.fd, buf, buf.length, MSG_DONTWAIT) >= 0
   }
 
   /** The bound address (after connect: the random local port). */

@@ -3,6 +3,8 @@
 import t from 'tap'
 import * as dgram from 'node:dgram'
 import { once } from 'node:events'
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { bindUdp, connectUdp, ipv4Num, ipv4Text, type Datagram } from '../../proxy/src/udp-batch.js'
 
 const A = '127.0.54.1'
@@ -123,6 +125,19 @@ t.test('a handler that throws loses its datagram only; the rest are delivered', 
   t.ok(await until(() => got.length === 2))
   t.strictSame(got, ['a', 'b'])
   t.match(errors, [{ message: 'boom' }])
+})
+
+t.test('what a handler and its onError throw reaches uncaughtException, and reading goes on', async t => {
+  const child = fileURLToPath(new URL('../fixtures/udp-batch-throw-child.ts', import.meta.url))
+  const tsLoader = process.execArgv.filter(a => a.includes('typescript') || a === '--enable-source-maps' || a.startsWith('--import') || a.startsWith('--loader'))
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, [...tsLoader, child], { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err !== null) reject(new Error(`${err.message}\n${stderr}`)); else resolve(stdout)
+    })
+  })
+  const res = JSON.parse(out.trim().split('\n').pop() ?? '{}') as { got: string[], uncaught: string[] }
+  t.strictSame(res.got, ['a', 'b', 'c', 'd'], 'every other datagram, also after the throws')
+  t.strictSame(res.uncaught.sort(), ['onError: handler: bad1', 'onError: handler: bad2'], 'each exception surfaced once')
 })
 
 t.test('promises settled in a handler run at once, not at the next unrelated event', async t => {
