@@ -16,10 +16,11 @@ import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type Lea
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, batchedDestination, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
+import { plainIpv4 } from '../proxy/src/dns/proxy.js'
 import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
-import type { UdpBatchSocket } from '../proxy/src/udp-batch.js'
 import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
+import { ReplySockets } from './reply-sockets.js'
 import { HttpWorkers } from './workers/pool.js'
 
 export interface AgentOptions {
@@ -213,21 +214,19 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     }
 
     // DNS proxy: UDP and TCP on the DNS proxy port. Answers go back FROM the server's address.
-    const replySockets = new Map<string, UdpBatchSocket>()
+    const replySockets = new ReplySockets(MAX_DNS_REPLY_SOCKETS, (ip, port) => openTransparentUdp(port, ip))
     const dns: DnsProxy = await createDnsProxy({
       snapshot: () => active,
       lookupIdentity,
       // The listener asks for IP_ORIGDSTADDR: each datagram names the server it was sent to.
-      udpOriginalDestination: (_ip, _port, received) => received,
-      replySocket: (ip, port) => {
-        const key = `${ip}:${port}`
-        let s = replySockets.get(key)
-        if (s === undefined) {
-          s = openTransparentUdp(port, ip)
-          replySockets.set(key, s)
-        }
-        return s
-      },
+      // One addressed to the proxy port itself was not redirected (a host process, a scan):
+      // there is no server to ask, and binding a reply socket on that address and port would
+      // take the port's traffic away from the listener.
+      udpOriginalDestination: (_ip, _port, received) => received === undefined || received.port === opts.dnsProxyPort ? undefined : received,
+      tcpOriginalDestination: (s) => s.localAddress === undefined || s.localPort === undefined || s.localPort === opts.dnsProxyPort
+        ? undefined
+        : { ip: plainIpv4(s.localAddress), port: s.localPort },
+      replySocket: (ip, port) => replySockets.get(ip, port),
       learn: async (names: readonly LearnedName[]) => {
         const snap = store.setLearnedNames(names)
         if (snap.version <= active.version) return
@@ -252,7 +251,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     closers.push(async () => {
       await closeServer(dnsTcp)
       dnsUdp.close()
-      for (const s of replySockets.values()) s.close()
+      replySockets.closeAll()
       await dns.close()
     })
 
@@ -283,6 +282,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     throw err
   }
 }
+
+/** DNS reply sockets kept at most (reply-sockets.ts). */
+const MAX_DNS_REPLY_SOCKETS = 256
 
 /** The agent's metrics that go up and down; every other one is a counter (metrics.ts). */
 const GAUGES: ReadonlySet<string> = new Set([

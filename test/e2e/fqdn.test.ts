@@ -4,6 +4,8 @@
 // a live connection outlives its address's TTL, and the agent restarts without losing what it
 // learned.
 import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import * as dgram from 'node:dgram'
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -143,4 +145,20 @@ t.test('toFQDNs through the DNS proxy and the kernel', async (t) => {
 
   const log = s.agentLog()
   t.match(log, /"name":"www\.google\.com\."[^\n]*REFUSED|REFUSED[^\n]*"name":"www\.google\.com\."|www\.google\.com[^\n]*refused/i, 'the refusal is logged with the name')
+
+  // A query sent straight to the DNS proxy port (a host process, a scan) was not redirected:
+  // there is no server to ask. It is dropped, and no reply socket is bound on that address and
+  // port (one would take the port's traffic away from the listener).
+  const direct = dgram.createSocket('udp4')
+  t.teardown(() => direct.close())
+  const answered = new Promise<boolean>((resolve) => {
+    direct.once('message', () => resolve(true))
+    setTimeout(() => resolve(false), 1000)
+  })
+  direct.send(Buffer.from('123401000001000000000000036170690667697468756203636f6d0000010001', 'hex'), cfg.dnsProxyPort, '127.0.0.1')
+  t.equal(await answered, false, 'no answer')
+  const sockets = execFileSync('ss', ['-Huan', `sport = :${cfg.dnsProxyPort}`], { encoding: 'utf8' }).trim().split('\n').filter((l) => l !== '')
+  t.equal(sockets.length, 1, `only the listener holds the port (${sockets.join(' | ')})`)
+  t.match(s.agentLog(), /"verdict":"dropped","reason":"no-original-destination"/, 'the drop is logged')
+  t.equal(await resolve4(s, 'data-exporter', 'api.github.com'), gh2, 'workloads still resolve through the proxy')
 })

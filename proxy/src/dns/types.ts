@@ -18,8 +18,11 @@ export interface DnsProxyDeps {
    * transparent listener that is the answer. Undefined: no server, the query is dropped.
    */
   udpOriginalDestination (srcIp: string, srcPort: number, received: Addr | undefined): Addr | undefined
-  /** Original destination of a redirected TCP connection; default: its local address/port. */
-  tcpOriginalDestination? (socket: net.Socket): Addr
+  /**
+   * Original destination of a redirected TCP connection (undefined: none, the connection is
+   * closed); default: its local address/port.
+   */
+  tcpOriginalDestination? (socket: net.Socket): Addr | undefined
   /**
    * The socket that sends UDP answers FROM the server's address (production: a transparent
    * socket bound to it); default: the listening socket the query arrived on.
