@@ -136,6 +136,7 @@ export class FqdnCache {
       const [ip, st] = order[i]
       const ev = { endpoint, name, ip, expiresAt: st.expiresAt }
       if (hasConnection(ip)) { st.zombie = true; res.zombified.push(ev) } else { map.delete(ip); res.evicted.push(ev) }
+      this.changes++
     }
     this.capZombies(endpoint, res.evicted)
     return res

@@ -158,9 +158,10 @@ function endpointKey (ep: Endpoint): string {
 
 const endpointIndex = new WeakMap<Snapshot, Map<string, Endpoint>>()
 /**
- * The previous lookup: a client asks many questions in a row. The address is a new string per
- * datagram (Node formats it), so a Map lookup hashes it every time; comparing it with the last
- * one costs less (perf: the hash was 0.2% of the proxy's CPU) and fails at the first differing byte.
+ * The previous lookup: a client asks many questions in a row. Comparing the address with the
+ * last one costs less than a Map lookup (perf: the hash was 0.2% of the proxy's CPU when Node
+ * made a new string per datagram; udp-batch.ts now memoises them, TCP still makes new ones)
+ * and fails at the first differing byte.
  * Keyed by the snapshot too, so a new snapshot always looks up again (this keeps the last one
  * referenced until the next query).
  */

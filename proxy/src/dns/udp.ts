@@ -92,11 +92,17 @@ export class UdpForwarder {
     }
     p.id = id
     msg.writeUInt16BE(id, 0)
+    // The kernel may refuse once with an error an earlier ICMP message left on the socket (the
+    // call clears it): try again. Refused twice (a full buffer): SERVFAIL now, rather than
+    // holding the query until the upstream timeout.
+    if (!up.sock.send(msg) && !up.sock.send(msg)) {
+      core.counters.sendErrors++
+      reply(errorReply(msg, p.q.end, RCODE.SERVFAIL))
+      return
+    }
     up.pending.set(id, p)
     core.inFlight++
     core.counters.forwarded++
-    // Refused (ECONNREFUSED left by an ICMP error, full buffer): the query times out as lost.
-    if (!up.sock.send(msg)) core.counters.sendErrors++
   }
 
   /** The pool for `server`, opened on first use; null when MAX_UPSTREAM_SERVERS are busy. */

@@ -82,10 +82,10 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   upstreamSocketMark: 0
 }
 
-/** Counters; flat numbers so that `metrics()` is a cheap copy. */
 /** Values of the HTTP proxy's `metrics()` that go up and down (the rest only grow). */
 export const HTTP_GAUGES = ['connections_active', 'upstream_open', 'upstream_idle'] as const
 
+/** Counters; flat numbers so that `metrics()` is a cheap copy. */
 export class Counters {
   requests = 0
   allowed = 0
