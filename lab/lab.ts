@@ -4,14 +4,15 @@
  *
  * Per host: netns `<prefix><name>`; a veth whose host side is `hostIf` and whose other side
  * is `eth0` in the namespace with `ipv4/32`; in the namespace `169.254.1.1 dev eth0` and
- * `default via 169.254.1.1` (the host side answers ARP for it: proxy_arp=1); on the host
+ * `default via 169.254.1.1` (a permanent neighbour entry with the host side's MAC; the host side
+ * also answers ARP for it: proxy_arp=1); on the host
  * `ipv4/32 dev hostIf` and forwarding=1 on that veth only (no global sysctl is touched);
  * /etc/netns/<ns>/hosts with every host's names and /etc/netns/<ns>/resolv.conf naming the
  * lab's DNS server or nothing, so nothing in a lab reaches the host's resolver.
  */
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIPv4 } from 'node:net'
 
 export interface LabHost {
@@ -88,6 +89,11 @@ async function upOne (spec: LabSpec, h: LabHost): Promise<void> {
   await sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
   await sh('ip', ['-n', ns, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link'])
   await sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0'])
+  // The gateway's MAC is the host side's, set once: resolving it by proxy ARP costs a random
+  // delay per request (proxy_delay) and, with many labs up at once, could fail three times
+  // (a first connect seen refused after 3 s, EHOSTUNREACH).
+  const mac = readFileSync(`/sys/class/net/${h.hostIf}/address`, 'utf8').trim()
+  await sh('ip', ['-n', ns, 'neigh', 'replace', '169.254.1.1', 'lladdr', mac, 'dev', 'eth0', 'nud', 'permanent'])
   // no IPv6 inside a lab workload: nothing to enforce there, and no stray traffic
   await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1'], /No such file|cannot stat/)
   writeFileSync(`/proc/sys/net/ipv4/conf/${h.hostIf}/proxy_arp`, '1')
