@@ -105,8 +105,8 @@ export class DirectoryPolicySource implements PolicySource {
     }
     const docs = new Map<string, DocEntry>()
     let pieces = splitDocuments(read.text).map((p) => {
-      const key = `${p.lineBase}\n${p.text}`
-      const d = cached?.docs.get(key) ?? docs.get(key) ?? parsePiece(p.text, file, p.lineBase)
+      const key = `${p.lineBase}\n${p.parseText}`
+      const d = cached?.docs.get(key) ?? docs.get(key) ?? parsePiece(p.parseText, file, p.lineBase)
       docs.set(key, d)
       return d
     })

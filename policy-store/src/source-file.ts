@@ -246,21 +246,26 @@ const NO_SPLIT = /^(%|\.\.\.(?=[ \t\r\n]|$))|\r(?!\n)/m
 /**
  * Cut a YAML stream into pieces of at most one document each, so that an edit of one document
  * re-parses only that piece. Each piece keeps its `---` line; `lineBase` is the number of lines
- * before it. Parsing the pieces gives the same documents as parsing the whole text (YAML
- * documents are independent once directives are excluded), with the same line numbers.
+ * before it. Parsing each piece's `parseText` gives the same documents as parsing the whole text
+ * (YAML documents are independent once directives are excluded), with the same line numbers.
+ *
+ * `parseText` is the piece followed by a `---` line when another document follows: the yaml
+ * package judges a document's last lines by what comes after them (`c:` then a tab-only line is
+ * a tab-indentation error before `---`, and fine at the end of the input; found by the property
+ * test in test/policy-store/source-cache.test.ts). The extra marker adds only an empty document.
  */
-export function splitDocuments (text: string): { text: string, lineBase: number }[] {
-  if (NO_SPLIT.test(text)) return [{ text, lineBase: 0 }]
+export function splitDocuments (text: string): { text: string, parseText: string, lineBase: number }[] {
+  if (NO_SPLIT.test(text)) return [{ text, parseText: text, lineBase: 0 }]
   const starts: number[] = []
   DOC_START.lastIndex = 0
   for (let m = DOC_START.exec(text); m !== null; m = DOC_START.exec(text)) if (m.index > 0 && text.charCodeAt(m.index - 1) === 10) starts.push(m.index)
-  if (starts.length === 0) return [{ text, lineBase: 0 }]
-  const out: { text: string, lineBase: number }[] = []
+  if (starts.length === 0) return [{ text, parseText: text, lineBase: 0 }]
+  const out: { text: string, parseText: string, lineBase: number }[] = []
   let from = 0
   let line = 0
   for (const at of [...starts, text.length]) {
     const piece = text.slice(from, at)
-    out.push({ text: piece, lineBase: line })
+    out.push({ text: piece, parseText: at === text.length ? piece : piece + '---\n', lineBase: line })
     for (let i = piece.indexOf('\n'); i !== -1; i = piece.indexOf('\n', i + 1)) line++
     from = at
   }

@@ -27,7 +27,7 @@ function parseWhole (text: string): unknown {
 function parsePieces (text: string): unknown {
   const values: unknown[] = []
   for (const p of splitDocuments(text)) {
-    const r = parseYamlString(p.text, 'f.yaml', p.lineBase, true)
+    const r = parseYamlString(p.parseText, 'f.yaml', p.lineBase, true)
     if ('errors' in r) return parseWhole(text)
     values.push(...r.docs.map((d) => d.value))
   }
@@ -43,6 +43,12 @@ t.test('pieces parse like the whole stream (values and error positions)', async 
     t.same(parsePieces(text), parseWhole(text), JSON.stringify(text))
   }), { numRuns: 1000 })
   t.same(splitDocuments('a: 1\n---\nb: 2\n--- \nc: 3\n').map((p) => p.lineBase), [0, 1, 3])
+  // The case the property found: a tab-only line ends the first document.
+  for (const eol of ['\n', '\r\n']) {
+    const text = ['c:', '\t', '--- {a: 1}'].join(eol) + '\n'
+    t.same(parsePieces(text), parseWhole(text), JSON.stringify(text))
+    t.match(parseWhole(text), { errors: [[2, 1, /Tabs are not allowed as indentation/]] })
+  }
   t.same(splitDocuments('%YAML 1.2\n---\na: 1\n---\nb: 2\n').length, 1, 'directives: not split')
 })
 
