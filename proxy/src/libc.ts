@@ -64,9 +64,25 @@ export function socketFd (socket: object): number {
   return typeof fd === 'number' ? fd : -1
 }
 
+export const SOL_IP = 0
+
+/** An int socket option; 0 on success, else errno. */
+export function setIntOption (fd: number, level: number, name: number, value: number): number {
+  const v = Buffer.alloc(4)
+  v.writeInt32LE(value | 0, 0)
+  return libc().setsockopt(fd, level, name, v, 4) === 0 ? 0 : errno()
+}
+
 /** SO_MARK on a socket (needs CAP_NET_ADMIN); 0 on success, else errno. */
 export function setSocketMark (fd: number, mark: number): number {
-  const v = Buffer.alloc(4)
-  v.writeUInt32LE(mark >>> 0, 0)
-  return libc().setsockopt(fd, SOL_SOCKET, SO_MARK, v, 4) === 0 ? 0 : errno()
+  return setIntOption(fd, SOL_SOCKET, SO_MARK, mark | 0)
+}
+
+/** struct sockaddr_in for an address as a number (a.b.c.d = a<<24 | ...) and a port, written into `into`. */
+export function sockaddrIn (ipNum: number, port: number, into: Buffer = Buffer.alloc(16)): Buffer {
+  into.writeUInt16LE(AF_INET, 0)
+  into.writeUInt16BE(port, 2)
+  into.writeUInt32BE(ipNum >>> 0, 4)
+  into.fill(0, 8, 16)
+  return into
 }

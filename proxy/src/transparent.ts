@@ -10,12 +10,11 @@
  *   non-local ip:port to send answers FROM the address the client queried.
  */
 import net from 'node:net'
-import { UdpBatchSocket, askOriginalDestination } from './udp-batch.js'
-import { AF_INET, errno, libc, setSocketMark, SOCK_CLOEXEC, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
+import { UdpBatchSocket, askOriginalDestination, ipv4Num } from './udp-batch.js'
+import { AF_INET, errno, libc, setIntOption, setSocketMark, sockaddrIn, SOCK_CLOEXEC, SOL_IP, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
 const SO_REUSEADDR = 2
 const SO_REUSEPORT = 15
-const SOL_IP = 0
 const IP_TRANSPARENT = 19
 const IP_FREEBIND = 15
 
@@ -29,13 +28,10 @@ export class TransparentSocketError extends Error {
 
 const c = libc
 
-function sockaddrIn (host: string, port: number): Buffer {
-  if (net.isIPv4(host) === false) throw new TypeError(`not an IPv4 address: ${host}`)
-  const b = Buffer.alloc(16)
-  b.writeUInt16LE(AF_INET, 0)
-  b.writeUInt16BE(port, 2)
-  host.split('.').forEach((p, i) => { b[4 + i] = Number(p) })
-  return b
+function sockaddrOf (host: string, port: number): Buffer {
+  const n = ipv4Num(host)
+  if (n < 0) throw new TypeError(`not an IPv4 address: ${host}`)
+  return sockaddrIn(n, port)
 }
 
 function transparentFd (type: number, host: string, port: number): number {
@@ -43,8 +39,6 @@ function transparentFd (type: number, host: string, port: number): number {
   const where = `${host}:${port}`
   const fd = l.socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
   if (fd < 0) throw new TransparentSocketError('socket', errno(), where)
-  const one = Buffer.alloc(4)
-  one.writeInt32LE(1, 0)
   const opts: Array<[number, number, string]> = [
     [SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT'],
     [SOL_IP, IP_FREEBIND, 'IP_FREEBIND'],
@@ -52,13 +46,13 @@ function transparentFd (type: number, host: string, port: number): number {
     [SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT']
   ]
   for (const [level, name, label] of opts) {
-    if (l.setsockopt(fd, level, name, one, 4) !== 0) {
-      const e = errno()
+    const e = setIntOption(fd, level, name, 1)
+    if (e !== 0) {
       l.close(fd)
       throw new TransparentSocketError(`setsockopt(${label})`, e, where)
     }
   }
-  const sa = sockaddrIn(host, port)
+  const sa = sockaddrOf(host, port)
   if (l.bind(fd, sa, 16) !== 0) {
     const e = errno()
     l.close(fd)

@@ -18,7 +18,7 @@
  * the area). A handler that keeps them copies them.
  */
 import koffi from 'koffi'
-import { AF_INET, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_SOCKET, errno, libc } from './libc.js'
+import { AF_INET, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_SOCKET, errno, libc, setIntOption, sockaddrIn } from './libc.js'
 
 /** Datagrams per recvmmsg. */
 const SLOTS = 32
@@ -35,7 +35,6 @@ const NAME_BYTES = 16
 const CTRL_BYTES = 32
 const OFF = { name: 0, namelen: 8, iov: 16, iovlen: 24, control: 32, controllen: 40, flags: 48, len: 56 } as const
 
-const SOL_IP = 0
 const IP_RECVORIGDSTADDR = 20
 const IP_ORIGDSTADDR = 20
 const SO_RCVBUF = 8
@@ -191,13 +190,6 @@ export function ipv4Num (ip: string): number {
   return n * 256 + part
 }
 
-function sockaddrIn (into: Buffer, ipNum: number, port: number): Buffer {
-  into.writeUInt16LE(AF_INET, 0)
-  into.writeUInt16BE(port, 2)
-  into.writeUInt32BE(ipNum >>> 0, 4)
-  return into
-}
-
 // process._tickCallback runs queued nextTicks and microtasks. koffi calls the poll callback
 // with napi_call_function, which promises no checkpoint of its own (MakeCallback does one); on
 // Node 20 the queue ran promptly anyway in test/proxy/udp-batch.test.ts, but a held DNS
@@ -304,7 +296,7 @@ export class UdpBatchSocket {
   /** sendto(ip, port) without waiting: false when the kernel refused it (full buffer, pending error). */
   sendTo (buf: Buffer, ipNum: number, port: number): boolean {
     if (this.closed) return false
-    return libc().sendto(this.fd, buf, buf.length, MSG_DONTWAIT, sockaddrIn(this.addr, ipNum, port), 16) >= 0
+    return libc().sendto(this.fd, buf, buf.length, MSG_DONTWAIT, sockaddrIn(ipNum, port, this.addr), 16) >= 0
   }
 
   /** send() on a connected socket, without waiting; false when the kernel refused it. */
@@ -333,12 +325,10 @@ export class UdpBatchSocket {
   }
 }
 
-/** Options set on every socket made here (4 bytes each). */
+/** An int option on a socket made here; on failure the socket is closed and the error thrown. */
 function setInt (fd: number, level: number, name: number, value: number, label: string, where: string): void {
-  const b = Buffer.alloc(4)
-  b.writeInt32LE(value, 0)
-  if (libc().setsockopt(fd, level, name, b, 4) !== 0) {
-    const e = errno()
+  const e = setIntOption(fd, level, name, value)
+  if (e !== 0) {
     libc().close(fd)
     throw new UdpSocketError(`setsockopt(${label})`, e, where)
   }
@@ -360,7 +350,7 @@ export function connectUdp (ip: string, port: number, recvBufferBytes: number, o
   const fd = libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
   if (fd < 0) throw new UdpSocketError('socket', errno(), where)
   setInt(fd, SOL_SOCKET, SO_RCVBUF, recvBufferBytes, 'SO_RCVBUF', where)
-  if (libc().connect(fd, sockaddrIn(Buffer.alloc(16), ipNum, port), 16) !== 0) {
+  if (libc().connect(fd, sockaddrIn(ipNum, port), 16) !== 0) {
     const e = errno()
     libc().close(fd)
     throw new UdpSocketError('connect', e, where)
@@ -376,7 +366,7 @@ export function bindUdp (ip: string, port: number, opts: Omit<UdpBatchSocketOpti
   const fd = libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
   if (fd < 0) throw new UdpSocketError('socket', errno(), where)
   if (opts.origDst === true) askOriginalDestination(fd, where)
-  if (libc().bind(fd, sockaddrIn(Buffer.alloc(16), ipNum, port), 16) !== 0) {
+  if (libc().bind(fd, sockaddrIn(ipNum, port), 16) !== 0) {
     const e = errno()
     libc().close(fd)
     throw new UdpSocketError('bind', e, where)
