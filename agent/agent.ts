@@ -16,7 +16,6 @@ import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type Lea
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, batchedDestination, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
-import { plainIpv4 } from '../proxy/src/dns/proxy.js'
 import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
 import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
@@ -218,14 +217,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const dns: DnsProxy = await createDnsProxy({
       snapshot: () => active,
       lookupIdentity,
-      // The listener asks for IP_ORIGDSTADDR: each datagram names the server it was sent to.
-      // One addressed to the proxy port itself was not redirected (a host process, a scan):
-      // there is no server to ask, and binding a reply socket on that address and port would
-      // take the port's traffic away from the listener.
-      udpOriginalDestination: (_ip, _port, received) => received === undefined || received.port === opts.dnsProxyPort ? undefined : received,
-      tcpOriginalDestination: (s) => s.localAddress === undefined || s.localPort === undefined || s.localPort === opts.dnsProxyPort
-        ? undefined
-        : { ip: plainIpv4(s.localAddress), port: s.localPort },
+      // The listener asks for IP_ORIGDSTADDR: each datagram names the server it was sent to
+      // (one sent to the proxy port itself is dropped: the proxyPort option below).
+      udpOriginalDestination: (_ip, _port, received) => received,
       replySocket: (ip, port) => replySockets.get(ip, port),
       learn: async (names: readonly LearnedName[]) => {
         const snap = store.setLearnedNames(names)
@@ -239,7 +233,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       maxTtlSec: opts.fqdnMaxTtl,
       maxIpsPerName: opts.fqdnMaxIpsPerName,
       stateDir: opts.stateDir,
-      rejectCode: 'refused'
+      rejectCode: 'refused',
+      proxyPort: opts.dnsProxyPort
     })
     const dnsUdp = openTransparentUdp(opts.dnsProxyPort, '0.0.0.0', true)
     dns.attachUdp(dnsUdp)

@@ -49,6 +49,7 @@ function resolveOptions (o: DnsProxyOptions): ResolvedOptions {
     zombieGraceMs: intOption('zombieGraceMs', o.zombieGraceMs, 60000, 1),
     maxPending: intOption('maxPending', o.maxPending, 10000, 1),
     upstreamSockets: intOption('upstreamSockets', o.upstreamSockets, 8, 1),
+    proxyPort: o.proxyPort === undefined ? undefined : intOption('proxyPort', o.proxyPort, 0, 1),
     maxTcpPendingPerConnection: intOption('maxTcpPendingPerConnection', o.maxTcpPendingPerConnection, 32, 1),
     tcpIdleTimeoutMs: intOption('tcpIdleTimeoutMs', o.tcpIdleTimeoutMs, 10000, 1),
     now: o.now ?? Date.now
@@ -85,7 +86,7 @@ export async function createDnsProxy (deps: DnsProxyDeps, options: DnsProxyOptio
     attachUdp (sock: UdpBatchSocket): void { udp.attach(sock) },
     handleTcpConnection (socket: net.Socket): void {
       const ends = clientAndServer(core, socket)
-      if (ends === null) {
+      if (ends === null || ends.server.port === opts.proxyPort) {
         core.counters.dropped++
         core.log.warn({ transport: 'tcp', verdict: 'dropped', reason: 'no-original-destination' }, 'dns query')
         socket.destroy()

@@ -42,6 +42,7 @@ export interface ResolvedOptions {
   zombieGraceMs: number
   maxPending: number
   upstreamSockets: number
+  proxyPort?: number
   maxTcpPendingPerConnection: number
   tcpIdleTimeoutMs: number
   now: () => number

@@ -168,9 +168,8 @@ export class TcpConnection {
 
 /** Accept a connection: the client is the peer, the server its original destination. */
 export function clientAndServer (core: DnsCore, socket: net.Socket): { client: Addr, server: Addr } | null {
-  const orig = core.deps.tcpOriginalDestination !== undefined
-    ? core.deps.tcpOriginalDestination(socket)
-    : socket.localAddress === undefined || socket.localPort === undefined ? undefined : { ip: plainIpv4(socket.localAddress), port: socket.localPort }
+  const orig = core.deps.tcpOriginalDestination?.(socket) ??
+    (socket.localAddress === undefined || socket.localPort === undefined ? undefined : { ip: plainIpv4(socket.localAddress), port: socket.localPort })
   if (orig === undefined || socket.remoteAddress === undefined || socket.remotePort === undefined) return null
   return { client: { ip: plainIpv4(socket.remoteAddress), port: socket.remotePort }, server: orig }
 }

@@ -18,11 +18,8 @@ export interface DnsProxyDeps {
    * transparent listener that is the answer. Undefined: no server, the query is dropped.
    */
   udpOriginalDestination (srcIp: string, srcPort: number, received: Addr | undefined): Addr | undefined
-  /**
-   * Original destination of a redirected TCP connection (undefined: none, the connection is
-   * closed); default: its local address/port.
-   */
-  tcpOriginalDestination? (socket: net.Socket): Addr | undefined
+  /** Original destination of a redirected TCP connection; default: its local address/port. */
+  tcpOriginalDestination? (socket: net.Socket): Addr
   /**
    * The socket that sends UDP answers FROM the server's address (production: a transparent
    * socket bound to it); default: the listening socket the query arrived on.
@@ -64,6 +61,13 @@ export interface DnsProxyOptions {
   maxPending?: number
   /** UDP sockets (random source ports) per upstream server, opened on its first query. Default 8. */
   upstreamSockets?: number
+  /**
+   * The port of the transparent listeners. A query whose original destination is that port
+   * was sent to the proxy itself, not redirected (a host process, a scan): there is no server
+   * to ask, and a reply socket bound there would take the port's traffic from the listener. It
+   * is dropped, on both transports. Default: none.
+   */
+  proxyPort?: number
   /** Queries in flight per TCP connection; beyond, reading pauses. Default 32. */
   maxTcpPendingPerConnection?: number
   /** A TCP connection with nothing in flight is closed after this. Default 10000. */

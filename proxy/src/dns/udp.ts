@@ -65,7 +65,7 @@ export class UdpForwarder {
     const core = this.core
     const client: Addr = { ip: d.srcIp, port: d.srcPort }
     const server = core.deps.udpOriginalDestination(client.ip, client.port, d.dstPort === 0 ? undefined : { ip: d.dstIp, port: d.dstPort })
-    if (server === undefined) {
+    if (server === undefined || server.port === core.opts.proxyPort) {
       // Without the original destination there is no server to ask nor address to answer from.
       core.counters.dropped++
       core.log.warn({ src: `${client.ip}:${client.port}`, transport: 'udp', verdict: 'dropped', reason: 'no-original-destination' }, 'dns query')

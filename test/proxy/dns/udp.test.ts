@@ -220,3 +220,21 @@ t.test('a server that went away and came back is asked again on every upstream s
   }
   t.equal(answered, 40, 'every query answered again, whichever socket it went out on')
 })
+
+t.test('a query whose original destination is the proxy port was not redirected: dropped on both transports', async t => {
+  // proxyPort is the listeners' port; here the "original destination" is made to be it.
+  const { dns, h } = await setup(t, { matchPatterns: ['*'] })
+  const self = await startProxy(t, {
+    snapshot: makeSnapshot({ endpoints: [{ id: 7, name: 'data-exporter', ipv4: EXPORTER }], dns: [{ endpointId: 7, port: dns.port, matchPatterns: ['*'] }], fqdn: [] }),
+    upstream: dns,
+    options: { proxyPort: dns.port }
+  })
+  t.equal((await query(h.udp, 'api.github.com', { from: EXPORTER })).rcode, 'NOERROR', 'the same query through a proxy without the option')
+  const asked = await dns.queriesFor('api.github.com')
+  await t.rejects(query(self.udp, 'api.github.com', { from: EXPORTER, timeoutMs: 500 }), 'no answer over UDP')
+  await t.rejects(query(self.tcp, 'api.github.com', { from: EXPORTER, tcp: true, timeoutMs: 500 }), 'the TCP connection is closed unanswered')
+  t.equal(self.proxy.metrics().dropped, 2)
+  t.equal(self.proxy.metrics().forwarded, 0)
+  t.equal(await dns.queriesFor('api.github.com'), asked, 'nothing reached the server')
+  t.match(self.logs.filter(l => l.verdict === 'dropped').map(l => l.transport), ['udp', 'tcp'])
+})
