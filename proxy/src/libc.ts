@@ -78,11 +78,14 @@ export function setSocketMark (fd: number, mark: number): number {
   return setIntOption(fd, SOL_SOCKET, SO_MARK, mark | 0)
 }
 
-/** struct sockaddr_in for an address as a number (a.b.c.d = a<<24 | ...) and a port, written into `into`. */
+/**
+ * struct sockaddr_in for an address as a number (a.b.c.d = a<<24 | ...) and a port, written into
+ * `into`: 16 bytes whose last 8 (sin_zero) are zero and stay so (Buffer.alloc; a sender reuses one
+ * per socket, so only the first 8 are written per datagram).
+ */
 export function sockaddrIn (ipNum: number, port: number, into: Buffer = Buffer.alloc(16)): Buffer {
   into.writeUInt16LE(AF_INET, 0)
   into.writeUInt16BE(port, 2)
   into.writeUInt32BE(ipNum >>> 0, 4)
-  into.fill(0, 8, 16)
   return into
 }
