@@ -3,7 +3,7 @@
 // with clang. Called by `npm run build`. Fails loudly when clang or libbpf's headers are
 // missing: a warden without its datapath must not look built (scripts/setup.sh installs them).
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -21,19 +21,41 @@ function fail (msg) {
 try {
   execFileSync('clang', ['--version'], { stdio: 'ignore' })
 } catch {
-  fail('clang not found: install it (apt-get install clang libbpf-dev) or run scripts/setup.sh')
+  fail('clang not found: install it (apt-get install clang libbpf-dev linux-libc-dev) or run scripts/setup.sh')
 }
-if (!existsSync('/usr/include/bpf/bpf_helpers.h')) fail('libbpf headers missing: apt-get install libbpf-dev')
 
+// The program sees only the kernel's UAPI headers and libbpf's, never libc's: `-nostdinc`
+// and one include directory of our own that links just those trees. clang -target bpf
+// defines no host architecture macros, so a libc header would pick the wrong (32-bit)
+// variant on some machines and none on others; here any libc include fails everywhere.
+const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64'
+const includeTrees = {
+  linux: '/usr/include/linux',
+  'asm-generic': '/usr/include/asm-generic',
+  asm: `/usr/include/${arch}-linux-gnu/asm`,
+  bpf: '/usr/include/bpf'
+}
+const packageOf = { bpf: 'libbpf-dev' }
+for (const [name, dir] of Object.entries(includeTrees)) {
+  if (!existsSync(dir)) fail(`${dir} missing: apt-get install ${packageOf[name] ?? 'linux-libc-dev'}`)
+}
+const includeDir = join(outDir, 'include')
+function stageIncludes () {
+  rmSync(includeDir, { recursive: true, force: true })
+  mkdirSync(includeDir, { recursive: true })
+  for (const [name, dir] of Object.entries(includeTrees)) symlinkSync(dir, join(includeDir, name))
+}
+
+const inputs = [src, header, fileURLToPath(import.meta.url)]
 const upToDate = existsSync(out) && process.env.FORCE !== '1' &&
-  statSync(out).mtimeMs > Math.max(statSync(src).mtimeMs, statSync(header).mtimeMs)
+  statSync(out).mtimeMs > Math.max(...inputs.map((f) => statSync(f).mtimeMs))
 if (!upToDate) {
   mkdirSync(outDir, { recursive: true })
-  const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64'
+  stageIncludes()
   const tmp = out + '.tmp'
   try {
-    execFileSync('clang', ['-O2', '-g', '-Wall', '-Werror', '-target', 'bpf',
-      `-I/usr/include/${arch}-linux-gnu`, '-c', src, '-o', tmp], { stdio: 'inherit' })
+    execFileSync('clang', ['-O2', '-g', '-Wall', '-Werror', '-target', 'bpf', '-nostdinc',
+      '-I', includeDir, '-c', src, '-o', tmp], { stdio: 'inherit' })
   } catch {
     fail(`clang failed on ${src}`)
   }

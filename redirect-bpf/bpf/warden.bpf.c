@@ -19,7 +19,6 @@
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <linux/icmp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -42,7 +41,19 @@
 #define ETH_P_IPV6 0x86DD
 #endif
 #define IPPROTO_ICMPV6_NUM 58
-#define L7P_AF_INET 2 /* AF_INET: <sys/socket.h> is not for BPF targets */
+#define L7P_AF_INET 2 /* AF_INET: <sys/socket.h> is libc's, and the build has no libc */
+
+/* The ICMP header's first 8 bytes for echo messages (RFC 792). <linux/icmp.h> would do,
+ * but it pulls in <linux/if.h>, which includes libc's <sys/socket.h>. */
+struct l7p_icmp_echo {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+#define L7P_ICMP_ECHOREPLY 0
+#define L7P_ICMP_ECHO 8
 
 /* Loader-written knobs (proxy ports). */
 struct {
@@ -248,15 +259,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		break;
 	}
 	case IPPROTO_ICMP: {
-		struct icmphdr *ih = l4;
+		struct l7p_icmp_echo *ih = l4;
 
 		if ((void *)(ih + 1) > data_end)
 			return -L7P_R_DROP_MALFORMED;
 		/* echo request/reply share the id: use it as both ports so a reply's
 		 * reversed tuple equals the request's */
-		if (ih->type == ICMP_ECHO || ih->type == ICMP_ECHOREPLY) {
-			p->tuple.sport = ih->un.echo.id;
-			p->tuple.dport = ih->un.echo.id;
+		if (ih->type == L7P_ICMP_ECHO || ih->type == L7P_ICMP_ECHOREPLY) {
+			p->tuple.sport = ih->id;
+			p->tuple.dport = ih->id;
 		}
 		return 0;
 	}
