@@ -21,6 +21,7 @@ import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { ReplySockets } from './reply-sockets.js'
 import { HttpWorkers } from './workers/pool.js'
+import { warnFallbacks } from '../proxy/src/fast-paths.js'
 
 export interface AgentOptions {
   policies: string
@@ -87,6 +88,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     closers.push(() => d.end())
   }
   const log = logger.child({ module: 'agent' })
+  warnFallbacks(log)
   const close = async (): Promise<void> => {
     while (closers.length > 0) {
       const fn = closers.pop() as () => Promise<void> | void

@@ -14,8 +14,13 @@
  * to pino's own methods when it says no.
  */
 import pino from 'pino'
+import { fellBack } from './fast-paths.js'
 
 const S = pino.symbols
+/** The pino internals a line is built from; a pino without one of them gets pino's own path. */
+const NEEDED = ['chindingsSym', 'streamSym', 'timeSym', 'messageKeySym', 'mixinSym', 'hooksSym', 'formattersSym'] as const
+const absent = NEEDED.filter((k) => typeof (S as Record<string, unknown>)[k] !== 'symbol')
+if (absent.length > 0) fellBack('log-lines', `pino.symbols lacks ${absent.join(', ')}: lines go through pino's methods`)
 
 export const LEVEL = { info: 30, warn: 40 } as const
 const INFO = '{"level":30'
@@ -40,6 +45,7 @@ function internals (logger: pino.Logger): PinoInternals {
  * formatters for the level or the record, and `msg` as the message key.
  */
 export function fastLineOk (logger: pino.Logger): boolean {
+  if (absent.length > 0) return false
   const l = internals(logger)
   if (l[S.mixinSym] !== undefined && l[S.mixinSym] !== null) return false
   const hooks = l[S.hooksSym]

@@ -26,6 +26,7 @@
  */
 import type net from 'node:net'
 import { getSystemErrorName } from 'node:util'
+import { fellBack } from '../fast-paths.js'
 
 interface WriteReq {
   oncomplete: (this: WriteReq, status: number) => void
@@ -58,6 +59,7 @@ function loadBinding (): StreamWrapBinding | null {
 }
 
 const binding = loadBinding()
+if (binding === null) fellBack('socket-writes', "process.binding('stream_wrap') has no WriteWrap, streamBaseState or kLastWriteWasAsync: writes go through net.Socket.write")
 const state = binding?.streamBaseState ?? new Int32Array(1)
 const ASYNC = binding?.kLastWriteWasAsync ?? 0
 
