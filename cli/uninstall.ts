@@ -6,7 +6,9 @@ export const command: Command = {
 
 Removes the datapath an agent installed: the tc filters on every interface it attached
 (and the clsact qdiscs it created), its ip rule and local route (only if it added them),
-and every pin under --bpffs. Safe to run twice.
+and the pins it made under --bpffs. Refuses, before removing anything, a directory that is
+not on a bpf filesystem or that holds pins warden did not make. When an interface cannot be
+detached, its record and the pins stay: run it again once the cause is fixed. Safe to run twice.
 
 Options:
   --bpffs DIR       pin directory (default /sys/fs/bpf/warden)

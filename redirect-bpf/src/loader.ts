@@ -12,10 +12,10 @@
  * (bpffs refuses names with a dot, hence `progs_new` during an upgrade).
  */
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statfsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { bpffsMountedAt, run, runTolerant } from './sys.js'
+import { bpffsMountedAt, isMountPoint, run, runTolerant } from './sys.js'
 import { DatapathError } from './errors.js'
 import { COUNTER_SLOTS } from './layout.js'
 
@@ -210,7 +210,54 @@ export async function removeRouting (table: number, rule: boolean, route: boolea
   }
 }
 
+/** statfs f_type of a bpf filesystem (linux/magic.h BPF_FS_MAGIC). */
+const BPF_FS_MAGIC = 0xcafe4a11
+/** Every name warden creates directly under its pin directory. */
+const OWNED_NAMES: ReadonlySet<string> = new Set([...MAP_NAMES, ...RETIRED_MAPS, 'progs', 'progs_new'])
+const PROG_DIRS: ReadonlySet<string> = new Set(['progs', 'progs_new'])
+
+/**
+ * Check that `bpffs` is a pin directory warden may clear: a directory (not a link) on a bpf
+ * filesystem that holds only names warden creates. Uninstall runs as root with a path an
+ * operator typed: `/sys/fs/bpf` itself, another tool's directory or a typo must be refused
+ * before anything is removed. Returns false when the directory does not exist (nothing to do).
+ */
+export function checkPinDir (bpffs: string): boolean {
+  let st
+  try { st = lstatSync(bpffs) } catch { return false }
+  if (!st.isDirectory()) throw new DatapathError('WARDEN_ERR_PIN_DIR', `${bpffs} is not a directory`, { bpffs })
+  if (statfsSync(bpffs).type !== BPF_FS_MAGIC) {
+    throw new DatapathError('WARDEN_ERR_PIN_DIR', `${bpffs} is not on a bpf filesystem: not a warden pin directory`, { bpffs })
+  }
+  const foreign: string[] = []
+  for (const name of readdirSync(bpffs)) {
+    if (!OWNED_NAMES.has(name)) { foreign.push(name); continue }
+    if (!PROG_DIRS.has(name)) continue
+    for (const p of readdirSync(join(bpffs, name))) {
+      if (!(PROGS as readonly string[]).includes(p)) foreign.push(`${name}/${p}`)
+    }
+  }
+  if (foreign.length > 0) {
+    const shown = foreign.slice(0, 5).join(', ') + (foreign.length > 5 ? `, and ${foreign.length - 5} more` : '')
+    throw new DatapathError('WARDEN_ERR_PIN_DIR', `${bpffs} holds pins warden did not create (${shown}): refusing to remove anything`, { bpffs })
+  }
+  return true
+}
+
+/**
+ * Remove the pins warden creates under `bpffs` (checked with `checkPinDir` first), then the
+ * directory itself when it is empty and not a mount point.
+ */
 export function removePins (bpffs: string): void {
-  if (!existsSync(bpffs) || !statSync(bpffs).isDirectory()) return
-  rmSync(bpffs, { recursive: true, force: true })
+  if (!checkPinDir(bpffs)) return
+  for (const name of readdirSync(bpffs)) {
+    const path = join(bpffs, name)
+    if (PROG_DIRS.has(name)) {
+      for (const p of readdirSync(path)) rmSync(join(path, p))
+      rmdirSync(path)
+    } else {
+      rmSync(path)
+    }
+  }
+  if (!isMountPoint(bpffs) && readdirSync(bpffs).length === 0) rmdirSync(bpffs)
 }

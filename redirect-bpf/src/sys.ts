@@ -48,3 +48,9 @@ export function bpffsMountedAt (dir: string): boolean {
     return type === 'bpf' && (dir === mnt || dir.startsWith(mnt.endsWith('/') ? mnt : mnt + '/'))
   })
 }
+
+/** Is dir itself the mount point of a filesystem? */
+export function isMountPoint (dir: string): boolean {
+  const d = dir.length > 1 && dir.endsWith('/') ? dir.slice(0, -1) : dir
+  return readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === d)
+}
