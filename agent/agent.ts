@@ -6,17 +6,19 @@
  *   2. the datapath loads (or reuses) the program and its pinned maps and applies the snapshot;
  *   3. the transparent listeners open -- until then redirected flows find no socket and are dropped;
  *   4. later snapshots go to the kernel first; the proxies see a snapshot only once the kernel has it,
- *      so the proxy never allows what the kernel does not yet redirect, and vice versa.
+ *      so the proxy never allows what the kernel does not yet redirect, and vice versa (that
+ *      ordering, its retries and waiters are the control plane's: control-plane.ts).
  */
 import type { Server } from 'node:net'
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
 import { networkInterfaces } from 'node:os'
 import pino, { type Logger } from 'pino'
-import { openStore, type PolicyStore, type Snapshot, type SnapshotDiff, type LearnedName } from '../policy-store/src/index.js'
+import { openStore, type PolicyStore, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, batchedDestination, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
 import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
+import { ControlPlane } from './control-plane.js'
 import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { ReplySockets } from './reply-sockets.js'
@@ -106,6 +108,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       logger
     })
     closers.push(async () => await store.close())
+    closers.push(store.onRejected((errors) => {
+      for (const e of errors) log.error({ file: e.file, line: e.line, col: e.col, path: e.path, code: e.code }, e.message)
+    }))
 
     const datapath: Datapath = await openDatapath({
       bpffs: opts.bpffs,
@@ -118,76 +123,20 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     })
     closers.push(async () => await datapath.close())
 
-    let active = store.current()
+    const control = await ControlPlane.start({ store, datapath, logger: log })
+    closers.push(async () => await control.close())
+    const active = (): Snapshot => control.active()
+    const lookupIdentity = (ip: string): number => control.lookupIdentity(ip)
     let httpWorkers: HttpWorkers | undefined
-    // Identities by address, as the kernel's ipcache has them. That map is written only from
-    // snapshots (here), so an answer holds until the next one: a DNS query or an HTTP connection
-    // then costs no bpf() call. Bounded; emptied whenever the kernel's ipcache may have changed.
-    const identities = new Map<string, number>()
-    const lookupIdentity = (ip: string): number => {
-      let id = identities.get(ip)
-      if (id === undefined) {
-        if (identities.size >= 65536) identities.clear()
-        id = datapath.lookupIdentity(ip)
-        identities.set(ip, id)
-      }
-      return id
-    }
-    // The proxies enforce the snapshot the kernel has: the main thread's reads `active`, the
-    // workers get a copy of its HTTP part.
-    const setActive = (snap: Snapshot): void => {
-      active = snap
-      identities.clear()
-      httpWorkers?.update(snap)
-    }
-    await datapath.apply(active)
-    log.info({ policyVersion: active.version, endpoints: active.endpoints.length, kernelEntries: active.kernel.length }, 'snapshot in the kernel')
-
-    // Snapshots reach the kernel one at a time, in order; waiters learn when a version is in force.
-    let chain: Promise<void> = Promise.resolve()
-    const waiters: Array<{ version: number, resolve: () => void }> = []
-    const enforce = (snap: Snapshot, diff: SnapshotDiff): void => {
-      chain = chain.then(async () => {
-        const started = process.hrtime.bigint()
-        try {
-          await datapath.apply(snap, diff)
-          setActive(snap)
-          log.info({
-            policyVersion: snap.version,
-            kernelAdded: diff.kernelAdded.length,
-            kernelRemoved: diff.kernelRemoved.length,
-            ipcacheAdded: diff.ipcacheAdded.length,
-            ipcacheRemoved: diff.ipcacheRemoved.length,
-            applyMs: Number(process.hrtime.bigint() - started) / 1e6
-          }, 'snapshot in the kernel')
-        } catch (err) {
-          // datapath.apply() always syncs the maps against their content, so one retry heals a
-          // transient failure; if it fails too, the proxies keep the old snapshot and the next
-          // snapshot syncs again.
-          log.error({ err, policyVersion: snap.version }, 'applying the snapshot to the kernel failed')
-          identities.clear() // the ipcache may be part-way between the two
-          await datapath.apply(snap).then(() => { setActive(snap) }, (err2) => log.error({ err: err2 }, 'full resync failed'))
-        }
-        // Waiters up to this version are done either way: in force, or the apply failed and a
-        // DNS answer would be released after its bounded hold anyway. Resolving them on failure
-        // too keeps the list from growing while applies fail.
-        for (let i = waiters.length - 1; i >= 0; i--) {
-          if (waiters[i].version <= snap.version) waiters.splice(i, 1)[0].resolve()
-        }
-      })
-    }
-    closers.push(store.onSnapshot(enforce))
-    closers.push(store.onRejected((errors) => {
-      for (const e of errors) log.error({ file: e.file, line: e.line, col: e.col, path: e.path, code: e.code }, e.message)
-    }))
-
+    // the workers get a copy of the HTTP part of each snapshot the kernel has
+    control.onActive((snap) => httpWorkers?.update(snap))
     const flowLog = new FlowLogLimiter(logger.child({ module: 'flow' }), 100)
     datapath.onFlow((ev: FlowEvent) => flowLog.logEvent(ev))
     closers.push(() => flowLog.close())
 
     // L7 HTTP proxy on the transparent listener the datapath assigns sockets to.
     const http: HttpProxy = createHttpProxy({
-      snapshot: () => active,
+      snapshot: active,
       lookupIdentity,
       logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
     }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
@@ -196,7 +145,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     closers.push(async () => { await closeServer(httpServer); await http.close() })
     if (workers > 1 && dest !== undefined) {
       const out = dest
-      const startedWith = active
+      const startedWith = active()
       httpWorkers = await HttpWorkers.start({
         count: workers - 1,
         proxyPort: opts.proxyPort,
@@ -208,7 +157,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         writeLog: (batch) => out.writeBytes(batch)
       })
       // a snapshot that reached the kernel while they were starting
-      if (active !== startedWith) httpWorkers.update(active)
+      if (active() !== startedWith) httpWorkers.update(active())
       const pool = httpWorkers
       closers.push(async () => await pool.close())
       log.info({ workers }, 'HTTP proxy workers listening')
@@ -217,17 +166,13 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     // DNS proxy: UDP and TCP on the DNS proxy port. Answers go back FROM the server's address.
     const replySockets = new ReplySockets(MAX_DNS_REPLY_SOCKETS, (ip, port) => openTransparentUdp(port, ip))
     const dns: DnsProxy = await createDnsProxy({
-      snapshot: () => active,
+      snapshot: active,
       lookupIdentity,
       // The listener asks for IP_ORIGDSTADDR: each datagram names the server it was sent to
       // (one sent to the proxy port itself is dropped: the proxyPort option below).
       udpOriginalDestination: (_ip, _port, received) => received,
       replySocket: (ip, port) => replySockets.get(ip, port),
-      learn: async (names: readonly LearnedName[]) => {
-        const snap = store.setLearnedNames(names)
-        if (snap.version <= active.version) return
-        await new Promise<void>((resolve) => waiters.push({ version: snap.version, resolve }))
-      },
+      learn: async (names: readonly LearnedName[]) => { await control.learn(names) },
       hasConnection: (ip) => datapath.hasConnection(ip),
       logger: logger.child({ module: 'dns-proxy' })
     }, {
@@ -253,9 +198,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     })
 
     const metrics = (): Record<string, number> => ({
-      warden_policy_version: active.version,
-      warden_endpoints: active.endpoints.length,
-      warden_kernel_entries: active.kernel.length,
+      warden_policy_version: active().version,
+      warden_endpoints: active().endpoints.length,
+      warden_kernel_entries: active().kernel.length,
       ...prefixed('warden_datapath_', datapath.counters()),
       ...prefixed('warden_http_', httpWorkers === undefined ? http.metrics() : sumCounters(http.metrics(), httpWorkers.metrics())),
       ...prefixed('warden_dns_', dns.metrics())
@@ -269,11 +214,11 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       proxyPort: opts.proxyPort,
       dnsProxyPort: opts.dnsProxyPort,
       bpffs: opts.bpffs,
-      policyVersion: active.version,
-      endpoints: active.endpoints.map((e) => `${e.namespace}/${e.name}`)
+      policyVersion: active().version,
+      endpoints: active().endpoints.map((e) => `${e.namespace}/${e.name}`)
     }, 'warden agent ready')
 
-    return { logger: logger as Logger, active: () => active, metrics, close }
+    return { logger: logger as Logger, active, metrics, close }
   } catch (err) {
     await close()
     throw err
