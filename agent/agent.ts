@@ -48,6 +48,8 @@ export interface AgentOptions {
   fqdnMinTtl: number
   fqdnMaxTtl?: number
   fqdnMaxIpsPerName: number
+  /** Names with live IPs kept per endpoint in the FQDN cache (default 10000). */
+  fqdnMaxNamesPerEndpoint?: number
   logger?: Logger
   logLevel?: string
 }
@@ -179,6 +181,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       minTtlSec: opts.fqdnMinTtl,
       maxTtlSec: opts.fqdnMaxTtl,
       maxIpsPerName: opts.fqdnMaxIpsPerName,
+      maxNamesPerEndpoint: opts.fqdnMaxNamesPerEndpoint,
       stateDir: opts.stateDir,
       rejectCode: 'refused',
       proxyPort: opts.dnsProxyPort

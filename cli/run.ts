@@ -23,6 +23,8 @@ Options:
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
   --fqdn-max-ips-per-name N  (default 1000)
+  --fqdn-max-names-per-endpoint N  names with live IPs kept per endpoint; beyond, those
+                          expiring first are evicted (default 10000)
   --log-level LEVEL       pino level (default info)
 
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
@@ -59,6 +61,7 @@ export const command: Command = {
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
     'fqdn-max-ips-per-name': { type: 'string' },
+    'fqdn-max-names-per-endpoint': { type: 'string' },
     'log-level': { type: 'string' }
   },
   async run (v) {
@@ -94,6 +97,7 @@ export const command: Command = {
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
         fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0),
         fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000),
+        fqdnMaxNamesPerEndpoint: atLeastOne(int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000), 'fqdn-max-names-per-endpoint'),
         logLevel: (v['log-level'] as string | undefined) ?? 'info'
       }
     } catch (err) {

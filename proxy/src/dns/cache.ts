@@ -5,6 +5,10 @@
  *
  * - An IP lives for max(TTL, minTtl), capped by maxTtl when set; a newer answer extends it.
  * - At most maxIpsPerName per (endpoint, name): beyond, the one expiring first goes (the oldest).
+ * - At most maxNamesPerEndpoint names with live IPs per endpoint: a workload allowed
+ *   `matchPattern: "*"` that resolves random names must not grow the cache without bound. A new
+ *   name over the cap evicts the names whose IPs expire first (a batch at a time, so the cost
+ *   per new name stays constant); their IPs with live connections become zombies.
  * - An IP that expires (or is evicted) while connection tracking still has a connection to it
  *   becomes a zombie: still allowed, re-checked on every GC tick, removed once unused.
  * - The node-wide learned set (what the kernel allows) is the union over endpoints: toFQDNs
@@ -19,6 +23,8 @@ export interface CacheOptions {
   minTtlSec: number
   maxTtlSec?: number
   maxIpsPerName: number
+  /** Names with live IPs kept per endpoint at most. */
+  maxNamesPerEndpoint: number
   /** Zombies kept per endpoint at most (Cilium: --tofqdns-max-deferred-connection-deletes). */
   maxZombiesPerEndpoint: number
   /** What `learned()` reports as the expiry of a zombie: now + this (the next re-check). */
@@ -74,6 +80,8 @@ export class FqdnCache {
    * revived): the caller persists such changes soon and mere refreshes late (state.ts).
    */
   changes = 0
+  /** Names evicted by the per-endpoint cap, for the counter. */
+  namesEvicted = 0
 
   constructor (opts: CacheOptions) {
     this.opts = opts
@@ -105,7 +113,11 @@ export class FqdnCache {
     let names = this.eps.get(endpoint)
     if (names === undefined) { names = new Map(); this.eps.set(endpoint, names) }
     let map = names.get(name)
-    if (map === undefined) { map = new Map(); names.set(name, map) }
+    if (map === undefined) {
+      if (names.size >= this.opts.maxNamesPerEndpoint) res = this.evictNames(endpoint, names, hasConnection, res)
+      map = new Map()
+      names.set(name, map)
+    }
     for (const { ip, ttl } of ips) {
       const expiresAt = now + this.lifetimeMs(ttl)
       const st = map.get(ip)
@@ -137,6 +149,40 @@ export class FqdnCache {
       const ev = { endpoint, name, ip, expiresAt: st.expiresAt }
       if (hasConnection(ip)) { st.zombie = true; res.zombified.push(ev) } else { map.delete(ip); res.evicted.push(ev) }
       this.changes++
+    }
+    this.capZombies(endpoint, res.evicted)
+    return res
+  }
+
+  /**
+   * Make room for a new name: when the endpoint's names with live IPs are at the cap, evict
+   * those whose IPs expire first, an eighth of the cap at once (at least one). Zombie-only names
+   * do not count: zombies have their own cap.
+   */
+  private evictNames (endpoint: string, names: Map<string, Map<string, IpState>>,
+    hasConnection: (ip: string) => boolean, res0: AddResult | null): AddResult | null {
+    const live: Array<[string, number]> = []
+    for (const [name, ips] of names) {
+      let last = 0
+      for (const st of ips.values()) if (!st.zombie && st.expiresAt > last) last = st.expiresAt
+      if (last > 0) live.push([name, last])
+    }
+    const cap = this.opts.maxNamesPerEndpoint
+    if (live.length < cap) return res0
+    const res = res0 ?? newAddResult()
+    live.sort((a, b) => a[1] - b[1])
+    const n = live.length - cap + Math.max(1, cap >> 3)
+    for (let i = 0; i < n && i < live.length; i++) {
+      const name = live[i][0]
+      const ips = names.get(name) as Map<string, IpState>
+      for (const [ip, st] of ips) {
+        if (st.zombie) continue
+        const ev = { endpoint, name, ip, expiresAt: st.expiresAt }
+        if (hasConnection(ip)) { st.zombie = true; res.zombified.push(ev) } else { ips.delete(ip); res.evicted.push(ev) }
+      }
+      if (ips.size === 0) names.delete(name)
+      this.changes++
+      this.namesEvicted++
     }
     this.capZombies(endpoint, res.evicted)
     return res

@@ -40,6 +40,7 @@ function resolveOptions (o: DnsProxyOptions): ResolvedOptions {
     minTtlSec: intOption('minTtlSec', o.minTtlSec, 0, 0),
     maxTtlSec: o.maxTtlSec === undefined ? undefined : intOption('maxTtlSec', o.maxTtlSec, 0, 1),
     maxIpsPerName: intOption('maxIpsPerName', o.maxIpsPerName, 1000, 1),
+    maxNamesPerEndpoint: intOption('maxNamesPerEndpoint', o.maxNamesPerEndpoint, 10000, 1),
     maxZombiesPerEndpoint: intOption('maxZombiesPerEndpoint', o.maxZombiesPerEndpoint, 10000, 0),
     stateDir: o.stateDir,
     rejectRcode: (o.rejectCode ?? 'refused') === 'refused' ? RCODE.REFUSED : RCODE.NXDOMAIN,

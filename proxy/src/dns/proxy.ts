@@ -33,6 +33,7 @@ export interface ResolvedOptions {
   minTtlSec: number
   maxTtlSec: number | undefined
   maxIpsPerName: number
+  maxNamesPerEndpoint: number
   maxZombiesPerEndpoint: number
   stateDir: string | undefined
   rejectRcode: number
@@ -242,6 +243,7 @@ export class DnsCore {
       minTtlSec: opts.minTtlSec,
       maxTtlSec: opts.maxTtlSec,
       maxIpsPerName: opts.maxIpsPerName,
+      maxNamesPerEndpoint: opts.maxNamesPerEndpoint,
       maxZombiesPerEndpoint: opts.maxZombiesPerEndpoint,
       zombieGraceMs: opts.zombieGraceMs
     })
@@ -530,6 +532,7 @@ export class DnsCore {
       cachedNames: k.names,
       cachedIps: k.ips,
       zombies: k.zombies,
+      evictedNames: this.cache.namesEvicted,
       learnCalls: this.sync.calls,
       learnFailures: this.sync.failures
     }

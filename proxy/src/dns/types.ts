@@ -43,6 +43,8 @@ export interface DnsProxyOptions {
   maxTtlSec?: number
   /** Per endpoint, per name (Cilium --tofqdns-endpoint-max-ip-per-hostname). Default 1000. */
   maxIpsPerName?: number
+  /** Names with live IPs kept per endpoint; beyond, those expiring first are evicted. Default 10000. */
+  maxNamesPerEndpoint?: number
   /** Zombies kept per endpoint (Cilium --tofqdns-max-deferred-connection-deletes). Default 10000. */
   maxZombiesPerEndpoint?: number
   /** Where the cache is persisted (`dns-cache.json`); no persistence when absent. */
