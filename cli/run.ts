@@ -30,10 +30,10 @@ Options:
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
 
-function int (v: unknown, name: string, dflt: number, max = 0xffffffff): number {
+function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0): number {
   if (v === undefined) return dflt
   const n = Number(v)
-  if (!Number.isInteger(n) || n < 0 || n > max) throw new Error(`--${name} must be a whole number from 0 to ${max}, got "${String(v)}"`)
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got "${String(v)}"`)
   return n
 }
 
@@ -97,7 +97,7 @@ export const command: Command = {
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
         fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0),
         fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000),
-        fqdnMaxNamesPerEndpoint: atLeastOne(int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000), 'fqdn-max-names-per-endpoint'),
+        fqdnMaxNamesPerEndpoint: int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000, 0xffffffff, 1),
         logLevel: (v['log-level'] as string | undefined) ?? 'info'
       }
     } catch (err) {
