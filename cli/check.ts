@@ -3,6 +3,7 @@
  * `file:line:col: path: message` (exit 1), or a one-line summary (exit 0).
  */
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
 import { formatPolicyError, loadSnapshot } from '../policy-store/src/index.js'
 
 export const command: Command = {
@@ -20,8 +21,7 @@ and exits 1 if there is any; otherwise prints a one-line summary and exits 0.`,
   async run (values) {
     const policies = values.policies as string | undefined
     if (policies === undefined) {
-      console.error('warden check: --policies DIR is required')
-      return 2
+      throw new UsageError('--policies DIR is required')
     }
     const { errors, summary } = await loadSnapshot({ policies, endpoints: values.endpoints as string | undefined })
     if (errors.length > 0) {

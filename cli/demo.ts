@@ -1,6 +1,7 @@
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
 
-const USAGE = `warden demo [--keep | --down] [--deny-response 403|reset]
+const USAGE = `Usage: warden demo [--keep | --down] [--deny-response 403|reset]
 
 Builds a lab of network namespaces mirroring the seed's manifests (billing-service on nginx,
 checkout, auditing, a monitoring pod, data-exporter, kube-dns on dnsmasq, and two HTTPS hosts
@@ -28,8 +29,7 @@ export const command: Command = {
     const { runDemo, teardown, DEFAULT_DEMO } = await import('../demo/demo.js')
     const deny = (v['deny-response'] as string | undefined) ?? '403'
     if (deny !== '403' && deny !== 'reset') {
-      console.error(`warden demo: --deny-response must be 403 or reset, got "${deny}"`)
-      return 1
+      throw new UsageError(`--deny-response must be 403 or reset, got "${deny}"`)
     }
     const cfg = { ...DEFAULT_DEMO, denyResponse: deny as '403' | 'reset' }
     if (v.down === true) {

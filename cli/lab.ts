@@ -1,4 +1,5 @@
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
 
 export const command: Command = {
   summary: 'create or remove a namespace lab for the endpoints file (what a CNI would do)',
@@ -21,10 +22,8 @@ Options:
   },
   async run (values, positionals) {
     const action = positionals[0]
-    if ((action !== 'up' && action !== 'down') || typeof values.endpoints !== 'string') {
-      console.error(this.usage)
-      return 1
-    }
+    if (action !== 'up' && action !== 'down') throw new UsageError('the action must be up or down')
+    if (typeof values.endpoints !== 'string') throw new UsageError('--endpoints FILE is required')
     const { labSpecFromFiles } = await import('../lab/endpoints-file.js')
     const { labUp, labDown, nsName } = await import('../lab/lab.js')
     try {

@@ -3,12 +3,15 @@
  * `warden check` never loads the eBPF or proxy code and every command owns one file.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { EXIT, UsageError } from './usage.js'
+
+export { EXIT, UsageError } from './usage.js'
 
 export interface Command {
   summary: string
   usage: string
   options: NonNullable<ParseArgsConfig['options']>
-  /** Returns the process exit code. */
+  /** Returns the process exit code (EXIT); throws UsageError when called wrongly. */
   run (values: Record<string, unknown>, positionals: string[]): Promise<number>
 }
 
@@ -34,25 +37,35 @@ async function help (): Promise<string> {
 export async function main (argv: string[]): Promise<number> {
   const [name, ...rest] = argv
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    if (name === undefined) {
+      console.error(await help())
+      return EXIT.USAGE
+    }
     console.log(await help())
-    return name === undefined ? 1 : 0
+    return EXIT.OK
   }
   const load = COMMANDS[name]
   if (load === undefined) {
     console.error(`warden: unknown command "${name}"\n\n${await help()}`)
-    return 1
+    return EXIT.USAGE
   }
   const { command } = await load()
   if (rest.includes('--help') || rest.includes('-h')) {
     console.log(command.usage)
-    return 0
+    return EXIT.OK
   }
   let parsed
   try {
     parsed = parseArgs({ args: rest, options: command.options, allowPositionals: true, strict: true })
   } catch (err) {
     console.error(`warden ${name}: ${(err as Error).message}\n\n${command.usage}`)
-    return 1
+    return EXIT.USAGE
   }
-  return await command.run(parsed.values as Record<string, unknown>, parsed.positionals)
+  try {
+    return await command.run(parsed.values as Record<string, unknown>, parsed.positionals)
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    console.error(`warden ${name}: ${err.message}\n\n${command.usage}`)
+    return EXIT.USAGE
+  }
 }

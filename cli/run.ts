@@ -1,7 +1,9 @@
 import { availableParallelism } from 'node:os'
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
+import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
 
-const USAGE = `warden run --policies DIR --endpoints FILE [options]
+const USAGE = `Usage: warden run --policies DIR --endpoints FILE [options]
 
 Runs the node agent: compiles the policies, loads the tc program on every endpoint's interface, fills its
 maps, and serves the transparent HTTP and DNS proxies. Needs root (eBPF, tc, ip rules).
@@ -66,18 +68,15 @@ export const command: Command = {
   },
   async run (v) {
     if (typeof v.policies !== 'string' || typeof v.endpoints !== 'string') {
-      console.error('warden run: --policies and --endpoints are required\n\n' + USAGE)
-      return 1
+      throw new UsageError('--policies and --endpoints are required')
     }
     const deny = (v['deny-response'] as string | undefined) ?? '403'
     if (deny !== '403' && deny !== 'reset') {
-      console.error(`warden run: --deny-response must be 403 or reset, got "${deny}"`)
-      return 1
+      throw new UsageError(`--deny-response must be 403 or reset, got "${deny}"`)
     }
     const hostRouting = (v['host-routing'] as string | undefined) ?? 'bpf'
     if (hostRouting !== 'bpf' && hostRouting !== 'legacy') {
-      console.error(`warden run: --host-routing must be bpf or legacy, got "${hostRouting}"`)
-      return 1
+      throw new UsageError(`--host-routing must be bpf or legacy, got "${hostRouting}"`)
     }
     let opts
     try {
@@ -101,16 +100,15 @@ export const command: Command = {
         logLevel: (v['log-level'] as string | undefined) ?? 'info'
       }
     } catch (err) {
-      console.error(`warden run: ${(err as Error).message}`)
-      return 1
+      throw new UsageError((err as Error).message)
     }
     const { startAgent } = await import('../agent/agent.js')
     let agent
     try {
       agent = await startAgent(opts)
     } catch (err) {
-      const e = err as Error & { errors?: Array<{ file: string, line: number, col: number, path: string, message: string }> }
-      if (Array.isArray(e.errors)) for (const x of e.errors) console.error(`${x.file}:${x.line}:${x.col}: ${x.path}: ${x.message}`)
+      const e = err as Error & { errors?: PolicyError[] }
+      if (Array.isArray(e.errors)) for (const x of e.errors) console.error(formatPolicyError(x))
       console.error(`warden run: ${e.message}`)
       return 1
     }

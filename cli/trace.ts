@@ -3,6 +3,7 @@
  * snapshot lookups as the datapath and the proxies (policy-store/src/trace.ts).
  */
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
 import { formatPolicyError, loadSnapshot, traceFlow } from '../policy-store/src/index.js'
 import { parseLabelsSpec } from '../policy-store/src/trace.js'
 
@@ -36,24 +37,21 @@ export const command: Command = {
   async run (v) {
     const need = ['policies', 'endpoints', 'from', 'to', 'port'].filter((k) => v[k] === undefined)
     if (need.length > 0) {
-      console.error(`warden trace: missing ${need.map((k) => '--' + k).join(', ')}\n\n${USAGE}`)
-      return 2
+      throw new UsageError(`missing ${need.map((k) => '--' + k).join(', ')}`)
     }
     const port = Number(v.port)
     if (!/^[0-9]+$/.test(v.port as string) || port < 1 || port > 65535) {
-      console.error(`warden trace: --port must be 1..65535, got "${v.port as string}"`)
-      return 2
+      throw new UsageError(`--port must be 1..65535, got "${v.port as string}"`)
     }
     const protocol = ((v.protocol as string | undefined) ?? 'TCP').toUpperCase()
     if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'SCTP') {
-      console.error(`warden trace: --protocol must be TCP or UDP, got "${v.protocol as string}"`)
-      return 2
+      throw new UsageError(`--protocol must be TCP, UDP or SCTP, got "${v.protocol as string}"`)
     }
     const extra = []
     for (const spec of [v.from, v.to] as string[]) {
       if (!spec.startsWith('labels:')) continue
       const labels = parseLabelsSpec(spec)
-      if (typeof labels === 'string') { console.error(`warden trace: ${labels}`); return 2 }
+      if (typeof labels === 'string') throw new UsageError(labels)
       extra.push(labels)
     }
     const { snapshot, errors } = await loadSnapshot({ policies: v.policies as string, endpoints: v.endpoints as string, extraLabelSets: extra })

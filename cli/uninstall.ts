@@ -1,4 +1,5 @@
 import type { Command } from './main.js'
+import { UsageError } from './usage.js'
 
 export const command: Command = {
   summary: 'remove every tc filter, ip rule, route and pinned map warden made',
@@ -21,8 +22,7 @@ Options:
     const { uninstall } = await import('../redirect-bpf/src/index.js')
     const rt = values['route-table'] === undefined ? undefined : Number(values['route-table'])
     if (rt !== undefined && (!Number.isInteger(rt) || rt < 1 || rt > 0xfffffffe)) {
-      console.error(`warden uninstall: --route-table must be a table number, got ${String(values['route-table'])}`)
-      return 1
+      throw new UsageError(`--route-table must be a table number, got ${String(values['route-table'])}`)
     }
     try {
       await uninstall({ bpffs: values.bpffs as string, routeTable: rt })

@@ -1,0 +1,62 @@
+// Every command ends the same way: 0 done, 1 it ran and failed, 2 it was called wrongly (with
+// its usage on stderr). Scripts around warden branch on these.
+import t from 'tap'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { main } from '../../cli/main.js'
+
+async function run (argv: string[]): Promise<{ code: number, out: string, err: string }> {
+  const out: string[] = []
+  const err: string[] = []
+  const log = console.log
+  const error = console.error
+  console.log = (...a: unknown[]) => { out.push(a.join(' ')) }
+  console.error = (...a: unknown[]) => { err.push(a.join(' ')) }
+  try {
+    const code = await main(argv)
+    return { code, out: out.join('\n'), err: err.join('\n') }
+  } finally {
+    console.log = log
+    console.error = error
+  }
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'warden-cli-'))
+t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+t.test('called wrongly: exit 2 and the usage', async (t) => {
+  const cases: Array<[string, string[], RegExp]> = [
+    ['no command', [], /Usage: warden <command>/],
+    ['unknown command', ['frobnicate'], /unknown command "frobnicate"/],
+    ['unknown flag', ['check', '--polices', dir], /Unknown option '--polices'/],
+    ['check without --policies', ['check'], /--policies DIR is required/],
+    ['trace without its flags', ['trace', '--policies', dir], /missing --endpoints, --from, --to, --port/],
+    ['trace with a bad port', ['trace', '--policies', dir, '--endpoints', dir, '--from', 'a', '--to', 'b', '--port', '0'], /--port must be 1..65535/],
+    ['run without --policies', ['run'], /--policies and --endpoints are required/],
+    ['run with a bad port', ['run', '--policies', dir, '--endpoints', dir, '--proxy-port', '70000'], /--proxy-port must be a whole number from 0 to 65535/],
+    ['run with a bad deny response', ['run', '--policies', dir, '--endpoints', dir, '--deny-response', 'drop'], /--deny-response must be 403 or reset/],
+    ['uninstall with a bad table', ['uninstall', '--route-table', 'main'], /--route-table must be a table number/],
+    ['lab with a bad action', ['lab', 'sideways', '--endpoints', dir], /the action must be up or down/]
+  ]
+  for (const [name, argv, message] of cases) {
+    const r = await run(argv)
+    t.equal(r.code, 2, `${name}: exit 2`)
+    t.match(r.err, message, `${name}: says why`)
+    t.match(r.err, /Usage: warden/, `${name}: prints the usage`)
+  }
+})
+
+t.test('ran and failed: exit 1; an error without a field path has no empty path', async (t) => {
+  const policies = join(dir, 'policies')
+  mkdirSync(policies)
+  writeFileSync(join(policies, 'bad.yaml'), 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x\n')
+  const r = await run(['check', '--policies', policies])
+  t.equal(r.code, 1)
+  t.match(r.out, /bad\.yaml:\d+:\d+: YAML: /)
+  t.notMatch(r.out, /: : /)
+})
+
+t.test('help: exit 0', async (t) => {
+  t.equal((await run(['--help'])).code, 0)
+  t.equal((await run(['check', '--help'])).code, 0)
+})
