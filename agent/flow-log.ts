@@ -4,8 +4,7 @@
  * and reported in one summary line per second in which something was suppressed.
  */
 import type { Logger } from 'pino'
-
-export interface FlowLike { verdict?: string }
+import type { FlowEvent } from '../redirect-bpf/src/index.js'
 
 export class FlowLogLimiter {
   private readonly log: Logger
@@ -24,10 +23,10 @@ export class FlowLogLimiter {
   }
 
   /** Log one event; drops go at warn so an operator sees them at the default level. */
-  logEvent (ev: FlowLike): void {
+  logEvent (ev: FlowEvent): void {
     if (this.budget <= 0) { this.suppressed++; return }
     this.budget--
-    if (ev.verdict === 'drop' || ev.verdict === 'deny' || ev.verdict === 'dropped') this.log.warn(ev, 'flow dropped')
+    if (ev.verdict === 'dropped') this.log.warn(ev, 'flow dropped')
     else this.log.info(ev, 'flow')
   }
 
