@@ -204,6 +204,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       warden_policy_version: active().version,
       warden_endpoints: active().endpoints.length,
       warden_kernel_entries: active().kernel.length,
+      // log lines dropped because stdout stalled (the workers' are in warden_http_log_dropped)
+      warden_log_dropped: dest?.dropped ?? 0,
       ...prefixed('warden_datapath_', datapath.counters()),
       ...prefixed('warden_http_', httpWorkers === undefined ? http.metrics() : sumCounters(http.metrics(), httpWorkers.metrics())),
       ...prefixed('warden_dns_', dns.metrics())

@@ -30,9 +30,14 @@ const http = createHttpProxy({
 }, { denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
 const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
 server.on('connection', (socket) => http.handleConnection(socket))
-const ticker = setInterval(() => { send({ type: 'metrics', metrics: http.metrics() }) }, 1000)
+const metrics = (): Record<string, number> => ({ ...http.metrics(), log_dropped: dest.dropped })
+const ticker = setInterval(() => { send({ type: 'metrics', metrics: metrics() }) }, 1000)
 
 port.on('message', (m: ToWorker) => {
+  if (m.type === 'log-ack') {
+    dest.acked(m.bytes)
+    return
+  }
   if (m.type === 'snapshot') {
     ({ snapshot: active, matchers } = httpSnapshotFromWire(m.snapshot, matchers))
     return
@@ -41,7 +46,7 @@ port.on('message', (m: ToWorker) => {
   server.close()
   http.close().then(() => {
     ipcache.close()
-    send({ type: 'metrics', metrics: http.metrics() })
+    send({ type: 'metrics', metrics: metrics() })
     dest.end()
     send({ type: 'closed' })
     port.close()

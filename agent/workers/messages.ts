@@ -14,6 +14,8 @@ export interface HttpWorkerData {
 
 export type ToWorker =
   | { type: 'snapshot', snapshot: HttpSnapshotWire }
+  /** The main thread took a log batch of this many bytes (PortDestination's bound). */
+  | { type: 'log-ack', bytes: number }
   | { type: 'close' }
 
 export type FromWorker =

@@ -117,7 +117,10 @@ export class HttpWorkers {
     const tid = worker.threadId // -1 once it has exited
     let ready = false
     worker.on('message', (m: FromWorker) => {
-      if (m.type === 'log') o.writeLog(m.batch)
+      if (m.type === 'log') {
+        o.writeLog(m.batch)
+        worker.postMessage({ type: 'log-ack', bytes: m.batch.byteLength } satisfies ToWorker)
+      }
       else if (m.type === 'metrics') this.counters.report(tid, m.metrics)
     })
     worker.on('error', (err) => { if (ready) o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker failed') })
