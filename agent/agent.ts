@@ -12,6 +12,7 @@
 import type { Server } from 'node:net'
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
 import { networkInterfaces } from 'node:os'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
 import { openStore, type PolicyStore, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
@@ -200,7 +201,15 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       await dns.close()
     })
 
+    // The agent's own health, for operators and the soak: memory and how late its loop runs.
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+    loopDelay.enable()
+    closers.push(() => { loopDelay.disable() })
     const metrics = (): Record<string, number> => ({
+      warden_process_resident_memory_bytes: process.memoryUsage.rss(),
+      warden_process_heap_used_bytes: process.memoryUsage().heapUsed,
+      warden_event_loop_delay_p99_seconds: loopDelay.percentile(99) / 1e9,
+      warden_event_loop_delay_max_seconds: loopDelay.max / 1e9,
       warden_policy_version: active().version,
       warden_endpoints: active().endpoints.length,
       warden_kernel_entries: active().kernel.length,
@@ -235,6 +244,8 @@ const MAX_DNS_REPLY_SOCKETS = 256
 
 /** The agent's metrics that go up and down; every other one is a counter (metrics.ts). */
 const GAUGES: ReadonlySet<string> = new Set([
+  'warden_process_resident_memory_bytes', 'warden_process_heap_used_bytes',
+  'warden_event_loop_delay_p99_seconds', 'warden_event_loop_delay_max_seconds',
   'warden_policy_version', 'warden_endpoints', 'warden_kernel_entries',
   ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
   ...DNS_GAUGES.map((g) => 'warden_dns_' + g)

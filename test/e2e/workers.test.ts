@@ -89,6 +89,11 @@ t.test('three HTTP proxies on one transparent port', async (t) => {
   writeFileSync(billingFile, billing)
 
   await sleep(1200) // workers report their counters every second
-  const m = /^warden_http_requests_total (\d+)$/m.exec(await metrics())
+  const scraped = await metrics()
+  const m = /^warden_http_requests_total (\d+)$/m.exec(scraped)
   t.ok(m !== null && Number(m[1]) >= 2 * CONNECTIONS, `warden_http_requests_total counts every proxy's requests (${m?.[1] ?? 'missing'})`)
+  const rss = /^# TYPE warden_process_resident_memory_bytes gauge\nwarden_process_resident_memory_bytes (\d+)$/m.exec(scraped)
+  t.ok(rss !== null && Number(rss[1]) > 10 * 1024 * 1024, `the agent's resident memory is a gauge (${rss?.[1] ?? 'missing'})`)
+  t.match(scraped, /^# TYPE warden_event_loop_delay_p99_seconds gauge\nwarden_event_loop_delay_p99_seconds [0-9.e-]+$/m, 'and how late its event loop runs')
+  t.match(scraped, /^warden_log_dropped_total 0$/m, 'no log line dropped')
 })
