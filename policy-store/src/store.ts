@@ -163,13 +163,15 @@ class Store implements PolicyStore {
       const prev = effective.get(n.name)
       effective.set(n.name, prev === undefined ? ips : [...prev.split(';'), ips].sort().join(';')) // a name given twice
     }
+    // Keep the latest expiries even when nothing recompiles: the next compile (a policy edit, an
+    // endpoint change) judges expiry by them, and must not drop an IP whose lease was renewed.
+    this.learned = names.slice()
     if (this.snapshot !== null && effective.size === this.learnedSet.size) {
       let same = true
       for (const [name, ips] of effective) if (this.learnedSet.get(name) !== ips) { same = false; break }
       if (same) return this.snapshot
     }
     this.learnedSet = effective
-    this.learned = names.slice()
     const { snapshot, diff } = this.compileNow()
     this.emit(snapshot, diff)
     return snapshot

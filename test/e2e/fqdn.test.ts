@@ -161,4 +161,15 @@ t.test('toFQDNs through the DNS proxy and the kernel', async (t) => {
   t.equal(sockets.length, 1, `only the listener holds the port (${sockets.join(' | ')})`)
   t.match(s.agentLog(), /"verdict":"dropped","reason":"no-original-destination"/, 'the drop is logged')
   t.equal(await resolve4(s, 'data-exporter', 'api.github.com'), gh2, 'workloads still resolve through the proxy')
+
+  // An address the workload keeps resolving stays allowed past its first TTL, also across a
+  // policy edit (a recompile judges the learned names' expiry: it must be the renewed one).
+  for (let i = 0; i < 5; i++) {
+    t.equal(await resolve4(s, 'data-exporter', 'api.github.com'), gh2, `lookup ${i + 1} of a workload that keeps resolving`)
+    await sleep(2000)
+  }
+  writeFileSync(join(policies, 'unrelated.yaml'), RESTRICTED_DNS.replace('checkout-dns-restricted', 'unrelated').replace('app: checkout-service', 'app: nobody'))
+  await sleep(1500)
+  t.match(s.agentLog(), /"policyVersion":\d+[^\n]*snapshot in the kernel/, 'the edit was applied')
+  t.equal(await head(s, 'data-exporter', gh2), 'HTTP/2 404', 'after the edit, past the first TTL, the address still works without a new lookup')
 })

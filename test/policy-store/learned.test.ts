@@ -2,6 +2,8 @@
 // order is a no-op (no snapshot), a new IP, a name gone, a name expired or given twice with
 // other IPs is a change. Runs on every DNS answer, so "no-op" matters.
 import t from 'tap'
+import { cpSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { openStore, type LearnedName } from '../../policy-store/src/index.js'
 
@@ -34,4 +36,23 @@ t.test('the effective set decides', async (t) => {
   t.ok(v5 > v4, 'only an expired name left: new snapshot')
   t.notOk(store.current().ipcache.some((e) => e.prefix.startsWith('140.82.112.')), 'expired names are not in the ipcache')
   t.equal(emitted, 5)
+})
+
+t.test('a renewed expiry is kept although nothing recompiles, and a policy edit judges by it', async (t) => {
+  const dir = t.testdir({})
+  cpSync(fixtures + 'seed', dir, { recursive: true })
+  const store = await openStore({ ...opts, policies: dir, watch: true })
+  t.teardown(() => store.close())
+  const gh = (expiresAt: number): LearnedName => ({ name: 'api.github.com.', ipv4: ['140.82.112.5'], expiresAt })
+  const v1 = store.setLearnedNames([gh(Date.now() + 150)]).version
+  t.equal(store.setLearnedNames([gh(Date.now() + 60_000)]).version, v1, 'the renewal alone makes no snapshot')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const edited = new Promise<string>((resolve) => {
+    store.onSnapshot(() => resolve('snapshot'))
+    store.onRejected((errors) => resolve(errors.map((e) => e.message).join('; ')))
+    setTimeout(() => resolve('no snapshot in 5 s'), 5000)
+  })
+  writeFileSync(join(dir, 'zz-unrelated.yaml'), 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: unrelated}\nspec:\n  endpointSelector: {matchLabels: {app: nobody}}\n  ingress: [{fromEndpoints: [{matchLabels: {app: somebody}}]}]\n')
+  t.equal(await edited, 'snapshot', 'the edit recompiled')
+  t.ok(store.current().ipcache.some((e) => e.prefix === '140.82.112.5/32'), 'the renewed address is still in the ipcache after the edit')
 })

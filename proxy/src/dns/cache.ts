@@ -233,8 +233,14 @@ export class FqdnCache {
    * The node-wide learned set: one entry per name, IPs of every endpoint, `expiresAt` the
    * latest expiry among them (a zombie counts as now + zombieGraceMs: it is allowed at least
    * until the next re-check). Sorted by name, IPs sorted, so equal sets compare equal.
+   *
+   * `leaseMs`: what is pushed to the policy store is a lease, at least now + leaseMs. The cache
+   * decides when an IP expires (its gc pushes the set without it); the store's own expiry only
+   * catches a proxy that stopped pushing. Without the lease, an IP refreshed by answers since the
+   * last push would carry its first expiry into the store, and the next recompile (any policy or
+   * endpoint change) would drop it from the kernel while the workload still uses it.
    */
-  learned (now: number): LearnedName[] {
+  learned (now: number, leaseMs = 0): LearnedName[] {
     const byName = new Map<string, { ips: Set<string>, expiresAt: number }>()
     for (const names of this.eps.values()) {
       for (const [name, ips] of names) {
@@ -242,7 +248,7 @@ export class FqdnCache {
         if (e === undefined) { e = { ips: new Set(), expiresAt: 0 }; byName.set(name, e) }
         for (const [ip, st] of ips) {
           e.ips.add(ip)
-          e.expiresAt = Math.max(e.expiresAt, st.zombie ? now + this.opts.zombieGraceMs : st.expiresAt)
+          e.expiresAt = Math.max(e.expiresAt, st.zombie ? now + this.opts.zombieGraceMs : st.expiresAt, now + leaseMs)
         }
       }
     }

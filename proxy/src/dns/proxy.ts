@@ -235,6 +235,8 @@ export class DnsCore {
   private gcTimer: NodeJS.Timeout | undefined
   private lastSelectors: Snapshot['fqdnSelectors'] | undefined
   private lastPushAt = 0
+  /** Names in the last push: while there are any, their lease is renewed. */
+  private pushedNames = 0
 
   constructor (readonly deps: DnsProxyDeps, readonly opts: ResolvedOptions) {
     this.log = deps.logger.child({ component: 'dns-proxy' })
@@ -247,8 +249,8 @@ export class DnsCore {
       maxZombiesPerEndpoint: opts.maxZombiesPerEndpoint,
       zombieGraceMs: opts.zombieGraceMs
     })
-    this.sync = new LearnSync(names => { this.lastPushAt = this.opts.now(); return deps.learn(names) },
-      () => this.cache.learned(this.opts.now()), this.log, 10_000)
+    this.sync = new LearnSync(names => { this.lastPushAt = this.opts.now(); this.pushedNames = names.length; return deps.learn(names) },
+      () => this.cache.learned(this.opts.now(), this.opts.zombieGraceMs), this.log, 10_000)
     this.state = opts.stateDir === undefined ? undefined : new StateFile(opts.stateDir, this.log)
   }
 
@@ -514,9 +516,9 @@ export class DnsCore {
     const selectors = this.deps.snapshot().fqdnSelectors
     const selectorsChanged = selectors !== this.lastSelectors
     this.lastSelectors = selectors
-    // Zombies are reported as expiring zombieGraceMs after a push: re-push before that passes.
-    const zombiesDue = this.cache.counts().zombies > 0 && now - this.lastPushAt > this.opts.zombieGraceMs / 2
-    if (relevant || selectorsChanged || zombiesDue) void this.sync.request()
+    // Every pushed IP is a lease of zombieGraceMs (cache.learned): renew it at half-time.
+    const leaseDue = this.pushedNames > 0 && now - this.lastPushAt > this.opts.zombieGraceMs / 2
+    if (relevant || selectorsChanged || leaseDue) void this.sync.request()
     if (changed) this.state?.schedule(() => this.cache.toPersisted(now))
   }
 

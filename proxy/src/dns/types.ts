@@ -57,7 +57,10 @@ export interface DnsProxyOptions {
   holdMaxMs?: number
   /** How often expiry and zombies are checked. Default 1000. */
   gcIntervalMs?: number
-  /** A zombie is reported to learn() as expiring this long after each re-push. Default 60000. */
+  /**
+   * Every learned IP (a zombie too) is reported to learn() as expiring at least this long after
+   * each push, a lease renewed at half-time; the proxy's own expiry removes it. Default 60000.
+   */
   zombieGraceMs?: number
   /** Forwarded queries in flight, all transports. Beyond: SERVFAIL. Default 10000. */
   maxPending?: number

@@ -85,3 +85,21 @@ t.test('at most maxIpsPerName per name and endpoint; the oldest goes first', asy
   t.match(h.proxy.metrics(), { evictedIps: 1 })
   t.ok(h.logs.some(l => l.msg === 'dns: ip evicted'))
 })
+
+t.test('what learn() is told is a lease, renewed at half-time while the name is cached', async t => {
+  const { h } = await setup(t, { 'api.github.com': ['198.18.53.10'] }, 30, { zombieGraceMs: 400 })
+  await query(h.udp, 'api.github.com', { from: EXPORTER })
+  const calls = h.learnCalls.length
+  const pushed = h.learnCalls[calls - 1].find(n => n.name === NAME)
+  t.ok(pushed !== undefined && pushed.expiresAt >= Date.now() + 25_000, 'at least the TTL')
+  t.ok(await waitFor(() => h.learnCalls.length > calls, 2000), 'pushed again with nothing changed: the lease is renewed')
+  t.strictSame(lastLearned(h, NAME), ['198.18.53.10'])
+})
+
+t.test('an IP refreshed by answers is pushed with its renewed expiry before the first one passes', async t => {
+  const { h } = await setup(t, { 'api.github.com': ['198.18.53.10'] }, 1, { zombieGraceMs: 600 })
+  const first = Date.now()
+  for (let i = 0; i < 8; i++) { await query(h.udp, 'api.github.com', { from: EXPORTER }); await new Promise(resolve => setTimeout(resolve, 250)) }
+  const last = h.learnCalls[h.learnCalls.length - 1].find(n => n.name === NAME)
+  t.ok(last !== undefined && last.expiresAt > first + 2000, `the last push carries an expiry past the first answer's (${String((last?.expiresAt ?? 0) - first)} ms after it)`)
+})
