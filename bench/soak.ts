@@ -249,11 +249,19 @@ async function main (): Promise<number> {
     const results = await Promise.all(clients)
     for (const t of timers) clearInterval(t)
     await sample()
+    // the proxies' and the kernel's own counters: where a lost answer went
+    let counters: Record<string, number> = {}
+    try {
+      counters = Object.fromEntries(Object.entries(await scrape()).filter(([k, v]) => v !== 0 && /^warden_(dns|http|datapath)_/.test(k)))
+    } catch (err) {
+      console.error(`soak: metrics: ${(err as Error).message}`)
+    }
     const fillEnd = await mapFill()
     const logLines = s.agentLog().split('\n')
     const errors = logLines.filter((l) => l.includes('"level":50') || l.includes('"level":60')).slice(0, 20)
     // what to read when something went wrong: warnings and errors, kernel drops, DNS decisions
-    const notable = logLines.filter((l) => /"level":[456]0|flow dropped|"msg":"dns: ip|snapshot in the kernel/.test(l)).slice(-5000)
+    const notable = logLines.filter((l) => /"level":[456]0|flow dropped|"msg":"dns: ip|snapshot in the kernel/.test(l) ||
+      (l.includes('"msg":"dns query"') && !l.includes('"verdict":"allowed"'))).slice(-5000)
 
     const allowedBad = results.filter((r) => !r.name.endsWith('(denied)') && !r.name.endsWith('(refused)') && !r.name.endsWith('(dropped)'))
       .reduce((n, r) => n + r.wrong + r.pending, 0)
@@ -274,6 +282,7 @@ async function main (): Promise<number> {
       eventLoopDelayMs: { p99SinceStart: (last?.loopP99 ?? NaN) * 1000, max: (last?.loopMax ?? NaN) * 1000 },
       maps: { start: fillStart, end: fillEnd },
       streams: results,
+      counters,
       agentErrors: errors,
       samples
     }
