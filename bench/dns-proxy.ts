@@ -1,5 +1,5 @@
 /**
- * DNS proxy throughput and added latency against asking dnsmasq directly (issue 5 targets:
+ * DNS proxy throughput and added latency against asking dnsmasq directly (the targets:
  * >= 20,000 queries/s on one core, < 0.5 ms added p99).
  *
  * Topology, loopback only: dnsmasq (authoritative, 127.0.53.40) <- proxy (its own process,

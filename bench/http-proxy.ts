@@ -17,7 +17,7 @@
  *
  * Build, then run from the repository root: `npx tsc -p tsconfig.build.json && node dist/bench/http-proxy.js`
  * Knobs (environment): CONNECTIONS (10), PIPELINING (1), DURATION seconds (10), WARMUP (2),
- * SCENARIOS (direct,allowed,denied,latency; `latency` = issue 4's added p50 per hop: one connection, one
+ * SCENARIOS (direct,allowed,denied,latency; `latency` = the added p50 per hop: one connection, one
  * request in flight, hrtime-timed, LATENCY_N requests each way, also through HAProxy with the same rules
  * when it is installed, LATENCY_HAPROXY=0 to skip it),
  * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
@@ -234,7 +234,7 @@ async function startHaproxy (backend: number): Promise<{ port: number, stop: () 
 }
 
 /**
- * Issue 4's per-hop latency: one connection, one request in flight (the next is sent when the
+ * Per-hop latency: one connection, one request in flight (the next is sent when the
  * previous response is complete), timed with hrtime at 1 us resolution (autocannon's histogram
  * has 1 ms). Direct, through the proxy and through HAProxy (when installed: what this machine
  * gives a proxy hop) alternate in blocks so that all see the same machine.
@@ -259,7 +259,7 @@ async function latency (backend: number, proxy: number, haproxy: { port: number,
     ? '; haproxy not installed'
     : `; through HAProxy p50 ${pct(samples.haproxy, 0.5).toFixed(1)} us p99 ${pct(samples.haproxy, 0.99).toFixed(1)} us, added p50 ${(pct(samples.haproxy, 0.5) - d50).toFixed(1)} us`
   console.log(`latency  one connection, one request in flight, ${samples.proxy.length} requests each: direct p50 ${d50.toFixed(1)} us p99 ${pct(samples.direct, 0.99).toFixed(1)} us; ` +
-    `through the proxy p50 ${p50.toFixed(1)} us p99 ${pct(samples.proxy, 0.99).toFixed(1)} us; added p50 ${(p50 - d50).toFixed(1)} us (issue 4: at most 40 us)${hap}`)
+    `through the proxy p50 ${p50.toFixed(1)} us p99 ${pct(samples.proxy, 0.99).toFixed(1)} us; added p50 ${(p50 - d50).toFixed(1)} us (target: at most 40 us)${hap}`)
 }
 
 /** `count` timed GET /healthz on one keep-alive connection (after `warm` untimed ones); microseconds each. */

@@ -1,5 +1,5 @@
 /**
- * Policy compile benchmark (issue 2): 10,000 rules over 1,000 identities, full compile time,
+ * Policy compile benchmark: 10,000 rules over 1,000 identities, full compile time,
  * then the re-compile after a one-rule change (one file rewritten). Targets: < 1 s, < 20 ms.
  * Also: a reload with nothing changed, and the DNS proxy's `setLearnedNames` path (1,000
  * learned names on top of the policy, then one more name per DNS answer).

@@ -1,7 +1,7 @@
 /**
  * Renders a results file as a Markdown table and an SVG chart (bars: requests per proxy
  * CPU-second; whiskers: latency p50 to p99, tick at p99.9). Also a CLI that regenerates both from
- * a JSON file: `node dist/bench/report.js bench/results/latest.json [--readme README.md]`.
+ * a JSON file: `node dist/bench/report.js bench/results/latest.json [--readme docs/benchmarks.md]`.
  */
 import { readFile, writeFile } from 'node:fs/promises'
 import type { BenchResults, ScenarioResult } from './results.js'
@@ -95,21 +95,23 @@ export function svgChart (res: BenchResults): string {
   return out.join('\n') + '\n'
 }
 
-export const README_START = '<!-- bench:table:start -->'
-export const README_END = '<!-- bench:table:end -->'
+/** The document whose table `npm run bench -- --readme` replaces (relative to the repository root). */
+export const BENCH_DOC = 'docs/benchmarks.md'
+export const TABLE_START = '<!-- bench:table:start -->'
+export const TABLE_END = '<!-- bench:table:end -->'
 
-/** Replaces the text between the README markers with the table; the README must have them. */
-export function withTable (readme: string, table: string): string {
-  const a = readme.indexOf(README_START)
-  const b = readme.indexOf(README_END)
-  if (a < 0 || b < a) throw new Error(`README has no ${README_START} … ${README_END} markers`)
-  return readme.slice(0, a + README_START.length) + '\n' + table + readme.slice(b)
+/** Replaces the text between the table markers with the table; the document must have them. */
+export function withTable (doc: string, table: string): string {
+  const a = doc.indexOf(TABLE_START)
+  const b = doc.indexOf(TABLE_END)
+  if (a < 0 || b < a) throw new Error(`no ${TABLE_START} … ${TABLE_END} markers`)
+  return doc.slice(0, a + TABLE_START.length) + '\n' + table + doc.slice(b)
 }
 
 if (process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
   const [file, flag, readmePath] = process.argv.slice(2)
   if (file === undefined) {
-    console.error('usage: node dist/bench/report.js RESULTS.json [--readme README.md]')
+    console.error('usage: node dist/bench/report.js RESULTS.json [--readme docs/benchmarks.md]')
     process.exit(1)
   }
   const res = JSON.parse(await readFile(file, 'utf8')) as BenchResults

@@ -1,5 +1,5 @@
 /**
- * The results file (bench/results/*.json). The schema is kept stable (issue 7):
+ * The results file (bench/results/*.json). The schema is kept stable (fields are only added; tools read it):
  * `{"scenarios":[{"name","rps","p50_us","p99_us","proxy_cpu","rps_per_core"}...],"machine":{...},"commit"}`
  * plus additive fields. Per scenario every figure is the median over the interleaved rounds, each
  * figure taken independently; the rounds themselves are kept in `rounds`.

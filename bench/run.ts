@@ -20,7 +20,7 @@ import { selectScenarios, WRK_SCENARIOS, type Scenario } from './scenarios.js'
 import { runAutocannon, runWrk, currentLoad, type CpuWatch } from './drivers.js'
 import { uninstallAgent, WardenAgent } from './warden-agent.js'
 import { addRatios, median, summarise, type BenchResults, type RoundResult, type ScenarioResult } from './results.js'
-import { markdownTable, svgChart, withTable } from './report.js'
+import { BENCH_DOC, markdownTable, svgChart, withTable } from './report.js'
 import type { LoadSpec } from './load-client.js'
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -41,7 +41,7 @@ const USAGE = `npm run bench -- [options]
   --scenarios a,b      run only these scenarios
   --wrk                cross-check the top figures with wrk
   --out DIR            results directory (default bench/results)
-  --readme             put the table in README.md's Benchmarks section
+  --readme             put the table in docs/benchmarks.md (between its bench:table markers)
   --cleanup            remove a crashed run's lab and agent state, then exit`
 
 const T0 = Date.now()
@@ -350,9 +350,9 @@ async function main (): Promise<number> {
   await writeFile(join(out, 'latest.svg'), svgChart(res))
   log(`results: ${join(out, `${stamp}.json`)} (+ latest.json, latest.md, latest.svg)`)
   if (v.readme === true) {
-    const readme = join(REPO, 'README.md')
-    await writeFile(readme, withTable(await readFile(readme, 'utf8'), markdownTable(res)))
-    log('README.md table updated')
+    const doc = join(REPO, BENCH_DOC)
+    await writeFile(doc, withTable(await readFile(doc, 'utf8'), markdownTable(res)))
+    log(`${BENCH_DOC} table updated`)
   }
   if (v.json === true) process.stdout.write(JSON.stringify(res) + '\n')
   else process.stdout.write(markdownTable(res))

@@ -1,6 +1,6 @@
 /**
  * What the benchmark enforces: the endpoints of the lab (as a CNI plugin would list them for the
- * agent, issue 2's endpoints file) and the three policy sets: `l4` (port open, no L7 rules), `l7`
+ * agent, in the endpoints file format of docs/configuration.md) and the three policy sets: `l4` (port open, no L7 rules), `l7`
  * (the seed's billing policy, unchanged) and `scale` (1,000 HTTP rules over 100 identities, the
  * client being the last identity and its request matching its last rule).
  */

@@ -1,4 +1,4 @@
-/** Lab specs from the endpoints file (issue 2's format) and an optional hosts file. */
+/** Lab specs from the endpoints file (docs/configuration.md) and an optional hosts file. */
 import { readFileSync } from 'node:fs'
 import { parse } from 'yaml'
 import { LabError, type LabHost, type LabSpec } from './lab.js'

@@ -1,7 +1,7 @@
 /**
  * The agent's HTTP proxy workers (`--http-workers N`): N - 1 worker threads beside the main
- * thread's own proxy, each with a listener in the proxy port's SO_REUSEPORT group (issue 4: one
- * worker per core on the same transparent port). The main thread keeps everything else: the
+ * thread's own proxy, each with a listener in the proxy port's SO_REUSEPORT group (one worker per
+ * core on the same transparent port, the kernel spreading connections). The main thread keeps everything else: the
  * policy store, the datapath, the DNS proxy, the metrics endpoint and the one writer of stdout.
  * A worker that dies is started again (after a second); meanwhile the others take its share.
  */

@@ -1,5 +1,5 @@
 /**
- * Cost of the HTTP proxy's access-log line (one per request, issue 4), in CPU time of the whole
+ * Cost of the HTTP proxy's access-log line (one per request), in CPU time of the whole
  * process (so sonic-boom's thread-pool writes count): the record as connection.ts builds it, via
  * (a) the module logger with every field per line, (b) a per-connection child logger whose
  * bindings (source, destination, labels) pino serialises once, (c) plus the deciding rule bound

@@ -2,7 +2,7 @@
  * The per-request decision path of the HTTP proxy, without sockets: `normalizeTarget`, the
  * connection's policy refresh (a snapshot reference compare when nothing changed) and
  * `ConnectionPolicy.decide` (the shared `decideHttp`) on the seed billing policy compiled by the
- * policy store (rows "decision only" leave normalisation out). Issue 4's target: policy
+ * policy store (rows "decision only" leave normalisation out). The target: policy
  * evaluation under 0.2 us per request.
  * Times are CPU time of this process (the machine is shared).
  *

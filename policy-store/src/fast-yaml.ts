@@ -1,7 +1,7 @@
 /**
  * A fast path for the YAML that policy and endpoints files are made of: block mappings and
- * sequences, one-line flow collections, plain and quoted one-line scalars, comments. It is about
- * 10x faster than the `yaml` package (which builds a full CST and AST), and returns null for
+ * sequences, one-line flow collections, plain and quoted one-line scalars, comments. It is much
+ * cheaper than the `yaml` package (which builds a full CST and AST), and returns null for
  * ANYTHING outside that subset (anchors, tags, block scalars, multi-line scalars or flow
  * collections, tabs, floats, duplicate keys, odd indentation ...): the caller then parses with
  * the `yaml` package, which stays the reference. When it returns documents, they equal what the

@@ -1,6 +1,6 @@
 /**
  * Numbers for label sets (identities) and for endpoints. Cilium allocates cluster identities
- * from 256 (notes §5.7); ours are node-local but must be stable across restarts, so the file
+ * from 256; ours are node-local but must be stable across restarts, so the file
  * allocator persists every assignment under `stateDir`. Numbers are never reused: a label set
  * that comes back gets its old number, and a removed one keeps its number reserved.
  */

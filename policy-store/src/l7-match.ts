@@ -2,7 +2,7 @@
  * The L7 decision, shared by the HTTP proxy's hot path and by `warden trace`, so the two can
  * never disagree. Pure and allocation-free: it returns the deciding rule or null (denied).
  *
- * Cilium semantics (shared/notes/cilium-semantics.md §4): fields inside one http rule are ANDed,
+ * Cilium semantics (docs/policy.md, "HTTP matching"): fields inside one http rule are ANDed,
  * rules are ORed, a rule with no fields allows everything; method/path/host are full-match RE2;
  * header names are case-insensitive, values exact. Rules for the remote identity and rules whose
  * peer was a wildcard both apply: the request is allowed if either allows it.

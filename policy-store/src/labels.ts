@@ -1,5 +1,5 @@
 /**
- * Labels and label selectors with Cilium's semantics (shared/notes/cilium-semantics.md §2):
+ * Labels and label selectors with Cilium's semantics (docs/policy.md, "Selection and namespaces"):
  * a label is `source:key=value`; a selector key without a known source prefix means `any:`
  * (matches the key from any source); `matchLabels` entries are `In [value]` requirements.
  */

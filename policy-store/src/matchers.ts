@@ -1,13 +1,12 @@
 /**
  * Precompiled full-match string matchers for HTTP fields and DNS names. Cilium matches
- * `method`/`path`/`host` with RE2 FullMatch (notes §4.1), so a pattern is compiled as
- * `^(?:pattern)$`. RE2 costs microseconds per call (shared/notes/datapath.md), so patterns
+ * `method`/`path`/`host` with RE2 FullMatch (docs/policy.md), so a pattern is compiled as
+ * `^(?:pattern)$`. An RE2 call costs far more than a string compare (it copies the value to UTF-8), so patterns
  * that are literals compare with `===`, `literal.*` is a prefix compare, `literal[0-9]+` (and
  * `*`, `\d`) a prefix plus a digit scan, and any other pattern with a literal start is asked of
  * RE2 only when the value has that start: a rule list such as `/api/v1/users/[0-9]+`,
- * `/api/v1/orders/[0-9]+`, ... then costs one engine call per request, not one per rule (perf
- * put the engine's calls, with their UTF-8 copies and mallocs, at ~5% of the proxy's CPU on
- * bench's 1,000-rule policy).
+ * `/api/v1/orders/[0-9]+`, ... then costs one engine call per request, not one per rule (docs/design/hot-paths.md).
+ * A property test holds every shortcut to RE2's answers.
  */
 import RE2 from 're2'
 import type { StringMatcher } from './types.js'
@@ -63,7 +62,7 @@ export function literalPrefix (source: string): string {
   return source.slice(0, end)
 }
 
-/** `api.GitHub.com` -> `api.github.com.` (Cilium's FQDN normalisation, notes §6.4). */
+/** `api.GitHub.com` -> `api.github.com.` (Cilium's FQDN normalisation, docs/policy.md). */
 export function normalizeFqdn (name: string): string {
   const l = name.toLowerCase()
   return l.endsWith('.') ? l : l + '.'

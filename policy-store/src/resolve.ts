@@ -1,6 +1,6 @@
 /**
  * Kernel entries and L7 tables for one (endpoint, direction): Cilium's union/deny/L7-wildcard
- * semantics (notes §3) resolved into keys that a FIRST-MATCH lookup in the 6-step order of
+ * semantics (docs/policy.md) resolved into keys that a FIRST-MATCH lookup in the 6-step order of
  * types.ts answers correctly.
  *
  * Method. Every allow/deny "contribution" is a key (identity or ANY) x (ANY protocol | protocol

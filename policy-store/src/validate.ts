@@ -1,6 +1,6 @@
 /**
  * Validation and normalisation of CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy
- * documents (Cilium's `Sanitize`, notes §1-§2). Strict: unknown fields, wrong types and
+ * documents (Cilium's `Sanitize`; docs/policy.md). Strict: unknown fields, wrong types and
  * features we do not implement are errors with their location, never silently ignored.
  * Produces `PolicyRule`s with regexes compiled and namespaces injected.
  */
@@ -254,7 +254,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   const ingress = section.startsWith('ingress')
   const deny = section.endsWith('Deny')
   const pre = ingress ? 'from' : 'to'
-  // Peer kinds; Cilium rejects mixing kinds in one element (notes §1.3).
+  // Peer kinds; Cilium rejects mixing kinds in one element.
   const kinds: string[] = []
   let peers: Peer[] | null = null
   let anyPeer = false
@@ -339,7 +339,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   const dir = ingress ? DIR.INGRESS : DIR.EGRESS
   const out: RuleElement[] = []
   if (o.toPorts === undefined) {
-    // `{}` (no peer, no port) allows nothing (notes §1.3), but still switches on default deny.
+    // `{}` (no peer, no port) allows nothing (as in Cilium), but still switches on default deny.
     if (finalPeers !== null || anyPeer) {
       out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, http: null, dns: null })
     }
@@ -477,7 +477,7 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
       c.list(o.headers, [...p, 'headers'])?.forEach((hv, j) => {
         const s = c.str(hv, [...p, 'headers', j])
         if (s === null) return
-        // Cilium: split at the first space; a trailing ':' on the name is dropped (notes §4.3).
+        // Cilium: split at the first space; a trailing ':' on the name is dropped.
         const sp = s.indexOf(' ')
         const name = (sp === -1 ? s : s.slice(0, sp)).replace(/:$/, '').toLowerCase()
         if (name === '') { c.r.add(ERR.VALUE, [...p, 'headers', j], 'header name is empty'); return }
@@ -597,7 +597,7 @@ function checkValue (v: string, path: PathSeg[], c: Checker): boolean {
   return true
 }
 
-/** CNP: the subject is always within the policy's namespace (notes §2.3). */
+/** CNP: the subject is always within the policy's namespace (docs/policy.md). */
 function scopeSubject (sel: Selector, path: PathSeg[], ctx: Ctx, c: Checker): Selector | null {
   if (ctx.namespace === null) return sel
   const ns = ctx.namespace

@@ -3,8 +3,8 @@
  *
  * Why: the access log writes one line per request, and pino's generic path (child bindings,
  * then `asJson` walking the record's keys with megamorphic property loads, then string
- * concatenation) measured 15-20% of the HTTP proxy's CPU per allowed request on this machine
- * (perf on the bench topology). A line whose keys are known in advance can be built by plain
+ * concatenation) was a large share of the HTTP proxy's CPU per allowed request
+ * (docs/design/hot-paths.md). A line whose keys are known in advance can be built by plain
  * concatenation: the caller keeps, per connection, the serialised bindings that pino itself
  * produced for a child logger (`bindingsOf`), and per line appends only its own fields.
  *
@@ -64,8 +64,7 @@ export function fastLineOk (logger: pino.Logger): boolean {
 /**
  * The bindings pino serialised for this (child) logger: `,"k":v,...`, after level and time.
  * Returned as a flat string: pino builds it by concatenation, and a line that embeds such a
- * string of pieces makes V8 walk the pieces again for every line it writes out (perf: about 2%
- * of the HTTP proxy's CPU went to that walk). Callers keep the result per connection.
+ * string of pieces makes V8 walk the pieces again for every line it writes out. Callers keep the result per connection.
  */
 export function bindingsOf (logger: pino.Logger): string {
   return flat(internals(logger)[S.chindingsSym])
@@ -101,7 +100,7 @@ export class LineWriter {
 
   /**
    * `,"time":<ms>` as pino's epochTime writes it. Many lines share a millisecond under load,
-   * and turning Date.now()'s 13-digit double into text cost ~130 ns a line here.
+   * and turning Date.now()'s 13-digit double into text is not free.
    */
   private timeField (): string {
     if (!this.epoch) return this.time()
@@ -125,8 +124,8 @@ export class LineWriter {
 /**
  * A string as a JSON literal: exactly `JSON.stringify(s)`. Most strings here (names, addresses,
  * paths) need no escaping, and a JS loop that finds so and adds the quotes costs less than the
- * call into V8's C++ JSON.stringify (perf on bench/dns-proxy.ts: 5% of the proxy's CPU went
- * into JsonStringify for a handful of short strings per line). Anything that may need escaping
+ * call into V8's C++ JSON.stringify, which a handful of short strings per line made visible in
+ * profiles. Anything that may need escaping
  * (control characters, `"`, `\`, surrogates) is left to JSON.stringify.
  */
 export function jsonString (s: string): string {
@@ -145,8 +144,7 @@ export function needsJsonEscape (s: string): boolean {
 /**
  * `String(ms)` for an integer count of milliseconds since the epoch: as two small integers (the
  * millions and the six digits below), which V8 turns into text without the double-to-shortest
- * conversion `String` needs for a 13-digit number (perf on bench/dns-proxy.ts: 0.3% of the
- * proxy's CPU, once per millisecond). Anything else goes to `String`.
+ * conversion `String` needs for a 13-digit number (once per millisecond). Anything else goes to `String`.
  */
 export function epochText (ms: number): string {
   if (!(ms >= 1e6 && ms < 2 ** 52 && Math.floor(ms) === ms)) return String(ms)
@@ -159,7 +157,7 @@ const THOUSANDTHS: readonly string[] = Array.from({ length: 1000 }, (_, i) => i 
 
 /**
  * `String(Math.round(ms * 1000) / 1000)` (what pino writes for such a number) without the
- * double-to-shortest-text conversion, which cost ~350 ns here: the integer part and a table of
+ * double-to-shortest-text conversion: the integer part and a table of
  * the 999 fractions. The same text, because a value with at most 3 decimals and fewer than 13
  * digits is its own shortest round-trip form (test/proxy/log-line.test.ts compares ranges).
  */

@@ -1,7 +1,10 @@
 // Medians, the status check, ratios, the table, the chart, the latency histogram and wrk parsing.
 import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { addRatios, median, summarise, type BenchResults, type RoundResult } from '../../bench/results.js'
-import { markdownTable, svgChart, withTable, README_START, README_END } from '../../bench/report.js'
+import { markdownTable, svgChart, withTable, TABLE_START, TABLE_END, BENCH_DOC } from '../../bench/report.js'
 import { LatencyHistogram } from '../../bench/load-client.js'
 import { parseWrk } from '../../bench/drivers.js'
 
@@ -87,11 +90,18 @@ t.test('the SVG chart: a bar per measured scenario, "skipped" for the others', a
   t.match(svg, /<\/svg>\n$/)
 })
 
-t.test('the README table goes between the markers, and nowhere without them', async (t) => {
-  const readme = `# x\n## Benchmarks\n${README_START}\nold\n${README_END}\nafter\n`
-  const out = withTable(readme, 'NEW\n')
-  t.equal(out, `# x\n## Benchmarks\n${README_START}\nNEW\n${README_END}\nafter\n`)
+t.test('the table goes between the markers, and nowhere without them', async (t) => {
+  const doc = `# x\n## Benchmarks\n${TABLE_START}\nold\n${TABLE_END}\nafter\n`
+  const out = withTable(doc, 'NEW\n')
+  t.equal(out, `# x\n## Benchmarks\n${TABLE_START}\nNEW\n${TABLE_END}\nafter\n`)
   t.throws(() => withTable('# no markers\n', 'NEW\n'))
+})
+
+t.test('`npm run bench -- --readme` has a table to replace in the benchmarks document', async (t) => {
+  const doc = await readFile(join(dirname(fileURLToPath(import.meta.url)), '..', '..', BENCH_DOC), 'utf8')
+  t.equal(doc.split(TABLE_START).length, 2, 'one start marker')
+  t.equal(doc.split(TABLE_END).length, 2, 'one end marker')
+  t.ok(doc.indexOf(TABLE_START) < doc.indexOf(TABLE_END), 'start before end')
 })
 
 t.test('latency histogram percentiles (1 µs buckets, overflow beyond 1 s)', async (t) => {

@@ -1,5 +1,5 @@
 // The seed's two policies, unchanged, against a node with the seed's workloads: the
-// expectations of issue 2 as trace cases.
+// expectations the demo checks, as trace cases.
 import t from 'tap'
 import { fileURLToPath } from 'node:url'
 import { DIR, l7Key, loadSnapshot, openStore, PROTO, RESERVED, LOCAL_IDENTITY_BASE, lookupKernel } from '../../policy-store/src/index.js'

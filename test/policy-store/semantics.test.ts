@@ -1,4 +1,4 @@
-// Cilium's selection and enforcement semantics (shared/notes/cilium-semantics.md §1-§3),
+// Cilium's selection and enforcement semantics (docs/policy.md),
 // checked through the compiled snapshot with the kernel's first-match lookup and trace.
 import t from 'tap'
 import { DIR, lookupKernel, PROTO, type Snapshot } from '../../policy-store/src/index.js'

@@ -1,7 +1,7 @@
 /**
  * The FQDN cache: per endpoint, per name, the IPv4 addresses learned from DNS answers and
- * when each stops being allowed (Cilium's per-endpoint DNSCache + DNSZombieMappings,
- * shared/notes/cilium-semantics.md §6.5).
+ * when each stops being allowed (Cilium's per-endpoint DNSCache + DNSZombieMappings;
+ * docs/dns-proxy.md).
  *
  * - An IP lives for max(TTL, minTtl), capped by maxTtl when set; a newer answer extends it.
  * - At most maxIpsPerName per (endpoint, name): beyond, the one expiring first goes (the oldest).

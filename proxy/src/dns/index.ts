@@ -2,7 +2,7 @@
  * warden's DNS proxy: enforces `rules.dns` on redirected DNS traffic (denied names get REFUSED
  * and are never forwarded), forwards allowed queries to the server the workload asked, and
  * learns name -> IPv4 from the answers for toFQDNs, holding each answer until the kernel
- * allows its new IPs. Cilium semantics: shared/notes/cilium-semantics.md §6.
+ * allows its new IPs. Behaviour and Cilium's semantics: docs/dns-proxy.md.
  *
  * The agent opens the transparent listeners and wires them:
  *

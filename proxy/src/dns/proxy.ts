@@ -1,7 +1,7 @@
 /**
- * The DNS proxy core, shared by both transports: decide a query (Cilium's ServeDNS,
- * shared/notes/cilium-semantics.md §6.2), learn from the answer (§6.3), hold the answer until
- * the kernel has new IPs, expire and persist the cache (§6.5).
+ * The DNS proxy core, shared by both transports: decide a query (Cilium's ServeDNS), learn
+ * from the answer, hold the answer until the kernel has new IPs, expire and persist the cache
+ * (docs/dns-proxy.md).
  *
  * Transports (udp.ts, tcp.ts) only frame bytes and match answers to queries; they call
  * `admit()` for each query and `complete()` for each answer that passed their checks.
@@ -133,7 +133,8 @@ function allowedField (r: RuleRef, type: number): string {
 
 /**
  * An answered query's fields in log-line.ts's form (the keys and order pino gave them). Through
- * pino the line cost about 15 us per query, a quarter of the proxy's CPU (LOG=0 against LOG=1).
+ * pino's generic path the line was a large share of the proxy's CPU per query
+ * (docs/design/hot-paths.md).
  * `answer` holds dotted quads only (walkAnswers makes them): nothing to escape. The address
  * and port are quoted as they are when the address needs no escaping (always, for what
  * inet_ntop writes): a `jsonString` of the joined text would flatten it first.
@@ -161,9 +162,8 @@ function endpointKey (ep: Endpoint): string {
 const endpointIndex = new WeakMap<Snapshot, Map<string, Endpoint>>()
 /**
  * The previous lookup: a client asks many questions in a row. Comparing the address with the
- * last one costs less than a Map lookup (perf: the hash was 0.2% of the proxy's CPU when Node
- * made a new string per datagram; udp-batch.ts now memoises them, TCP still makes new ones)
- * and fails at the first differing byte.
+ * last one costs less than a Map lookup (hashing a new string per TCP query; udp-batch.ts memoises
+ * the UDP ones) and fails at the first differing byte.
  * Keyed by the snapshot too, so a new snapshot always looks up again (this keeps the last one
  * referenced until the next query).
  */

@@ -2,7 +2,7 @@
  * The FQDN cache on disk: `<stateDir>/dns-cache.json`, replaced atomically (write a temporary
  * file, then rename), at most one write at a time, debounced so a burst of answers costs one.
  * A restart reads it back, so learned IPs (and zombies) outlive the agent (Cilium keeps the
- * endpoint DNS history in the endpoint state for the same reason, §6.5).
+ * endpoint DNS history in the endpoint state for the same reason).
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'

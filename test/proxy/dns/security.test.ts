@@ -1,4 +1,4 @@
-// Security cases of issue 5: spoofed, late and malformed answers teach nothing; malformed
+// Security cases: spoofed, late and malformed answers teach nothing; malformed
 // queries get FORMERR or are dropped, never a crash. The "server" here is a UDP socket the test
 // controls on 127.0.53.14 (spoofers on 127.0.53.14 other port and 127.0.53.15); loopback only.
 import t from 'tap'
