@@ -84,8 +84,8 @@ export const command: Command = {
         policies: v.policies,
         endpoints: v.endpoints,
         uplinks: (v.uplink as string[] | undefined) ?? [],
-        proxyPort: int(v['proxy-port'], 'proxy-port', 15001, 65535),
-        dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053, 65535),
+        proxyPort: int(v['proxy-port'], 'proxy-port', 15001, 65535, 1),
+        dnsProxyPort: int(v['dns-proxy-port'], 'dns-proxy-port', 15053, 65535, 1),
         bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
         routeTable: int(v['route-table'], 'route-table', 2004, 0xfffffffe),
         hostRouting: hostRouting === 'bpf',
@@ -94,8 +94,8 @@ export const command: Command = {
         denyResponse: deny as '403' | 'reset',
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
-        fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0),
-        fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000),
+        fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0, 0xffffffff, Math.max(1, int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0))),
+        fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000, 0xffffffff, 1),
         fqdnMaxNamesPerEndpoint: int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000, 0xffffffff, 1),
         logLevel: (v['log-level'] as string | undefined) ?? 'info'
       }

@@ -33,7 +33,9 @@ t.test('called wrongly: exit 2 and the usage', async (t) => {
     ['trace without its flags', ['trace', '--policies', dir], /missing --endpoints, --from, --to, --port/],
     ['trace with a bad port', ['trace', '--policies', dir, '--endpoints', dir, '--from', 'a', '--to', 'b', '--port', '0'], /--port must be 1..65535/],
     ['run without --policies', ['run'], /--policies and --endpoints are required/],
-    ['run with a bad port', ['run', '--policies', dir, '--endpoints', dir, '--proxy-port', '70000'], /--proxy-port must be a whole number from 0 to 65535/],
+    ['run with a bad port', ['run', '--policies', dir, '--endpoints', dir, '--proxy-port', '70000'], /--proxy-port must be a whole number from 1 to 65535/],
+    ['run with a max TTL below the min', ['run', '--policies', dir, '--endpoints', dir, '--fqdn-min-ttl', '30', '--fqdn-max-ttl', '10'], /--fqdn-max-ttl must be a whole number from 30 to/],
+    ['run with no IP per name', ['run', '--policies', dir, '--endpoints', dir, '--fqdn-max-ips-per-name', '0'], /--fqdn-max-ips-per-name must be a whole number from 1 to/],
     ['run with a bad deny response', ['run', '--policies', dir, '--endpoints', dir, '--deny-response', 'drop'], /--deny-response must be 403 or reset/],
     ['uninstall with a bad table', ['uninstall', '--route-table', 'main'], /--route-table must be a table number/],
     ['lab with a bad action', ['lab', 'sideways', '--endpoints', dir], /the action must be up or down/]
