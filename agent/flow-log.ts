@@ -26,8 +26,11 @@ export class FlowLogLimiter {
   logEvent (ev: FlowEvent): void {
     if (this.budget <= 0) { this.suppressed++; return }
     this.budget--
-    if (ev.verdict === 'dropped') this.log.warn(ev, 'flow dropped')
-    else this.log.info(ev, 'flow')
+    // pino writes its own `time` (when the line was written): the packet's goes as `packetTime`
+    const { time, ...rest } = ev
+    const rec = { ...rest, packetTime: time }
+    if (ev.verdict === 'dropped') this.log.warn(rec, 'flow dropped')
+    else this.log.info(rec, 'flow')
   }
 
   private tick (): void {
