@@ -10,15 +10,15 @@
  * same as a cold compile of the same input (test/policy-store/incremental.test.ts checks it).
  */
 import { formatIPv4, formatPrefix, parseIPv4, prefixContains, type Prefix } from './cidr.js'
-import type { IdentityAllocator } from './identity.js'
-import { labelsKey } from './identity.js'
+import { Holdings, labelsKey, type IdentityAllocator } from './identity.js'
+import { IdentityLabelFilter } from './label-filter.js'
 import { identityLabelsOf, LabelSet, matchesSelector, type Selector } from './labels.js'
 import type { FilePolicies, Peer, PolicyRule, RuleElement } from './model.js'
 import type { NameMatcher } from './matchers.js'
 import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import {
-  ANY_IDENTITY, DIR, LOCAL_IDENTITY_BASE, RESERVED, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
+  ANY_IDENTITY, DIR, RESERVED, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
   type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type Snapshot, type SnapshotDiff
 } from './types.js'
 
@@ -88,8 +88,6 @@ export class Compiler {
   private hostKey = ''
   private learnedInput: readonly LearnedName[] | null = null
   private learnedExpiry = Infinity
-  private readonly localIds = new Map<string, number>()
-  private nextLocal = LOCAL_IDENTITY_BASE
   private locals: Local[] = []
   /** FQDN selector key -> its identities, to re-resolve only the elements whose selectors changed. */
   private fqdnIds = new Map<string, string>()
@@ -108,11 +106,22 @@ export class Compiler {
   // Output per endpoint.
   private epCache = new Map<number, EpResult>()
 
-  constructor (private readonly allocator: IdentityAllocator) {}
+  /** The numbers this compiler's current snapshot uses, each held once at the allocator. */
+  private readonly heldIdentities: Holdings
+  private readonly heldEndpointIds: Holdings
+  private readonly labelFilter: IdentityLabelFilter
+  private now = 0
+
+  constructor (private readonly allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
+    this.labelFilter = opts.labelFilter ?? new IdentityLabelFilter()
+    this.heldIdentities = new Holdings((k, now) => allocator.acquireIdentity(k.split('\n'), now), (k, now) => allocator.releaseIdentity(k.split('\n'), now))
+    this.heldEndpointIds = new Holdings((k, now) => allocator.acquireEndpointId(k, now), (k, now) => allocator.releaseEndpointId(k, now))
+  }
 
   get current (): Snapshot | null { return this.prevSnapshot }
 
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
+    this.now = input.now
     const dirty = new Set<number>()
     let allDirty = this.prevSnapshot === null
 
@@ -121,19 +130,19 @@ export class Compiler {
     let podsChanged = false
     if (input.endpoints !== this.epInput || (input.extraLabelSets ?? null) !== this.extraInput || this.prevSnapshot === null) {
       const before = new Map(this.endpoints.map((e) => [e.id, e]))
+      const identityLabels = input.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
+      const labelSets = new Map<string, readonly Label[]>()
+      for (const ls of identityLabels) labelSets.set(labelsKey(ls), ls)
+      for (const ls of input.extraLabelSets ?? []) labelSets.set(labelsKey(ls), [...ls].sort())
+      const idOf = this.heldIdentities.hold(labelSets.keys(), input.now)
+      const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
       const podLabels = new Map<number, readonly Label[]>()
-      const endpoints: Endpoint[] = input.endpoints.map((e) => {
-        const identityLabels = identityLabelsOf(e.labels, e.namespace)
-        const identity = this.allocator.identityFor(identityLabels)
-        podLabels.set(identity, identityLabels)
-        return { id: this.allocator.endpointIdFor(`${e.namespace}/${e.name}`), name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels, identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
+      for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
+      const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
+        const identity = idOf.get(labelsKey(identityLabels[i])) as number
+        return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
       })
-      const podIds = new Set(endpoints.map((e) => e.identity))
-      for (const ls of input.extraLabelSets ?? []) {
-        const id = this.allocator.identityFor(ls)
-        podLabels.set(id, [...ls].sort())
-        podIds.add(id)
-      }
+      const podIds = new Set(podLabels.keys())
       const podKey = [...podIds].sort((a, b) => a - b).join(',')
       endpointsChanged = endpoints.length !== before.size || endpoints.some((e) => !sameEndpoint(before.get(e.id), e))
       if (endpointsChanged || podKey !== this.podKey) {
@@ -481,9 +490,7 @@ export class Compiler {
       let le = this.localEntries.get(ck)
       if (le === undefined) {
         const labels = [`cidr:${k}`, 'reserved:world', ...fk.map((f) => `fqdn:${f}`)].sort()
-        const lk = labelsKey(labels)
-        let id = this.localIds.get(lk)
-        if (id === undefined) this.localIds.set(lk, id = this.nextLocal++)
+        const id = this.allocator.acquireLocalIdentity(labels, this.now)
         le = { labels, local: { id, prefix, fqdnKeys: fk }, ip: { prefix: k, identity: id, endpointId: 0 } }
       }
       localEntries.set(ck, le)
@@ -491,6 +498,8 @@ export class Compiler {
       locals.push(le.local)
       ipList.push(le.ip)
     }
+    // Local identities no prefix or learned name refers to any more: drop this compiler's reference.
+    for (const [ck, le] of this.localEntries) if (!localEntries.has(ck)) this.allocator.releaseLocalIdentity(le.labels, this.now)
     this.localEntries = localEntries
     this.identities = identities
     if (!sameIpcache(this.ipcache, ipList)) this.ipcache = Object.freeze(ipList)

@@ -8,6 +8,8 @@ import { FileEndpointSource, type EndpointSource, type RawEndpoint } from './end
 import { formatPolicyError, PolicyLoadError, type PolicyError } from './errors.js'
 import { Compiler } from './compile.js'
 import { FileIdentityAllocator, MemoryIdentityAllocator, type IdentityAllocator } from './identity.js'
+import { IdentityLabelFilter } from './label-filter.js'
+import { identityLabelsOf } from './labels.js'
 import type { FilePolicies } from './model.js'
 import { DirectoryPolicySource, type PolicySource } from './policy-source.js'
 import type { Label, LearnedName, Snapshot, SnapshotDiff } from './types.js'
@@ -29,6 +31,16 @@ export interface StoreOptions {
   allocator?: IdentityAllocator
   /** Extra label sets compiled as identities (used by `warden trace` for `labels:` peers). */
   extraLabelSets?: readonly (readonly Label[])[]
+  /**
+   * Identity label patterns (Cilium's `--labels` syntax, see label-filter.ts), added to
+   * Cilium's default list, or replacing it with `identityLabelsReplace`.
+   */
+  identityLabels?: readonly string[]
+  identityLabelsReplace?: boolean
+  /** How long an unused identity or endpoint id stays reserved (default DEFAULT_RELEASE_GRACE_MS). */
+  releaseGraceMs?: number
+  /** Milliseconds since the epoch (default Date.now); tests drive it. */
+  clock?: () => number
 }
 
 export interface PolicyStore {
@@ -67,9 +79,37 @@ class Store implements PolicyStore {
   private closed = false
   readonly log: Logger
 
+  private readonly labelFilter: IdentityLabelFilter
+  private readonly clock: () => number
+  private persistTimer: NodeJS.Timeout | null = null
+
   constructor (readonly opts: StoreOptions, readonly policySource: PolicySource, readonly endpointSource: EndpointSource | null, readonly allocator: IdentityAllocator) {
-    this.compiler = new Compiler(allocator)
+    this.labelFilter = new IdentityLabelFilter(opts.identityLabels ?? [], { replace: opts.identityLabelsReplace })
+    this.compiler = new Compiler(allocator, { labelFilter: this.labelFilter })
     this.log = opts.logger ?? pino({ level: 'silent' })
+    this.clock = opts.clock ?? Date.now
+  }
+
+  /** Allocate the cluster identities the next compile needs (a network backend's round trip). */
+  async prepare (): Promise<void> {
+    const sets = this.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
+    await this.allocator.prepare([...sets, ...(this.opts.extraLabelSets ?? [])], this.clock())
+  }
+
+  /** Release what is past its grace period, then persist. */
+  async persist (): Promise<void> {
+    await this.allocator.collect(this.clock())
+    await this.allocator.flush()
+  }
+
+  /** Persist within a second (learned names change numbers without a reload). */
+  private persistSoon (): void {
+    if (this.persistTimer !== null || this.closed) return
+    this.persistTimer = setTimeout(() => {
+      this.persistTimer = null
+      this.persist().catch((err) => this.log.error({ err }, 'cannot persist identities'))
+    }, 1000)
+    this.persistTimer.unref()
   }
 
   current (): Snapshot {
@@ -138,7 +178,7 @@ class Store implements PolicyStore {
       files: [...this.lastGood.values()],
       learned: this.learned,
       hostIPs: this.opts.hostIPs ?? [],
-      now: Date.now(),
+      now: this.clock(),
       extraLabelSets: this.opts.extraLabelSets
     })
     this.snapshot = res.snapshot
@@ -153,7 +193,7 @@ class Store implements PolicyStore {
   }
 
   setLearnedNames (names: readonly LearnedName[]): Snapshot {
-    const now = Date.now()
+    const now = this.clock()
     // Same effective set (names not expired, with the same IPs): nothing to do. One pass, no sort
     // of the whole set: this runs on every DNS answer that brings new IPs.
     const effective = new Map<string, string>()
@@ -174,6 +214,7 @@ class Store implements PolicyStore {
     this.learnedSet = effective
     const { snapshot, diff } = this.compileNow()
     this.emit(snapshot, diff)
+    this.persistSoon()
     return snapshot
   }
 
@@ -214,12 +255,18 @@ class Store implements PolicyStore {
           const { changed } = await this.load()
           if (this.closed) return
           if (changed) {
+            await this.prepare()
             const { snapshot, diff } = this.compileNow()
-            await this.allocator.flush()
+            // Every compiled snapshot is emitted: the next diff is relative to it.
             this.emit(snapshot, diff)
           }
         } catch (err) {
           this.log.error({ err }, 'policy reload failed; keeping the current snapshot')
+        }
+        try {
+          await this.persist()
+        } catch (err) {
+          this.log.error({ err }, 'cannot persist identities')
         }
       } while (this.again && !this.closed)
     })()
@@ -229,14 +276,18 @@ class Store implements PolicyStore {
   async close (): Promise<void> {
     this.closed = true
     if (this.timer !== null) clearTimeout(this.timer)
+    if (this.persistTimer !== null) clearTimeout(this.persistTimer)
     for (const s of this.stops) s()
     if (this.running !== null) await this.running
-    await this.allocator.flush()
+    await this.persist()
   }
 }
 
 async function makeStore (opts: StoreOptions): Promise<Store> {
-  const allocator = opts.allocator ?? (opts.stateDir !== undefined ? await FileIdentityAllocator.open(opts.stateDir) : new MemoryIdentityAllocator())
+  const grace = { releaseGraceMs: opts.releaseGraceMs }
+  const allocator = opts.allocator ?? (opts.stateDir !== undefined
+    ? await FileIdentityAllocator.open(opts.stateDir, { ...grace, now: (opts.clock ?? Date.now)() })
+    : new MemoryIdentityAllocator(grace))
   const endpointSource = opts.endpointSource ?? (opts.endpoints !== undefined ? new FileEndpointSource(opts.endpoints) : null)
   return new Store(opts, opts.policySource ?? new DirectoryPolicySource(opts.policies), endpointSource, allocator)
 }
@@ -245,8 +296,9 @@ async function makeStore (opts: StoreOptions): Promise<Store> {
 export async function loadSnapshot (opts: StoreOptions): Promise<{ snapshot: Snapshot, errors: PolicyError[], summary: LoadSummary }> {
   const store = await makeStore(opts)
   const { errors } = await store.load()
+  await store.prepare()
   const { snapshot } = store.compileNow()
-  await store.allocator.flush()
+  await store.persist()
   return { snapshot, errors, summary: store.summary() }
 }
 
@@ -255,8 +307,9 @@ export async function openStore (opts: StoreOptions): Promise<PolicyStore> {
   const store = await makeStore(opts)
   const { errors } = await store.load()
   if (errors.length > 0) throw new PolicyLoadError(errors)
+  await store.prepare()
   const { snapshot } = store.compileNow()
-  await store.allocator.flush()
+  await store.persist()
   store.log.info({ policyVersion: snapshot.version, ...store.summary() }, 'policy store loaded')
   if (opts.watch !== false) store.startWatching()
   return store
