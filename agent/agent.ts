@@ -43,6 +43,11 @@ export interface AgentOptions {
    */
   httpWorkers?: number
   stateDir: string
+  /** Identity label patterns (StoreOptions.identityLabels) and whether they replace Cilium's defaults. */
+  identityLabels?: readonly string[]
+  identityLabelsReplace?: boolean
+  /** How long an unused identity or endpoint id stays reserved (StoreOptions.releaseGraceMs). */
+  identityReleaseGraceMs?: number
   denyResponse: '403' | 'reset'
   /** `host:port` for Prometheus text metrics, or undefined. */
   metrics?: string
@@ -106,6 +111,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       policies: opts.policies,
       endpoints: opts.endpoints,
       stateDir: opts.stateDir,
+      identityLabels: opts.identityLabels,
+      identityLabelsReplace: opts.identityLabelsReplace,
+      releaseGraceMs: opts.identityReleaseGraceMs,
       hostIPs: hostAddresses(),
       watch: true,
       logger

@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os'
+import { DEFAULT_RELEASE_GRACE_MS, IdentityLabelFilter } from '../policy-store/src/index.js'
 import type { Command } from './main.js'
 import { UsageError } from './usage.js'
 import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
@@ -19,6 +20,14 @@ Options:
   --host-routing MODE     bpf (default): traffic the kernel allows between local endpoints goes straight
                           into the destination's namespace; legacy: the host's IP stack routes it
   --state-dir DIR         identities and learned DNS names survive restarts here (default /var/lib/warden)
+  --identity-labels LIST  label patterns that decide which labels count toward an identity, with Cilium's
+                          --labels syntax: space-separated RE2 prefixes of the label key, \`!\` to exclude,
+                          \`source:\` to restrict (e.g. "!job-name k8s:!team"); repeatable. Added to Cilium's
+                          default list (which drops pod-template-hash, controller-revision-hash and other
+                          per-pod labels); one inclusion pattern makes every other label not count
+  --identity-labels-replace  the patterns replace Cilium's default list instead of adding to it
+  --identity-release-grace SEC  an identity or endpoint id nothing uses stays reserved this long before
+                          it can be reused (default 23400: 6.5 h, past the 6 h TCP conntrack lifetime)
   --deny-response MODE    403 (default, like Cilium) or reset
   --http-workers N|auto   HTTP proxies on the proxy port, one per thread (default 1; auto: one per CPU)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
@@ -57,6 +66,9 @@ export const command: Command = {
     'route-table': { type: 'string' },
     'host-routing': { type: 'string' },
     'state-dir': { type: 'string' },
+    'identity-labels': { type: 'string', multiple: true },
+    'identity-labels-replace': { type: 'boolean' },
+    'identity-release-grace': { type: 'string' },
     'deny-response': { type: 'string' },
     'http-workers': { type: 'string' },
     metrics: { type: 'string' },
@@ -78,8 +90,12 @@ export const command: Command = {
     if (hostRouting !== 'bpf' && hostRouting !== 'legacy') {
       throw new UsageError(`--host-routing must be bpf or legacy, got "${hostRouting}"`)
     }
+    const identityLabels = ((v['identity-labels'] as string[] | undefined) ?? []).flatMap((x) => x.split(/\s+/)).filter((x) => x !== '')
+    const identityLabelsReplace = v['identity-labels-replace'] === true
     let opts
     try {
+      // Refuse a bad pattern here, as a usage error, rather than at agent start.
+      void new IdentityLabelFilter(identityLabels, { replace: identityLabelsReplace })
       opts = {
         policies: v.policies,
         endpoints: v.endpoints,
@@ -91,6 +107,9 @@ export const command: Command = {
         hostRouting: hostRouting === 'bpf',
         httpWorkers: v['http-workers'] === 'auto' ? availableParallelism() : atLeastOne(int(v['http-workers'], 'http-workers', 1, 256), 'http-workers'),
         stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
+        identityLabels,
+        identityLabelsReplace,
+        identityReleaseGraceMs: int(v['identity-release-grace'], 'identity-release-grace', DEFAULT_RELEASE_GRACE_MS / 1000) * 1000,
         denyResponse: deny as '403' | 'reset',
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
