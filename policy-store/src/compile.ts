@@ -59,6 +59,33 @@ interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[] }
 /** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
 interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
 
+/** What one compile run found changed, step by step. */
+interface Run {
+  /** Endpoints (ids) to compile again; all of them when `allDirty`. */
+  dirty: Set<number>
+  allDirty: boolean
+  endpointsChanged: boolean
+  /** The set of pod identities changed (selectors must be evaluated again). */
+  podsChanged: boolean
+  filesChanged: boolean
+  added: PolicyRule[]
+  removed: PolicyRule[]
+  localsChanged: boolean
+  /** FQDN selector keys whose identities changed (null: unknown, treat all as changed). */
+  fqdnChanged: Set<string> | null
+}
+
+/** Step 6's result: the kernel entry diff and which endpoints were compiled again. */
+interface CompiledEndpoints {
+  kernelAdded: KernelEntry[]
+  kernelRemoved: KernelEntry[]
+  /** Endpoints (ids) whose kernel entries changed, removed endpoints included. */
+  kernelEndpoints: number[]
+  recompiled: { id: number, old: EpResult | undefined }[]
+  /** Some endpoint was removed. */
+  gone: boolean
+}
+
 export class Compiler {
   private version = 0
   private prevSnapshot: Snapshot | null = null
@@ -120,91 +147,112 @@ export class Compiler {
 
   get current (): Snapshot | null { return this.prevSnapshot }
 
+  /**
+   * One run: each step works out what changed in its part of the input and marks the endpoints
+   * whose entries it may change (`run.dirty`); only those are compiled again.
+   */
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
     this.now = input.now
-    const dirty = new Set<number>()
-    let allDirty = this.prevSnapshot === null
-
-    // 1. Endpoints and their identities (only when the endpoints input changed).
-    let endpointsChanged = false
-    let podsChanged = false
-    if (input.endpoints !== this.epInput || (input.extraLabelSets ?? null) !== this.extraInput || this.prevSnapshot === null) {
-      const before = new Map(this.endpoints.map((e) => [e.id, e]))
-      const identityLabels = input.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
-      const labelSets = new Map<string, readonly Label[]>()
-      for (const ls of identityLabels) labelSets.set(labelsKey(ls), ls)
-      for (const ls of input.extraLabelSets ?? []) labelSets.set(labelsKey(ls), [...ls].sort())
-      const idOf = this.heldIdentities.hold(labelSets.keys(), input.now)
-      const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
-      const podLabels = new Map<number, readonly Label[]>()
-      for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
-      const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
-        const identity = idOf.get(labelsKey(identityLabels[i])) as number
-        return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
-      })
-      const podIds = new Set(podLabels.keys())
-      const podKey = [...podIds].sort((a, b) => a - b).join(',')
-      endpointsChanged = endpoints.length !== before.size || endpoints.some((e) => !sameEndpoint(before.get(e.id), e))
-      if (endpointsChanged || podKey !== this.podKey) {
-        for (const e of endpoints) if (before.get(e.id)?.identity !== e.identity) dirty.add(e.id)
-        this.endpoints = Object.freeze(endpoints)
-        this.epsByIdentity = new Map()
-        for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
-      }
-      if (podKey !== this.podKey || this.pods === null) {
-        podsChanged = true
-        this.podKey = podKey
-        this.podIds = podIds
-        this.podLabels = podLabels
-        this.pods = new PodIndex(podLabels, podIds)
-        this.selectorCache = new Map()
-      }
-      this.epInput = input.endpoints
-      this.extraInput = input.extraLabelSets ?? null
-    }
-    const endpoints = this.endpoints
-
-    // 2. Rules added and removed (files give back the same rule objects for unchanged documents).
-    const added: PolicyRule[] = []
-    const removed: PolicyRule[] = []
-    let filesChanged = false
-    if (input.files.length !== this.files.length || input.files.some((f, i) => f !== this.files[i])) {
-      filesChanged = true
-      if (this.diffFiles(input.files, added, removed, dirty)) allDirty = true
-      this.files = input.files
-    }
-
-    // 3. Local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache.
-    const hostKey = input.hostIPs.join(',')
-    const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
-    let localsChanged = false
-    let fqdnChanged: Set<string> | null = null
-    if (filesChanged || learnedChanged || endpointsChanged || podsChanged || hostKey !== this.hostKey || this.prevSnapshot === null) {
-      const lc = this.computeLocals(input, endpoints, filesChanged)
-      localsChanged = lc.changed
-      fqdnChanged = lc.fqdnChanged
-      this.hostKey = hostKey
-      this.learnedInput = input.learned
-    }
+    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
+    this.updateEndpoints(input, run)
+    this.updateRules(input.files, run)
+    this.updateLocalIdentities(input, run)
     const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals)
     const select = (sel: Selector): number[] => {
       let ids = this.selectorCache.get(sel.canonical)
       if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
       return ids
     }
+    this.updateRuleSelections(run, select)
+    this.resolveRulePeers(run, universe, select)
+    const out = this.compileDirtyEndpoints(run)
+    const tables = this.assembleTables(out)
+    const prev = this.prevSnapshot
+    const snapshot: Snapshot = Object.freeze({
+      version: ++this.version,
+      createdAt: Date.now(),
+      endpoints: this.endpoints,
+      identities: this.identities,
+      ipcache: this.ipcache,
+      ...tables,
+      fqdnSelectors: this.fqdnSelectors
+    })
+    const diff = diffSnapshots(prev, snapshot, out)
+    this.prevSnapshot = snapshot
+    return { snapshot, diff }
+  }
 
-    // 4. Which endpoints each rule selects.
+  /** Step 1: endpoints, their identities and ids (only when the endpoints input changed). */
+  private updateEndpoints (input: CompileInput, run: Run): void {
+    if (input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && this.prevSnapshot !== null) return
+    const before = new Map(this.endpoints.map((e) => [e.id, e]))
+    const identityLabels = input.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
+    const labelSets = new Map<string, readonly Label[]>()
+    for (const ls of identityLabels) labelSets.set(labelsKey(ls), ls)
+    for (const ls of input.extraLabelSets ?? []) labelSets.set(labelsKey(ls), [...ls].sort())
+    const idOf = this.heldIdentities.hold(labelSets.keys(), input.now)
+    const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
+    const podLabels = new Map<number, readonly Label[]>()
+    for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
+    const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
+      const identity = idOf.get(labelsKey(identityLabels[i])) as number
+      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
+    })
+    const podIds = new Set(podLabels.keys())
+    const podKey = [...podIds].sort((a, b) => a - b).join(',')
+    run.endpointsChanged = endpoints.length !== before.size || endpoints.some((e) => !sameEndpoint(before.get(e.id), e))
+    if (run.endpointsChanged || podKey !== this.podKey) {
+      for (const e of endpoints) if (before.get(e.id)?.identity !== e.identity) run.dirty.add(e.id)
+      this.endpoints = Object.freeze(endpoints)
+      this.epsByIdentity = new Map()
+      for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
+    }
+    if (podKey !== this.podKey || this.pods === null) {
+      run.podsChanged = true
+      this.podKey = podKey
+      this.podIds = podIds
+      this.podLabels = podLabels
+      this.pods = new PodIndex(podLabels, podIds)
+      this.selectorCache = new Map()
+    }
+    this.epInput = input.endpoints
+    this.extraInput = input.extraLabelSets ?? null
+  }
+
+  /** Step 2: rules added and removed (files give back the same rule objects for unchanged documents). */
+  private updateRules (files: readonly FilePolicies[], run: Run): void {
+    if (files.length === this.files.length && files.every((f, i) => f === this.files[i])) return
+    run.filesChanged = true
+    if (this.diffFiles(files, run.added, run.removed, run.dirty)) run.allDirty = true
+    this.files = files
+  }
+
+  /** Step 3: local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache. */
+  private updateLocalIdentities (input: CompileInput, run: Run): void {
+    const hostKey = input.hostIPs.join(',')
+    const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
+    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && this.prevSnapshot !== null) return
+    const lc = this.computeLocals(input, this.endpoints, run.filesChanged)
+    run.localsChanged = lc.changed
+    run.fqdnChanged = lc.fqdnChanged
+    this.hostKey = hostKey
+    this.learnedInput = input.learned
+  }
+
+  /** Step 4: which endpoints each rule selects; endpoints whose set of rules changed are dirty. */
+  private updateRuleSelections (run: Run, select: (sel: Selector) => number[]): void {
+    const { dirty } = run
     const selectEps = (r: PolicyRule): number[] => {
       const out: number[] = []
       for (const id of select(r.subject)) for (const ep of this.epsByIdentity.get(id) ?? []) out.push(ep)
       return out
     }
-    for (const r of removed) {
+    for (const r of run.removed) {
       for (const ep of this.ruleEps.get(r) ?? []) { dirty.add(ep); this.epRules.get(ep)?.delete(r) }
       this.ruleEps.delete(r)
       for (const el of r.elements) { this.els.delete(el); this.podEls.delete(el); this.localEls.delete(el) }
     }
-    if (endpointsChanged || podsChanged) {
+    if (run.endpointsChanged || run.podsChanged) {
       // Every rule's selection may have changed: recompute, and dirty the differences.
       const now = new Map<number, Set<PolicyRule>>()
       for (const [r, old] of this.ruleEps) {
@@ -216,15 +264,22 @@ export class Compiler {
       this.epRules.clear()
       for (const [ep, rs] of now) this.epRules.set(ep, rs)
     }
-    for (const r of added) {
+    for (const r of run.added) {
       const eps = selectEps(r)
       this.ruleEps.set(r, eps)
       for (const ep of eps) { dirty.add(ep); pushSet(this.epRules, ep, r) }
     }
+  }
 
-    // 5. Peers of rule elements: new elements, and those whose side of the universe changed.
+  /**
+   * Step 5: the identities each rule element's peers resolve to, for new elements and for those
+   * whose side of the universe (pods, local identities) changed; the endpoints their rule
+   * selects are dirty when the answer changed.
+   */
+  private resolveRulePeers (run: Run, universe: Universe, select: (sel: Selector) => number[]): void {
+    const { podsChanged, localsChanged, fqdnChanged } = run
     const resolve = (el: RuleElement): ElState['ids'] => el.peers === null ? null : resolvePeers(el.peers, universe, select)
-    for (const r of added) {
+    for (const r of run.added) {
       for (const el of r.elements) {
         const d = peerDeps(el)
         const ids = resolve(el)
@@ -233,90 +288,81 @@ export class Compiler {
         if (d.locals) this.localEls.add(el)
       }
     }
-    if (podsChanged || localsChanged) {
-      const fresh = new Set(added)
-      const todo = podsChanged && localsChanged ? [...this.podEls, ...this.localEls] : podsChanged ? this.podEls : this.localEls
-      for (const el of todo) {
-        const st = this.els.get(el) as ElState
-        if (fresh.has(st.rule)) continue
-        const byPods = podsChanged && st.pods
-        if (!byPods && !(localsChanged && st.locals)) continue
-        // Only FQDN peers among the local ones, none of whose selectors changed: nothing to do.
-        if (!byPods && st.fqdnKeys !== null && fqdnChanged !== null && !st.fqdnKeys.some((k) => (fqdnChanged as Set<string>).has(k))) continue
-        const ids = resolve(el)
-        const sig = ids === null ? '*' : ids.join(',')
-        if (sig === st.sig) continue
-        st.ids = ids
-        st.sig = sig
-        for (const ep of this.ruleEps.get(st.rule) ?? []) dirty.add(ep)
-      }
+    if (!podsChanged && !localsChanged) return
+    const fresh = new Set(run.added)
+    const todo = podsChanged && localsChanged ? [...this.podEls, ...this.localEls] : podsChanged ? this.podEls : this.localEls
+    for (const el of todo) {
+      const st = this.els.get(el) as ElState
+      if (fresh.has(st.rule)) continue
+      const byPods = podsChanged && st.pods
+      if (!byPods && !(localsChanged && st.locals)) continue
+      // Only FQDN peers among the local ones, none of whose selectors changed: nothing to do.
+      if (!byPods && st.fqdnKeys !== null && fqdnChanged !== null && !st.fqdnKeys.some((k) => fqdnChanged.has(k))) continue
+      const ids = resolve(el)
+      const sig = ids === null ? '*' : ids.join(',')
+      if (sig === st.sig) continue
+      st.ids = ids
+      st.sig = sig
+      for (const ep of this.ruleEps.get(st.rule) ?? []) run.dirty.add(ep)
     }
+  }
 
-    // 6. Re-resolve the dirty endpoints; keep the others' entries.
-    const diffAdded: KernelEntry[] = []
-    const diffRemoved: KernelEntry[] = []
+  /** Step 6: compile the dirty endpoints again, keep the others' entries, and diff the kernel entries. */
+  private compileDirtyEndpoints (run: Run): CompiledEndpoints {
+    const out: CompiledEndpoints = { kernelAdded: [], kernelRemoved: [], kernelEndpoints: [], recompiled: [], gone: false }
     const live = new Set<number>()
-    const recompiled: { id: number, old: EpResult | undefined }[] = []
-    for (const e of endpoints) {
+    for (const e of this.endpoints) {
       live.add(e.id)
       const cached = this.epCache.get(e.id)
-      if (cached !== undefined && !allDirty && !dirty.has(e.id)) continue
+      if (cached !== undefined && !run.allDirty && !run.dirty.has(e.id)) continue
       const res = this.compileEndpoint(e.id)
       this.epCache.set(e.id, res)
-      recompiled.push({ id: e.id, old: cached })
-      diffEntries(cached?.entries ?? [], res.entries, diffAdded, diffRemoved)
+      out.recompiled.push({ id: e.id, old: cached })
+      if (diffEntries(cached?.entries ?? [], res.entries, out.kernelAdded, out.kernelRemoved)) out.kernelEndpoints.push(e.id)
     }
-    let gone = false
-    for (const [id, old] of this.epCache) if (!live.has(id)) { diffRemoved.push(...old.entries); this.epCache.delete(id); gone = true }
+    for (const [id, old] of this.epCache) {
+      if (live.has(id)) continue
+      for (const x of old.entries) out.kernelRemoved.push(x)
+      if (old.entries.length > 0) out.kernelEndpoints.push(id)
+      this.epCache.delete(id)
+      out.gone = true
+    }
+    return out
+  }
 
+  /** Step 7: the snapshot's kernel list and L7 tables: the previous ones when nothing changed, patched when few did. */
+  private assembleTables (out: CompiledEndpoints): Pick<Snapshot, 'kernel' | 'http' | 'dns'> {
     const prev = this.prevSnapshot
-    let kernel: readonly KernelEntry[]
+    const endpoints = this.endpoints
+    const { recompiled, gone } = out
+    if (prev !== null && recompiled.length === 0 && !gone && prev.endpoints === endpoints) return { kernel: prev.kernel, http: prev.http, dns: prev.dns }
+    const k: KernelEntry[] = []
+    for (const e of endpoints) for (const x of (this.epCache.get(e.id) as EpResult).entries) k.push(x)
+    const kernel = Object.freeze(k)
     let http: Map<number, L7PortTable<HttpPolicy>>
     let dns: Map<number, L7PortTable<DnsPolicy>>
-    if (prev !== null && recompiled.length === 0 && !gone && prev.endpoints === endpoints) {
-      kernel = prev.kernel
-      http = prev.http as Map<number, L7PortTable<HttpPolicy>>
-      dns = prev.dns as Map<number, L7PortTable<DnsPolicy>>
+    if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
+      // A few endpoints changed: patch copies of the previous tables (same key order as a
+      // rebuild is not needed: consumers look tables up by key).
+      http = new Map(prev.http)
+      dns = new Map(prev.dns)
+      for (const { id, old } of recompiled) {
+        for (const [key] of old?.http ?? []) http.delete(key)
+        for (const [key] of old?.dns ?? []) dns.delete(key)
+        const r = this.epCache.get(id) as EpResult
+        for (const [key, t] of r.http) http.set(key, t)
+        for (const [key, t] of r.dns) dns.set(key, t)
+      }
     } else {
-      const k: KernelEntry[] = []
-      for (const e of endpoints) for (const x of (this.epCache.get(e.id) as EpResult).entries) k.push(x)
-      kernel = Object.freeze(k)
-      if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
-        // A few endpoints changed: patch copies of the previous tables (same key order as a
-        // rebuild is not needed: consumers look tables up by key).
-        http = new Map(prev.http)
-        dns = new Map(prev.dns)
-        for (const { id, old } of recompiled) {
-          for (const [key] of old?.http ?? []) http.delete(key)
-          for (const [key] of old?.dns ?? []) dns.delete(key)
-          const r = this.epCache.get(id) as EpResult
-          for (const [key, t] of r.http) http.set(key, t)
-          for (const [key, t] of r.dns) dns.set(key, t)
-        }
-      } else {
-        http = new Map()
-        dns = new Map()
-        for (const e of endpoints) {
-          const r = this.epCache.get(e.id) as EpResult
-          for (const [key, t] of r.http) http.set(key, t)
-          for (const [key, t] of r.dns) dns.set(key, t)
-        }
+      http = new Map()
+      dns = new Map()
+      for (const e of endpoints) {
+        const r = this.epCache.get(e.id) as EpResult
+        for (const [key, t] of r.http) http.set(key, t)
+        for (const [key, t] of r.dns) dns.set(key, t)
       }
     }
-    const snapshot: Snapshot = Object.freeze({
-      version: ++this.version,
-      createdAt: Date.now(),
-      endpoints,
-      identities: this.identities,
-      ipcache: this.ipcache,
-      kernel,
-      http,
-      dns,
-      fqdnSelectors: this.fqdnSelectors
-    })
-    const diff = diffSnapshots(prev, snapshot, diffAdded, diffRemoved)
-    this.prevSnapshot = snapshot
-    return { snapshot, diff }
+    return { kernel, http, dns }
   }
 
   /**
@@ -683,7 +729,9 @@ export function entryKey (e: KernelEntry): string {
   return `${e.endpointId}|${e.direction}|${e.remoteIdentity}|${e.protocol}|${e.port}|${e.endPort}`
 }
 
-function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntry[], added: KernelEntry[], removed: KernelEntry[]): void {
+/** Appends the differences to `added` and `removed`; true when there are any. */
+function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntry[], added: KernelEntry[], removed: KernelEntry[]): boolean {
+  const counts = added.length + removed.length
   const old = new Map(before.map((e) => [entryKey(e), e]))
   for (const e of after) {
     const k = entryKey(e)
@@ -695,10 +743,11 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
     }
   }
   for (const o of old.values()) removed.push(o)
+  return added.length + removed.length !== counts
 }
 
-function diffSnapshots (prev: Snapshot | null, next: Snapshot, kernelAdded: KernelEntry[], kernelRemoved: KernelEntry[]): SnapshotDiff {
-  const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded, kernelRemoved, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
+function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndpoints): SnapshotDiff {
+  const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
   if (prev?.ipcache !== next.ipcache) {
     // Entries are reused across snapshots: compare objects first, then contents of the rest.
     const before = prev?.ipcache ?? []
