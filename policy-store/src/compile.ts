@@ -739,7 +739,7 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
     if (o === undefined) added.push(e)
     else {
       old.delete(k)
-      if (o.verdict !== e.verdict) { removed.push(o); added.push(e) }
+      if (o.verdict !== e.verdict) added.push(e) // an update of the key: in `added` only
     }
   }
   for (const o of old.values()) removed.push(o)
@@ -747,7 +747,7 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
 }
 
 function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndpoints): SnapshotDiff {
-  const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
+  const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, kernelEndpoints: out.kernelEndpoints, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
   if (prev?.ipcache !== next.ipcache) {
     // Entries are reused across snapshots: compare objects first, then contents of the rest.
     const before = prev?.ipcache ?? []
@@ -755,11 +755,14 @@ function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndp
     const newObj = new Set(next.ipcache)
     const added = next.ipcache.filter((e) => !oldObj.has(e))
     const removed = before.filter((e) => !newObj.has(e))
-    const ipKey = (e: IpcacheEntry): string => `${e.prefix}|${e.identity}|${e.endpointId}`
-    const removedKeys = new Set(removed.map(ipKey))
-    const addedKeys = new Set(added.map(ipKey))
-    diff.ipcacheAdded = added.filter((e) => !removedKeys.has(ipKey(e)))
-    diff.ipcacheRemoved = removed.filter((e) => !addedKeys.has(ipKey(e)))
+    // By prefix (the map's key): a prefix whose value changed is an update, in `added` only.
+    const removedByPrefix = new Map(removed.map((e) => [e.prefix, e]))
+    const addedPrefixes = new Set(added.map((e) => e.prefix))
+    diff.ipcacheAdded = added.filter((e) => {
+      const o = removedByPrefix.get(e.prefix)
+      return o === undefined || o.identity !== e.identity || o.endpointId !== e.endpointId
+    })
+    diff.ipcacheRemoved = removed.filter((e) => !addedPrefixes.has(e.prefix))
   }
   if (prev?.endpoints !== next.endpoints) {
     const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}`

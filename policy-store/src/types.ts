@@ -60,13 +60,19 @@ export interface RuleRef {
 
 /** A workload on this node, from the endpoints file, with what the store derived for it. */
 export interface Endpoint {
-  /** Small stable number (1..65535) used in kernel map keys; stable for a `namespace/name`. */
+  /**
+   * Small number (1..65535) used in kernel map keys: the same for a `namespace/name` while the
+   * endpoint exists and for the release grace period after (identity.ts), then reusable.
+   */
   id: number
   name: string
   namespace: string
   /** The labels as written in the endpoints file (no source prefix). */
   labels: Readonly<Record<string, string>>
-  /** Identity labels: `k8s:<k>=<v>` for each label plus `k8s:io.kubernetes.pod.namespace=<ns>`. */
+  /**
+   * Identity labels: `k8s:<k>=<v>` for each identity-relevant label (label-filter.ts) plus
+   * `k8s:io.kubernetes.pod.namespace=<ns>`. Sorted.
+   */
   identityLabels: readonly Label[]
   identity: number
   ipv4: string
@@ -227,12 +233,32 @@ export function l7Key (endpointId: number, direction: Direction, port: number): 
   return (endpointId * 2 + direction) * 65536 + port
 }
 
-/** What changed between two snapshots; the datapath applies it without flushing. */
+/**
+ * What changed between two consecutive snapshots (`from` -> `to`); the datapath applies it
+ * without flushing. The store emits every snapshot it compiles, so the diffs chain: applying
+ * each in turn to the state of `from` gives exactly the state of `to`.
+ *
+ * Kernel entries (keyed by endpointId, direction, remoteIdentity, protocol, port, endPort) and
+ * ipcache entries (keyed by prefix) are map writes: `...Added` holds the keys that are new or
+ * whose value changed (write them), `...Removed` the keys that are gone (delete them). The
+ * two never share a key, so they may be applied in either order.
+ *
+ * Endpoints are objects with side effects (an attached interface): an endpoint whose identity,
+ * address or interface changed is in both lists, with its old values in `endpointsRemoved`;
+ * apply the removals first.
+ */
 export interface SnapshotDiff {
   from: number
   to: number
   kernelAdded: readonly KernelEntry[]
   kernelRemoved: readonly KernelEntry[]
+  /**
+   * The endpoints (ids) whose kernel entries changed, removed endpoints included. Entries of
+   * one endpoint may overlap (port ranges of one peer): a datapath that expands them into
+   * map keys re-derives these endpoints' keys from `Snapshot.kernel`. Always set by the
+   * compiler; optional so that hand-made diffs (tests) need not name it.
+   */
+  kernelEndpoints?: readonly number[]
   ipcacheAdded: readonly IpcacheEntry[]
   ipcacheRemoved: readonly IpcacheEntry[]
   endpointsAdded: readonly Endpoint[]

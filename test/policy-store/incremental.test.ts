@@ -107,11 +107,28 @@ function canonical (s: Snapshot): unknown {
   }
 }
 
-function replay (state: { kernel: Map<string, string>, ipcache: Set<string> }, d: SnapshotDiff): void {
-  for (const e of d.kernelRemoved) state.kernel.delete(entryKey(e))
+/** Apply a diff as map writes: additions are writes (upserts), removals deletes by key. */
+function replay (state: { kernel: Map<string, string>, ipcache: Map<string, string> }, d: SnapshotDiff, removalsFirst: boolean): void {
+  const remove = (): void => {
+    for (const e of d.kernelRemoved) state.kernel.delete(entryKey(e))
+    for (const e of d.ipcacheRemoved) state.ipcache.delete(e.prefix)
+  }
+  if (removalsFirst) remove()
   for (const e of d.kernelAdded) state.kernel.set(entryKey(e), e.verdict)
-  for (const e of d.ipcacheRemoved) state.ipcache.delete(`${e.prefix}|${e.identity}|${e.endpointId}`)
-  for (const e of d.ipcacheAdded) state.ipcache.add(`${e.prefix}|${e.identity}|${e.endpointId}`)
+  for (const e of d.ipcacheAdded) state.ipcache.set(e.prefix, `${e.identity}|${e.endpointId}`)
+  if (!removalsFirst) remove()
+}
+
+/** Added and removed never name the same key; kernelEndpoints names every endpoint touched. */
+function exact (d: SnapshotDiff): string[] {
+  const problems: string[] = []
+  const added = new Set(d.kernelAdded.map(entryKey))
+  for (const e of d.kernelRemoved) if (added.has(entryKey(e))) problems.push(`kernel key in both: ${entryKey(e)}`)
+  const prefixes = new Set(d.ipcacheAdded.map((e) => e.prefix))
+  for (const e of d.ipcacheRemoved) if (prefixes.has(e.prefix)) problems.push(`ipcache prefix in both: ${e.prefix}`)
+  const eps = new Set(d.kernelEndpoints)
+  for (const e of [...d.kernelAdded, ...d.kernelRemoved]) if (!eps.has(e.endpointId)) problems.push(`endpoint ${e.endpointId} not in kernelEndpoints`)
+  return problems
 }
 
 t.test('incremental compile = cold compile, and diffs replay to the snapshot', async (t) => {
@@ -122,15 +139,22 @@ t.test('incremental compile = cold compile, and diffs replay to the snapshot', a
     let endpoints: RawEndpoint[] = [...EPS.slice(0, 4), ...FILLER]
     let learned: LearnedName[] = []
     let now = 1_000_000
-    const state = { kernel: new Map<string, string>(), ipcache: new Set<string>() }
+    const state = { kernel: new Map<string, string>(), ipcache: new Map<string, string>() }
+    const reversed = { kernel: new Map<string, string>(), ipcache: new Map<string, string>() }
     const step = (): void => {
       const input = { endpoints, files: [...files.values()], learned, hostIPs: ['10.9.255.1'], now }
       const { snapshot, diff } = inc.compile(input)
       const cold = new Compiler(new MemoryIdentityAllocator()).compile(input).snapshot
-      replay(state, diff)
+      replay(state, diff, true)
+      replay(reversed, diff, false)
       t.same(canonical(snapshot), canonical(cold), JSON.stringify(ops))
-      t.same(new Map(snapshot.kernel.map((e) => [entryKey(e), e.verdict])), state.kernel, 'kernel diff replays')
-      t.same(new Set(snapshot.ipcache.map((e) => `${e.prefix}|${e.identity}|${e.endpointId}`)), state.ipcache, 'ipcache diff replays')
+      const kernel = new Map(snapshot.kernel.map((e) => [entryKey(e), e.verdict]))
+      const ipcache = new Map(snapshot.ipcache.map((e) => [e.prefix, `${e.identity}|${e.endpointId}`]))
+      t.same(state.kernel, kernel, 'kernel diff replays')
+      t.same(state.ipcache, ipcache, 'ipcache diff replays')
+      t.same(reversed.kernel, kernel, 'kernel diff replays, additions first')
+      t.same(reversed.ipcache, ipcache, 'ipcache diff replays, additions first')
+      t.strictSame(exact(diff), [], 'the diff is exact')
       checked++
     }
     step()
@@ -158,4 +182,24 @@ t.test('incremental compile = cold compile, and diffs replay to the snapshot', a
     }
   }), { numRuns: 150 })
   t.ok(checked > 300, `${checked} snapshots compared`)
+})
+
+t.test('a kernel key whose verdict changes is one write, in kernelAdded only', async (t) => {
+  const fileOf = (text: string): FilePolicies => {
+    const parsed = parseYamlString(text, 'v.yaml', 0, true)
+    if ('errors' in parsed) throw new Error(JSON.stringify(parsed.errors))
+    return { file: 'v.yaml', rules: [...validatePolicyFile(parsed).policies.rules], policies: 1, skipped: 0 }
+  }
+  const allow = head('v', 'b') + '  ingress:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: "80", protocol: TCP}]}]\n'
+  const deny = allow + '  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: "80", protocol: TCP}]}]\n'
+  const c = new Compiler(new MemoryIdentityAllocator())
+  const base = { endpoints: [...EPS, ...FILLER], learned: [], hostIPs: [], now: 1_000_000 }
+  const first = c.compile({ ...base, files: [fileOf(allow)] }).snapshot
+  const { snapshot, diff } = c.compile({ ...base, files: [fileOf(deny)] })
+  const key = (s: Snapshot, verdict: string): string[] => s.kernel.filter((e) => e.port === 80 && e.verdict === verdict).map(entryKey)
+  const [allowed] = key(first, 'allow')
+  t.ok(allowed !== undefined && key(snapshot, 'deny').includes(allowed), 'the allow on port 80 became a deny at the same key')
+  t.strictSame(diff.kernelAdded.filter((e) => entryKey(e) === allowed).map((e) => e.verdict), ['deny'])
+  t.strictSame(diff.kernelRemoved.filter((e) => entryKey(e) === allowed), [], 'not also removed: a datapath applying removals last would delete the new value')
+  t.strictSame(exact(diff), [])
 })

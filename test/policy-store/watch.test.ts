@@ -4,7 +4,7 @@
 import t from 'tap'
 import { renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { DIR, lookupKernel, openStore, PROTO, type PolicyError, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
+import { DIR, lookupKernel, MemoryIdentityAllocator, openStore, PROTO, type PolicyError, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
 import { ENDPOINTS, tempTree } from './helpers.js'
 
 const pol = (name: string, app: string, port: number): string => `apiVersion: cilium.io/v2
@@ -111,4 +111,23 @@ t.test('identities and endpoint ids survive a restart with a stateDir', async (t
   const second = s2.current().endpoints.map((e) => [e.namespace, e.name, e.id, e.identity])
   const sort = (x: unknown[][]): unknown[][] => [...x].sort((a, b) => String(a[1]).localeCompare(String(b[1])) || String(a[0]).localeCompare(String(b[0])))
   t.strictSame(sort(second), sort(first))
+})
+
+t.test('a snapshot is emitted even when persisting identities fails: the diffs chain', async (t) => {
+  const dir = tempTree(t, { 'p/a.yaml': pol('a', 'billing-service', 80), 'e.yaml': ENDPOINTS })
+  class FailingFlush extends MemoryIdentityAllocator {
+    failing = false
+    override async flush (): Promise<void> { if (this.failing) throw new Error('disk full') }
+  }
+  const allocator = new FailingFlush()
+  const store = await openStore({ policies: join(dir, 'p'), endpoints: join(dir, 'e.yaml'), allocator })
+  t.teardown(() => store.close().catch(() => {}))
+  allocator.failing = true
+  const v1 = store.current().version
+  const next = nextSnapshot(store)
+  writeFileSync(join(dir, 'p/a.yaml'), pol('a', 'billing-service', 81))
+  const { snap } = await next
+  t.equal(snap.version, v1 + 1)
+  t.ok(allowed(snap, 'billing-service', 81))
+  allocator.failing = false
 })
