@@ -230,6 +230,23 @@ t.test('BPF_PROG_TEST_RUN of the tc programs', { skip: isRoot() ? false : 'needs
     t.strictSame(denied.counted, { drop_policy: 1 })
   })
 
+  t.test('SCTP: a deny on one port under a broader allow is applied to that port only', async (t) => {
+    setup(rig, { kernel: [...aOpen, entry(A.id, OUT, WORLD, PROTO_SCTP, 5000, 'deny')] })
+    const r = run('from_workload', packet({ saddr: A.ip, daddr: WORLD_IP, proto: PROTO_SCTP, sport: 6000, dport: 5000 }))
+    t.equal(r.retval, TC_ACT_SHOT)
+    t.strictSame(r.counted, { drop_policy_deny: 1 })
+    t.match(r.events, [{ reason: REASONS.indexOf('drop_policy_deny'), proto: PROTO_SCTP, sport: 6000, dport: 5000 }])
+    const ok = run('from_workload', packet({ saddr: A.ip, daddr: WORLD_IP, proto: PROTO_SCTP, sport: 6000, dport: 5001 }))
+    t.equal(ok.retval, TC_ACT_OK)
+    t.ok(ctHas(rig, { saddr: A.ip, daddr: WORLD_IP, sport: 6000, dport: 5001, proto: PROTO_SCTP }), 'tracked by its ports')
+    t.equal(run('from_workload', packet({ saddr: A.ip, daddr: WORLD_IP, proto: PROTO_SCTP, dport: 5000, l4Len: 3 })).counted.drop_malformed, 1,
+      'a common header too short for the ports is malformed')
+    // an SCTP port allow under default deny
+    setup(rig, { kernel: [entry(A.id, IN, 0, 0, 0, 'allow'), entry(A.id, OUT, WORLD, PROTO_SCTP, 3868, 'allow')] })
+    t.equal(run('from_workload', packet({ saddr: A.ip, daddr: WORLD_IP, proto: PROTO_SCTP, dport: 3868 })).retval, TC_ACT_OK)
+    t.equal(run('from_workload', packet({ saddr: A.ip, daddr: WORLD_IP, proto: PROTO_SCTP, dport: 3869 })).retval, TC_ACT_SHOT)
+  })
+
   t.test('non-IPv4: ARP and ICMPv6 pass, other IPv6 is dropped', async (t) => {
     setup(rig, { kernel: [] })
     const arp = Buffer.alloc(42)
