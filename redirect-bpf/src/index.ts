@@ -10,7 +10,7 @@ import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
-  decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue,
+  decodeAttach, decodeConfig, decodeIpcacheValue,
   encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
 } from './layout.js'
 import {
@@ -22,7 +22,7 @@ import { compilePolicy } from './policy.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { decodeFlowEvent, monotonicNowNs, type FlowEvent } from './events.js'
-import { DatapathError } from './errors.js'
+import { BpfError, DatapathError } from './errors.js'
 import koffi from 'koffi'
 import { existsSync } from 'node:fs'
 
@@ -62,7 +62,10 @@ export interface Datapath {
   apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void>
   /** ipcache longest-prefix lookup; world (2) when nothing matches. */
   lookupIdentity (ipv4: string): number
-  /** Is there a live CT entry with this address at either end? */
+  /**
+   * Is there a live CT entry with this address at either end? Answers within one turn of the
+   * event loop come from one dump of the CT map.
+   */
   hasConnection (remoteIpv4: string): boolean
   onFlow (fn: (ev: FlowEvent) => void): void
   /** Kernel counters per reason (summed over CPUs), names from REASONS. */
@@ -72,6 +75,15 @@ export interface Datapath {
 }
 
 type Maps = Record<MapName, RawMap>
+
+/** Entries per BPF_MAP_LOOKUP_BATCH call of the CT dump (16 bpf() calls for a full l7p_ct). */
+const CT_BATCH = 4096
+const EINVAL = 22
+const ENOENT = 2
+const ENOSPC = 28
+const EOPNOTSUPP = 95
+/** The kernel's internal ENOTSUPP, which some map types return for missing batch ops. */
+const ENOTSUPP = 524
 
 function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   const refs: MapRef[] = []
@@ -129,6 +141,11 @@ class DatapathImpl implements Datapath {
   /** The first apply after open re-attaches every filter (heals what was removed while down). */
   private healed = false
   private readonly kb = Buffer.alloc(16)
+  /** Addresses at either end of a live CT entry, for this turn of the event loop only. */
+  private liveCt: Set<number> | undefined
+  private ctBatchUnsupported = false
+  /** Reused buffers of the CT dump; a hash map's batch position is a bucket index (u32). */
+  private readonly ctBatch = { keys: Buffer.alloc(CT_BATCH * SIZE.ctKey), values: Buffer.alloc(CT_BATCH * SIZE.ctEntry), tokens: [Buffer.alloc(8), Buffer.alloc(8)] }
 
   constructor (
     private readonly opts: DatapathOptions,
@@ -268,15 +285,71 @@ class DatapathImpl implements Datapath {
   }
 
 
+  /**
+   * Answered from one dump of l7p_ct per turn of the event loop: the DNS proxy's GC asks for
+   * every expiring address in one go, and a walk per address (two bpf() calls per entry) on the
+   * thread that serves DNS and HTTP grew with connections x zombies. The set of addresses at
+   * either end of a live entry is built with batched lookups and dropped once this turn ends, so
+   * an answer is never older than the synchronous run that asked.
+   */
   hasConnection (remoteIpv4: string): boolean {
-    const want = Buffer.alloc(4)
-    writeIpv4(want, 0, remoteIpv4)
+    this.kb.fill(0, 0, 4)
+    writeIpv4(this.kb, 0, remoteIpv4)
+    return this.liveCtAddresses().has(this.kb.readUInt32BE(0))
+  }
+
+  private liveCtAddresses (): Set<number> {
+    if (this.liveCt !== undefined) return this.liveCt
+    const live = new Set<number>()
     const now = monotonicNowNs()
-    for (const [k, v] of this.maps.l7p_ct.entries()) {
-      if (want.compare(k, 0, 4) !== 0 && want.compare(k, 4, 8) !== 0) continue
-      if (decodeCtEntry(v).expires > now) return true
+    const nowHi = Number(now >> 32n)
+    const nowLo = Number(now & 0xffffffffn)
+    const add = (key: Buffer, kOff: number, val: Buffer, vOff: number): void => {
+      // expires (u64 LE) > now, without a BigInt per entry
+      const hi = val.readUInt32LE(vOff + 4)
+      if (hi < nowHi || (hi === nowHi && val.readUInt32LE(vOff) <= nowLo)) return
+      live.add(key.readUInt32BE(kOff))
+      live.add(key.readUInt32BE(kOff + 4))
     }
-    return false
+    if (!this.dumpCt(add)) {
+      // a kernel without batched lookups on this map type: one walk, still once per turn
+      for (const [k, v] of this.maps.l7p_ct.entries()) add(k, 0, v, 0)
+    }
+    this.liveCt = live
+    setImmediate(() => { this.liveCt = undefined })
+    return live
+  }
+
+  /** Every entry of l7p_ct through BPF_MAP_LOOKUP_BATCH; false when the kernel has no batch ops. */
+  private dumpCt (each: (key: Buffer, kOff: number, val: Buffer, vOff: number) => void): boolean {
+    if (this.ctBatchUnsupported) return false
+    const lib = libbpf()
+    const fd = this.maps.l7p_ct.ref.fd
+    const b = this.ctBatch
+    let inBatch: Buffer | null = null
+    let outBatch = b.tokens[0]
+    const count = [0]
+    for (;;) {
+      count[0] = b.keys.length / SIZE.ctKey
+      const r = lib.lookupBatch(fd, inBatch, outBatch, b.keys, b.values, count)
+      if (r === -ENOSPC) {
+        // a bucket holds more than a batch: a larger batch, from the same position
+        b.keys = Buffer.alloc(b.keys.length * 2)
+        b.values = Buffer.alloc(b.values.length * 2)
+        continue
+      }
+      if (r < 0 && r !== -ENOENT) {
+        if (inBatch === null && (r === -EINVAL || r === -ENOTSUPP || r === -EOPNOTSUPP)) {
+          this.ctBatchUnsupported = true
+          return false
+        }
+        throw new BpfError('bpf_map_lookup_batch', 'l7p_ct', `errno ${-r}`, -r)
+      }
+      for (let i = 0; i < count[0]; i++) each(b.keys, i * SIZE.ctKey, b.values, i * SIZE.ctEntry)
+      if (r === -ENOENT) return true
+      inBatch = outBatch
+      outBatch = outBatch === b.tokens[0] ? b.tokens[1] : b.tokens[0]
+    }
   }
 
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
