@@ -57,6 +57,8 @@ export class PolicyIndex {
   private readonly refs = new Map<string, Uint32Array>()
   private readonly kb = Buffer.alloc(SIZE.policyKey)
   private readonly vb = Buffer.alloc(SIZE.policyValue)
+  /** Encoded values by verdict x port prefix: a few dozen distinct strings, made once. */
+  private readonly values: string[] = []
 
   constructor (entries: readonly KernelEntry[] = []) {
     for (const e of entries) this.add(e)
@@ -94,7 +96,10 @@ export class PolicyIndex {
     let best = 0
     for (let v = 1; v < c.length; v++) if (c[v] > 0 && RANK[v] > RANK[best]) best = v
     const portPrefix = id.charCodeAt(0) - 64 // prefixlen (LE u32) = 64 + port prefix: its low byte
-    return encodePolicyValue(this.vb, { verdict: best, portPrefix, cookie: 0 }).toString('latin1')
+    const slot = best * 17 + portPrefix
+    let v = this.values[slot]
+    if (v === undefined) v = this.values[slot] = encodePolicyValue(this.vb, { verdict: best, portPrefix, cookie: 0 }).toString('latin1')
+    return v
   }
 
   /** The whole desired content: key -> value. */

@@ -138,7 +138,10 @@ export function countRepairs (dump: ReadonlyMap<string, string>, believed: Reado
 export function syncWithDump (map: RawMap, dump: Map<string, string>, want: ReadonlyMap<string, string>,
   believed: ReadonlyMap<string, string> | undefined): SyncCount {
   const repairs = believed === undefined ? 0 : countRepairs(dump, believed)
-  const keys = new Set(dump.keys())
-  for (const k of want.keys()) keys.add(k)
-  return { ...writeKeys(map, dump, (k) => want.get(k), keys), repairs }
+  // keys only the dump has, then every wanted key (no union set: a full sync walks both anyway)
+  function * keys (): Generator<string> {
+    for (const k of dump.keys()) if (!want.has(k)) yield k
+    yield * want.keys()
+  }
+  return { ...writeKeys(map, dump, (k) => want.get(k), keys()), repairs }
 }
