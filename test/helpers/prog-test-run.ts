@@ -88,10 +88,22 @@ export interface TestRunRig {
   close: () => void
 }
 
-/** Load warden.bpf.o into `bpffs` (a directory of the test's own; leftovers are removed first). */
+/**
+ * Load warden.bpf.o into `bpffs` (a directory of the test's own; leftovers of a killed run are
+ * removed first, and the pins again when the load fails part-way).
+ */
 export async function openTestRunRig (bpffs: string): Promise<TestRunRig> {
   await ensureBpffs('/sys/fs/bpf')
   if (existsSync(bpffs)) removePins(bpffs)
+  try {
+    return await open(bpffs)
+  } catch (err) {
+    removePins(bpffs)
+    throw err
+  }
+}
+
+async function open (bpffs: string): Promise<TestRunRig> {
   await ensureBpffs(bpffs)
   await loadObject(bpffs, 'progs')
   const lib = libbpf()
