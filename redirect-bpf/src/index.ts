@@ -421,6 +421,7 @@ class DatapathImpl implements Datapath {
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
     if (this.fullSyncTimer !== undefined) clearInterval(this.fullSyncTimer)
+    await this.queue // an apply or sync under way finishes with the maps still open
     this.poller?.close()
     this.rb?.free()
     if (this.countersFd >= 0) libbpf().close(this.countersFd)
