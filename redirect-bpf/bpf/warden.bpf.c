@@ -10,8 +10,9 @@
  *                 Flows from the host (proxies' upstreams, host processes) never passed
  *                 from_workload: this creates their CT entry so the workload's replies pass.
  *
- * Non-IPv4: ARP and ICMPv6 pass (neighbour discovery); other IPv6 is dropped, since no
- * policy is enforced for it. IPv4 fragments are dropped (no ports to check).
+ * Ports are read for TCP, UDP and SCTP; ICMP echo uses its id. Non-IPv4: ARP and ICMPv6
+ * pass (neighbour discovery); other IPv6 is dropped, since no policy is enforced for it. IPv4
+ * fragments are dropped (no ports to check).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -54,6 +55,19 @@ struct l7p_icmp_echo {
 };
 #define L7P_ICMP_ECHOREPLY 0
 #define L7P_ICMP_ECHO 8
+
+/*
+ * The SCTP common header (RFC 9260 section 3.1): the ports sit where UDP's do. The policy store
+ * accepts SCTP port rules, so the program must read them: without the ports an SCTP packet would
+ * only ever match the any-port entries, and a deny on one port under a broader allow would not
+ * apply. No kernel header is used: <linux/sctp.h> is not needed for 12 bytes.
+ */
+struct l7p_sctp_common {
+	__be16 source;
+	__be16 dest;
+	__be32 vtag;
+	__le32 checksum;
+};
 
 /* Loader-written knobs (proxy ports). */
 struct {
@@ -122,7 +136,7 @@ struct {
 /* What the parser and the policy code pass around for one packet. */
 struct pkt {
 	struct l7p_ct_key tuple;  /* as seen on the wire */
-	__u16 dport_host;         /* policy port (host order); 0 for ICMP */
+	__u16 dport_host;         /* policy port (host order); 0 for ICMP and other protocols */
 	__u8 tcp_flags;           /* TCP: byte 13 of the header */
 	__u8 is_new_syn;          /* TCP SYN without ACK */
 };
@@ -256,6 +270,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -L7P_R_DROP_MALFORMED;
 		p->tuple.sport = uh->source;
 		p->tuple.dport = uh->dest;
+		break;
+	}
+	case IPPROTO_SCTP: {
+		struct l7p_sctp_common *sh = l4;
+
+		if ((void *)(sh + 1) > data_end)
+			return -L7P_R_DROP_MALFORMED;
+		p->tuple.sport = sh->source;
+		p->tuple.dport = sh->dest;
 		break;
 	}
 	case IPPROTO_ICMP: {

@@ -12,10 +12,10 @@ export interface FlowEvent {
   dstIdentity: number
   srcIp: string
   dstIp: string
-  /** TCP/UDP ports; for ICMP echo both are the echo id; 0 otherwise. */
+  /** TCP/UDP/SCTP ports; for ICMP echo both are the echo id; 0 otherwise. */
   srcPort: number
   dstPort: number
-  /** IP protocol number (6 TCP, 17 UDP, 1 ICMP). */
+  /** IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP). */
   protocol: number
   verdict: FlowVerdict
   /** A name from REASONS: `drop_policy` (default deny), `drop_policy_deny`, `new_allowed`, ... */
@@ -36,6 +36,11 @@ const VERDICTS: Record<number, FlowVerdict> = {
 /** bpf_ktime_get_ns and process.hrtime are both CLOCK_MONOTONIC: one offset converts. */
 export function monotonicNowNs (): bigint { return process.hrtime.bigint() }
 
+/** Protocols whose events carry ports (ICMP: the echo id), as the program parses them. */
+function hasPorts (proto: number): boolean {
+  return proto === 6 || proto === 17 || proto === 132 || proto === 1
+}
+
 export function toFlowEvent (raw: RawEvent, nowMs = Date.now(), nowNs = monotonicNowNs()): FlowEvent {
   return {
     time: nowMs - Number(nowNs - raw.ts) / 1e6,
@@ -44,8 +49,8 @@ export function toFlowEvent (raw: RawEvent, nowMs = Date.now(), nowNs = monotoni
     dstIdentity: raw.dstIdentity,
     srcIp: raw.saddr,
     dstIp: raw.daddr,
-    srcPort: raw.proto === 6 || raw.proto === 17 || raw.proto === 1 ? raw.sport : 0,
-    dstPort: raw.proto === 6 || raw.proto === 17 || raw.proto === 1 ? raw.dport : 0,
+    srcPort: hasPorts(raw.proto) ? raw.sport : 0,
+    dstPort: hasPorts(raw.proto) ? raw.dport : 0,
     protocol: raw.proto,
     verdict: VERDICTS[raw.verdict] ?? 'dropped',
     reason: REASONS[raw.reason] ?? `reason_${raw.reason}`,

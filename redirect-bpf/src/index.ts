@@ -10,7 +10,7 @@ import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
-  decodeAttach, decodeConfig, decodeCtEntry, decodeIpcacheValue,
+  decodeAttach, decodeConfig, decodeIpcacheValue,
   encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
 } from './layout.js'
 import {
@@ -18,7 +18,8 @@ import {
   checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, promoteProgs, removePins,
   removeQdiscIfEmpty, removeRouting, type MapName
 } from './loader.js'
-import { compilePolicy } from './policy.js'
+import { PolicyIndex } from './policy.js'
+import { batchBuffers, countRepairs, dumpBatched, dumpMap, syncWithDump, writeKeys, type BatchBuffers, type SyncCount } from './sync.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { decodeFlowEvent, monotonicNowNs, type FlowEvent } from './events.js'
@@ -47,22 +48,33 @@ export interface DatapathOptions {
    * Off: the host routes it, its netfilter FORWARD rules see it (Cilium's legacy host routing).
    */
   hostRouting?: boolean
+  /**
+   * How often the maps are read back whole and compared with the last applied snapshot, drift
+   * repaired and counted (default 5 minutes; 0: never). Applies write only what their diff names.
+   */
+  fullSyncIntervalMs?: number
   logger: Logger
 }
 
 export interface Datapath {
   /**
-   * Bring the kernel in line with `snap`: removals of keys not wanted, then upserts of new or
-   * changed ones, then attach new endpoints' interfaces and detach removed ones. The maps are
-   * synced against their current content (read from the pins at open, then kept in memory),
-   * which makes the same writes as `diff` would and cannot drift, so `diff` is optional.
-   * The first apply after open also re-attaches every filter (heals what was removed while
-   * the agent was down).
+   * Bring the kernel in line with `snap`. With a `diff` from the snapshot the kernel holds (its
+   * `from` is that version), only the keys the diff names are written: the normal path, whose
+   * cost follows the change. Without one, or when the diff does not start from what the kernel
+   * holds (a missed snapshot, a failed apply), a full sync: the maps are read back, compared
+   * with the whole snapshot, and the differences written. In both, removals go before upserts,
+   * new endpoints' interfaces are attached and removed ones detached. A full sync also runs
+   * every `fullSyncIntervalMs` against the last snapshot and logs the drift it repairs.
+   * The first apply after open re-attaches every filter (heals what was removed while the
+   * agent was down). Applies run one at a time, in call order.
    */
   apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void>
   /** ipcache longest-prefix lookup; world (2) when nothing matches. */
   lookupIdentity (ipv4: string): number
-  /** Is there a live CT entry with this address at either end? */
+  /**
+   * Is there a live CT entry with this address at either end? Answers within one turn of the
+   * event loop come from one dump of the CT map.
+   */
   hasConnection (remoteIpv4: string): boolean
   onFlow (fn: (ev: FlowEvent) => void): void
   /** Kernel counters per reason (summed over CPUs), names from REASONS. */
@@ -72,6 +84,9 @@ export interface Datapath {
 }
 
 type Maps = Record<MapName, RawMap>
+
+/** Cilium reconciles its policy maps with a full dump on a timer too (syncPolicyMapWithDump). */
+const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
 
 function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   const refs: MapRef[] = []
@@ -86,39 +101,21 @@ function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   return { maps, refs }
 }
 
-function readAll (map: RawMap): Map<string, string> {
-  const out = new Map<string, string>()
-  for (const [k, v] of map.entries()) out.set(k.toString('latin1'), v.toString('latin1'))
-  return out
-}
-
-/**
- * Sync one map to `want` (key bytes -> value bytes, as latin1 strings): removals of keys
- * not wanted first, then upserts of new or changed ones. `have` mirrors the map after
- * each write, so a failure part-way leaves it true and the next apply finishes the job.
- */
-function syncMap (map: RawMap, have: Map<string, string>, want: Map<string, string>): { added: number, removed: number } {
-  let removed = 0
-  let added = 0
-  for (const k of [...have.keys()]) {
-    if (!want.has(k)) {
-      map.delete(Buffer.from(k, 'latin1'))
-      have.delete(k)
-      removed++
-    }
-  }
-  for (const [k, v] of want) {
-    if (have.get(k) === v) continue
-    map.set(Buffer.from(k, 'latin1'), Buffer.from(v, 'latin1'))
-    have.set(k, v)
-    added++
-  }
-  return { added, removed }
-}
-
 class DatapathImpl implements Datapath {
   private readonly listeners: Array<(ev: FlowEvent) => void> = []
-  private readonly cache: { endpoints: Map<string, string>, ipcache: Map<string, string>, policy: Map<string, string> }
+  /** What the maps are believed to hold (key -> value bytes as latin1), kept after every write. */
+  private have = { endpoints: new Map<string, string>(), ipcache: new Map<string, string>(), policy: new Map<string, string>() }
+  /** The policy and ipcache content of the snapshot in the kernel, which diffs are applied to. */
+  private policy = new PolicyIndex()
+  private ipcacheWant = new Map<string, string>()
+  /**
+   * Version of the snapshot the maps hold, when they are known to hold exactly it: a diff from
+   * it can be applied as is. Undefined before the first full sync and after a failed apply.
+   */
+  private inKernel: number | undefined
+  /** Applies and full syncs, one at a time. */
+  private queue: Promise<void> = Promise.resolve()
+  private fullSyncTimer: NodeJS.Timeout | undefined
   private rb: RingBuffer | undefined
   private poller: { close: () => void } | undefined
   private timer: NodeJS.Timeout | undefined
@@ -129,17 +126,32 @@ class DatapathImpl implements Datapath {
   /** The first apply after open re-attaches every filter (heals what was removed while down). */
   private healed = false
   private readonly kb = Buffer.alloc(16)
+  /** Addresses at either end of a live CT entry, for this turn of the event loop only. */
+  private liveCt: Set<number> | undefined
+  /** Reused buffers of the CT dump. */
+  private ctBatch: BatchBuffers | undefined
 
   constructor (
     private readonly opts: DatapathOptions,
     private readonly maps: Maps,
     private readonly refs: MapRef[]
   ) {
-    this.cache = {
-      endpoints: readAll(maps.l7p_endpoints),
-      ipcache: readAll(maps.l7p_ipcache),
-      policy: readAll(maps.l7p_policy)
+    const every = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS
+    if (every > 0) {
+      this.fullSyncTimer = setInterval(() => {
+        const snap = this.last
+        if (snap === undefined || this.closed) return
+        this.serial(async () => { await this.fullSync(snap, 'periodic') })
+          .catch((err) => this.opts.logger.error({ err }, 'periodic datapath sync failed'))
+      }, every)
+      this.fullSyncTimer.unref()
     }
+  }
+
+  private async serial (fn: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(fn)
+    this.queue = run.catch(() => {})
+    await run
   }
 
   startEvents (): void {
@@ -165,8 +177,10 @@ class DatapathImpl implements Datapath {
     }
     this.timer = setInterval(() => {
       consume()
-      if (this.pending.size > 0 && this.last !== undefined) {
-        this.attachEndpoints(this.last, false).catch((err) => this.opts.logger.error({ err }, 'attach retry failed'))
+      const snap = this.last
+      if (this.pending.size > 0 && snap !== undefined) {
+        this.serial(async () => { await this.syncEndpoints(snap, false, false) })
+          .catch((err) => this.opts.logger.error({ err }, 'attach retry failed'))
       }
     }, this.poller === undefined ? 100 : 1000)
     this.timer.unref()
@@ -223,44 +237,125 @@ class DatapathImpl implements Datapath {
     }
   }
 
-  async apply (snap: Snapshot, _diff?: SnapshotDiff): Promise<void> {
+  async apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void> {
+    await this.serial(async () => {
+      if (diff !== undefined && this.inKernel !== undefined && diff.from === this.inKernel && diff.to === snap.version) {
+        await this.applyDiff(snap, diff)
+      } else {
+        await this.fullSync(snap, diff === undefined ? 'snapshot' : 'diff-not-from-kernel')
+      }
+    })
+  }
+
+  /**
+   * The normal path (Cilium's applyPolicyMapChanges): the diff's entries are counted in or out
+   * of the desired content, and only the keys they cover are written.
+   */
+  private async applyDiff (snap: Snapshot, diff: SnapshotDiff): Promise<void> {
     const t0 = performance.now()
-    // 1. what the programs read: ipcache, endpoints, policy -- before attaching new interfaces
-    const ipc = new Map<string, string>()
+    this.inKernel = undefined // until every write below has been made
+    // 1. what the programs read: ipcache, policy, endpoints -- before attaching new interfaces
     const kb = Buffer.alloc(SIZE.ipcacheKey)
     const vb = Buffer.alloc(SIZE.ipcacheValue)
+    const ipcKeys = new Set<string>()
+    for (const e of diff.ipcacheRemoved) {
+      const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
+      const v = encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1')
+      if (this.ipcacheWant.get(k) === v) this.ipcacheWant.delete(k)
+      ipcKeys.add(k)
+    }
+    for (const e of diff.ipcacheAdded) {
+      const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
+      this.ipcacheWant.set(k, encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1'))
+      ipcKeys.add(k)
+    }
+    const polKeys = new Set<string>()
+    for (const e of diff.kernelRemoved) this.policy.remove(e, polKeys)
+    for (const e of diff.kernelAdded) this.policy.add(e, polKeys)
+    this.policy.checkSize()
+    const ipcache = writeKeys(this.maps.l7p_ipcache, this.have.ipcache, (k) => this.ipcacheWant.get(k), ipcKeys)
+    const policy = writeKeys(this.maps.l7p_policy, this.have.policy, (k) => this.policy.value(k), polKeys)
+    this.last = snap
+    // endpoints are few: any change (or an interface still awaited) redoes them whole
+    const endpoints = diff.endpointsAdded.length + diff.endpointsRemoved.length > 0 || this.pending.size > 0
+      ? await this.syncEndpoints(snap, false, false)
+      : undefined
+    this.inKernel = snap.version
+    this.opts.logger.debug({
+      version: snap.version, mode: 'diff', ms: Math.round((performance.now() - t0) * 10) / 10, ipcache, policy, endpoints
+    }, 'datapath applied')
+  }
+
+  /**
+   * The safety net (Cilium's syncPolicyMapWithDump): read the maps back, compare them with the
+   * whole snapshot, write the differences. Drift is counted and logged: when the snapshot is the
+   * one already in force (the periodic sync), every write is a repair (a diff that missed a
+   * change, a write lost, another process writing the pins); for a new snapshot, the keys where
+   * the maps held something other than what the last apply left.
+   */
+  private async fullSync (snap: Snapshot, why: 'snapshot' | 'diff-not-from-kernel' | 'periodic'): Promise<void> {
+    const t0 = performance.now()
+    const known = this.inKernel !== undefined
+    const resync = known && this.inKernel === snap.version
+    const drift = (c: SyncCount): number => resync ? c.written + c.deleted : c.repairs
+    this.inKernel = undefined
+    const kb = Buffer.alloc(SIZE.ipcacheKey)
+    const vb = Buffer.alloc(SIZE.ipcacheValue)
+    const ipcWant = new Map<string, string>()
     for (const e of snap.ipcache) {
-      ipc.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
+      ipcWant.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
         encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1'))
     }
-    const eps = new Map<string, string>()
+    const index = new PolicyIndex(snap.kernel)
+    index.checkSize()
+    this.ipcacheWant = ipcWant
+    this.policy = index
+    const ipcDump = dumpMap(this.maps.l7p_ipcache)
+    const ipcache = syncWithDump(this.maps.l7p_ipcache, ipcDump, ipcWant, known ? this.have.ipcache : undefined)
+    this.have.ipcache = ipcDump
+    const polDump = dumpMap(this.maps.l7p_policy)
+    const policy = syncWithDump(this.maps.l7p_policy, polDump, index.toMap(), known ? this.have.policy : undefined)
+    this.have.policy = polDump
+    this.last = snap
+    // tc runs only for interfaces whose attachment changed, except on the first apply
+    const endpoints = await this.syncEndpoints(snap, !this.healed, true, known)
+    this.healed = true
+    this.inKernel = snap.version
+    const count = (c: SyncCount): SyncCount => ({ written: c.written, deleted: c.deleted, repairs: drift(c) })
+    const maps = { ipcache: count(ipcache), policy: count(policy), endpoints: count(endpoints) }
+    const repairs = maps.ipcache.repairs + maps.policy.repairs + maps.endpoints.repairs
+    const fields = { version: snap.version, mode: 'full', why, ms: Math.round((performance.now() - t0) * 10) / 10, repairs, ...maps }
+    if (repairs > 0) this.opts.logger.warn(fields, 'datapath full sync repaired drift in the kernel maps')
+    else this.opts.logger.debug(fields, 'datapath applied')
+  }
+
+  /**
+   * l7p_endpoints and the tc attachments for `snap`: entries of new (or changed) endpoints are
+   * written before their interfaces are attached, entries of removed ones deleted after theirs
+   * are detached. `full`: compare with the map read back (repairs counted when `known`).
+   */
+  private async syncEndpoints (snap: Snapshot, heal: boolean, full: boolean, known = false): Promise<SyncCount> {
+    const map = this.maps.l7p_endpoints
+    let repairs = 0
+    if (full) {
+      const dump = dumpMap(map)
+      if (known) repairs = countRepairs(dump, this.have.endpoints)
+      this.have.endpoints = dump
+    }
+    const want = new Map<string, string>()
     const ek = Buffer.alloc(4)
     const ev = Buffer.alloc(SIZE.endpoint)
     for (const ep of snap.endpoints) {
       const idx = ifindexOf(ep.interface)
       if (idx === undefined) continue
       ek.writeUInt32LE(idx, 0)
-      eps.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }).toString('latin1'))
+      want.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }).toString('latin1'))
     }
-    const pol = compilePolicy(snap.kernel)
-
-    const sIpc = syncMap(this.maps.l7p_ipcache, this.cache.ipcache, ipc)
-    const sPol = syncMap(this.maps.l7p_policy, this.cache.policy, pol)
-    // endpoints that go away are detached first, then forgotten; new ones are known first
-    const added = new Map([...eps].filter(([k]) => !this.cache.endpoints.has(k)))
-    syncMap(this.maps.l7p_endpoints, this.cache.endpoints, new Map([...this.cache.endpoints, ...added]))
-    this.last = snap
-    // tc runs only for interfaces whose attachment changed, except on the first apply
-    await this.attachEndpoints(snap, !this.healed)
-    this.healed = true
-    const sEp = syncMap(this.maps.l7p_endpoints, this.cache.endpoints, eps)
-    this.opts.logger.debug({
-      version: snap.version,
-      ms: Math.round((performance.now() - t0) * 10) / 10,
-      ipcache: sIpc,
-      policy: sPol,
-      endpoints: sEp
-    }, 'datapath applied')
+    const have = this.have.endpoints
+    const first = writeKeys(map, have, (k) => want.get(k), [...want.keys()])
+    await this.attachEndpoints(snap, heal)
+    const gone = writeKeys(map, have, (k) => want.get(k), [...have.keys()].filter((k) => !want.has(k)))
+    return { written: first.written + gone.written, deleted: first.deleted + gone.deleted, repairs }
   }
 
   lookupIdentity (ipv4: string): number {
@@ -268,15 +363,39 @@ class DatapathImpl implements Datapath {
   }
 
 
+  /**
+   * Answered from one dump of l7p_ct per turn of the event loop: the DNS proxy's GC asks for
+   * every expiring address in one go, and a walk per address (two bpf() calls per entry) on the
+   * thread that serves DNS and HTTP grew with connections x zombies. The set of addresses at
+   * either end of a live entry is built with batched lookups and dropped once this turn ends, so
+   * an answer is never older than the synchronous run that asked.
+   */
   hasConnection (remoteIpv4: string): boolean {
-    const want = Buffer.alloc(4)
-    writeIpv4(want, 0, remoteIpv4)
+    this.kb.fill(0, 0, 4)
+    writeIpv4(this.kb, 0, remoteIpv4)
+    return this.liveCtAddresses().has(this.kb.readUInt32BE(0))
+  }
+
+  private liveCtAddresses (): Set<number> {
+    if (this.liveCt !== undefined) return this.liveCt
+    const live = new Set<number>()
     const now = monotonicNowNs()
-    for (const [k, v] of this.maps.l7p_ct.entries()) {
-      if (want.compare(k, 0, 4) !== 0 && want.compare(k, 4, 8) !== 0) continue
-      if (decodeCtEntry(v).expires > now) return true
+    const nowHi = Number(now >> 32n)
+    const nowLo = Number(now & 0xffffffffn)
+    const add = (key: Buffer, kOff: number, val: Buffer, vOff: number): void => {
+      // expires (u64 LE) > now, without a BigInt per entry
+      const hi = val.readUInt32LE(vOff + 4)
+      if (hi < nowHi || (hi === nowHi && val.readUInt32LE(vOff) <= nowLo)) return
+      live.add(key.readUInt32BE(kOff))
+      live.add(key.readUInt32BE(kOff + 4))
     }
-    return false
+    if (!dumpBatched(this.maps.l7p_ct, this.ctBatch ??= batchBuffers(this.maps.l7p_ct), add)) {
+      // a kernel without batched lookups on this map type: one walk, still once per turn
+      for (const [k, v] of this.maps.l7p_ct.entries()) add(k, 0, v, 0)
+    }
+    this.liveCt = live
+    setImmediate(() => { this.liveCt = undefined })
+    return live
   }
 
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
@@ -301,6 +420,8 @@ class DatapathImpl implements Datapath {
     if (this.closed) return
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
+    if (this.fullSyncTimer !== undefined) clearInterval(this.fullSyncTimer)
+    await this.queue // an apply or sync under way finishes with the maps still open
     this.poller?.close()
     this.rb?.free()
     if (this.countersFd >= 0) libbpf().close(this.countersFd)

@@ -1,6 +1,8 @@
 /**
  * The few libbpf calls the `bpf` npm package does not cover, through koffi (FFI over
- * libbpf.so.1 from libbpf-dev): per-CPU lookups and the ring buffer consumer.
+ * libbpf.so.1 from libbpf-dev): per-CPU lookups, the ring buffer consumer, and batched
+ * lookups into caller-owned buffers (the package's getBatch copies every entry into a Buffer
+ * of its own).
  */
 import koffi from 'koffi'
 import { BpfError } from './errors.js'
@@ -10,6 +12,13 @@ export interface Libbpf {
   lookup (fd: number, key: Buffer, value: Buffer): boolean
   possibleCpus: number
   ringBuffer (fd: number, onSample: (data: Buffer) => void): RingBuffer
+  /**
+   * One BPF_MAP_LOOKUP_BATCH: up to `count[0]` entries into `keys`/`values` (packed), from the
+   * position `inBatch` names (null: the start); the next position goes to `outBatch` and the
+   * number read to `count[0]`. Returns 0, or a negative errno: -ENOENT when the walk is done
+   * (entries may still have been read), -ENOSPC when a hash bucket holds more than `count`.
+   */
+  lookupBatch (fd: number, inBatch: Buffer | null, outBatch: Buffer, keys: Buffer, values: Buffer, count: number[]): number
   close (fd: number): void
 }
 
@@ -34,6 +43,7 @@ export function libbpf (): Libbpf {
   const rbConsume = so.func('int ring_buffer__consume(void *rb)')
   const rbEpollFd = so.func('int ring_buffer__epoll_fd(void *rb)')
   const rbFree = so.func('void ring_buffer__free(void *rb)')
+  const lookupBatch = so.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)')
   const closeFd = libc.func('int close(int fd)')
   const cpus = numCpus() as number
 
@@ -69,6 +79,11 @@ export function libbpf (): Libbpf {
           koffi.unregister(cb)
         }
       }
+    },
+    lookupBatch (fd, inBatch, outBatch, keys, values, count) {
+      const r = lookupBatch(fd, inBatch, outBatch, keys, values, count, null) as number
+      // libbpf 1.x returns -errno; 0.x returned -1 and left it in errno
+      return r === -1 ? -koffi.errno() : r
     },
     close (fd) { closeFd(fd) }
   }

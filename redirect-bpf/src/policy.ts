@@ -38,24 +38,91 @@ export function portBlocks (lo: number, hi: number): Array<[number, number]> {
 
 export interface PolicyRecord { key: Buffer, value: Buffer, verdict: number }
 
+function checkEntry (e: KernelEntry): number {
+  const verdict = VERDICT_NUM[e.verdict]
+  if (verdict === undefined) throw new DatapathError('WARDEN_ERR_POLICY_ENTRY', `unknown verdict ${String(e.verdict)}`, { entry: e })
+  if (e.port === 0 && e.endPort !== 0) throw new DatapathError('WARDEN_ERR_POLICY_ENTRY', 'endPort without port', { entry: e })
+  return verdict
+}
+
 /**
- * Compile the desired map content: key bytes -> value bytes, both as latin1 strings (cheap
- * to hash and compare, about ten times cheaper than a Buffer per entry at 10k entries),
- * so a sync is a set difference against the current content and only writes make Buffers.
+ * The desired content of l7p_policy, kept per key as a count of the entries that put each
+ * verdict there, so that an entry can be added or removed on its own (a diff) and the key
+ * still ends with the strongest verdict of the entries left (RANK). Keys are latin1 strings
+ * of the key bytes (cheap to hash and compare, about ten times cheaper than a Buffer per entry
+ * at 10k entries), so a sync is a set difference and only writes make Buffers.
  */
-export function compilePolicy (entries: readonly KernelEntry[]): Map<string, string> {
-  const out = new Map<string, string>()
-  const kb = Buffer.alloc(SIZE.policyKey)
-  const vb = Buffer.alloc(SIZE.policyValue)
-  for (const e of entries) {
-    const verdict = VERDICT_NUM[e.verdict]
-    if (verdict === undefined) throw new DatapathError('WARDEN_ERR_POLICY_ENTRY', `unknown verdict ${String(e.verdict)}`, { entry: e })
-    if (e.port === 0 && e.endPort !== 0) throw new DatapathError('WARDEN_ERR_POLICY_ENTRY', 'endPort without port', { entry: e })
+export class PolicyIndex {
+  /** key -> entries per verdict number (index 0 unused). */
+  private readonly refs = new Map<string, Uint32Array>()
+  private readonly kb = Buffer.alloc(SIZE.policyKey)
+  private readonly vb = Buffer.alloc(SIZE.policyValue)
+  /** Encoded values by verdict x port prefix: a few dozen distinct strings, made once. */
+  private readonly values: string[] = []
+
+  constructor (entries: readonly KernelEntry[] = []) {
+    for (const e of entries) this.add(e)
+  }
+
+  get size (): number { return this.refs.size }
+
+  /** Count `e` in; the keys it covers go into `touched`. */
+  add (e: KernelEntry, touched?: Set<string>): void {
+    const verdict = checkEntry(e)
+    this.eachKey(e, (id) => {
+      let c = this.refs.get(id)
+      if (c === undefined) this.refs.set(id, c = new Uint32Array(RANK.length))
+      c[verdict]++
+      touched?.add(id)
+    })
+  }
+
+  /** Count `e` out (an entry never added changes nothing); the keys it covers go into `touched`. */
+  remove (e: KernelEntry, touched?: Set<string>): void {
+    const verdict = checkEntry(e)
+    this.eachKey(e, (id) => {
+      const c = this.refs.get(id)
+      if (c === undefined || c[verdict] === 0) return
+      c[verdict]--
+      if (c.every((n) => n === 0)) this.refs.delete(id)
+      touched?.add(id)
+    })
+  }
+
+  /** The value the key must hold, or undefined when no entry covers it. */
+  value (id: string): string | undefined {
+    const c = this.refs.get(id)
+    if (c === undefined) return undefined
+    let best = 0
+    for (let v = 1; v < c.length; v++) if (c[v] > 0 && RANK[v] > RANK[best]) best = v
+    const portPrefix = id.charCodeAt(0) - 64 // prefixlen (LE u32) = 64 + port prefix: its low byte
+    const slot = best * 17 + portPrefix
+    let v = this.values[slot]
+    if (v === undefined) v = this.values[slot] = encodePolicyValue(this.vb, { verdict: best, portPrefix, cookie: 0 }).toString('latin1')
+    return v
+  }
+
+  /** The whole desired content: key -> value. */
+  toMap (): Map<string, string> {
+    const out = new Map<string, string>()
+    for (const id of this.refs.keys()) out.set(id, this.value(id) as string)
+    return out
+  }
+
+  /** Throw when the map could not hold the content. */
+  checkSize (): void {
+    if (this.refs.size > POLICY_MAP_MAX) {
+      throw new DatapathError('WARDEN_ERR_POLICY_TOO_LARGE',
+        `policy needs ${this.refs.size} kernel entries, the map holds ${POLICY_MAP_MAX}`, { entries: this.refs.size })
+    }
+  }
+
+  private eachKey (e: KernelEntry, fn: (id: string) => void): void {
     const blocks: Array<[number, number]> = e.port === 0
       ? ANY_PORT
       : e.endPort <= e.port ? [[e.port, 16]] : portBlocks(e.port, e.endPort)
     for (const [port, portPrefix] of blocks) {
-      encodePolicyKey(kb, {
+      encodePolicyKey(this.kb, {
         endpointId: e.endpointId,
         direction: e.direction,
         protocol: e.protocol,
@@ -63,17 +130,16 @@ export function compilePolicy (entries: readonly KernelEntry[]): Map<string, str
         port,
         portPrefix
       })
-      const id = kb.toString('latin1')
-      const prev = out.get(id)
-      if (prev !== undefined && RANK[prev.charCodeAt(0)] >= RANK[verdict]) continue
-      out.set(id, encodePolicyValue(vb, { verdict, portPrefix, cookie: 0 }).toString('latin1'))
+      fn(this.kb.toString('latin1'))
     }
   }
-  if (out.size > POLICY_MAP_MAX) {
-    throw new DatapathError('WARDEN_ERR_POLICY_TOO_LARGE',
-      `policy needs ${out.size} kernel entries, the map holds ${POLICY_MAP_MAX}`, { entries: out.size })
-  }
-  return out
+}
+
+/** Compile the desired map content at once: key bytes -> value bytes, as latin1 strings. */
+export function compilePolicy (entries: readonly KernelEntry[]): Map<string, string> {
+  const index = new PolicyIndex(entries)
+  index.checkSize()
+  return index.toMap()
 }
 
 /** Decoded view of compilePolicy's output (tests, debugging). */

@@ -82,6 +82,8 @@ t.test('events decode from the fixture bytes', async (t) => {
     time: 10_000 - 2, endpointId: 100, srcIdentity: 1000, dstIdentity: 1001, srcIp: '198.18.16.1', dstIp: '198.18.16.2',
     srcPort: 40000, dstPort: 8080, protocol: 6, verdict: 'dropped', reason: 'drop_policy_deny', direction: 'egress', ifindex: 11
   })
+  t.match(toFlowEvent({ ...raw, proto: 132 }), { protocol: 132, srcPort: 40000, dstPort: 8080 }, 'SCTP events keep their ports')
+  t.match(toFlowEvent({ ...raw, proto: 47 }), { protocol: 47, srcPort: 0, dstPort: 0 }, 'a protocol without ports has none')
 })
 
 t.test('port ranges become exact aligned blocks', async (t) => {
