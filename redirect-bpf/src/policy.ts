@@ -51,10 +51,17 @@ function checkEntry (e: KernelEntry): number {
  * still ends with the strongest verdict of the entries left (RANK). Keys are latin1 strings
  * of the key bytes (cheap to hash and compare, about ten times cheaper than a Buffer per entry
  * at 10k entries), so a sync is a set difference and only writes make Buffers.
+ *
+ * An entry is one (endpoint, direction, peer identity, protocol, port range) with one verdict.
+ * Adding an entry that is there with another verdict replaces it (the compiler's diff lists a
+ * changed verdict as an addition only); removing one counts it out only when it is there with
+ * that verdict. So a diff that lists a change both ways applies in either order.
  */
 export class PolicyIndex {
   /** key -> entries per verdict number (index 0 unused). */
   private readonly refs = new Map<string, Uint32Array>()
+  /** The entries counted in: their identity (all but the verdict) -> verdict. */
+  private readonly entries = new Map<string, number>()
   private readonly kb = Buffer.alloc(SIZE.policyKey)
   private readonly vb = Buffer.alloc(SIZE.policyValue)
   /** Encoded values by verdict x port prefix: a few dozen distinct strings, made once. */
@@ -66,9 +73,14 @@ export class PolicyIndex {
 
   get size (): number { return this.refs.size }
 
-  /** Count `e` in; the keys it covers go into `touched`. */
+  /** Count `e` in (replacing the same entry with another verdict); the keys it covers go into `touched`. */
   add (e: KernelEntry, touched?: Set<string>): void {
     const verdict = checkEntry(e)
+    const k = entryIdentity(e)
+    const before = this.entries.get(k)
+    if (before === verdict) return
+    if (before !== undefined) this.uncount(e, before, touched)
+    this.entries.set(k, verdict)
     this.eachKey(e, (id) => {
       let c = this.refs.get(id)
       if (c === undefined) this.refs.set(id, c = new Uint32Array(RANK.length))
@@ -77,9 +89,16 @@ export class PolicyIndex {
     })
   }
 
-  /** Count `e` out (an entry never added changes nothing); the keys it covers go into `touched`. */
+  /** Count `e` out (an entry not there with this verdict changes nothing); the keys it covers go into `touched`. */
   remove (e: KernelEntry, touched?: Set<string>): void {
     const verdict = checkEntry(e)
+    const k = entryIdentity(e)
+    if (this.entries.get(k) !== verdict) return
+    this.entries.delete(k)
+    this.uncount(e, verdict, touched)
+  }
+
+  private uncount (e: KernelEntry, verdict: number, touched?: Set<string>): void {
     this.eachKey(e, (id) => {
       const c = this.refs.get(id)
       if (c === undefined || c[verdict] === 0) return
@@ -133,6 +152,10 @@ export class PolicyIndex {
       fn(this.kb.toString('latin1'))
     }
   }
+}
+
+function entryIdentity (e: KernelEntry): string {
+  return `${e.endpointId}|${e.direction}|${e.remoteIdentity}|${e.protocol}|${e.port}|${e.endPort}`
 }
 
 /** Compile the desired map content at once: key bytes -> value bytes, as latin1 strings. */

@@ -65,6 +65,9 @@ t.test('store diffs are applied as diffs', { skip: isRoot() ? false : 'needs roo
     policy(9090),
     policy(9090, '  - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: "7000", endPort: 7100, protocol: TCP}]}]\n'),
     policy(9090, '  - fromCIDR: [192.0.2.0/24]\n'),
+    // the same entry (a's identity, TCP 9090) changes verdict: allow -> deny -> allow
+    policy(9090, '  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: "9090", protocol: TCP}]}]\n'),
+    policy(9090),
     policy(8080)
   ].entries()) {
     const before = applied.version
