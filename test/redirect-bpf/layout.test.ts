@@ -107,13 +107,14 @@ t.test('colliding entries keep the strongest verdict; ports, any-port and ranges
   const m = compilePolicy([
     entry(1, 0, 5, 6, 80, 'allow', 90),
     entry(1, 0, 5, 6, 80, 'deny'),
-    entry(1, 0, 5, 6, 88, 'redirect-http', 89),
-    entry(1, 0, 5, 6, 88, 'allow', 89),
+    // port 88 written with and without endPort: two entries on one key
+    entry(1, 0, 5, 6, 88, 'redirect-http', 88),
+    entry(1, 0, 5, 6, 88, 'allow'),
     entry(1, 1, 0, 0, 0, 'allow')
   ])
   const byKey = new Map(policyRecords(m).map((r) => [JSON.stringify(decodePolicyKey(r.key)), r.verdict]))
   t.equal(byKey.get(JSON.stringify({ portPrefix: 16, endpointId: 1, direction: 0, protocol: 6, identity: 5, port: 80 })), 2, 'deny wins over the range allow')
-  t.equal(byKey.get(JSON.stringify({ portPrefix: 15, endpointId: 1, direction: 0, protocol: 6, identity: 5, port: 88 })), 3, 'redirect kept over allow')
+  t.equal(byKey.get(JSON.stringify({ portPrefix: 16, endpointId: 1, direction: 0, protocol: 6, identity: 5, port: 88 })), 3, 'redirect kept over allow')
   t.equal(byKey.get(JSON.stringify({ portPrefix: 0, endpointId: 1, direction: 1, protocol: 0, identity: 0, port: 0 })), 1)
   t.throws(() => compilePolicy([{ ...entry(1, 0, 0, 6, 0, 'allow'), endPort: 5 }]), { code: 'WARDEN_ERR_POLICY_ENTRY' })
 })
