@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os'
-import { DEFAULT_RELEASE_GRACE_MS, IdentityLabelFilter } from '../policy-store/src/index.js'
+import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
+import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
 import { UsageError } from './usage.js'
 import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
@@ -66,8 +67,7 @@ export const command: Command = {
     'route-table': { type: 'string' },
     'host-routing': { type: 'string' },
     'state-dir': { type: 'string' },
-    'identity-labels': { type: 'string', multiple: true },
-    'identity-labels-replace': { type: 'boolean' },
+    ...IDENTITY_LABEL_OPTIONS,
     'identity-release-grace': { type: 'string' },
     'deny-response': { type: 'string' },
     'http-workers': { type: 'string' },
@@ -90,12 +90,9 @@ export const command: Command = {
     if (hostRouting !== 'bpf' && hostRouting !== 'legacy') {
       throw new UsageError(`--host-routing must be bpf or legacy, got "${hostRouting}"`)
     }
-    const identityLabels = ((v['identity-labels'] as string[] | undefined) ?? []).flatMap((x) => x.split(/\s+/)).filter((x) => x !== '')
-    const identityLabelsReplace = v['identity-labels-replace'] === true
+    const { identityLabels, identityLabelsReplace } = identityLabelOptions(v)
     let opts
     try {
-      // Refuse a bad pattern here, as a usage error, rather than at agent start.
-      void new IdentityLabelFilter(identityLabels, { replace: identityLabelsReplace })
       opts = {
         policies: v.policies,
         endpoints: v.endpoints,

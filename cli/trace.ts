@@ -4,23 +4,26 @@
  */
 import type { Command } from './main.js'
 import { UsageError } from './usage.js'
+import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import { formatPolicyError, loadSnapshot, traceFlow } from '../policy-store/src/index.js'
 import { parseLabelsSpec } from '../policy-store/src/trace.js'
 
 const USAGE = `Usage: warden trace --policies DIR --endpoints FILE --from SRC --to DST --port N
          [--protocol TCP|UDP] [--method M] [--path P] [--host H] [--header 'Name: value' ...]
-         [--query NAME] [--json]
+         [--query NAME] [--json] [--identity-labels LIST] [--identity-labels-replace]
 
 SRC and DST: an endpoint (name or namespace/name), an IPv4 address, or
 labels:k=v,k2=v2[@namespace] (a pod that is not on this node).
 Prints the verdict (allowed or denied), the layer that decided (L3, L4 or L7) and why.
 For a port redirected to the DNS proxy, --query NAME checks a DNS question.
-HTTP defaults: --method GET --path /, no Host header unless --host.`
+HTTP defaults: --method GET --path /, no Host header unless --host.
+--identity-labels and --identity-labels-replace as for \`warden run\` (give the agent's).`
 
 export const command: Command = {
   summary: 'explain the verdict for one flow (and HTTP request) with the rule that decided',
   usage: USAGE,
   options: {
+    ...IDENTITY_LABEL_OPTIONS,
     policies: { type: 'string' },
     endpoints: { type: 'string' },
     from: { type: 'string' },
@@ -54,7 +57,7 @@ export const command: Command = {
       if (typeof labels === 'string') throw new UsageError(labels)
       extra.push(labels)
     }
-    const { snapshot, errors } = await loadSnapshot({ policies: v.policies as string, endpoints: v.endpoints as string, extraLabelSets: extra })
+    const { snapshot, errors } = await loadSnapshot({ policies: v.policies as string, endpoints: v.endpoints as string, extraLabelSets: extra, ...identityLabelOptions(v) })
     if (errors.length > 0) {
       // Trace what is valid, but say loudly that some files were left out.
       for (const e of errors) console.error(`warning: ${formatPolicyError(e)} (not applied)`)
