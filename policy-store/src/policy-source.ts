@@ -22,10 +22,21 @@ export interface PolicyResource {
   errors: readonly PolicyError[]
 }
 
+/** What a source holds now. */
+export interface PolicyListing {
+  /** Every resource found. Unchanged resources are the same objects as in the previous listing. */
+  resources: PolicyResource[]
+  /**
+   * Errors of the listing itself (a directory that cannot be read, too many files). When there
+   * are any, the listing may be incomplete: a resource missing from it is not known to be gone,
+   * and the store keeps its last good version rather than dropping its policies.
+   */
+  listingErrors: PolicyError[]
+}
+
 export interface PolicySource {
   readonly description: string
-  /** Every resource currently present. Unchanged resources return the same objects. */
-  load (): Promise<PolicyResource[]>
+  load (): Promise<PolicyListing>
   watch (onChange: () => void): () => void
 }
 
@@ -44,12 +55,11 @@ export class DirectoryPolicySource implements PolicySource {
   constructor (readonly dir: string) {}
   get description (): string { return this.dir }
 
-  async load (): Promise<PolicyResource[]> {
+  async load (): Promise<PolicyListing> {
     const files: string[] = []
     const errors: PolicyError[] = []
     await this.walk(this.dir, files, errors)
     const out: PolicyResource[] = []
-    if (errors.length > 0) out.push({ key: this.dir, policies: null, errors })
     const seen = new Set<string>(files)
     files.sort()
     // Most files are unchanged: stat them synchronously (a few microseconds each, far less than
@@ -63,7 +73,7 @@ export class DirectoryPolicySource implements PolicySource {
       }
     }
     for (const k of this.cache.keys()) if (!seen.has(k)) this.cache.delete(k)
-    return out
+    return { resources: out, listingErrors: errors }
   }
 
   private async walk (dir: string, out: string[], errors: PolicyError[]): Promise<void> {

@@ -11,7 +11,7 @@ import { FileIdentityAllocator, MemoryIdentityAllocator, type IdentityAllocator 
 import { IdentityLabelFilter } from './label-filter.js'
 import { identityLabelsOf } from './labels.js'
 import type { FilePolicies } from './model.js'
-import { DirectoryPolicySource, type PolicySource } from './policy-source.js'
+import { DirectoryPolicySource, type PolicyResource, type PolicySource } from './policy-source.js'
 import type { Label, LearnedName, Snapshot, SnapshotDiff } from './types.js'
 
 export interface StoreOptions {
@@ -132,14 +132,15 @@ class Store implements PolicyStore {
     const errors: PolicyError[] = []
     const fresh: PolicyError[] = []
     let changed = false
-    const resources = await this.policySource.load()
+    const { resources, listingErrors } = await this.policySource.load()
     const present = new Set<string>()
-    let sourceBroken = false
-    for (const r of resources) {
+    const sourceBroken = listingErrors.length > 0
+    // the listing's own errors are reported like a resource's, under the source's name
+    const listing: PolicyResource[] = sourceBroken ? [{ key: this.policySource.description, policies: null, errors: listingErrors }] : []
+    for (const r of [...listing, ...resources]) {
       present.add(r.key)
       if (r.policies === null) {
         errors.push(...r.errors)
-        if (r.key === this.policySource.description) sourceBroken = true
         const sig = r.errors.map(formatPolicyError).join('\n')
         if (this.reported.get(r.key) !== sig) { this.reported.set(r.key, sig); fresh.push(...r.errors) }
         continue

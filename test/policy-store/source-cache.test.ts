@@ -56,10 +56,10 @@ t.test('one edited document: only it is re-validated; lines stay file lines', as
   const docs = (ports: number[]): string => ports.map((p, i) => pol(`p${i}`, p)).join('---\n')
   const dir = tempTree(t, { 'p/a.yaml': docs([80, 81, 82]) })
   const src = new DirectoryPolicySource(join(dir, 'p'))
-  const [r1] = await src.load()
+  const [r1] = (await src.load()).resources
   t.equal(r1.policies?.rules.length, 3)
   writeFileSync(join(dir, 'p/a.yaml'), docs([80, 91, 82]))
-  const [r2] = await src.load()
+  const [r2] = (await src.load()).resources
   const before = r1.policies?.rules ?? []
   const after = r2.policies?.rules ?? []
   t.equal(after[0], before[0], 'first document: same rule object')
@@ -69,22 +69,22 @@ t.test('one edited document: only it is re-validated; lines stay file lines', as
 
   // A bad document in the middle: its error at its file line; the file is rejected whole.
   writeFileSync(join(dir, 'p/a.yaml'), docs([80, 99999, 82]))
-  const [r3] = await src.load()
+  const [r3] = (await src.load()).resources
   t.equal(r3.policies, null)
   t.match(r3.errors, [{ code: 'WARDEN_ERR_POLICY_PORT', line: 17 }])
   // A YAML syntax error in one document: syntax errors alone, at the file line.
   writeFileSync(join(dir, 'p/a.yaml'), docs([80, 81, 82]).replace('metadata: {name: p2}', 'metadata: {name: p2'))
-  const [r4] = await src.load()
+  const [r4] = (await src.load()).resources
   t.match(r4.errors, [{ code: 'WARDEN_ERR_POLICY_SYNTAX' }])
   t.ok(r4.errors.every((e) => e.line >= 21), 'error located in the third document')
   // Fixed: the documents that stayed the same keep their rules.
   writeFileSync(join(dir, 'p/a.yaml'), docs([80, 81, 82]))
-  const [r5] = await src.load()
+  const [r5] = (await src.load()).resources
   t.equal(r5.policies?.rules[0], before[0])
   t.same(r5.policies?.rules.map((r) => r.elements[0].ports?.[0].port), [80, 81, 82])
   // Only comments left (one of the cached pieces): an empty file, as before.
   writeFileSync(join(dir, 'p/a.yaml'), '# nothing\n')
-  const [r6] = await src.load()
+  const [r6] = (await src.load()).resources
   t.match(r6.errors, [{ code: 'WARDEN_ERR_POLICY_EMPTY' }])
 })
 
@@ -92,16 +92,16 @@ t.test('unchanged files are not re-parsed; a same-size rewrite within the clock 
   const dir = tempTree(t, { 'p/a.yaml': pol('a', 80), 'e.yaml': ENDPOINTS })
   const src = new DirectoryPolicySource(join(dir, 'p'))
   const eps = new FileEndpointSource(join(dir, 'e.yaml'))
-  const [a1] = await src.load()
+  const [a1] = (await src.load()).resources
   const e1 = await eps.load()
-  const [a2] = await src.load()
+  const [a2] = (await src.load()).resources
   const e2 = await eps.load()
   t.equal(a2, a1, 'policy file: same resource object')
   t.equal(e2, e1, 'endpoints file: same result object')
   // Same size, written right away: the stamp may not change, the content does.
   writeFileSync(join(dir, 'p/a.yaml'), pol('a', 81))
   writeFileSync(join(dir, 'e.yaml'), ENDPOINTS.replace('10.42.0.10', '10.42.0.20'))
-  const [a3] = await src.load()
+  const [a3] = (await src.load()).resources
   const e3 = await eps.load()
   t.equal(a3.policies?.rules[0].elements[0].ports?.[0].port, 81)
   t.equal(e3.endpoints?.[0].ipv4, '10.42.0.20')

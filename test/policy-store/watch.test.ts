@@ -4,7 +4,7 @@
 import t from 'tap'
 import { renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { DIR, lookupKernel, MemoryIdentityAllocator, openStore, PROTO, type PolicyError, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
+import { DIR, DirectoryPolicySource, ERR, lookupKernel, MemoryIdentityAllocator, openStore, PROTO, type PolicyError, type PolicyListing, type PolicySource, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
 import { ENDPOINTS, tempTree } from './helpers.js'
 
 const pol = (name: string, app: string, port: number): string => `apiVersion: cilium.io/v2
@@ -130,4 +130,34 @@ t.test('a snapshot is emitted even when persisting identities fails: the diffs c
   t.equal(snap.version, v1 + 1)
   t.ok(allowed(snap, 'billing-service', 81))
   allocator.failing = false
+})
+
+t.test('a listing that failed (the directory unreadable) drops nothing; the next good one does', async (t) => {
+  const dir = tempTree(t, { 'p/a.yaml': pol('a', 'billing-service', 80), 'p/b.yaml': pol('b', 'auditing-service', 80), 'e.yaml': ENDPOINTS })
+  const real = new DirectoryPolicySource(join(dir, 'p'))
+  let broken = false
+  // the source as it would be while its directory cannot be read: no resources, a listing error
+  const source: PolicySource = {
+    description: real.description,
+    load: async (): Promise<PolicyListing> => broken
+      ? { resources: [], listingErrors: [{ code: ERR.READ, file: real.description, line: 0, col: 0, path: '', message: 'cannot read policy directory: EACCES' }] }
+      : await real.load(),
+    watch: (fn) => real.watch(fn)
+  }
+  const store = await openStore({ policies: join(dir, 'p'), policySource: source, endpoints: join(dir, 'e.yaml'), allocator: new MemoryIdentityAllocator() })
+  t.teardown(() => store.close())
+  // a.yaml in force: billing-service is default-deny, port 81 denied
+  t.notOk(allowed(store.current(), 'billing-service', 81))
+  broken = true
+  const rejected = nextRejection(store)
+  writeFileSync(join(dir, 'p', 'b.yaml'), pol('b', 'auditing-service', 81))
+  t.match(await rejected, [{ message: /cannot read policy directory/ }], 'the listing error is reported')
+  t.notOk(allowed(store.current(), 'billing-service', 81), 'a.yaml is not taken for deleted: billing-service stays default-deny')
+  broken = false
+  rmSync(join(dir, 'p', 'a.yaml'))
+  // the write above may still bring a snapshot of its own (a.yaml listed again): wait for the deletion's
+  let snap = store.current()
+  for (let i = 0; i < 5 && !allowed(snap, 'billing-service', 81); i++) snap = (await nextSnapshot(store)).snap
+  t.ok(allowed(snap, 'billing-service', 81), 'once listed, a deleted file goes: no policy selects billing-service')
+  t.ok(allowed(snap, 'auditing-service', 81))
 })
