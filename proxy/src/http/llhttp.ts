@@ -15,6 +15,12 @@
  *   carries trailers after a chunked body.
  * - kOnBody(buffer) gets a copy of the body bytes (chunk framing already removed).
  * - maxHeaderSize counts the request line and every header byte (HPE_HEADER_OVERFLOW).
+ *
+ * Lifetime: close() deletes the native parser at once. Doing that while llhttp is running --
+ * from inside any callback of execute() OR finish() (a response framed by the connection's
+ * close completes inside finish(), and its owner frees the connection there) -- is a
+ * use-after-free that kills the process. destroy() therefore only marks the parser while a
+ * native call is on the stack, and the outermost call frees it on its way out.
  */
 import { createRequire } from 'node:module'
 
@@ -77,7 +83,8 @@ export class Parser {
   private readonly native: NativeParser
   private readonly onBodyFn: (chunk: Buffer) => void
   private freed = false
-  private executing = false
+  /** Native calls (execute, finish) on the stack; the parser is freed only when this is 0. */
+  private depth = 0
 
   constructor (kind: 'request' | 'response', maxHeaderBytes: number, handler: ParserHandler) {
     const p = new HTTPParser()
@@ -106,21 +113,29 @@ export class Parser {
   /** Bytes consumed, or the error (HPE_PAUSED included). */
   execute (buf: Buffer): number | ParseError {
     if (this.freed) return 0
-    this.executing = true
+    this.depth++
     try {
       return this.native.execute(buf)
     } finally {
-      this.executing = false
-      // destroy() called from inside a callback: free now that llhttp has returned.
-      if (this.freed) this.native.close()
+      this.leave()
     }
   }
 
   /** Signal EOF: completes a message framed by connection close; error if mid-message. */
   finish (): ParseError | null {
     if (this.freed) return null
-    const r = this.native.finish()
-    return r instanceof Error ? r : null
+    this.depth++
+    try {
+      const r = this.native.finish()
+      return r instanceof Error ? r : null
+    } finally {
+      this.leave()
+    }
+  }
+
+  private leave (): void {
+    // destroy() was called from inside a callback: free now that llhttp has returned.
+    if (--this.depth === 0 && this.freed) this.native.close()
   }
 
   resume (): void { if (!this.freed) this.native.resume() }
@@ -129,7 +144,7 @@ export class Parser {
   destroy (): void {
     if (this.freed) return
     this.freed = true
-    if (!this.executing) this.native.close()
+    if (this.depth === 0) this.native.close()
   }
 }
 
