@@ -93,8 +93,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private headSent = false
   private upstream: UpstreamConn | null = null
   private retryHead: string | null = null
-  private moreHeaders: string[] = []
-  private trailers: string[] = []
   private held: HeldHead | null = null
   private remainder: Buffer | null = null
   private tunnelBuf: Buffer[] = []
@@ -207,14 +205,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.setDeadline(Deadline.HEAD, this.ctx.opts.headersTimeoutMs)
   }
 
-  onHeaders (headers: string[]): void {
-    // Before headers-complete: more than 32 fields, flushed early. After: chunked trailers.
-    if (this.busy && !this.reqDone) { for (const h of headers) this.trailers.push(h) } else { for (const h of headers) this.moreHeaders.push(h) }
-  }
-
   onHeadersComplete (major: number, minor: number, headers: string[], method: number, url: string,
     _status: number, upgrade: boolean, keepAlive: boolean): number {
-    if (this.moreHeaders.length > 0) { headers = this.moreHeaders.concat(headers); this.moreHeaders = [] }
     if (this.busy) {
       // Pipelined: hold this head until the exchange in progress is answered.
       this.held = { major, minor, headers, method, url, upgrade, keepAlive }
@@ -244,7 +236,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     }
   }
 
-  onMessageComplete (): void {
+  onMessageComplete (trailers: string[]): void {
     if (this.closed || !this.busy) return
     this.reqDone = true
     this.setDeadline(Deadline.NONE, 0)
@@ -252,7 +244,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const up = this.upstream
     if (up !== null && this.reqChunked) {
       let t = LAST_CHUNK
-      for (let i = 0; i < this.trailers.length; i += 2) t += this.trailers[i] + ': ' + this.trailers[i + 1] + CRLF
+      for (let i = 0; i < trailers.length; i += 2) t += trailers[i] + ': ' + trailers[i + 1] + CRLF
       up.write(t + CRLF)
     }
     if (this.reqHasBody) this.retryHead = null
@@ -271,7 +263,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.denied = false
     this.headSent = false
     this.upgradeReq = false
-    this.trailers = []
     this.startedAt = performance.now()
     this.status = 0
     this.bytesIn = 0

@@ -196,8 +196,6 @@ export class UpstreamConn implements ParserHandler {
     this.inHead = true
   }
 
-  onHeaders (): void {}
-
   onHeadersComplete (_major: number, _minor: number, headers: string[], _method: number, _url: string,
     status: number, upgrade: boolean, keepAlive: boolean): number {
     this.inHead = false

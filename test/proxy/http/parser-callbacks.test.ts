@@ -50,3 +50,68 @@ for (const [name, response] of [
     t.equal(px.proxy.metrics().upstream_open, 0, 'no upstream connection left open')
   })
 }
+
+t.test('a request with 33 to 100 header fields is forwarded with all of them', async t => {
+  const be = await startBackend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  for (const n of [33, 64, 99]) {
+    let extra = ''
+    for (let i = 0; i < n - 1; i++) extra += `X-Field-${i}: v${i}\r\n`
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(`GET /healthz HTTP/1.1\r\nHost: billing\r\n${extra}\r\n`)
+    const r = await c.response()
+    t.equal(r?.status, 200, `${n} fields: allowed`)
+    const seen = be.requests[be.requests.length - 1]
+    t.equal(seen?.url, '/healthz', `${n} fields: target intact`)
+    t.equal(seen?.headers[`x-field-${n - 2}`], `v${n - 2}`, `${n} fields: the last field arrived`)
+    t.equal(seen?.headers['x-field-0'], 'v0', `${n} fields: the first field arrived`)
+  }
+})
+
+t.test('pipelined requests after a chunked request with trailers are forwarded', async t => {
+  const be = await startBackend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  const charge = 'POST /api/v1/charge HTTP/1.1\r\nHost: billing\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n'
+  const plain = 'POST /api/v1/charge HTTP/1.1\r\nHost: billing\r\nContent-Length: 2\r\n\r\nde'
+  c.write(charge + plain + plain)
+  for (let i = 0; i < 3; i++) t.equal((await c.response())?.status, 200, `response ${i + 1}`)
+  t.strictSame(be.requests.map(r => [r.method, r.url, r.body]), [
+    ['POST', '/api/v1/charge', 'abc'], ['POST', '/api/v1/charge', 'de'], ['POST', '/api/v1/charge', 'de']
+  ])
+  t.equal(be.requests[0].headers['x-checksum'], undefined, 'trailers are not headers')
+})
+
+t.test('after a chunked response with trailers, the next client on the pooled connection gets its whole response', async t => {
+  let served = 0
+  const be = await rawBackend(t, s => {
+    s.on('data', () => {
+      served++
+      if (served === 1) s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\nX-Trailer: t\r\n\r\n')
+      else s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n7\r\n-whole!\r\n0\r\n\r\n')
+    })
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const ended = (raw: string): boolean => raw.endsWith('\r\n0\r\n\r\n')
+  const first = await exchange(px.port, ADDR.MONITORING, GET_HEALTHZ, ended)
+  t.match(first, /\r\n5\r\nfirst\r\n0\r\n/, 'first client: its body')
+  const second = await exchange(px.port, ADDR.MONITORING, GET_HEALTHZ, ended)
+  t.match(second, /^HTTP\/1\.1 200 OK\r\n/)
+  t.ok(second.endsWith('\r\n6\r\nsecond\r\n7\r\n-whole!\r\n0\r\n\r\n'), 'second client: its whole body, chunked as announced')
+  t.equal(be.connections(), 1, 'both went over the one pooled upstream connection')
+})
+
+t.test('a response with more than 32 header fields is relayed whole, and so is the next one', async t => {
+  let fields = ''
+  for (let i = 0; i < 40; i++) fields += `X-R-${i}: ${i}\r\n`
+  const be = await rawBackend(t, s => {
+    s.on('data', () => { s.write(`HTTP/1.1 200 OK\r\n${fields}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n`) })
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const ended = (raw: string): boolean => raw.endsWith('\r\n0\r\n\r\n')
+  for (let i = 0; i < 2; i++) {
+    const raw = await exchange(px.port, ADDR.MONITORING, GET_HEALTHZ, ended)
+    t.match(raw, /X-R-39: 39\r\n/, `response ${i + 1}: every field`)
+    t.ok(raw.endsWith('\r\n\r\n2\r\nok\r\n0\r\n\r\n'), `response ${i + 1}: chunked body intact`)
+  }
+})
