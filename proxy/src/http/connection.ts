@@ -18,7 +18,7 @@ import { adoptAccepted, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
 import type pino from 'pino'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
-import { normalizeTarget } from './normalize.js'
+import { canonicalRequest, ForwardRequest, Framing, type ParsedRequestHead } from './request-head.js'
 import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
@@ -27,7 +27,7 @@ import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
 import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
-const LAST_CHUNK = '0\r\n'
+const LAST_CHUNK = '0\r\n\r\n'
 const MSG_HTTP_REQUEST = jsonString('http request')
 
 /** What a deadline means when it passes. */
@@ -41,16 +41,6 @@ const PAUSED_PIPELINE = 1
 const PAUSED_UPSTREAM = 2
 const PAUSED_TUNNEL = 4
 const PAUSED_CLIENT_DRAIN = 8
-
-interface HeldHead {
-  major: number
-  minor: number
-  headers: string[]
-  method: number
-  url: string
-  upgrade: boolean
-  keepAlive: boolean
-}
 
 function stripMapped (ip: string | undefined): string {
   if (ip === undefined) return ''
@@ -84,8 +74,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private reqDone = false
   private denied = false
   private closeAfter = false
-  private reqChunked = false
-  private reqHasBody = false
+  /** The request being forwarded, in the canonical form the upstream gets. */
+  private readonly req = new ForwardRequest()
+  /** Body bytes llhttp may still deliver for a Content-Length request (checked against its framing). */
+  private bodyLeft = 0
   private reqKeepAlive = true
   private upgradeReq = false
   private isHead = false
@@ -93,7 +85,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private headSent = false
   private upstream: UpstreamConn | null = null
   private retryHead: string | null = null
-  private held: HeldHead | null = null
+  private held: ParsedRequestHead | null = null
   private remainder: Buffer | null = null
   private tunnelBuf: Buffer[] = []
   /** After a 101 / CONNECT 2xx: the upstream socket that client bytes are relayed to. */
@@ -207,13 +199,14 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   onHeadersComplete (major: number, minor: number, headers: string[], method: number, url: string,
     _status: number, upgrade: boolean, keepAlive: boolean): number {
+    const parsed: ParsedRequestHead = { major, minor, headers, method: METHODS[method] ?? '', url, upgrade, keepAlive }
     if (this.busy) {
       // Pipelined: hold this head until the exchange in progress is answered.
-      this.held = { major, minor, headers, method, url, upgrade, keepAlive }
+      this.held = parsed
       this.setDeadline(Deadline.NONE, 0)
       return PAUSE
     }
-    return this.startRequest(major, minor, headers, method, url, upgrade, keepAlive)
+    return this.startRequest(parsed)
   }
 
   onBody (chunk: Buffer): void {
@@ -222,13 +215,19 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
     const up = this.upstream
     if (this.denied || up === null) return // denied: the body is read and dropped, never forwarded
+    // The body goes out framed as the forwarded head says; llhttp must agree with that framing.
+    const framing = this.req.framing
     let ok: boolean
-    if (this.reqChunked) {
+    if (framing === Framing.CHUNKED) {
       up.write(chunk.length.toString(16) + CRLF)
       up.write(chunk)
       ok = up.write(CRLF)
-    } else {
+    } else if (framing === Framing.LENGTH && chunk.length <= this.bodyLeft) {
+      this.bodyLeft -= chunk.length
       ok = up.write(chunk)
+    } else {
+      this.framingMismatch()
+      return
     }
     if (!ok) {
       this.pause(PAUSED_UPSTREAM)
@@ -236,26 +235,37 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     }
   }
 
-  onMessageComplete (trailers: string[]): void {
+  onMessageComplete (_trailers: string[]): void {
     if (this.closed || !this.busy) return
     this.reqDone = true
     this.setDeadline(Deadline.NONE, 0)
     if (this.denied) { this.finishExchange(); return }
     const up = this.upstream
-    if (up !== null && this.reqChunked) {
-      let t = LAST_CHUNK
-      for (let i = 0; i < trailers.length; i += 2) t += trailers[i] + ': ' + trailers[i + 1] + CRLF
-      up.write(t + CRLF)
-    }
-    if (this.reqHasBody) this.retryHead = null
+    if (this.bodyLeft !== 0) { this.framingMismatch(); return }
+    // Trailers are not forwarded: the policy never saw them, and a backend that merged one
+    // named like a framing field into the head would read the message differently.
+    if (up !== null && this.req.framing === Framing.CHUNKED) up.write(LAST_CHUNK)
+    if (this.req.hasBody) this.retryHead = null
     // The request is all out: the upstream now has upstreamResponseTimeoutMs to start answering.
     if (!this.headSent && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
   }
 
+  /**
+   * llhttp delivered a body that does not fit the framing the forwarded head announced. The
+   * request-head rules leave no request where the two differ; should one appear, the upstream
+   * connection holds a broken message and is dropped, and nothing more is read from the client.
+   */
+  private framingMismatch (): void {
+    this.upstream?.destroy()
+    this.upstream = null
+    if (this.headSent) { this.destroy(); return }
+    this.reject(400, 'body-framing-mismatch')
+    this.closed = true
+  }
+
   // ---- one request ---------------------------------------------------------------------------
 
-  private startRequest (major: number, minor: number, headers: string[], methodIdx: number, url: string,
-    upgrade: boolean, keepAlive: boolean): number {
+  private startRequest (parsed: ParsedRequestHead): number {
     const { ctx } = this
     ctx.counters.requests++
     this.busy = true
@@ -269,85 +279,30 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.bytesOut = 0
     this.reason = ''
     this.verdict = ''
-    this.reqKeepAlive = keepAlive
-    const method = METHODS[methodIdx] ?? ''
+    this.reqKeepAlive = parsed.keepAlive
+    this.bodyLeft = 0
+    const req = this.req
+    const refused = canonicalRequest(parsed, ctx.opts.maxHeaders, req)
     const view = this.view
-    view.method = method
-    view.path = url
-    view.host = ''
-    view.headers = headers
+    view.method = req.method
+    view.path = req.path
+    view.host = req.host
+    view.headers = req.headers
+    if (refused !== null) return this.reject(refused.status, refused.reason)
 
-    if (headers.length / 2 > ctx.opts.maxHeaders) return this.reject(431, 'too-many-headers')
-    // HTTP/0.9 (no version) is malformed here; a well-formed 2.x/1.2 request line is a version we do not speak.
-    if (major === 0) return this.reject(400, 'http-0.9')
-    if (major !== 1 || (minor !== 0 && minor !== 1)) return this.reject(505, 'http-version')
-
-    let hostCount = 0
-    let host = ''
-    let hasBody = false
-    let chunked = false
-    for (let i = 0; i < headers.length; i += 2) {
-      const n = headers[i]
-      const len = n.length
-      if (len === 4) {
-        if (n.toLowerCase() === 'host') { host = headers[i + 1]; hostCount++ }
-      } else if (len === 14) {
-        if (n.toLowerCase() === 'content-length' && headers[i + 1] !== '0') hasBody = true
-      } else if (len === 17) {
-        if (n.toLowerCase() === 'transfer-encoding') { hasBody = true; chunked = true }
-      }
-    }
-    if (hostCount > 1) return this.reject(400, 'duplicate-host')
-    if (hostCount === 0 && minor === 1) return this.reject(400, 'missing-host')
-
-    // Request target forms (RFC 9112 §3.2).
-    let target = url
-    let addHost = ''
-    if (method === 'CONNECT') {
-      // authority-form: the target is the authority; it is what `host` rules see.
-      if (hostCount === 1 && host.toLowerCase() !== url.toLowerCase()) return this.reject(400, 'connect-host-mismatch')
-      host = url
-    } else if (url.charCodeAt(0) !== 0x2f) {
-      if (url === '*' && method === 'OPTIONS') {
-        target = '*'
-      } else {
-        // absolute-form: accepted only when it names the same authority as Host (else a
-        // backend that honours the target's authority could be steered to another host).
-        const m = /^https?:\/\/([^/?#@]+)(.*)$/i.exec(url)
-        if (m === null) return this.reject(400, 'bad-target')
-        const authority = m[1]
-        if (hostCount === 1 && host.toLowerCase() !== authority.toLowerCase()) return this.reject(400, 'absolute-form-host-mismatch')
-        if (hostCount === 0) { host = authority; addHost = 'Host: ' + authority + CRLF }
-        const rest = m[2]
-        target = rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? '/' + rest : rest
-      }
-    }
-    let path = target
-    if (method !== 'CONNECT' && target !== '*') {
-      const n = normalizeTarget(target)
-      if (n === null) return this.reject(400, 'path-not-normalizable')
-      path = n
-    }
-    view.path = path
-    view.host = host
-
-    // Fresh policy for every request (STYLE §9.3 rule 7).
+    // Fresh policy for every request (STYLE §9.3 rule 7); it judges the canonical request.
     const pol = this.policy
     pol.refresh(ctx.deps.snapshot())
-    if (!pol.decide(view)) return this.deny(hasBody, upgrade)
+    if (!pol.decide(view)) return this.deny(req.hasBody, req.upgrade)
 
     ctx.counters.allowed++
     this.verdict = 'allowed'
-    this.reqChunked = chunked
-    this.reqHasBody = hasBody
-    this.isHead = method === 'HEAD'
-    this.upgradeReq = upgrade
-    let head = method + ' ' + path + (minor === 1 ? ' HTTP/1.1\r\n' : ' HTTP/1.0\r\n') + addHost
-    for (let i = 0; i < headers.length; i += 2) head += headers[i] + ': ' + headers[i + 1] + CRLF
-    head += CRLF
-    this.retryHead = head
-    this.sendUpstream(head, false)
-    if (hasBody) this.setDeadline(Deadline.BODY, ctx.opts.bodyTimeoutMs)
+    this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
+    this.isHead = req.method === 'HEAD'
+    this.upgradeReq = req.upgrade
+    this.retryHead = req.head
+    this.sendUpstream(req.head, false)
+    if (req.hasBody) this.setDeadline(Deadline.BODY, ctx.opts.bodyTimeoutMs)
     else this.setDeadline(Deadline.NONE, 0)
     return 0
   }
@@ -357,10 +312,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
-    up.begin(this, this.isHead, this.view.method === 'CONNECT')
+    up.begin(this, this.isHead, this.req.method === 'CONNECT')
     // Body bytes in the same read go out with the head in one writev; a body-less request is
     // one write, and corking it would only add a trip through the writev path.
-    if (this.inExecute && this.corked === null && this.reqHasBody) { up.out.cork(); this.corked = up }
+    if (this.inExecute && this.corked === null && this.req.hasBody) { up.out.cork(); this.corked = up }
     up.write(head)
   }
 
@@ -564,7 +519,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       return
     }
     this.held = null
-    const r = this.startRequest(held.major, held.minor, held.headers, held.method, held.url, held.upgrade, held.keepAlive)
+    const r = this.startRequest(held)
     if (this.closed || this.closeAfter || r === PAUSE) return
     this.parser.resume()
     const rest = this.remainder

@@ -7,13 +7,15 @@
  * configured message plus CRLF). We leave out Envoy's `server: envoy`.
  */
 
-export type ReplyKind = 403 | 400 | 408 | 413 | 431 | 502 | 503 | 504 | 505
+export type ReplyKind = 403 | 400 | 408 | 413 | 417 | 431 | 501 | 502 | 503 | 504 | 505
 const REASONS: Record<ReplyKind, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
   408: 'Request Timeout',
   413: 'Payload Too Large',
+  417: 'Expectation Failed',
   431: 'Request Header Fields Too Large',
+  501: 'Not Implemented',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
   504: 'Gateway Timeout',
@@ -23,7 +25,9 @@ const BODIES: Record<Exclude<ReplyKind, 403>, string> = {
   400: 'Bad Request\r\n',
   408: 'Request Timeout\r\n',
   413: 'Payload Too Large\r\n',
+  417: 'Expectation Failed\r\n',
   431: 'Request Header Fields Too Large\r\n',
+  501: 'Not Implemented\r\n',
   502: 'upstream reset before response headers\r\n',
   503: 'upstream connect error\r\n',
   504: 'upstream request timeout\r\n',
