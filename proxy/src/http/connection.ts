@@ -61,8 +61,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   /** Socket closed and counters settled. */
   private gone = false
   private clientEnded = false
-  private inExecute = false
-  private corked: UpstreamConn | null = null
   private pausedMask = 0
   deadline = 0
   deadlineKind: Deadline = Deadline.NONE
@@ -155,13 +153,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   private execute (chunk: Buffer): void {
-    // Writes to the upstream made while parsing one read go out in one writev.
-    const up = this.upstream
-    if (up !== null) { up.out.cork(); this.corked = up }
-    this.inExecute = true
+    // No corking around the parse: each write to the upstream reports backpressure itself
+    // (onBody pauses the client on the first refused write).
     const r = this.parser.execute(chunk)
-    this.inExecute = false
-    if (this.corked !== null) { this.corked.out.uncork(); this.corked = null }
     if (this.closed) return
     if (typeof r === 'number') {
       // An upgrade/CONNECT request: llhttp stops after it; the rest is tunnel payload.
@@ -219,9 +213,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const framing = this.req.framing
     let ok: boolean
     if (framing === Framing.CHUNKED) {
+      up.out.cork() // size line, data and CRLF in one writev
       up.write(chunk.length.toString(16) + CRLF)
       up.write(chunk)
-      ok = up.write(CRLF)
+      up.write(CRLF)
+      ok = up.out.uncork()
     } else if (framing === Framing.LENGTH && chunk.length <= this.bodyLeft) {
       this.bodyLeft -= chunk.length
       ok = up.write(chunk)
@@ -229,10 +225,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.framingMismatch()
       return
     }
-    if (!ok) {
-      this.pause(PAUSED_UPSTREAM)
-      up.socket.once('drain', () => { this.unpause(PAUSED_UPSTREAM) })
-    }
+    // The upstream is not taking the body as fast as the client sends it: stop reading the
+    // client (the rest of this read is still parsed and queued: one read at most) until the
+    // upstream connection says it drained (onUpstreamDrain).
+    if (!ok) this.pause(PAUSED_UPSTREAM)
   }
 
   onMessageComplete (_trailers: string[]): void {
@@ -313,10 +309,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
     up.begin(this, this.isHead, this.req.method === 'CONNECT')
-    // Body bytes in the same read go out with the head in one writev; a body-less request is
-    // one write, and corking it would only add a trip through the writev path.
-    if (this.inExecute && this.corked === null && this.req.hasBody) { up.out.cork(); this.corked = up }
-    up.write(head)
+    if (!up.write(head)) this.pause(PAUSED_UPSTREAM)
   }
 
   private deny (hasBody: boolean, upgrade: boolean): number {
@@ -395,6 +388,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   // ---- upstream callbacks --------------------------------------------------------------------
+
+  onUpstreamDrain (): void {
+    this.unpause(PAUSED_UPSTREAM)
+  }
 
   onResponseHead (status: number): void {
     if (status >= 200 || status === 101) {
@@ -484,6 +481,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   // ---- exchange end, pipelining ---------------------------------------------------------------
 
   private finishExchange (): void {
+    // A body write still waiting for the upstream to drain no longer holds the client back.
+    this.unpause(PAUSED_UPSTREAM)
     this.logAccess()
     this.busy = false
     this.retryHead = null

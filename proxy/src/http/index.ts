@@ -13,6 +13,7 @@ import { ClientConn } from './connection.js'
 import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
 import { Replies } from './replies.js'
 import { UpstreamPool } from './upstream.js'
+import { writeStats } from './writes.js'
 import type net from 'node:net'
 
 export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
@@ -27,7 +28,8 @@ export interface HttpProxy {
   /**
    * Counters: `requests`, `allowed`, `denied_<reason>` (no_l7_table, ingress_no_rule_match,
    * egress_no_rule_match), `rejected_<kind>`, `upstream_errors_<kind>`, `connections_active`,
-   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`.
+   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`, `write_pending_bytes`
+   * (bytes the proxy holds for peers that read slowly; process-wide).
    */
   metrics (): Record<string, number>
   /** Stop timers and close every client and upstream connection. */
@@ -85,7 +87,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
       }
     },
     metrics (): Record<string, number> {
-      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount }
+      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount, write_pending_bytes: writeStats.pendingBytes }
     },
     async close (): Promise<void> {
       clearInterval(sweeper)

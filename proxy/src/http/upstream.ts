@@ -35,6 +35,8 @@ export interface UpstreamOwner {
   onResponseBody (length: number): void
   /** A final response is complete; `reusable` says whether the upstream may go back to the pool. */
   onResponseComplete (keepAlive: boolean): void
+  /** The request bytes written so far have all gone to the kernel: send more. */
+  onUpstreamDrain (): void
   /** 101 or CONNECT 2xx: from now on raw bytes; `rest` is what followed the head. */
   onTunnel (rest: Buffer): void
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void
@@ -98,6 +100,7 @@ export class UpstreamConn implements ParserHandler {
       // take the datapath's full path anyway (it creates the conntrack entry).
       if (mark !== 0) setSocketMark(socketFd(s), mark)
     })
+    s.on('drain', () => { this.owner?.onUpstreamDrain() })
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
     s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
