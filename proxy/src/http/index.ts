@@ -20,7 +20,6 @@ export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
 export { HTTP_GAUGES } from './context.js'
 export { SERVER_OPTIONS } from './reads.js'
-export { batchedDestination, BatchedDestination, type BatchedDestinationOptions } from './log-destination.js'
 
 export interface HttpProxy {
   /** Take over an accepted client socket (original destination = its local address by default). */
