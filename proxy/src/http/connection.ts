@@ -16,20 +16,20 @@
 import type net from 'node:net'
 import { adoptAccepted, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
-import type pino from 'pino'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
 import { canonicalRequest, ForwardRequest, Framing, type ParsedRequestHead } from './request-head.js'
 import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
-import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
-import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
+import { AccessLog, type Verdict } from './access-log.js'
+import { RESERVED } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
 const LAST_CHUNK = '0\r\n\r\n'
-const MSG_HTTP_REQUEST = jsonString('http request')
 
+/** Local reply: reset the connection instead of answering. */
+const RESET = 0
 /** What a deadline means when it passes. */
 const enum Deadline { NONE, IDLE, HEAD, BODY, LINGER }
 /** After our last response on a closing connection, how long the client may keep its side open. */
@@ -90,26 +90,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private tunnelPeer: net.Socket | null = null
   private fatal: ReplyKind | 0 = 0
   private fatalReason = ''
-  // Access-log fields of the exchange.
-  private startedAt = 0
-  private status = 0
-  private bytesIn = 0
-  private bytesOut = 0
-  private verdict = ''
-  private reason = ''
-  /**
-   * Access logger with this connection's source and destination as bindings, which pino
-   * serialises once instead of per line (bench/micro/access-log.ts: about a third of the
-   * line's serialisation cost). Rebuilt when the snapshot (endpoints, labels) changes.
-   */
-  private accessLog: pino.Logger | null = null
-  private accessLogSnap: Snapshot | null = null
-  /** Child of accessLog with the last deciding rule bound (keep-alive clients repeat rules): another ~1.2 us per line saved. */
-  private ruleLog: pino.Logger | null = null
-  private ruleLogRef: RuleRef | null = null
-  /** What pino serialised for accessLog's and ruleLog's bindings (log-line.ts writes them as they are). */
-  private accessBindings = ''
-  private ruleBindings = ''
+  /** The exchange's access-log line. */
+  private readonly log: AccessLog
 
   readonly socket: net.Socket
   /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
@@ -131,6 +113,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
+    this.log = new AccessLog(ctx, this.policy, this.view, this.dstKey)
     const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
     this.socket = socket
     this.out = new SocketWriter(socket)
@@ -205,7 +188,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   onBody (chunk: Buffer): void {
     if (this.closed) return
-    this.bytesIn += chunk.length
+    this.log.bytesIn += chunk.length
     this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
     const up = this.upstream
     if (this.denied || up === null) return // denied: the body is read and dropped, never forwarded
@@ -269,12 +252,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.denied = false
     this.headSent = false
     this.upgradeReq = false
-    this.startedAt = performance.now()
-    this.status = 0
-    this.bytesIn = 0
-    this.bytesOut = 0
-    this.reason = ''
-    this.verdict = ''
+    this.log.begin()
     this.reqKeepAlive = parsed.keepAlive
     this.bodyLeft = 0
     const req = this.req
@@ -292,7 +270,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (!pol.decide(view)) return this.deny(req.hasBody, req.upgrade)
 
     ctx.counters.allowed++
-    this.verdict = 'allowed'
+    this.log.verdict = 'allowed'
     this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
     this.isHead = req.method === 'HEAD'
     this.upgradeReq = req.upgrade
@@ -319,29 +297,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     else if (reason === 'ingress-no-rule-match') ctx.counters.denied_ingress_no_rule_match++
     else ctx.counters.denied_egress_no_rule_match++
     this.denied = true
-    this.verdict = 'denied'
-    this.reason = reason
-    if (ctx.opts.denyResponse === 'reset') {
-      this.status = 0
-      this.logAccess()
-      this.busy = false
-      this.closed = true
-      this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
-      return PAUSE
-    }
-    this.status = 403
+    if (ctx.opts.denyResponse === 'reset') return this.localReply(RESET, 'denied', reason, true)
     // Keep the connection when the whole request is already known (no body follows);
     // otherwise close after the reply, as Envoy does for a reply before the request's end.
-    const close = hasBody || upgrade || !this.reqKeepAlive
-    this.writeClient(ctx.replies.get(403, close))
-    if (close) {
-      this.logAccess()
-      this.busy = false
-      this.closeAfter = true
-      this.endClient()
-      return PAUSE
-    }
-    return 0 // onMessageComplete (right after, no body) finishes the exchange
+    return this.localReply(403, 'denied', reason, hasBody || upgrade || !this.reqKeepAlive)
   }
 
   /** Refuse a request that is malformed or over a limit: reply, log, close. Never forwarded. */
@@ -350,11 +309,32 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (kind === 431) c.rejected_header_too_large++
     else if (kind === 408) c.rejected_timeout++
     else c.rejected_bad_request++
-    this.verdict = 'rejected'
-    this.reason = reason
-    this.status = kind
-    this.writeClient(this.ctx.replies.get(kind, true))
-    this.logAccess()
+    return this.localReply(kind, 'rejected', reason, true)
+  }
+
+  /**
+   * The one local answer, for every exchange the proxy answers itself (denied, refused,
+   * upstream failed or too slow): the reply (or a TCP reset), the access-log line with its
+   * verdict and reason, and the connection closed after the reply or kept for the next
+   * request. Returns what a parser callback returns: PAUSE when nothing more is to be parsed.
+   * A kept connection's exchange ends at the request's message complete (logged then).
+   */
+  private localReply (status: ReplyKind | typeof RESET, verdict: Verdict, reason: string, close: boolean): number {
+    const log = this.log
+    log.verdict = verdict
+    log.reason = reason
+    if (status === RESET) {
+      log.status = 0
+      log.write()
+      this.busy = false
+      this.closed = true
+      this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
+      return PAUSE
+    }
+    log.status = status
+    this.writeClient(this.ctx.replies.get(status, close))
+    if (!close) return 0
+    log.write()
     this.busy = false
     this.closeAfter = true
     this.endClient()
@@ -379,11 +359,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.pause(PAUSED_PIPELINE)
       return
     }
-    this.view.method = ''
-    this.view.path = ''
-    this.startedAt = performance.now()
-    this.bytesIn = 0
-    this.bytesOut = 0
+    this.beginWithoutRequest()
     this.reject(kind, reason)
   }
 
@@ -397,7 +373,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (status >= 200 || status === 101) {
       this.headSent = true
       this.responseDeadline = 0
-      this.status = status
+      this.log.status = status
     }
   }
 
@@ -406,7 +382,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onResponseBody (length: number): void {
-    this.bytesOut += length
+    this.log.bytesOut += length
   }
 
   onResponseComplete (keepAlive: boolean): void {
@@ -432,7 +408,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (up === null) return
     this.upstream = null
     const peer = up.detachForTunnel(this.socket)
-    this.logAccess()
+    this.log.write()
     const s = this.socket
     if (rest.length > 0) s.write(keep(rest))
     for (const b of this.tunnelBuf) peer.write(b)
@@ -467,15 +443,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       return
     }
     if (this.headSent) { this.destroy(); return }
-    this.verdict = 'allowed'
-    this.reason = 'upstream-' + kind
-    const reply: ReplyKind = kind === 'connect' || kind === 'connect-timeout' ? 503 : 502
-    this.status = reply
-    this.writeClient(this.ctx.replies.get(reply, true))
-    this.logAccess()
-    this.busy = false
-    this.closeAfter = true
-    this.endClient()
+    this.localReply(kind === 'connect' || kind === 'connect-timeout' ? 503 : 502, 'allowed', 'upstream-' + kind, true)
   }
 
   // ---- exchange end, pipelining ---------------------------------------------------------------
@@ -483,16 +451,14 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private finishExchange (): void {
     // A body write still waiting for the upstream to drain no longer holds the client back.
     this.unpause(PAUSED_UPSTREAM)
-    this.logAccess()
+    this.log.write()
     this.busy = false
     this.retryHead = null
     if (this.closeAfter) { this.endClient(); return }
     if (this.fatal !== 0) {
       const k = this.fatal
       this.fatal = 0
-      this.view.method = ''
-      this.view.path = ''
-      this.startedAt = performance.now()
+      this.beginWithoutRequest()
       this.reject(k, this.fatalReason)
       return
     }
@@ -535,6 +501,13 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   // ---- helpers --------------------------------------------------------------------------------
 
+  /** An exchange for a refusal that has no parsed request (a malformed head, a timeout). */
+  private beginWithoutRequest (): void {
+    this.view.method = ''
+    this.view.path = ''
+    this.log.begin()
+  }
+
   /** Send FIN after what is queued; the socket is destroyed when the client closes or lingers too long. */
   private endClient (): void {
     this.socket.end()
@@ -570,9 +543,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (kind === Deadline.LINGER) { this.destroy(); return }
     if (kind === Deadline.IDLE) { this.closed = true; this.endClient(); return }
     if (kind === Deadline.HEAD && !this.busy) {
-      this.view.method = ''
-      this.view.path = ''
-      this.startedAt = performance.now()
+      this.beginWithoutRequest()
       this.reject(408, 'headers-timeout')
       return
     }
@@ -592,64 +563,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.destroy()
   }
 
-  private logAccess (): void {
-    const { ctx } = this
-    const allowedOk = this.verdict === 'allowed' && this.reason === ''
-    if (!ctx.log.isLevelEnabled(allowedOk ? 'info' : 'warn')) return
-    const pol = this.policy
-    const rule = pol.rule
-    const snap = pol.snapshot
-    let log = this.accessLog
-    if (log === null || this.accessLogSnap !== snap) {
-      const src = pol.srcEndpoint
-      const dst = pol.dstEndpoint
-      log = ctx.log.child({
-        srcIdentity: pol.srcIdentity,
-        src: src === undefined ? pol.srcIp : src.namespace + '/' + src.name,
-        srcLabels: snap?.identities.get(pol.srcIdentity),
-        dst: this.dstKey,
-        dstEndpoint: dst === undefined ? undefined : dst.namespace + '/' + dst.name
-      })
-      this.accessLog = log
-      this.accessLogSnap = snap
-      this.accessBindings = bindingsOf(log)
-      this.ruleLog = null
-    }
-    let bindings = this.accessBindings
-    if (this.verdict === 'allowed' && rule !== null) {
-      if (this.ruleLog === null || this.ruleLogRef !== rule) {
-        this.ruleLog = log.child({ rule: { file: rule.file, line: rule.line, policy: rule.policy, section: rule.section, index: rule.index } })
-        this.ruleLogRef = rule
-        this.ruleBindings = bindingsOf(this.ruleLog)
-      }
-      log = this.ruleLog
-      bindings = this.ruleBindings
-    }
-    const elapsed = performance.now() - this.startedAt
-    const lines = ctx.lines
-    if (lines !== null) {
-      // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
-      lines.write(allowedOk ? LEVEL.info : LEVEL.warn, bindings,
-        ',"method":' + jsonString(this.view.method) + ',"path":' + jsonString(this.view.path) +
-        ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
-        ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
-        ',"durationMs":' + millis3(elapsed), MSG_HTTP_REQUEST)
-      return
-    }
-    const rec = {
-      method: this.view.method,
-      path: this.view.path,
-      verdict: this.verdict,
-      reason: this.reason === '' ? undefined : this.reason,
-      status: this.status,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
-      durationMs: Math.round(elapsed * 1000) / 1000
-    }
-    if (allowedOk) log.info(rec, 'http request')
-    else log.warn(rec, 'http request')
-  }
-
   /**
    * Called by the proxy's sweeper when the upstream has not started its response within
    * upstreamResponseTimeoutMs of the request's end: 504, the upstream connection is destroyed
@@ -660,13 +573,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (this.closed || this.headSent || !this.busy) return
     this.ctx.counters.upstream_errors_response_timeout++
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
-    this.reason = 'upstream-response-timeout'
-    this.status = 504
-    this.writeClient(this.ctx.replies.get(504, true))
-    this.logAccess()
-    this.busy = false
-    this.closeAfter = true
-    this.endClient()
+    this.localReply(504, 'allowed', 'upstream-response-timeout', true)
   }
 
   /** Close now, both sides (the pool never gets a connection in an unknown state). */
