@@ -92,6 +92,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private fatalReason = ''
   /** The exchange's access-log line. */
   private readonly log: AccessLog
+  /** Writes relayed from the upstream during its current read (see sendToClient). */
+  private relayWrites = 0
 
   readonly socket: net.Socket
   /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
@@ -119,6 +121,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.out = new SocketWriter(socket)
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
     socket.setNoDelay(true)
+    socket.on('drain', () => { this.onClientDrain() })
     socket.on('end', () => { this.onClientEnd() })
     socket.on('error', () => { this.socket.destroy() })
     socket.on('close', () => { this.teardown() })
@@ -378,7 +381,18 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   sendToClient (bytes: Buffer): void {
-    this.writeClient(bytes)
+    // Most upstream reads produce ONE write (head and identity body coalesced by the upstream
+    // side); from a second write on (chunked framing, a head split across reads) they are
+    // gathered and leave in one writev at flushToClient. Corking up front would cost every
+    // single-write response a trip through the writev path.
+    if (++this.relayWrites === 2) this.out.cork()
+    this.out.write(bytes)
+  }
+
+  flushToClient (): boolean {
+    const n = this.relayWrites
+    this.relayWrites = 0
+    return n >= 2 ? this.out.uncork() : !this.out.needDrain
   }
 
   onResponseBody (length: number): void {
@@ -467,13 +481,17 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (this.out.needDrain) {
       // The client is not reading its responses: read nothing more from it until it does.
       this.pause(PAUSED_CLIENT_DRAIN)
-      this.socket.once('drain', () => {
-        this.unpause(PAUSED_CLIENT_DRAIN)
-        if (!this.closed) this.nextHeld()
-      })
       return
     }
     this.nextHeld()
+  }
+
+  /** The client took everything written to it. */
+  private onClientDrain (): void {
+    this.upstream?.resumeReading()
+    if ((this.pausedMask & PAUSED_CLIENT_DRAIN) === 0) return
+    this.unpause(PAUSED_CLIENT_DRAIN)
+    if (!this.closed) this.nextHeld()
   }
 
   /** Start the pipelined request held back while the previous exchange ran. */

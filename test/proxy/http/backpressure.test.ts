@@ -67,3 +67,51 @@ t.test('an upstream that does not read stops the client: the proxy holds little,
   t.equal(r?.status, 200, 'the upload finished once the upstream read')
   t.ok(got >= UPLOAD, 'every byte arrived')
 })
+
+t.test('a client that does not read its response stops the upstream from being read', async t => {
+  const RESPONSE = 64 * MiB
+  let upstreamTook = 0
+  const srv = net.createServer(s => {
+    s.once('data', () => {
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${RESPONSE}\r\n\r\n`)
+      const block = Buffer.alloc(256 * 1024, 0x62)
+      const fill = (): void => {
+        while (upstreamTook < RESPONSE) {
+          upstreamTook += block.length
+          if (!s.write(block)) { s.once('drain', fill); return }
+        }
+      }
+      fill()
+    })
+  })
+  await new Promise<void>(resolve => srv.listen(0, '127.0.0.1', resolve))
+  const conns = new Set<net.Socket>()
+  srv.on('connection', s => { conns.add(s); s.on('close', () => conns.delete(s)) })
+  t.teardown(async () => { for (const s of conns) s.destroy(); await new Promise(resolve => srv.close(resolve)) })
+  const px = await startProxy(t, (srv.address() as net.AddressInfo).port, await billingSnapshot())
+
+  const c = net.connect({ host: '127.0.0.1', port: px.port, localAddress: ADDR.MONITORING })
+  t.teardown(() => { c.destroy() })
+  c.pause() // reads nothing
+  c.write('GET /healthz HTTP/1.1\r\nHost: billing\r\n\r\n')
+  // Wait until the upstream cannot write any more (its writes stay queued).
+  let last = -1
+  let still = 0
+  while (still < 8 && upstreamTook < RESPONSE) {
+    await sleep(100)
+    still = upstreamTook === last ? still + 1 : 0
+    last = upstreamTook
+  }
+  const held = px.proxy.metrics().write_pending_bytes
+  t.ok(held <= 4 * MiB, `the proxy holds at most 4 MiB of the response (held ${held} bytes)`)
+  t.ok(upstreamTook < RESPONSE, 'the upstream could not push the whole response')
+
+  // The client reads: the whole response arrives.
+  let got = 0
+  const done = new Promise<void>(resolve => {
+    c.on('data', (d: Buffer) => { got += d.length; if (got >= RESPONSE) resolve() })
+  })
+  c.resume()
+  await done
+  t.ok(got >= RESPONSE, 'every byte arrived')
+})
