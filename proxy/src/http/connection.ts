@@ -9,9 +9,15 @@
  * only once the earlier response is complete. Memory per connection is therefore one socket
  * read (64 KiB) plus one head, whatever the client sends.
  *
- * The request is re-serialised from what llhttp parsed (request line with the normalised
- * target, header fields as parsed, body re-framed), so the upstream sees exactly the message
- * the policy judged: no byte llhttp did not accept is ever forwarded.
+ * The request goes upstream in the canonical form request-head.ts builds from what llhttp
+ * parsed (normalised target, hop-by-hop fields removed, framing written by the proxy), and the
+ * body is framed by that decision alone, so the upstream sees exactly the message the policy
+ * judged: no byte llhttp did not accept is ever forwarded.
+ *
+ * Backpressure is explicit: a refused write to the upstream pauses the client socket until
+ * the upstream connection reports a drain; a client that does not read its responses pauses
+ * the upstream connection (UpstreamOwner.flushToClient) until the client drains. Each exchange
+ * answered locally goes through localReply; its line is written by access-log.ts.
  */
 import type net from 'node:net'
 import { adoptAccepted, keep, relay } from './reads.js'
@@ -27,6 +33,26 @@ import { RESERVED } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
 const LAST_CHUNK = '0\r\n\r\n'
+
+/**
+ * Where the exchange in progress stands. One exchange at a time: a pipelined head waits
+ * (held) until the state is IDLE again. The order matters: from ANSWERED_EARLY on, a final
+ * response head went to the client and no local reply is possible any more.
+ */
+const enum Exchange {
+  /** No exchange: waiting for (or parsing) the next request head. */
+  IDLE,
+  /** Denied, answered, connection kept: the request's rest is read and dropped. */
+  DENIED,
+  /** Forwarded; the request is still going upstream; no final response head yet. */
+  SENDING,
+  /** The whole request went upstream; waiting for the final response head. */
+  WAITING,
+  /** The final response head went to the client before the request's end (an early answer). */
+  ANSWERED_EARLY,
+  /** The whole request went upstream and the final response head went to the client. */
+  RESPONDING
+}
 
 /** Local reply: reset the connection instead of answering. */
 const RESET = 0
@@ -68,19 +94,15 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   responseDeadline = 0
 
   // The exchange in progress (stable shape: every field assigned here).
-  private busy = false
-  private reqDone = false
-  private denied = false
+  private state: Exchange = Exchange.IDLE
+  /** Close the connection once the exchange in progress is answered. */
   private closeAfter = false
   /** The request being forwarded, in the canonical form the upstream gets. */
   private readonly req = new ForwardRequest()
   /** Body bytes llhttp may still deliver for a Content-Length request (checked against its framing). */
   private bodyLeft = 0
-  private reqKeepAlive = true
+  /** An allowed upgrade or CONNECT: after its head, client bytes are tunnel payload. */
   private upgradeReq = false
-  private isHead = false
-  /** A final (non-1xx) response head went to the client: no local reply is possible any more. */
-  private headSent = false
   private upstream: UpstreamConn | null = null
   private retryHead: string | null = null
   private held: ParsedRequestHead | null = null
@@ -133,7 +155,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   /** `chunk` is valid only during this call (reads.ts): whatever is kept is copied. */
   private onData (chunk: Buffer): void {
     if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
-    if (this.closed || (this.closeAfter && !this.busy)) return
+    if (this.closed || (this.closeAfter && this.state === Exchange.IDLE)) return
     if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
     this.execute(chunk)
   }
@@ -164,10 +186,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   private onClientEnd (): void {
     if (this.tunnelPeer !== null) { this.tunnelPeer.end(); return }
-    if (this.closeAfter && !this.busy) { this.socket.destroy(); return }
+    if (this.closeAfter && this.state === Exchange.IDLE) { this.socket.destroy(); return }
     // Half-close from the client: answer what it sent (pipelined included), then close.
     // Needs a listener with allowHalfOpen: true; otherwise Node closes our side at once.
-    if (this.busy || this.held !== null) { this.clientEnded = true; return }
+    if (this.state !== Exchange.IDLE || this.held !== null) { this.clientEnded = true; return }
     this.endClient()
   }
 
@@ -180,7 +202,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   onHeadersComplete (major: number, minor: number, headers: string[], method: number, url: string,
     _status: number, upgrade: boolean, keepAlive: boolean): number {
     const parsed: ParsedRequestHead = { major, minor, headers, method: METHODS[method] ?? '', url, upgrade, keepAlive }
-    if (this.busy) {
+    if (this.state !== Exchange.IDLE) {
       // Pipelined: hold this head until the exchange in progress is answered.
       this.held = parsed
       this.setDeadline(Deadline.NONE, 0)
@@ -194,7 +216,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.log.bytesIn += chunk.length
     this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
     const up = this.upstream
-    if (this.denied || up === null) return // denied: the body is read and dropped, never forwarded
+    if (this.state === Exchange.DENIED || up === null) return // denied: the body is read and dropped, never forwarded
     // The body goes out framed as the forwarded head says; llhttp must agree with that framing.
     const framing = this.req.framing
     let ok: boolean
@@ -218,10 +240,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onMessageComplete (_trailers: string[]): void {
-    if (this.closed || !this.busy) return
-    this.reqDone = true
+    if (this.closed || this.state === Exchange.IDLE) return
     this.setDeadline(Deadline.NONE, 0)
-    if (this.denied) { this.finishExchange(); return }
+    if (this.state === Exchange.DENIED) { this.finishExchange(); return }
+    this.state = this.state === Exchange.ANSWERED_EARLY ? Exchange.RESPONDING : Exchange.WAITING
     const up = this.upstream
     if (this.bodyLeft !== 0) { this.framingMismatch(); return }
     // Trailers are not forwarded: the policy never saw them, and a backend that merged one
@@ -229,7 +251,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (up !== null && this.req.framing === Framing.CHUNKED) up.write(LAST_CHUNK)
     if (this.req.hasBody) this.retryHead = null
     // The request is all out: the upstream now has upstreamResponseTimeoutMs to start answering.
-    if (!this.headSent && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
+    if (this.state === Exchange.WAITING && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
   }
 
   /**
@@ -240,7 +262,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private framingMismatch (): void {
     this.upstream?.destroy()
     this.upstream = null
-    if (this.headSent) { this.destroy(); return }
+    if (this.state >= Exchange.ANSWERED_EARLY) { this.destroy(); return }
     this.reject(400, 'body-framing-mismatch')
     this.closed = true
   }
@@ -250,13 +272,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private startRequest (parsed: ParsedRequestHead): number {
     const { ctx } = this
     ctx.counters.requests++
-    this.busy = true
-    this.reqDone = false
-    this.denied = false
-    this.headSent = false
+    this.state = Exchange.SENDING
     this.upgradeReq = false
     this.log.begin()
-    this.reqKeepAlive = parsed.keepAlive
     this.bodyLeft = 0
     const req = this.req
     const refused = canonicalRequest(parsed, ctx.opts.maxHeaders, req)
@@ -275,7 +293,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     ctx.counters.allowed++
     this.log.verdict = 'allowed'
     this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
-    this.isHead = req.method === 'HEAD'
     this.upgradeReq = req.upgrade
     this.retryHead = req.head
     this.sendUpstream(req.head, false)
@@ -289,7 +306,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
-    up.begin(this, this.isHead, this.req.method === 'CONNECT')
+    up.begin(this, this.req.method === 'HEAD', this.req.method === 'CONNECT')
     if (!up.write(head)) this.pause(PAUSED_UPSTREAM)
   }
 
@@ -299,11 +316,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (reason === 'no-l7-table') ctx.counters.denied_no_l7_table++
     else if (reason === 'ingress-no-rule-match') ctx.counters.denied_ingress_no_rule_match++
     else ctx.counters.denied_egress_no_rule_match++
-    this.denied = true
+    this.state = Exchange.DENIED
     if (ctx.opts.denyResponse === 'reset') return this.localReply(RESET, 'denied', reason, true)
     // Keep the connection when the whole request is already known (no body follows);
     // otherwise close after the reply, as Envoy does for a reply before the request's end.
-    return this.localReply(403, 'denied', reason, hasBody || upgrade || !this.reqKeepAlive)
+    return this.localReply(403, 'denied', reason, hasBody || upgrade || !this.req.keepAlive)
   }
 
   /** Refuse a request that is malformed or over a limit: reply, log, close. Never forwarded. */
@@ -329,7 +346,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (status === RESET) {
       log.status = 0
       log.write()
-      this.busy = false
+      this.state = Exchange.IDLE
       this.closed = true
       this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
       return PAUSE
@@ -338,7 +355,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.writeClient(this.ctx.replies.get(status, close))
     if (!close) return 0
     log.write()
-    this.busy = false
+    this.state = Exchange.IDLE
     this.closeAfter = true
     this.endClient()
     return PAUSE
@@ -347,15 +364,15 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private onParseError (err: ParseError): void {
     const kind: ReplyKind = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
     const reason = err.code.toLowerCase().replace(/^hpe_/, 'llhttp-').replace(/_/g, '-')
-    if (this.busy && !this.reqDone && !this.denied) {
+    if (this.state === Exchange.SENDING || this.state === Exchange.ANSWERED_EARLY) {
       // Broken body of a request being forwarded: the upstream got part of it, drop it.
       this.upstream?.destroy()
       this.upstream = null
-      if (!this.headSent) { this.reject(kind, reason); return }
+      if (this.state === Exchange.SENDING) { this.reject(kind, reason); return }
       this.destroy()
       return
     }
-    if (this.busy) {
+    if (this.state !== Exchange.IDLE) {
       // A pipelined head is malformed while an earlier exchange runs: answer after it.
       this.fatal = kind
       this.fatalReason = reason
@@ -374,7 +391,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   onResponseHead (status: number): void {
     if (status >= 200 || status === 101) {
-      this.headSent = true
+      if (this.state === Exchange.SENDING) this.state = Exchange.ANSWERED_EARLY
+      else if (this.state === Exchange.WAITING) this.state = Exchange.RESPONDING
       this.responseDeadline = 0
       this.log.status = status
     }
@@ -403,17 +421,18 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.responseDeadline = 0
     const up = this.upstream
     this.upstream = null
+    const requestDone = this.state === Exchange.RESPONDING
     if (up !== null) {
-      if (keepAlive && this.reqDone) this.ctx.pool.release(up)
+      if (keepAlive && requestDone) this.ctx.pool.release(up)
       else up.destroy()
     }
-    if (!this.reqDone) {
+    if (!requestDone) {
       // Answered before the request body ended (e.g. an early 413): the rest of the body has
       // nowhere to go, so the connection ends here.
       this.closeAfter = true
     }
     // After an Upgrade/CONNECT that the server did not accept, llhttp will not parse further.
-    if (!keepAlive || !this.reqKeepAlive || this.upgradeReq) this.closeAfter = true
+    if (!keepAlive || !this.req.keepAlive || this.upgradeReq) this.closeAfter = true
     this.finishExchange()
   }
 
@@ -450,13 +469,13 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upstream = null
     // A kept-alive connection the server closed under us: safe to replay a body-less request
     // on a fresh connection (Envoy retries these too).
-    if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.reqDone && kind === 'reset') {
+    if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.state === Exchange.WAITING && kind === 'reset') {
       c.upstream_retries++
       this.responseDeadline = deadline // the retry runs on the same clock (as Envoy's route timeout)
       this.sendUpstream(this.retryHead, true)
       return
     }
-    if (this.headSent) { this.destroy(); return }
+    if (this.state >= Exchange.ANSWERED_EARLY) { this.destroy(); return }
     this.localReply(kind === 'connect' || kind === 'connect-timeout' ? 503 : 502, 'allowed', 'upstream-' + kind, true)
   }
 
@@ -466,7 +485,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // A body write still waiting for the upstream to drain no longer holds the client back.
     this.unpause(PAUSED_UPSTREAM)
     this.log.write()
-    this.busy = false
+    this.state = Exchange.IDLE
     this.retryHead = null
     if (this.closeAfter) { this.endClient(); return }
     if (this.fatal !== 0) {
@@ -514,7 +533,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.execute(rest ?? NO_BYTES)
     if (this.closed) return
     if (this.held === null) this.unpause(PAUSED_PIPELINE)
-    if (this.clientEnded && !this.busy && this.held === null) this.endClient()
+    if (this.clientEnded && this.state === Exchange.IDLE && this.held === null) this.endClient()
   }
 
   // ---- helpers --------------------------------------------------------------------------------
@@ -560,7 +579,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.setDeadline(Deadline.NONE, 0)
     if (kind === Deadline.LINGER) { this.destroy(); return }
     if (kind === Deadline.IDLE) { this.closed = true; this.endClient(); return }
-    if (kind === Deadline.HEAD && !this.busy) {
+    if (kind === Deadline.HEAD && this.state === Exchange.IDLE) {
       this.beginWithoutRequest()
       this.reject(408, 'headers-timeout')
       return
@@ -577,7 +596,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.ctx.counters.rejected_timeout++
     this.upstream?.destroy()
     this.upstream = null
-    if (this.busy && !this.headSent) { this.busy = false; this.reject(408, 'body-timeout'); return }
+    if (this.state === Exchange.SENDING || this.state === Exchange.DENIED) { this.reject(408, 'body-timeout'); return }
     this.destroy()
   }
 
@@ -588,7 +607,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
    */
   onResponseTimeout (): void {
     this.responseDeadline = 0
-    if (this.closed || this.headSent || !this.busy) return
+    if (this.closed || this.state !== Exchange.WAITING) return
     this.ctx.counters.upstream_errors_response_timeout++
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.localReply(504, 'allowed', 'upstream-response-timeout', true)
