@@ -245,7 +245,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (this.state === Exchange.DENIED) { this.finishExchange(); return }
     this.state = this.state === Exchange.ANSWERED_EARLY ? Exchange.RESPONDING : Exchange.WAITING
     const up = this.upstream
-    if (this.bodyLeft !== 0) { this.framingMismatch(); return }
+    if (up !== null && this.bodyLeft !== 0) { this.framingMismatch(); return }
     // Trailers are not forwarded: the policy never saw them, and a backend that merged one
     // named like a framing field into the head would read the message differently.
     if (up !== null && this.req.framing === Framing.CHUNKED) up.write(LAST_CHUNK)
