@@ -75,7 +75,8 @@ export const SKIP_BODY = 1
 /** Return from a response's onHeadersComplete: switch to a tunnel (CONNECT 2xx). */
 export const UPGRADE = 2
 
-const NO_FIELDS: string[] = []
+/** Shared empty list (never written: frozen). */
+const NO_FIELDS = Object.freeze([]) as unknown as string[]
 
 /** The callbacks a parser owner implements; methods, bound once per parser (no closures per request). */
 export interface ParserHandler {
@@ -96,7 +97,7 @@ export class Parser {
   private depth = 0
   /** Between message begin and headers-complete: kOnHeaders batches belong to the head. */
   private inHead = false
-  private batched: string[] = []
+  private batched: string[] = NO_FIELDS
   private batchedUrl = ''
   private trailers: string[] = NO_FIELDS
 
@@ -116,8 +117,9 @@ export class Parser {
   }
 
   private onMessageBegin (): void {
+    // Nothing to reset in the common case: no allocation per message.
     this.inHead = true
-    this.batched = []
+    if (this.batched !== NO_FIELDS) this.batched = NO_FIELDS
     this.batchedUrl = ''
     this.trailers = NO_FIELDS
     this.handler.onMessageBegin()
@@ -125,6 +127,7 @@ export class Parser {
 
   private onHeaders (fields: string[], url: string): void {
     if (this.inHead) {
+      if (this.batched === NO_FIELDS) this.batched = []
       for (let i = 0; i < fields.length; i++) this.batched.push(fields[i])
       this.batchedUrl += url
       return
@@ -140,7 +143,7 @@ export class Parser {
     let all = headers ?? NO_FIELDS
     if (this.batched.length > 0) {
       all = headers === undefined ? this.batched : this.batched.concat(headers)
-      this.batched = []
+      this.batched = NO_FIELDS
     }
     const u = url === undefined ? this.batchedUrl : this.batchedUrl + url
     this.batchedUrl = ''
