@@ -133,7 +133,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upIp = up.ip
     this.upPort = up.port
     this.upKey = up === dst ? this.dstKey : up.ip + ':' + String(up.port)
-    // Unknown peers are world, never "any" (STYLE §9.3 rule 6).
+    // Unknown peers are world, never "any": fail closed, as Cilium's datapath does.
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
@@ -285,7 +285,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     view.headers = req.headers
     if (refused !== null) return this.reject(refused.status, refused.reason)
 
-    // Fresh policy for every request (STYLE §9.3 rule 7); it judges the canonical request.
+    // The policy is read fresh for every request (a swap applies to the next head); it judges
+    // the canonical request, the one that is forwarded.
     const pol = this.policy
     pol.refresh(ctx.deps.snapshot())
     if (!pol.decide(view)) return this.deny(req.hasBody, req.upgrade)

@@ -1,5 +1,5 @@
 /**
- * warden's L7 HTTP proxy (issue 4): the Envoy replacement. The agent accepts connections on the
+ * warden's L7 HTTP proxy: the Envoy replacement. The agent accepts connections on the
  * transparent listener and hands each socket to `handleConnection`; the proxy parses request
  * heads with llhttp, decides each request against the current `Snapshot`, forwards allowed ones
  * over pooled keep-alive upstream connections and answers denied ones like Cilium (403 or RST).

@@ -1,8 +1,8 @@
 /**
- * Local replies, prebuilt as Buffers (STYLE §9.3 rule 9). Only the `date` header changes; the
- * buffers are rebuilt at most once per second, when first used in a new second.
+ * Local replies, prebuilt as Buffers (none is built per request). Only the `date` header
+ * changes; the buffers are rebuilt at most once per second, when first used in a new second.
  *
- * The 403 is Cilium's (shared/notes/cilium-semantics.md §4.5): `HTTP/1.1 403 Forbidden`,
+ * The 403 is Cilium's (its Envoy's HTTP deny reply): `HTTP/1.1 403 Forbidden`,
  * `content-length: 15`, `content-type: text/plain`, `date`, body `Access denied\r\n` (the
  * configured message plus CRLF). We leave out Envoy's `server: envoy`.
  */
