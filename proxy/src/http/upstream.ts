@@ -314,12 +314,12 @@ export class UpstreamConn implements ParserHandler {
    * (the caller relays the other way). Returns the upstream socket.
    */
   detachForTunnel (client: net.Socket): net.Socket {
+    this.resumeReading() // the tunnel relay does its own backpressure from here on
     this.dead = true
     this.tunnelPeer = client
     this.socket.removeAllListeners('end')
     this.socket.removeAllListeners('close')
     this.socket.removeAllListeners('drain')
-    this.resumeReading()
     this.socket.on('end', () => { client.end() })
     this.parser.destroy()
     this.pool.forget(this)
