@@ -15,7 +15,7 @@ import type net from 'node:net'
 import { connect, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
 import { setSocketMark, socketFd } from '../libc.js'
-import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
+import { PAUSE, Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
 const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
@@ -195,6 +195,23 @@ export class UpstreamConn implements ParserHandler {
     this.keepAlive = keepAlive
     const owner = this.owner
     if (owner === null) return 0
+    let te = false
+    let clCount = 0
+    let cl = ''
+    this.chunked = false
+    for (let i = 0; i < headers.length; i += 2) {
+      const n = headers[i]
+      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') {
+        // llhttp ignores an empty list and frames by Content-Length or the close; a client
+        // may not. Such a head is never relayed (as on the request side).
+        if (headers[i + 1] === '') { this.fail('bad-response'); return PAUSE }
+        te = true
+        this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
+      } else if (n.length === 14 && n.toLowerCase() === 'content-length') {
+        clCount++
+        cl = headers[i + 1]
+      }
+    }
     // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
     if (this.headParts.length === 0) {
       const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
@@ -210,20 +227,6 @@ export class UpstreamConn implements ParserHandler {
       this.curPos = end - prev.length
     }
     this.informational = status < 200 && status !== 101
-    this.chunked = false
-    let te = false
-    let clCount = 0
-    let cl = ''
-    for (let i = 0; i < headers.length; i += 2) {
-      const n = headers[i]
-      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') {
-        te = true
-        this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
-      } else if (n.length === 14 && n.toLowerCase() === 'content-length') {
-        clCount++
-        cl = headers[i + 1]
-      }
-    }
     owner.onResponseHead(status)
     if (this.informational) return 0
     if (status === 101 && upgrade) { this.tunnel = true; return 0 }
@@ -295,6 +298,7 @@ export class UpstreamConn implements ParserHandler {
     if (this.dead) return
     const owner = this.owner
     const any = this.anyBytes
+    this.owner = null // nothing more reaches the client from this connection
     this.destroy()
     if (owner !== null && !this.tunnel) owner.onUpstreamError(kind, any)
   }

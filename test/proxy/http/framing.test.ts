@@ -120,3 +120,20 @@ t.test('after a refused head, the pooled upstream connection serves the next cli
   t.equal((await b.response())?.status, 200, 'next client')
   t.strictSame(be.requests.map(r => r.method), ['POST', 'POST'], 'the backend never saw a DELETE')
 })
+
+t.test('a response with an empty Transfer-Encoding is never relayed: 502', async t => {
+  const conns = new Set<net.Socket>()
+  const srv = net.createServer(s => {
+    conns.add(s)
+    s.once('data', () => { s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nContent-Length: 2\r\n\r\nok') })
+  })
+  await new Promise<void>(resolve => srv.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { for (const s of conns) s.destroy(); await new Promise(resolve => srv.close(resolve)) })
+  const px = await startProxy(t, (srv.address() as net.AddressInfo).port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  c.write(`${CHARGE}${H}Content-Length: 0\r\n\r\n`)
+  const r = await c.response()
+  t.equal(r?.status, 502)
+  t.notMatch(r?.head ?? '', /Transfer-Encoding/i, 'not one byte of the upstream head')
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+})
