@@ -21,6 +21,8 @@
  * - kOnMessageComplete().
  * - kOnExecute and kOnStreamAlloc are called only for a parser that consumes a stream
  *   (`parser.consume(handle)`); this adapter never does, it is fed by execute()/finish().
+ *   kOnTimeout is exported but never called by the binding (Node's server times requests out
+ *   in JavaScript); this proxy has its own deadlines.
  * maxHeaderSize counts the request line and every header byte, trailers too (HPE_HEADER_OVERFLOW).
  *
  * Lifetime: close() deletes the native parser at once. Doing that while llhttp is running --
