@@ -54,6 +54,17 @@ const enum Exchange {
   RESPONDING
 }
 
+/** Where the client connection stands; it only moves forward. */
+const enum Conn {
+  OPEN,
+  /** Close once the exchange in progress is answered; no new request is started. */
+  CLOSING,
+  /** No more HTTP on this connection (closed, reset, or turned into a tunnel). */
+  CLOSED,
+  /** The socket closed and the counters are settled. */
+  GONE
+}
+
 /** Local reply: reset the connection instead of answering. */
 const RESET = 0
 /** What a deadline means when it passes. */
@@ -82,10 +93,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private readonly upIp: string
   private readonly upPort: number
   private readonly upKey: string
-  /** No more HTTP processing on this connection (closing, reset, or turned into a tunnel). */
-  private closed = false
-  /** Socket closed and counters settled. */
-  private gone = false
+  /** How far this connection is from its end (only ever moves forward: see closeTo). */
+  private conn: Conn = Conn.OPEN
   private clientEnded = false
   private pausedMask = 0
   deadline = 0
@@ -95,8 +104,6 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   // The exchange in progress (stable shape: every field assigned here).
   private state: Exchange = Exchange.IDLE
-  /** Close the connection once the exchange in progress is answered. */
-  private closeAfter = false
   /** The request being forwarded, in the canonical form the upstream gets. */
   private readonly req = new ForwardRequest()
   /** Body bytes llhttp may still deliver for a Content-Length request (checked against its framing). */
@@ -155,7 +162,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   /** `chunk` is valid only during this call (reads.ts): whatever is kept is copied. */
   private onData (chunk: Buffer): void {
     if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
-    if (this.closed || (this.closeAfter && this.state === Exchange.IDLE)) return
+    if (this.conn >= Conn.CLOSED || (this.conn === Conn.CLOSING && this.state === Exchange.IDLE)) return
     if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
     this.execute(chunk)
   }
@@ -164,14 +171,14 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // No corking around the parse: each write to the upstream reports backpressure itself
     // (onBody pauses the client on the first refused write).
     const r = this.parser.execute(chunk)
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     if (typeof r === 'number') {
       // An upgrade/CONNECT request: llhttp stops after it; the rest is tunnel payload.
       if (this.upgradeReq && r < chunk.length) this.holdTunnelBytes(chunk.subarray(r))
       return
     }
     if (isPaused(r)) {
-      if (this.closeAfter) return // a local reply ends the connection: ignore the rest
+      if (this.conn >= Conn.CLOSING) return // a local reply ends the connection: ignore the rest
       this.remainder = r.bytesParsed < chunk.length ? keep(chunk.subarray(r.bytesParsed)) : null
       if (this.held !== null) this.pause(PAUSED_PIPELINE)
       return
@@ -186,7 +193,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   private onClientEnd (): void {
     if (this.tunnelPeer !== null) { this.tunnelPeer.end(); return }
-    if (this.closeAfter && this.state === Exchange.IDLE) { this.socket.destroy(); return }
+    if (this.conn >= Conn.CLOSING && this.state === Exchange.IDLE) { this.socket.destroy(); return }
     // Half-close from the client: answer what it sent (pipelined included), then close.
     // Needs a listener with allowHalfOpen: true; otherwise Node closes our side at once.
     if (this.state !== Exchange.IDLE || this.held !== null) { this.clientEnded = true; return }
@@ -212,7 +219,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onBody (chunk: Buffer): void {
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     this.log.bytesIn += chunk.length
     this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
     const up = this.upstream
@@ -240,7 +247,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onMessageComplete (_trailers: string[]): void {
-    if (this.closed || this.state === Exchange.IDLE) return
+    if (this.conn >= Conn.CLOSED || this.state === Exchange.IDLE) return
     this.setDeadline(Deadline.NONE, 0)
     if (this.state === Exchange.DENIED) { this.finishExchange(); return }
     this.state = this.state === Exchange.ANSWERED_EARLY ? Exchange.RESPONDING : Exchange.WAITING
@@ -264,7 +271,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upstream = null
     if (this.state >= Exchange.ANSWERED_EARLY) { this.destroy(); return }
     this.reject(400, 'body-framing-mismatch')
-    this.closed = true
+    this.closeTo(Conn.CLOSED)
   }
 
   // ---- one request ---------------------------------------------------------------------------
@@ -348,7 +355,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       log.status = 0
       log.write()
       this.state = Exchange.IDLE
-      this.closed = true
+      this.closeTo(Conn.CLOSED)
       this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
       return PAUSE
     }
@@ -357,7 +364,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (!close) return 0
     log.write()
     this.state = Exchange.IDLE
-    this.closeAfter = true
+    this.closeTo(Conn.CLOSING)
     this.endClient()
     return PAUSE
   }
@@ -430,10 +437,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (!requestDone) {
       // Answered before the request body ended (e.g. an early 413): the rest of the body has
       // nowhere to go, so the connection ends here.
-      this.closeAfter = true
+      this.closeTo(Conn.CLOSING)
     }
     // After an Upgrade/CONNECT that the server did not accept, llhttp will not parse further.
-    if (!keepAlive || !this.req.keepAlive || this.upgradeReq) this.closeAfter = true
+    if (!keepAlive || !this.req.keepAlive || this.upgradeReq) this.closeTo(Conn.CLOSING)
     this.finishExchange()
   }
 
@@ -448,7 +455,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     for (const b of this.tunnelBuf) peer.write(b)
     this.tunnelBuf = []
     this.setDeadline(Deadline.NONE, 0)
-    this.closed = true // no more HTTP on this connection; it stays counted until it closes
+    this.closeTo(Conn.CLOSED) // no more HTTP on this connection; it stays counted until it closes
     this.tunnelPeer = peer
     peer.on('error', () => { s.destroy() })
     peer.on('close', () => { s.destroy() })
@@ -458,7 +465,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void {
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     const deadline = this.responseDeadline
     this.responseDeadline = 0
     const c = this.ctx.counters
@@ -488,7 +495,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.log.write()
     this.state = Exchange.IDLE
     this.retryHead = null
-    if (this.closeAfter) { this.endClient(); return }
+    if (this.conn >= Conn.CLOSING) { this.endClient(); return }
     if (this.fatal !== 0) {
       const k = this.fatal
       this.fatal = 0
@@ -511,7 +518,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upstream?.resumeReading()
     if ((this.pausedMask & PAUSED_CLIENT_DRAIN) === 0) return
     this.unpause(PAUSED_CLIENT_DRAIN)
-    if (!this.closed) this.nextHeld()
+    if (this.conn < Conn.CLOSED) this.nextHeld()
   }
 
   /** Start the pipelined request held back while the previous exchange ran. */
@@ -523,7 +530,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     }
     this.held = null
     const r = this.startRequest(held)
-    if (this.closed || this.closeAfter || r === PAUSE) return
+    if (this.conn >= Conn.CLOSING || r === PAUSE) return
     this.parser.resume()
     const rest = this.remainder
     this.remainder = null
@@ -532,12 +539,16 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // request of a pipelined burst never completed, and the connection was closed after its
     // response as if its body had been cut short.
     this.execute(rest ?? NO_BYTES)
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     if (this.held === null) this.unpause(PAUSED_PIPELINE)
     if (this.clientEnded && this.state === Exchange.IDLE && this.held === null) this.endClient()
   }
 
   // ---- helpers --------------------------------------------------------------------------------
+
+  private closeTo (c: Conn): void {
+    if (this.conn < c) this.conn = c
+  }
 
   /** An exchange for a refusal that has no parsed request (a malformed head, a timeout). */
   private beginWithoutRequest (): void {
@@ -564,7 +575,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private unpause (bit: number): void {
     if ((this.pausedMask & bit) === 0) return
     this.pausedMask &= ~bit
-    if (this.pausedMask === 0 && !this.closed) this.socket.resume()
+    if (this.pausedMask === 0 && this.conn < Conn.CLOSED) this.socket.resume()
   }
 
   private setDeadline (kind: Deadline, ms: number): void {
@@ -574,12 +585,12 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   /** Called by the proxy's sweeper when `deadline` has passed. */
   onDeadline (): void {
-    if (this.gone) return
-    if (this.closed && this.deadlineKind !== Deadline.LINGER) return
+    if (this.conn === Conn.GONE) return
+    if (this.conn >= Conn.CLOSED && this.deadlineKind !== Deadline.LINGER) return
     const kind = this.deadlineKind
     this.setDeadline(Deadline.NONE, 0)
     if (kind === Deadline.LINGER) { this.destroy(); return }
-    if (kind === Deadline.IDLE) { this.closed = true; this.endClient(); return }
+    if (kind === Deadline.IDLE) { this.closeTo(Conn.CLOSED); this.endClient(); return }
     if (kind === Deadline.HEAD && this.state === Exchange.IDLE) {
       this.beginWithoutRequest()
       this.reject(408, 'headers-timeout')
@@ -608,7 +619,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
    */
   onResponseTimeout (): void {
     this.responseDeadline = 0
-    if (this.closed || this.state !== Exchange.WAITING) return
+    if (this.conn >= Conn.CLOSED || this.state !== Exchange.WAITING) return
     this.ctx.counters.upstream_errors_response_timeout++
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.localReply(504, 'allowed', 'upstream-response-timeout', true)
@@ -616,7 +627,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   /** Close now, both sides (the pool never gets a connection in an unknown state). */
   destroy (): void {
-    this.closed = true
+    this.closeTo(Conn.CLOSED)
     this.responseDeadline = 0
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.socket.destroy()
@@ -624,9 +635,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   /** On the socket's 'close' (always asynchronous, so never inside a parser callback). */
   private teardown (): void {
-    if (this.gone) return
-    this.gone = true
-    this.closed = true
+    if (this.conn === Conn.GONE) return
+    this.conn = Conn.GONE
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.ctx.counters.connections_active--
     this.ctx.onClosed(this)
