@@ -24,7 +24,7 @@ export function benchDnsDeps (clientIp: string, server: { ip: string, port: numb
 import { openSync } from 'node:fs'
 import pino from 'pino'
 import { compileNameMatcher, type DnsProxyDeps } from '../proxy/src/dns/index.js'
-import { batchedDestination } from '../proxy/src/http/log-destination.js'
+import { batchedDestination } from '../agent/log-destination.js'
 import { DIR, l7Key, RESERVED, type Snapshot } from '../policy-store/src/types.js'
 
 export function benchDnsSnapshot (clientIp: string, port: number): Snapshot {

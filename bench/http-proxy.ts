@@ -21,7 +21,7 @@
  * request in flight, hrtime-timed, LATENCY_N requests each way, also through HAProxy with the same rules
  * when it is installed, LATENCY_HAPROXY=0 to skip it),
  * REPEAT (1: runs of each scenario, compare the best on a noisy machine), LOG=0 (no access log: its cost),
- * LOGDEST (batched, the agent's: proxy/src/http/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
+ * LOGDEST (batched, the agent's: agent/log-destination.ts, LOGMIN bytes per batch; batched-sync; sonic: pino.destination), PROFILE=1 (--cpu-prof of the proxy into PROFILE_DIR, default the temp dir).
  * This is not the redirect path (no tc/eBPF): it measures the proxy itself.
  */
 import { fork } from 'node:child_process'
@@ -34,7 +34,7 @@ import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../proxy/src/http/index.js'
-import { batchedDestination } from '../proxy/src/http/log-destination.js'
+import { batchedDestination } from '../agent/log-destination.js'
 import { haproxyConfig } from './peer-config.js'
 import { Proc, waitForTcp } from './procs.js'
 import { rulesFromSnapshot } from './peer-rules.js'
@@ -99,7 +99,7 @@ async function serveProxy (bport: number): Promise<void> {
   const billing = snap.endpoints.find(e => e.name === 'billing-service')
   if (billing === undefined) throw new Error('no billing-service endpoint')
   const dst = { ip: billing.ipv4, port: BILLING_PORT }
-  // LOGDEST=batched (default): the agent's logger (agent/agent.ts), proxy/src/http/log-destination.ts.
+  // LOGDEST=batched (default): the agent's logger (agent/agent.ts), agent/log-destination.ts.
   // LOGDEST=sonic: pino.destination (sonic-boom, 4 KiB buffered writes, flushed every 100 ms).
   const level = process.env.LOG === '0' ? 'silent' : 'info'
   let logger: pino.Logger

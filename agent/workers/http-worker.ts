@@ -8,7 +8,7 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../../proxy/src/http/index.js'
-import { httpSnapshotFromWire } from '../../proxy/src/http/snapshot-wire.js'
+import { httpSnapshotFromWire } from './snapshot-wire.js'
 import { listenTransparentTcp } from '../../proxy/src/transparent.js'
 import { openIpcacheReader, PROXY_SOCKET_MARK } from '../../redirect-bpf/src/index.js'
 import { PortDestination } from './log.js'

@@ -1,5 +1,5 @@
 /** What the agent and its HTTP proxy workers say to each other (worker_threads messages). */
-import type { HttpSnapshotWire } from '../../proxy/src/http/snapshot-wire.js'
+import type { HttpSnapshotWire } from './snapshot-wire.js'
 
 /** Everything a worker needs to start (`workerData`). */
 export interface HttpWorkerData {

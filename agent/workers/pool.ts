@@ -8,7 +8,7 @@
 import { Worker } from 'node:worker_threads'
 import type { Logger } from 'pino'
 import type { Snapshot } from '../../policy-store/src/types.js'
-import { httpSnapshotToWire, type HttpSnapshotWire } from '../../proxy/src/http/snapshot-wire.js'
+import { httpSnapshotToWire, type HttpSnapshotWire } from './snapshot-wire.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
 import { HTTP_GAUGES } from '../../proxy/src/http/context.js'
 

@@ -4,13 +4,13 @@
  * (a) the module logger with every field per line, (b) a per-connection child logger whose
  * bindings (source, destination, labels) pino serialises once, (c) plus the deciding rule bound
  * in a further child; and destinations: sonic-boom as the agent configures it today (async,
- * minLength 4096), sonic-boom minLength 0, and proxy/src/http/log-destination.ts.
+ * minLength 4096), sonic-boom minLength 0, and agent/log-destination.ts.
  *
  * Build, then run: `node dist/bench/micro/access-log.js` (N=100000 lines per case, ROUNDS=5, to /dev/null).
  */
 import { openSync } from 'node:fs'
 import pino from 'pino'
-import { batchedDestination } from '../../proxy/src/http/log-destination.js'
+import { batchedDestination } from '../../agent/log-destination.js'
 
 const N = Number(process.env.N ?? 100_000)
 

@@ -9,27 +9,64 @@
  * only once the earlier response is complete. Memory per connection is therefore one socket
  * read (64 KiB) plus one head, whatever the client sends.
  *
- * The request is re-serialised from what llhttp parsed (request line with the normalised
- * target, header fields as parsed, body re-framed), so the upstream sees exactly the message
- * the policy judged: no byte llhttp did not accept is ever forwarded.
+ * The request goes upstream in the canonical form request-head.ts builds from what llhttp
+ * parsed (normalised target, hop-by-hop fields removed, framing written by the proxy), and the
+ * body is framed by that decision alone, so the upstream sees exactly the message the policy
+ * judged: no byte llhttp did not accept is ever forwarded.
+ *
+ * Backpressure is explicit: a refused write to the upstream pauses the client socket until
+ * the upstream connection reports a drain; a client that does not read its responses pauses
+ * the upstream connection (UpstreamOwner.flushToClient) until the client drains. Each exchange
+ * answered locally goes through localReply; its line is written by access-log.ts.
  */
 import type net from 'node:net'
 import { adoptAccepted, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
-import type pino from 'pino'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
-import { normalizeTarget } from './normalize.js'
+import { canonicalRequest, ForwardRequest, Framing, type ParsedRequestHead } from './request-head.js'
 import { ConnectionPolicy, RequestView } from './policy.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
-import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
-import { RESERVED, type RuleRef, type Snapshot } from '../../../policy-store/src/types.js'
+import { AccessLog, type Verdict } from './access-log.js'
+import { RESERVED } from '../../../policy-store/src/types.js'
 
 const CRLF = '\r\n'
-const LAST_CHUNK = '0\r\n'
-const MSG_HTTP_REQUEST = jsonString('http request')
+const LAST_CHUNK = '0\r\n\r\n'
 
+/**
+ * Where the exchange in progress stands. One exchange at a time: a pipelined head waits
+ * (held) until the state is IDLE again. The order matters: from ANSWERED_EARLY on, a final
+ * response head went to the client and no local reply is possible any more.
+ */
+const enum Exchange {
+  /** No exchange: waiting for (or parsing) the next request head. */
+  IDLE,
+  /** Denied, answered, connection kept: the request's rest is read and dropped. */
+  DENIED,
+  /** Forwarded; the request is still going upstream; no final response head yet. */
+  SENDING,
+  /** The whole request went upstream; waiting for the final response head. */
+  WAITING,
+  /** The final response head went to the client before the request's end (an early answer). */
+  ANSWERED_EARLY,
+  /** The whole request went upstream and the final response head went to the client. */
+  RESPONDING
+}
+
+/** Where the client connection stands; it only moves forward. */
+const enum Conn {
+  OPEN,
+  /** Close once the exchange in progress is answered; no new request is started. */
+  CLOSING,
+  /** No more HTTP on this connection (closed, reset, or turned into a tunnel). */
+  CLOSED,
+  /** The socket closed and the counters are settled. */
+  GONE
+}
+
+/** Local reply: reset the connection instead of answering. */
+const RESET = 0
 /** What a deadline means when it passes. */
 const enum Deadline { NONE, IDLE, HEAD, BODY, LINGER }
 /** After our last response on a closing connection, how long the client may keep its side open. */
@@ -41,16 +78,6 @@ const PAUSED_PIPELINE = 1
 const PAUSED_UPSTREAM = 2
 const PAUSED_TUNNEL = 4
 const PAUSED_CLIENT_DRAIN = 8
-
-interface HeldHead {
-  major: number
-  minor: number
-  headers: string[]
-  method: number
-  url: string
-  upgrade: boolean
-  keepAlive: boolean
-}
 
 function stripMapped (ip: string | undefined): string {
   if (ip === undefined) return ''
@@ -66,13 +93,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private readonly upIp: string
   private readonly upPort: number
   private readonly upKey: string
-  /** No more HTTP processing on this connection (closing, reset, or turned into a tunnel). */
-  private closed = false
-  /** Socket closed and counters settled. */
-  private gone = false
+  /** How far this connection is from its end (only ever moves forward: see closeTo). */
+  private conn: Conn = Conn.OPEN
   private clientEnded = false
-  private inExecute = false
-  private corked: UpstreamConn | null = null
   private pausedMask = 0
   deadline = 0
   deadlineKind: Deadline = Deadline.NONE
@@ -80,48 +103,26 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   responseDeadline = 0
 
   // The exchange in progress (stable shape: every field assigned here).
-  private busy = false
-  private reqDone = false
-  private denied = false
-  private closeAfter = false
-  private reqChunked = false
-  private reqHasBody = false
-  private reqKeepAlive = true
+  private state: Exchange = Exchange.IDLE
+  /** The request being forwarded, in the canonical form the upstream gets. */
+  private readonly req = new ForwardRequest()
+  /** Body bytes llhttp may still deliver for a Content-Length request (checked against its framing). */
+  private bodyLeft = 0
+  /** An allowed upgrade or CONNECT: after its head, client bytes are tunnel payload. */
   private upgradeReq = false
-  private isHead = false
-  /** A final (non-1xx) response head went to the client: no local reply is possible any more. */
-  private headSent = false
   private upstream: UpstreamConn | null = null
   private retryHead: string | null = null
-  private moreHeaders: string[] = []
-  private trailers: string[] = []
-  private held: HeldHead | null = null
+  private held: ParsedRequestHead | null = null
   private remainder: Buffer | null = null
   private tunnelBuf: Buffer[] = []
   /** After a 101 / CONNECT 2xx: the upstream socket that client bytes are relayed to. */
   private tunnelPeer: net.Socket | null = null
   private fatal: ReplyKind | 0 = 0
   private fatalReason = ''
-  // Access-log fields of the exchange.
-  private startedAt = 0
-  private status = 0
-  private bytesIn = 0
-  private bytesOut = 0
-  private verdict = ''
-  private reason = ''
-  /**
-   * Access logger with this connection's source and destination as bindings, which pino
-   * serialises once instead of per line (bench/micro/access-log.ts: about a third of the
-   * line's serialisation cost). Rebuilt when the snapshot (endpoints, labels) changes.
-   */
-  private accessLog: pino.Logger | null = null
-  private accessLogSnap: Snapshot | null = null
-  /** Child of accessLog with the last deciding rule bound (keep-alive clients repeat rules): another ~1.2 us per line saved. */
-  private ruleLog: pino.Logger | null = null
-  private ruleLogRef: RuleRef | null = null
-  /** What pino serialised for accessLog's and ruleLog's bindings (log-line.ts writes them as they are). */
-  private accessBindings = ''
-  private ruleBindings = ''
+  /** The exchange's access-log line. */
+  private readonly log: AccessLog
+  /** Writes relayed from the upstream during its current read (see sendToClient). */
+  private relayWrites = 0
 
   readonly socket: net.Socket
   /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
@@ -139,15 +140,17 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upIp = up.ip
     this.upPort = up.port
     this.upKey = up === dst ? this.dstKey : up.ip + ':' + String(up.port)
-    // Unknown peers are world, never "any" (STYLE §9.3 rule 6).
+    // Unknown peers are world, never "any": fail closed, as Cilium's datapath does.
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
+    this.log = new AccessLog(ctx, this.policy, this.view, this.dstKey)
     const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
     this.socket = socket
     this.out = new SocketWriter(socket)
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
     socket.setNoDelay(true)
+    socket.on('drain', () => { this.onClientDrain() })
     socket.on('end', () => { this.onClientEnd() })
     socket.on('error', () => { this.socket.destroy() })
     socket.on('close', () => { this.teardown() })
@@ -159,27 +162,23 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   /** `chunk` is valid only during this call (reads.ts): whatever is kept is copied. */
   private onData (chunk: Buffer): void {
     if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
-    if (this.closed || (this.closeAfter && !this.busy)) return
+    if (this.conn >= Conn.CLOSED || (this.conn === Conn.CLOSING && this.state === Exchange.IDLE)) return
     if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
     this.execute(chunk)
   }
 
   private execute (chunk: Buffer): void {
-    // Writes to the upstream made while parsing one read go out in one writev.
-    const up = this.upstream
-    if (up !== null) { up.out.cork(); this.corked = up }
-    this.inExecute = true
+    // No corking around the parse: each write to the upstream reports backpressure itself
+    // (onBody pauses the client on the first refused write).
     const r = this.parser.execute(chunk)
-    this.inExecute = false
-    if (this.corked !== null) { this.corked.out.uncork(); this.corked = null }
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     if (typeof r === 'number') {
       // An upgrade/CONNECT request: llhttp stops after it; the rest is tunnel payload.
       if (this.upgradeReq && r < chunk.length) this.holdTunnelBytes(chunk.subarray(r))
       return
     }
     if (isPaused(r)) {
-      if (this.closeAfter) return // a local reply ends the connection: ignore the rest
+      if (this.conn >= Conn.CLOSING) return // a local reply ends the connection: ignore the rest
       this.remainder = r.bytesParsed < chunk.length ? keep(chunk.subarray(r.bytesParsed)) : null
       if (this.held !== null) this.pause(PAUSED_PIPELINE)
       return
@@ -194,10 +193,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   private onClientEnd (): void {
     if (this.tunnelPeer !== null) { this.tunnelPeer.end(); return }
-    if (this.closeAfter && !this.busy) { this.socket.destroy(); return }
+    if (this.conn >= Conn.CLOSING && this.state === Exchange.IDLE) { this.socket.destroy(); return }
     // Half-close from the client: answer what it sent (pipelined included), then close.
     // Needs a listener with allowHalfOpen: true; otherwise Node closes our side at once.
-    if (this.busy || this.held !== null) { this.clientEnded = true; return }
+    if (this.state !== Exchange.IDLE || this.held !== null) { this.clientEnded = true; return }
     this.endClient()
   }
 
@@ -207,156 +206,105 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.setDeadline(Deadline.HEAD, this.ctx.opts.headersTimeoutMs)
   }
 
-  onHeaders (headers: string[]): void {
-    // Before headers-complete: more than 32 fields, flushed early. After: chunked trailers.
-    if (this.busy && !this.reqDone) { for (const h of headers) this.trailers.push(h) } else { for (const h of headers) this.moreHeaders.push(h) }
-  }
-
   onHeadersComplete (major: number, minor: number, headers: string[], method: number, url: string,
     _status: number, upgrade: boolean, keepAlive: boolean): number {
-    if (this.moreHeaders.length > 0) { headers = this.moreHeaders.concat(headers); this.moreHeaders = [] }
-    if (this.busy) {
+    const parsed: ParsedRequestHead = { major, minor, headers, method: METHODS[method] ?? '', url, upgrade, keepAlive }
+    if (this.state !== Exchange.IDLE) {
       // Pipelined: hold this head until the exchange in progress is answered.
-      this.held = { major, minor, headers, method, url, upgrade, keepAlive }
+      this.held = parsed
       this.setDeadline(Deadline.NONE, 0)
       return PAUSE
     }
-    return this.startRequest(major, minor, headers, method, url, upgrade, keepAlive)
+    return this.startRequest(parsed)
   }
 
   onBody (chunk: Buffer): void {
-    if (this.closed) return
-    this.bytesIn += chunk.length
+    if (this.conn >= Conn.CLOSED) return
+    this.log.bytesIn += chunk.length
     this.setDeadline(Deadline.BODY, this.ctx.opts.bodyTimeoutMs)
     const up = this.upstream
-    if (this.denied || up === null) return // denied: the body is read and dropped, never forwarded
+    if (this.state === Exchange.DENIED || up === null) return // denied: the body is read and dropped, never forwarded
+    // The body goes out framed as the forwarded head says; llhttp must agree with that framing.
+    const framing = this.req.framing
     let ok: boolean
-    if (this.reqChunked) {
+    if (framing === Framing.CHUNKED) {
+      up.out.cork() // size line, data and CRLF in one writev
       up.write(chunk.length.toString(16) + CRLF)
       up.write(chunk)
-      ok = up.write(CRLF)
-    } else {
+      up.write(CRLF)
+      ok = up.out.uncork()
+    } else if (framing === Framing.LENGTH && chunk.length <= this.bodyLeft) {
+      this.bodyLeft -= chunk.length
       ok = up.write(chunk)
+    } else {
+      this.framingMismatch()
+      return
     }
-    if (!ok) {
-      this.pause(PAUSED_UPSTREAM)
-      up.socket.once('drain', () => { this.unpause(PAUSED_UPSTREAM) })
-    }
+    // The upstream is not taking the body as fast as the client sends it: stop reading the
+    // client (the rest of this read is still parsed and queued: one read at most) until the
+    // upstream connection says it drained (onUpstreamDrain).
+    if (!ok) this.pause(PAUSED_UPSTREAM)
   }
 
-  onMessageComplete (): void {
-    if (this.closed || !this.busy) return
-    this.reqDone = true
+  onMessageComplete (_trailers: string[]): void {
+    if (this.conn >= Conn.CLOSED || this.state === Exchange.IDLE) return
     this.setDeadline(Deadline.NONE, 0)
-    if (this.denied) { this.finishExchange(); return }
+    if (this.state === Exchange.DENIED) { this.finishExchange(); return }
+    this.state = this.state === Exchange.ANSWERED_EARLY ? Exchange.RESPONDING : Exchange.WAITING
     const up = this.upstream
-    if (up !== null && this.reqChunked) {
-      let t = LAST_CHUNK
-      for (let i = 0; i < this.trailers.length; i += 2) t += this.trailers[i] + ': ' + this.trailers[i + 1] + CRLF
-      up.write(t + CRLF)
-    }
-    if (this.reqHasBody) this.retryHead = null
+    if (up !== null && this.bodyLeft !== 0) { this.framingMismatch(); return }
+    // Trailers are not forwarded: the policy never saw them, and a backend that merged one
+    // named like a framing field into the head would read the message differently.
+    if (up !== null && this.req.framing === Framing.CHUNKED) up.write(LAST_CHUNK)
+    if (this.req.hasBody) this.retryHead = null
     // The request is all out: the upstream now has upstreamResponseTimeoutMs to start answering.
-    if (!this.headSent && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
+    if (this.state === Exchange.WAITING && up !== null) this.responseDeadline = Date.now() + this.ctx.opts.upstreamResponseTimeoutMs
+  }
+
+  /**
+   * llhttp delivered a body that does not fit the framing the forwarded head announced. The
+   * request-head rules leave no request where the two differ; should one appear, the upstream
+   * connection holds a broken message and is dropped, and nothing more is read from the client.
+   */
+  private framingMismatch (): void {
+    this.upstream?.destroy()
+    this.upstream = null
+    if (this.state >= Exchange.ANSWERED_EARLY) { this.destroy(); return }
+    this.reject(400, 'body-framing-mismatch')
+    this.closeTo(Conn.CLOSED)
   }
 
   // ---- one request ---------------------------------------------------------------------------
 
-  private startRequest (major: number, minor: number, headers: string[], methodIdx: number, url: string,
-    upgrade: boolean, keepAlive: boolean): number {
+  private startRequest (parsed: ParsedRequestHead): number {
     const { ctx } = this
     ctx.counters.requests++
-    this.busy = true
-    this.reqDone = false
-    this.denied = false
-    this.headSent = false
+    this.state = Exchange.SENDING
     this.upgradeReq = false
-    this.trailers = []
-    this.startedAt = performance.now()
-    this.status = 0
-    this.bytesIn = 0
-    this.bytesOut = 0
-    this.reason = ''
-    this.verdict = ''
-    this.reqKeepAlive = keepAlive
-    const method = METHODS[methodIdx] ?? ''
+    this.log.begin()
+    this.bodyLeft = 0
+    const req = this.req
+    const refused = canonicalRequest(parsed, ctx.opts.maxHeaders, req)
     const view = this.view
-    view.method = method
-    view.path = url
-    view.host = ''
-    view.headers = headers
+    view.method = req.method
+    view.path = req.path
+    view.host = req.host
+    view.headers = req.headers
+    if (refused !== null) return this.reject(refused.status, refused.reason)
 
-    if (headers.length / 2 > ctx.opts.maxHeaders) return this.reject(431, 'too-many-headers')
-    // HTTP/0.9 (no version) is malformed here; a well-formed 2.x/1.2 request line is a version we do not speak.
-    if (major === 0) return this.reject(400, 'http-0.9')
-    if (major !== 1 || (minor !== 0 && minor !== 1)) return this.reject(505, 'http-version')
-
-    let hostCount = 0
-    let host = ''
-    let hasBody = false
-    let chunked = false
-    for (let i = 0; i < headers.length; i += 2) {
-      const n = headers[i]
-      const len = n.length
-      if (len === 4) {
-        if (n.toLowerCase() === 'host') { host = headers[i + 1]; hostCount++ }
-      } else if (len === 14) {
-        if (n.toLowerCase() === 'content-length' && headers[i + 1] !== '0') hasBody = true
-      } else if (len === 17) {
-        if (n.toLowerCase() === 'transfer-encoding') { hasBody = true; chunked = true }
-      }
-    }
-    if (hostCount > 1) return this.reject(400, 'duplicate-host')
-    if (hostCount === 0 && minor === 1) return this.reject(400, 'missing-host')
-
-    // Request target forms (RFC 9112 §3.2).
-    let target = url
-    let addHost = ''
-    if (method === 'CONNECT') {
-      // authority-form: the target is the authority; it is what `host` rules see.
-      if (hostCount === 1 && host.toLowerCase() !== url.toLowerCase()) return this.reject(400, 'connect-host-mismatch')
-      host = url
-    } else if (url.charCodeAt(0) !== 0x2f) {
-      if (url === '*' && method === 'OPTIONS') {
-        target = '*'
-      } else {
-        // absolute-form: accepted only when it names the same authority as Host (else a
-        // backend that honours the target's authority could be steered to another host).
-        const m = /^https?:\/\/([^/?#@]+)(.*)$/i.exec(url)
-        if (m === null) return this.reject(400, 'bad-target')
-        const authority = m[1]
-        if (hostCount === 1 && host.toLowerCase() !== authority.toLowerCase()) return this.reject(400, 'absolute-form-host-mismatch')
-        if (hostCount === 0) { host = authority; addHost = 'Host: ' + authority + CRLF }
-        const rest = m[2]
-        target = rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? '/' + rest : rest
-      }
-    }
-    let path = target
-    if (method !== 'CONNECT' && target !== '*') {
-      const n = normalizeTarget(target)
-      if (n === null) return this.reject(400, 'path-not-normalizable')
-      path = n
-    }
-    view.path = path
-    view.host = host
-
-    // Fresh policy for every request (STYLE §9.3 rule 7).
+    // The policy is read fresh for every request (a swap applies to the next head); it judges
+    // the canonical request, the one that is forwarded.
     const pol = this.policy
     pol.refresh(ctx.deps.snapshot())
-    if (!pol.decide(view)) return this.deny(hasBody, upgrade)
+    if (!pol.decide(view)) return this.deny(req.hasBody, req.upgrade)
 
     ctx.counters.allowed++
-    this.verdict = 'allowed'
-    this.reqChunked = chunked
-    this.reqHasBody = hasBody
-    this.isHead = method === 'HEAD'
-    this.upgradeReq = upgrade
-    let head = method + ' ' + path + (minor === 1 ? ' HTTP/1.1\r\n' : ' HTTP/1.0\r\n') + addHost
-    for (let i = 0; i < headers.length; i += 2) head += headers[i] + ': ' + headers[i + 1] + CRLF
-    head += CRLF
-    this.retryHead = head
-    this.sendUpstream(head, false)
-    if (hasBody) this.setDeadline(Deadline.BODY, ctx.opts.bodyTimeoutMs)
+    this.log.verdict = 'allowed'
+    this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
+    this.upgradeReq = req.upgrade
+    this.retryHead = req.head
+    this.sendUpstream(req.head, false)
+    if (req.hasBody) this.setDeadline(Deadline.BODY, ctx.opts.bodyTimeoutMs)
     else this.setDeadline(Deadline.NONE, 0)
     return 0
   }
@@ -366,11 +314,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
-    up.begin(this, this.isHead, this.view.method === 'CONNECT')
-    // Body bytes in the same read go out with the head in one writev; a body-less request is
-    // one write, and corking it would only add a trip through the writev path.
-    if (this.inExecute && this.corked === null && this.reqHasBody) { up.out.cork(); this.corked = up }
-    up.write(head)
+    up.begin(this, this.req.method === 'HEAD', this.req.method === 'CONNECT')
+    if (!up.write(head)) this.pause(PAUSED_UPSTREAM)
   }
 
   private deny (hasBody: boolean, upgrade: boolean): number {
@@ -379,30 +324,11 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (reason === 'no-l7-table') ctx.counters.denied_no_l7_table++
     else if (reason === 'ingress-no-rule-match') ctx.counters.denied_ingress_no_rule_match++
     else ctx.counters.denied_egress_no_rule_match++
-    this.denied = true
-    this.verdict = 'denied'
-    this.reason = reason
-    if (ctx.opts.denyResponse === 'reset') {
-      this.status = 0
-      this.logAccess()
-      this.busy = false
-      this.closed = true
-      this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
-      return PAUSE
-    }
-    this.status = 403
+    this.state = Exchange.DENIED
+    if (ctx.opts.denyResponse === 'reset') return this.localReply(RESET, 'denied', reason, true)
     // Keep the connection when the whole request is already known (no body follows);
     // otherwise close after the reply, as Envoy does for a reply before the request's end.
-    const close = hasBody || upgrade || !this.reqKeepAlive
-    this.writeClient(ctx.replies.get(403, close))
-    if (close) {
-      this.logAccess()
-      this.busy = false
-      this.closeAfter = true
-      this.endClient()
-      return PAUSE
-    }
-    return 0 // onMessageComplete (right after, no body) finishes the exchange
+    return this.localReply(403, 'denied', reason, hasBody || upgrade || !this.req.keepAlive)
   }
 
   /** Refuse a request that is malformed or over a limit: reply, log, close. Never forwarded. */
@@ -411,13 +337,34 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (kind === 431) c.rejected_header_too_large++
     else if (kind === 408) c.rejected_timeout++
     else c.rejected_bad_request++
-    this.verdict = 'rejected'
-    this.reason = reason
-    this.status = kind
-    this.writeClient(this.ctx.replies.get(kind, true))
-    this.logAccess()
-    this.busy = false
-    this.closeAfter = true
+    return this.localReply(kind, 'rejected', reason, true)
+  }
+
+  /**
+   * The one local answer, for every exchange the proxy answers itself (denied, refused,
+   * upstream failed or too slow): the reply (or a TCP reset), the access-log line with its
+   * verdict and reason, and the connection closed after the reply or kept for the next
+   * request. Returns what a parser callback returns: PAUSE when nothing more is to be parsed.
+   * A kept connection's exchange ends at the request's message complete (logged then).
+   */
+  private localReply (status: ReplyKind | typeof RESET, verdict: Verdict, reason: string, close: boolean): number {
+    const log = this.log
+    log.verdict = verdict
+    log.reason = reason
+    if (status === RESET) {
+      log.status = 0
+      log.write()
+      this.state = Exchange.IDLE
+      this.closeTo(Conn.CLOSED)
+      this.socket.resetAndDestroy() // TCP RST, as Cilium's proxy does for an L4-level deny
+      return PAUSE
+    }
+    log.status = status
+    this.writeClient(this.ctx.replies.get(status, close))
+    if (!close) return 0
+    log.write()
+    this.state = Exchange.IDLE
+    this.closeTo(Conn.CLOSING)
     this.endClient()
     return PAUSE
   }
@@ -425,62 +372,75 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private onParseError (err: ParseError): void {
     const kind: ReplyKind = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
     const reason = err.code.toLowerCase().replace(/^hpe_/, 'llhttp-').replace(/_/g, '-')
-    if (this.busy && !this.reqDone && !this.denied) {
+    if (this.state === Exchange.SENDING || this.state === Exchange.ANSWERED_EARLY) {
       // Broken body of a request being forwarded: the upstream got part of it, drop it.
       this.upstream?.destroy()
       this.upstream = null
-      if (!this.headSent) { this.reject(kind, reason); return }
+      if (this.state === Exchange.SENDING) { this.reject(kind, reason); return }
       this.destroy()
       return
     }
-    if (this.busy) {
+    if (this.state !== Exchange.IDLE) {
       // A pipelined head is malformed while an earlier exchange runs: answer after it.
       this.fatal = kind
       this.fatalReason = reason
       this.pause(PAUSED_PIPELINE)
       return
     }
-    this.view.method = ''
-    this.view.path = ''
-    this.startedAt = performance.now()
-    this.bytesIn = 0
-    this.bytesOut = 0
+    this.beginWithoutRequest()
     this.reject(kind, reason)
   }
 
   // ---- upstream callbacks --------------------------------------------------------------------
 
+  onUpstreamDrain (): void {
+    this.unpause(PAUSED_UPSTREAM)
+  }
+
   onResponseHead (status: number): void {
     if (status >= 200 || status === 101) {
-      this.headSent = true
+      if (this.state === Exchange.SENDING) this.state = Exchange.ANSWERED_EARLY
+      else if (this.state === Exchange.WAITING) this.state = Exchange.RESPONDING
       this.responseDeadline = 0
-      this.status = status
+      this.log.status = status
     }
   }
 
   sendToClient (bytes: Buffer): void {
-    this.writeClient(bytes)
+    // Most upstream reads produce ONE write (head and identity body coalesced by the upstream
+    // side); from a second write on (chunked framing, a head split across reads) they are
+    // gathered and leave in one writev at flushToClient. Corking up front would cost every
+    // single-write response a trip through the writev path.
+    if (++this.relayWrites === 2) this.out.cork()
+    this.out.write(bytes)
+  }
+
+  flushToClient (): boolean {
+    const n = this.relayWrites
+    this.relayWrites = 0
+    return n >= 2 ? this.out.uncork() : !this.out.needDrain
   }
 
   onResponseBody (length: number): void {
-    this.bytesOut += length
+    this.log.bytesOut += length
   }
 
   onResponseComplete (keepAlive: boolean): void {
     this.responseDeadline = 0
     const up = this.upstream
     this.upstream = null
+    const requestDone = this.state === Exchange.RESPONDING
     if (up !== null) {
-      if (keepAlive && this.reqDone) this.ctx.pool.release(up)
+      if (keepAlive && requestDone) this.ctx.pool.release(up)
       else up.destroy()
     }
-    if (!this.reqDone) {
+    if (!requestDone) {
       // Answered before the request body ended (e.g. an early 413): the rest of the body has
       // nowhere to go, so the connection ends here.
-      this.closeAfter = true
+      this.closeTo(Conn.CLOSING)
     }
     // After an Upgrade/CONNECT that the server did not accept, llhttp will not parse further.
-    if (!keepAlive || !this.reqKeepAlive || this.upgradeReq) this.closeAfter = true
+    if (!keepAlive || !this.req.keepAlive || this.upgradeReq) this.closeTo(Conn.CLOSING)
     this.finishExchange()
   }
 
@@ -489,13 +449,13 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (up === null) return
     this.upstream = null
     const peer = up.detachForTunnel(this.socket)
-    this.logAccess()
+    this.log.write()
     const s = this.socket
     if (rest.length > 0) s.write(keep(rest))
     for (const b of this.tunnelBuf) peer.write(b)
     this.tunnelBuf = []
     this.setDeadline(Deadline.NONE, 0)
-    this.closed = true // no more HTTP on this connection; it stays counted until it closes
+    this.closeTo(Conn.CLOSED) // no more HTTP on this connection; it stays counted until it closes
     this.tunnelPeer = peer
     peer.on('error', () => { s.destroy() })
     peer.on('close', () => { s.destroy() })
@@ -505,7 +465,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   }
 
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void {
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     const deadline = this.responseDeadline
     this.responseDeadline = 0
     const c = this.ctx.counters
@@ -517,37 +477,29 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.upstream = null
     // A kept-alive connection the server closed under us: safe to replay a body-less request
     // on a fresh connection (Envoy retries these too).
-    if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.reqDone && kind === 'reset') {
+    if (up !== null && up.reused && !anyResponseBytes && this.retryHead !== null && this.state === Exchange.WAITING && kind === 'reset') {
       c.upstream_retries++
       this.responseDeadline = deadline // the retry runs on the same clock (as Envoy's route timeout)
       this.sendUpstream(this.retryHead, true)
       return
     }
-    if (this.headSent) { this.destroy(); return }
-    this.verdict = 'allowed'
-    this.reason = 'upstream-' + kind
-    const reply: ReplyKind = kind === 'connect' || kind === 'connect-timeout' ? 503 : 502
-    this.status = reply
-    this.writeClient(this.ctx.replies.get(reply, true))
-    this.logAccess()
-    this.busy = false
-    this.closeAfter = true
-    this.endClient()
+    if (this.state >= Exchange.ANSWERED_EARLY) { this.destroy(); return }
+    this.localReply(kind === 'connect' || kind === 'connect-timeout' ? 503 : 502, 'allowed', 'upstream-' + kind, true)
   }
 
   // ---- exchange end, pipelining ---------------------------------------------------------------
 
   private finishExchange (): void {
-    this.logAccess()
-    this.busy = false
+    // A body write still waiting for the upstream to drain no longer holds the client back.
+    this.unpause(PAUSED_UPSTREAM)
+    this.log.write()
+    this.state = Exchange.IDLE
     this.retryHead = null
-    if (this.closeAfter) { this.endClient(); return }
+    if (this.conn >= Conn.CLOSING) { this.endClient(); return }
     if (this.fatal !== 0) {
       const k = this.fatal
       this.fatal = 0
-      this.view.method = ''
-      this.view.path = ''
-      this.startedAt = performance.now()
+      this.beginWithoutRequest()
       this.reject(k, this.fatalReason)
       return
     }
@@ -556,13 +508,17 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (this.out.needDrain) {
       // The client is not reading its responses: read nothing more from it until it does.
       this.pause(PAUSED_CLIENT_DRAIN)
-      this.socket.once('drain', () => {
-        this.unpause(PAUSED_CLIENT_DRAIN)
-        if (!this.closed) this.nextHeld()
-      })
       return
     }
     this.nextHeld()
+  }
+
+  /** The client took everything written to it. */
+  private onClientDrain (): void {
+    this.upstream?.resumeReading()
+    if ((this.pausedMask & PAUSED_CLIENT_DRAIN) === 0) return
+    this.unpause(PAUSED_CLIENT_DRAIN)
+    if (this.conn < Conn.CLOSED) this.nextHeld()
   }
 
   /** Start the pipelined request held back while the previous exchange ran. */
@@ -573,8 +529,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       return
     }
     this.held = null
-    const r = this.startRequest(held.major, held.minor, held.headers, held.method, held.url, held.upgrade, held.keepAlive)
-    if (this.closed || this.closeAfter || r === PAUSE) return
+    const r = this.startRequest(held)
+    if (this.conn >= Conn.CLOSING || r === PAUSE) return
     this.parser.resume()
     const rest = this.remainder
     this.remainder = null
@@ -583,12 +539,23 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // request of a pipelined burst never completed, and the connection was closed after its
     // response as if its body had been cut short.
     this.execute(rest ?? NO_BYTES)
-    if (this.closed) return
+    if (this.conn >= Conn.CLOSED) return
     if (this.held === null) this.unpause(PAUSED_PIPELINE)
-    if (this.clientEnded && !this.busy && this.held === null) this.endClient()
+    if (this.clientEnded && this.state === Exchange.IDLE && this.held === null) this.endClient()
   }
 
   // ---- helpers --------------------------------------------------------------------------------
+
+  private closeTo (c: Conn): void {
+    if (this.conn < c) this.conn = c
+  }
+
+  /** An exchange for a refusal that has no parsed request (a malformed head, a timeout). */
+  private beginWithoutRequest (): void {
+    this.view.method = ''
+    this.view.path = ''
+    this.log.begin()
+  }
 
   /** Send FIN after what is queued; the socket is destroyed when the client closes or lingers too long. */
   private endClient (): void {
@@ -608,7 +575,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private unpause (bit: number): void {
     if ((this.pausedMask & bit) === 0) return
     this.pausedMask &= ~bit
-    if (this.pausedMask === 0 && !this.closed) this.socket.resume()
+    if (this.pausedMask === 0 && this.conn < Conn.CLOSED) this.socket.resume()
   }
 
   private setDeadline (kind: Deadline, ms: number): void {
@@ -618,16 +585,14 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   /** Called by the proxy's sweeper when `deadline` has passed. */
   onDeadline (): void {
-    if (this.gone) return
-    if (this.closed && this.deadlineKind !== Deadline.LINGER) return
+    if (this.conn === Conn.GONE) return
+    if (this.conn >= Conn.CLOSED && this.deadlineKind !== Deadline.LINGER) return
     const kind = this.deadlineKind
     this.setDeadline(Deadline.NONE, 0)
     if (kind === Deadline.LINGER) { this.destroy(); return }
-    if (kind === Deadline.IDLE) { this.closed = true; this.endClient(); return }
-    if (kind === Deadline.HEAD && !this.busy) {
-      this.view.method = ''
-      this.view.path = ''
-      this.startedAt = performance.now()
+    if (kind === Deadline.IDLE) { this.closeTo(Conn.CLOSED); this.endClient(); return }
+    if (kind === Deadline.HEAD && this.state === Exchange.IDLE) {
+      this.beginWithoutRequest()
       this.reject(408, 'headers-timeout')
       return
     }
@@ -643,66 +608,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.ctx.counters.rejected_timeout++
     this.upstream?.destroy()
     this.upstream = null
-    if (this.busy && !this.headSent) { this.busy = false; this.reject(408, 'body-timeout'); return }
+    if (this.state === Exchange.SENDING || this.state === Exchange.DENIED) { this.reject(408, 'body-timeout'); return }
     this.destroy()
-  }
-
-  private logAccess (): void {
-    const { ctx } = this
-    const allowedOk = this.verdict === 'allowed' && this.reason === ''
-    if (!ctx.log.isLevelEnabled(allowedOk ? 'info' : 'warn')) return
-    const pol = this.policy
-    const rule = pol.rule
-    const snap = pol.snapshot
-    let log = this.accessLog
-    if (log === null || this.accessLogSnap !== snap) {
-      const src = pol.srcEndpoint
-      const dst = pol.dstEndpoint
-      log = ctx.log.child({
-        srcIdentity: pol.srcIdentity,
-        src: src === undefined ? pol.srcIp : src.namespace + '/' + src.name,
-        srcLabels: snap?.identities.get(pol.srcIdentity),
-        dst: this.dstKey,
-        dstEndpoint: dst === undefined ? undefined : dst.namespace + '/' + dst.name
-      })
-      this.accessLog = log
-      this.accessLogSnap = snap
-      this.accessBindings = bindingsOf(log)
-      this.ruleLog = null
-    }
-    let bindings = this.accessBindings
-    if (this.verdict === 'allowed' && rule !== null) {
-      if (this.ruleLog === null || this.ruleLogRef !== rule) {
-        this.ruleLog = log.child({ rule: { file: rule.file, line: rule.line, policy: rule.policy, section: rule.section, index: rule.index } })
-        this.ruleLogRef = rule
-        this.ruleBindings = bindingsOf(this.ruleLog)
-      }
-      log = this.ruleLog
-      bindings = this.ruleBindings
-    }
-    const elapsed = performance.now() - this.startedAt
-    const lines = ctx.lines
-    if (lines !== null) {
-      // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
-      lines.write(allowedOk ? LEVEL.info : LEVEL.warn, bindings,
-        ',"method":' + jsonString(this.view.method) + ',"path":' + jsonString(this.view.path) +
-        ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
-        ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
-        ',"durationMs":' + millis3(elapsed), MSG_HTTP_REQUEST)
-      return
-    }
-    const rec = {
-      method: this.view.method,
-      path: this.view.path,
-      verdict: this.verdict,
-      reason: this.reason === '' ? undefined : this.reason,
-      status: this.status,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
-      durationMs: Math.round(elapsed * 1000) / 1000
-    }
-    if (allowedOk) log.info(rec, 'http request')
-    else log.warn(rec, 'http request')
   }
 
   /**
@@ -712,21 +619,15 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
    */
   onResponseTimeout (): void {
     this.responseDeadline = 0
-    if (this.closed || this.headSent || !this.busy) return
+    if (this.conn >= Conn.CLOSED || this.state !== Exchange.WAITING) return
     this.ctx.counters.upstream_errors_response_timeout++
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
-    this.reason = 'upstream-response-timeout'
-    this.status = 504
-    this.writeClient(this.ctx.replies.get(504, true))
-    this.logAccess()
-    this.busy = false
-    this.closeAfter = true
-    this.endClient()
+    this.localReply(504, 'allowed', 'upstream-response-timeout', true)
   }
 
   /** Close now, both sides (the pool never gets a connection in an unknown state). */
   destroy (): void {
-    this.closed = true
+    this.closeTo(Conn.CLOSED)
     this.responseDeadline = 0
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.socket.destroy()
@@ -734,9 +635,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   /** On the socket's 'close' (always asynchronous, so never inside a parser callback). */
   private teardown (): void {
-    if (this.gone) return
-    this.gone = true
-    this.closed = true
+    if (this.conn === Conn.GONE) return
+    this.conn = Conn.GONE
     if (this.upstream !== null) { this.upstream.destroy(); this.upstream = null }
     this.ctx.counters.connections_active--
     this.ctx.onClosed(this)

@@ -83,7 +83,7 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
 }
 
 /** Values of the HTTP proxy's `metrics()` that go up and down (the rest only grow). */
-export const HTTP_GAUGES = ['connections_active', 'upstream_open', 'upstream_idle'] as const
+export const HTTP_GAUGES = ['connections_active', 'upstream_open', 'upstream_idle', 'write_pending_bytes'] as const
 
 /** Counters; flat numbers so that `metrics()` is a cheap copy. */
 export class Counters {

@@ -1,5 +1,5 @@
 /**
- * warden's L7 HTTP proxy (issue 4): the Envoy replacement. The agent accepts connections on the
+ * warden's L7 HTTP proxy: the Envoy replacement. The agent accepts connections on the
  * transparent listener and hands each socket to `handleConnection`; the proxy parses request
  * heads with llhttp, decides each request against the current `Snapshot`, forwards allowed ones
  * over pooled keep-alive upstream connections and answers denied ones like Cilium (403 or RST).
@@ -13,13 +13,13 @@ import { ClientConn } from './connection.js'
 import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
 import { Replies } from './replies.js'
 import { UpstreamPool } from './upstream.js'
+import { writeStats } from './writes.js'
 import type net from 'node:net'
 
 export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
 export { HTTP_GAUGES } from './context.js'
 export { SERVER_OPTIONS } from './reads.js'
-export { batchedDestination, BatchedDestination, type BatchedDestinationOptions } from './log-destination.js'
 
 export interface HttpProxy {
   /** Take over an accepted client socket (original destination = its local address by default). */
@@ -27,7 +27,8 @@ export interface HttpProxy {
   /**
    * Counters: `requests`, `allowed`, `denied_<reason>` (no_l7_table, ingress_no_rule_match,
    * egress_no_rule_match), `rejected_<kind>`, `upstream_errors_<kind>`, `connections_active`,
-   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`.
+   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`, `write_pending_bytes`
+   * (bytes the proxy holds for peers that read slowly; process-wide).
    */
   metrics (): Record<string, number>
   /** Stop timers and close every client and upstream connection. */
@@ -85,7 +86,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
       }
     },
     metrics (): Record<string, number> {
-      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount }
+      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount, write_pending_bytes: writeStats.pendingBytes }
     },
     async close (): Promise<void> {
       clearInterval(sweeper)

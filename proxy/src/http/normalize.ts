@@ -1,8 +1,8 @@
 /**
  * Request-target normalisation, done before matching; the normalised target is what we forward,
  * so the upstream acts on exactly the path the policy saw. Modelled on Envoy's
- * `normalize_path` + `merge_slashes` that Cilium turns on (--http-normalize-path=true,
- * shared/notes/cilium-semantics.md §4.6), but stricter: anything ambiguous is refused (400)
+ * `normalize_path` + `merge_slashes` that Cilium turns on (--http-normalize-path=true), but
+ * stricter: anything ambiguous is refused (400)
  * instead of repaired. The README section "HTTP proxy" states the same rules for users.
  *
  * Path part (before the first `?`), in this order:

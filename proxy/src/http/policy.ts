@@ -4,7 +4,7 @@
  *
  * Tables: the destination endpoint's INGRESS table for the port (remote = source identity) and
  * the source endpoint's EGRESS table (remote = destination identity). Both present: both must
- * allow. Neither: deny with `no-l7-table` (fail closed, STYLE §9.3 rule 6).
+ * allow. Neither: deny with `no-l7-table` (fail closed: never allow by default).
  */
 import { decideHttp } from '../../../policy-store/src/l7-match.js'
 import { DIR, l7Key } from '../../../policy-store/src/types.js'

@@ -1,19 +1,21 @@
 /**
- * Local replies, prebuilt as Buffers (STYLE §9.3 rule 9). Only the `date` header changes; the
- * buffers are rebuilt at most once per second, when first used in a new second.
+ * Local replies, prebuilt as Buffers (none is built per request). Only the `date` header
+ * changes; the buffers are rebuilt at most once per second, when first used in a new second.
  *
- * The 403 is Cilium's (shared/notes/cilium-semantics.md §4.5): `HTTP/1.1 403 Forbidden`,
+ * The 403 is Cilium's (its Envoy's HTTP deny reply): `HTTP/1.1 403 Forbidden`,
  * `content-length: 15`, `content-type: text/plain`, `date`, body `Access denied\r\n` (the
  * configured message plus CRLF). We leave out Envoy's `server: envoy`.
  */
 
-export type ReplyKind = 403 | 400 | 408 | 413 | 431 | 502 | 503 | 504 | 505
+export type ReplyKind = 403 | 400 | 408 | 413 | 417 | 431 | 501 | 502 | 503 | 504 | 505
 const REASONS: Record<ReplyKind, string> = {
   400: 'Bad Request',
   403: 'Forbidden',
   408: 'Request Timeout',
   413: 'Payload Too Large',
+  417: 'Expectation Failed',
   431: 'Request Header Fields Too Large',
+  501: 'Not Implemented',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
   504: 'Gateway Timeout',
@@ -23,7 +25,9 @@ const BODIES: Record<Exclude<ReplyKind, 403>, string> = {
   400: 'Bad Request\r\n',
   408: 'Request Timeout\r\n',
   413: 'Payload Too Large\r\n',
+  417: 'Expectation Failed\r\n',
   431: 'Request Header Fields Too Large\r\n',
+  501: 'Not Implemented\r\n',
   502: 'upstream reset before response headers\r\n',
   503: 'upstream connect error\r\n',
   504: 'upstream request timeout\r\n',

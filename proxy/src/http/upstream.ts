@@ -15,7 +15,7 @@ import type net from 'node:net'
 import { connect, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
 import { setSocketMark, socketFd } from '../libc.js'
-import { Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
+import { PAUSE, Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
 const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
@@ -25,23 +25,28 @@ const DIGITS = /^\d{1,15}$/
 
 export type UpstreamErrorKind = 'connect' | 'connect-timeout' | 'reset' | 'bad-response'
 
-/** Implemented by the client connection that currently owns the upstream connection. */
+/**
+ * Implemented by the client connection that currently owns the upstream connection. No
+ * sockets cross this interface: backpressure is explicit both ways. The upstream connection
+ * calls onUpstreamDrain when the request bytes went out, and stops reading responses when
+ * flushToClient says the client is not keeping up, until the owner calls resumeReading.
+ */
 export interface UpstreamOwner {
   /** A response head was accepted (its bytes follow through `sendToClient`). */
   onResponseHead (status: number): void
-  /** Response bytes for the client, in order (head, body, framing). */
+  /** Response bytes for the client, in order (head, body, framing); `bytes` is the owner's to keep. */
   sendToClient (bytes: Buffer): void
+  /** The end of one upstream read: send what sendToClient got. false = the client is not keeping up. */
+  flushToClient (): boolean
   /** `length` body bytes of the response (after de-chunking), for the access log. */
   onResponseBody (length: number): void
-  /** A final response is complete; `reusable` says whether the upstream may go back to the pool. */
+  /** A final response is complete; `keepAlive` is llhttp's verdict on reusing the connection. */
   onResponseComplete (keepAlive: boolean): void
+  /** The request bytes written so far have all gone to the kernel: send more. */
+  onUpstreamDrain (): void
   /** 101 or CONNECT 2xx: from now on raw bytes; `rest` is what followed the head. */
   onTunnel (rest: Buffer): void
   onUpstreamError (kind: UpstreamErrorKind, anyResponseBytes: boolean): void
-  /** Backpressure: the client socket can take more (resume reading upstream). */
-  readonly socket: net.Socket
-  /** The client socket's writer (cork/uncork around a read's writes, backpressure). */
-  readonly out: SocketWriter
 }
 
 export class UpstreamConn implements ParserHandler {
@@ -75,15 +80,13 @@ export class UpstreamConn implements ParserHandler {
   /** Raw bytes of `cur` accepted by llhttp and not yet written to the client: [pendStart, pendEnd). */
   private pendStart = -1
   private pendEnd = -1
-  private waitingClientDrain = false
-  /** Writes to the client during the current read; the second one corks the client socket (see toClient). */
-  private clientWrites = 0
+  /** Reading stopped until the owner's client drains (resumeReading). */
+  private readPaused = false
   /**
    * Identity body bytes of the current response still to forward, when the response is framed
    * here rather than through llhttp's onBody (see onHeadersComplete); -1 otherwise.
    */
   private bodyLeft = -1
-  private corkedClient: SocketWriter | null = null
 
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number, mark: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
@@ -98,6 +101,7 @@ export class UpstreamConn implements ParserHandler {
       // take the datapath's full path anyway (it creates the conntrack entry).
       if (mark !== 0) setSocketMark(socketFd(s), mark)
     })
+    s.on('drain', () => { this.owner?.onUpstreamDrain() })
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
     s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
@@ -106,6 +110,7 @@ export class UpstreamConn implements ParserHandler {
   /** Start an exchange for `owner`. */
   begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean): void {
     this.owner = owner
+    this.resumeReading() // paused for the previous owner's slow client
     this.isHead = isHead
     this.isConnect = isConnect
     this.anyBytes = false
@@ -127,39 +132,27 @@ export class UpstreamConn implements ParserHandler {
     this.cur = chunk
     this.curPos = 0
     this.pendStart = -1
-    this.clientWrites = 0
     if (this.bodyLeft > 0) this.forwardBody(owner)
     const r = this.parser.execute(chunk)
     if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
     this.flushPending()
-    if (this.owner === owner) this.checkClientBackpressure(owner)
+    // The client is slow: read nothing more from the upstream until it drains (resumeReading).
+    if (!owner.flushToClient() && this.owner === owner && !this.dead && !this.readPaused) {
+      this.readPaused = true
+      this.socket.pause()
+    }
     if (typeof r === 'number') {
       if (this.tunnel) owner.onTunnel(chunk.subarray(r)) // copied by the owner
     } else {
       this.fail('bad-response', r)
     }
-    this.uncorkClient()
   }
 
-  /**
-   * Response bytes to the client. Most reads produce ONE write (head and identity body are
-   * coalesced by forward()); a second write in the same read (chunked framing, a head split
-   * across reads) corks the client socket so they leave in one writev at the end of the read.
-   * Corking up front would cost every single-write response a trip through the writev path.
-   */
-  private toClient (owner: UpstreamOwner, bytes: Buffer): void {
-    if (++this.clientWrites === 2 && this.corkedClient === null) {
-      this.corkedClient = owner.out
-      owner.out.cork()
-    }
-    owner.sendToClient(bytes)
-  }
-
-  private uncorkClient (): void {
-    const s = this.corkedClient
-    if (s === null) return
-    this.corkedClient = null
-    s.uncork()
+  /** The owner's client took what it was sent: read the upstream again. */
+  resumeReading (): void {
+    if (!this.readPaused) return
+    this.readPaused = false
+    if (!this.dead) this.socket.resume()
   }
 
   /** Mark cur[from, to) for the client, merged with the pending range when contiguous. */
@@ -175,15 +168,15 @@ export class UpstreamConn implements ParserHandler {
     const from = this.pendStart
     this.pendStart = -1
     const owner = this.owner
-    if (owner !== null) this.toClient(owner, keep(this.cur.subarray(from, this.pendEnd)))
+    if (owner !== null) owner.sendToClient(keep(this.cur.subarray(from, this.pendEnd)))
   }
 
   private onEnd (): void {
     if (this.owner !== null && !this.dead && !this.tunnel) {
       // EOF-framed body completes here (llhttp's finish); anything else is a reset.
-      this.clientWrites = 0
+      const owner = this.owner
       const err = this.parser.finish()
-      this.uncorkClient()
+      owner.flushToClient()
       if (err !== null) this.fail('reset', err)
     }
     if (!this.dead) this.destroy()
@@ -196,14 +189,29 @@ export class UpstreamConn implements ParserHandler {
     this.inHead = true
   }
 
-  onHeaders (): void {}
-
   onHeadersComplete (_major: number, _minor: number, headers: string[], _method: number, _url: string,
     status: number, upgrade: boolean, keepAlive: boolean): number {
     this.inHead = false
     this.keepAlive = keepAlive
     const owner = this.owner
     if (owner === null) return 0
+    let te = false
+    let clCount = 0
+    let cl = ''
+    this.chunked = false
+    for (let i = 0; i < headers.length; i += 2) {
+      const n = headers[i]
+      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') {
+        // llhttp ignores an empty list and frames by Content-Length or the close; a client
+        // may not. Such a head is never relayed (as on the request side).
+        if (headers[i + 1] === '') { this.fail('bad-response'); return PAUSE }
+        te = true
+        this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
+      } else if (n.length === 14 && n.toLowerCase() === 'content-length') {
+        clCount++
+        cl = headers[i + 1]
+      }
+    }
     // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
     if (this.headParts.length === 0) {
       const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
@@ -215,24 +223,10 @@ export class UpstreamConn implements ParserHandler {
       const all = Buffer.concat([prev, this.cur])
       const end = all.indexOf(CRLFCRLF) + 4
       this.flushPending()
-      this.toClient(owner, all.subarray(0, end))
+      owner.sendToClient(all.subarray(0, end))
       this.curPos = end - prev.length
     }
     this.informational = status < 200 && status !== 101
-    this.chunked = false
-    let te = false
-    let clCount = 0
-    let cl = ''
-    for (let i = 0; i < headers.length; i += 2) {
-      const n = headers[i]
-      if (n.length === 17 && n.toLowerCase() === 'transfer-encoding') {
-        te = true
-        this.chunked = /(?:^|,)\s*chunked\s*$/i.test(headers[i + 1])
-      } else if (n.length === 14 && n.toLowerCase() === 'content-length') {
-        clCount++
-        cl = headers[i + 1]
-      }
-    }
     owner.onResponseHead(status)
     if (this.informational) return 0
     if (status === 101 && upgrade) { this.tunnel = true; return 0 }
@@ -268,9 +262,9 @@ export class UpstreamConn implements ParserHandler {
     if (owner === null) return
     if (this.chunked) {
       this.flushPending() // the head, still pending
-      this.toClient(owner, Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'))
-      this.toClient(owner, chunk)
-      this.toClient(owner, CRLF)
+      owner.sendToClient(Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'))
+      owner.sendToClient(chunk)
+      owner.sendToClient(CRLF)
     } else {
       // Identity body: llhttp's bytes are the raw bytes right after the head (or the previous
       // body piece), so forward the read's own bytes, not llhttp's copy.
@@ -278,15 +272,6 @@ export class UpstreamConn implements ParserHandler {
       this.curPos += chunk.length
     }
     owner.onResponseBody(chunk.length)
-    if (this.chunked) this.checkClientBackpressure(owner)
-  }
-
-  /** The client is slow: stop reading the upstream until it drains (once per stall). */
-  private checkClientBackpressure (owner: UpstreamOwner): void {
-    if (this.waitingClientDrain || !owner.out.needDrain) return
-    this.waitingClientDrain = true
-    this.socket.pause()
-    owner.socket.once('drain', () => { this.waitingClientDrain = false; this.socket.resume() })
   }
 
   onMessageComplete (): void {
@@ -298,7 +283,7 @@ export class UpstreamConn implements ParserHandler {
       this.bodyLeft = -1
     }
     this.flushPending()
-    if (this.chunked) this.toClient(owner, LAST_CHUNK) // trailers are not forwarded
+    if (this.chunked) owner.sendToClient(LAST_CHUNK) // trailers are not forwarded
     this.completedInChunk = true
     // llhttp's keep-alive view of the response (Connection header, HTTP/1.0, EOF framing).
     owner.onResponseComplete(this.keepAlive)
@@ -313,6 +298,7 @@ export class UpstreamConn implements ParserHandler {
     if (this.dead) return
     const owner = this.owner
     const any = this.anyBytes
+    this.owner = null // nothing more reaches the client from this connection
     this.destroy()
     if (owner !== null && !this.tunnel) owner.onUpstreamError(kind, any)
   }
@@ -332,6 +318,7 @@ export class UpstreamConn implements ParserHandler {
    * (the caller relays the other way). Returns the upstream socket.
    */
   detachForTunnel (client: net.Socket): net.Socket {
+    this.resumeReading() // the tunnel relay does its own backpressure from here on
     this.dead = true
     this.tunnelPeer = client
     this.socket.removeAllListeners('end')
@@ -375,6 +362,7 @@ export class UpstreamPool {
   release (c: UpstreamConn): void {
     c.owner = null
     if (!c.alive) return
+    c.resumeReading() // idle: read, so that a close from the server is seen
     let list = this.idle.get(c.key)
     if (list === undefined) { list = []; this.idle.set(c.key, list) }
     if (list.length >= this.maxIdlePerDestination) { c.destroy(); return }

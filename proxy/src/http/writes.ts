@@ -70,6 +70,13 @@ function onComplete (this: WriteReq, status: number): void {
   if (w !== null) w.completed(this.bytes, status)
 }
 
+/**
+ * Bytes written through any SocketWriter in this process that the kernel has not taken yet
+ * (queued in libuv): what the proxy holds in memory on behalf of slow peers. A gauge. (Writable's
+ * own queue, used only while a socket connects, stops callers at its highWaterMark.)
+ */
+export const writeStats = { pendingBytes: 0 }
+
 /** A request object for the next write; reused while writes complete synchronously. */
 let spare: WriteReq | null = null
 
@@ -129,20 +136,21 @@ export class SocketWriter {
     if (this.gathered === null) this.gathered = []
   }
 
-  uncork (): void {
+  /** Send what was gathered; false = backpressure, as from write(). */
+  uncork (): boolean {
     const g = this.gathered
-    if (g === null) return
+    if (g === null) return !this.needDrain
     this.gathered = null
-    if (g.length === 0) return
-    if (g.length === 1) { this.write(g[0]); return }
+    if (g.length === 0) return !this.needDrain
+    if (g.length === 1) return this.write(g[0])
     const s = this.socket
     const h = this.directHandle()
     if (h === null) {
-      if (s.destroyed) return
+      if (s.destroyed) return false
       s.cork()
       for (const d of g) { if (typeof d === 'string') s.write(d, 'latin1'); else s.write(d) }
       s.uncork()
-      return
+      return !s.writableNeedDrain
     }
     const chunks: unknown[] = new Array(g.length * 2)
     let bytes = 0
@@ -153,7 +161,7 @@ export class SocketWriter {
       bytes += d.length
     }
     const req = takeReq()
-    this.dispatched(req, h.writev(req, chunks, false), chunks, bytes)
+    return this.dispatched(req, h.writev(req, chunks, false), chunks, bytes)
   }
 
   /** The handle when a direct write keeps the order and net.Socket's rules (module comment), else null. */
@@ -175,12 +183,14 @@ export class SocketWriter {
     req.data = data
     req.bytes = bytes
     this.pendingBytes += bytes
+    writeStats.pendingBytes += bytes
     return false
   }
 
   /** From a pending write's completion (libuv). */
   completed (bytes: number, status: number): void {
     this.pendingBytes -= bytes
+    writeStats.pendingBytes -= bytes
     const s = this.socket
     if (status < 0) { if (!s.destroyed) s.destroy(new WriteError(status)); return }
     if (this.pendingBytes === 0 && !s.destroyed && !s.writableNeedDrain) s.emit('drain')

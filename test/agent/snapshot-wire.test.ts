@@ -1,10 +1,10 @@
 // The HTTP part of a snapshot carried to a proxy worker (structured clone, as postMessage does)
 // decides every request as the original does, and patterns are compiled once per source.
 import t from 'tap'
-import { decideHttp } from '../../../policy-store/src/l7-match.js'
-import type { HttpRequestView, Snapshot } from '../../../policy-store/src/types.js'
-import { httpSnapshotFromWire, httpSnapshotToWire } from '../../../proxy/src/http/snapshot-wire.js'
-import { billingSnapshot } from '../../helpers/http-proxy.js'
+import { decideHttp } from '../../policy-store/src/l7-match.js'
+import type { HttpRequestView, Snapshot } from '../../policy-store/src/types.js'
+import { httpSnapshotFromWire, httpSnapshotToWire } from '../../agent/workers/snapshot-wire.js'
+import { billingSnapshot } from '../helpers/http-proxy.js'
 
 function req (method: string, path: string, host = 'billing-service:8080', headers: Record<string, string> = {}): HttpRequestView {
   return { method, path, host, getHeader: (n) => headers[n] }

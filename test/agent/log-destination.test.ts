@@ -4,8 +4,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pino from 'pino'
-import { batchedDestination } from '../../../proxy/src/http/log-destination.js'
-import { PortDestination } from '../../../agent/workers/log.js'
+import { batchedDestination } from '../../agent/log-destination.js'
+import { PortDestination } from '../../agent/workers/log.js'
 
 async function tempFile (t: { teardown (fn: () => unknown): void }): Promise<{ path: string, fd: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'warden-logdest-'))

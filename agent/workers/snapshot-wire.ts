@@ -5,10 +5,10 @@
  * policy store's own compileFullMatch, once per distinct source. Everything else the proxy reads
  * (endpoints, identity labels, the L7 tables' shape and rule references) is plain data.
  */
-import { compileFullMatch } from '../../../policy-store/src/matchers.js'
+import { compileFullMatch } from '../../policy-store/src/matchers.js'
 import type {
   CompiledHttpRule, Endpoint, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
-} from '../../../policy-store/src/types.js'
+} from '../../policy-store/src/types.js'
 
 interface WireRule {
   method: string | null
