@@ -48,6 +48,8 @@ export interface Case {
   refuse?: number
   /** A clean case: what the backend must receive (strict RFC 9112 reading), in order. */
   forward?: Forwarded[]
+  /** The case's connection ends after its exchange (HTTP/1.0 without keep-alive). */
+  closes?: boolean
 }
 
 const HOST = 'Host: billing-service\r\n'
@@ -224,7 +226,7 @@ function caseList (): Case[] {
   // HTTP/0.9 and 1.0 [TReqs] [Wookiees]
   cases.push({ name: 'HTTP/0.9 forbidden request', source: 'Wookiees, TReqs', segments: ['GET /admin\r\n\r\n'] })
   cases.push({ name: 'HTTP/0.9 line pipelined after an allowed request', source: 'Wookiees', segments: [cl('5', 'hello') + 'DELETE /api/v1/charge\r\n'] })
-  cases.push({ name: 'HTTP/1.0 allowed request', source: 'TReqs', segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Content-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello' }] })
+  cases.push({ name: 'HTTP/1.0 allowed request', source: 'TReqs', closes: true, segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Content-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello' }] })
   cases.push({ name: 'HTTP/1.0 keep-alive then forbidden', source: 'TReqs', segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello${SMUGGLED}`] })
 
   // issue 15 finding 3: heads with more than 32 fields, messages after trailers

@@ -374,7 +374,7 @@ export async function runCase (rig: Rig, c: Case, mode: Mode, marker: string, o:
   const finals = p.responses.filter(x => x.status >= 200)
   if (mode === 'twice') {
     const i = finals.findIndex(x => x.body === normalEcho(marker))
-    const refusedAndClosed = r.closed && finals.some(x => x.status >= 400)
+    const refusedAndClosed = r.closed && (finals.some(x => x.status >= 400) || c.closes === true)
     if (i === -1 && !refusedAndClosed) fails.push(`the normal request after the case got no answer of its own, and the proxy did not refuse and close: ${describe(r)}`)
     if (i !== -1 && i !== finals.length - 1) fails.push(`responses out of order: the normal request's answer is not the last one: ${describe(r)}`)
   }
@@ -386,7 +386,7 @@ export async function runCase (rig: Rig, c: Case, mode: Mode, marker: string, o:
     if (forwarded !== '') fails.push(`the refused request reached the backend: ${JSON.stringify(forwarded.slice(0, 160))}`)
   }
   if (c.forward !== undefined) {
-    const want = mode === 'once' ? c.forward : [...c.forward, ...c.forward, { method: 'POST', target: '/api/v1/charge', body: marker }]
+    const want = mode === 'once' || c.closes === true ? c.forward : [...c.forward, ...c.forward, { method: 'POST', target: '/api/v1/charge', body: marker }]
     const got: Array<ReturnType<typeof parseRequests>['requests'][number]> = []
     for (const conn of caseConns) {
       const parsed = parseRequests(conn.bytes, 'strict')
