@@ -8,7 +8,7 @@
 // proxy kept it, must get exactly theirs; and the agent must live. Two rounds per framing (the
 // issue's crash came with the second close-delimited response).
 import t from 'tap'
-import { checkExactly } from '../helpers/smuggling/harness.js'
+import { checkExactly, echoed } from '../helpers/smuggling/harness.js'
 import { smugglingLab } from '../helpers/smuggling/lab.js'
 
 const FRAMINGS = ['close', 'http10', 'trailers', 'chunked', '1xx', 'extra', 'early'] as const
@@ -27,16 +27,16 @@ t.test('response framings from the backend', async t => {
       const a = `a-${mode}-${round}`
       if (mode === 'early') {
         // the backend answers once it has the head; the rest of the body comes after that answer
-        const r = await client.session([request(a, mode).slice(0, -4), a.slice(-4)], { gapMs: 400 })
+        const r = await client.session([request(a, mode).slice(0, -4), a.slice(-4)], { gapMs: 400, until: echoed('') })
         fails.push(...checkExactly(r, '', `client A (${mode})`))
       } else {
-        const r = await client.session([request(a, mode)])
+        const r = await client.session([request(a, mode)], { until: echoed(a) })
         fails.push(...checkExactly(r, a, `client A (${mode})`, mode === '1xx'))
       }
       const b = `b-${mode}-${round}`
-      fails.push(...checkExactly(await client.session([request(b, 'chunked')]), b, `client B after ${mode} (chunked answer)`))
+      fails.push(...checkExactly(await client.session([request(b, 'chunked')], { until: echoed(b) }), b, `client B after ${mode} (chunked answer)`))
       const c = `c-${mode}-${round}`
-      fails.push(...checkExactly(await client.session([request(c, '')]), c, `client C after ${mode}`))
+      fails.push(...checkExactly(await client.session([request(c, '')], { until: echoed(c) }), c, `client C after ${mode}`))
       const dead = await lab.rig.checkAlive()
       if (dead !== null) fails.push(dead)
       t.strictSame(fails, [], `${mode}, round ${round}`)

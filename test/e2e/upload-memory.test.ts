@@ -8,7 +8,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { normalRequest } from '../helpers/smuggling/corpus.js'
-import { checkExactly } from '../helpers/smuggling/harness.js'
+import { checkExactly, echoed } from '../helpers/smuggling/harness.js'
 import { smugglingLab } from '../helpers/smuggling/lab.js'
 
 const MiB = 1024 * 1024
@@ -41,7 +41,7 @@ const mib = (n: number): string => (n / MiB).toFixed(1)
 t.test('an upstream that stops reading: the client cannot fill the proxy', async t => {
   const lab = await smugglingLab(t, 4)
   const { client, backend } = lab.rig
-  t.strictSame(checkExactly(await client.session([normalRequest('warm-up')]), 'warm-up', 'warm-up'), [], 'the path works')
+  t.strictSame(checkExactly(await client.session([normalRequest('warm-up')], { until: echoed('warm-up') }), 'warm-up', 'warm-up'), [], 'the path works')
   const pid = lab.agentPid()
   if (pid === undefined) throw new Error('no agent pid')
   const before = rss(pid)

@@ -143,6 +143,8 @@ function connect () {
 function session (cmd) {
   const sock = connect()
   const got = []
+  const until = cmd.until === '' ? null : Buffer.from(cmd.until, 'base64').toString('latin1')
+  let text = ''
   let closed = false, reset = false, writing = true, last = Date.now(), finished = false, error = ''
   const start = Date.now()
   const finish = () => {
@@ -152,7 +154,7 @@ function session (cmd) {
     out({ id: cmd.id, bytes: Buffer.concat(got).toString('base64'), closed, reset, error, localPort: sock.localPort })
     sock.destroy()
   }
-  sock.on('data', (d) => { got.push(d); last = Date.now() })
+  sock.on('data', (d) => { got.push(d); if (until !== null) text += d.toString('latin1'); last = Date.now() })
   sock.on('end', () => { closed = true })
   sock.on('close', () => { closed = true })
   sock.on('error', (e) => { if (e.code === 'ECONNRESET') reset = true; else if (e.code !== 'EPIPE') error = e.code })
@@ -166,9 +168,14 @@ function session (cmd) {
     writing = false
     last = Date.now()
   })
+  // Done: when the connection closed; with 'until', once it arrived and then nothing more came
+  // for graceMs (extra bytes would be a failure); without, after idleMs without a byte.
   const timer = setInterval(() => {
+    const quiet = Date.now() - last
     if (Date.now() - start > cmd.maxMs) finish()
-    else if (!writing && (closed || Date.now() - last > cmd.idleMs)) finish()
+    else if (writing) return
+    else if (closed) finish()
+    else if (until !== null ? text.includes(until) && quiet > cmd.graceMs : quiet > cmd.idleMs) finish()
   }, 10)
 }
 // Upload a body of cmd.total bytes after cmd.head; count the bytes the kernel took (write
@@ -272,7 +279,16 @@ export class RecordingBackend {
 }
 
 export interface ClientResult { bytes: string, closed: boolean, reset: boolean, error: string, localPort: number }
-export interface SessionOptions { gapMs?: number, idleMs?: number, maxMs?: number }
+export interface SessionOptions {
+  gapMs?: number
+  /** Without `until`: the session ends after this long without a byte (or when closed). */
+  idleMs?: number
+  /** The session ends once this text arrived and graceMs passed without more (or when closed). */
+  until?: string
+  graceMs?: number
+  /** Bound on the whole session. */
+  maxMs?: number
+}
 
 export class ClientDriver {
   private constructor (readonly proc: Proc) {}
@@ -283,7 +299,7 @@ export class ClientDriver {
   }
 
   async session (segments: string[], o: SessionOptions = {}): Promise<ClientResult> {
-    const r = await this.proc.call({ op: 'session', segments: segments.map(s => Buffer.from(s, 'latin1').toString('base64')), gapMs: o.gapMs ?? 10, idleMs: o.idleMs ?? 300, maxMs: o.maxMs ?? 8000 })
+    const r = await this.proc.call({ op: 'session', segments: segments.map(s => Buffer.from(s, 'latin1').toString('base64')), gapMs: o.gapMs ?? 10, idleMs: o.idleMs ?? 500, until: Buffer.from(o.until ?? '', 'latin1').toString('base64'), graceMs: o.graceMs ?? 150, maxMs: o.maxMs ?? 5000 })
     return { bytes: Buffer.from(r.bytes as string, 'base64').toString('latin1'), closed: r.closed, reset: r.reset, error: r.error, localPort: r.localPort }
   }
 
@@ -350,6 +366,9 @@ function matches (q: { method: string, target: string, body: string, headers: Ar
 
 export type Mode = 'once' | 'twice'
 
+/** What `until` waits for: the end of the backend's echo of this body (one chunk even when chunked). */
+export function echoed (body: string): string { return `body=${JSON.stringify(body.slice(0, 200))}` }
+
 /**
  * One corpus case, once on a connection or twice followed by a normal request, then a normal
  * request on a fresh connection (the next client on the pooled upstream connection). Returns the
@@ -359,9 +378,13 @@ export async function runCase (rig: Rig, c: Case, mode: Mode, marker: string, o:
   const fails: string[] = []
   await rig.backend.reset()
   const segments = mode === 'once' ? c.segments : [...c.segments, ...c.segments, normalRequest(marker)]
-  const r = await rig.client.session(segments, o)
+  // the session ends on close, on the answer it waits for, or (once, nothing known to wait
+  // for) after o.idleMs without a byte
+  const last = c.forward?.[c.forward.length - 1]
+  const until = mode === 'twice' ? echoed(marker) : last !== undefined ? echoed(last.body) : undefined
+  const r = await rig.client.session(segments, { ...o, until })
   const caseConns = await rig.backend.dump()
-  const next = await rig.client.session([normalRequest(`${marker}-next`)], o)
+  const next = await rig.client.session([normalRequest(`${marker}-next`)], { ...o, until: echoed(`${marker}-next`) })
   const conns = await rig.backend.dump()
   const dead = await rig.checkAlive()
   if (dead !== null) fails.push(dead)

@@ -81,7 +81,7 @@ t.test(`${count} mutants of the corpus through the proxy (seed ${seed})`, async 
   for (let i = 0; i < count; i++) {
     const base = CORPUS[Math.floor(r() * CORPUS.length)]
     const m = mutate(base, r)
-    const fails = await runCase(rig, m, 'once', `fuzz-${i}`, { idleMs: 150 })
+    const fails = await runCase(rig, m, 'once', `fuzz-${i}`, { idleMs: 300 })
     if (fails.length > 0) failed++
     t.strictSame(fails, [], `mutant ${i}: ${m.name} ${JSON.stringify(m.segments.join('').slice(0, 200))}`)
   }
