@@ -28,18 +28,17 @@ function rng (s: number): () => number {
 
 const INTERESTING = ['\r', '\n', ' ', '\t', ',', '0', 'x', ':', '_', '-', '\x0b', '\x00', '"', ';', '\r\n', 'chunked', ', chunked']
 
-export function mutate (c: Case, r: () => number): Case {
+/** 1..3 byte-level mutations of one string, mostly inside its first head and body start. */
+function mutateText (text: string, r: () => number, ops: string[]): string {
   const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]
-  let s = c.segments.join('')
-  const ops: string[] = []
+  let s = text
   const n = 1 + Math.floor(r() * 3)
   for (let k = 0; k < n; k++) {
-    // mutate mostly inside the first head and the start of the body, where framing lives
     const limit = Math.min(s.length, (s.indexOf('\r\n\r\n') + 40) || s.length)
     const at = Math.floor(r() * limit)
     switch (Math.floor(r() * 6)) {
-      case 0: { const b = pick(INTERESTING); s = s.slice(0, at) + b + s.slice(at + 1); ops.push(`replace@${at}`); break }
-      case 1: { const b = pick(INTERESTING); s = s.slice(0, at) + b + s.slice(at); ops.push(`insert@${at}`); break }
+      case 0: { s = s.slice(0, at) + pick(INTERESTING) + s.slice(at + 1); ops.push(`replace@${at}`); break }
+      case 1: { s = s.slice(0, at) + pick(INTERESTING) + s.slice(at); ops.push(`insert@${at}`); break }
       case 2: { s = s.slice(0, at) + s.slice(at + 1); ops.push(`delete@${at}`); break }
       case 3: { // duplicate a line
         const lines = s.split('\r\n')
@@ -62,12 +61,28 @@ export function mutate (c: Case, r: () => number): Case {
       }
     }
   }
-  // re-split into 1..3 reads
-  const cuts = Array.from({ length: Math.floor(r() * 3) }, () => Math.floor(r() * s.length)).sort((a, b) => a - b)
-  const segments: string[] = []
-  let from = 0
-  for (const cut of cuts) { if (cut > from) { segments.push(s.slice(from, cut)); from = cut } }
-  segments.push(s.slice(from))
+  return s
+}
+
+/**
+ * A mutant of a corpus case: its first segment (the head, where framing lives) or another one
+ * mutated; half the time the reads are kept as the case has them (the many-reads cases stay
+ * aligned), else the bytes are re-split into 1..3 reads at random points.
+ */
+export function mutate (c: Case, r: () => number): Case {
+  const ops: string[] = []
+  let segments = [...c.segments]
+  const i = r() < 0.7 ? 0 : Math.floor(r() * segments.length)
+  segments[i] = mutateText(segments[i], r, ops)
+  if (r() < 0.5) {
+    const s = segments.join('')
+    const cuts = Array.from({ length: Math.floor(r() * 3) }, () => Math.floor(r() * s.length)).sort((a, b) => a - b)
+    segments = []
+    let from = 0
+    for (const cut of cuts) { if (cut > from) { segments.push(s.slice(from, cut)); from = cut } }
+    segments.push(s.slice(from))
+    ops.push(`split${cuts.length}`)
+  }
   return { name: `${c.name} / ${ops.join(',')}`, source: c.source, segments }
 }
 
