@@ -382,7 +382,9 @@ export async function runCase (rig: Rig, c: Case, mode: Mode, marker: string, o:
   // for) after o.idleMs without a byte
   const last = c.forward?.[c.forward.length - 1]
   const until = mode === 'twice' ? echoed(marker) : last !== undefined ? echoed(last.body) : undefined
-  const r = await rig.client.session(segments, { ...o, until })
+  // a refusal closes the connection (which ends the session at once); the longer quiet time
+  // only costs where the proxy failed to refuse
+  const r = await rig.client.session(segments, { ...o, until, idleMs: c.refuse !== undefined ? 1500 : o.idleMs })
   const caseConns = await rig.backend.dump()
   const next = await rig.client.session([normalRequest(`${marker}-next`)], { ...o, until: echoed(`${marker}-next`) })
   const conns = await rig.backend.dump()
