@@ -21,7 +21,8 @@ t.test('response framings from the backend', async t => {
   const lab = await smugglingLab(t, 3)
   const { client, backend } = lab.rig
   for (const mode of FRAMINGS) {
-    await backend.reset()
+    await backend.reset() // fresh upstream connections for each framing
+    await new Promise(resolve => setTimeout(resolve, 100)) // the proxy sees the close first
     for (const round of [1, 2]) {
       const fails: string[] = []
       const a = `a-${mode}-${round}`
