@@ -215,6 +215,7 @@ interface TapLike { teardown: (fn: () => unknown) => void }
 /** A `node -e` program (in namespace `ns`, or here) spoken to in JSON lines. */
 export class Proc {
   private readonly waiters = new Map<number, (o: any) => void>()
+  private exited: string | null = null
   private nextId = 1
   private ready: Promise<any>
   private stderr = ''
@@ -231,6 +232,11 @@ export class Proc {
       await gone
     })
     this.child.stderr?.on('data', (d) => { this.stderr += String(d) })
+    this.child.once('exit', (code, signal) => {
+      this.exited = `helper process exited (${code ?? signal ?? '?'}): ${this.stderr}`
+      for (const w of this.waiters.values()) w({ exited: this.exited })
+      this.waiters.clear()
+    })
     let onReady: (o: any) => void = () => {}
     this.ready = new Promise((resolve, reject) => {
       onReady = resolve
@@ -252,9 +258,10 @@ export class Proc {
 
   async call (cmd: Record<string, unknown>, timeoutMs = 120_000): Promise<any> {
     const id = this.nextId++
+    if (this.exited !== null) throw new Error(this.exited)
     return await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`helper process: no answer to ${String(cmd.op)} in ${timeoutMs} ms (${this.stderr})`)), timeoutMs)
-      this.waiters.set(id, (o) => { clearTimeout(timer); resolve(o) })
+      this.waiters.set(id, (o) => { clearTimeout(timer); if (o.exited !== undefined) reject(new Error(o.exited)); else resolve(o) })
       this.child.stdin!.write(JSON.stringify({ ...cmd, id }) + '\n')
     })
   }
