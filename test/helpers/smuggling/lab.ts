@@ -1,0 +1,109 @@
+/**
+ * The smuggling harness through the real datapath: the demo lab (demo/session.ts: namespaces,
+ * tc eBPF, `warden run` on the seed's policies) plus one harness policy, checkout may
+ * `POST /api/v1/charge` on billing-service port 9090, where the raw recording backend listens
+ * inside billing-service's namespace (nginx keeps 8080). The client driver runs inside
+ * checkout-service's namespace, so every byte goes workload -> tc redirect -> warden's HTTP proxy
+ * -> billing-service, as in a node.
+ *
+ * Lab slices (no other test uses them): workDir /run/warden-e2e-smuggle<n>, netns and veths
+ * wds<n>-*, subnet 198.19.(50+n).0/24, bpffs /sys/fs/bpf/wdt-smuggle<n>, route table 2340+n,
+ * ports 17040+n (HTTP proxy), 17140+n (DNS proxy), 17240+n (metrics).
+ */
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../../demo/session.js'
+import { isAlive } from '../../../demo/services.js'
+import { ClientDriver, RecordingBackend, type Rig } from './harness.js'
+
+export const HARNESS_PORT = 9090
+
+const HARNESS_POLICY = `apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: "smuggling-harness"
+spec:
+  endpointSelector:
+    matchLabels:
+      app: billing-service
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: checkout-service
+    toPorts:
+    - ports:
+      - port: "${HARNESS_PORT}"
+        protocol: TCP
+      rules:
+        http:
+        - method: "POST"
+          path: "/api/v1/charge"
+`
+
+interface TapLike { teardown: (fn: () => unknown) => void }
+
+export interface SmugglingLab {
+  cfg: DemoConfig
+  session: DemoSession
+  rig: Rig
+  billing: string
+  agentPid: () => number | undefined
+}
+
+export function labConfig (n: number, policies: string): DemoConfig {
+  return {
+    ...DEFAULT_DEMO,
+    workDir: `/run/warden-e2e-smuggle${n}`,
+    nsPrefix: `wds${n}-`,
+    ifPrefix: `wds${n}-`,
+    subnet: `198.19.${50 + n}`,
+    bpffs: `/sys/fs/bpf/wdt-smuggle${n}`,
+    routeTable: 2340 + n,
+    proxyPort: 17040 + n,
+    dnsProxyPort: 17140 + n,
+    metricsPort: 17240 + n,
+    policies
+  }
+}
+
+export async function smugglingLab (t: TapLike, n: number): Promise<SmugglingLab> {
+  const policies = mkdtempSync(join(tmpdir(), `warden-e2e-smuggle${n}-`))
+  cpSync(join(repoRoot(), 'demo', 'policies'), policies, { recursive: true })
+  writeFileSync(join(policies, 'smuggling-harness.yaml'), HARNESS_POLICY)
+  const cfg = labConfig(n, policies)
+  t.teardown(async () => {
+    await teardown(cfg)
+    rmSync(policies, { recursive: true, force: true })
+  })
+  const session = await DemoSession.open(cfg)
+  const billing = session.endpointAddress('billing-service')
+  const backend = await RecordingBackend.start(t, session.ns('billing-service'), '0.0.0.0', HARNESS_PORT)
+  const client = await ClientDriver.start(t, session.ns('checkout-service'), billing, HARNESS_PORT)
+  // the agent's PID as the session recorded it (demo/session.ts keeps it in state.json)
+  const agentPid = (): number | undefined => {
+    try { return (JSON.parse(readFileSync(join(cfg.workDir, 'state.json'), 'utf8')) as { agentPid?: number }).agentPid } catch { return undefined }
+  }
+  const rig: Rig = {
+    backend,
+    client,
+    checkAlive: async () => {
+      const pid = agentPid()
+      if (pid !== undefined && isAlive(pid)) return null
+      const tail = session.agentLog().split('\n').slice(-5).join('\n')
+      await session.startAgent() // so the rest of the corpus is still checked
+      return `the agent (pid ${pid ?? '?'}) died; it was restarted. Its last log lines:\n${tail}`
+    }
+  }
+  return { cfg, session, rig, billing, agentPid }
+}
+
+/** Access-log lines of the HTTP proxy written after offset `from` of the agent's log. */
+export function accessLines (s: DemoSession, from: number): string[] {
+  return s.agentLog().slice(from).split('\n').filter(l => l.includes('"http request"')).map(l => {
+    try {
+      const o = JSON.parse(l) as Record<string, unknown>
+      return `${String(o.method)} ${String(o.path)} -> ${String(o.verdict)} ${String(o.status)}`
+    } catch { return l }
+  })
+}
