@@ -4,23 +4,8 @@ import t from 'tap'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { main } from '../../cli/main.js'
+import { runCli as run } from '../helpers/cli.js'
 
-async function run (argv: string[]): Promise<{ code: number, out: string, err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = console.log
-  const error = console.error
-  console.log = (...a: unknown[]) => { out.push(a.join(' ')) }
-  console.error = (...a: unknown[]) => { err.push(a.join(' ')) }
-  try {
-    const code = await main(argv)
-    return { code, out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    console.log = log
-    console.error = error
-  }
-}
 
 const dir = mkdtempSync(join(tmpdir(), 'warden-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))

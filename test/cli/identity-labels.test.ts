@@ -4,22 +4,8 @@
 import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { main } from '../../cli/main.js'
+import { runCli as run } from '../helpers/cli.js'
 
-async function run (argv: string[]): Promise<{ code: number, out: string, err: string }> {
-  const out: string[] = []
-  const err: string[] = []
-  const log = console.log
-  const error = console.error
-  console.log = (...a: unknown[]) => { out.push(a.join(' ')) }
-  console.error = (...a: unknown[]) => { err.push(a.join(' ')) }
-  try {
-    return { code: await main(argv), out: out.join('\n'), err: err.join('\n') }
-  } finally {
-    console.log = log
-    console.error = error
-  }
-}
 
 t.test('trace with and without the agent\'s identity label patterns', async (t) => {
   const dir = t.testdir({})

@@ -1,5 +1,5 @@
 // Needs root and the real kernel (namespaces, tc eBPF, bpf_sk_assign); CI runs as root.
-// Issue 15's response framings through the real datapath: the recording backend on
+// Response framings through the real datapath: the recording backend on
 // billing-service:9090 (test/helpers/smuggling/lab.ts) answers client A's request with one framing
 // (`X-Respond: <mode>`): close-delimited HTTP/1.1, HTTP/1.0 without a length, chunked with a
 // trailer, 1xx before the final response, an extra unsolicited response, a response before the

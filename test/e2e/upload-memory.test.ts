@@ -1,5 +1,5 @@
 // Needs root and the real kernel (namespaces, tc eBPF, bpf_sk_assign); CI runs as root.
-// Issue 15 finding 4 through the real datapath: billing-service's backend reads a request head
+// Request-body backpressure through the real datapath: billing-service's backend reads a request head
 // and then stops reading (`X-Respond: stall`, test/helpers/smuggling/lab.ts); checkout uploads
 // 128 MiB. The client must not get more than 4 MiB past what the kernel's socket queues on the
 // path hold (measured with ss in every namespace at the moment the upload stalled), and the

@@ -135,8 +135,8 @@ function caseList (): Case[] {
     cases.push({ name: `TE.CL ${name}`, source: 'Kettle19, smuggler, SMUGGLEtest', segments: [tecl(te)] })
   }
   for (const [name, v] of [['empty', ''], ['space', ' '], ['tab', '\t'], ['spaces', '   ']]) {
-    cases.push({ name: `blank TE (${name}) with CL, body over many reads`, source: 'issue 15 finding 1, Kettle25', segments: blankTe(v, true) })
-    cases.push({ name: `blank TE (${name}) with CL, one read`, source: 'issue 15 finding 1, Kettle25', segments: blankTe(v, false) })
+    cases.push({ name: `blank TE (${name}) with CL, body over many reads`, source: 'warden regression (a blank TE was re-chunked), Kettle25', segments: blankTe(v, true) })
+    cases.push({ name: `blank TE (${name}) with CL, one read`, source: 'warden regression (a blank TE was re-chunked), Kettle25', segments: blankTe(v, false) })
   }
   cases.push({ name: 'TE chunked on HTTP/1.0', source: 'RFC9112 §6.1, TReqs', refuse: 400,
     segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${SMUGGLED}`] })
@@ -153,7 +153,7 @@ function caseList (): Case[] {
   cases.push({ name: 'Content-Length 0x5', source: 'Wookiees', segments: [cl('0x5', `hello${SMUGGLED}`)] })
   // 0100: 100 bytes as the proxy reads it, 64 for a backend that reads a leading 0 as octal
   // (C strtol with base 0); the last 36 bytes are a forbidden request for that backend
-  cases.push({ name: 'Content-Length with leading zeros', source: 'Probe, Wookiees, issue 15', segments: [cl('0100', 'x'.repeat(64) + 'GET /admin HTTP/1.1\r\nHost: bbbbb\r\n\r\n')] })
+  cases.push({ name: 'Content-Length with leading zeros', source: 'Probe, Wookiees', segments: [cl('0100', 'x'.repeat(64) + 'GET /admin HTTP/1.1\r\nHost: bbbbb\r\n\r\n')] })
   cases.push({ name: 'Content-Length 5 5 (space inside)', source: 'Probe', segments: [cl('5 5', `hello${SMUGGLED}`)] })
   cases.push({ name: 'Content-Length overflow', source: 'Wookiees', segments: [cl('18446744073709551621', `hello${SMUGGLED}`)] })
   cases.push({ name: 'Content-Length space before colon', source: 'Kettle19', segments: [`${ALLOWED}${HOST}Content-Length : ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
@@ -163,9 +163,9 @@ function caseList (): Case[] {
   {
     // Content_Length: a server that folds `_` to `-` reads the next request's head as this body
     const second = `${ALLOWED}${HOST}Content-Length: ${len(SMUGGLED)}\r\n\r\n`
-    cases.push({ name: 'Content_Length (underscore)', source: 'smuggler, Probe, issue 15', refuse: 400,
+    cases.push({ name: 'Content_Length (underscore)', source: 'smuggler, Probe', refuse: 400,
       segments: [`${ALLOWED}${HOST}Content_Length: ${len(second)}\r\n\r\n${second}${SMUGGLED}`] })
-    cases.push({ name: 'Transfer_Encoding (underscore) with CL', source: 'smuggler, Probe, issue 15', refuse: 400, segments: [clte('Transfer_Encoding: chunked')] })
+    cases.push({ name: 'Transfer_Encoding (underscore) with CL', source: 'smuggler, Probe', refuse: 400, segments: [clte('Transfer_Encoding: chunked')] })
   }
 
   // Chunk-size and chunk-extension tricks [Wookiees] [Funky]
@@ -192,16 +192,16 @@ function caseList (): Case[] {
   // Expect [Kettle25] [RFC 9110 §10.1.1]
   cases.push({ name: 'Expect 100-continue, body after the interim response', source: 'Kettle25', segments: [`${ALLOWED}${HOST}Expect: 100-continue\r\nContent-Length: 5\r\n\r\n`, 'hello'], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello' }] })
   cases.push({ name: 'Expect 100-continue on a forbidden request, body is a request', source: 'Kettle25', segments: [`DELETE /api/v1/charge HTTP/1.1\r\n${HOST}Expect: 100-continue\r\nContent-Length: ${len(ADMIN)}\r\n\r\n`, ADMIN] })
-  cases.push({ name: 'Expect with an unknown expectation', source: 'Kettle25, RFC9110 §10.1.1, issue 15', refuse: 417, segments: [`${ALLOWED}${HOST}Expect: y-continue\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
+  cases.push({ name: 'Expect with an unknown expectation', source: 'Kettle25, RFC9110 §10.1.1', refuse: 417, segments: [`${ALLOWED}${HOST}Expect: y-continue\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
   cases.push({ name: 'Expect obs-folded', source: 'Kettle25', segments: [`${ALLOWED}${HOST}Expect:\r\n 100-continue\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
 
   // 0.CL and CL.0 [Kettle22] [Kettle25]
   cases.push({ name: 'CL.0: allowed POST whose body is a request', source: 'Kettle22', segments: [cl(String(len(SMUGGLED)), SMUGGLED)], forward: [{ method: 'POST', target: '/api/v1/charge', body: SMUGGLED }] })
   cases.push({ name: 'CL.0: forbidden GET with a body', source: 'Kettle22', segments: [`GET /admin HTTP/1.1\r\n${HOST}Content-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
   cases.push({ name: '0.CL: Content-Length the proxy might not see, body after a pause', source: 'Kettle25', segments: [`${ALLOWED}${HOST}Content-Length:\r\n ${len(SMUGGLED)}\r\n\r\n`, SMUGGLED] })
-  cases.push({ name: 'Connection names Content-Length', source: 'RFC9110 §7.6.1, issue 15', refuse: 400, segments: [`${ALLOWED}${HOST}Connection: Content-Length\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
-  cases.push({ name: 'Connection names Transfer-Encoding', source: 'RFC9110 §7.6.1, issue 15', refuse: 400, segments: [`${ALLOWED}${HOST}Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n${hex(len(SMUGGLED))}\r\n${SMUGGLED}\r\n0\r\n\r\n`] })
-  cases.push({ name: 'fields Connection lists are removed', source: 'RFC9110 §7.6.1, issue 15', segments: [`${ALLOWED}${HOST}Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello', headers: [['X-End', '2']], absent: ['x-hop'] }] })
+  cases.push({ name: 'Connection names Content-Length', source: 'RFC9110 §7.6.1', refuse: 400, segments: [`${ALLOWED}${HOST}Connection: Content-Length\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
+  cases.push({ name: 'Connection names Transfer-Encoding', source: 'RFC9110 §7.6.1', refuse: 400, segments: [`${ALLOWED}${HOST}Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n${hex(len(SMUGGLED))}\r\n${SMUGGLED}\r\n0\r\n\r\n`] })
+  cases.push({ name: 'fields Connection lists are removed', source: 'RFC9110 §7.6.1', segments: [`${ALLOWED}${HOST}Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello', headers: [['X-End', '2']], absent: ['x-hop'] }] })
 
   // pipelined requests split across reads
   cases.push({ name: 'pipelined: allowed then forbidden, one read', source: 'Linhart05', segments: [cl('5', 'hello') + SMUGGLED] })
@@ -214,8 +214,8 @@ function caseList (): Case[] {
   cases.push({ name: 'absolute-form target', source: 'TReqs', segments: [`POST http://billing-service/api/v1/charge HTTP/1.1\r\n${HOST}Content-Length: 5\r\n\r\nhello`] })
   cases.push({ name: 'absolute-form forbidden target', source: 'TReqs', segments: [`DELETE http://billing-service/api/v1/charge HTTP/1.1\r\n${HOST}Content-Length: 0\r\n\r\n`] })
   cases.push({ name: 'two Host fields', source: 'TReqs, RFC9112 §3.2', refuse: 400, segments: [`${ALLOWED}${HOST}Host: other\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
-  cases.push({ name: 'Host a, b', source: 'Probe, RFC9112 §3.2, issue 15', refuse: 400, segments: [`${ALLOWED}Host: a, b\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
-  cases.push({ name: 'Host foo/bar', source: 'Probe, RFC9112 §3.2, issue 15', refuse: 400, segments: [`${ALLOWED}Host: foo/bar\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
+  cases.push({ name: 'Host a, b', source: 'Probe, RFC9112 §3.2', refuse: 400, segments: [`${ALLOWED}Host: a, b\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
+  cases.push({ name: 'Host foo/bar', source: 'Probe, RFC9112 §3.2', refuse: 400, segments: [`${ALLOWED}Host: foo/bar\r\nContent-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
   cases.push({ name: 'request line with two spaces', source: 'TReqs', segments: [`POST  /api/v1/charge HTTP/1.1\r\n${HOST}Content-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
   cases.push({ name: 'request line with tabs', source: 'TReqs', segments: [`POST\t/api/v1/charge\tHTTP/1.1\r\n${HOST}Content-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
   cases.push({ name: 'lower-case version', source: 'TReqs', segments: [`POST /api/v1/charge http/1.1\r\n${HOST}Content-Length: ${len(SMUGGLED)}\r\n\r\n${SMUGGLED}`] })
@@ -229,13 +229,13 @@ function caseList (): Case[] {
   cases.push({ name: 'HTTP/1.0 allowed request', source: 'TReqs', closes: true, segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Content-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello' }] })
   cases.push({ name: 'HTTP/1.0 keep-alive then forbidden', source: 'TReqs', segments: [`POST /api/v1/charge HTTP/1.0\r\n${HOST}Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello${SMUGGLED}`] })
 
-  // issue 15 finding 3: heads with more than 32 fields, messages after trailers
+  // heads with more than 32 fields, messages after trailers (the parser binding hands these over in batches)
   for (const n of [33, 64, 100]) {
     const fields: Array<[string, string]> = Array.from({ length: n - 2 }, (_, i) => [`X-Field-${i}`, `value-${i}`])
     const head = fields.map(([k, v]) => `${k}: ${v}\r\n`).join('')
-    cases.push({ name: `${n} header fields`, source: 'issue 15 finding 3', segments: [`${ALLOWED}${HOST}${head}Content-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello', headers: fields }] })
+    cases.push({ name: `${n} header fields`, source: 'warden regression (head fields handed over in batches)', segments: [`${ALLOWED}${HOST}${head}Content-Length: 5\r\n\r\nhello`], forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello', headers: fields }] })
   }
-  cases.push({ name: 'pipelined request after a chunked request with trailers', source: 'issue 15 finding 3', segments: [chunked('5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n') + cl('5', 'world')],
+  cases.push({ name: 'pipelined request after a chunked request with trailers', source: 'warden regression (head fields handed over in batches)', segments: [chunked('5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n') + cl('5', 'world')],
     forward: [{ method: 'POST', target: '/api/v1/charge', body: 'hello' }, { method: 'POST', target: '/api/v1/charge', body: 'world' }] })
   return cases
 }

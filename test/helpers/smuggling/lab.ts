@@ -15,7 +15,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../../demo/session.js'
 import { isAlive } from '../../../demo/services.js'
-import { ClientDriver, RecordingBackend, type Rig } from './harness.js'
+import { CORPUS } from './corpus.js'
+import { ClientDriver, RecordingBackend, runCase, type Rig } from './harness.js'
 
 export const HARNESS_PORT = 9090
 
@@ -106,4 +107,31 @@ export function accessLines (s: DemoSession, from: number): string[] {
       return `${String(o.method)} ${String(o.path)} -> ${String(o.verdict)} ${String(o.status)}`
     } catch { return l }
   })
+}
+
+interface TapTest extends TapLike {
+  test: (name: string, fn: (t: TapTest) => Promise<void>) => Promise<unknown>
+  strictSame: (a: unknown, b: unknown, msg: string) => void
+}
+
+/**
+ * One part of the corpus (every `parts`-th case from `part - 1`) through lab `part`: each case
+ * once, and twice on one connection followed by a normal request. A case that let a forbidden
+ * request through is reported with what the access log showed for it.
+ */
+export async function runCorpusPart (t: TapTest, part: number, parts: number): Promise<void> {
+  const lab = await smugglingLab(t, part)
+  let n = 0
+  for (const [i, c] of CORPUS.entries()) {
+    if (i % parts !== part - 1) continue
+    for (const mode of ['once', 'twice'] as const) {
+      const from = lab.session.agentLog().length
+      const fails = await runCase(lab.rig, c, mode, `p${part}-${n++}`)
+      if (fails.some(f => f.includes('forbidden request'))) {
+        await new Promise(resolve => setTimeout(resolve, 300)) // the access log is flushed every 100 ms
+        fails.push(`what the access log shows for it: ${accessLines(lab.session, from).join('; ') || 'nothing'}`)
+      }
+      t.strictSame(fails, [], `${c.name} (${mode}) [${c.source}]`)
+    }
+  }
 }
