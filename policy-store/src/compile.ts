@@ -145,8 +145,6 @@ export class Compiler {
     this.heldEndpointIds = new Holdings((k, now) => allocator.acquireEndpointId(k, now), (k, now) => allocator.releaseEndpointId(k, now))
   }
 
-  get current (): Snapshot | null { return this.prevSnapshot }
-
   /**
    * One run: each step works out what changed in its part of the input and marks the endpoints
    * whose entries it may change (`run.dirty`); only those are compiled again.

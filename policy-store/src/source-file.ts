@@ -156,12 +156,6 @@ export async function readTextFile (file: string, displayName = file): Promise<{
   return decodeText(buf, displayName)
 }
 
-/** Read and parse one file. Never throws for anything about the file's content. */
-export async function readYamlFile (file: string, displayName = file): Promise<ParsedFile | { errors: PolicyError[] }> {
-  const r = await readTextFile(file, displayName)
-  return 'errors' in r ? r : parseYamlString(r.text, displayName)
-}
-
 /** Bytes to text: refuses binary (NUL, invalid UTF-8) and empty files. */
 export function decodeText (buf: Buffer, file: string): { text: string } | { errors: PolicyError[] } {
   if (buf.includes(0)) return fail(file, ERR.BINARY, 'binary file (contains NUL bytes); expected YAML or JSON text')
@@ -173,11 +167,6 @@ export function decodeText (buf: Buffer, file: string): { text: string } | { err
   }
   if (text.trim() === '') return fail(file, ERR.EMPTY, 'empty file; expected at least one policy document')
   return { text }
-}
-
-export function parseYamlText (buf: Buffer, file: string): ParsedFile | { errors: PolicyError[] } {
-  const r = decodeText(buf, file)
-  return 'errors' in r ? r : parseYamlString(r.text, file)
 }
 
 /**

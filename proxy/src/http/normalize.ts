@@ -19,8 +19,6 @@
  * target including the query string.
  */
 
-export const NORMALIZE_REJECT = null
-
 const HEX = new Int8Array(128).fill(-1)
 for (let i = 0; i < 10; i++) HEX[48 + i] = i
 for (let i = 0; i < 6; i++) { HEX[65 + i] = 10 + i; HEX[97 + i] = 10 + i }

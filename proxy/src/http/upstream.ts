@@ -335,8 +335,6 @@ export class UpstreamConn implements ParserHandler {
 export class UpstreamPool {
   private readonly idle = new Map<string, UpstreamConn[]>()
   private readonly all = new Set<UpstreamConn>()
-  created = 0
-  reusedCount = 0
 
   constructor (readonly maxIdlePerDestination: number, readonly connectTimeoutMs: number,
     readonly maxHeaderBytes: number, readonly idleTimeoutMs: number, readonly socketMark = 0) {}
@@ -345,7 +343,7 @@ export class UpstreamPool {
     const list = this.idle.get(key)
     while (list !== undefined && list.length > 0) {
       const c = list.pop() as UpstreamConn
-      if (c.alive) { c.reused = true; this.reusedCount++; return c }
+      if (c.alive) { c.reused = true; return c }
     }
     return this.acquireFresh(key, ip, port)
   }
@@ -354,7 +352,6 @@ export class UpstreamPool {
   acquireFresh (key: string, ip: string, port: number): UpstreamConn {
     const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes, this.socketMark)
     this.all.add(c)
-    this.created++
     return c
   }
 
