@@ -233,7 +233,12 @@ async function main (): Promise<number> {
     const started = Date.now()
     const clients = streams.map(async ([from, stream]) => await runClient(s, from, stream))
     let policyEdits = 0
-    timers.push(setInterval(() => { writeFileSync(join(CFG.policies as string, 'soak-churn.yaml'), churnPolicy(++policyEdits)) }, 1000))
+    // written and renamed, as a config tool does: the watcher never reads half a file
+    const churnFile = join(CFG.policies as string, 'soak-churn.yaml')
+    timers.push(setInterval(() => {
+      writeFileSync(churnFile + '.tmp', churnPolicy(++policyEdits))
+      renameSync(churnFile + '.tmp', churnFile)
+    }, 1000))
     timers.push(setInterval(() => {
       const n = churnTick++ % CHURN_SLOTS
       slots[n] = slots[n] === null ? (++generation).toString(16).padStart(10, '0') : null
