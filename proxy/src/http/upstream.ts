@@ -75,6 +75,8 @@ export class UpstreamConn implements ParserHandler {
   private tunnelPeer: net.Socket | null = null
   private inHead = false
   private headParts: Buffer[] = []
+  /** Bytes in headParts. */
+  private headBytes = 0
   private cur: Buffer = CRLF
   private curPos = 0
   /** Raw bytes of `cur` accepted by llhttp and not yet written to the client: [pendStart, pendEnd). */
@@ -88,7 +90,8 @@ export class UpstreamConn implements ParserHandler {
    */
   private bodyLeft = -1
 
-  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number, mark: number) {
+  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number,
+    private readonly maxHeaderBytes: number, mark: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
     const s = connect(ip, port, (chunk) => { this.onData(chunk) })
     this.socket = s
@@ -134,7 +137,7 @@ export class UpstreamConn implements ParserHandler {
     this.pendStart = -1
     if (this.bodyLeft > 0) this.forwardBody(owner)
     const r = this.parser.execute(chunk)
-    if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
+    if (!this.dead && this.inHead && this.curPos < chunk.length) this.holdHeadPart(this.curPos === 0 ? chunk : chunk.subarray(this.curPos))
     this.flushPending()
     // The client is slow: read nothing more from the upstream until it drains (resumeReading).
     if (!owner.flushToClient() && this.owner === owner && !this.dead && !this.readPaused) {
@@ -146,6 +149,17 @@ export class UpstreamConn implements ParserHandler {
     } else {
       this.fail('bad-response', r)
     }
+  }
+
+  /**
+   * Keep the part of a head this read ended in. llhttp's maxHeaderSize does not count every
+   * byte of a head (white space before a field value is skipped uncounted, without limit), so
+   * the raw bytes held are bounded here, by the same number.
+   */
+  private holdHeadPart (part: Buffer): void {
+    this.headBytes += part.length
+    if (this.headBytes > this.maxHeaderBytes) { this.fail('bad-response'); return }
+    this.headParts.push(keep(part))
   }
 
   /** The owner's client took what it was sent: read the upstream again. */
@@ -213,15 +227,19 @@ export class UpstreamConn implements ParserHandler {
       }
     }
     // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
+    // Its raw size is bounded whether or not it spanned reads (see holdHeadPart).
     if (this.headParts.length === 0) {
       const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
+      if (end - this.curPos > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
       this.forward(this.curPos, end)
       this.curPos = end
     } else {
       const prev = Buffer.concat(this.headParts)
       this.headParts = []
+      this.headBytes = 0
       const all = Buffer.concat([prev, this.cur])
       const end = all.indexOf(CRLFCRLF) + 4
+      if (end > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
       this.flushPending()
       owner.sendToClient(all.subarray(0, end))
       this.curPos = end - prev.length

@@ -340,3 +340,43 @@ t.test('a slow-reading upstream and pipelined requests behind a large body: ever
   t.same(bodies, [`big:${big.length}`, 'two:0', 'three:0'], 'three answers, in order')
   t.same(answered, ['big', 'two', 'three'], 'the upstream got each request once, in order')
 })
+
+// llhttp does not count the white space before a field value (nor empty lines before the status
+// line) against maxHeaderBytes, so a head can grow without end and without a parse error; the
+// proxy holds a head split across reads until it ends.
+t.test('a response head that keeps growing is refused at maxHeaderBytes, not held', async t => {
+  let sent = 0
+  let upstreamClosed = false
+  const port = await rawBackend(t, s => {
+    s.on('close', () => { upstreamClosed = true })
+    s.once('data', () => {
+      s.write('HTTP/1.1 200 OK\r\nX-Pad:')
+      const block = ' '.repeat(16 * 1024)
+      const more = (): void => {
+        if (s.destroyed || sent >= 8 * 1024 * 1024) return
+        sent += block.length
+        s.write(block, () => setImmediate(more))
+      }
+      more()
+    })
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { maxHeaderBytes: 16384 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response(5000)
+  t.equal(r?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+  for (let i = 0; i < 50 && !upstreamClosed; i++) await sleep(20)
+  t.ok(upstreamClosed, 'the upstream connection was dropped')
+  t.ok(sent < 1024 * 1024, `the proxy stopped reading early (${sent} bytes sent)`)
+})
+
+t.test('a response head over maxHeaderBytes in one read is refused the same way', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write(`HTTP/1.1 200 OK\r\nX-Pad:${' '.repeat(20000)}a\r\nContent-Length: 2\r\n\r\nok`) })
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { maxHeaderBytes: 16384 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+})
