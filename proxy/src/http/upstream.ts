@@ -3,8 +3,8 @@
  * (the client side holds pipelined requests back, so responses can never be mismatched);
  * between exchanges it sits in a bounded per-destination idle list, reused by any client.
  *
- * Responses are framed with llhttp: the head is forwarded as received (found by the first
- * CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
+ * Responses are framed with llhttp: the head is forwarded as received (from its status line to
+ * the first CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
  * EOF-framed body as the raw bytes llhttp accepted, a chunked body re-chunked from what llhttp
  * delivered. So the client gets exactly the message llhttp parsed, never bytes past its end (a
  * server sending extra bytes is dropped). Head and identity body bytes of one read go to the
@@ -22,6 +22,12 @@ const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
 const CRLF = Buffer.from('\r\n', 'latin1')
 /** A Content-Length this module frames itself (at most 15 digits: an exact double). */
 const DIGITS = /^\d{1,15}$/
+
+/** The first byte at or after `from` that is not CR or LF. */
+function skipEmptyLines (buf: Buffer, from: number): number {
+  while (from < buf.length && (buf[from] === 0x0d || buf[from] === 0x0a)) from++
+  return from
+}
 
 export type UpstreamErrorKind = 'connect' | 'connect-timeout' | 'reset' | 'bad-response'
 
@@ -226,22 +232,25 @@ export class UpstreamConn implements ParserHandler {
         cl = headers[i + 1]
       }
     }
-    // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
-    // Its raw size is bounded whether or not it spanned reads (see holdHeadPart).
+    // Find this head: from its status line (llhttp skips the empty lines before one, and a
+    // CRLFCRLF among them is not the head's end) to the first CRLFCRLF after it (strict llhttp:
+    // CRLF only). Its raw size is bounded whether or not it spanned reads (see holdHeadPart).
     if (this.headParts.length === 0) {
-      const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
-      if (end - this.curPos > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
-      this.forward(this.curPos, end)
+      const start = skipEmptyLines(this.cur, this.curPos)
+      const end = this.cur.indexOf(CRLFCRLF, start) + 4
+      if (end - start > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
+      this.forward(start, end)
       this.curPos = end
     } else {
       const prev = Buffer.concat(this.headParts)
       this.headParts = []
       this.headBytes = 0
       const all = Buffer.concat([prev, this.cur])
-      const end = all.indexOf(CRLFCRLF) + 4
-      if (end > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
+      const start = skipEmptyLines(all, 0)
+      const end = all.indexOf(CRLFCRLF, start) + 4
+      if (end - start > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
       this.flushPending()
-      owner.sendToClient(all.subarray(0, end))
+      owner.sendToClient(all.subarray(start, end))
       this.curPos = end - prev.length
     }
     this.informational = status < 200 && status !== 101

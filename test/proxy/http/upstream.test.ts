@@ -380,3 +380,21 @@ t.test('a response head over maxHeaderBytes in one read is refused the same way'
   c.write(get('/healthz'))
   t.equal((await c.response())?.status, 502)
 })
+
+// llhttp skips empty lines before a status line; the head relayed must start where llhttp's did.
+const emptyLines: Array<[string, string, string]> = [
+  ['before the response', '\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'],
+  ['after a 100 Continue', 'HTTP/1.1 100 Continue\r\n\r\n\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+    'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok']
+]
+for (const [name, sent, relayed] of emptyLines) {
+  t.test(`empty lines ${name} are not relayed as the head`, async t => {
+    const port = await rawBackend(t, s => { s.once('data', () => { s.write(sent) }) })
+    const px = await startProxy(t, port, await billingSnapshot())
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(get('/healthz'))
+    for (let i = 0; i < 50 && c.rest().length < relayed.length; i++) await sleep(20)
+    await sleep(50)
+    t.equal(c.rest(), relayed)
+  })
+}
