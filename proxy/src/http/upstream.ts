@@ -215,6 +215,9 @@ export class UpstreamConn implements ParserHandler {
     this.keepAlive = keepAlive
     const owner = this.owner
     if (owner === null) return 0
+    // llhttp takes 000-099 for a final status with a body; RFC 9110 §15 has none below 100,
+    // and a client may read such a head as anything. Never relayed.
+    if (status < 100) { this.fail('bad-response'); return PAUSE }
     let te = false
     let clCount = 0
     let cl = ''

@@ -398,3 +398,16 @@ for (const [name, sent, relayed] of emptyLines) {
     t.equal(c.rest(), relayed)
   })
 }
+
+// llhttp reads `099` as a final response with a body; the proxy took every status below 200 for
+// an interim one and waited for another response: one request, two responses to the client.
+t.test('a status below 100 is a bad response, never relayed', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+})
