@@ -261,6 +261,9 @@ export class UpstreamConn implements ParserHandler {
     if (this.informational) return 0
     if (status === 101 && upgrade) { this.tunnel = true; return 0 }
     if (this.isConnect && status >= 200 && status < 300) { this.tunnel = true; return UPGRADE }
+    // No body, whatever the head says (RFC 9112 6.3; llhttp reads none): a `Transfer-Encoding:
+    // chunked` on it (allowed on a HEAD answer) must not get a last chunk.
+    if (this.isHead || status === 204 || status === 304) this.chunked = false
     if (this.isHead) return SKIP_BODY
     // The common response -- a final status with a body, one Content-Length, no Transfer-Encoding
     // -- is framed here: its body is exactly that many bytes after the head (RFC 9112 6.3,

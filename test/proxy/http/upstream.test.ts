@@ -411,3 +411,37 @@ t.test('a status below 100 is a bad response, never relayed', async t => {
   t.equal((await c.response())?.status, 502)
   t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
 })
+
+// A response that has no body whatever its head says (to HEAD, 204, 304) may still carry
+// `Transfer-Encoding: chunked` (RFC 9110 allows it on a HEAD answer: the field the GET answer
+// would have). No last chunk may follow it: the client would read those bytes as the start of
+// its next response.
+t.test('a HEAD answer with Transfer-Encoding: chunked gets no last chunk appended', async t => {
+  const port = await rawBackend(t, s => {
+    s.on('data', (d: Buffer) => {
+      if (d.toString('latin1').startsWith('HEAD ')) s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+    })
+  })
+  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'HEAD|GET', path: '/healthz' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('HEAD /healthz HTTP/1.1\r\nHost: b\r\n\r\n')
+  for (let i = 0; i < 50 && !c.rest().includes('\r\n\r\n'); i++) await sleep(20)
+  await sleep(50)
+  t.equal(c.rest(), 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', 'the head, and nothing after it')
+  c.write(get('/healthz'))
+  for (let i = 0; i < 50 && !c.rest().endsWith('ok'); i++) await sleep(20)
+  t.equal(c.rest(), 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'the next response follows it directly')
+})
+
+for (const status of [204, 304]) {
+  t.test(`a ${status} with Transfer-Encoding: chunked is relayed as its head alone`, async t => {
+    const port = await rawBackend(t, s => { s.once('data', () => { s.write(`HTTP/1.1 ${status} X\r\nTransfer-Encoding: chunked\r\n\r\n`) }) })
+    const px = await startProxy(t, port, await billingSnapshot())
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(get('/healthz'))
+    for (let i = 0; i < 50 && !c.rest().includes('\r\n\r\n'); i++) await sleep(20)
+    await sleep(50)
+    t.equal(c.rest(), `HTTP/1.1 ${status} X\r\nTransfer-Encoding: chunked\r\n\r\n`)
+  })
+}
