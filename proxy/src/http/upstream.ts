@@ -69,6 +69,8 @@ export class UpstreamConn implements ParserHandler {
   private dead = false
   private isHead = false
   private isConnect = false
+  /** The request asked to switch protocols (Upgrade, not CONNECT): the one a 101 may answer. */
+  private isUpgrade = false
   private chunked = false
   private informational = false
   /** llhttp's keep-alive verdict for the current response (Connection header, version, framing). */
@@ -117,11 +119,12 @@ export class UpstreamConn implements ParserHandler {
   }
 
   /** Start an exchange for `owner`. */
-  begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean): void {
+  begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean, isUpgrade: boolean): void {
     this.owner = owner
     this.resumeReading() // paused for the previous owner's slow client
     this.isHead = isHead
     this.isConnect = isConnect
+    this.isUpgrade = isUpgrade
     this.anyBytes = false
     this.chunked = false
     this.informational = false
@@ -218,6 +221,10 @@ export class UpstreamConn implements ParserHandler {
     // llhttp takes 000-099 for a final status with a body; RFC 9110 §15 has none below 100,
     // and a client may read such a head as anything. Never relayed.
     if (status < 100) { this.fail('bad-response'); return PAUSE }
+    // A switch answers only an upgrade request, and only as llhttp reads one (Upgrade and
+    // Connection: upgrade; without them it still stops parsing, and the connection would go
+    // back to the pool no longer speaking HTTP). Anything else is not relayed.
+    if (status === 101 && (!upgrade || !this.isUpgrade)) { this.fail('bad-response'); return PAUSE }
     let te = false
     let clCount = 0
     let cl = ''
@@ -259,7 +266,7 @@ export class UpstreamConn implements ParserHandler {
     this.informational = status < 200 && status !== 101
     owner.onResponseHead(status)
     if (this.informational) return 0
-    if (status === 101 && upgrade) { this.tunnel = true; return 0 }
+    if (status === 101) { this.tunnel = true; return 0 }
     if (this.isConnect && status >= 200 && status < 300) { this.tunnel = true; return UPGRADE }
     // No body, whatever the head says (RFC 9112 6.3; llhttp reads none): a `Transfer-Encoding:
     // chunked` on it (allowed on a HEAD answer) must not get a last chunk.

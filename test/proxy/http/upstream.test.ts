@@ -445,3 +445,32 @@ for (const status of [204, 304]) {
     t.equal(c.rest(), `HTTP/1.1 ${status} X\r\nTransfer-Encoding: chunked\r\n\r\n`)
   })
 }
+
+// A 101 switches the upstream connection to another protocol. Only an upgrade request may get
+// one, and only one llhttp takes for a switch (Upgrade + Connection: upgrade): else the proxy
+// would open a pipe for a request the policy judged as plain HTTP, or pool a connection the
+// backend no longer speaks HTTP on.
+t.test('a 101 to a request that is no upgrade is a bad response, not a pipe', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+})
+
+t.test('a 101 without the upgrade fields is a bad response; the connection is not pooled', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\n\r\n') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'GET', path: '/ws' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  t.equal((await c.response())?.status, 502)
+  await sleep(50)
+  const m = px.proxy.metrics()
+  t.equal(m.upstream_errors_bad_response, 1)
+  t.equal(m.upstream_idle, 0, 'not back in the pool')
+})
