@@ -314,7 +314,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
       : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
     this.upstream = up
-    up.begin(this, this.req.method === 'HEAD', this.req.method === 'CONNECT')
+    const m = this.req.method
+    up.begin(this, m === 'HEAD', m === 'CONNECT', this.req.upgrade && m !== 'CONNECT')
     if (!up.write(head)) this.pause(PAUSED_UPSTREAM)
   }
 

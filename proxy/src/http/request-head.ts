@@ -84,7 +84,8 @@ export const REFUSE = {
   badContentLength: refusal(400, 'bad-content-length'),
   connectionNamesFraming: refusal(400, 'connection-names-framing-field'),
   badConnection: refusal(400, 'bad-connection'),
-  expectation: refusal(417, 'expectation-failed')
+  expectation: refusal(417, 'expectation-failed'),
+  upgradeToHttp: refusal(400, 'upgrade-to-http')
 } as const
 
 const CRLF = '\r\n'
@@ -98,6 +99,13 @@ const CONTENT_LENGTH = /^\d{1,15}$/
 const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+;=-]*)(?::\d{0,5})?$/
 /** A Connection option: an RFC 9110 token. */
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+/**
+ * An Upgrade offer of HTTP itself (`h2c`, `h2`, `HTTP/2.0`, ...). After the 101 the connection
+ * is a pipe this proxy no longer parses, so every request the client then sends on it (any
+ * method, any path) would reach the backend unjudged ("h2c smuggling"). Envoy strips such
+ * offers; here the request is refused, because llhttp has already taken it as an upgrade.
+ */
+const HTTP_UPGRADE = /(?:^|,)[ \t]*(?:h2c|h2|http)(?:\/[^,]*)?[ \t]*(?:,|$)/i
 
 /**
  * Fill `out` with the canonical form of `req`, or return why it is refused (then `out` holds
@@ -137,7 +145,10 @@ export function canonicalRequest (req: ParsedRequestHead, maxHeaders: number, ou
       case 7:
         // Without llhttp's upgrade verdict, an Upgrade field could switch a lenient backend
         // to another protocol while this proxy still reads HTTP: not forwarded.
-        if (!req.upgrade && n.toLowerCase() === 'upgrade') hopByHop = true
+        if (n.toLowerCase() === 'upgrade') {
+          if (!req.upgrade) hopByHop = true
+          else if (HTTP_UPGRADE.test(headers[i + 1])) return REFUSE.upgradeToHttp
+        }
         break
       case 6:
         if (n.toLowerCase() === 'expect') expect = expect === null ? headers[i + 1] : expect + ', ' + headers[i + 1]

@@ -3,8 +3,8 @@
  * (the client side holds pipelined requests back, so responses can never be mismatched);
  * between exchanges it sits in a bounded per-destination idle list, reused by any client.
  *
- * Responses are framed with llhttp: the head is forwarded as received (found by the first
- * CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
+ * Responses are framed with llhttp: the head is forwarded as received (from its status line to
+ * the first CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
  * EOF-framed body as the raw bytes llhttp accepted, a chunked body re-chunked from what llhttp
  * delivered. So the client gets exactly the message llhttp parsed, never bytes past its end (a
  * server sending extra bytes is dropped). Head and identity body bytes of one read go to the
@@ -22,6 +22,12 @@ const LAST_CHUNK = Buffer.from('0\r\n\r\n', 'latin1')
 const CRLF = Buffer.from('\r\n', 'latin1')
 /** A Content-Length this module frames itself (at most 15 digits: an exact double). */
 const DIGITS = /^\d{1,15}$/
+
+/** The first byte at or after `from` that is not CR or LF. */
+function skipEmptyLines (buf: Buffer, from: number): number {
+  while (from < buf.length && (buf[from] === 0x0d || buf[from] === 0x0a)) from++
+  return from
+}
 
 export type UpstreamErrorKind = 'connect' | 'connect-timeout' | 'reset' | 'bad-response'
 
@@ -63,6 +69,8 @@ export class UpstreamConn implements ParserHandler {
   private dead = false
   private isHead = false
   private isConnect = false
+  /** The request asked to switch protocols (Upgrade, not CONNECT): the one a 101 may answer. */
+  private isUpgrade = false
   private chunked = false
   private informational = false
   /** llhttp's keep-alive verdict for the current response (Connection header, version, framing). */
@@ -75,6 +83,8 @@ export class UpstreamConn implements ParserHandler {
   private tunnelPeer: net.Socket | null = null
   private inHead = false
   private headParts: Buffer[] = []
+  /** Bytes in headParts. */
+  private headBytes = 0
   private cur: Buffer = CRLF
   private curPos = 0
   /** Raw bytes of `cur` accepted by llhttp and not yet written to the client: [pendStart, pendEnd). */
@@ -88,7 +98,8 @@ export class UpstreamConn implements ParserHandler {
    */
   private bodyLeft = -1
 
-  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number, maxHeaderBytes: number, mark: number) {
+  constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number,
+    private readonly maxHeaderBytes: number, mark: number) {
     this.parser = new Parser('response', maxHeaderBytes, this)
     const s = connect(ip, port, (chunk) => { this.onData(chunk) })
     this.socket = s
@@ -108,11 +119,12 @@ export class UpstreamConn implements ParserHandler {
   }
 
   /** Start an exchange for `owner`. */
-  begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean): void {
+  begin (owner: UpstreamOwner, isHead: boolean, isConnect: boolean, isUpgrade: boolean): void {
     this.owner = owner
     this.resumeReading() // paused for the previous owner's slow client
     this.isHead = isHead
     this.isConnect = isConnect
+    this.isUpgrade = isUpgrade
     this.anyBytes = false
     this.chunked = false
     this.informational = false
@@ -134,7 +146,7 @@ export class UpstreamConn implements ParserHandler {
     this.pendStart = -1
     if (this.bodyLeft > 0) this.forwardBody(owner)
     const r = this.parser.execute(chunk)
-    if (!this.dead && this.inHead && this.curPos < chunk.length) this.headParts.push(keep(this.curPos === 0 ? chunk : chunk.subarray(this.curPos)))
+    if (!this.dead && this.inHead && this.curPos < chunk.length) this.holdHeadPart(this.curPos === 0 ? chunk : chunk.subarray(this.curPos))
     this.flushPending()
     // The client is slow: read nothing more from the upstream until it drains (resumeReading).
     if (!owner.flushToClient() && this.owner === owner && !this.dead && !this.readPaused) {
@@ -146,6 +158,17 @@ export class UpstreamConn implements ParserHandler {
     } else {
       this.fail('bad-response', r)
     }
+  }
+
+  /**
+   * Keep the part of a head this read ended in. llhttp's maxHeaderSize does not count every
+   * byte of a head (white space before a field value is skipped uncounted, without limit), so
+   * the raw bytes held are bounded here, by the same number.
+   */
+  private holdHeadPart (part: Buffer): void {
+    this.headBytes += part.length
+    if (this.headBytes > this.maxHeaderBytes) { this.fail('bad-response'); return }
+    this.headParts.push(keep(part))
   }
 
   /** The owner's client took what it was sent: read the upstream again. */
@@ -195,6 +218,13 @@ export class UpstreamConn implements ParserHandler {
     this.keepAlive = keepAlive
     const owner = this.owner
     if (owner === null) return 0
+    // llhttp takes 000-099 for a final status with a body; RFC 9110 §15 has none below 100,
+    // and a client may read such a head as anything. Never relayed.
+    if (status < 100) { this.fail('bad-response'); return PAUSE }
+    // A switch answers only an upgrade request, and only as llhttp reads one (Upgrade and
+    // Connection: upgrade; without them it still stops parsing, and the connection would go
+    // back to the pool no longer speaking HTTP). Anything else is not relayed.
+    if (status === 101 && (!upgrade || !this.isUpgrade)) { this.fail('bad-response'); return PAUSE }
     let te = false
     let clCount = 0
     let cl = ''
@@ -212,25 +242,35 @@ export class UpstreamConn implements ParserHandler {
         cl = headers[i + 1]
       }
     }
-    // Find this head's end: the first CRLFCRLF after its start (strict llhttp: CRLF only).
+    // Find this head: from its status line (llhttp skips the empty lines before one, and a
+    // CRLFCRLF among them is not the head's end) to the first CRLFCRLF after it (strict llhttp:
+    // CRLF only). Its raw size is bounded whether or not it spanned reads (see holdHeadPart).
     if (this.headParts.length === 0) {
-      const end = this.cur.indexOf(CRLFCRLF, this.curPos) + 4
-      this.forward(this.curPos, end)
+      const start = skipEmptyLines(this.cur, this.curPos)
+      const end = this.cur.indexOf(CRLFCRLF, start) + 4
+      if (end - start > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
+      this.forward(start, end)
       this.curPos = end
     } else {
       const prev = Buffer.concat(this.headParts)
       this.headParts = []
+      this.headBytes = 0
       const all = Buffer.concat([prev, this.cur])
-      const end = all.indexOf(CRLFCRLF) + 4
+      const start = skipEmptyLines(all, 0)
+      const end = all.indexOf(CRLFCRLF, start) + 4
+      if (end - start > this.maxHeaderBytes) { this.fail('bad-response'); return PAUSE }
       this.flushPending()
-      owner.sendToClient(all.subarray(0, end))
+      owner.sendToClient(all.subarray(start, end))
       this.curPos = end - prev.length
     }
     this.informational = status < 200 && status !== 101
     owner.onResponseHead(status)
     if (this.informational) return 0
-    if (status === 101 && upgrade) { this.tunnel = true; return 0 }
+    if (status === 101) { this.tunnel = true; return 0 }
     if (this.isConnect && status >= 200 && status < 300) { this.tunnel = true; return UPGRADE }
+    // No body, whatever the head says (RFC 9112 6.3; llhttp reads none): a `Transfer-Encoding:
+    // chunked` on it (allowed on a HEAD answer) must not get a last chunk.
+    if (this.isHead || status === 204 || status === 304) this.chunked = false
     if (this.isHead) return SKIP_BODY
     // The common response -- a final status with a body, one Content-Length, no Transfer-Encoding
     // -- is framed here: its body is exactly that many bytes after the head (RFC 9112 6.3,

@@ -103,3 +103,31 @@ t.test('CONNECT and Upgrade are denied unless a rule allows the method', async t
   t.equal((await d.response())?.status, 403)
   t.equal(be.received(), '')
 })
+
+// An h2c upgrade (RFC 7540 §3.2) turns the connection into HTTP/2 that this proxy only relays:
+// one allowed GET would open a pipe on which any method and path reach the backend unjudged.
+const h2cUpgrades: Array<[string, string]> = [
+  ['h2c', 'h2c'],
+  ['h2c among other offers', 'websocket, H2C'],
+  ['HTTP/2.0', 'HTTP/2.0']
+]
+for (const [name, offer] of h2cUpgrades) {
+  t.test(`an upgrade to HTTP (${name}) is refused and never reaches the backend`, async t => {
+    const { be, px } = await setup(t)
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(`GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${offer}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`)
+    const r = await c.response()
+    t.equal(r?.status, 400)
+    t.ok(await c.waitClose())
+    t.equal(be.received(), '')
+    t.match(px.logs.find(l => l.msg === 'http request'), { verdict: 'rejected', reason: 'upgrade-to-http' })
+  })
+}
+
+t.test('an allowed WebSocket upgrade still reaches the backend', async t => {
+  const { be, px } = await setup(t, { monitoring: [{ method: 'GET', path: '/ws' }] })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  await c.response(1000)
+  t.match(be.received(), /^GET \/ws HTTP\/1.1\r\n[^]*Upgrade: websocket\r\n/)
+})

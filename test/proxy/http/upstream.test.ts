@@ -340,3 +340,137 @@ t.test('a slow-reading upstream and pipelined requests behind a large body: ever
   t.same(bodies, [`big:${big.length}`, 'two:0', 'three:0'], 'three answers, in order')
   t.same(answered, ['big', 'two', 'three'], 'the upstream got each request once, in order')
 })
+
+// llhttp does not count the white space before a field value (nor empty lines before the status
+// line) against maxHeaderBytes, so a head can grow without end and without a parse error; the
+// proxy holds a head split across reads until it ends.
+t.test('a response head that keeps growing is refused at maxHeaderBytes, not held', async t => {
+  let sent = 0
+  let upstreamClosed = false
+  const port = await rawBackend(t, s => {
+    s.on('close', () => { upstreamClosed = true })
+    s.once('data', () => {
+      s.write('HTTP/1.1 200 OK\r\nX-Pad:')
+      const block = ' '.repeat(16 * 1024)
+      const more = (): void => {
+        if (s.destroyed || sent >= 8 * 1024 * 1024) return
+        sent += block.length
+        s.write(block, () => setImmediate(more))
+      }
+      more()
+    })
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { maxHeaderBytes: 16384 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  const r = await c.response(5000)
+  t.equal(r?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+  for (let i = 0; i < 50 && !upstreamClosed; i++) await sleep(20)
+  t.ok(upstreamClosed, 'the upstream connection was dropped')
+  t.ok(sent < 1024 * 1024, `the proxy stopped reading early (${sent} bytes sent)`)
+})
+
+t.test('a response head over maxHeaderBytes in one read is refused the same way', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write(`HTTP/1.1 200 OK\r\nX-Pad:${' '.repeat(20000)}a\r\nContent-Length: 2\r\n\r\nok`) })
+  })
+  const px = await startProxy(t, port, await billingSnapshot(), { maxHeaderBytes: 16384 })
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+})
+
+// llhttp skips empty lines before a status line; the head relayed must start where llhttp's did.
+const emptyLines: Array<[string, string, string]> = [
+  ['before the response', '\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'],
+  ['after a 100 Continue', 'HTTP/1.1 100 Continue\r\n\r\n\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+    'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok']
+]
+for (const [name, sent, relayed] of emptyLines) {
+  t.test(`empty lines ${name} are not relayed as the head`, async t => {
+    const port = await rawBackend(t, s => { s.once('data', () => { s.write(sent) }) })
+    const px = await startProxy(t, port, await billingSnapshot())
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(get('/healthz'))
+    for (let i = 0; i < 50 && c.rest().length < relayed.length; i++) await sleep(20)
+    await sleep(50)
+    t.equal(c.rest(), relayed)
+  })
+}
+
+// llhttp reads `099` as a final response with a body; the proxy took every status below 200 for
+// an interim one and waited for another response: one request, two responses to the client.
+t.test('a status below 100 is a bad response, never relayed', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+})
+
+// A response that has no body whatever its head says (to HEAD, 204, 304) may still carry
+// `Transfer-Encoding: chunked` (RFC 9110 allows it on a HEAD answer: the field the GET answer
+// would have). No last chunk may follow it: the client would read those bytes as the start of
+// its next response.
+t.test('a HEAD answer with Transfer-Encoding: chunked gets no last chunk appended', async t => {
+  const port = await rawBackend(t, s => {
+    s.on('data', (d: Buffer) => {
+      if (d.toString('latin1').startsWith('HEAD ')) s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')
+      else s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+    })
+  })
+  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'HEAD|GET', path: '/healthz' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('HEAD /healthz HTTP/1.1\r\nHost: b\r\n\r\n')
+  for (let i = 0; i < 50 && !c.rest().includes('\r\n\r\n'); i++) await sleep(20)
+  await sleep(50)
+  t.equal(c.rest(), 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', 'the head, and nothing after it')
+  c.write(get('/healthz'))
+  for (let i = 0; i < 50 && !c.rest().endsWith('ok'); i++) await sleep(20)
+  t.equal(c.rest(), 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'the next response follows it directly')
+})
+
+for (const status of [204, 304]) {
+  t.test(`a ${status} with Transfer-Encoding: chunked is relayed as its head alone`, async t => {
+    const port = await rawBackend(t, s => { s.once('data', () => { s.write(`HTTP/1.1 ${status} X\r\nTransfer-Encoding: chunked\r\n\r\n`) }) })
+    const px = await startProxy(t, port, await billingSnapshot())
+    const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+    c.write(get('/healthz'))
+    for (let i = 0; i < 50 && !c.rest().includes('\r\n\r\n'); i++) await sleep(20)
+    await sleep(50)
+    t.equal(c.rest(), `HTTP/1.1 ${status} X\r\nTransfer-Encoding: chunked\r\n\r\n`)
+  })
+}
+
+// A 101 switches the upstream connection to another protocol. Only an upgrade request may get
+// one, and only one llhttp takes for a switch (Upgrade + Connection: upgrade): else the proxy
+// would open a pipe for a request the policy judged as plain HTTP, or pool a connection the
+// backend no longer speaks HTTP on.
+t.test('a 101 to a request that is no upgrade is a bad response, not a pipe', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot())
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write(get('/healthz'))
+  t.equal((await c.response())?.status, 502)
+  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+})
+
+t.test('a 101 without the upgrade fields is a bad response; the connection is not pooled', async t => {
+  const port = await rawBackend(t, s => {
+    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\n\r\n') })
+  })
+  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'GET', path: '/ws' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  t.equal((await c.response())?.status, 502)
+  await sleep(50)
+  const m = px.proxy.metrics()
+  t.equal(m.upstream_errors_bad_response, 1)
+  t.equal(m.upstream_idle, 0, 'not back in the pool')
+})
