@@ -5,7 +5,9 @@
  * Cilium semantics (docs/policy.md, "HTTP matching"): fields inside one http rule are ANDed,
  * rules are ORed, a rule with no fields allows everything; method/path/host are full-match RE2;
  * header names are case-insensitive, values exact. Rules for the remote identity and rules whose
- * peer was a wildcard both apply: the request is allowed if either allows it.
+ * peer was a wildcard both apply: the request is allowed if either allows it. One difference:
+ * `CONNECT` is allowed only by a rule with a `method` that matches it (Envoy, which Cilium runs,
+ * does not tunnel CONNECT at all unless configured to).
  */
 import type { DnsPolicy, HttpPolicy, HttpRequestView, L7PortTable, RuleRef } from './types.js'
 
@@ -15,7 +17,11 @@ export function matchHttp (policy: HttpPolicy, req: HttpRequestView): RuleRef | 
   for (let i = 0; i < rules.length; i++) {
     const r = rules[i]
     // Cheapest first: method is short, host next, path last (the longest string).
-    if (r.method !== null && !r.method.test(req.method)) continue
+    if (r.method === null) {
+      // A CONNECT that the backend accepts becomes a tunnel whose later requests no rule judges:
+      // only a rule that names the method may allow it (a host- or header-only rule may not).
+      if (req.method === 'CONNECT') continue
+    } else if (!r.method.test(req.method)) continue
     if (r.host !== null && !r.host.test(req.host)) continue
     if (r.path !== null && !r.path.test(req.path)) continue
     let headersOk = true

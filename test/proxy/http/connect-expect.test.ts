@@ -53,6 +53,22 @@ t.test('CONNECT allowed by a rule (method CONNECT) becomes a two-way tunnel', as
   t.equal(px.proxy.metrics().allowed, 1, 'the tunnelled bytes are not requests')
 })
 
+t.test('a rule that does not name the method allows other requests but never a CONNECT tunnel', async t => {
+  // A host- or header-only rule matches any method. A CONNECT it allowed would become a pipe whose
+  // later requests no rule judges (the required host or header could be left out): 403.
+  const be = await rawBackend(t, s => {
+    s.on('data', () => { s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok') })
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot({ monitoring: [{ host: 'billing(:443)?' }] }))
+  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  c.write('GET /anything HTTP/1.1\r\nHost: billing\r\n\r\n')
+  t.equal((await c.response())?.status, 200, 'the host-only rule allows a GET')
+  const d = await RawClient.connect(t, px.port, ADDR.MONITORING)
+  d.write('CONNECT billing:443 HTTP/1.1\r\nHost: billing:443\r\n\r\n')
+  t.equal((await d.response())?.status, 403, 'but not a CONNECT')
+  t.notMatch(be.received(), /CONNECT/, 'the CONNECT never reached the backend')
+})
+
 t.test('a tunnel carries megabytes both ways intact, with a slow reader on each side, and passes each half-close on', async t => {
   // The proxy reads into one shared buffer (proxy/src/http/reads.ts) and must copy what it
   // relays: a write that waits for a slow reader would otherwise send bytes of a later read.
