@@ -1,5 +1,6 @@
 /** Flow events from the l7p_events ring buffer, decoded for the agent's flow log. */
 import { decodeEvent, REASONS, VERDICT, type RawEvent } from './layout.js'
+import { libbpf } from './libbpf.js'
 
 export type FlowVerdict = 'allowed' | 'dropped' | 'redirected-http' | 'redirected-dns'
 
@@ -61,4 +62,21 @@ export function toFlowEvent (raw: RawEvent, nowMs = Date.now(), nowNs = monotoni
 
 export function decodeFlowEvent (buf: Buffer): FlowEvent {
   return toFlowEvent(decodeEvent(buf))
+}
+
+/** The per-CPU `l7p_counters` map behind `fd`, summed over CPUs, by reason name (0 where absent). */
+export function readCounters (fd: number): Record<string, number> {
+  const lib = libbpf()
+  const out: Record<string, number> = {}
+  const key = Buffer.alloc(4)
+  const val = Buffer.alloc(8 * lib.possibleCpus)
+  for (let i = 0; i < REASONS.length; i++) {
+    key.writeUInt32LE(i, 0)
+    let sum = 0
+    if (fd >= 0 && lib.lookup(fd, key, val)) {
+      for (let c = 0; c < lib.possibleCpus; c++) sum += Number(val.readBigUInt64LE(c * 8))
+    }
+    out[REASONS[i]] = sum
+  }
+  return out
 }

@@ -22,7 +22,7 @@ import { PolicyIndex } from './policy.js'
 import { batchBuffers, countRepairs, dumpBatched, dumpMap, syncWithDump, writeKeys, type BatchBuffers, type SyncCount } from './sync.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
-import { decodeFlowEvent, monotonicNowNs, type FlowEvent } from './events.js'
+import { decodeFlowEvent, monotonicNowNs, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import koffi from 'koffi'
 import { existsSync } from 'node:fs'
@@ -401,19 +401,7 @@ class DatapathImpl implements Datapath {
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
 
   counters (): Record<string, number> {
-    const lib = libbpf()
-    const out: Record<string, number> = {}
-    const key = Buffer.alloc(4)
-    const val = Buffer.alloc(8 * lib.possibleCpus)
-    for (let i = 0; i < REASONS.length; i++) {
-      key.writeUInt32LE(i, 0)
-      let sum = 0
-      if (this.countersFd >= 0 && lib.lookup(this.countersFd, key, val)) {
-        for (let c = 0; c < lib.possibleCpus; c++) sum += Number(val.readBigUInt64LE(c * 8))
-      }
-      out[REASONS[i]] = sum
-    }
-    return out
+    return readCounters(this.countersFd)
   }
 
   async close (): Promise<void> {

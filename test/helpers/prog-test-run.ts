@@ -15,6 +15,7 @@ import koffi from 'koffi'
 import { createMapRef, objGet, RawMap } from 'bpf'
 import { existsSync } from 'node:fs'
 import { libbpf } from '../../redirect-bpf/src/libbpf.js'
+import { readCounters } from '../../redirect-bpf/src/events.js'
 import { ensureBpffs, loadObject, mapPath, progPath, removePins, type MapName } from '../../redirect-bpf/src/loader.js'
 import { decodeEvent, REASONS, SIZE, type RawEvent } from '../../redirect-bpf/src/layout.js'
 
@@ -167,18 +168,7 @@ async function open (bpffs: string): Promise<TestRunRig> {
       return { retval: opts.retval, mark: ctxOut.readUInt32LE(SKB_MARK), frame: dataOut.subarray(0, opts.data_size_out) }
     },
     counters () {
-      const out: Record<string, number> = {}
-      const key = Buffer.alloc(4)
-      const val = Buffer.alloc(8 * lib.possibleCpus)
-      for (let i = 0; i < REASONS.length; i++) {
-        key.writeUInt32LE(i, 0)
-        let sum = 0
-        if (lib.lookup(countersFd, key, val)) {
-          for (let c = 0; c < lib.possibleCpus; c++) sum += Number(val.readBigUInt64LE(c * 8))
-        }
-        out[REASONS[i]] = sum
-      }
-      return out
+      return readCounters(countersFd)
     },
     events () {
       rb.consume()
