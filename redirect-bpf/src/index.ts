@@ -53,6 +53,13 @@ export interface DatapathOptions {
    * repaired and counted (default 5 minutes; 0: never). Applies write only what their diff names.
    */
   fullSyncIntervalMs?: number
+  /**
+   * How often expired conntrack entries are deleted (default 30 s; 0: never). The LRU map keeps
+   * an expired entry until it needs the room, and then it evicts the least recently used one,
+   * which on a node with churn can be a live connection that was idle: its next packet would be
+   * judged as a new flow (a reply as a flow of its own, which the client's ingress may drop).
+   */
+  ctGcIntervalMs?: number
   logger: Logger
 }
 
@@ -76,6 +83,8 @@ export interface Datapath {
    * event loop come from one dump of the CT map.
    */
   hasConnection (remoteIpv4: string): boolean
+  /** Delete the expired conntrack entries now (also done every `ctGcIntervalMs`); returns how many went. */
+  collectCt (): number
   onFlow (fn: (ev: FlowEvent) => void): void
   /** Kernel counters per reason (summed over CPUs), names from REASONS. */
   counters (): Record<string, number>
@@ -87,6 +96,9 @@ type Maps = Record<MapName, RawMap>
 
 /** Cilium reconciles its policy maps with a full dump on a timer too (syncPolicyMapWithDump). */
 const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
+const DEFAULT_CT_GC_MS = 30 * 1000
+/** Expired entries deleted per run at most: bounds the bpf() calls one run makes on the agent's thread. */
+const CT_GC_MAX_PER_RUN = 16384
 
 function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   const refs: MapRef[] = []
@@ -130,6 +142,9 @@ class DatapathImpl implements Datapath {
   private liveCt: Set<number> | undefined
   /** Reused buffers of the CT dump. */
   private ctBatch: BatchBuffers | undefined
+  private ctGcTimer: NodeJS.Timeout | undefined
+  /** Expired conntrack entries deleted since open. */
+  ctCollected = 0
 
   constructor (
     private readonly opts: DatapathOptions,
@@ -146,6 +161,45 @@ class DatapathImpl implements Datapath {
       }, every)
       this.fullSyncTimer.unref()
     }
+    const gcEvery = opts.ctGcIntervalMs ?? DEFAULT_CT_GC_MS
+    if (gcEvery > 0) {
+      this.ctGcTimer = setInterval(() => {
+        if (this.closed) return
+        try {
+          const deleted = this.collectCt()
+          if (deleted > 0) this.opts.logger.debug({ deleted }, 'conntrack: expired entries deleted')
+        } catch (err) {
+          this.opts.logger.error({ err }, 'conntrack garbage collection failed')
+        }
+      }, gcEvery)
+      this.ctGcTimer.unref()
+    }
+  }
+
+  /**
+   * Delete the conntrack entries that expired (Cilium's CT GC). One batched dump finds them;
+   * each is looked up again right before its delete, so an entry the program re-created for the
+   * same tuple in between (a new connection reusing the ports) is kept. Returns how many went.
+   */
+  collectCt (): number {
+    const now = monotonicNowNs()
+    const expired: Buffer[] = []
+    const consider = (key: Buffer, kOff: number, val: Buffer, vOff: number): void => {
+      if (val.readBigUInt64LE(vOff) <= now && expired.length < CT_GC_MAX_PER_RUN) expired.push(Buffer.from(key.subarray(kOff, kOff + SIZE.ctKey)))
+    }
+    const ct = this.maps.l7p_ct
+    if (!dumpBatched(ct, this.ctBatch ??= batchBuffers(ct), consider)) {
+      for (const [k, v] of ct.entries()) consider(k, 0, v, 0)
+    }
+    let deleted = 0
+    for (const k of expired) {
+      const v = ct.get(k)
+      if (v === undefined || v.readBigUInt64LE(0) > now) continue
+      ct.delete(k)
+      deleted++
+    }
+    this.ctCollected += deleted
+    return deleted
   }
 
   private async serial (fn: () => Promise<void>): Promise<void> {
@@ -401,7 +455,8 @@ class DatapathImpl implements Datapath {
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
 
   counters (): Record<string, number> {
-    return readCounters(this.countersFd)
+    // the kernel's reasons, and the expired conntrack entries this agent deleted
+    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ctCollected }
   }
 
   async close (): Promise<void> {
@@ -409,6 +464,7 @@ class DatapathImpl implements Datapath {
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
     if (this.fullSyncTimer !== undefined) clearInterval(this.fullSyncTimer)
+    if (this.ctGcTimer !== undefined) clearInterval(this.ctGcTimer)
     await this.queue // an apply or sync under way finishes with the maps still open
     this.poller?.close()
     this.rb?.free()
