@@ -605,11 +605,12 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.pause(PAUSED_PIPELINE)
       return
     }
-    // Body too slow: the upstream holds part of a request; drop both sides.
-    this.ctx.counters.rejected_timeout++
+    // Body too slow: the upstream holds part of a request; drop both sides. Counted once: by
+    // reject() when the client still gets its 408, here when the response had begun.
     this.upstream?.destroy()
     this.upstream = null
     if (this.state === Exchange.SENDING || this.state === Exchange.DENIED) { this.reject(408, 'body-timeout'); return }
+    this.ctx.counters.rejected_timeout++
     this.destroy()
   }
 

@@ -118,6 +118,7 @@ t.test('slow body: 408 and close once the body stalls', async t => {
   t.equal(r?.status, 408)
   t.ok(await c.waitClose())
   t.equal(be.requests.length, 0, 'the backend never got a complete request')
+  t.equal(px.proxy.metrics().rejected_timeout, 1, 'counted once')
 })
 
 t.test('max connections: the one over the limit is reset at accept', async t => {
