@@ -3,7 +3,8 @@
 import t from 'tap'
 import net from 'node:net'
 import { createHash } from 'node:crypto'
-import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, unacceptingPort, type Tap } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, unacceptingPort, type ProxyFixture, type Tap } from '../../helpers/http-proxy.js'
+import type { Snapshot } from '../../../policy-store/src/types.js'
 
 async function rawBackend (t: Tap, onConn: (s: net.Socket) => void): Promise<number> {
   const srv = net.createServer(onConn)
@@ -401,15 +402,22 @@ for (const [name, sent, relayed] of emptyLines) {
 
 // llhttp reads `099` as a final response with a body; the proxy took every status below 200 for
 // an interim one and waited for another response: one request, two responses to the client.
-t.test('a status below 100 is a bad response, never relayed', async t => {
-  const port = await rawBackend(t, s => {
-    s.once('data', () => { s.write('HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi') })
-  })
-  const px = await startProxy(t, port, await billingSnapshot())
+/**
+ * A backend answers the first request with `reply`; the client gets 502 and the proxy counts one
+ * bad response. Returns the proxy for further checks.
+ */
+async function expectBadResponse (t: Tap & { equal: (a: unknown, b: unknown) => void }, reply: string, request = get('/healthz'), snapshot?: Promise<Snapshot>): Promise<ProxyFixture> {
+  const port = await rawBackend(t, s => { s.once('data', () => { s.write(reply) }) })
+  const px = await startProxy(t, port, await (snapshot ?? billingSnapshot()))
   const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
-  c.write(get('/healthz'))
+  c.write(request)
   t.equal((await c.response())?.status, 502)
   t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+  return px
+}
+
+t.test('a status below 100 is a bad response, never relayed', async t => {
+  await expectBadResponse(t, 'HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi')
 })
 
 // A response that has no body whatever its head says (to HEAD, 204, 304) may still carry
@@ -451,26 +459,13 @@ for (const status of [204, 304]) {
 // would open a pipe for a request the policy judged as plain HTTP, or pool a connection the
 // backend no longer speaks HTTP on.
 t.test('a 101 to a request that is no upgrade is a bad response, not a pipe', async t => {
-  const port = await rawBackend(t, s => {
-    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw') })
-  })
-  const px = await startProxy(t, port, await billingSnapshot())
-  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
-  c.write(get('/healthz'))
-  t.equal((await c.response())?.status, 502)
-  t.equal(px.proxy.metrics().upstream_errors_bad_response, 1)
+  await expectBadResponse(t, 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw')
 })
 
 t.test('a 101 without the upgrade fields is a bad response; the connection is not pooled', async t => {
-  const port = await rawBackend(t, s => {
-    s.once('data', () => { s.write('HTTP/1.1 101 Switching Protocols\r\n\r\n') })
-  })
-  const px = await startProxy(t, port, await billingSnapshot({ monitoring: [{ method: 'GET', path: '/ws' }] }))
-  const c = await RawClient.connect(t, px.port, ADDR.MONITORING)
-  c.write('GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
-  t.equal((await c.response())?.status, 502)
+  const px = await expectBadResponse(t, 'HTTP/1.1 101 Switching Protocols\r\n\r\n',
+    'GET /ws HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+    billingSnapshot({ monitoring: [{ method: 'GET', path: '/ws' }] }))
   await sleep(50)
-  const m = px.proxy.metrics()
-  t.equal(m.upstream_errors_bad_response, 1)
-  t.equal(m.upstream_idle, 0, 'not back in the pool')
+  t.equal(px.proxy.metrics().upstream_idle, 0, 'not back in the pool')
 })
