@@ -1,7 +1,8 @@
 /**
  * Upstream connections and their pool. One upstream connection serves one exchange at a time
  * (the client side holds pipelined requests back, so responses can never be mismatched);
- * between exchanges it sits in a bounded per-destination idle list, reused by any client.
+ * between exchanges it sits in a bounded idle list per destination (and source address, when the
+ * connection keeps its client's), reused by any client with that key.
  *
  * Responses are framed with llhttp: the head is forwarded as received (from its status line to
  * the first CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
@@ -383,7 +384,7 @@ export class UpstreamConn implements ParserHandler {
   }
 }
 
-/** Idle keep-alive connections per destination (`ip:port`), bounded; shared by all clients. */
+/** Idle keep-alive connections per key (destination `ip:port`, and the source address when the client's is kept), bounded. */
 export class UpstreamPool {
   private readonly idle = new Map<string, UpstreamConn[]>()
   private readonly all = new Set<UpstreamConn>()
