@@ -15,6 +15,7 @@ import { networkInterfaces } from 'node:os'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
 import { openStore, type PolicyStore, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
+import { upstreamSource } from './upstream-source.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
 import { batchedDestination } from './log-destination.js'
@@ -150,6 +151,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const http: HttpProxy = createHttpProxy({
       snapshot: active,
       lookupIdentity,
+      upstreamSource: upstreamSource(opts.uplinks.length > 0, active),
       logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
     }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
     const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
@@ -163,6 +165,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         proxyPort: opts.proxyPort,
         bpffs: opts.bpffs,
         denyResponse: opts.denyResponse,
+        hasUplinks: opts.uplinks.length > 0,
         logLevel: opts.logLevel ?? 'info',
         snapshot: startedWith,
         logger: log,

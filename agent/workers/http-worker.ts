@@ -12,6 +12,7 @@ import { httpSnapshotFromWire } from './snapshot-wire.js'
 import { listenTransparentTcp } from '../../proxy/src/transparent.js'
 import { openIpcacheReader, PROXY_SOCKET_MARK } from '../../redirect-bpf/src/index.js'
 import { PortDestination } from './log.js'
+import { upstreamSource } from '../upstream-source.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
 
 const port = parentPort
@@ -26,6 +27,7 @@ const ipcache = openIpcacheReader(data.bpffs)
 const http = createHttpProxy({
   snapshot: () => active,
   lookupIdentity: ipcache.lookupIdentity,
+  upstreamSource: upstreamSource(data.hasUplinks, () => active),
   logger: logger.child({ module: 'http-proxy' })
 }, { denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
 const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)

@@ -8,6 +8,7 @@ export interface HttpWorkerData {
   proxyPort: number
   bpffs: string
   denyResponse: '403' | 'reset'
+  hasUplinks: boolean
   logLevel: string
   snapshot: HttpSnapshotWire
 }

@@ -55,6 +55,8 @@ export interface HttpWorkersOptions {
   proxyPort: number
   bpffs: string
   denyResponse: '403' | 'reset'
+  /** The agent has an uplink: every upstream connection keeps its client's address (upstream-source.ts). Default false. */
+  hasUplinks?: boolean
   logLevel: string
   snapshot: Snapshot
   logger: Logger
@@ -111,7 +113,7 @@ export class HttpWorkers {
   private async run (slot: Slot): Promise<void> {
     const o = this.opts
     const timeoutMs = o.timeoutMs ?? 10_000
-    const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, logLevel: o.logLevel, snapshot: this.snapshot }
+    const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, hasUplinks: o.hasUplinks ?? false, logLevel: o.logLevel, snapshot: this.snapshot }
     const worker = new Worker(entry(), { workerData: data })
     slot.worker = worker
     const tid = worker.threadId // -1 once it has exited

@@ -74,6 +74,9 @@ _Static_assert(L7P_R_MAX <= L7P_COUNTER_SLOTS, "l7p_counters has a slot per reas
  * FIN or RST through without conntrack: the flow was checked and tracked when it opened, the
  * workload's own segments keep the entry fresh, and the ones that change its state still pass
  * through it. Only root (CAP_NET_ADMIN) can set a socket mark, and marks do not cross namespaces.
+ * An upstream connection carries it from its SYN on: to_workload on an endpoint's veth or an
+ * uplink records the flow as L7P_CT_PROXY_UPSTREAM, so that its replies, which may be addressed
+ * to a workload (the proxy keeps the client's source address), are handed to the proxy socket.
  */
 #define L7P_MARK_PROXY 0x400
 #define L7P_MARK_MASK 0xf00
@@ -198,6 +201,9 @@ struct l7p_ct_entry {
  * the entry): where host routing may put a packet of the flow straight into the endpoint. */
 #define L7P_CT_SRC_LOCAL 32
 #define L7P_CT_DST_LOCAL 64
+/* A proxy's upstream flow (opened by a socket with L7P_MARK_PROXY): its replies belong to the
+ * proxy socket that owns the tuple, never to the endpoint whose address it may carry as source. */
+#define L7P_CT_PROXY_UPSTREAM 128
 
 /*
  * l7p_fib (LRU hash): what bpf_fib_lookup answered for a destination, kept for a second so

@@ -469,6 +469,44 @@ assign:
 	return 0;
 }
 
+/*
+ * A reply of a proxy's upstream flow (L7P_CT_PROXY_UPSTREAM): assign it to the socket that owns
+ * its tuple, which must be bound to the reply's destination address itself (a transparent
+ * socket bound to the client's address; a wildcard-bound host socket is not the proxy's). Found
+ * or not, the packet is marked for local delivery: it is addressed to the client, but it belongs
+ * to the proxy, and the workload that has the address must never see it. Without a socket (the
+ * proxy closed) the host's stack drops it.
+ */
+static __always_inline int assign_to_upstream(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk = 0;
+
+	t.ipv4.saddr = p->tuple.saddr;
+	t.ipv4.daddr = p->tuple.daddr;
+	t.ipv4.sport = p->tuple.sport;
+	t.ipv4.dport = p->tuple.dport;
+	if (p->tuple.proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk && (sk->state == BPF_TCP_LISTEN || sk->src_ip4 != p->tuple.daddr)) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
+	} else if (p->tuple.proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk && sk->src_ip4 != p->tuple.daddr) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
+	}
+	if (sk) {
+		bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+	}
+	skb->mark = (skb->mark & ~L7P_MARK_MASK) | L7P_MARK_TO_PROXY;
+	return TC_ACT_OK;
+}
+
 static __always_inline __u16 proxy_port_for(__u8 verdict)
 {
 	struct l7p_config *cfg = config();
@@ -594,6 +632,15 @@ static __always_inline int ct_pass(struct __sk_buff *skb, struct pkt *p, struct 
 				   __u64 now, int is_reply, int can_assign)
 {
 	ct_touch(e, p, now, is_reply);
+	if ((e->flags & L7P_CT_PROXY_UPSTREAM) && can_assign) {
+		/* The proxy's own packets are sent by this host and never enter here: one that
+		 * does was sent by a workload or from outside with the proxy's tuple, and would be
+		 * taken into the proxy's connection without a policy decision. */
+		if (!is_reply)
+			return drop(skb, p, e->src_identity, e->dst_identity, e->endpoint_id, L7P_R_DROP_SPOOFED, 0xff);
+		count(L7P_R_CT_PASS);
+		return assign_to_upstream(skb, p);
+	}
 	if (!(e->flags & L7P_CT_REDIRECT) || !can_assign) {
 		count(L7P_R_CT_PASS);
 		mark_passed(skb);
@@ -720,6 +767,44 @@ int from_workload(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/*
+ * A packet a proxy socket sent (to_workload on an endpoint's veth or an uplink). Segments that
+ * neither open nor close pass at once: the flow was tracked when it opened. A packet of a
+ * tracked flow refreshes it (the proxy's answers to its client, its upstream's closing). A new
+ * one is an upstream flow of the proxy, allowed: the client's request was judged in the proxy,
+ * its connection in from_workload. It is recorded as L7P_CT_PROXY_UPSTREAM whatever its source
+ * address (the client's, kept by the proxy, or the node's), so that its replies go to the
+ * proxy's socket (assign_to_upstream) and not to the workload that has the client's address.
+ */
+static __always_inline int from_proxy(struct __sk_buff *skb, struct pkt *p, __u64 now)
+{
+	struct l7p_ipcache_value *ipc;
+	struct l7p_ct_entry *e;
+	__u32 src_id = L7P_WORLD_ID, dst_id = L7P_WORLD_ID;
+	__u16 epid = 0;
+	int is_reply = 0;
+
+	if (p->tuple.proto == IPPROTO_TCP && !(p->tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST)))
+		return TC_ACT_OK;
+	e = ct_lookup(p, now, &is_reply);
+	if (e)
+		return ct_pass(skb, p, e, now, is_reply, 0);
+	/* a closing segment of a flow no longer tracked records nothing */
+	if (p->tuple.proto == IPPROTO_TCP && !p->is_new_syn)
+		return TC_ACT_OK;
+	ipc = ipcache_lookup(p->tuple.saddr);
+	if (ipc)
+		src_id = ipc->identity;
+	ipc = ipcache_lookup(p->tuple.daddr);
+	if (ipc) {
+		dst_id = ipc->identity;
+		epid = ipc->endpoint_id;
+	}
+	ct_create(p, now, src_id, dst_id, epid, L7P_CT_PROXY_UPSTREAM | L7P_CT_FROM_HOST);
+	emit(skb, p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_FROM_HOST, L7P_DIR_INGRESS);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int to_workload(struct __sk_buff *skb)
 {
@@ -737,12 +822,12 @@ int to_workload(struct __sk_buff *skb)
 		return drop(skb, &p, 0, 0, 0, -r, 0xff);
 	}
 
-	/* a proxy's own connection, locally sent, not opening or closing: see L7P_MARK_PROXY */
-	if ((skb->mark & L7P_MARK_MASK) == L7P_MARK_PROXY && skb->ingress_ifindex == 0 &&
-	    p.tuple.proto == IPPROTO_TCP && !(p.tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST)))
-		return TC_ACT_OK;
-
 	__u64 now = ct_now();
+
+	/* a proxy's own connection, locally sent: see L7P_MARK_PROXY */
+	if ((skb->mark & L7P_MARK_MASK) == L7P_MARK_PROXY && skb->ingress_ifindex == 0)
+		return from_proxy(skb, &p, now);
+
 	__u32 ifindex = skb->ifindex;
 	struct l7p_endpoint *dst_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
 

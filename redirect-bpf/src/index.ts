@@ -275,7 +275,9 @@ class DatapathImpl implements Datapath {
       const idx = ifindexOf(up)
       if (idx === undefined) { pending.add(up); continue }
       const cur = want.get(idx)
-      want.set(idx, { name: up, hooks: (cur?.hooks ?? 0) | HOOK_INGRESS })
+      // egress too: to_workload records the proxies' upstream flows leaving here, whose
+      // replies come back on this interface addressed to a workload (see L7P_MARK_PROXY)
+      want.set(idx, { name: up, hooks: (cur?.hooks ?? 0) | HOOK_INGRESS | HOOK_EGRESS })
     }
     for (const name of pending) {
       if (!this.pending.has(name)) this.opts.logger.warn({ interface: name }, 'interface not found; will attach when it appears')

@@ -93,6 +93,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private readonly upIp: string
   private readonly upPort: number
   private readonly upKey: string
+  /** The address the upstream connection leaves from ('' = the node's: deps.upstreamSource). */
+  private readonly upSource: string
   /** How far this connection is from its end (only ever moves forward: see closeTo). */
   private conn: Conn = Conn.OPEN
   private clientEnded = false
@@ -139,7 +141,9 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const up = deps.upstreamAddress?.(dst) ?? dst
     this.upIp = up.ip
     this.upPort = up.port
-    this.upKey = up === dst ? this.dstKey : up.ip + ':' + String(up.port)
+    this.upSource = deps.upstreamSource?.(srcIp, dst) ?? ''
+    const upKey = up === dst ? this.dstKey : up.ip + ':' + String(up.port)
+    this.upKey = this.upSource === '' ? upKey : this.upSource + '>' + upKey
     // Unknown peers are world, never "any": fail closed, as Cilium's datapath does.
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
@@ -311,8 +315,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
   private sendUpstream (head: string, fresh: boolean): void {
     const up = fresh
-      ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort)
-      : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort)
+      ? this.ctx.pool.acquireFresh(this.upKey, this.upIp, this.upPort, this.upSource)
+      : this.ctx.pool.acquire(this.upKey, this.upIp, this.upPort, this.upSource)
     this.upstream = up
     const m = this.req.method
     up.begin(this, m === 'HEAD', m === 'CONNECT', this.req.upgrade && m !== 'CONNECT')

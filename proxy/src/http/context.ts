@@ -23,6 +23,13 @@ export interface HttpProxyDeps {
    * only changes where the bytes go (tests point it at a local backend on an ephemeral port).
    */
   upstreamAddress? (dst: { ip: string, port: number }): { ip: string, port: number }
+  /**
+   * The address the upstream connection leaves from (once per connection): the client's, so
+   * that the destination sees and judges the client, or undefined for the node's (default).
+   * Keeping it takes IP_TRANSPARENT and a datapath that hands the replies, addressed to the
+   * client, to the proxy's socket: the agent keeps it where its programs see those replies.
+   */
+  upstreamSource? (clientIp: string, dst: { ip: string, port: number }): string | undefined
   logger: pino.Logger
 }
 

@@ -62,9 +62,16 @@ export function adoptAccepted (socket: net.Socket, onRead: OnRead): net.Socket {
   return new net.Socket(opts as net.SocketConstructorOpts)
 }
 
-/** `net.connect` whose reads go to `onRead`. */
-export function connect (ip: string, port: number, onRead: OnRead): net.Socket {
-  return net.connect({ host: ip, port, noDelay: true, onread: onread(onRead) })
+/**
+ * `net.connect` whose reads go to `onRead`. With `fd` (a bound, unconnected TCP socket, such as
+ * transparent.ts's transparentUpstreamFd) the connection is made on that descriptor: net opens
+ * its handle on it and connect() uses it as it is.
+ */
+export function connect (ip: string, port: number, onRead: OnRead, fd = -1): net.Socket {
+  if (fd < 0) return net.connect({ host: ip, port, noDelay: true, onread: onread(onRead) })
+  const opts = { fd, readable: true, writable: true, noDelay: true, onread: onread(onRead) }
+  const s = new net.Socket(opts as net.SocketConstructorOpts)
+  return s.connect({ host: ip, port })
 }
 
 /** A copy of bytes from a read, for anything that outlives the read callback. */

@@ -1,7 +1,8 @@
 /**
  * Upstream connections and their pool. One upstream connection serves one exchange at a time
  * (the client side holds pipelined requests back, so responses can never be mismatched);
- * between exchanges it sits in a bounded per-destination idle list, reused by any client.
+ * between exchanges it sits in a bounded idle list per destination (and source address, when the
+ * connection keeps its client's), reused by any client with that key.
  *
  * Responses are framed with llhttp: the head is forwarded as received (from its status line to
  * the first CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
@@ -11,10 +12,11 @@
  * client as ONE subarray write: bench/micro/response-write.ts measured a corked head + body
  * writev about 10% dearer per response than a single write.
  */
-import type net from 'node:net'
+import net from 'node:net'
 import { connect, keep, relay } from './reads.js'
 import { SocketWriter } from './writes.js'
 import { setSocketMark, socketFd } from '../libc.js'
+import { transparentUpstreamFd } from '../transparent.js'
 import { PAUSE, Parser, SKIP_BODY, UPGRADE, type ParserHandler, type ParseError } from './llhttp.js'
 
 const CRLFCRLF = Buffer.from('\r\n\r\n', 'latin1')
@@ -98,10 +100,20 @@ export class UpstreamConn implements ParserHandler {
    */
   private bodyLeft = -1
 
+  /** `source`: the address to connect from ('' = the node's, chosen by the kernel). */
   constructor (readonly pool: UpstreamPool, readonly key: string, ip: string, port: number, connectTimeoutMs: number,
-    private readonly maxHeaderBytes: number, mark: number) {
+    private readonly maxHeaderBytes: number, mark: number, source: string) {
     this.parser = new Parser('response', maxHeaderBytes, this)
-    const s = connect(ip, port, (chunk) => { this.onData(chunk) })
+    let fd = -1
+    let refused: Error | null = null
+    try {
+      if (source !== '') fd = transparentUpstreamFd(source, mark)
+    } catch (err) {
+      refused = err as Error // no CAP_NET_ADMIN, or an address it cannot bind
+    }
+    // A source that cannot be kept fails the connection (503), rather than leaving from the
+    // node's address, which the destination would judge as another identity.
+    const s = refused === null ? connect(ip, port, (chunk) => { this.onData(chunk) }, fd) : new net.Socket()
     this.socket = s
     this.out = new SocketWriter(s)
     this.connectTimer = setTimeout(() => { this.fail('connect-timeout') }, connectTimeoutMs)
@@ -116,6 +128,7 @@ export class UpstreamConn implements ParserHandler {
     s.on('end', () => { this.onEnd() })
     s.on('error', () => { this.fail(this.connected ? 'reset' : 'connect') })
     s.on('close', () => { this.fail(this.connected ? 'reset' : 'connect') })
+    if (refused !== null) s.destroy(refused)
   }
 
   /** Start an exchange for `owner`. */
@@ -371,7 +384,7 @@ export class UpstreamConn implements ParserHandler {
   }
 }
 
-/** Idle keep-alive connections per destination (`ip:port`), bounded; shared by all clients. */
+/** Idle keep-alive connections per key (destination `ip:port`, and the source address when the client's is kept), bounded. */
 export class UpstreamPool {
   private readonly idle = new Map<string, UpstreamConn[]>()
   private readonly all = new Set<UpstreamConn>()
@@ -379,18 +392,23 @@ export class UpstreamPool {
   constructor (readonly maxIdlePerDestination: number, readonly connectTimeoutMs: number,
     readonly maxHeaderBytes: number, readonly idleTimeoutMs: number, readonly socketMark = 0) {}
 
-  acquire (key: string, ip: string, port: number): UpstreamConn {
+  /**
+   * An idle connection of `key` or a new one to ip:port from `source` ('' = the node's
+   * address). The key must name the source when there is one: a connection that keeps one
+   * client's address is never lent to another client.
+   */
+  acquire (key: string, ip: string, port: number, source = ''): UpstreamConn {
     const list = this.idle.get(key)
     while (list !== undefined && list.length > 0) {
       const c = list.pop() as UpstreamConn
       if (c.alive) { c.reused = true; return c }
     }
-    return this.acquireFresh(key, ip, port)
+    return this.acquireFresh(key, ip, port, source)
   }
 
   /** A new connection, never a pooled one (for a retry after a stale keep-alive). */
-  acquireFresh (key: string, ip: string, port: number): UpstreamConn {
-    const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes, this.socketMark)
+  acquireFresh (key: string, ip: string, port: number, source = ''): UpstreamConn {
+    const c = new UpstreamConn(this, key, ip, port, this.connectTimeoutMs, this.maxHeaderBytes, this.socketMark, source)
     this.all.add(c)
     return c
   }

@@ -1,0 +1,402 @@
+/**
+ * A multi-node lab (`warden lab up|down --cluster FILE`, docs/lab.md): N nodes as network
+ * namespaces on an underlay bridge, each node's workloads behind veths whose host side is in
+ * the node's namespace (lab.ts with `hostNetns`), native routes between the nodes' pod CIDRs
+ * over the underlay (no NAT, no tunnel), and a real etcd on the underlay. What a CNI plugin and
+ * a cluster operator would have set up; the agents are not started here: each runs inside its
+ * node's namespace (`ip netns exec`) with `--uplink` on the node's underlay interface.
+ *
+ *   <prefix>ul                     the underlay: bridge `br0` with etcd's address, etcd itself
+ *   <prefix><node>                 a node: `ul0` (its underlay address), routes to the other
+ *                                  nodes' pod CIDRs, its workloads' host-side veths
+ *   <prefix><node>-<workload>      a workload, as lab.ts makes it
+ *
+ * The work directory holds each node's endpoints file, etcd's data and log, a bpf filesystem
+ * mounted for the agents (`ip netns exec` mounts a /sys of its own, without /sys/fs/bpf, so a
+ * pin made there would vanish with the agent), and `lab.json` with etcd's PID: `down` ends
+ * exactly that process.
+ */
+import { spawn, execFile } from 'node:child_process'
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { isIPv4 } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { parse, stringify } from 'yaml'
+import { hostsLines, labDown, labLeftovers, labUp, LabError, type LabHost, type LabSpec } from './lab.js'
+
+export interface ClusterEndpoint {
+  name: string
+  namespace: string
+  labels: Record<string, string>
+  ipv4: string
+  interface: string
+}
+
+export interface ClusterNode {
+  name: string
+  /** The node's address on the underlay (`ul0`). */
+  ip: string
+  /** The node's pod CIDR: the other nodes route it to `ip`. */
+  podCidr: string
+  endpoints: ClusterEndpoint[]
+}
+
+export interface ClusterSpec {
+  /** Namespace prefix (see the module comment). */
+  prefix: string
+  workDir: string
+  /** The underlay network (CIDR): every node's `ip` and etcd's address are in it. */
+  underlay: string
+  etcd: { ip: string, clientPort: number, peerPort: number }
+  /** Nameserver for the workloads' resolv.conf; none: empty. */
+  dns?: string
+  nodes: ClusterNode[]
+}
+
+/** What `up` leaves for `down` (and for tests and the demo). */
+export interface ClusterState {
+  etcdPid?: number
+}
+
+const NAME = /^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$/
+const K8S_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/
+
+function ipNum (ip: string): number {
+  return ip.split('.').reduce((n, o) => (n * 256) + Number(o), 0)
+}
+
+function parseCidr (cidr: string, what: string): { base: number, bits: number } {
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d{1,2})$/.exec(cidr)
+  if (m === null || !isIPv4(m[1]) || Number(m[2]) > 32) throw new LabError(`${what}: not an IPv4 CIDR: "${cidr}"`)
+  const bits = Number(m[2])
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0
+  const base = ipNum(m[1])
+  if ((base & ~mask) >>> 0 !== 0) throw new LabError(`${what}: host bits set in "${cidr}"`)
+  return { base, bits }
+}
+
+function inCidr (ip: string, cidr: string): boolean {
+  const { base, bits } = parseCidr(cidr, 'cidr')
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0
+  return ((ipNum(ip) & mask) >>> 0) === base
+}
+
+function overlap (a: string, b: string): boolean {
+  const pa = parseCidr(a, 'cidr')
+  const pb = parseCidr(b, 'cidr')
+  const bits = Math.min(pa.bits, pb.bits)
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0
+  return ((pa.base & mask) >>> 0) === ((pb.base & mask) >>> 0)
+}
+
+function str (v: unknown, what: string): string {
+  if (typeof v !== 'string' || v === '') throw new LabError(`${what} must be a non-empty string`)
+  return v
+}
+
+function port (v: unknown, what: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw new LabError(`${what} must be a port number`)
+  return v
+}
+
+function only (obj: Record<string, unknown>, keys: string[], what: string): void {
+  for (const k of Object.keys(obj)) if (!keys.includes(k)) throw new LabError(`${what}: unknown field "${k}"`)
+}
+
+function record (v: unknown, what: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new LabError(`${what} must be a mapping`)
+  return v as Record<string, unknown>
+}
+
+/** Parse and check a cluster file's text (strict: unknown fields, overlaps and duplicates are errors). */
+export function parseClusterSpec (text: string, file = 'cluster file'): ClusterSpec {
+  let doc: unknown
+  try { doc = parse(text) } catch (err) { throw new LabError(`${file}: ${(err as Error).message}`) }
+  const top = record(doc, file)
+  only(top, ['prefix', 'workDir', 'underlay', 'etcd', 'dns', 'nodes'], file)
+  const prefix = str(top.prefix, `${file}: prefix`)
+  if (!/^[a-z0-9-]{1,8}$/.test(prefix)) throw new LabError(`${file}: prefix must be 1..8 of [a-z0-9-]`)
+  const workDir = str(top.workDir, `${file}: workDir`)
+  if (!workDir.startsWith('/')) throw new LabError(`${file}: workDir must be an absolute path`)
+  const underlay = str(top.underlay, `${file}: underlay`)
+  parseCidr(underlay, `${file}: underlay`)
+  const e = record(top.etcd, `${file}: etcd`)
+  only(e, ['ip', 'clientPort', 'peerPort'], `${file}: etcd`)
+  const etcd = { ip: str(e.ip, `${file}: etcd.ip`), clientPort: port(e.clientPort, `${file}: etcd.clientPort`), peerPort: port(e.peerPort, `${file}: etcd.peerPort`) }
+  if (!isIPv4(etcd.ip) || !inCidr(etcd.ip, underlay)) throw new LabError(`${file}: etcd.ip must be an address in the underlay ${underlay}`)
+  if (etcd.clientPort === etcd.peerPort) throw new LabError(`${file}: etcd.clientPort and etcd.peerPort must differ`)
+  let dns: string | undefined
+  if (top.dns !== undefined) {
+    dns = str(top.dns, `${file}: dns`)
+    if (!isIPv4(dns)) throw new LabError(`${file}: dns must be an IPv4 address`)
+  }
+  if (!Array.isArray(top.nodes) || top.nodes.length === 0) throw new LabError(`${file}: nodes must be a non-empty list`)
+  const addresses = new Set<string>([etcd.ip])
+  const ifnames = new Set<string>()
+  const nodes: ClusterNode[] = top.nodes.map((raw, i) => {
+    const w = `${file}: nodes[${i}]`
+    const n = record(raw, w)
+    only(n, ['name', 'ip', 'podCIDR', 'endpoints'], w)
+    const name = str(n.name, `${w}.name`)
+    if (!NAME.test(name)) throw new LabError(`${w}.name must be 1..15 of [a-z0-9-]`)
+    const ip = str(n.ip, `${w}.ip`)
+    if (!isIPv4(ip) || !inCidr(ip, underlay)) throw new LabError(`${w}.ip must be an address in the underlay ${underlay}`)
+    if (addresses.has(ip)) throw new LabError(`${w}.ip ${ip} is used twice`)
+    addresses.add(ip)
+    const podCidr = str(n.podCIDR, `${w}.podCIDR`)
+    parseCidr(podCidr, `${w}.podCIDR`)
+    if (overlap(podCidr, underlay)) throw new LabError(`${w}.podCIDR overlaps the underlay`)
+    const eps = n.endpoints ?? []
+    if (!Array.isArray(eps)) throw new LabError(`${w}.endpoints must be a list`)
+    const endpoints = eps.map((rawEp, j): ClusterEndpoint => {
+      const we = `${w}.endpoints[${j}]`
+      const ep = record(rawEp, we)
+      only(ep, ['name', 'namespace', 'labels', 'ipv4', 'interface'], we)
+      const epName = str(ep.name, `${we}.name`)
+      const namespace = ep.namespace === undefined ? 'default' : str(ep.namespace, `${we}.namespace`)
+      if (!K8S_NAME.test(epName) || !K8S_NAME.test(namespace)) throw new LabError(`${we}: name and namespace must be Kubernetes names`)
+      const labels: Record<string, string> = {}
+      for (const [k, v] of Object.entries(record(ep.labels ?? {}, `${we}.labels`))) labels[k] = str(v, `${we}.labels.${k}`)
+      const ipv4 = str(ep.ipv4, `${we}.ipv4`)
+      if (!isIPv4(ipv4) || !inCidr(ipv4, podCidr)) throw new LabError(`${we}.ipv4 must be an address in the node's podCIDR ${podCidr}`)
+      if (addresses.has(ipv4)) throw new LabError(`${we}.ipv4 ${ipv4} is used twice`)
+      addresses.add(ipv4)
+      const ifname = str(ep.interface, `${we}.interface`)
+      if (!IFNAME.test(ifname) || ifname === 'ul0' || ifname === 'lo') throw new LabError(`${we}.interface must be 1..15 of [A-Za-z0-9_.-], not ul0 or lo`)
+      // unique cluster-wide, though each lives in its node's namespace: a node's veth names
+      // in the other nodes' logs then say which workload they are
+      if (ifnames.has(ifname)) throw new LabError(`${we}.interface ${ifname} is used twice`)
+      ifnames.add(ifname)
+      return { name: epName, namespace, labels, ipv4, interface: ifname }
+    })
+    return { name, ip, podCidr, endpoints }
+  })
+  const names = new Set<string>()
+  for (const [i, n] of nodes.entries()) {
+    if (names.has(n.name)) throw new LabError(`${file}: node name ${n.name} is used twice`)
+    names.add(n.name)
+    for (const m of nodes.slice(i + 1)) {
+      if (overlap(n.podCidr, m.podCidr)) throw new LabError(`${file}: the pod CIDRs of ${n.name} and ${m.name} overlap`)
+    }
+  }
+  return { prefix, workDir, underlay, etcd, dns, nodes }
+}
+
+export function readClusterSpec (file: string): ClusterSpec {
+  return parseClusterSpec(readFileSync(file, 'utf8'), file)
+}
+
+export function underlayNs (spec: ClusterSpec): string { return `${spec.prefix}ul` }
+export function nodeNs (spec: ClusterSpec, node: string): string { return `${spec.prefix}${node}` }
+/** A workload's namespace. */
+export function podNs (spec: ClusterSpec, node: string, pod: string): string { return `${spec.prefix}${node}-${pod}` }
+/** The node's endpoints file, for its agent's `--endpoints`. */
+export function endpointsFile (spec: ClusterSpec, node: string): string { return join(spec.workDir, node, 'endpoints.yaml') }
+/** The bpf filesystem the lab mounts for the agents; one directory per node under it. */
+export function bpffsRoot (spec: ClusterSpec): string { return join(spec.workDir, 'bpffs') }
+export function etcdEndpoint (spec: ClusterSpec): string { return `etcd://${spec.etcd.ip}:${spec.etcd.clientPort}` }
+function statePath (spec: ClusterSpec): string { return join(spec.workDir, 'lab.json') }
+function etcdDataDir (spec: ClusterSpec): string { return join(spec.workDir, 'etcd') }
+
+/** One node's workloads as a lab.ts spec: host sides in the node's namespace. */
+export function nodeLabSpec (spec: ClusterSpec, node: ClusterNode): LabSpec {
+  const hosts = podHosts(node)
+  const others = spec.nodes.filter((n) => n !== node).flatMap((n) => hostsLines(podHosts(n)))
+  return { prefix: `${spec.prefix}${node.name}-`, hosts, dns: spec.dns, hostNetns: nodeNs(spec, node.name), extraHostsLines: others }
+}
+
+function podHosts (node: ClusterNode): LabHost[] {
+  const count = new Map<string, number>()
+  for (const e of node.endpoints) count.set(e.name, (count.get(e.name) ?? 0) + 1)
+  return node.endpoints.map((e) => ({
+    name: (count.get(e.name) ?? 0) > 1 ? `${e.namespace}-${e.name}` : e.name,
+    ipv4: e.ipv4,
+    hostIf: e.interface,
+    hostnames: [`${e.name}.${e.namespace}`, `${e.name}.${e.namespace}.svc.cluster.local`]
+  }))
+}
+
+async function sh (cmd: string, args: string[], tolerate?: RegExp): Promise<string> {
+  return await new Promise((resolve, reject) => {
+    execFile(cmd, args, (err, stdout, stderr) => {
+      if (err === null) { resolve(stdout); return }
+      const msg = (stderr || err.message).trim()
+      if (tolerate?.test(msg) === true) { resolve(''); return }
+      reject(new LabError(`${cmd} ${args.join(' ')}: ${msg}`, { cmd, args }))
+    })
+  })
+}
+
+const GONE = /No such file|Invalid netns|not found|Cannot find|does not exist|No such device|Cannot open network namespace/i
+
+async function nsList (): Promise<Set<string>> {
+  return new Set((await sh('ip', ['netns', 'list'])).split('\n').map((l) => l.split(' ')[0]).filter((l) => l !== ''))
+}
+
+function readState (spec: ClusterSpec): ClusterState {
+  try { return JSON.parse(readFileSync(statePath(spec), 'utf8')) as ClusterState } catch { return {} }
+}
+
+function writeState (spec: ClusterSpec, state: ClusterState): void {
+  writeFileSync(statePath(spec), JSON.stringify(state, null, 2) + '\n')
+}
+
+function isMounted (dir: string): boolean {
+  return readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === dir)
+}
+
+async function upUnderlay (spec: ClusterSpec): Promise<void> {
+  const ul = underlayNs(spec)
+  const { bits } = parseCidr(spec.underlay, 'underlay')
+  await sh('ip', ['netns', 'add', ul])
+  await sh('ip', ['-n', ul, 'link', 'set', 'lo', 'up'])
+  await sh('ip', ['-n', ul, 'link', 'add', 'br0', 'type', 'bridge'])
+  await sh('ip', ['-n', ul, 'addr', 'add', `${spec.etcd.ip}/${bits}`, 'dev', 'br0'])
+  await sh('ip', ['-n', ul, 'link', 'set', 'br0', 'up'])
+}
+
+async function upNode (spec: ClusterSpec, node: ClusterNode): Promise<void> {
+  const ns = nodeNs(spec, node.name)
+  const ul = underlayNs(spec)
+  const { bits } = parseCidr(spec.underlay, 'underlay')
+  await sh('ip', ['netns', 'add', ns])
+  await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+  // the node's underlay link: ul0 in the node, its peer on the bridge
+  await sh('ip', ['-n', ns, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', `n-${node.name}`, 'netns', ul])
+  await sh('ip', ['-n', ul, 'link', 'set', `n-${node.name}`, 'master', 'br0'])
+  await sh('ip', ['-n', ul, 'link', 'set', `n-${node.name}`, 'up'])
+  await sh('ip', ['-n', ns, 'addr', 'add', `${node.ip}/${bits}`, 'dev', 'ul0'])
+  await sh('ip', ['-n', ns, 'link', 'set', 'ul0', 'up'])
+  // a node routes: its own namespace's switch, not the machine's
+  await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+  await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1'], GONE)
+  for (const other of spec.nodes) {
+    if (other === node) continue
+    await sh('ip', ['-n', ns, 'route', 'add', other.podCidr, 'via', other.ip, 'dev', 'ul0'])
+  }
+  const etc = `/etc/netns/${ns}`
+  mkdirSync(etc, { recursive: true })
+  writeFileSync(`${etc}/hosts`, `127.0.0.1 localhost\n${spec.etcd.ip} etcd\n`)
+  writeFileSync(`${etc}/resolv.conf`, '')
+  await labUp(nodeLabSpec(spec, node))
+  const dir = join(spec.workDir, node.name)
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(endpointsFile(spec, node.name), '# written by `warden lab up --cluster`: this node\'s workloads\n' +
+    stringify({ endpoints: node.endpoints.map((e) => ({ name: e.name, namespace: e.namespace, labels: e.labels, ipv4: e.ipv4, interface: e.interface })) }))
+}
+
+/** Start etcd on the underlay, detached (it outlives `warden lab up`), and wait until it listens. */
+async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void> {
+  const ul = underlayNs(spec)
+  const { ip, clientPort, peerPort } = spec.etcd
+  const name = `${spec.prefix}etcd`
+  mkdirSync(etcdDataDir(spec), { recursive: true, mode: 0o700 })
+  const log = openSync(join(spec.workDir, 'etcd.log'), 'a')
+  const args = ['netns', 'exec', ul, 'etcd', '--name', name, '--data-dir', etcdDataDir(spec),
+    '--listen-client-urls', `http://${ip}:${clientPort}`, '--advertise-client-urls', `http://${ip}:${clientPort}`,
+    '--listen-peer-urls', `http://${ip}:${peerPort}`, '--initial-advertise-peer-urls', `http://${ip}:${peerPort}`,
+    '--initial-cluster', `${name}=http://${ip}:${peerPort}`, '--initial-cluster-state', 'new',
+    '--enable-v2=false', '--log-level', 'warn', '--logger', 'zap']
+  // `ip netns exec` execs etcd: the PID is etcd's own
+  const child = spawn('ip', args, { stdio: ['ignore', log, log], detached: true })
+  closeSync(log)
+  if (child.pid === undefined) throw new LabError('etcd could not be started')
+  child.unref()
+  state.etcdPid = child.pid
+  writeState(spec, state)
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    const open = await sh('ip', ['netns', 'exec', ul, 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${clientPort}`]).then(() => true, () => false)
+    if (open) return
+    if (!isEtcd(spec, child.pid)) throw new LabError(`etcd exited at start; see ${join(spec.workDir, 'etcd.log')}`)
+    if (Date.now() > deadline) throw new LabError(`etcd not listening on ${ip}:${clientPort} after 15 s`)
+    await sleep(50)
+  }
+}
+
+/** Is `pid` the etcd of this lab (and not a process that took its PID since)? */
+function isEtcd (spec: ClusterSpec, pid: number): boolean {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    return argv[0].endsWith('etcd') && argv.includes(etcdDataDir(spec))
+  } catch { return false }
+}
+
+/** End the lab's etcd (by its recorded PID only); the data directory stays. */
+export async function stopEtcd (spec: ClusterSpec): Promise<void> {
+  const state = readState(spec)
+  const pid = state.etcdPid
+  if (pid === undefined) return
+  if (isEtcd(spec, pid)) {
+    process.kill(pid, 'SIGTERM')
+    const deadline = Date.now() + 5000
+    while (isEtcd(spec, pid)) {
+      if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch {} }
+      await sleep(25)
+    }
+  }
+  delete state.etcdPid
+  writeState(spec, state)
+}
+
+/** Start the lab's etcd again (after stopEtcd); with `empty`, from a new data directory. */
+export async function restartEtcd (spec: ClusterSpec, empty = false): Promise<void> {
+  await stopEtcd(spec)
+  if (empty) rmSync(etcdDataDir(spec), { recursive: true, force: true })
+  await startEtcd(spec, readState(spec))
+}
+
+/** Build the cluster lab. On failure everything made so far is removed and the error rethrown. */
+export async function clusterUp (spec: ClusterSpec): Promise<void> {
+  const have = await nsList()
+  const mine = [underlayNs(spec), ...spec.nodes.map((n) => nodeNs(spec, n.name))]
+  const taken = mine.filter((n) => have.has(n))
+  if (taken.length > 0) throw new LabError(`namespaces already exist: ${taken.join(', ')} (warden lab down --cluster first)`)
+  try {
+    mkdirSync(spec.workDir, { recursive: true })
+    const state: ClusterState = {}
+    writeState(spec, state)
+    const bpffs = bpffsRoot(spec)
+    mkdirSync(bpffs, { recursive: true })
+    if (!isMounted(bpffs)) await sh('mount', ['-t', 'bpf', 'bpf', bpffs])
+    await upUnderlay(spec)
+    for (const n of spec.nodes) await upNode(spec, n)
+    await startEtcd(spec, state)
+  } catch (err) {
+    await clusterDown(spec)
+    throw err
+  }
+}
+
+/** Remove the cluster lab: etcd (by PID), namespaces, /etc/netns files, the bpffs mount, the work directory. Idempotent. */
+export async function clusterDown (spec: ClusterSpec): Promise<void> {
+  await stopEtcd(spec)
+  for (const n of spec.nodes) await labDown(nodeLabSpec(spec, n))
+  for (const ns of [...spec.nodes.map((n) => nodeNs(spec, n.name)), underlayNs(spec)]) {
+    await sh('ip', ['netns', 'del', ns], GONE)
+    rmSync(`/etc/netns/${ns}`, { recursive: true, force: true })
+  }
+  const bpffs = bpffsRoot(spec)
+  if (isMounted(bpffs)) await sh('umount', [bpffs])
+  rmSync(spec.workDir, { recursive: true, force: true })
+}
+
+/** What is left of the lab (namespaces, /etc/netns dirs, the bpffs mount, etcd, the work directory). */
+export async function clusterLeftovers (spec: ClusterSpec): Promise<string[]> {
+  const left: string[] = []
+  const have = await nsList()
+  for (const n of spec.nodes) {
+    for (const ns of have) if (ns.startsWith(`${nodeNs(spec, n.name)}-`)) left.push(`netns ${ns}`)
+    left.push(...(await labLeftovers(nodeLabSpec(spec, n))).filter((l) => !l.startsWith('link ')))
+  }
+  for (const ns of [...spec.nodes.map((n) => nodeNs(spec, n.name)), underlayNs(spec)]) {
+    if (have.has(ns)) left.push(`netns ${ns}`)
+    if (existsSync(`/etc/netns/${ns}`)) left.push(`/etc/netns/${ns}`)
+  }
+  if (isMounted(bpffsRoot(spec))) left.push(`mount ${bpffsRoot(spec)}`)
+  const pid = readState(spec).etcdPid
+  if (pid !== undefined && isEtcd(spec, pid)) left.push(`etcd pid ${pid}`)
+  if (existsSync(spec.workDir)) left.push(spec.workDir)
+  return [...new Set(left)]
+}
