@@ -5,6 +5,7 @@
  * policy store's own compileFullMatch, once per distinct source. Everything else the proxy reads
  * (endpoints, identity labels, the L7 tables' shape and rule references) is plain data.
  */
+import { L7Tables } from '../../policy-store/src/l7-tables.js'
 import { compileFullMatch } from '../../policy-store/src/matchers.js'
 import type {
   CompiledHttpRule, Endpoint, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
@@ -30,6 +31,7 @@ interface WireTable {
   direction: L7PortTable<HttpPolicy>['direction']
   protocol: L7PortTable<HttpPolicy>['protocol']
   port: number
+  endPort: number
   byIdentity: Array<[number, WirePolicy]>
   anyIdentity: WirePolicy | null
 }
@@ -63,6 +65,7 @@ export function httpSnapshotToWire (snap: Snapshot): HttpSnapshotWire {
       direction: t.direction,
       protocol: t.protocol,
       port: t.port,
+      endPort: t.endPort,
       byIdentity: [...t.byIdentity].map(([id, p]) => [id, policy(p)]),
       anyIdentity: t.anyIdentity === null ? null : policy(t.anyIdentity)
     }])
@@ -111,13 +114,14 @@ export function httpSnapshotFromWire (w: HttpSnapshotWire, reuse?: ReadonlyMap<s
     }
     return h
   }
-  const http = new Map<number, L7PortTable<HttpPolicy>>()
+  const http = new L7Tables<HttpPolicy>()
   for (const [key, t] of w.http) {
     http.set(key, {
       endpointId: t.endpointId,
       direction: t.direction,
       protocol: t.protocol,
       port: t.port,
+      endPort: t.endPort,
       byIdentity: new Map(t.byIdentity.map(([id, p]) => [id, policy(p)])),
       anyIdentity: t.anyIdentity === null ? null : policy(t.anyIdentity)
     })

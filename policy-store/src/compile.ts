@@ -12,6 +12,7 @@
 import { formatIPv4, formatPrefix, parseIPv4, prefixContains, type Prefix } from './cidr.js'
 import { Holdings, labelsKey, type IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
+import { L7Tables } from './l7-tables.js'
 import { identityLabelsOf, LabelSet, matchesSelector, type Selector } from './labels.js'
 import type { FilePolicies, Peer, PolicyRule, RuleElement } from './model.js'
 import type { NameMatcher } from './matchers.js'
@@ -342,8 +343,8 @@ export class Compiler {
     if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
       // A few endpoints changed: patch copies of the previous tables (same key order as a
       // rebuild is not needed: consumers look tables up by key).
-      http = new Map(prev.http)
-      dns = new Map(prev.dns)
+      http = new L7Tables(prev.http)
+      dns = new L7Tables(prev.dns)
       for (const { id, old } of recompiled) {
         for (const [key] of old?.http ?? []) http.delete(key)
         for (const [key] of old?.dns ?? []) dns.delete(key)
@@ -352,8 +353,8 @@ export class Compiler {
         for (const [key, t] of r.dns) dns.set(key, t)
       }
     } else {
-      http = new Map()
-      dns = new Map()
+      http = new L7Tables()
+      dns = new L7Tables()
       for (const e of endpoints) {
         const r = this.epCache.get(e.id) as EpResult
         for (const [key, t] of r.http) http.set(key, t)

@@ -179,7 +179,7 @@ export interface DnsPolicy {
 }
 
 /**
- * The L7 policy of one (endpoint, direction, protocol, port). Lookups by remote identity:
+ * The L7 policy of one (endpoint, direction, protocol, port range). Lookups by remote identity:
  * `byIdentity.get(id)`, else `anyIdentity` (rules whose peer was a wildcard), else denied.
  * Both may apply: the proxy allows if either allows.
  */
@@ -187,7 +187,9 @@ export interface L7PortTable<P> {
   endpointId: number
   direction: Direction
   protocol: ProtocolNumber
+  /** First and last port the table covers (equal for one port). */
   port: number
+  endPort: number
   byIdentity: ReadonlyMap<number, P>
   anyIdentity: P | null
 }
@@ -218,7 +220,11 @@ export interface Snapshot {
   readonly identities: ReadonlyMap<number, readonly Label[]>
   readonly ipcache: readonly IpcacheEntry[]
   readonly kernel: readonly KernelEntry[]
-  /** Key: l7Key(endpointId, direction, port). Only ports whose kernel verdict is redirect-http. */
+  /**
+   * Key: l7Key(endpointId, direction, first port of the table). `get` with the l7Key of any port
+   * a table covers finds it (l7-tables.ts): a port range is one table. Only ports whose kernel
+   * verdict is redirect-http.
+   */
   readonly http: ReadonlyMap<number, L7PortTable<HttpPolicy>>
   /** Key: l7Key(endpointId, EGRESS, port). Only ports whose kernel verdict is redirect-dns. */
   readonly dns: ReadonlyMap<number, L7PortTable<DnsPolicy>>

@@ -19,8 +19,6 @@ import { DIR, type CompiledHttpRule, type HeaderRequirement, type RuleRef, type 
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
-/** HTTP rules on a port range build one L7 table per port; cap the range width. */
-export const MAX_L7_RANGE = 1024
 
 const KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const
 type Kind = typeof KINDS[number]
@@ -435,10 +433,6 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
   if (hasHttp && proto !== 'TCP' && proto !== 'ANY') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `L7 rules can only apply to TCP (not ${proto}) except for DNS rules`); return null }
   if (hasDns && proto === 'SCTP') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], 'DNS rules apply to UDP or TCP (not SCTP)'); return null }
   if (hasDns && endPort !== 0) { c.r.add(ERR.PORT, [...path, 'endPort'], 'DNS rules do not support port ranges'); return null }
-  if (hasHttp && endPort !== 0 && endPort - port + 1 > MAX_L7_RANGE) {
-    c.r.add(ERR.UNSUPPORTED, [...path, 'endPort'], `HTTP rules on a range wider than ${MAX_L7_RANGE} ports are not supported`)
-    return null
-  }
   const e = endPort === 0 ? port : endPort
   if (port === 0) {
     if (proto === 'ANY') return [{ protocol: 0, port: 0, endPort: 0 }]

@@ -212,7 +212,7 @@ export function makeSnapshot (spec: SnapshotSpec, version = 1): Snapshot {
       .map(sel => { const m = compileNameMatcher(sel); return { pattern: m.pattern, test: (f: string) => m.test(f), rule: RULE } })
     const policy: DnsPolicy = { allowAll: false, rules }
     dns.set(l7Key(d.endpointId, DIR.EGRESS, d.port), {
-      endpointId: d.endpointId, direction: DIR.EGRESS, protocol: 17, port: d.port,
+      endpointId: d.endpointId, direction: DIR.EGRESS, protocol: 17, port: d.port, endPort: d.port,
       byIdentity: d.identity === undefined ? new Map() : new Map([[d.identity, policy]]),
       anyIdentity: d.identity === undefined ? policy : null
     })
