@@ -8,7 +8,7 @@
 import { L7Tables } from '../../policy-store/src/l7-tables.js'
 import { compileFullMatch } from '../../policy-store/src/matchers.js'
 import type {
-  CompiledHttpRule, Endpoint, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
+  CompiledHttpRule, Endpoint, HeaderAction, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
 } from '../../policy-store/src/types.js'
 
 interface WireRule {
@@ -16,6 +16,7 @@ interface WireRule {
   path: string | null
   host: string | null
   headers: readonly HeaderRequirement[]
+  headerActions?: readonly HeaderAction[]
   rule: RuleRef
   httpIndex: number
 }
@@ -79,6 +80,7 @@ function ruleToWire (r: CompiledHttpRule): WireRule {
     path: r.path?.source ?? null,
     host: r.host?.source ?? null,
     headers: r.headers,
+    ...(r.headerActions !== undefined ? { headerActions: r.headerActions } : {}),
     rule: r.rule,
     httpIndex: r.httpIndex
   }
@@ -107,7 +109,7 @@ export function httpSnapshotFromWire (w: HttpSnapshotWire, reuse?: ReadonlyMap<s
     if (h === undefined) {
       h = {
         allowAll: p.allowAll,
-        rules: p.rules.map((r) => ({ method: compile(r.method), path: compile(r.path), host: compile(r.host), headers: r.headers, rule: r.rule, httpIndex: r.httpIndex }))
+        rules: p.rules.map((r) => ({ method: compile(r.method), path: compile(r.path), host: compile(r.host), headers: r.headers, ...(r.headerActions !== undefined ? { headerActions: r.headerActions } : {}), rule: r.rule, httpIndex: r.httpIndex }))
       }
       if (p.allowAllRule !== undefined) h.allowAllRule = p.allowAllRule
       done.set(p, h)

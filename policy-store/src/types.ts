@@ -138,12 +138,30 @@ export interface HeaderRequirement {
   value: string | null
 }
 
+/**
+ * What a `headerMatches` item with `mismatch` does when the header does not match (Cilium's
+ * MismatchAction, pkg/policy/api/http.go; applied as cilium/proxy's HeaderMatches does): the
+ * rule still matches, and LOG records the mismatch, ADD appends `name: value`, DELETE removes a
+ * header present with another value, REPLACE sets the header to `value`.
+ */
+export type MismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE'
+
+export interface HeaderAction {
+  /** Lower-cased header name. */
+  name: string
+  /** Exact value; null = the header must only be present (ADD and REPLACE then write ''). */
+  value: string | null
+  mismatch: MismatchAction
+}
+
 /** One `rules.http[]` item, compiled. Null fields are not checked (never matched against `.*`). */
 export interface CompiledHttpRule {
   method: StringMatcher | null
   path: StringMatcher | null
   host: StringMatcher | null
   headers: readonly HeaderRequirement[]
+  /** `headerMatches` items with a `mismatch` action; absent or empty when none. */
+  headerActions?: readonly HeaderAction[]
   rule: RuleRef
   /** Index in the rule's `http` list. */
   httpIndex: number

@@ -15,10 +15,18 @@ import {
 } from './matchers.js'
 import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
-import { DIR, type CompiledHttpRule, type HeaderRequirement, type RuleRef, type StringMatcher } from './types.js'
+import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
+
+/** `headerMatches[].mismatch` values (pkg/policy/api/http.go). */
+const MISMATCH_ACTIONS = ['LOG', 'ADD', 'DELETE', 'REPLACE'] as const
+/** RFC 9110 token and field-value characters (no CR, LF or NUL: a value cannot split the head). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
+/** Fields the proxy writes or strips itself (framing, hop-by-hop, routing): no action may edit them. */
+const PROXY_FIELDS = ['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'te', 'trailer', 'expect']
 
 const KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const
 type Kind = typeof KINDS[number]
@@ -467,6 +475,7 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
     const o = c.obj(h, p, ['method', 'path', 'host', 'headers', 'headerMatches'])
     if (o === null) return
     const headers: HeaderRequirement[] = []
+    const actions: HeaderAction[] = []
     if (o.headers !== undefined) {
       c.list(o.headers, [...p, 'headers'])?.forEach((hv, j) => {
         const s = c.str(hv, [...p, 'headers', j])
@@ -481,13 +490,29 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
     if (o.headerMatches !== undefined) {
       c.list(o.headerMatches, [...p, 'headerMatches'])?.forEach((hm, j) => {
         const hp = [...p, 'headerMatches', j]
-        const ho = c.obj(hm, hp, ['name', 'value'], ['secret', 'mismatch'])
+        // `secret` needs a Kubernetes secret source, which warden does not have.
+        const ho = c.obj(hm, hp, ['name', 'value', 'mismatch'], ['secret'])
         if (ho === null) return
         if (ho.name === undefined) { c.r.add(ERR.REQUIRED, hp, 'name is required'); return }
         const name = c.str(ho.name, [...hp, 'name'])
         const value = ho.value === undefined ? null : c.str(ho.value, [...hp, 'value'])
         if (name === null || name === '') return
-        headers.push({ name: name.toLowerCase(), value: value === '' ? null : value })
+        const lower = name.toLowerCase()
+        const v = value === '' ? null : value
+        if (ho.mismatch === undefined) { headers.push({ name: lower, value: v }); return }
+        const m = c.str(ho.mismatch, [...hp, 'mismatch'])
+        if (m === null) return
+        if (!(MISMATCH_ACTIONS as readonly string[]).includes(m)) {
+          c.r.add(ERR.VALUE, [...hp, 'mismatch'], `unknown mismatch action "${m}" (expected one of: ${MISMATCH_ACTIONS.join(', ')})`)
+          return
+        }
+        if (m === 'LOG') { actions.push({ name: lower, value: v, mismatch: m }); return }
+        // An action edits the forwarded request: only a valid field, never one that frames the
+        // message or routes it (those the proxy writes itself).
+        if (!HEADER_NAME.test(name)) { c.r.add(ERR.VALUE, [...hp, 'name'], `"${name}" is not a valid header name`); return }
+        if (PROXY_FIELDS.includes(lower)) { c.r.add(ERR.UNSUPPORTED, [...hp, 'name'], `mismatch action ${m} on "${lower}" is not supported: the proxy writes that field itself`); return }
+        if (v !== null && !HEADER_VALUE.test(v)) { c.r.add(ERR.VALUE, [...hp, 'value'], 'header value has characters a header field cannot carry'); return }
+        actions.push({ name: lower, value: v, mismatch: m as MismatchAction })
       })
     }
     out.push({
@@ -495,6 +520,7 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
       path: o.path === undefined ? null : regexField(o.path, [...p, 'path'], c),
       host: o.host === undefined ? null : regexField(o.host, [...p, 'host'], c),
       headers,
+      ...(actions.length > 0 ? { headerActions: actions } : {}),
       rule: ref,
       httpIndex: i
     })
