@@ -42,6 +42,14 @@ export const ANY_IDENTITY = 0
 /** A label as Cilium prints it: `source:key=value` (e.g. `k8s:app=billing-service`). */
 export type Label = string
 
+/** A workload's named container port (the endpoints file's `ports`). */
+export interface ContainerPort {
+  /** IANA_SVC_NAME (lower case). */
+  name: string
+  port: number
+  protocol: 'TCP' | 'UDP' | 'SCTP'
+}
+
 /** Where a rule came from, for logs ("on which rule") and for `warden trace`. */
 export interface RuleRef {
   /** Policy file path as given on the command line (relative paths stay relative). */
@@ -78,6 +86,8 @@ export interface Endpoint {
   ipv4: string
   /** Host-side veth name. */
   interface: string
+  /** Named container ports, which a rule's `port: "<name>"` resolves to. */
+  ports: readonly ContainerPort[]
   /** Where in the endpoints file it was declared (for error messages). */
   line: number
 }

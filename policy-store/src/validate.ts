@@ -13,7 +13,7 @@ import {
 import {
   compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
 } from './matchers.js'
-import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
+import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
 import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
@@ -347,7 +347,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   if (o.toPorts === undefined) {
     // `{}` (no peer, no port) allows nothing (as in Cilium), but still switches on default deny.
     if (finalPeers !== null || anyPeer) {
-      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, http: null, dns: null })
+      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, namedPorts: null, http: null, dns: null })
     }
   } else {
     const list = c.list(o.toPorts, [...path, 'toPorts'])
@@ -359,7 +359,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   return c.r.errors.length === before ? out : []
 }
 
-function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, c: Checker): Pick<RuleElement, 'ports' | 'http' | 'dns'> | null {
+function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, c: Checker): Pick<RuleElement, 'ports' | 'namedPorts' | 'http' | 'dns'> | null {
   const deny = section.endsWith('Deny')
   const o = deny
     ? c.obj(v, path, ['ports'], [])
@@ -386,17 +386,21 @@ function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: R
   if (list.length === 0) { c.r.add(ERR.REQUIRED, [...path, 'ports'], 'ports must list at least one port'); return null }
   if (list.length > MAX_PORTS) c.r.add(ERR.PORT, [...path, 'ports'], `too many ports, the max is ${MAX_PORTS}`)
   const ports: PortItem[] = []
+  const named: NamedPortItem[] = []
   list.forEach((p, i) => {
     const items = validatePort(p, [...path, 'ports', i], http !== null, dns !== null, c)
-    if (items !== null) ports.push(...items)
+    if (items === null) return
+    if (Array.isArray(items)) ports.push(...items)
+    else named.push(items)
   })
-  return { ports, http, dns }
+  return { ports, namedPorts: named.length > 0 ? named : null, http, dns }
 }
 
-function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: boolean, c: Checker): PortItem[] | null {
+function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: boolean, c: Checker): PortItem[] | NamedPortItem | null {
   const o = c.obj(v, path, ['port', 'endPort', 'protocol'])
   if (o === null) return null
   let port: number | null = null
+  let name: string | null = null
   if (o.port === undefined) c.r.add(ERR.REQUIRED, path, 'port is required ("0" for all ports)')
   else if (typeof o.port === 'number') {
     // The CRD says string; an unquoted YAML number is unambiguous, so accept it.
@@ -412,7 +416,8 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
       } else if (s === '') {
         c.r.add(ERR.PORT, [...path, 'port'], 'port must be specified')
       } else if (s.length <= 15 && IANA_NAME.test(s.toLowerCase())) {
-        c.r.add(ERR.UNSUPPORTED, [...path, 'port'], `named port "${s}" is not supported yet; use the port number`)
+        // Port names are case-insensitive (Cilium lower-cases them, pkg/policy/api/l4.go).
+        name = s.toLowerCase()
       } else {
         c.r.add(ERR.PORT, [...path, 'port'], `"${s}" is not a port number (0..65535) or port name`)
       }
@@ -434,6 +439,13 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
       proto = s.toUpperCase()
       if (!['TCP', 'UDP', 'SCTP', 'ANY'].includes(proto)) { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `unknown protocol "${s}" (expected TCP, UDP, SCTP or ANY)`); return null }
     }
+  }
+  if (name !== null) {
+    if (o.endPort !== undefined && o.endPort !== 0) { c.r.add(ERR.PORT, [...path, 'endPort'], `endPort needs a port number, not the port name "${name}"`); return null }
+    if (hasHttp && proto !== 'TCP' && proto !== 'ANY') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `L7 rules can only apply to TCP (not ${proto}) except for DNS rules`); return null }
+    if (hasDns && proto === 'SCTP') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], 'DNS rules apply to UDP or TCP (not SCTP)'); return null }
+    // HTTP is TCP only: a named port with HTTP rules resolves to TCP container ports alone.
+    return { name, protocol: proto === 'ANY' ? (hasHttp ? 6 : 0) : protoNumber(proto) }
   }
   if (port === null) return null
   if (endPort === port) endPort = 0

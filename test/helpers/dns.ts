@@ -204,7 +204,7 @@ export interface SnapshotSpec {
 export function makeSnapshot (spec: SnapshotSpec, version = 1): Snapshot {
   const endpoints: Endpoint[] = spec.endpoints.map(e => ({
     id: e.id, name: e.name, namespace: e.namespace ?? 'default', labels: { app: e.name },
-    identityLabels: [`k8s:app=${e.name}`], identity: 1000 + e.id, ipv4: e.ipv4, interface: `lxc${e.id}`, line: 1
+    identityLabels: [`k8s:app=${e.name}`], identity: 1000 + e.id, ipv4: e.ipv4, interface: `lxc${e.id}`, ports: [], line: 1
   }))
   const dns = new Map<number, L7PortTable<DnsPolicy>>()
   for (const d of spec.dns) {
