@@ -38,9 +38,9 @@ export function benchDnsSnapshot (clientIp: string, port: number): Snapshot {
     ipcache: [],
     kernel: [],
     http: new Map(),
-    endpoints: [{ id: 7, name: 'bench-client', namespace: 'default', labels: {}, identityLabels: [], identity: 1007, ipv4: clientIp, interface: 'lxc7', line: 1 }],
+    endpoints: [{ id: 7, name: 'bench-client', namespace: 'default', labels: {}, identityLabels: [], identity: 1007, ipv4: clientIp, interface: 'lxc7', ports: [], line: 1 }],
     identities: new Map([[RESERVED.WORLD, ['reserved:world']]]),
-    dns: new Map([[l7Key(7, DIR.EGRESS, port), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port, byIdentity: new Map(), anyIdentity: policy }]]),
+    dns: new Map([[l7Key(7, DIR.EGRESS, port), { endpointId: 7, direction: DIR.EGRESS, protocol: 17 as const, port, endPort: port, byIdentity: new Map(), anyIdentity: policy }]]),
     fqdnSelectors: [{ key: sel.key, test: (f: string) => sel.test(f) }]
   }
 }

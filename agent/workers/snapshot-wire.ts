@@ -5,9 +5,10 @@
  * policy store's own compileFullMatch, once per distinct source. Everything else the proxy reads
  * (endpoints, identity labels, the L7 tables' shape and rule references) is plain data.
  */
+import { L7Tables } from '../../policy-store/src/l7-tables.js'
 import { compileFullMatch } from '../../policy-store/src/matchers.js'
 import type {
-  CompiledHttpRule, Endpoint, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
+  CompiledHttpRule, Endpoint, HeaderAction, HeaderRequirement, HttpPolicy, L7PortTable, Label, RuleRef, Snapshot, StringMatcher
 } from '../../policy-store/src/types.js'
 
 interface WireRule {
@@ -15,6 +16,7 @@ interface WireRule {
   path: string | null
   host: string | null
   headers: readonly HeaderRequirement[]
+  headerActions?: readonly HeaderAction[]
   rule: RuleRef
   httpIndex: number
 }
@@ -30,6 +32,7 @@ interface WireTable {
   direction: L7PortTable<HttpPolicy>['direction']
   protocol: L7PortTable<HttpPolicy>['protocol']
   port: number
+  endPort: number
   byIdentity: Array<[number, WirePolicy]>
   anyIdentity: WirePolicy | null
 }
@@ -63,6 +66,7 @@ export function httpSnapshotToWire (snap: Snapshot): HttpSnapshotWire {
       direction: t.direction,
       protocol: t.protocol,
       port: t.port,
+      endPort: t.endPort,
       byIdentity: [...t.byIdentity].map(([id, p]) => [id, policy(p)]),
       anyIdentity: t.anyIdentity === null ? null : policy(t.anyIdentity)
     }])
@@ -76,6 +80,7 @@ function ruleToWire (r: CompiledHttpRule): WireRule {
     path: r.path?.source ?? null,
     host: r.host?.source ?? null,
     headers: r.headers,
+    ...(r.headerActions !== undefined ? { headerActions: r.headerActions } : {}),
     rule: r.rule,
     httpIndex: r.httpIndex
   }
@@ -104,20 +109,21 @@ export function httpSnapshotFromWire (w: HttpSnapshotWire, reuse?: ReadonlyMap<s
     if (h === undefined) {
       h = {
         allowAll: p.allowAll,
-        rules: p.rules.map((r) => ({ method: compile(r.method), path: compile(r.path), host: compile(r.host), headers: r.headers, rule: r.rule, httpIndex: r.httpIndex }))
+        rules: p.rules.map((r) => ({ method: compile(r.method), path: compile(r.path), host: compile(r.host), headers: r.headers, ...(r.headerActions !== undefined ? { headerActions: r.headerActions } : {}), rule: r.rule, httpIndex: r.httpIndex }))
       }
       if (p.allowAllRule !== undefined) h.allowAllRule = p.allowAllRule
       done.set(p, h)
     }
     return h
   }
-  const http = new Map<number, L7PortTable<HttpPolicy>>()
+  const http = new L7Tables<HttpPolicy>()
   for (const [key, t] of w.http) {
     http.set(key, {
       endpointId: t.endpointId,
       direction: t.direction,
       protocol: t.protocol,
       port: t.port,
+      endPort: t.endPort,
       byIdentity: new Map(t.byIdentity.map(([id, p]) => [id, policy(p)])),
       anyIdentity: t.anyIdentity === null ? null : policy(t.anyIdentity)
     })

@@ -12,13 +12,15 @@
 import { formatIPv4, formatPrefix, parseIPv4, prefixContains, type Prefix } from './cidr.js'
 import { Holdings, labelsKey, type IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
+import { L7Tables } from './l7-tables.js'
+import { portsKey, resolveNamedPorts } from './named-ports.js'
 import { identityLabelsOf, LabelSet, matchesSelector, type Selector } from './labels.js'
 import type { FilePolicies, Peer, PolicyRule, RuleElement } from './model.js'
 import type { NameMatcher } from './matchers.js'
 import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import {
-  ANY_IDENTITY, DIR, RESERVED, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
+  ANY_IDENTITY, DIR, RESERVED, type ContainerPort, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
   type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type Snapshot, type SnapshotDiff
 } from './types.js'
 
@@ -67,6 +69,8 @@ interface Run {
   endpointsChanged: boolean
   /** The set of pod identities changed (selectors must be evaluated again). */
   podsChanged: boolean
+  /** Some endpoint's named container ports changed (rules with named ports must be redone). */
+  namedPortsChanged: boolean
   filesChanged: boolean
   added: PolicyRule[]
   removed: PolicyRule[]
@@ -97,6 +101,10 @@ export class Compiler {
   private podKey = ''
   private podLabels = new Map<number, readonly Label[]>()
   private epsByIdentity = new Map<number, number[]>()
+  /** Named container ports by identity (the union over its endpoints), and their signature. */
+  private portsOf = new Map<number, ContainerPort[]>()
+  private epById = new Map<number, Endpoint>()
+  private portsSig = ''
   private pods: PodIndex | null = null
   private selectorCache = new Map<string, number[]>()
   // Rules, in input order; what each selects; what each element resolves to.
@@ -151,7 +159,7 @@ export class Compiler {
    */
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
     this.now = input.now
-    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
+    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.updateEndpoints(input, run)
     this.updateRules(input.files, run)
     this.updateLocalIdentities(input, run)
@@ -162,6 +170,7 @@ export class Compiler {
       return ids
     }
     this.updateRuleSelections(run, select)
+    if (run.namedPortsChanged) this.dirtyNamedPortRules(run)
     this.resolveRulePeers(run, universe, select)
     const out = this.compileDirtyEndpoints(run)
     const tables = this.assembleTables(out)
@@ -194,7 +203,7 @@ export class Compiler {
     for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
     const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
       const identity = idOf.get(labelsKey(identityLabels[i])) as number
-      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
+      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line }
     })
     const podIds = new Set(podLabels.keys())
     const podKey = [...podIds].sort((a, b) => a - b).join(',')
@@ -204,6 +213,20 @@ export class Compiler {
       this.endpoints = Object.freeze(endpoints)
       this.epsByIdentity = new Map()
       for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
+      const portsOf = new Map<number, ContainerPort[]>()
+      const sig: string[] = []
+      for (const e of endpoints) {
+        if (e.ports.length === 0) continue
+        sig.push(`${e.id}:${e.identity}:${portsKey(e.ports)}`)
+        const l = portsOf.get(e.identity)
+        if (l === undefined) portsOf.set(e.identity, [...e.ports])
+        else l.push(...e.ports)
+      }
+      const portsSig = sig.join('|')
+      if (portsSig !== this.portsSig) run.namedPortsChanged = true
+      this.portsOf = portsOf
+      this.portsSig = portsSig
+      this.epById = new Map(endpoints.map((e) => [e.id, e]))
     }
     if (podKey !== this.podKey || this.pods === null) {
       run.podsChanged = true
@@ -266,6 +289,14 @@ export class Compiler {
       const eps = selectEps(r)
       this.ruleEps.set(r, eps)
       for (const ep of eps) { dirty.add(ep); pushSet(this.epRules, ep, r) }
+    }
+  }
+
+  /** Step 4b: named ports resolve per endpoint and peer: the endpoints of rules that use them are dirty. */
+  private dirtyNamedPortRules (run: Run): void {
+    for (const [r, eps] of this.ruleEps) {
+      if (!r.elements.some((el) => el.namedPorts !== null)) continue
+      for (const ep of eps) run.dirty.add(ep)
     }
   }
 
@@ -342,8 +373,8 @@ export class Compiler {
     if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
       // A few endpoints changed: patch copies of the previous tables (same key order as a
       // rebuild is not needed: consumers look tables up by key).
-      http = new Map(prev.http)
-      dns = new Map(prev.dns)
+      http = new L7Tables(prev.http)
+      dns = new L7Tables(prev.dns)
       for (const { id, old } of recompiled) {
         for (const [key] of old?.http ?? []) http.delete(key)
         for (const [key] of old?.dns ?? []) dns.delete(key)
@@ -352,8 +383,8 @@ export class Compiler {
         for (const [key, t] of r.dns) dns.set(key, t)
       }
     } else {
-      http = new Map()
-      dns = new Map()
+      http = new L7Tables()
+      dns = new L7Tables()
       for (const e of endpoints) {
         const r = this.epCache.get(e.id) as EpResult
         for (const [key, t] of r.http) http.set(key, t)
@@ -419,6 +450,7 @@ export class Compiler {
   private compileEndpoint (id: number): EpResult {
     const pos = (r: PolicyRule): number => (this.fileIdx.get(this.ruleFile.get(r) as FilePolicies) as number) * 2 ** 24 + (this.ruleIdx.get(r) as number)
     const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => pos(a) - pos(b))
+    const own = this.epById.get(id)
     const dirs: [DirectionInput, DirectionInput] = [
       { elements: [], selected: false, defaultDeny: false },
       { elements: [], selected: false, defaultDeny: false }
@@ -430,7 +462,9 @@ export class Compiler {
       }
       for (const el of r.elements) {
         const st = this.els.get(el) as ElState
-        ;(dirs[el.direction].elements as { el: RuleElement, ids: number[] | null }[]).push({ el, ids: st.ids })
+        const list = dirs[el.direction].elements as { el: RuleElement, ids: readonly number[] | null }[]
+        if (el.namedPorts === null) list.push({ el, ids: st.ids })
+        else list.push(...resolveNamedPorts(el, st.ids, el.direction, own?.ports ?? [], this.portsOf))
       }
     }
     const ing = resolveDirection(id, DIR.INGRESS, dirs[0])
@@ -569,6 +603,7 @@ export class Compiler {
 function sameEndpoint (a: Endpoint | undefined, b: Endpoint): boolean {
   if (a === undefined) return false
   if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line) return false
+  if (portsKey(a.ports) !== portsKey(b.ports)) return false
   const ka = Object.keys(a.labels)
   return ka.length === Object.keys(b.labels).length && ka.every((k) => a.labels[k] === b.labels[k])
 }

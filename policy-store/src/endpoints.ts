@@ -5,6 +5,7 @@
 import { dirname } from 'node:path'
 import { parseIPv4 } from './cidr.js'
 import { ERR, type PolicyError } from './errors.js'
+import type { ContainerPort } from './types.js'
 import { fileStamp, parseYamlString, readTextFile, type ParsedFile, type PathSeg, type Reporter } from './source-file.js'
 import { watchPaths } from './watch.js'
 
@@ -14,6 +15,8 @@ export interface RawEndpoint {
   labels: Record<string, string>
   ipv4: string
   interface: string
+  /** Named container ports (unnamed ones play no part in policy and need not be listed); absent = none. */
+  ports?: readonly ContainerPort[]
   /** Line in the endpoints file. */
   line: number
 }
@@ -32,6 +35,8 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
 const IFNAME = /^[A-Za-z0-9_.@-]{1,15}$/
+/** Kubernetes' IsValidPortName (IANA_SVC_NAME, RFC 6335). */
+const PORT_NAME = /^(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$/
 
 export class FileEndpointSource implements EndpointSource {
   /** The last result, by (size, mtime, inode) and by content: an unchanged file is not re-parsed. */
@@ -101,7 +106,7 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     const o = e as Record<string, unknown>
     const before = r.errors.length
     for (const k of Object.keys(o)) {
-      if (!['name', 'namespace', 'labels', 'ipv4', 'interface'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...p, k], `unknown field "${k}" (expected one of: name, namespace, labels, ipv4, interface)`, true)
+      if (!['name', 'namespace', 'labels', 'ipv4', 'interface', 'ports'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...p, k], `unknown field "${k}" (expected one of: name, namespace, labels, ipv4, interface, ports)`, true)
     }
     const str = (k: string, required: boolean): string | null => {
       if (o[k] === undefined) { if (required) r.add(ERR.REQUIRED, p, `${k} is required`); return null }
@@ -128,6 +133,7 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
         }
       }
     }
+    const ports = o.ports === undefined || o.ports === null ? [] : validatePorts(o.ports, [...p, 'ports'], r)
     if (r.errors.length > before || name === null || ipv4 === null || ifname === null) return
     const line = r.lineOf(p)
     const key = `${namespace}/${name}`
@@ -140,7 +146,31 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     byName.set(key, line)
     byIp.set(ipv4, line)
     byIf.set(ifname, line)
-    out.push({ name, namespace, labels, ipv4, interface: ifname, line })
+    out.push({ name, namespace, labels, ipv4, interface: ifname, ports, line })
+  })
+  return out
+}
+
+/** `ports: [{name, port, protocol}]`, as a pod spec's container ports (protocol TCP by default). */
+function validatePorts (v: unknown, p: PathSeg[], r: Reporter): ContainerPort[] {
+  const out: ContainerPort[] = []
+  if (!Array.isArray(v)) { r.add(ERR.TYPE, p, `must be a list, got ${typeName(v)}`); return out }
+  const seen = new Map<string, number>()
+  v.forEach((x, j) => {
+    const pp: PathSeg[] = [...p, j]
+    if (x === null || typeof x !== 'object' || Array.isArray(x)) { r.add(ERR.TYPE, pp, `must be a map, got ${typeName(x)}`); return }
+    const o = x as Record<string, unknown>
+    for (const k of Object.keys(o)) if (!['name', 'port', 'protocol'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...pp, k], `unknown field "${k}" (expected one of: name, port, protocol)`, true)
+    if (typeof o.name !== 'string') { r.add(o.name === undefined ? ERR.REQUIRED : ERR.TYPE, [...pp, 'name'], 'name is required (a string)'); return }
+    if (o.name.length > 15 || !PORT_NAME.test(o.name)) { r.add(ERR.VALUE, [...pp, 'name'], `"${o.name}" is not a valid port name (IANA_SVC_NAME: lower-case letters, digits, inner hyphens, at most 15)`); return }
+    if (typeof o.port !== 'number' || !Number.isInteger(o.port) || o.port < 1 || o.port > 65535) { r.add(ERR.VALUE, [...pp, 'port'], 'port must be a number 1..65535'); return }
+    const protocol = o.protocol === undefined ? 'TCP' : o.protocol
+    if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'SCTP') { r.add(ERR.VALUE, [...pp, 'protocol'], `protocol must be TCP, UDP or SCTP, got ${JSON.stringify(protocol)}`); return }
+    // Kubernetes: a name is unique among a pod's ports.
+    const dup = seen.get(o.name)
+    if (dup !== undefined) { r.add(ERR.ENDPOINT_DUPLICATE, [...pp, 'name'], `duplicate port name "${o.name}" (ports[${dup}])`); return }
+    seen.set(o.name, j)
+    out.push({ name: o.name, port: o.port, protocol })
   })
   return out
 }

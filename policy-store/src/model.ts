@@ -27,6 +27,17 @@ export interface PortItem {
   endPort: number
 }
 
+/**
+ * A named port (`port: "http"`): resolved per endpoint when the compiler builds an endpoint's
+ * entries (ingress: the endpoint's own container ports; egress: each peer's), never here.
+ */
+export interface NamedPortItem {
+  /** Lower-cased IANA_SVC_NAME. */
+  name: string
+  /** 6, 17, 132; 0 = the container port's own protocol (ANY). */
+  protocol: 0 | 6 | 17 | 132
+}
+
 export interface DnsRuleItem { pattern: string, test (fqdn: string): boolean, rule: RuleRef }
 
 /**
@@ -41,8 +52,13 @@ export interface RuleElement {
   readonly deny: boolean
   /** null = any peer (no L3 field, or entity `all`). An empty list selects nothing. */
   readonly peers: readonly Peer[] | null
-  /** null = all protocols and ports. */
+  /**
+   * null = all protocols and ports. With named ports, only the numeric ones (maybe none): an
+   * element is never wider than its numbers until its names are resolved.
+   */
   readonly ports: readonly PortItem[] | null
+  /** Named ports of the element's PortRule; null when it has none. */
+  readonly namedPorts: readonly NamedPortItem[] | null
   readonly http: readonly CompiledHttpRule[] | null
   readonly dns: readonly DnsRuleItem[] | null
 }

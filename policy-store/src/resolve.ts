@@ -265,10 +265,10 @@ function buildL7 (endpointId: number, direction: Direction, byPP: Map<number, Ma
       const byIdentity = new Map<number, HttpPolicy>()
       for (const [id, h] of byId) if (id !== ANY_IDENTITY) byIdentity.set(id, finish(h))
       const anyIdentity = anyB === undefined ? null : finish(anyB)
-      for (let port = lo; port <= hi; port++) {
-        out.http.push([l7Key(endpointId, direction, port), { endpointId, direction, protocol: 6, port, byIdentity, anyIdentity }])
-      }
+      // One table for the whole segment, however wide (the lookup finds it for any port in it).
+      out.http.push([l7Key(endpointId, direction, lo), { endpointId, direction, protocol: 6, port: lo, endPort: hi, byIdentity, anyIdentity }])
     } else {
+      // DNS rules name single ports (validate.ts refuses ranges): a DNS segment is one port.
       for (let port = lo; port <= hi; port++) {
         let d = dnsByPort.get(port)
         if (d === undefined) dnsByPort.set(port, d = { protos: new Set(), byId: new Map() })
@@ -293,7 +293,7 @@ function buildL7 (endpointId: number, direction: Direction, byPP: Map<number, Ma
     for (const [id, h] of d.byId) if (id !== ANY_IDENTITY) byIdentity.set(id, finish(h))
     const anyB = d.byId.get(ANY_IDENTITY)
     const protocol = (d.protos.size === 1 ? [...d.protos][0] : 0) as ProtocolNumber
-    out.dns.push([l7Key(endpointId, direction, port), { endpointId, direction, protocol, port, byIdentity, anyIdentity: anyB === undefined ? null : finish(anyB) }])
+    out.dns.push([l7Key(endpointId, direction, port), { endpointId, direction, protocol, port, endPort: port, byIdentity, anyIdentity: anyB === undefined ? null : finish(anyB) }])
   }
 }
 

@@ -161,7 +161,7 @@ class Store implements PolicyStore {
       } else {
         this.reported.delete('<endpoints>')
         if (endpoints !== this.endpoints) { // the source hands back the same array when unchanged
-          const sig = JSON.stringify(endpoints.map((e) => [e.name, e.namespace, e.labels, e.ipv4, e.interface, e.line]))
+          const sig = JSON.stringify(endpoints.map((e) => [e.name, e.namespace, e.labels, e.ipv4, e.interface, e.ports ?? [], e.line]))
           if (sig !== this.endpointsSig) { this.endpoints = endpoints; this.endpointsSig = sig; changed = true }
         }
       }

@@ -42,6 +42,14 @@ export const ANY_IDENTITY = 0
 /** A label as Cilium prints it: `source:key=value` (e.g. `k8s:app=billing-service`). */
 export type Label = string
 
+/** A workload's named container port (the endpoints file's `ports`). */
+export interface ContainerPort {
+  /** IANA_SVC_NAME (lower case). */
+  name: string
+  port: number
+  protocol: 'TCP' | 'UDP' | 'SCTP'
+}
+
 /** Where a rule came from, for logs ("on which rule") and for `warden trace`. */
 export interface RuleRef {
   /** Policy file path as given on the command line (relative paths stay relative). */
@@ -78,6 +86,8 @@ export interface Endpoint {
   ipv4: string
   /** Host-side veth name. */
   interface: string
+  /** Named container ports, which a rule's `port: "<name>"` resolves to. */
+  ports: readonly ContainerPort[]
   /** Where in the endpoints file it was declared (for error messages). */
   line: number
 }
@@ -138,12 +148,30 @@ export interface HeaderRequirement {
   value: string | null
 }
 
+/**
+ * What a `headerMatches` item with `mismatch` does when the header does not match (Cilium's
+ * MismatchAction, pkg/policy/api/http.go; applied as cilium/proxy's HeaderMatches does): the
+ * rule still matches, and LOG records the mismatch, ADD appends `name: value`, DELETE removes a
+ * header present with another value, REPLACE sets the header to `value`.
+ */
+export type MismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE'
+
+export interface HeaderAction {
+  /** Lower-cased header name. */
+  name: string
+  /** Exact value; null = the header must only be present (ADD and REPLACE then write ''). */
+  value: string | null
+  mismatch: MismatchAction
+}
+
 /** One `rules.http[]` item, compiled. Null fields are not checked (never matched against `.*`). */
 export interface CompiledHttpRule {
   method: StringMatcher | null
   path: StringMatcher | null
   host: StringMatcher | null
   headers: readonly HeaderRequirement[]
+  /** `headerMatches` items with a `mismatch` action; absent or empty when none. */
+  headerActions?: readonly HeaderAction[]
   rule: RuleRef
   /** Index in the rule's `http` list. */
   httpIndex: number
@@ -179,7 +207,7 @@ export interface DnsPolicy {
 }
 
 /**
- * The L7 policy of one (endpoint, direction, protocol, port). Lookups by remote identity:
+ * The L7 policy of one (endpoint, direction, protocol, port range). Lookups by remote identity:
  * `byIdentity.get(id)`, else `anyIdentity` (rules whose peer was a wildcard), else denied.
  * Both may apply: the proxy allows if either allows.
  */
@@ -187,7 +215,9 @@ export interface L7PortTable<P> {
   endpointId: number
   direction: Direction
   protocol: ProtocolNumber
+  /** First and last port the table covers (equal for one port). */
   port: number
+  endPort: number
   byIdentity: ReadonlyMap<number, P>
   anyIdentity: P | null
 }
@@ -218,7 +248,11 @@ export interface Snapshot {
   readonly identities: ReadonlyMap<number, readonly Label[]>
   readonly ipcache: readonly IpcacheEntry[]
   readonly kernel: readonly KernelEntry[]
-  /** Key: l7Key(endpointId, direction, port). Only ports whose kernel verdict is redirect-http. */
+  /**
+   * Key: l7Key(endpointId, direction, first port of the table). `get` with the l7Key of any port
+   * a table covers finds it (l7-tables.ts): a port range is one table. Only ports whose kernel
+   * verdict is redirect-http.
+   */
   readonly http: ReadonlyMap<number, L7PortTable<HttpPolicy>>
   /** Key: l7Key(endpointId, EGRESS, port). Only ports whose kernel verdict is redirect-dns. */
   readonly dns: ReadonlyMap<number, L7PortTable<DnsPolicy>>

@@ -13,14 +13,20 @@ import {
 import {
   compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
 } from './matchers.js'
-import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
+import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
-import { DIR, type CompiledHttpRule, type HeaderRequirement, type RuleRef, type StringMatcher } from './types.js'
+import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
-/** HTTP rules on a port range build one L7 table per port; cap the range width. */
-export const MAX_L7_RANGE = 1024
+
+/** `headerMatches[].mismatch` values (pkg/policy/api/http.go). */
+const MISMATCH_ACTIONS = ['LOG', 'ADD', 'DELETE', 'REPLACE'] as const
+/** RFC 9110 token and field-value characters (no CR, LF or NUL: a value cannot split the head). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
+/** Fields the proxy writes or strips itself (framing, hop-by-hop, routing): no action may edit them. */
+const PROXY_FIELDS = ['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'te', 'trailer', 'expect']
 
 const KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const
 type Kind = typeof KINDS[number]
@@ -341,7 +347,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   if (o.toPorts === undefined) {
     // `{}` (no peer, no port) allows nothing (as in Cilium), but still switches on default deny.
     if (finalPeers !== null || anyPeer) {
-      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, http: null, dns: null })
+      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, namedPorts: null, http: null, dns: null })
     }
   } else {
     const list = c.list(o.toPorts, [...path, 'toPorts'])
@@ -353,7 +359,7 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   return c.r.errors.length === before ? out : []
 }
 
-function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, c: Checker): Pick<RuleElement, 'ports' | 'http' | 'dns'> | null {
+function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, c: Checker): Pick<RuleElement, 'ports' | 'namedPorts' | 'http' | 'dns'> | null {
   const deny = section.endsWith('Deny')
   const o = deny
     ? c.obj(v, path, ['ports'], [])
@@ -380,17 +386,21 @@ function validatePortRule (v: unknown, path: PathSeg[], section: Section, ref: R
   if (list.length === 0) { c.r.add(ERR.REQUIRED, [...path, 'ports'], 'ports must list at least one port'); return null }
   if (list.length > MAX_PORTS) c.r.add(ERR.PORT, [...path, 'ports'], `too many ports, the max is ${MAX_PORTS}`)
   const ports: PortItem[] = []
+  const named: NamedPortItem[] = []
   list.forEach((p, i) => {
     const items = validatePort(p, [...path, 'ports', i], http !== null, dns !== null, c)
-    if (items !== null) ports.push(...items)
+    if (items === null) return
+    if (Array.isArray(items)) ports.push(...items)
+    else named.push(items)
   })
-  return { ports, http, dns }
+  return { ports, namedPorts: named.length > 0 ? named : null, http, dns }
 }
 
-function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: boolean, c: Checker): PortItem[] | null {
+function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: boolean, c: Checker): PortItem[] | NamedPortItem | null {
   const o = c.obj(v, path, ['port', 'endPort', 'protocol'])
   if (o === null) return null
   let port: number | null = null
+  let name: string | null = null
   if (o.port === undefined) c.r.add(ERR.REQUIRED, path, 'port is required ("0" for all ports)')
   else if (typeof o.port === 'number') {
     // The CRD says string; an unquoted YAML number is unambiguous, so accept it.
@@ -406,7 +416,8 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
       } else if (s === '') {
         c.r.add(ERR.PORT, [...path, 'port'], 'port must be specified')
       } else if (s.length <= 15 && IANA_NAME.test(s.toLowerCase())) {
-        c.r.add(ERR.UNSUPPORTED, [...path, 'port'], `named port "${s}" is not supported yet; use the port number`)
+        // Port names are case-insensitive (Cilium lower-cases them, pkg/policy/api/l4.go).
+        name = s.toLowerCase()
       } else {
         c.r.add(ERR.PORT, [...path, 'port'], `"${s}" is not a port number (0..65535) or port name`)
       }
@@ -429,16 +440,19 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
       if (!['TCP', 'UDP', 'SCTP', 'ANY'].includes(proto)) { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `unknown protocol "${s}" (expected TCP, UDP, SCTP or ANY)`); return null }
     }
   }
+  if (name !== null) {
+    if (o.endPort !== undefined && o.endPort !== 0) { c.r.add(ERR.PORT, [...path, 'endPort'], `endPort needs a port number, not the port name "${name}"`); return null }
+    if (hasHttp && proto !== 'TCP' && proto !== 'ANY') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `L7 rules can only apply to TCP (not ${proto}) except for DNS rules`); return null }
+    if (hasDns && proto === 'SCTP') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], 'DNS rules apply to UDP or TCP (not SCTP)'); return null }
+    // HTTP is TCP only: a named port with HTTP rules resolves to TCP container ports alone.
+    return { name, protocol: proto === 'ANY' ? (hasHttp ? 6 : 0) : protoNumber(proto) }
+  }
   if (port === null) return null
   if (endPort === port) endPort = 0
   if ((hasHttp || hasDns) && port === 0) { c.r.add(ERR.PORT, [...path, 'port'], 'L7 rules can not be used when a port is 0'); return null }
   if (hasHttp && proto !== 'TCP' && proto !== 'ANY') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], `L7 rules can only apply to TCP (not ${proto}) except for DNS rules`); return null }
   if (hasDns && proto === 'SCTP') { c.r.add(ERR.PROTOCOL, [...path, 'protocol'], 'DNS rules apply to UDP or TCP (not SCTP)'); return null }
   if (hasDns && endPort !== 0) { c.r.add(ERR.PORT, [...path, 'endPort'], 'DNS rules do not support port ranges'); return null }
-  if (hasHttp && endPort !== 0 && endPort - port + 1 > MAX_L7_RANGE) {
-    c.r.add(ERR.UNSUPPORTED, [...path, 'endPort'], `HTTP rules on a range wider than ${MAX_L7_RANGE} ports are not supported`)
-    return null
-  }
   const e = endPort === 0 ? port : endPort
   if (port === 0) {
     if (proto === 'ANY') return [{ protocol: 0, port: 0, endPort: 0 }]
@@ -473,6 +487,7 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
     const o = c.obj(h, p, ['method', 'path', 'host', 'headers', 'headerMatches'])
     if (o === null) return
     const headers: HeaderRequirement[] = []
+    const actions: HeaderAction[] = []
     if (o.headers !== undefined) {
       c.list(o.headers, [...p, 'headers'])?.forEach((hv, j) => {
         const s = c.str(hv, [...p, 'headers', j])
@@ -487,13 +502,29 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
     if (o.headerMatches !== undefined) {
       c.list(o.headerMatches, [...p, 'headerMatches'])?.forEach((hm, j) => {
         const hp = [...p, 'headerMatches', j]
-        const ho = c.obj(hm, hp, ['name', 'value'], ['secret', 'mismatch'])
+        // `secret` needs a Kubernetes secret source, which warden does not have.
+        const ho = c.obj(hm, hp, ['name', 'value', 'mismatch'], ['secret'])
         if (ho === null) return
         if (ho.name === undefined) { c.r.add(ERR.REQUIRED, hp, 'name is required'); return }
         const name = c.str(ho.name, [...hp, 'name'])
         const value = ho.value === undefined ? null : c.str(ho.value, [...hp, 'value'])
         if (name === null || name === '') return
-        headers.push({ name: name.toLowerCase(), value: value === '' ? null : value })
+        const lower = name.toLowerCase()
+        const v = value === '' ? null : value
+        if (ho.mismatch === undefined) { headers.push({ name: lower, value: v }); return }
+        const m = c.str(ho.mismatch, [...hp, 'mismatch'])
+        if (m === null) return
+        if (!(MISMATCH_ACTIONS as readonly string[]).includes(m)) {
+          c.r.add(ERR.VALUE, [...hp, 'mismatch'], `unknown mismatch action "${m}" (expected one of: ${MISMATCH_ACTIONS.join(', ')})`)
+          return
+        }
+        if (m === 'LOG') { actions.push({ name: lower, value: v, mismatch: m }); return }
+        // An action edits the forwarded request: only a valid field, never one that frames the
+        // message or routes it (those the proxy writes itself).
+        if (!HEADER_NAME.test(name)) { c.r.add(ERR.VALUE, [...hp, 'name'], `"${name}" is not a valid header name`); return }
+        if (PROXY_FIELDS.includes(lower)) { c.r.add(ERR.UNSUPPORTED, [...hp, 'name'], `mismatch action ${m} on "${lower}" is not supported: the proxy writes that field itself`); return }
+        if (v !== null && !HEADER_VALUE.test(v)) { c.r.add(ERR.VALUE, [...hp, 'value'], 'header value has characters a header field cannot carry'); return }
+        actions.push({ name: lower, value: v, mismatch: m as MismatchAction })
       })
     }
     out.push({
@@ -501,6 +532,7 @@ function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): C
       path: o.path === undefined ? null : regexField(o.path, [...p, 'path'], c),
       host: o.host === undefined ? null : regexField(o.host, [...p, 'host'], c),
       headers,
+      ...(actions.length > 0 ? { headerActions: actions } : {}),
       rule: ref,
       httpIndex: i
     })

@@ -77,9 +77,9 @@ t.test('patterns: literal, prefix, regex', async (t) => {
 t.test('rules from a store snapshot (the contract types)', async (t) => {
   const matcher = (source: string): CompiledHttpRule['method'] => ({ source, test: (v: string) => v === source })
   const ref = { file: 'p.yaml', line: 1, kind: 'CiliumNetworkPolicy' as const, policy: 'default/p', spec: 0, section: 'ingress' as const, index: 0 }
-  const ep = (id: number, name: string, identity: number, ipv4: string): Endpoint => ({ id, name, namespace: 'default', labels: {}, identityLabels: [], identity, ipv4, interface: `if${id}`, line: 1 })
+  const ep = (id: number, name: string, identity: number, ipv4: string): Endpoint => ({ id, name, namespace: 'default', labels: {}, identityLabels: [], identity, ipv4, interface: `if${id}`, ports: [], line: 1 })
   const policy: HttpPolicy = { allowAll: false, rules: [{ method: matcher('POST'), path: matcher('/api/v1/charge'), host: null, headers: [], rule: ref, httpIndex: 0 }] }
-  const table: L7PortTable<HttpPolicy> = { endpointId: 1, direction: 0, protocol: 6, port: 8080, byIdentity: new Map([[300, policy]]), anyIdentity: null }
+  const table: L7PortTable<HttpPolicy> = { endpointId: 1, direction: 0, protocol: 6, port: 8080, endPort: 8080, byIdentity: new Map([[300, policy]]), anyIdentity: null }
   const snap: Snapshot = {
     version: 1, createdAt: 0, identities: new Map(), ipcache: [], kernel: [], dns: new Map(), fqdnSelectors: [],
     endpoints: [ep(1, 'billing-service', 256, '10.0.0.1'), ep(2, 'checkout-a', 300, '10.0.0.2'), ep(3, 'checkout-b', 300, '10.0.0.3')],

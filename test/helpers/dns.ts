@@ -204,7 +204,7 @@ export interface SnapshotSpec {
 export function makeSnapshot (spec: SnapshotSpec, version = 1): Snapshot {
   const endpoints: Endpoint[] = spec.endpoints.map(e => ({
     id: e.id, name: e.name, namespace: e.namespace ?? 'default', labels: { app: e.name },
-    identityLabels: [`k8s:app=${e.name}`], identity: 1000 + e.id, ipv4: e.ipv4, interface: `lxc${e.id}`, line: 1
+    identityLabels: [`k8s:app=${e.name}`], identity: 1000 + e.id, ipv4: e.ipv4, interface: `lxc${e.id}`, ports: [], line: 1
   }))
   const dns = new Map<number, L7PortTable<DnsPolicy>>()
   for (const d of spec.dns) {
@@ -212,7 +212,7 @@ export function makeSnapshot (spec: SnapshotSpec, version = 1): Snapshot {
       .map(sel => { const m = compileNameMatcher(sel); return { pattern: m.pattern, test: (f: string) => m.test(f), rule: RULE } })
     const policy: DnsPolicy = { allowAll: false, rules }
     dns.set(l7Key(d.endpointId, DIR.EGRESS, d.port), {
-      endpointId: d.endpointId, direction: DIR.EGRESS, protocol: 17, port: d.port,
+      endpointId: d.endpointId, direction: DIR.EGRESS, protocol: 17, port: d.port, endPort: d.port,
       byIdentity: d.identity === undefined ? new Map() : new Map([[d.identity, policy]]),
       anyIdentity: d.identity === undefined ? policy : null
     })

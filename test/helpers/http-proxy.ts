@@ -37,7 +37,7 @@ const RULE_INDEX = { checkout: 0, auditing: 1, monitoring: 2 } as const
 export type Peer = keyof typeof RULE_INDEX
 
 /** One `rules.http` item; `headers` become `headerMatches` (value null = must be present). */
-export interface RuleSpec { method?: string, path?: string, host?: string, headers?: Array<{ name: string, value: string | null }> }
+export interface RuleSpec { method?: string, path?: string, host?: string, headers?: Array<{ name: string, value: string | null, mismatch?: string }> }
 
 /**
  * The seed billing policy compiled by the policy store. `overrides` replaces the http rules of
@@ -58,7 +58,7 @@ export async function billingSnapshot (overrides: Partial<Record<Peer, RuleSpec[
           ...(r.method === undefined ? {} : { method: r.method }),
           ...(r.path === undefined ? {} : { path: r.path }),
           ...(r.host === undefined ? {} : { host: r.host }),
-          ...(r.headers === undefined ? {} : { headerMatches: r.headers.map(h => h.value === null ? { name: h.name } : h) })
+          ...(r.headers === undefined ? {} : { headerMatches: r.headers.map(h => ({ name: h.name, ...(h.value === null ? {} : { value: h.value }), ...(h.mismatch === undefined ? {} : { mismatch: h.mismatch }) })) })
         }))
         doc.setIn(['spec', 'ingress', RULE_INDEX[peer], 'toPorts', 0, 'rules', 'http'], doc.createNode(http))
       }

@@ -16,6 +16,7 @@ export function endpoint (e: EpSpec): Endpoint {
     identity: e.identity,
     ipv4: e.ipv4,
     interface: e.iface,
+    ports: [],
     line: 1
   }
 }

@@ -24,6 +24,8 @@ export class AccessLog {
   verdict: Verdict = ''
   /** Empty for a plain allowed exchange; otherwise the deny reason, refusal or upstream failure. */
   reason = ''
+  /** The header actions the request triggered (`LOG x-a,ADD x-b`), '' when none. */
+  headerActions = ''
   /** Status sent to the client (0: none, e.g. a reset). */
   status = 0
   bytesIn = 0
@@ -50,6 +52,7 @@ export class AccessLog {
   begin (): void {
     this.verdict = ''
     this.reason = ''
+    this.headerActions = ''
     this.status = 0
     this.bytesIn = 0
     this.bytesOut = 0
@@ -98,6 +101,7 @@ export class AccessLog {
       lines.write(allowedOk ? LEVEL.info : LEVEL.warn, bindings,
         ',"method":' + jsonString(view.method) + ',"path":' + jsonString(view.path) +
         ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
+        (this.headerActions === '' ? '' : ',"headerActions":' + jsonString(this.headerActions)) +
         ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
         ',"durationMs":' + millis3(elapsed), MSG_HTTP_REQUEST)
       return
@@ -107,6 +111,7 @@ export class AccessLog {
       path: view.path,
       verdict: this.verdict,
       reason: this.reason === '' ? undefined : this.reason,
+      headerActions: this.headerActions === '' ? undefined : this.headerActions,
       status: this.status,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,

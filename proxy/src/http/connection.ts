@@ -25,6 +25,7 @@ import { SocketWriter } from './writes.js'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
 import { canonicalRequest, ForwardRequest, Framing, type ParsedRequestHead } from './request-head.js'
 import { ConnectionPolicy, RequestView } from './policy.js'
+import { applyHeaderActions } from './header-actions.js'
 import type { ReplyKind } from './replies.js'
 import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.js'
 import { type ProxyContext } from './context.js'
@@ -304,6 +305,10 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
 
     ctx.counters.allowed++
     this.log.verdict = 'allowed'
+    if (pol.actions.length > 0) {
+      this.log.headerActions = applyHeaderActions(req, pol.actions)
+      view.headers = req.headers
+    }
     this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
     this.upgradeReq = req.upgrade
     this.retryHead = req.head

@@ -6,9 +6,9 @@
  * the source endpoint's EGRESS table (remote = destination identity). Both present: both must
  * allow. Neither: deny with `no-l7-table` (fail closed: never allow by default).
  */
-import { decideHttp } from '../../../policy-store/src/l7-match.js'
+import { decideHttp, hasHeaderActions, headerMismatches } from '../../../policy-store/src/l7-match.js'
 import { DIR, l7Key } from '../../../policy-store/src/types.js'
-import type { Endpoint, HttpPolicy, HttpRequestView, L7PortTable, RuleRef, Snapshot } from '../../../policy-store/src/types.js'
+import type { Endpoint, HeaderAction, HttpPolicy, HttpRequestView, L7PortTable, RuleRef, Snapshot } from '../../../policy-store/src/types.js'
 
 export type DenyReason = 'no-l7-table' | 'ingress-no-rule-match' | 'egress-no-rule-match'
 
@@ -35,6 +35,11 @@ export class ConnectionPolicy {
   /** Set by decide(): the deciding rule (allowed) or the reason (denied). */
   rule: RuleRef | null = null
   reason: DenyReason | null = null
+  /** Set by decide() when allowed: the header actions the request triggers (headerMatches `mismatch`). */
+  readonly actions: HeaderAction[] = []
+  /** Do the tables have header actions at all? (Found once per snapshot, not per request.) */
+  private ingressActions = false
+  private egressActions = false
 
   constructor (readonly srcIp: string, readonly dstIp: string, readonly dstPort: number,
     readonly srcIdentity: number, readonly dstIdentity: number) {}
@@ -46,12 +51,15 @@ export class ConnectionPolicy {
     this.dstEndpoint = endpointByIp(snap, this.dstIp)
     this.ingress = this.dstEndpoint === undefined ? undefined : snap.http.get(l7Key(this.dstEndpoint.id, DIR.INGRESS, this.dstPort))
     this.egress = this.srcEndpoint === undefined ? undefined : snap.http.get(l7Key(this.srcEndpoint.id, DIR.EGRESS, this.dstPort))
+    this.ingressActions = hasHeaderActions(this.ingress)
+    this.egressActions = hasHeaderActions(this.egress)
   }
 
   /** true = allowed (this.rule set), false = denied (this.reason set). */
   decide (req: HttpRequestView): boolean {
     this.rule = null
     this.reason = null
+    this.actions.length = 0
     if (this.ingress === undefined && this.egress === undefined) { this.reason = 'no-l7-table'; return false }
     let rule: RuleRef | null = null
     if (this.ingress !== undefined) {
@@ -64,6 +72,8 @@ export class ConnectionPolicy {
       if (rule === null) rule = r
     }
     this.rule = rule
+    if (this.ingressActions) headerMismatches(this.ingress as L7PortTable<HttpPolicy>, this.srcIdentity, req, this.actions)
+    if (this.egressActions) headerMismatches(this.egress as L7PortTable<HttpPolicy>, this.dstIdentity, req, this.actions)
     return true
   }
 }

@@ -60,6 +60,9 @@ export class ForwardRequest {
   keepAlive = true
   /** The request line and fields to write upstream, CRLFCRLF included. */
   head = ''
+  /** `head` without the fields: the request line (and an added Host), and what follows them. */
+  headStart = ''
+  headEnd = ''
 
   get hasBody (): boolean { return this.framing === Framing.CHUNKED || this.length > 0 }
 }
@@ -122,6 +125,8 @@ export function canonicalRequest (req: ParsedRequestHead, maxHeaders: number, ou
   out.upgrade = req.upgrade
   out.keepAlive = req.keepAlive
   out.head = ''
+  out.headStart = ''
+  out.headEnd = ''
 
   if (headers.length / 2 > maxHeaders) return REFUSE.tooManyHeaders
   // HTTP/0.9 (no version) is malformed here; a well-formed 2.x/1.2 request line is a version we do not speak.
@@ -265,12 +270,25 @@ export function canonicalRequest (req: ParsedRequestHead, maxHeaders: number, ou
   }
   out.headers = fields
 
-  let head = method + ' ' + path + (minor === 1 ? ' HTTP/1.1\r\n' : ' HTTP/1.0\r\n') + addHost
-  for (let i = 0; i < fields.length; i += 2) head += fields[i] + ': ' + fields[i + 1] + CRLF
-  if (out.framing === Framing.CHUNKED) head += 'Transfer-Encoding: chunked\r\n'
-  else if (out.framing === Framing.LENGTH) head += 'Content-Length: ' + String(out.length) + CRLF
-  if (req.upgrade && method !== 'CONNECT') head += 'Connection: upgrade\r\n'
-  else if (minor === 0 && req.keepAlive) head += 'Connection: keep-alive\r\n'
-  out.head = head + CRLF
+  out.headStart = method + ' ' + path + (minor === 1 ? ' HTTP/1.1\r\n' : ' HTTP/1.0\r\n') + addHost
+  let end = ''
+  if (out.framing === Framing.CHUNKED) end += 'Transfer-Encoding: chunked\r\n'
+  else if (out.framing === Framing.LENGTH) end += 'Content-Length: ' + String(out.length) + CRLF
+  if (req.upgrade && method !== 'CONNECT') end += 'Connection: upgrade\r\n'
+  else if (minor === 0 && req.keepAlive) end += 'Connection: keep-alive\r\n'
+  out.headEnd = end + CRLF
+  setFields(out, fields)
   return null
+}
+
+/**
+ * Replace the forwarded fields (a policy's header actions) and render `head` again. The
+ * framing and connection fields stay the ones written above: the policy store refuses actions
+ * on them (validate.ts), so an edit cannot change how the body is read.
+ */
+export function setFields (out: ForwardRequest, fields: string[]): void {
+  out.headers = fields
+  let head = out.headStart
+  for (let i = 0; i < fields.length; i += 2) head += fields[i] + ': ' + fields[i + 1] + CRLF
+  out.head = head + out.headEnd
 }
