@@ -26,6 +26,12 @@ import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { ReplySockets } from './reply-sockets.js'
 import { HttpWorkers } from './workers/pool.js'
+import { startApi } from './api/server.js'
+import { endpointsReport, fqdnReport, identitiesReport, selectedReport, statusReport, type ReportSources } from './api/reports.js'
+import { fromDecision, fromFlow } from './observe/event.js'
+import { EventRing } from './observe/ring.js'
+import { agentVersion } from './version.js'
+import type { L7Decision } from '../proxy/src/decision.js'
 import { warnFallbacks } from '../proxy/src/fast-paths.js'
 
 export interface AgentOptions {
@@ -60,6 +66,15 @@ export interface AgentOptions {
   fqdnMaxNamesPerEndpoint?: number
   logger?: Logger
   logLevel?: string
+  /** Unix socket of the local API (`warden status`, `warden observe`); undefined: none. */
+  apiSocket?: string
+  /** Recent events kept for `warden observe --last` (default 4096). */
+  observeBuffer?: number
+  /**
+   * Node-wide policy audit mode: what policy would drop or deny is let through and reported
+   * with the verdict `audit` (per endpoint: `audit: true` in the endpoints file).
+   */
+  policyAuditMode?: boolean
 }
 
 export interface Agent {
@@ -108,7 +123,9 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     }
   }
 
+  const startedAt = Date.now()
   try {
+    const ring = new EventRing(opts.observeBuffer ?? 4096)
     const store: PolicyStore = await openStore({
       policies: opts.policies,
       endpoints: opts.endpoints,
@@ -117,6 +134,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       identityLabelsReplace: opts.identityLabelsReplace,
       releaseGraceMs: opts.identityReleaseGraceMs,
       hostIPs: hostAddresses(),
+      auditAll: opts.policyAuditMode === true,
       watch: true,
       logger
     })
@@ -144,7 +162,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     // the workers get a copy of the HTTP part of each snapshot the kernel has
     control.onActive((snap) => httpWorkers?.update(snap))
     const flowLog = new FlowLogLimiter(logger.child({ module: 'flow' }), 100)
-    datapath.onFlow((ev: FlowEvent) => flowLog.logEvent(ev))
+    datapath.onFlow((ev: FlowEvent) => { flowLog.logEvent(ev); ring.push(fromFlow(ev, active())) })
+    const onDecision = (d: L7Decision): void => { ring.push(fromDecision(d, active())) }
     closers.push(() => flowLog.close())
 
     // L7 HTTP proxy on the transparent listener the datapath assigns sockets to.
@@ -152,6 +171,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       snapshot: active,
       lookupIdentity,
       upstreamSource: upstreamSource(opts.uplinks.length > 0, active),
+      onDecision,
       logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
     }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
     const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
@@ -169,7 +189,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         logLevel: opts.logLevel ?? 'info',
         snapshot: startedWith,
         logger: log,
-        writeLog: (batch) => out.writeBytes(batch)
+        writeLog: (batch) => out.writeBytes(batch),
+        onDecisions: (batch) => { for (const d of batch) onDecision(d) }
       })
       // a snapshot that reached the kernel while they were starting
       if (active() !== startedWith) httpWorkers.update(active())
@@ -189,6 +210,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       replySocket: (ip, port) => replySockets.get(ip, port),
       learn: async (names: readonly LearnedName[]) => { await control.learn(names) },
       hasConnection: (ip) => datapath.hasConnection(ip),
+      onDecision,
       logger: logger.child({ module: 'dns-proxy' })
     }, {
       minTtlSec: opts.fqdnMinTtl,
@@ -235,11 +257,37 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       const srv = await serveMetrics(opts.metrics, metrics)
       closers.push(async () => await closeServer(srv))
     }
+    if (opts.apiSocket !== undefined) {
+      const sources: ReportSources = {
+        version: agentVersion(),
+        startedAt,
+        compiled: () => store.current(),
+        active,
+        inventory: () => store.inventory(),
+        inspect: () => datapath.inspect(),
+        httpProxies: () => ({ total: workers, running: 1 + (httpWorkers?.threads.filter((w) => w !== null).length ?? 0) }),
+        auditAll: opts.policyAuditMode === true,
+        metrics,
+        fqdnCache: () => dns.cache(),
+        ring
+      }
+      const api = await startApi(opts.apiSocket, {
+        status: () => statusReport(sources),
+        endpoints: () => endpointsReport(sources),
+        identities: () => identitiesReport(sources),
+        fqdn: () => fqdnReport(sources),
+        selected: (ep) => selectedReport(sources, ep),
+        ring
+      }, (err) => log.error({ err }, 'local API request failed'))
+      closers.push(async () => await api.close())
+    }
 
     log.info({
       proxyPort: opts.proxyPort,
       dnsProxyPort: opts.dnsProxyPort,
       bpffs: opts.bpffs,
+      apiSocket: opts.apiSocket,
+      policyAuditMode: opts.policyAuditMode === true,
       policyVersion: active().version,
       endpoints: active().endpoints.map((e) => `${e.namespace}/${e.name}`)
     }, 'warden agent ready')

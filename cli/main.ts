@@ -21,7 +21,13 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   run: async () => await import('./run.js'),
   uninstall: async () => await import('./uninstall.js'),
   lab: async () => await import('./lab.js'),
-  demo: async () => await import('./demo.js')
+  demo: async () => await import('./demo.js'),
+  status: async () => await import('./status.js'),
+  observe: async () => await import('./observe.js'),
+  endpoint: async () => ({ command: (await import('./inspect.js')).endpoint }),
+  identity: async () => ({ command: (await import('./inspect.js')).identity }),
+  fqdn: async () => ({ command: (await import('./inspect.js')).fqdn }),
+  policy: async () => ({ command: (await import('./inspect.js')).policy })
 }
 
 async function help (): Promise<string> {

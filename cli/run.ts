@@ -3,6 +3,7 @@ import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
 import { UsageError } from './usage.js'
+import { DEFAULT_API_SOCKET } from './api-client.js'
 import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
 
 const USAGE = `Usage: warden run --policies DIR --endpoints FILE [options]
@@ -38,6 +39,11 @@ Options:
   --fqdn-max-names-per-endpoint N  names with live IPs kept per endpoint; beyond, those
                           expiring first are evicted (default 10000)
   --log-level LEVEL       pino level (default info)
+  --api-socket PATH       the local API for \`warden status\` and \`warden observe\`: a unix socket, mode 0600
+                          (default /run/warden/warden.sock)
+  --observe-buffer N      recent events kept for \`warden observe --last\` (default 4096)
+  --policy-audit-mode     audit instead of enforce on every endpoint: what policy would drop or deny is
+                          let through and reported with the verdict audit
 
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
@@ -47,6 +53,13 @@ function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0)
   const n = Number(v)
   if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got "${String(v)}"`)
   return n
+}
+
+function apiSocketPath (v: unknown): string {
+  if (v === undefined) return DEFAULT_API_SOCKET
+  const p = String(v)
+  if (!p.startsWith('/') || p.length > 107) throw new Error(`--api-socket must be an absolute path of at most 107 bytes (a unix socket's limit), got "${p}"`)
+  return p
 }
 
 function atLeastOne (n: number, name: string): number {
@@ -76,7 +89,10 @@ export const command: Command = {
     'fqdn-max-ttl': { type: 'string' },
     'fqdn-max-ips-per-name': { type: 'string' },
     'fqdn-max-names-per-endpoint': { type: 'string' },
-    'log-level': { type: 'string' }
+    'log-level': { type: 'string' },
+    'api-socket': { type: 'string' },
+    'observe-buffer': { type: 'string' },
+    'policy-audit-mode': { type: 'boolean' }
   },
   async run (v) {
     if (typeof v.policies !== 'string' || typeof v.endpoints !== 'string') {
@@ -113,7 +129,10 @@ export const command: Command = {
         fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0, 0xffffffff, Math.max(1, int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0))),
         fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000, 0xffffffff, 1),
         fqdnMaxNamesPerEndpoint: int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000, 0xffffffff, 1),
-        logLevel: (v['log-level'] as string | undefined) ?? 'info'
+        logLevel: (v['log-level'] as string | undefined) ?? 'info',
+        apiSocket: apiSocketPath(v['api-socket']),
+        observeBuffer: int(v['observe-buffer'], 'observe-buffer', 4096, 1_000_000, 1),
+        policyAuditMode: v['policy-audit-mode'] === true
       }
     } catch (err) {
       throw new UsageError((err as Error).message)

@@ -9,6 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads'
 import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../../proxy/src/http/index.js'
 import { httpSnapshotFromWire } from './snapshot-wire.js'
+import type { L7Decision } from '../../proxy/src/decision.js'
 import { listenTransparentTcp } from '../../proxy/src/transparent.js'
 import { openIpcacheReader, PROXY_SOCKET_MARK } from '../../redirect-bpf/src/index.js'
 import { PortDestination } from './log.js'
@@ -24,10 +25,25 @@ const dest = new PortDestination((batch) => { send({ type: 'log', batch }, [batc
 const logger = pino({ level: data.logLevel, base: { component: 'warden', worker: data.index } }, dest)
 let { snapshot: active, matchers } = httpSnapshotFromWire(data.snapshot)
 const ipcache = openIpcacheReader(data.bpffs)
+// Decisions go to the agent's event ring in batches, one message per 100 ms at most; beyond
+// DECISIONS_MAX a batch drops the rest (the access log still has every exchange).
+const DECISIONS_MAX = 1024
+let decisions: L7Decision[] = []
+let decisionTimer: NodeJS.Timeout | null = null
+const flushDecisions = (): void => {
+  decisionTimer = null
+  if (decisions.length === 0) return
+  send({ type: 'decisions', batch: decisions })
+  decisions = []
+}
 const http = createHttpProxy({
   snapshot: () => active,
   lookupIdentity: ipcache.lookupIdentity,
   upstreamSource: upstreamSource(data.hasUplinks, () => active),
+  onDecision: (d) => {
+    if (decisions.length < DECISIONS_MAX) decisions.push(d)
+    decisionTimer ??= setTimeout(flushDecisions, 100)
+  },
   logger: logger.child({ module: 'http-proxy' })
 }, { denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
 const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
@@ -45,6 +61,8 @@ port.on('message', (m: ToWorker) => {
     return
   }
   clearInterval(ticker)
+  if (decisionTimer !== null) clearTimeout(decisionTimer)
+  flushDecisions()
   server.close()
   http.close().then(() => {
     ipcache.close()

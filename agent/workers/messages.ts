@@ -1,5 +1,6 @@
 /** What the agent and its HTTP proxy workers say to each other (worker_threads messages). */
 import type { HttpSnapshotWire } from './snapshot-wire.js'
+import type { L7Decision } from '../../proxy/src/decision.js'
 
 /** Everything a worker needs to start (`workerData`). */
 export interface HttpWorkerData {
@@ -25,4 +26,6 @@ export type FromWorker =
   | { type: 'log', batch: Uint8Array }
   /** The worker's HTTP proxy counters, every second and once more when closing. */
   | { type: 'metrics', metrics: Record<string, number> }
+  /** The worker's HTTP decisions since the last batch, for the agent's event ring (bounded per batch). */
+  | { type: 'decisions', batch: L7Decision[] }
   | { type: 'closed' }

@@ -11,6 +11,7 @@ import type { Snapshot } from '../../policy-store/src/types.js'
 import { httpSnapshotToWire, type HttpSnapshotWire } from './snapshot-wire.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
 import { HTTP_GAUGES } from '../../proxy/src/http/context.js'
+import type { L7Decision } from '../../proxy/src/decision.js'
 
 const GAUGES: ReadonlySet<string> = new Set(HTTP_GAUGES)
 
@@ -62,6 +63,8 @@ export interface HttpWorkersOptions {
   logger: Logger
   /** Where the workers' encoded log lines go (the main thread's destination). */
   writeLog: (batch: Uint8Array) => void
+  /** Where the workers' HTTP decisions go (the agent's event ring). */
+  onDecisions?: (batch: L7Decision[]) => void
   /** How long a worker may take to start (listen) or to stop; default 10 s. */
   timeoutMs?: number
   /** Wait before starting a worker that died again; default 1 s. */
@@ -124,6 +127,7 @@ export class HttpWorkers {
         worker.postMessage({ type: 'log-ack', bytes: m.batch.byteLength } satisfies ToWorker)
       }
       else if (m.type === 'metrics') this.counters.report(tid, m.metrics)
+      else if (m.type === 'decisions') o.onDecisions?.(m.batch)
     })
     worker.on('error', (err) => { if (ready) o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker failed') })
     worker.once('exit', (code) => {

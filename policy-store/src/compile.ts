@@ -48,6 +48,8 @@ export interface CompileInput {
   now: number
   /** Label sets of peers that are not on this node (trace's `labels:`), compiled as identities. */
   extraLabelSets?: readonly (readonly Label[])[]
+  /** Node-wide policy audit mode: every endpoint audits (Endpoint.audit). */
+  auditAll?: boolean
 }
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
@@ -203,7 +205,7 @@ export class Compiler {
     for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
     const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
       const identity = idOf.get(labelsKey(identityLabels[i])) as number
-      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line }
+      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line, ...(e.audit === true || input.auditAll === true ? { audit: true as const } : {}) }
     })
     const podIds = new Set(podLabels.keys())
     const podKey = [...podIds].sort((a, b) => a - b).join(',')
@@ -491,7 +493,7 @@ export class Compiler {
       }
       for (const e of endpoints) {
         taken.add(parseIPv4(e.ipv4) as number)
-        fixed.set(`${e.ipv4}/32`, { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
+        fixed.set(`${e.ipv4}/32`, e.audit === true ? { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id, audit: true } : { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
       }
       this.base = { endpoints, hostKey, taken, entries: [...fixed.values()] }
     }
@@ -602,14 +604,14 @@ export class Compiler {
 
 function sameEndpoint (a: Endpoint | undefined, b: Endpoint): boolean {
   if (a === undefined) return false
-  if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line) return false
+  if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line || a.audit !== b.audit) return false
   if (portsKey(a.ports) !== portsKey(b.ports)) return false
   const ka = Object.keys(a.labels)
   return ka.length === Object.keys(b.labels).length && ka.every((k) => a.labels[k] === b.labels[k])
 }
 
 function sameIpcache (a: readonly IpcacheEntry[], b: readonly IpcacheEntry[]): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i] || x.prefix === b[i].prefix && x.identity === b[i].identity && x.endpointId === b[i].endpointId)
+  return a.length === b.length && a.every((x, i) => x === b[i] || x.prefix === b[i].prefix && x.identity === b[i].identity && x.endpointId === b[i].endpointId && x.audit === b[i].audit)
 }
 
 function sameMembers (a: readonly number[], b: readonly number[]): boolean {
@@ -793,12 +795,12 @@ function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndp
     const addedPrefixes = new Set(added.map((e) => e.prefix))
     diff.ipcacheAdded = added.filter((e) => {
       const o = removedByPrefix.get(e.prefix)
-      return o === undefined || o.identity !== e.identity || o.endpointId !== e.endpointId
+      return o === undefined || o.identity !== e.identity || o.endpointId !== e.endpointId || o.audit !== e.audit
     })
     diff.ipcacheRemoved = removed.filter((e) => !addedPrefixes.has(e.prefix))
   }
   if (prev?.endpoints !== next.endpoints) {
-    const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}`
+    const epKey = (e: Endpoint): string => `${e.id}|${e.identity}|${e.ipv4}|${e.interface}|${e.audit ? 1 : 0}`
     const oldEp = new Set((prev?.endpoints ?? []).map(epKey))
     const newEp = new Set(next.endpoints.map(epKey))
     diff.endpointsAdded = next.endpoints.filter((e) => !oldEp.has(epKey(e)))

@@ -17,6 +17,8 @@ export interface RawEndpoint {
   interface: string
   /** Named container ports (unnamed ones play no part in policy and need not be listed); absent = none. */
   ports?: readonly ContainerPort[]
+  /** Policy audit mode for this workload (absent: enforce). */
+  audit?: boolean
   /** Line in the endpoints file. */
   line: number
 }
@@ -106,7 +108,7 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     const o = e as Record<string, unknown>
     const before = r.errors.length
     for (const k of Object.keys(o)) {
-      if (!['name', 'namespace', 'labels', 'ipv4', 'interface', 'ports'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...p, k], `unknown field "${k}" (expected one of: name, namespace, labels, ipv4, interface, ports)`, true)
+      if (!['name', 'namespace', 'labels', 'ipv4', 'interface', 'ports', 'audit'].includes(k)) r.add(ERR.UNKNOWN_FIELD, [...p, k], `unknown field "${k}" (expected one of: name, namespace, labels, ipv4, interface, ports, audit)`, true)
     }
     const str = (k: string, required: boolean): string | null => {
       if (o[k] === undefined) { if (required) r.add(ERR.REQUIRED, p, `${k} is required`); return null }
@@ -121,6 +123,9 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     if (ipv4 !== null && parseIPv4(ipv4) === null) r.add(ERR.ENDPOINT_IP, [...p, 'ipv4'], `"${ipv4}" is not an IPv4 address`)
     const ifname = str('interface', true)
     if (ifname !== null && !IFNAME.test(ifname)) r.add(ERR.VALUE, [...p, 'interface'], `"${ifname}" is not a valid interface name (1-15 characters)`)
+    // strict: `audit: "yes"` or `audit: 1` is an error, never a silent enforce or audit
+    if (o.audit !== undefined && typeof o.audit !== 'boolean') r.add(ERR.TYPE, [...p, 'audit'], `must be true or false, got ${typeName(o.audit)}`)
+    const audit = o.audit === true
     const labels: Record<string, string> = {}
     if (o.labels !== undefined && o.labels !== null) {
       if (typeof o.labels !== 'object' || Array.isArray(o.labels)) r.add(ERR.TYPE, [...p, 'labels'], `must be a map, got ${typeName(o.labels)}`)
@@ -146,7 +151,7 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     byName.set(key, line)
     byIp.set(ipv4, line)
     byIf.set(ifname, line)
-    out.push({ name, namespace, labels, ipv4, interface: ifname, ports, line })
+    out.push({ name, namespace, labels, ipv4, interface: ifname, ports, ...(audit ? { audit } : {}), line })
   })
   return out
 }

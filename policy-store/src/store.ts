@@ -39,6 +39,8 @@ export interface StoreOptions {
   identityLabelsReplace?: boolean
   /** How long an unused identity or endpoint id stays reserved (default DEFAULT_RELEASE_GRACE_MS). */
   releaseGraceMs?: number
+  /** Node-wide policy audit mode: every endpoint audits (Endpoint.audit). */
+  auditAll?: boolean
   /** Milliseconds since the epoch (default Date.now); tests drive it. */
   clock?: () => number
 }
@@ -49,7 +51,16 @@ export interface PolicyStore {
   onRejected (fn: (errors: PolicyError[]) => void): () => void
   /** The DNS proxy's learned names (the whole current set). Recompiles synchronously. */
   setLearnedNames (names: readonly LearnedName[]): Snapshot
+  /** What the last load found: the files in force and every current rejection (for `warden status`). */
+  inventory (): StoreInventory
   close (): Promise<void>
+}
+
+export interface StoreInventory {
+  /** Files whose policies are in force (a rejected file keeps its last good version here). */
+  files: readonly string[]
+  /** Every error of the last load: rejected files, and the endpoints file's. */
+  rejected: readonly PolicyError[]
 }
 
 /** Summary counts (for `warden check` and logs). */
@@ -63,6 +74,7 @@ class Store implements PolicyStore {
   private readonly compiler: Compiler
   private readonly lastGood = new Map<string, FilePolicies>()
   private readonly reported = new Map<string, string>()
+  private lastErrors: readonly PolicyError[] = []
   private endpoints: RawEndpoint[] = []
   private endpointsSig = ''
   private learned: readonly LearnedName[] = []
@@ -170,7 +182,12 @@ class Store implements PolicyStore {
       for (const e of fresh) this.log.warn({ code: e.code, file: e.file, line: e.line, col: e.col, path: e.path }, `policy rejected, last good version stays: ${formatPolicyError(e)}`)
       for (const fn of this.rejListeners) fn(fresh)
     }
+    this.lastErrors = errors
     return { errors, changed: changed || this.snapshot === null }
+  }
+
+  inventory (): StoreInventory {
+    return { files: [...this.lastGood.keys()].sort(), rejected: this.lastErrors }
   }
 
   compileNow (): { snapshot: Snapshot, diff: SnapshotDiff } {
@@ -180,7 +197,8 @@ class Store implements PolicyStore {
       learned: this.learned,
       hostIPs: this.opts.hostIPs ?? [],
       now: this.clock(),
-      extraLabelSets: this.opts.extraLabelSets
+      extraLabelSets: this.opts.extraLabelSets,
+      auditAll: this.opts.auditAll
     })
     this.snapshot = res.snapshot
     return res

@@ -90,6 +90,12 @@ export interface Endpoint {
   ports: readonly ContainerPort[]
   /** Where in the endpoints file it was declared (for error messages). */
   line: number
+  /**
+   * Policy audit mode (`audit: true` in the endpoints file, or the agent's node-wide flag): what
+   * its policy would drop or deny is let through and reported with the verdict `audit`.
+   * Absent when false.
+   */
+  audit?: true
 }
 
 /** What the kernel does with a new connection that matches an entry. */
@@ -131,6 +137,8 @@ export interface IpcacheEntry {
   identity: number
   /** Endpoint id when the prefix is a local endpoint's /32, else 0. */
   endpointId: number
+  /** That local endpoint audits (Endpoint.audit); absent for every other prefix. */
+  audit?: boolean
 }
 
 /** A precompiled full-match string matcher (literal compare, prefix, or RE2 `^(?:re)$`). */

@@ -23,6 +23,7 @@ enum l7p_verdict {
 	L7P_VERDICT_DENY = 2,
 	L7P_VERDICT_REDIRECT_HTTP = 3,
 	L7P_VERDICT_REDIRECT_DNS = 4,
+	L7P_VERDICT_AUDIT = 5, /* events only: policy would drop, the endpoint audits (passed) */
 };
 
 /*
@@ -47,7 +48,9 @@ enum l7p_reason {
 	L7P_R_CT_REDIRECT = 14,      /* packet of a tracked redirected flow, assigned */
 	L7P_R_EVENTS_LOST = 15,      /* ring buffer full: event not delivered */
 	L7P_R_HOST_BYPASS = 16,      /* passed packet put straight into a local endpoint (L7P_FEAT_HOST_ROUTING) */
-	L7P_R_MAX = 17,
+	L7P_R_AUDIT_POLICY = 17,     /* default deny would drop; the endpoint audits: passed */
+	L7P_R_AUDIT_POLICY_DENY = 18, /* a deny entry would drop; the endpoint audits: passed */
+	L7P_R_MAX = 19,
 };
 /*
  * Slots of l7p_counters: more than there are reasons, so that a new reason does not change
@@ -115,8 +118,15 @@ struct l7p_endpoint {
 	__u32 identity;
 	__u32 ipv4;        /* network order; a packet from the veth with another source is dropped */
 	__u16 endpoint_id;
-	__u16 pad;
+	__u16 flags;       /* L7P_EP_* */
 };
+/*
+ * The endpoint is in policy audit mode: a new flow its policy would drop (default deny or a
+ * deny entry) passes, tracked with L7P_CT_AUDIT, and is reported with verdict AUDIT and the
+ * reason that would have dropped it. Set on the endpoint and on its ipcache /32, so that
+ * either end's lookup knows it.
+ */
+#define L7P_EP_AUDIT 1
 
 /*
  * l7p_attach (hash): ifindex -> what the loader attached there. Loader bookkeeping only
@@ -143,7 +153,7 @@ struct l7p_ipcache_key {
 struct l7p_ipcache_value {
 	__u32 identity;
 	__u16 endpoint_id; /* 0 unless a local endpoint's /32 */
-	__u16 pad;
+	__u16 flags;       /* L7P_EP_* of that local endpoint, else 0 */
 };
 
 /*
@@ -188,8 +198,7 @@ struct l7p_ct_entry {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u16 endpoint_id; /* the enforcing endpoint (source if local, else destination) */
-	__u8 flags;        /* L7P_CT_* */
-	__u8 pad;
+	__u16 flags;       /* L7P_CT_* */
 	__u32 pad2;
 };
 #define L7P_CT_REDIRECT 1
@@ -204,6 +213,8 @@ struct l7p_ct_entry {
 /* A proxy's upstream flow (opened by a socket with L7P_MARK_PROXY): its replies belong to the
  * proxy socket that owns the tuple, never to the endpoint whose address it may carry as source. */
 #define L7P_CT_PROXY_UPSTREAM 128
+/* Let through by audit mode: policy would have dropped the flow's first packet. */
+#define L7P_CT_AUDIT 256
 
 /*
  * l7p_fib (LRU hash): what bpf_fib_lookup answered for a destination, kept for a second so
@@ -237,7 +248,7 @@ struct l7p_event {
 	__u32 ifindex;
 	__u16 endpoint_id;
 	__u8 proto;
-	__u8 verdict;      /* enum l7p_verdict (DENY for every drop) */
+	__u8 verdict;      /* enum l7p_verdict (DENY for every drop, AUDIT for a would-be drop) */
 	__u8 reason;       /* enum l7p_reason */
 	__u8 direction;    /* L7P_DIR_* of the deciding lookup, 0xff when none */
 	__u16 pad;

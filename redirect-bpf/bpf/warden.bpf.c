@@ -176,12 +176,11 @@ static __always_inline struct l7p_config *config(void)
 	return bpf_map_lookup_elem(&l7p_config, &zero);
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
-				 __u32 dst_id, __u16 ep, __u8 verdict, __u8 reason, __u8 dir)
+static __always_inline void send_event(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				       __u32 dst_id, __u16 ep, __u8 verdict, __u8 reason, __u8 dir)
 {
 	struct l7p_event *e;
 
-	count(reason);
 	e = bpf_ringbuf_reserve(&l7p_events, sizeof(*e), 0);
 	if (!e) {
 		count(L7P_R_EVENTS_LOST);
@@ -200,8 +199,26 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u
 	e->verdict = verdict;
 	e->reason = reason;
 	e->direction = dir;
-	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				 __u32 dst_id, __u16 ep, __u8 verdict, __u8 reason, __u8 dir)
+{
+	count(reason);
+	send_event(skb, p, src_id, dst_id, ep, verdict, reason, dir);
+}
+
+/*
+ * Policy would drop a new flow (`reason`: default deny or a deny entry) but the deciding
+ * endpoint audits: counted as an audit verdict, not a drop, and reported with the reason
+ * that would have dropped it. The caller lets the flow through.
+ */
+static __always_inline void audit(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				  __u32 dst_id, __u16 ep, __u8 reason, __u8 dir)
+{
+	count(reason == L7P_R_DROP_POLICY_DENY ? L7P_R_AUDIT_POLICY_DENY : L7P_R_AUDIT_POLICY);
+	send_event(skb, p, src_id, dst_id, ep, L7P_VERDICT_AUDIT, reason, dir);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
@@ -347,7 +364,7 @@ static __always_inline __u8 policy_lookup(__u16 ep, __u8 dir, __u32 id, __u8 pro
 	return L7P_VERDICT_NONE;
 }
 
-static __always_inline __u64 lifetime(const struct pkt *p, __u8 flags)
+static __always_inline __u64 lifetime(const struct pkt *p, __u16 flags)
 {
 	if (p->tuple.proto != IPPROTO_TCP)
 		return CT_LIFETIME_OTHER;
@@ -361,7 +378,7 @@ static __always_inline __u64 lifetime(const struct pkt *p, __u8 flags)
 /* Update a live entry for one more packet; is_reply tells which way it went. */
 static __always_inline void ct_touch(struct l7p_ct_entry *e, const struct pkt *p, __u64 now, int is_reply)
 {
-	__u8 flags = e->flags;
+	__u16 flags = e->flags;
 
 	if (p->tuple.proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_FIN | TCPF_RST)))
 		flags |= L7P_CT_CLOSING;
@@ -402,7 +419,7 @@ static __always_inline struct l7p_ct_entry *ct_lookup(const struct pkt *p, __u64
 }
 
 static __always_inline void ct_create(const struct pkt *p, __u64 now, __u32 src_id, __u32 dst_id,
-				      __u16 ep, __u8 flags)
+				      __u16 ep, __u16 flags)
 {
 	struct l7p_ct_entry e = {
 		.expires = now + lifetime(p, flags), .src_identity = src_id,
@@ -682,7 +699,7 @@ int from_workload(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct l7p_endpoint *src_ep = bpf_map_lookup_elem(&l7p_endpoints, &ifindex);
 	__u32 src_id = L7P_WORLD_ID, dst_id = L7P_WORLD_ID;
-	__u16 src_epid = 0, dst_epid = 0;
+	__u16 src_epid = 0, dst_epid = 0, src_flags = 0, dst_flags = 0;
 	struct l7p_ipcache_value *ipc;
 	int is_reply = 0;
 	struct l7p_ct_entry *e;
@@ -690,6 +707,7 @@ int from_workload(struct __sk_buff *skb)
 	if (src_ep) {
 		src_id = src_ep->identity;
 		src_epid = src_ep->endpoint_id;
+		src_flags = src_ep->flags;
 		if (p.tuple.saddr != src_ep->ipv4)
 			return drop(skb, &p, src_id, 0, src_epid, L7P_R_DROP_SPOOFED, L7P_DIR_EGRESS);
 		/* a tracked flow needs no identity: skip the ipcache (LPM) lookups */
@@ -705,6 +723,7 @@ int from_workload(struct __sk_buff *skb)
 	if (ipc) {
 		dst_id = ipc->identity;
 		dst_epid = ipc->endpoint_id;
+		dst_flags = ipc->flags;
 	}
 	/* neither end is a local endpoint (uplink traffic to the host itself): not ours */
 	if (!src_epid && !dst_epid)
@@ -718,21 +737,32 @@ int from_workload(struct __sk_buff *skb)
 
 	/* a new flow: the source's egress, then the destination's ingress */
 	__u8 verdict = L7P_VERDICT_ALLOW, v;
+	__u16 audited = 0;
 
 	if (src_epid) {
 		v = policy_lookup(src_epid, L7P_DIR_EGRESS, dst_id, p.tuple.proto, p.dport_host);
-		if (v == L7P_VERDICT_NONE)
-			return drop(skb, &p, src_id, dst_id, src_epid, L7P_R_DROP_POLICY, L7P_DIR_EGRESS);
-		if (v == L7P_VERDICT_DENY)
-			return drop(skb, &p, src_id, dst_id, src_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_EGRESS);
+		if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
+			__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
+
+			if (!(src_flags & L7P_EP_AUDIT))
+				return drop(skb, &p, src_id, dst_id, src_epid, why, L7P_DIR_EGRESS);
+			audit(skb, &p, src_id, dst_id, src_epid, why, L7P_DIR_EGRESS);
+			audited = L7P_CT_AUDIT;
+			v = L7P_VERDICT_ALLOW;
+		}
 		verdict = v;
 	}
 	if (dst_epid) {
 		v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
-		if (v == L7P_VERDICT_NONE)
-			return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY, L7P_DIR_INGRESS);
-		if (v == L7P_VERDICT_DENY)
-			return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_INGRESS);
+		if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
+			__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
+
+			if (!(dst_flags & L7P_EP_AUDIT))
+				return drop(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+			audit(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+			audited = L7P_CT_AUDIT;
+			v = L7P_VERDICT_ALLOW;
+		}
 		/* the egress redirect, if any, takes the flow; else the ingress one */
 		if (verdict == L7P_VERDICT_ALLOW)
 			verdict = v;
@@ -741,11 +771,13 @@ int from_workload(struct __sk_buff *skb)
 	__u16 epid = src_epid ? src_epid : dst_epid;
 	__u8 dir = src_epid ? L7P_DIR_EGRESS : L7P_DIR_INGRESS;
 
-	__u8 local = (src_epid ? L7P_CT_SRC_LOCAL : 0) | (dst_epid ? L7P_CT_DST_LOCAL : 0);
+	__u16 local = (src_epid ? L7P_CT_SRC_LOCAL : 0) | (dst_epid ? L7P_CT_DST_LOCAL : 0) | audited;
 
 	if (verdict == L7P_VERDICT_ALLOW) {
 		ct_create(&p, now, src_id, dst_id, epid, local);
-		emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
+		/* an audited flow was reported as such already */
+		if (!audited)
+			emit(skb, &p, src_id, dst_id, epid, L7P_VERDICT_ALLOW, L7P_R_NEW_ALLOWED, dir);
 		mark_passed(skb);
 		return dst_epid ? pass_local(skb, &p, now) : TC_ACT_OK;
 	}
@@ -755,7 +787,7 @@ int from_workload(struct __sk_buff *skb)
 	if (assign_to_proxy(skb, &p, proxy_port_for(verdict), 0) != 0)
 		return drop(skb, &p, src_id, dst_id, epid, L7P_R_DROP_NO_SOCKET, dir);
 
-	__u8 flags = L7P_CT_REDIRECT | local;
+	__u16 flags = L7P_CT_REDIRECT | local;
 	__u8 reason = L7P_R_NEW_REDIRECT_HTTP;
 
 	if (verdict == L7P_VERDICT_REDIRECT_DNS) {
@@ -861,10 +893,15 @@ int to_workload(struct __sk_buff *skb)
 		src_id = ipc->identity;
 	__u8 v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
 
-	if (v == L7P_VERDICT_NONE)
-		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY, L7P_DIR_INGRESS);
-	if (v == L7P_VERDICT_DENY)
-		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_POLICY_DENY, L7P_DIR_INGRESS);
+	if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
+		__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
+
+		if (!(dst_ep->flags & L7P_EP_AUDIT))
+			return drop(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+		audit(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+		ct_create(&p, now, src_id, dst_id, dst_epid, L7P_CT_AUDIT);
+		return TC_ACT_OK;
+	}
 	if (v != L7P_VERDICT_ALLOW)
 		return drop(skb, &p, src_id, dst_id, dst_epid, L7P_R_DROP_REDIRECT_EGRESS, L7P_DIR_INGRESS);
 	ct_create(&p, now, src_id, dst_id, dst_epid, 0);

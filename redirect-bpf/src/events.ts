@@ -2,7 +2,8 @@
 import { decodeEvent, REASONS, VERDICT, type RawEvent } from './layout.js'
 import { libbpf } from './libbpf.js'
 
-export type FlowVerdict = 'allowed' | 'dropped' | 'redirected-http' | 'redirected-dns'
+/** `audit`: policy would have dropped the flow (`reason` says why) but its endpoint audits: passed. */
+export type FlowVerdict = 'allowed' | 'dropped' | 'redirected-http' | 'redirected-dns' | 'audit'
 
 export interface FlowEvent {
   /** Wall-clock time of the packet, ms since the epoch. */
@@ -31,7 +32,8 @@ const VERDICTS: Record<number, FlowVerdict> = {
   [VERDICT.ALLOW]: 'allowed',
   [VERDICT.DENY]: 'dropped',
   [VERDICT.REDIRECT_HTTP]: 'redirected-http',
-  [VERDICT.REDIRECT_DNS]: 'redirected-dns'
+  [VERDICT.REDIRECT_DNS]: 'redirected-dns',
+  [VERDICT.AUDIT]: 'audit'
 }
 
 /** bpf_ktime_get_ns and process.hrtime are both CLOCK_MONOTONIC: one offset converts. */

@@ -11,7 +11,7 @@ import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
   decodeAttach, decodeConfig, decodeIpcacheValue,
-  encodeAttach, encodeConfig, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
+  encodeAttach, encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
@@ -86,6 +86,8 @@ export interface Datapath {
   /** Delete the expired conntrack entries now (also done every `ctGcIntervalMs`); returns how many went. */
   collectCt (): number
   onFlow (fn: (ev: FlowEvent) => void): void
+  /** For `warden status`: interfaces waiting to appear, and each map's fill (entries of max). */
+  inspect (): DatapathInspection
   /** Kernel counters per reason (summed over CPUs), names from REASONS. */
   counters (): Record<string, number>
   /** Stop polling; leave programs, pins, rule and route in place. */
@@ -93,6 +95,16 @@ export interface Datapath {
 }
 
 type Maps = Record<MapName, RawMap>
+
+export interface DatapathInspection {
+  /** Endpoint (and uplink) interfaces not found yet: not attached, nothing enforced there. */
+  pending: string[]
+  /** Entries each map holds and its max_entries (warden.bpf.c). */
+  maps: Record<string, { entries: number, max: number }>
+}
+
+/** max_entries of the maps status reports (redirect-bpf/bpf/warden.bpf.c). */
+const MAP_MAX = { l7p_endpoints: 4096, l7p_ipcache: 65536, l7p_policy: 262144, l7p_ct: 65536 } as const
 
 /** Cilium reconciles its policy maps with a full dump on a timer too (syncPolicyMapWithDump). */
 const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
@@ -316,13 +328,13 @@ class DatapathImpl implements Datapath {
     const ipcKeys = new Set<string>()
     for (const e of diff.ipcacheRemoved) {
       const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
-      const v = encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1')
+      const v = encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1')
       if (this.ipcacheWant.get(k) === v) this.ipcacheWant.delete(k)
       ipcKeys.add(k)
     }
     for (const e of diff.ipcacheAdded) {
       const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
-      this.ipcacheWant.set(k, encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1'))
+      this.ipcacheWant.set(k, encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
       ipcKeys.add(k)
     }
     const polKeys = new Set<string>()
@@ -360,7 +372,7 @@ class DatapathImpl implements Datapath {
     const ipcWant = new Map<string, string>()
     for (const e of snap.ipcache) {
       ipcWant.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
-        encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId }).toString('latin1'))
+        encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
     }
     const index = new PolicyIndex(snap.kernel)
     index.checkSize()
@@ -405,7 +417,7 @@ class DatapathImpl implements Datapath {
       const idx = ifindexOf(ep.interface)
       if (idx === undefined) continue
       ek.writeUInt32LE(idx, 0)
-      want.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id }).toString('latin1'))
+      want.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id, flags: ep.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
     }
     const have = this.have.endpoints
     const first = writeKeys(map, have, (k) => want.get(k), [...want.keys()])
@@ -455,6 +467,25 @@ class DatapathImpl implements Datapath {
   }
 
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
+
+  inspect (): DatapathInspection {
+    // endpoints, ipcache, policy: what the last apply wrote (a full sync repairs drift);
+    // conntrack: counted by one batched dump (only when an operator asks)
+    let ct = 0
+    const table = this.maps.l7p_ct
+    if (!dumpBatched(table, this.ctBatch ??= batchBuffers(table), () => { ct++ })) {
+      for (const entry of table.entries()) if (entry !== undefined) ct++
+    }
+    return {
+      pending: [...this.pending].sort(),
+      maps: {
+        l7p_endpoints: { entries: this.have.endpoints.size, max: MAP_MAX.l7p_endpoints },
+        l7p_ipcache: { entries: this.have.ipcache.size, max: MAP_MAX.l7p_ipcache },
+        l7p_policy: { entries: this.have.policy.size, max: MAP_MAX.l7p_policy },
+        l7p_ct: { entries: ct, max: MAP_MAX.l7p_ct }
+      }
+    }
+  }
 
   counters (): Record<string, number> {
     // the kernel's reasons, and the expired conntrack entries this agent deleted

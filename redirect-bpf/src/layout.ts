@@ -23,7 +23,7 @@ export const SIZE = {
   fibValue: 32
 } as const
 
-export const VERDICT = { NONE: 0, ALLOW: 1, DENY: 2, REDIRECT_HTTP: 3, REDIRECT_DNS: 4 } as const
+export const VERDICT = { NONE: 0, ALLOW: 1, DENY: 2, REDIRECT_HTTP: 3, REDIRECT_DNS: 4, AUDIT: 5 } as const
 
 /** enum l7p_reason, in order: the index is the counter slot and the event's reason. */
 export const REASONS = [
@@ -43,11 +43,16 @@ export const REASONS = [
   'ct_pass',
   'ct_redirect',
   'events_lost',
-  'host_bypass'
+  'host_bypass',
+  'audit_policy',
+  'audit_policy_deny'
 ] as const
 export type Reason = typeof REASONS[number]
 /** l7p_counters' max_entries (L7P_COUNTER_SLOTS): room for reasons to come without a new map shape. */
 export const COUNTER_SLOTS = 32
+
+/** l7p_endpoint / l7p_ipcache_value flags (L7P_EP_*). */
+export const EP_AUDIT = 1
 
 export const CFG_MADE_RULE = 1
 export const CFG_MADE_ROUTE = 2
@@ -109,18 +114,19 @@ export function decodeConfig (buf: Buffer): ConfigValue {
   }
 }
 
-export interface EndpointValue { identity: number, ipv4: string, endpointId: number }
+export interface EndpointValue { identity: number, ipv4: string, endpointId: number, /** EP_* (default 0) */ flags?: number }
 
 export function encodeEndpoint (buf: Buffer, v: EndpointValue): Buffer {
   buf.fill(0, 0, SIZE.endpoint)
   buf.writeUInt32LE(v.identity, 0)
   writeIpv4(buf, 4, v.ipv4)
   buf.writeUInt16LE(v.endpointId, 8)
+  buf.writeUInt16LE(v.flags ?? 0, 10)
   return buf
 }
 
 export function decodeEndpoint (buf: Buffer): EndpointValue {
-  return { identity: buf.readUInt32LE(0), ipv4: readIpv4(buf, 4), endpointId: buf.readUInt16LE(8) }
+  return { identity: buf.readUInt32LE(0), ipv4: readIpv4(buf, 4), endpointId: buf.readUInt16LE(8), flags: buf.readUInt16LE(10) }
 }
 
 export interface AttachValue { hooks: number, madeQdisc: boolean }
@@ -155,17 +161,18 @@ export function decodeIpcacheKey (buf: Buffer): string {
   return `${readIpv4(buf, 4)}/${buf.readUInt32LE(0)}`
 }
 
-export interface IpcacheValue { identity: number, endpointId: number }
+export interface IpcacheValue { identity: number, endpointId: number, /** EP_* of a local endpoint (default 0) */ flags?: number }
 
 export function encodeIpcacheValue (buf: Buffer, v: IpcacheValue): Buffer {
   buf.fill(0, 0, SIZE.ipcacheValue)
   buf.writeUInt32LE(v.identity, 0)
   buf.writeUInt16LE(v.endpointId, 4)
+  buf.writeUInt16LE(v.flags ?? 0, 6)
   return buf
 }
 
 export function decodeIpcacheValue (buf: Buffer): IpcacheValue {
-  return { identity: buf.readUInt32LE(0), endpointId: buf.readUInt16LE(4) }
+  return { identity: buf.readUInt32LE(0), endpointId: buf.readUInt16LE(4), flags: buf.readUInt16LE(6) }
 }
 
 /** One LPM policy key: `port`/`portPrefix` is a block of ports (portPrefix 0 = any port). */
@@ -244,7 +251,7 @@ export function decodeCtEntry (buf: Buffer): CtEntry {
     srcIdentity: buf.readUInt32LE(8),
     dstIdentity: buf.readUInt32LE(12),
     endpointId: buf.readUInt16LE(16),
-    flags: buf[18]
+    flags: buf.readUInt16LE(18)
   }
 }
 
@@ -254,7 +261,7 @@ export function encodeCtEntry (buf: Buffer, e: CtEntry): Buffer {
   buf.writeUInt32LE(e.srcIdentity, 8)
   buf.writeUInt32LE(e.dstIdentity, 12)
   buf.writeUInt16LE(e.endpointId, 16)
-  buf[18] = e.flags
+  buf.writeUInt16LE(e.flags, 18)
   return buf
 }
 

@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import dnsPacket from 'dns-packet'
 import pino from 'pino'
-import { createDnsProxy, compileNameMatcher, type DnsProxy, type DnsProxyOptions } from '../../proxy/src/dns/index.js'
+import { createDnsProxy, compileNameMatcher, type DnsProxy, type DnsProxyDeps, type DnsProxyOptions } from '../../proxy/src/dns/index.js'
 import { bindUdp } from '../../proxy/src/udp-batch.js'
 import { DIR, l7Key, RESERVED } from '../../policy-store/src/types.js'
 import type { DnsPolicy, Endpoint, FqdnSelector, L7PortTable, LearnedName, RuleRef, Snapshot } from '../../policy-store/src/types.js'
@@ -246,7 +246,7 @@ export interface ProxyHarness {
  * The proxy on 127.0.53.1 (port 0, UDP and TCP) whose original destination is always
  * `upstream` (as the kernel map would say), with a recording learn() and a pino sink.
  */
-export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number, connections?: string[], loggerOptions?: pino.LoggerOptions }): Promise<ProxyHarness> {
+export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstream: { ip: string, port: number }, options?: DnsProxyOptions, serverIdentity?: number, connections?: string[], loggerOptions?: pino.LoggerOptions, onDecision?: DnsProxyDeps['onDecision'] }): Promise<ProxyHarness> {
   let snapshot = opts.snapshot
   let learnDelay = 0
   const learnCalls: LearnedName[][] = []
@@ -265,6 +265,7 @@ export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstr
       if (learnDelay > 0) await sleep(learnDelay)
     },
     hasConnection: ip => connections.has(ip),
+    onDecision: opts.onDecision,
     logger
   }, { upstreamTimeoutMs: 2000, gcIntervalMs: 50, ...opts.options })
   const udpSock = bindUdp('127.0.53.1', 0)

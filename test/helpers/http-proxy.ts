@@ -20,6 +20,7 @@ import pino from 'pino'
 import { parseDocument } from 'yaml'
 import { loadSnapshot, lookupIpcache, MemoryIdentityAllocator, formatPolicyError, type Snapshot } from '../../policy-store/src/index.js'
 import { createHttpProxy, SERVER_OPTIONS, type HttpProxy, type HttpProxyOptions } from '../../proxy/src/http/index.js'
+import type { HttpProxyDeps } from '../../proxy/src/http/context.js'
 
 /** Client source addresses, as in the endpoints fixture; STRANGER is no endpoint (world). */
 export const ADDR = { CHECKOUT: '127.0.0.2', AUDITING: '127.0.0.3', MONITORING: '127.0.0.4', STRANGER: '127.0.0.5' } as const
@@ -162,6 +163,8 @@ export interface ProxyFixture {
 export interface ProxyFixtureOptions {
   /** Original destination port the proxy is told about. Default BILLING_PORT (the policy's port). */
   dstPort?: number
+  /** Receives each exchange's decision (HttpProxyDeps.onDecision). */
+  onDecision?: HttpProxyDeps['onDecision']
 }
 
 /**
@@ -187,6 +190,7 @@ export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
     lookupIdentity: (ip) => lookupIpcache(current, ip),
     originalDestination: () => dst,
     upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
+    onDecision: fx.onDecision,
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
   const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))

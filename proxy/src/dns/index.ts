@@ -96,6 +96,7 @@ export async function createDnsProxy (deps: DnsProxyDeps, options: DnsProxyOptio
       tcp.add(new TcpConnection(core, socket, ends.client, ends.server, rnd, c => tcp.delete(c)))
     },
     learned: () => core.learned(),
+    cache: () => core.cache.toPersisted(opts.now()).entries,
     metrics: () => core.metrics(),
     async close (): Promise<void> {
       clearInterval(sweeper)

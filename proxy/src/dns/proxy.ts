@@ -21,6 +21,7 @@ import {
   walkAnswers, type NameCursor, type Question
 } from './wire.js'
 import type { Addr, DnsProxyDeps, DnsProxyOptions } from './types.js'
+import { ruleRef, type L7Verdict } from '../decision.js'
 
 /** A query is a question plus EDNS options; anything bigger is not a query we forward. */
 export const MAX_QUERY = 4096
@@ -64,10 +65,13 @@ export class Pending {
     readonly endpoint: Endpoint,
     readonly table: L7PortTable<DnsPolicy> | undefined,
     readonly remoteIdentity: number,
-    readonly rule: RuleRef,
+    /** The allowing rule; null when policy refused the query and the endpoint audits. */
+    readonly rule: RuleRef | null,
     readonly started: number,
     /** Sends bytes to the client (UDP: from the server's address; TCP: framed). */
-    readonly reply: (msg: Buffer) => void
+    readonly reply: (msg: Buffer) => void,
+    /** With `rule` null: why policy would have refused the query. */
+    readonly auditReason = ''
   ) {}
 }
 
@@ -94,6 +98,15 @@ class LineAnswerLog implements AnswerLog {
     this.lines.write(LEVEL.info, this.bindings, this.fields + ',"ms":' + String(ms) +
       (held ? ',"held":true,"heldTimeout":' + String(heldTimeout) : ''), MSG_DNS_QUERY)
   }
+}
+
+/** A rule of the DNS table that refused a query (names the policy that put DNS rules on the port). */
+function checkedDnsRule (table: L7PortTable<DnsPolicy> | undefined, remoteIdentity: number): RuleRef | null {
+  if (table === undefined) return null
+  const p = table.byIdentity.get(remoteIdentity) ?? table.anyIdentity
+  if (p !== null && p.rules.length > 0) return p.rules[0].rule
+  for (const q of table.byIdentity.values()) if (q.rules.length > 0) return q.rules[0].rule
+  return table.anyIdentity?.rules[0]?.rule ?? null
 }
 
 function ruleName (r: RuleRef | null | undefined): string | undefined {
@@ -142,7 +155,8 @@ function allowedField (r: RuleRef, type: number): string {
 function answerFields (p: Pending, rcode: number, answer: string[], minTtl: number, chain: string[]): string {
   const ip = p.client.ip
   const src = needsJsonEscape(ip) ? jsonString(ip + ':' + String(p.client.port)) : '"' + ip + ':' + String(p.client.port) + '"'
-  return ',"src":' + src + ',"name":' + jsonString(p.q.name) + allowedField(p.rule, p.q.type) + rcodeFields[rcode & 0x0f] +
+  const verdict = p.rule === null ? qtypeField(p.q.type) + ',"verdict":"audit","reason":' + jsonString(p.auditReason) : allowedField(p.rule, p.q.type)
+  return ',"src":' + src + ',"name":' + jsonString(p.q.name) + verdict + rcodeFields[rcode & 0x0f] +
     (answer.length === 0 ? ',"answer":[]' : answer.length === 1 ? ',"answer":["' + answer[0] + '"]' : ',"answer":["' + answer.join('","') + '"]') +
     (minTtl === Infinity ? '' : ',"ttl":' + String(minTtl)) +
     (chain.length > 1 ? ',"cname":' + JSON.stringify(chain.slice(1)) : '')
@@ -203,6 +217,8 @@ export class DnsCore {
     queriesTcp: 0,
     allowed: 0,
     refused: 0,
+    /** Queries policy would refuse, forwarded because the endpoint audits. */
+    audited: 0,
     formerr: 0,
     notimp: 0,
     dropped: 0,
@@ -315,10 +331,18 @@ export class DnsCore {
     const remoteIdentity = this.deps.lookupIdentity(server.ip)
     const rule = decideDns(table, remoteIdentity, q.name)
     // The log fields of a refused query are built only here: the allowed path logs on the answer.
-    if (rule === null) {
+    let auditReason = ''
+    if (rule === null && ep.audit === true) {
+      // audit mode: forwarded as if allowed, reported with the reason policy would refuse it
+      c.audited++
+      auditReason = table === undefined ? 'no-dns-table' : 'no-rule-matches'
+      this.log.warn({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'audit', reason: auditReason }, 'dns query')
+    } else if (rule === null) {
       c.refused++
       reply(errorReply(buf, q.end, this.opts.rejectRcode))
-      this.log.info({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'denied', reason: table === undefined ? 'no-dns-table' : 'no-rule-matches', rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      const reason = table === undefined ? 'no-dns-table' : 'no-rule-matches'
+      this.log.info({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'denied', reason, rcode: rcodes.toString(this.opts.rejectRcode) }, 'dns query')
+      this.report(client, server, ep.identity, remoteIdentity, q, 'denied', reason, checkedDnsRule(table, remoteIdentity), rcodes.toString(this.opts.rejectRcode))
       return null
     }
     if (this.inFlight >= this.opts.maxPending) {
@@ -327,8 +351,29 @@ export class DnsCore {
       this.log.warn({ ...this.baseFields(client, server, transport, q), ...whoFields(ep, remoteIdentity), verdict: 'overload', rcode: 'SERVFAIL', inFlight: this.inFlight }, 'dns query')
       return null
     }
-    c.allowed++
-    return new Pending(buf.readUInt16BE(0), buf, q, client, server, transport, ep, table, remoteIdentity, rule, this.opts.now(), reply)
+    if (rule !== null) c.allowed++
+    this.report(client, server, ep.identity, remoteIdentity, q, rule === null ? 'audit' : 'allowed', auditReason, rule ?? checkedDnsRule(table, remoteIdentity))
+    return new Pending(buf.readUInt16BE(0), buf, q, client, server, transport, ep, table, remoteIdentity, rule, this.opts.now(), reply, auditReason)
+  }
+
+  /** The query's decision, for the agent's event ring (`warden observe`). */
+  private report (client: Addr, server: Addr, srcIdentity: number, dstIdentity: number, q: Question, verdict: L7Verdict, reason: string, rule: RuleRef | null, rcode?: string): void {
+    const sink = this.deps.onDecision
+    if (sink === undefined) return
+    sink({
+      type: 'dns',
+      time: Date.now(),
+      srcIp: client.ip,
+      srcPort: client.port,
+      dstIp: server.ip,
+      dstPort: server.port,
+      srcIdentity,
+      dstIdentity,
+      verdict,
+      reason,
+      rule: ruleRef(rule),
+      dns: { name: q.name, qtype: qtypes.toString(q.type), rcode }
+    })
   }
 
   private baseFields (client: Addr, server: Addr, transport: Transport, q: Question): Record<string, unknown> {
@@ -422,8 +467,8 @@ export class DnsCore {
     const lines = this.lines
     if (lines !== null) return new LineAnswerLog(lines, q.bindings, answerFields(p, rcode, answer, minTtl, chain))
     return new PinoAnswerLog(qlog, {
-      src: p.client.ip + ':' + p.client.port, name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: 'allowed',
-      rule: ruleName(p.rule), rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl,
+      src: p.client.ip + ':' + p.client.port, name: p.q.name, qtype: qtypes.toString(p.q.type), verdict: p.rule === null ? 'audit' : 'allowed',
+      reason: p.rule === null ? p.auditReason : undefined, rule: ruleName(p.rule), rcode: rcodes.toString(rcode), answer, ttl: minTtl === Infinity ? undefined : minTtl,
       cname: chain.length > 1 ? chain.slice(1) : undefined, ms: 0
     })
   }
@@ -433,7 +478,7 @@ export class DnsCore {
     if (reason === 'upstream-timeout') this.counters.upstreamTimeouts++; else this.counters.upstreamErrors++
     this.queryLogger(p).logger.info({
       src: `${p.client.ip}:${p.client.port}`, name: p.q.name, qtype: qtypes.toString(p.q.type),
-      verdict: 'allowed', rule: ruleName(p.rule), rcode: reason === 'upstream-closed' ? 'SERVFAIL' : undefined, reason, ms: this.opts.now() - p.started
+      verdict: p.rule === null ? 'audit' : 'allowed', rule: ruleName(p.rule), rcode: reason === 'upstream-closed' ? 'SERVFAIL' : undefined, reason, ms: this.opts.now() - p.started
     }, 'dns query')
   }
 

@@ -3,6 +3,8 @@ import type * as net from 'node:net'
 import type { Logger } from 'pino'
 import type { LearnedName, Snapshot } from '../../../policy-store/src/types.js'
 import type { UdpBatchSocket } from '../udp-batch.js'
+import type { DecisionSink } from '../decision.js'
+import type { PersistedCache } from './cache.js'
 
 export interface Addr { ip: string, port: number }
 
@@ -34,6 +36,8 @@ export interface DnsProxyDeps {
   /** Does connection tracking have a live connection to this IP? (expired IP -> zombie) */
   hasConnection (ipv4: string): boolean
   logger: Logger
+  /** Each query's decision, for the agent's event ring (`warden observe`). */
+  onDecision?: DecisionSink
 }
 
 export interface DnsProxyOptions {
@@ -88,6 +92,8 @@ export interface DnsProxy {
   handleTcpConnection (socket: net.Socket): void
   /** The node-wide learned set, as last pushed (or about to be pushed) to `learn`. */
   learned (): LearnedName[]
+  /** The FQDN cache per endpoint, zombies included (for `warden fqdn list`); a copy. */
+  cache (): PersistedCache['entries']
   /** Counters (monotonic) and gauges. */
   metrics (): Record<string, number>
   /** Stop timers and sockets, persist the cache. Does not close attached listening sockets. */

@@ -13,11 +13,15 @@ import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
 import type { RuleRef, Snapshot } from '../../../policy-store/src/types.js'
 import type { ProxyContext } from './context.js'
 import type { ConnectionPolicy, RequestView } from './policy.js'
+import { ruleRef, type DecisionSink } from '../decision.js'
 
 const MSG_HTTP_REQUEST = jsonString('http request')
 
-/** How an exchange ended: forwarded, refused by policy, or refused as malformed/over a limit. */
-export type Verdict = '' | 'allowed' | 'denied' | 'rejected'
+/**
+ * How an exchange ended: forwarded, refused by policy, refused as malformed/over a limit, or
+ * forwarded although policy would refuse it (the deciding endpoint audits).
+ */
+export type Verdict = '' | 'allowed' | 'denied' | 'rejected' | 'audit'
 
 /** The fields of one exchange's line, and the connection's cached loggers. */
 export class AccessLog {
@@ -46,7 +50,7 @@ export class AccessLog {
   private ruleBindings = ''
 
   constructor (private readonly ctx: ProxyContext, private readonly policy: ConnectionPolicy,
-    private readonly view: RequestView, private readonly dst: string) {}
+    private readonly view: RequestView, private readonly dst: string, private readonly srcPort = 0) {}
 
   /** A new exchange starts now. */
   begin (): void {
@@ -62,6 +66,7 @@ export class AccessLog {
   /** Write the exchange's line. */
   write (): void {
     const { ctx } = this
+    if (ctx.deps.onDecision !== undefined) this.report(ctx.deps.onDecision)
     const allowedOk = this.verdict === 'allowed' && this.reason === ''
     if (!ctx.log.isLevelEnabled(allowedOk ? 'info' : 'warn')) return
     const pol = this.policy
@@ -119,5 +124,28 @@ export class AccessLog {
     }
     if (allowedOk) log.info(rec, 'http request')
     else log.warn(rec, 'http request')
+  }
+
+  /** The exchange's decision, for the agent's event ring. */
+  private report (sink: DecisionSink): void {
+    const pol = this.policy
+    const v = this.verdict
+    if (v === '') return
+    const rule = v === 'allowed' ? pol.rule : v === 'rejected' ? null : pol.checkedRule()
+    const view = this.view
+    sink({
+      type: 'http',
+      time: Date.now(),
+      srcIp: pol.srcIp,
+      srcPort: this.srcPort,
+      dstIp: pol.dstIp,
+      dstPort: pol.dstPort,
+      srcIdentity: pol.srcIdentity,
+      dstIdentity: pol.dstIdentity,
+      verdict: v,
+      reason: this.reason,
+      rule: ruleRef(rule),
+      http: { method: view.method, path: view.path, host: view.host, status: this.status }
+    })
   }
 }

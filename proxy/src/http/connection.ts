@@ -149,7 +149,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     const srcId = deps.lookupIdentity(srcIp) || RESERVED.WORLD
     const dstId = deps.lookupIdentity(dst.ip) || RESERVED.WORLD
     this.policy = new ConnectionPolicy(srcIp, dst.ip, dst.port, srcId, dstId)
-    this.log = new AccessLog(ctx, this.policy, this.view, this.dstKey)
+    this.log = new AccessLog(ctx, this.policy, this.view, this.dstKey, accepted.remotePort ?? 0)
     const socket = adoptAccepted(accepted, (chunk) => { this.onData(chunk) })
     this.socket = socket
     this.out = new SocketWriter(socket)
@@ -301,13 +301,20 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     // the canonical request, the one that is forwarded.
     const pol = this.policy
     pol.refresh(ctx.deps.snapshot())
-    if (!pol.decide(view)) return this.deny(req.hasBody, req.upgrade)
-
-    ctx.counters.allowed++
-    this.log.verdict = 'allowed'
-    if (pol.actions.length > 0) {
-      this.log.headerActions = applyHeaderActions(req, pol.actions)
-      view.headers = req.headers
+    if (pol.decide(view)) {
+      ctx.counters.allowed++
+      this.log.verdict = 'allowed'
+      if (pol.actions.length > 0) {
+        this.log.headerActions = applyHeaderActions(req, pol.actions)
+        view.headers = req.headers
+      }
+    } else if (pol.audits()) {
+      // audit mode: forwarded, and logged with the reason policy would have denied it
+      ctx.counters.audited++
+      this.log.verdict = 'audit'
+      this.log.reason = pol.reason ?? 'no-l7-table'
+    } else {
+      return this.deny(req.hasBody, req.upgrade)
     }
     this.bodyLeft = req.framing === Framing.LENGTH ? req.length : 0
     this.upgradeReq = req.upgrade

@@ -5,6 +5,7 @@
 import type net from 'node:net'
 import type pino from 'pino'
 import type { Snapshot } from '../../../policy-store/src/types.js'
+import type { DecisionSink } from '../decision.js'
 import type { Replies } from './replies.js'
 import type { LineWriter } from '../log-line.js'
 import type { UpstreamPool } from './upstream.js'
@@ -31,6 +32,8 @@ export interface HttpProxyDeps {
    */
   upstreamSource? (clientIp: string, dst: { ip: string, port: number }): string | undefined
   logger: pino.Logger
+  /** Each exchange's decision, for the agent's event ring (`warden observe`). */
+  onDecision?: DecisionSink
 }
 
 export interface HttpProxyOptions {
@@ -99,6 +102,8 @@ export class Counters {
   denied_no_l7_table = 0
   denied_ingress_no_rule_match = 0
   denied_egress_no_rule_match = 0
+  /** Requests policy would deny, forwarded because the deciding endpoint audits. */
+  audited = 0
   rejected_bad_request = 0
   rejected_header_too_large = 0
   rejected_timeout = 0

@@ -55,6 +55,28 @@ export class ConnectionPolicy {
     this.egressActions = hasHeaderActions(this.egress)
   }
 
+  /**
+   * After a denial: does the endpoint whose table denied audit (Endpoint.audit)? Then the
+   * request is forwarded and reported as `audit`. With no table at all, either end auditing counts.
+   */
+  audits (): boolean {
+    const r = this.reason
+    if (r === 'ingress-no-rule-match') return this.dstEndpoint?.audit === true
+    if (r === 'egress-no-rule-match') return this.srcEndpoint?.audit === true
+    return this.dstEndpoint?.audit === true || this.srcEndpoint?.audit === true
+  }
+
+  /** After a denial: a rule of the table that denied (names the policy that put L7 rules there). */
+  checkedRule (): RuleRef | null {
+    const r = this.reason
+    const table = r === 'ingress-no-rule-match' ? this.ingress : r === 'egress-no-rule-match' ? this.egress : undefined
+    if (table === undefined) return null
+    const p = table.byIdentity.get(r === 'ingress-no-rule-match' ? this.srcIdentity : this.dstIdentity) ?? table.anyIdentity
+    if (p !== null && p.rules.length > 0) return p.rules[0].rule
+    for (const q of table.byIdentity.values()) if (q.rules.length > 0) return q.rules[0].rule
+    return table.anyIdentity?.rules[0]?.rule ?? null
+  }
+
   /** true = allowed (this.rule set), false = denied (this.reason set). */
   decide (req: HttpRequestView): boolean {
     this.rule = null
