@@ -36,6 +36,8 @@ export interface H2ConnInfo {
   upKey: string
 }
 
+/** Longest quiet time before a connection is probed with a PING (see onQuiet). */
+const PROBE_MS = 5000
 /** How long a connection that was sent GOAWAY may take to finish its streams. */
 const GOAWAY_GRACE_MS = 5000
 
@@ -48,6 +50,12 @@ export class H2Conn implements ExchangeOwner {
   private settingsWindowStart = 0
   private settingsInWindow = 0
   private calm = false
+  /** Streams open, and when one last opened or closed (the idle timeout counts from there). */
+  private streams = 0
+  private lastActive = Date.now()
+  /** A PING of ours is unanswered (see onQuiet). */
+  private probing = false
+  private readonly quietMs: number
 
   constructor (private readonly ctx: ProxyContext, readonly session: ServerHttp2Session, private readonly info: H2ConnInfo,
     private readonly pool: H2UpstreamPool, onClose: (c: H2Conn) => void) {
@@ -65,7 +73,15 @@ export class H2Conn implements ExchangeOwner {
     session.on('error', () => { c.h2_session_errors++ })
     session.on('frameError', () => { c.h2_session_errors++ })
     session.on('remoteSettings', () => { this.onSettings() })
-    session.setTimeout(ctx.opts.h2IdleTimeoutMs, () => { this.goaway() })
+    // setTimeout's callback runs once; the listener runs at every quiet period.
+    this.quietMs = Math.min(ctx.opts.h2IdleTimeoutMs, PROBE_MS)
+    session.setTimeout(this.quietMs)
+    session.on('timeout', () => { this.onQuiet() })
+    // When nghttp2 reports a connection error to node:http2 (a client opening streams past the
+    // acknowledged limit, a stream id going backwards, a flood of frames to acknowledge), node
+    // destroys the session with GOAWAY INTERNAL_ERROR; the client is owed the RFC's code.
+    const destroy = session.destroy.bind(session)
+    session.destroy = (err?: Error, code?: number) => { destroy(err, code ?? goawayCodeFor(err)) }
     session.once('close', () => {
       c.h2_connections_active--
       onClose(this)
@@ -77,6 +93,8 @@ export class H2Conn implements ExchangeOwner {
     const c = ctx.counters
     c.h2_requests++
     const x = new H2Exchange(this, stream)
+    this.streams++
+    this.lastActive = Date.now()
     stream.setTimeout(ctx.opts.h2StreamIdleTimeoutMs, () => { x.idleTimeout() })
     if (this.calm) { x.denyReset('connection-closing'); return }
     const view = this.view
@@ -112,6 +130,8 @@ export class H2Conn implements ExchangeOwner {
   }
 
   finished (x: H2Exchange): void {
+    this.streams--
+    this.lastActive = Date.now()
     this.log.emit(x.method, x.path, x.verdict, x.reason, x.status, x.bytesIn, x.bytesOut, x.startedAt,
       x.verdict === 'allowed' ? x.rule : null, 'HTTP/2', x.grpcStatus)
   }
@@ -146,10 +166,34 @@ export class H2Conn implements ExchangeOwner {
     this.session.destroy(NGHTTP2_ENHANCE_YOUR_CALM as unknown as Error)
   }
 
+  /**
+   * No frame either way for a while. Idle long enough, and no stream open: GOAWAY. Otherwise a
+   * PING; if the previous one is still unanswered, the connection is closed. That also ends
+   * connections nghttp2 gave up on: after a connection error it sends GOAWAY and stops
+   * reading, but node:http2 keeps the socket open until the peer closes it.
+   */
+  private onQuiet (): void {
+    const s = this.session
+    if (s.destroyed) return
+    if (this.probing) { this.destroy(); return }
+    if (this.streams === 0 && Date.now() - this.lastActive >= this.ctx.opts.h2IdleTimeoutMs) { this.goaway(); return }
+    this.probing = true
+    try {
+      s.ping(() => { this.probing = false })
+    } catch {
+      this.destroy()
+      return
+    }
+    // node:http2 re-arms its timer only on stream activity: re-arm it for the answer.
+    s.setTimeout(this.quietMs)
+  }
+
   /** Graceful close (idle, agent stopping): GOAWAY NO_ERROR, streams in flight may finish. */
   goaway (): void {
     const s = this.session
     if (s.closed || s.destroyed) return
+    // The last stream we took, so the client knows every later one was not processed.
+    s.goaway(http2.constants.NGHTTP2_NO_ERROR, s.state.lastProcStreamID ?? 0)
     s.close()
     setTimeout(() => { if (!s.destroyed) s.destroy() }, GOAWAY_GRACE_MS).unref()
   }
@@ -157,6 +201,22 @@ export class H2Conn implements ExchangeOwner {
   destroy (): void {
     if (!this.session.destroyed) this.session.destroy()
   }
+}
+
+/** nghttp2's library errors (nghttp2.h) that node:http2 reports as a session error, by GOAWAY code. */
+const NGHTTP2_LIB_ERRORS: Record<number, number> = {
+  [-505]: http2.constants.NGHTTP2_PROTOCOL_ERROR, // NGHTTP2_ERR_PROTO
+  [-523]: http2.constants.NGHTTP2_COMPRESSION_ERROR, // NGHTTP2_ERR_HEADER_COMP
+  [-524]: http2.constants.NGHTTP2_FLOW_CONTROL_ERROR, // NGHTTP2_ERR_FLOW_CONTROL
+  [-522]: http2.constants.NGHTTP2_FRAME_SIZE_ERROR, // NGHTTP2_ERR_FRAME_SIZE_ERROR
+  [-904]: NGHTTP2_ENHANCE_YOUR_CALM // NGHTTP2_ERR_FLOODED
+}
+
+function goawayCodeFor (err: Error | undefined): number | undefined {
+  if (err === undefined || typeof err !== 'object') return undefined
+  const e = err as NodeJS.ErrnoException
+  if (e.code !== 'ERR_HTTP2_ERROR' || typeof e.errno !== 'number') return undefined
+  return NGHTTP2_LIB_ERRORS[e.errno]
 }
 
 const BODIES: Record<number, string> = {
