@@ -1,5 +1,6 @@
 /** What the agent and its HTTP proxy workers say to each other (worker_threads messages). */
 import type { HttpSnapshotWire } from './snapshot-wire.js'
+import type { Http2Limits } from '../../proxy/src/http/index.js'
 
 /** Everything a worker needs to start (`workerData`). */
 export interface HttpWorkerData {
@@ -8,6 +9,7 @@ export interface HttpWorkerData {
   proxyPort: number
   bpffs: string
   denyResponse: '403' | 'reset'
+  http2: Http2Limits
   logLevel: string
   snapshot: HttpSnapshotWire
 }

@@ -88,6 +88,10 @@ export interface HttpProxyOptions {
 
 export type ResolvedOptions = Required<HttpProxyOptions>
 
+/** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
+export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
+'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond'>>
+
 export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   deny403Body: 'Access denied',
   maxHeaderBytes: 16384,

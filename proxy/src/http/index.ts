@@ -17,7 +17,7 @@ import { writeStats } from './writes.js'
 import { createH2Proxy, type H2Proxy } from '../http2/index.js'
 import type net from 'node:net'
 
-export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
+export type { Http2Limits, HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
 export { HTTP_GAUGES } from './context.js'
 export { SERVER_OPTIONS } from './reads.js'
