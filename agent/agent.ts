@@ -17,7 +17,7 @@ import pino, { type Logger } from 'pino'
 import { openStore, type PolicyStore, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
 import { upstreamSource } from './upstream-source.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
-import { createHttpProxy, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
+import { createHttpProxy, HTTP_GAUGES, SERVER_OPTIONS, type Http2Limits, type HttpProxy } from '../proxy/src/http/index.js'
 import { batchedDestination } from './log-destination.js'
 import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
 import { listenTransparentTcp, openTransparentUdp } from '../proxy/src/transparent.js'
@@ -57,6 +57,8 @@ export interface AgentOptions {
   /** How long an unused identity or endpoint id stays reserved (StoreOptions.releaseGraceMs). */
   identityReleaseGraceMs?: number
   denyResponse: '403' | 'reset'
+  /** HTTP/2 limits (HttpProxyOptions' h2* fields); the proxy's defaults where absent. */
+  http2?: Http2Limits
   /** `host:port` for Prometheus text metrics, or undefined. */
   metrics?: string
   fqdnMinTtl: number
@@ -173,7 +175,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       upstreamSource: upstreamSource(opts.uplinks.length > 0, active),
       onDecision,
       logger: logger.child(workers > 1 ? { module: 'http-proxy', worker: 0 } : { module: 'http-proxy' })
-    }, { denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
+    }, { ...opts.http2, denyResponse: opts.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
     const httpServer: Server = await listenTransparentTcp(opts.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
     httpServer.on('connection', (socket) => http.handleConnection(socket))
     closers.push(async () => { await closeServer(httpServer); await http.close() })
@@ -186,6 +188,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         bpffs: opts.bpffs,
         denyResponse: opts.denyResponse,
         hasUplinks: opts.uplinks.length > 0,
+        http2: opts.http2 ?? {},
         logLevel: opts.logLevel ?? 'info',
         snapshot: startedWith,
         logger: log,

@@ -32,6 +32,14 @@ Options:
                           it can be reused (default 23400: 6.5 h, past the 6 h TCP conntrack lifetime)
   --deny-response MODE    403 (default, like Cilium) or reset
   --http-workers N|auto   HTTP proxies on the proxy port, one per thread (default 1; auto: one per CPU)
+  --h2-max-concurrent-streams N  HTTP/2 streams open at once per client connection (default 100)
+  --h2-max-header-list-size BYTES  an HTTP/2 request's decoded header list (default 16384)
+  --h2-header-table-size BYTES  HPACK dynamic table a client may use toward the proxy (default 4096)
+  --h2-initial-window-size BYTES  HTTP/2 flow-control window per stream, both sides (default 65535)
+  --h2-stream-idle-timeout SEC  an HTTP/2 stream with no frame either way is reset (default 300)
+  --h2-idle-timeout SEC   an HTTP/2 connection with no stream gets GOAWAY (default 60)
+  --h2-max-resets-per-second N  streams a client may reset per second before GOAWAY (default 200)
+  --h2-max-settings-per-second N  SETTINGS frames a client may send per second (default 100)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
@@ -84,6 +92,14 @@ export const command: Command = {
     'identity-release-grace': { type: 'string' },
     'deny-response': { type: 'string' },
     'http-workers': { type: 'string' },
+    'h2-max-concurrent-streams': { type: 'string' },
+    'h2-max-header-list-size': { type: 'string' },
+    'h2-header-table-size': { type: 'string' },
+    'h2-initial-window-size': { type: 'string' },
+    'h2-stream-idle-timeout': { type: 'string' },
+    'h2-idle-timeout': { type: 'string' },
+    'h2-max-resets-per-second': { type: 'string' },
+    'h2-max-settings-per-second': { type: 'string' },
     metrics: { type: 'string' },
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
@@ -124,6 +140,17 @@ export const command: Command = {
         identityLabelsReplace,
         identityReleaseGraceMs: int(v['identity-release-grace'], 'identity-release-grace', DEFAULT_RELEASE_GRACE_MS / 1000) * 1000,
         denyResponse: deny as '403' | 'reset',
+        http2: {
+          h2MaxConcurrentStreams: int(v['h2-max-concurrent-streams'], 'h2-max-concurrent-streams', 100, 0x7fffffff, 1),
+          // RFC 9113 bounds: a window below 2^31, a header table the 32-bit setting holds
+          h2MaxHeaderListSize: int(v['h2-max-header-list-size'], 'h2-max-header-list-size', 16384, 0xffffffff, 1024),
+          h2HeaderTableSize: int(v['h2-header-table-size'], 'h2-header-table-size', 4096, 0xffffffff),
+          h2InitialWindowSize: int(v['h2-initial-window-size'], 'h2-initial-window-size', 65535, 0x7fffffff),
+          h2StreamIdleTimeoutMs: int(v['h2-stream-idle-timeout'], 'h2-stream-idle-timeout', 300, 86400, 1) * 1000,
+          h2IdleTimeoutMs: int(v['h2-idle-timeout'], 'h2-idle-timeout', 60, 86400, 1) * 1000,
+          h2MaxResetsPerSecond: int(v['h2-max-resets-per-second'], 'h2-max-resets-per-second', 200, 0xffffffff, 1),
+          h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1)
+        },
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
         fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0, 0xffffffff, Math.max(1, int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0))),

@@ -45,7 +45,7 @@ const http = createHttpProxy({
     decisionTimer ??= setTimeout(flushDecisions, 100)
   },
   logger: logger.child({ module: 'http-proxy' })
-}, { denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
+}, { ...data.http2, denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
 const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
 server.on('connection', (socket) => http.handleConnection(socket))
 const metrics = (): Record<string, number> => ({ ...http.metrics(), log_dropped: dest.dropped })

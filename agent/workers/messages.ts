@@ -1,6 +1,7 @@
 /** What the agent and its HTTP proxy workers say to each other (worker_threads messages). */
 import type { HttpSnapshotWire } from './snapshot-wire.js'
 import type { L7Decision } from '../../proxy/src/decision.js'
+import type { Http2Limits } from '../../proxy/src/http/index.js'
 
 /** Everything a worker needs to start (`workerData`). */
 export interface HttpWorkerData {
@@ -10,6 +11,7 @@ export interface HttpWorkerData {
   bpffs: string
   denyResponse: '403' | 'reset'
   hasUplinks: boolean
+  http2: Http2Limits
   logLevel: string
   snapshot: HttpSnapshotWire
 }

@@ -10,7 +10,7 @@ import type { Logger } from 'pino'
 import type { Snapshot } from '../../policy-store/src/types.js'
 import { httpSnapshotToWire, type HttpSnapshotWire } from './snapshot-wire.js'
 import type { FromWorker, HttpWorkerData, ToWorker } from './messages.js'
-import { HTTP_GAUGES } from '../../proxy/src/http/context.js'
+import { HTTP_GAUGES, type Http2Limits } from '../../proxy/src/http/context.js'
 import type { L7Decision } from '../../proxy/src/decision.js'
 
 const GAUGES: ReadonlySet<string> = new Set(HTTP_GAUGES)
@@ -58,6 +58,8 @@ export interface HttpWorkersOptions {
   denyResponse: '403' | 'reset'
   /** The agent has an uplink: every upstream connection keeps its client's address (upstream-source.ts). Default false. */
   hasUplinks?: boolean
+  /** HTTP/2 limits for every worker's proxy (none: the proxy's defaults). */
+  http2?: Http2Limits
   logLevel: string
   snapshot: Snapshot
   logger: Logger
@@ -116,7 +118,7 @@ export class HttpWorkers {
   private async run (slot: Slot): Promise<void> {
     const o = this.opts
     const timeoutMs = o.timeoutMs ?? 10_000
-    const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, hasUplinks: o.hasUplinks ?? false, logLevel: o.logLevel, snapshot: this.snapshot }
+    const data: HttpWorkerData = { index: slot.index, proxyPort: o.proxyPort, bpffs: o.bpffs, denyResponse: o.denyResponse, hasUplinks: o.hasUplinks ?? false, http2: o.http2 ?? {}, logLevel: o.logLevel, snapshot: this.snapshot }
     const worker = new Worker(entry(), { workerData: data })
     slot.worker = worker
     const tid = worker.threadId // -1 once it has exited

@@ -65,12 +65,23 @@ export class AccessLog {
 
   /** Write the exchange's line. */
   write (): void {
+    if (this.ctx.deps.onDecision !== undefined) this.report(this.ctx.deps.onDecision)
+    this.emit(this.view.method, this.view.path, this.verdict, this.reason, this.status, this.bytesIn, this.bytesOut,
+      this.startedAt, this.policy.rule, '', '')
+  }
+
+  /**
+   * Write one line. HTTP/2 streams run side by side on one connection, so their fields come as
+   * arguments rather than from this object's (which serve the connection's one HTTP/1
+   * exchange at a time); `protocol` and `grpcStatus` are left out of the line when empty, so an
+   * HTTP/1 line keeps its fields.
+   */
+  emit (method: string, path: string, verdict: Verdict, reason: string, status: number, bytesIn: number, bytesOut: number,
+    startedAt: number, rule: RuleRef | null, protocol: string, grpcStatus: string): void {
     const { ctx } = this
-    if (ctx.deps.onDecision !== undefined) this.report(ctx.deps.onDecision)
-    const allowedOk = this.verdict === 'allowed' && this.reason === ''
+    const allowedOk = verdict === 'allowed' && reason === ''
     if (!ctx.log.isLevelEnabled(allowedOk ? 'info' : 'warn')) return
     const pol = this.policy
-    const rule = pol.rule
     const snap = pol.snapshot
     let log = this.connLog
     if (log === null || this.connLogSnap !== snap) {
@@ -89,7 +100,7 @@ export class AccessLog {
       this.ruleLog = null
     }
     let bindings = this.connBindings
-    if (this.verdict === 'allowed' && rule !== null) {
+    if (verdict === 'allowed' && rule !== null) {
       if (this.ruleLog === null || this.ruleLogRef !== rule) {
         this.ruleLog = log.child({ rule: { file: rule.file, line: rule.line, policy: rule.policy, section: rule.section, index: rule.index } })
         this.ruleLogRef = rule
@@ -98,28 +109,31 @@ export class AccessLog {
       log = this.ruleLog
       bindings = this.ruleBindings
     }
-    const elapsed = performance.now() - this.startedAt
+    const elapsed = performance.now() - startedAt
     const lines = ctx.lines
-    const view = this.view
     if (lines !== null) {
       // Same line as the pino call below, built by concatenation (proxy/src/log-line.ts).
       lines.write(allowedOk ? LEVEL.info : LEVEL.warn, bindings,
-        ',"method":' + jsonString(view.method) + ',"path":' + jsonString(view.path) +
-        ',"verdict":"' + this.verdict + '"' + (this.reason === '' ? '' : ',"reason":' + jsonString(this.reason)) +
+        (protocol === '' ? '' : ',"protocol":' + jsonString(protocol)) +
+        ',"method":' + jsonString(method) + ',"path":' + jsonString(path) +
+        ',"verdict":"' + verdict + '"' + (reason === '' ? '' : ',"reason":' + jsonString(reason)) +
         (this.headerActions === '' ? '' : ',"headerActions":' + jsonString(this.headerActions)) +
-        ',"status":' + String(this.status) + ',"bytesIn":' + String(this.bytesIn) + ',"bytesOut":' + String(this.bytesOut) +
+        ',"status":' + String(status) + (grpcStatus === '' ? '' : ',"grpcStatus":' + jsonString(grpcStatus)) +
+        ',"bytesIn":' + String(bytesIn) + ',"bytesOut":' + String(bytesOut) +
         ',"durationMs":' + millis3(elapsed), MSG_HTTP_REQUEST)
       return
     }
     const rec = {
-      method: view.method,
-      path: view.path,
-      verdict: this.verdict,
-      reason: this.reason === '' ? undefined : this.reason,
+      protocol: protocol === '' ? undefined : protocol,
+      method,
+      path,
+      verdict,
+      reason: reason === '' ? undefined : reason,
       headerActions: this.headerActions === '' ? undefined : this.headerActions,
-      status: this.status,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
+      status,
+      grpcStatus: grpcStatus === '' ? undefined : grpcStatus,
+      bytesIn,
+      bytesOut,
       durationMs: Math.round(elapsed * 1000) / 1000
     }
     if (allowedOk) log.info(rec, 'http request')

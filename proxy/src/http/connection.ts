@@ -20,7 +20,7 @@
  * answered locally goes through localReply; its line is written by access-log.ts.
  */
 import type net from 'node:net'
-import { adoptAccepted, keep, relay } from './reads.js'
+import { adoptAccepted, keep, relay, reopenPlain } from './reads.js'
 import { SocketWriter } from './writes.js'
 import { isPaused, METHODS, PAUSE, Parser, type ParseError, type ParserHandler } from './llhttp.js'
 import { canonicalRequest, ForwardRequest, Framing, type ParsedRequestHead } from './request-head.js'
@@ -31,6 +31,7 @@ import type { UpstreamConn, UpstreamErrorKind, UpstreamOwner } from './upstream.
 import { type ProxyContext } from './context.js'
 import { AccessLog, type Verdict } from './access-log.js'
 import { RESERVED } from '../../../policy-store/src/types.js'
+import { H2_PREFACE_MATCH, matchPreface } from '../http2/preface.js'
 
 const CRLF = '\r\n'
 const LAST_CHUNK = '0\r\n\r\n'
@@ -126,6 +127,13 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
   private readonly log: AccessLog
   /** Writes relayed from the upstream during its current read (see sendToClient). */
   private relayWrites = 0
+  /**
+   * The first bytes still decide the protocol (an HTTP/2 proxy is configured): a client that
+   * opens with the HTTP/2 connection preface is handed to it (handOffH2) before llhttp sees a
+   * byte. `prefaceHeld` keeps a preface cut short by a read, under the head deadline.
+   */
+  private sniffing: boolean
+  private prefaceHeld: Buffer | null = null
 
   readonly socket: net.Socket
   /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
@@ -154,6 +162,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     this.socket = socket
     this.out = new SocketWriter(socket)
     this.parser = new Parser('request', opts.maxHeaderBytes, this)
+    this.sniffing = ctx.h2 !== null
     socket.setNoDelay(true)
     socket.on('drain', () => { this.onClientDrain() })
     socket.on('end', () => { this.onClientEnd() })
@@ -169,7 +178,44 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
     if (this.tunnelPeer !== null) { relay(chunk, this.socket, this.tunnelPeer); return }
     if (this.conn >= Conn.CLOSED || (this.conn === Conn.CLOSING && this.state === Exchange.IDLE)) return
     if (this.upgradeReq) { this.holdTunnelBytes(chunk); return }
+    if (this.sniffing && this.sniff(chunk)) return
     this.execute(chunk)
+  }
+
+  /** true: the bytes were taken here (held, handed to HTTP/2, or parsed with the held ones). */
+  private sniff (chunk: Buffer): boolean {
+    const held = this.prefaceHeld
+    const data = held === null ? chunk : Buffer.concat([held, chunk])
+    const m = matchPreface(data)
+    if (m === H2_PREFACE_MATCH.MORE) {
+      this.prefaceHeld = keep(data)
+      this.setDeadline(Deadline.HEAD, this.ctx.opts.headersTimeoutMs)
+      return true
+    }
+    this.sniffing = false
+    this.prefaceHeld = null
+    if (m === H2_PREFACE_MATCH.H2) { this.handOffH2(held === null ? keep(data) : data); return true }
+    if (held === null) return false
+    this.setDeadline(Deadline.IDLE, this.ctx.opts.idleTimeoutMs)
+    this.execute(data)
+    return true
+  }
+
+  /** The connection is HTTP/2: no HTTP/1 exchange ever ran on it; the HTTP/2 proxy takes the socket. */
+  private handOffH2 (bytes: Buffer): void {
+    const h2 = this.ctx.h2
+    if (h2 === null) return
+    this.closeTo(Conn.CLOSED)
+    this.setDeadline(Deadline.NONE, 0)
+    let plain: net.Socket
+    try {
+      plain = reopenPlain(this.socket, bytes)
+    } catch (err) {
+      this.ctx.log.error({ err }, 'http proxy: cannot hand a connection to HTTP/2')
+      this.socket.destroy()
+      return
+    }
+    h2.adopt(plain, { policy: this.policy, dst: this.dstKey, upIp: this.upIp, upPort: this.upPort, upKey: this.upKey })
   }
 
   private execute (chunk: Buffer): void {

@@ -9,6 +9,7 @@ import type { DecisionSink } from '../decision.js'
 import type { Replies } from './replies.js'
 import type { LineWriter } from '../log-line.js'
 import type { UpstreamPool } from './upstream.js'
+import type { H2ConnInfo } from '../http2/index.js'
 
 /** What the proxy needs from the agent (injected so tests run without a kernel). */
 export interface HttpProxyDeps {
@@ -73,9 +74,33 @@ export interface HttpProxyOptions {
    * (redirect-bpf/bpf/l7p.h, L7P_MARK_PROXY). Best effort: without it they take the full path.
    */
   upstreamSocketMark?: number
+  /** Proxy connections that open with the HTTP/2 preface as HTTP/2 (h2c). Default true. */
+  http2?: boolean
+  /** SETTINGS_MAX_CONCURRENT_STREAMS per client connection. Default 100. */
+  h2MaxConcurrentStreams?: number
+  /** SETTINGS_MAX_HEADER_LIST_SIZE: a stream's decoded header list, in bytes (RFC 9113's count). Default 16384. */
+  h2MaxHeaderListSize?: number
+  /** SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table a client may use toward us. Default 4096. */
+  h2HeaderTableSize?: number
+  /** SETTINGS_INITIAL_WINDOW_SIZE on both sides: what a peer may send per stream before we read. Default 65535. */
+  h2InitialWindowSize?: number
+  /** A stream with no frame either way for this long is reset (CANCEL). Default 300000 (Envoy's stream_idle_timeout). */
+  h2StreamIdleTimeoutMs?: number
+  /** A connection with no frame for this long gets GOAWAY. Default 60000 (as the HTTP/1 idle timeout). */
+  h2IdleTimeoutMs?: number
+  /** Streams a client may reset in one second before GOAWAY ENHANCE_YOUR_CALM (rapid reset). Default 200. */
+  h2MaxResetsPerSecond?: number
+  /** SETTINGS frames a client may send in one second before GOAWAY ENHANCE_YOUR_CALM. Default 100. */
+  h2MaxSettingsPerSecond?: number
+  /** node:http2's maxSessionMemory per client connection, in MB. Default 10. */
+  h2MaxSessionMemoryMb?: number
 }
 
 export type ResolvedOptions = Required<HttpProxyOptions>
+
+/** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
+export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
+'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond'>>
 
 export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   deny403Body: 'Access denied',
@@ -89,11 +114,22 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   upstreamResponseTimeoutMs: 3_600_000,
   upstreamPoolSize: 64,
   upstreamIdleTimeoutMs: 60_000,
-  upstreamSocketMark: 0
+  upstreamSocketMark: 0,
+  http2: true,
+  h2MaxConcurrentStreams: 100,
+  h2MaxHeaderListSize: 16384,
+  h2HeaderTableSize: 4096,
+  h2InitialWindowSize: 65535,
+  h2StreamIdleTimeoutMs: 300_000,
+  h2IdleTimeoutMs: 60_000,
+  h2MaxResetsPerSecond: 200,
+  h2MaxSettingsPerSecond: 100,
+  h2MaxSessionMemoryMb: 10
 }
 
 /** Values of the HTTP proxy's `metrics()` that go up and down (the rest only grow). */
-export const HTTP_GAUGES = ['connections_active', 'upstream_open', 'upstream_idle', 'write_pending_bytes'] as const
+export const HTTP_GAUGES = ['connections_active', 'upstream_open', 'upstream_idle', 'write_pending_bytes',
+  'h2_connections_active', 'h2_upstream_sessions'] as const
 
 /** Counters; flat numbers so that `metrics()` is a cheap copy. */
 export class Counters {
@@ -116,6 +152,19 @@ export class Counters {
   upstream_errors_bad_response = 0
   upstream_errors_response_timeout = 0
   upstream_retries = 0
+  // HTTP/2 (the counters above are HTTP/1's): connections, streams and their outcomes.
+  h2_connections_total = 0
+  h2_connections_active = 0
+  h2_requests = 0
+  h2_allowed = 0
+  h2_denied = 0
+  h2_rejected = 0
+  h2_client_resets = 0
+  h2_goaway_calm = 0
+  h2_session_errors = 0
+  h2_upstream_errors_connect = 0
+  h2_upstream_errors_reset = 0
+  h2_upstream_errors_bad_response = 0
 }
 
 export interface ProxyContext {
@@ -127,6 +176,8 @@ export interface ProxyContext {
   readonly log: pino.Logger
   /** The access-line writer (proxy/src/log-line.ts), or null when the logger needs pino's own path (mixin, hooks, formatters). */
   readonly lines: LineWriter | null
+  /** The HTTP/2 side, or null when HTTP/2 is off. */
+  readonly h2: { adopt (socket: net.Socket, info: H2ConnInfo): void } | null
   /** A client connection is gone (socket closed). */
   onClosed (conn: object): void
 }

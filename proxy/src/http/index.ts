@@ -14,9 +14,10 @@ import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type Pro
 import { Replies } from './replies.js'
 import { UpstreamPool } from './upstream.js'
 import { writeStats } from './writes.js'
+import { createH2Proxy, type H2Proxy } from '../http2/index.js'
 import type net from 'node:net'
 
-export type { HttpProxyDeps, HttpProxyOptions } from './context.js'
+export type { Http2Limits, HttpProxyDeps, HttpProxyOptions } from './context.js'
 export { normalizeTarget } from './normalize.js'
 export { HTTP_GAUGES } from './context.js'
 export { SERVER_OPTIONS } from './reads.js'
@@ -43,7 +44,9 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
   const conns = new Set<ClientConn>()
   const counters = new Counters()
   const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark)
+  let h2: H2Proxy | null = null
   const ctx: ProxyContext = {
+    h2: opts.http2 ? { adopt: (s, info) => { h2?.adopt(s, info) } } : null,
     deps,
     opts,
     pool,
@@ -53,6 +56,8 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
     lines: fastLineOk(deps.logger) ? new LineWriter(deps.logger) : null,
     onClosed: (c) => { conns.delete(c as ClientConn) }
   }
+
+  if (opts.http2) h2 = createH2Proxy(ctx)
 
   // One sweeper for every deadline (headers, body, idle, pooled upstreams): a slowloris client
   // cannot hold a socket, and no timer is created or re-armed per request.
@@ -71,7 +76,7 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
   return {
     handleConnection (socket: net.Socket): void {
       counters.connections_total++
-      if (conns.size >= opts.maxConnections) {
+      if (conns.size + (h2?.size ?? 0) >= opts.maxConnections) {
         counters.connections_refused++
         socket.resetAndDestroy()
         return
@@ -86,12 +91,19 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
       }
     },
     metrics (): Record<string, number> {
-      return { ...counters, upstream_open: pool.openCount, upstream_idle: pool.idleCount, write_pending_bytes: writeStats.pendingBytes }
+      return {
+        ...counters,
+        upstream_open: pool.openCount,
+        upstream_idle: pool.idleCount,
+        write_pending_bytes: writeStats.pendingBytes,
+        h2_upstream_sessions: h2?.upstreamSessions ?? 0
+      }
     },
     async close (): Promise<void> {
       clearInterval(sweeper)
       for (const c of conns) c.destroy()
       pool.closeAll()
+      h2?.close()
     }
   }
 }

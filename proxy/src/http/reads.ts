@@ -63,6 +63,25 @@ export function adoptAccepted (socket: net.Socket, onRead: OnRead): net.Socket {
 }
 
 /**
+ * Hand a socket re-opened by `adoptAccepted` to code that reads through Node's own stream
+ * (node:http2): the descriptor is duplicated, the original closed (which stops its reads at
+ * once: no byte is read by it after this call) and a plain net.Socket opened on the duplicate.
+ * Called from inside the original's read callback, with the bytes read so far in `replay`,
+ * which the new socket gives out first.
+ */
+export function reopenPlain (socket: net.Socket, replay: Buffer): net.Socket {
+  const fd = socketFd(socket)
+  if (fd < 0) throw new AdoptError('HTTP proxy: socket has no descriptor')
+  const dup = libc().fcntl(fd, F_DUPFD_CLOEXEC, 0)
+  if (dup < 0) throw new AdoptError(`HTTP proxy: fcntl(F_DUPFD_CLOEXEC) failed: errno ${errno()}`)
+  socket.destroy()
+  const plain = new net.Socket({ fd: dup, readable: true, writable: true })
+  // Reads on the new descriptor complete on a later turn of the loop: these bytes stay first.
+  plain.unshift(replay)
+  return plain
+}
+
+/**
  * `net.connect` whose reads go to `onRead`. With `fd` (a bound, unconnected TCP socket, such as
  * transparent.ts's transparentUpstreamFd) the connection is made on that descriptor: net opens
  * its handle on it and connect() uses it as it is.
