@@ -1,4 +1,7 @@
-import { availableParallelism } from 'node:os'
+import { availableParallelism, hostname } from 'node:os'
+import type { AgentClusterOptions } from '../agent/agent.js'
+import { DEFAULT_LEASE_TTL_SECONDS } from '../cluster/src/cluster.js'
+import { parseKvstoreUrls } from '../cluster/src/kv.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
@@ -53,6 +56,15 @@ Options:
   --policy-audit-mode     audit instead of enforce on every endpoint: what policy would drop or deny is
                           let through and reported with the verdict audit
 
+Cluster mode (docs/cluster.md):
+  --kvstore URLS          join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP)
+  --node-name NAME        this node's name in the cluster (default: the host name)
+  --node-ip IPV4          this node's address (default: the first IPv4 address of the first --uplink)
+  --pod-cidr CIDR         this node's pod CIDR, published in its node record
+  --cluster-name NAME     (default default)
+  --kvstore-lease-ttl SEC this node's keys vanish this long after the agent stops renewing them
+                          (default 900; Cilium's)
+
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
 
@@ -73,6 +85,29 @@ function apiSocketPath (v: unknown): string {
 function atLeastOne (n: number, name: string): number {
   if (n < 1) throw new Error(`--${name} must be from 1 to 256 (or auto), got 0`)
   return n
+}
+
+const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
+
+/** The cluster flags; undefined without --kvstore (then none of them may be given). */
+function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | undefined {
+  const flags = ['node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
+  if (v.kvstore === undefined) {
+    const given = flags.filter((f) => v[f] !== undefined)
+    if (given.length > 0) throw new Error(`--${given[0]} needs --kvstore`)
+    return undefined
+  }
+  const urls = parseKvstoreUrls(String(v.kvstore))
+  const nodeName = (v['node-name'] as string | undefined) ?? hostname()
+  const clusterName = (v['cluster-name'] as string | undefined) ?? 'default'
+  for (const [flag, name] of [['node-name', nodeName], ['cluster-name', clusterName]]) {
+    if (!NAME.test(name)) throw new Error(`--${flag} must be a DNS-1123 subdomain (it is a kvstore key segment), got "${name}"`)
+  }
+  const nodeIP = v['node-ip'] as string | undefined
+  if (nodeIP !== undefined && !/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(nodeIP)) throw new Error(`--node-ip must be an IPv4 address, got "${nodeIP}"`)
+  const podCidr = v['pod-cidr'] as string | undefined
+  if (podCidr !== undefined && !/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\/\d{1,2}$/.test(podCidr)) throw new Error(`--pod-cidr must be an IPv4 prefix, got "${podCidr}"`)
+  return { urls, nodeName, nodeIP, podCidr, clusterName, leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2) }
 }
 
 export const command: Command = {
@@ -108,7 +143,13 @@ export const command: Command = {
     'log-level': { type: 'string' },
     'api-socket': { type: 'string' },
     'observe-buffer': { type: 'string' },
-    'policy-audit-mode': { type: 'boolean' }
+    'policy-audit-mode': { type: 'boolean' },
+    kvstore: { type: 'string' },
+    'node-name': { type: 'string' },
+    'node-ip': { type: 'string' },
+    'pod-cidr': { type: 'string' },
+    'cluster-name': { type: 'string' },
+    'kvstore-lease-ttl': { type: 'string' }
   },
   async run (v) {
     if (typeof v.policies !== 'string' || typeof v.endpoints !== 'string') {
@@ -159,7 +200,8 @@ export const command: Command = {
         logLevel: (v['log-level'] as string | undefined) ?? 'info',
         apiSocket: apiSocketPath(v['api-socket']),
         observeBuffer: int(v['observe-buffer'], 'observe-buffer', 4096, 1_000_000, 1),
-        policyAuditMode: v['policy-audit-mode'] === true
+        policyAuditMode: v['policy-audit-mode'] === true,
+        cluster: clusterOptions(v)
       }
     } catch (err) {
       throw new UsageError((err as Error).message)
