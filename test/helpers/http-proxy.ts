@@ -162,6 +162,8 @@ export interface ProxyFixture {
 export interface ProxyFixtureOptions {
   /** Original destination port the proxy is told about. Default BILLING_PORT (the policy's port). */
   dstPort?: number
+  /** The proxy's `upstreamSource` dependency (default: none, the connections leave from 127.0.0.1). */
+  upstreamSource?: (clientIp: string, dst: { ip: string, port: number }) => string | undefined
 }
 
 /**
@@ -187,6 +189,7 @@ export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
     lookupIdentity: (ip) => lookupIpcache(current, ip),
     originalDestination: () => dst,
     upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
+    ...(fx.upstreamSource === undefined ? {} : { upstreamSource: fx.upstreamSource }),
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
   const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))
