@@ -20,6 +20,28 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" ca-certificates >/dev/null
 fi
 
+# etcd for the cluster tests, the lab and the demo. The tests and the lab start their own etcd
+# (own ports, own data dir); the package's init script would start a system-wide one at install
+# time, so invoke-rc.d is told not to (policy-rc.d exit 101: "action forbidden"), and nothing
+# is left running that the project did not start.
+need_etcd=()
+command -v etcd >/dev/null 2>&1 || need_etcd+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_etcd+=(etcd-client)
+if [ ${#need_etcd[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_etcd[*]} (no service started)"
+  export DEBIAN_FRONTEND=noninteractive
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -qq
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${need_etcd[@]}" >/dev/null || rc=$?
+  if [ $made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if [ $rc != 0 ]; then exit $rc; fi
+  update-rc.d -f etcd remove >/dev/null 2>&1 || true
+fi
+
 # bpffs: not mounted at boot on this kind of machine
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   mount -t bpf bpf /sys/fs/bpf

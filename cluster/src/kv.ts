@@ -1,0 +1,165 @@
+/**
+ * The few etcd v3 calls the cluster store makes, over one `etcd3` client, every one with a
+ * deadline: a call to an unreachable etcd fails within `timeoutMs` (WARDEN_ERR_KVSTORE_UNAVAILABLE)
+ * instead of hanging, and the connection's state machine (connection.ts) decides what follows.
+ * The client's own retries and circuit breaker are off: one policy, ours, decides on retries.
+ */
+import { Etcd3, type IKeyValue, type IResponseHeader, type Watcher } from 'etcd3'
+import { noop } from 'cockatiel'
+import { ClusterError, ERR } from './errors.js'
+
+/** etcd's answer to a read: the keys and the store revision they are at. */
+export interface KvList { kvs: { key: string, value: string, modRevision: number, createRevision: number }[], revision: number, clusterId: string }
+
+/** The end of the range holding every key that starts with `prefix` (etcd's prefix convention). */
+export function prefixEnd (prefix: string): Buffer {
+  const b = Buffer.from(prefix)
+  for (let i = b.length - 1; i >= 0; i--) {
+    if (b[i] < 0xff) { const end = b.subarray(0, i + 1); end[i]++; return Buffer.from(end) }
+  }
+  return Buffer.from([0])
+}
+
+function header (h: IResponseHeader): { revision: number, clusterId: string } {
+  return { revision: Number(h.revision), clusterId: String(h.cluster_id) }
+}
+
+/** `etcd://host:port` (or `http://`) -> the client's `http://host:port`. */
+export function parseKvstoreUrls (spec: string): string[] {
+  const urls = spec.split(',').map((s) => s.trim()).filter((s) => s !== '')
+  if (urls.length === 0) throw new ClusterError(ERR.KVSTORE_CONFIG, '--kvstore needs at least one etcd://HOST:PORT', { kvstore: spec })
+  return urls.map((u) => {
+    const m = /^(?:etcd|http):\/\/([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})\/?$/.exec(u)
+    if (m === null || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new ClusterError(ERR.KVSTORE_CONFIG, `--kvstore: ${JSON.stringify(u)} is not etcd://HOST:PORT (TLS is not supported)`, { kvstore: u })
+    return `http://${m[1]}:${m[2]}`
+  })
+}
+
+export class Kv {
+  readonly client: Etcd3
+
+  constructor (hosts: string[], readonly timeoutMs: number) {
+    this.client = new Etcd3({
+      hosts,
+      dialTimeout: timeoutMs,
+      defaultCallOptions: (ctx) => ctx.isStream ? {} : { deadline: Date.now() + timeoutMs },
+      faultHandling: { host: () => noop, global: noop }
+    })
+  }
+
+  private async call<T> (what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (err) {
+      throw new ClusterError(ERR.KVSTORE_UNAVAILABLE, `etcd ${what}: ${(err as Error).message}`, { op: what })
+    }
+  }
+
+  async list (prefix: string): Promise<KvList> {
+    const res = await this.call(`list ${prefix}`, async () => await this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix) }))
+    return { ...header(res.header), kvs: res.kvs.map(kv) }
+  }
+
+  /** One key (null when absent), with the store's revision. */
+  async get (key: string): Promise<{ value: string | null, modRevision: number, revision: number, clusterId: string }> {
+    const res = await this.call(`get ${key}`, async () => await this.client.kv.range({ key: Buffer.from(key) }))
+    const k = res.kvs[0]
+    return { ...header(res.header), value: k === undefined ? null : k.value.toString(), modRevision: k === undefined ? 0 : Number(k.mod_revision) }
+  }
+
+  async put (key: string, value: string, lease?: string): Promise<number> {
+    const res = await this.call(`put ${key}`, async () => await this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), lease }))
+    return header(res.header).revision
+  }
+
+  async delete (key: string): Promise<void> {
+    await this.call(`delete ${key}`, async () => await this.client.kv.deleteRange({ key: Buffer.from(key) }))
+  }
+
+  /** Put every key in `puts` if `key` does not exist (create-if-absent); true when it did not. */
+  async createIfAbsent (key: string, puts: { key: string, value: string, lease?: string }[]): Promise<boolean> {
+    const res = await this.call(`create ${key}`, async () => await this.client.kv.txn({
+      compare: [{ key: Buffer.from(key), target: 'Create', result: 'Equal', create_revision: 0 }],
+      success: puts.map((p) => ({ request_put: { key: Buffer.from(p.key), value: Buffer.from(p.value), lease: p.lease } })),
+      failure: []
+    }))
+    return res.succeeded
+  }
+
+  /** Put `puts` if `key` holds exactly `value`; true when it did. */
+  async putIfValue (key: string, value: string, puts: { key: string, value: string, lease?: string }[]): Promise<boolean> {
+    const res = await this.call(`compare ${key}`, async () => await this.client.kv.txn({
+      compare: [{ key: Buffer.from(key), target: 'Value', result: 'Equal', value: Buffer.from(value) }],
+      success: puts.map((p) => ({ request_put: { key: Buffer.from(p.key), value: Buffer.from(p.value), lease: p.lease } })),
+      failure: []
+    }))
+    return res.succeeded
+  }
+
+  /** Delete `key` if it was not modified since `modRevision`; true when deleted. */
+  async deleteIfUnchanged (key: string, modRevision: number): Promise<boolean> {
+    const res = await this.call(`delete ${key}`, async () => await this.client.kv.txn({
+      compare: [{ key: Buffer.from(key), target: 'Mod', result: 'Equal', mod_revision: modRevision }],
+      success: [{ request_delete_range: { key: Buffer.from(key) } }],
+      failure: []
+    }))
+    return res.succeeded
+  }
+
+  async grantLease (ttlSeconds: number): Promise<string> {
+    const res = await this.call('lease grant', async () => await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }))
+    return String(res.ID)
+  }
+
+  /** Seconds the lease has left; <= 0 when etcd no longer has it. */
+  async leaseTtl (id: string): Promise<number> {
+    const res = await this.call('lease ttl', async () => await this.client.leaseClient.leaseTimeToLive({ ID: id }))
+    return Number(res.TTL)
+  }
+
+  /** One keep-alive round trip on the lease's stream; resolves with the TTL etcd granted (<= 0: gone). */
+  async keepAlive (id: string): Promise<number> {
+    return await this.call('lease keepalive', async () => {
+      const stream = await this.client.leaseClient.leaseKeepAlive() as unknown as KeepAliveStream
+      try {
+        return await new Promise<number>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error('keepalive timed out')), this.timeoutMs)
+          stream.once('data', (res: { TTL: string }) => { clearTimeout(timer); resolve(Number(res.TTL)) })
+          stream.once('error', (err: Error) => { clearTimeout(timer); reject(err) })
+          stream.write({ ID: id })
+        })
+      } finally {
+        stream.end()
+      }
+    })
+  }
+
+  async revokeLease (id: string): Promise<void> {
+    await this.call('lease revoke', async () => await this.client.leaseClient.leaseRevoke({ ID: id }))
+  }
+
+  /** Watch a prefix from `fromRevision` (inclusive). */
+  async watch (prefix: string, fromRevision: number): Promise<Watcher> {
+    return await this.call(`watch ${prefix}`, async () => {
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('watch not created in time')), this.timeoutMs) })
+      try {
+        return await Promise.race([this.client.watch().prefix(prefix).startRevision(String(fromRevision)).create(), timeout])
+      } finally {
+        clearTimeout(timer)
+      }
+    })
+  }
+
+  close (): void { this.client.close() }
+}
+
+function kv (k: IKeyValue): KvList['kvs'][number] {
+  return { key: k.key.toString(), value: k.value.toString(), modRevision: Number(k.mod_revision), createRevision: Number(k.create_revision) }
+}
+
+interface KeepAliveStream {
+  once: ((ev: 'data', fn: (res: { TTL: string }) => void) => void) & ((ev: 'error', fn: (err: Error) => void) => void)
+  write: (req: { ID: string }) => void
+  end: () => void
+}

@@ -1,0 +1,141 @@
+/**
+ * A local copy of some etcd prefixes, kept by watching them, with no gap across sessions.
+ *
+ * Each prefix has the revision its copy is at. At a session start (connection.ts) the copy
+ * either resumes -- a watch from that revision + 1, when etcd kept its data (the session is
+ * `continuous`) and is not behind the copy -- or relists: one read of the whole prefix, whose
+ * differences with the copy are applied as if watched, then a watch from the read's revision + 1.
+ * A watch whose start revision was compacted away relists the same way. Either way a listener
+ * sees each key change once, and only changes: a value written again unchanged (a republish)
+ * is not one.
+ *
+ * The copy survives outages untouched: while etcd is away the agent enforces what it has.
+ */
+import type { Watcher, IKeyValue } from 'etcd3'
+import type { Logger } from 'pino'
+import type { Session } from './connection.js'
+
+export interface MirrorEntry { value: string, modRevision: number }
+export type MirrorChange = { type: 'put', key: string, value: string, prev: string | undefined } | { type: 'delete', key: string, prev: string }
+
+export interface MirrorStats { watchEvents: number, relists: number, resumes: number }
+
+export class Mirror {
+  readonly entries = new Map<string, MirrorEntry>()
+  /** The etcd revision this copy is complete up to (0: never listed). */
+  revision = 0
+  private watcher: Watcher | null = null
+  private readonly listeners: ((changes: MirrorChange[]) => void)[] = []
+  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0 }
+
+  constructor (readonly prefix: string, private readonly log: Logger) {}
+
+  onChange (fn: (changes: MirrorChange[]) => void): void { this.listeners.push(fn) }
+
+  /** Restore a persisted copy (before the first session): it is relisted at the first connect. */
+  restore (entries: Iterable<[string, string]>): void {
+    const changes: MirrorChange[] = []
+    for (const [key, value] of entries) {
+      if (!key.startsWith(this.prefix)) continue
+      this.entries.set(key, { value, modRevision: 0 })
+      changes.push({ type: 'put', key, value, prev: undefined })
+    }
+    this.emit(changes)
+  }
+
+  async onSession (s: Session): Promise<void> {
+    this.stop()
+    if (s.continuous && this.revision > 0 && s.revision >= this.revision) {
+      this.stats.resumes++
+      try {
+        await this.watch(s, this.revision + 1)
+        return
+      } catch (err) {
+        if (!/compact/i.test((err as Error).message)) throw err
+        // The revision to resume from is gone from etcd's history: read the prefix again.
+        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+      }
+    }
+    await this.relist(s)
+  }
+
+  /** The session ended: its watch is gone with its client. */
+  stop (): void {
+    const w = this.watcher
+    this.watcher = null
+    if (w === null) return
+    w.removeAllListeners()
+    w.on('error', () => {})
+    // Cancelled explicitly: an open watch stream keeps gRPC's channel (and the process) alive
+    // even after the client is closed.
+    w.cancel().catch(() => {})
+  }
+
+  private async relist (s: Session): Promise<void> {
+    this.stats.relists++
+    const list = await s.kv.list(this.prefix)
+    const seen = new Set<string>()
+    const changes: MirrorChange[] = []
+    for (const kv of list.kvs) {
+      seen.add(kv.key)
+      const cur = this.entries.get(kv.key)
+      if (cur?.value !== kv.value) changes.push({ type: 'put', key: kv.key, value: kv.value, prev: cur?.value })
+      this.entries.set(kv.key, { value: kv.value, modRevision: kv.modRevision })
+    }
+    for (const [key, cur] of this.entries) {
+      if (seen.has(key)) continue
+      this.entries.delete(key)
+      changes.push({ type: 'delete', key, prev: cur.value })
+    }
+    this.revision = list.revision
+    if (changes.length > 0) this.log.info({ prefix: this.prefix, changes: changes.length, revision: list.revision }, 'kvstore relisted')
+    this.emit(changes)
+    await this.watch(s, list.revision + 1)
+  }
+
+  private async watch (s: Session, from: number): Promise<void> {
+    const w = await s.kv.watch(this.prefix, from)
+    this.watcher = w
+    const batch: MirrorChange[] = []
+    const flush = (): void => { if (batch.length > 0) this.emit(batch.splice(0)) }
+    w.on('put', (kv: IKeyValue) => {
+      this.stats.watchEvents++
+      const key = kv.key.toString()
+      const value = kv.value.toString()
+      const rev = Number(kv.mod_revision)
+      if (rev > this.revision) this.revision = rev
+      const cur = this.entries.get(key)
+      this.entries.set(key, { value, modRevision: rev })
+      if (cur?.value !== value) batch.push({ type: 'put', key, value, prev: cur?.value })
+    })
+    w.on('delete', (kv: IKeyValue) => {
+      this.stats.watchEvents++
+      const key = kv.key.toString()
+      const rev = Number(kv.mod_revision)
+      if (rev > this.revision) this.revision = rev
+      const cur = this.entries.get(key)
+      if (cur === undefined) return
+      this.entries.delete(key)
+      batch.push({ type: 'delete', key, prev: cur.value })
+    })
+    // One etcd response is one batch: its events are applied together.
+    w.on('data', () => setImmediate(flush))
+    w.on('disconnected', (err: Error) => { if (this.watcher === w) s.fail(err) })
+    w.on('error', (err: Error) => {
+      if (this.watcher !== w) return
+      if (/compact/i.test(err.message)) {
+        // The revision to resume from is gone from etcd's history: read the prefix again.
+        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+        this.stop()
+        this.relist(s).catch((e: Error) => s.fail(e))
+        return
+      }
+      s.fail(err)
+    })
+  }
+
+  private emit (changes: MirrorChange[]): void {
+    if (changes.length === 0) return
+    for (const fn of this.listeners) fn(changes)
+  }
+}

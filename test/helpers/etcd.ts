@@ -1,0 +1,23 @@
+/**
+ * A real etcd for a test: its own ports (pairs in 23790-23799, one pair per test file), a temp
+ * data directory, and both removed in teardown even when the test fails.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { EtcdProcess } from '../../lab/etcd.js'
+
+interface Teardown { teardown: (fn: () => void | Promise<void>) => void }
+
+/** `clientPort` must be even and in 23790..23798; the peer port is the next one. */
+export async function startEtcd (t: Teardown, clientPort: number): Promise<EtcdProcess> {
+  if (clientPort < 23790 || clientPort > 23798 || clientPort % 2 !== 0) throw new Error(`etcd test port ${clientPort} is not one of this project's (23790..23798, even)`)
+  const dir = await mkdtemp(join(tmpdir(), 'wdk-etcd-'))
+  const etcd = new EtcdProcess({ name: `wdk${clientPort}`, dataDir: join(dir, 'data'), clientPort, peerPort: clientPort + 1 })
+  t.teardown(async () => {
+    await etcd.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+  await etcd.start()
+  return etcd
+}
