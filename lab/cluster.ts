@@ -16,13 +16,13 @@
  * pin made there would vanish with the agent), and `lab.json` with etcd's PID: `down` ends
  * exactly that process.
  */
-import { spawn, execFile } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIPv4 } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parse, stringify } from 'yaml'
-import { hostsLines, labDown, labLeftovers, labUp, LabError, type LabHost, type LabSpec } from './lab.js'
+import { hostsLines, labDown, labLeftovers, labUp, LabError, sh, type LabHost, type LabSpec } from './lab.js'
 
 export interface ClusterEndpoint {
   name: string
@@ -215,17 +215,6 @@ function podHosts (node: ClusterNode): LabHost[] {
     hostIf: e.interface,
     hostnames: [`${e.name}.${e.namespace}`, `${e.name}.${e.namespace}.svc.cluster.local`]
   }))
-}
-
-async function sh (cmd: string, args: string[], tolerate?: RegExp): Promise<string> {
-  return await new Promise((resolve, reject) => {
-    execFile(cmd, args, (err, stdout, stderr) => {
-      if (err === null) { resolve(stdout); return }
-      const msg = (stderr || err.message).trim()
-      if (tolerate?.test(msg) === true) { resolve(''); return }
-      reject(new LabError(`${cmd} ${args.join(' ')}: ${msg}`, { cmd, args }))
-    })
-  })
 }
 
 const GONE = /No such file|Invalid netns|not found|Cannot find|does not exist|No such device|Cannot open network namespace/i
