@@ -278,6 +278,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       learn: async (names: readonly LearnedName[]) => { await control.learn(names) },
       hasConnection: (ip) => datapath.hasConnection(ip),
       onDecision,
+      upstreamSource: upstreamSource(opts.uplinks.length > 0, active),
       logger: logger.child({ module: 'dns-proxy' })
     }, {
       minTtlSec: opts.fqdnMinTtl,
@@ -286,7 +287,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       maxNamesPerEndpoint: opts.fqdnMaxNamesPerEndpoint,
       stateDir: opts.stateDir,
       rejectCode: 'refused',
-      proxyPort: opts.dnsProxyPort
+      proxyPort: opts.dnsProxyPort,
+      upstreamSocketMark: PROXY_SOCKET_MARK
     })
     const dnsUdp = openTransparentUdp(opts.dnsProxyPort, '0.0.0.0', true)
     dns.attachUdp(dnsUdp)

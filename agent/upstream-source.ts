@@ -1,6 +1,6 @@
 /**
- * Which of the HTTP proxy's upstream connections keep the client's source address (the proxy's
- * `upstreamSource` dependency), for the agent's proxy and its workers alike.
+ * Which of the proxies' upstream connections and queries keep the client's source address (the
+ * HTTP and DNS proxies' `upstreamSource` dependency), for the agent's proxies and its workers.
  *
  * Keeping it works only where the datapath sees the replies: they are addressed to the client,
  * and without a warden program on the way in they would be routed to the client's workload

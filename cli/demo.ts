@@ -1,7 +1,7 @@
 import type { Command } from './main.js'
 import { UsageError } from './usage.js'
 
-const USAGE = `Usage: warden demo [--keep | --down] [--deny-response 403|reset]
+const USAGE = `Usage: warden demo [--nodes 2] [--keep | --down] [--deny-response 403|reset]
 
 Builds a lab of network namespaces mirroring the seed's manifests (billing-service on nginx,
 checkout, auditing, a monitoring pod, data-exporter, kube-dns on dnsmasq, and two HTTPS hosts
@@ -9,6 +9,10 @@ named api.github.com and www.google.com by the lab DNS), runs \`warden run\` on 
 policies, runs every check the seed describes with curl from inside the workloads, prints a
 table, tears everything down and exits non-zero if a check failed. Needs root.
 
+  --nodes 2     the same across two nodes of a cluster lab (docs/lab.md), one agent each, sharing
+                identities through an etcd: billing-service and kube-dns on node a, their clients
+                on node b, so every HTTP check and DNS lookup crosses nodes; one more line shows
+                node a's access log naming the client pod of node b
   --keep        leave the lab and the agent running and print commands to try by hand
   --down        remove what --keep left running
   --deny-response 403|reset   how the proxy answers an L7 denial (default 403, like Cilium)`
@@ -19,6 +23,7 @@ export const command: Command = {
   options: {
     keep: { type: 'boolean' },
     down: { type: 'boolean' },
+    nodes: { type: 'string' },
     'deny-response': { type: 'string' }
   },
   async run (v) {
@@ -30,6 +35,18 @@ export const command: Command = {
     const deny = (v['deny-response'] as string | undefined) ?? '403'
     if (deny !== '403' && deny !== 'reset') {
       throw new UsageError(`--deny-response must be 403 or reset, got "${deny}"`)
+    }
+    const nodes = (v.nodes as string | undefined) ?? '1'
+    if (nodes !== '1' && nodes !== '2') throw new UsageError(`--nodes must be 1 or 2, got "${nodes}"`)
+    if (nodes === '2') {
+      const two = await import('../demo/two-nodes.js')
+      if (v.down === true) {
+        await two.teardownTwoNodes()
+        console.log('warden demo --nodes 2: removed')
+        return 0
+      }
+      const { ok } = await two.runTwoNodeDemo({ ...two.TWO_NODE_DEMO, denyResponse: deny as '403' | 'reset' }, { keep: v.keep === true })
+      return ok ? 0 : 1
     }
     const cfg = { ...DEFAULT_DEMO, denyResponse: deny as '403' | 'reset' }
     if (v.down === true) {

@@ -109,8 +109,16 @@ export function demoChecks (cfg: DemoConfig, githubCa: string): CheckSpec[] {
 
 export interface DemoRun { results: CheckResult[], ok: boolean }
 
+/** What the checks need of a session: the one-node demo's or the two-node demo's (two-nodes.ts). */
+export interface CheckSession {
+  readonly cfg: DemoConfig
+  readonly githubCa: string
+  exec: (from: string, argv: string[]) => Promise<Exec>
+  ns: (name: string) => string
+}
+
 /** Run every check of `demoChecks` in an open session. */
-export async function runChecks (s: DemoSession, isInterrupted: () => boolean = () => false): Promise<CheckResult[]> {
+export async function runChecks (s: CheckSession, isInterrupted: () => boolean = () => false): Promise<CheckResult[]> {
   const results: CheckResult[] = []
   for (const c of demoChecks(s.cfg, s.githubCa)) {
     if (isInterrupted()) throw new Error('interrupted')
@@ -157,7 +165,7 @@ export async function runDemo (cfg: DemoConfig, opts: { keep?: boolean, print?: 
   }
 }
 
-function renderTable (rows: CheckResult[]): string {
+export function renderTable (rows: CheckResult[]): string {
   const head = ['check', 'expected', 'observed', 'result']
   const body = rows.map((r) => [r.name, r.expected, r.observed, r.pass ? 'pass' : 'FAIL'])
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)))

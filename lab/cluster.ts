@@ -16,13 +16,13 @@
  * pin made there would vanish with the agent), and `lab.json` with etcd's PID: `down` ends
  * exactly that process.
  */
-import { spawn, execFile } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIPv4 } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parse, stringify } from 'yaml'
-import { hostsLines, labDown, labLeftovers, labUp, LabError, type LabHost, type LabSpec } from './lab.js'
+import { hostsLines, labDown, labLeftovers, labUp, LabError, sh, type LabHost, type LabSpec } from './lab.js'
 
 export interface ClusterEndpoint {
   name: string
@@ -51,6 +51,8 @@ export interface ClusterSpec {
   /** Nameserver for the workloads' resolv.conf; none: empty. */
   dns?: string
   nodes: ClusterNode[]
+  /** Hosts outside the cluster on the underlay ("the internet"), routing each pod CIDR to its node. */
+  external: Array<{ name: string, ip: string }>
 }
 
 /** What `up` leaves for `down` (and for tests and the demo). */
@@ -114,7 +116,7 @@ export function parseClusterSpec (text: string, file = 'cluster file'): ClusterS
   let doc: unknown
   try { doc = parse(text) } catch (err) { throw new LabError(`${file}: ${(err as Error).message}`) }
   const top = record(doc, file)
-  only(top, ['prefix', 'workDir', 'underlay', 'etcd', 'dns', 'nodes'], file)
+  only(top, ['prefix', 'workDir', 'underlay', 'etcd', 'dns', 'nodes', 'external'], file)
   const prefix = str(top.prefix, `${file}: prefix`)
   if (!/^[a-z0-9-]{1,8}$/.test(prefix)) throw new LabError(`${file}: prefix must be 1..8 of [a-z0-9-]`)
   const workDir = str(top.workDir, `${file}: workDir`)
@@ -180,7 +182,23 @@ export function parseClusterSpec (text: string, file = 'cluster file'): ClusterS
       if (overlap(n.podCidr, m.podCidr)) throw new LabError(`${file}: the pod CIDRs of ${n.name} and ${m.name} overlap`)
     }
   }
-  return { prefix, workDir, underlay, etcd, dns, nodes }
+  const rawExt = top.external ?? []
+  if (!Array.isArray(rawExt)) throw new LabError(`${file}: external must be a list`)
+  const external = rawExt.map((raw, i) => {
+    const w = `${file}: external[${i}]`
+    const x = record(raw, w)
+    only(x, ['name', 'ip'], w)
+    const name = str(x.name, `${w}.name`)
+    if (!NAME.test(name) || name.length > 13) throw new LabError(`${w}.name must be 1..13 of [a-z0-9-]`)
+    const ip = str(x.ip, `${w}.ip`)
+    if (!isIPv4(ip) || !inCidr(ip, underlay)) throw new LabError(`${w}.ip must be an address in the underlay ${underlay}`)
+    if (addresses.has(ip)) throw new LabError(`${w}.ip ${ip} is used twice`)
+    addresses.add(ip)
+    if (names.has(`x-${name}`)) throw new LabError(`${w}.name ${name} is used twice`)
+    names.add(`x-${name}`)
+    return { name, ip }
+  })
+  return { prefix, workDir, underlay, etcd, dns, nodes, external }
 }
 
 export function readClusterSpec (file: string): ClusterSpec {
@@ -189,6 +207,11 @@ export function readClusterSpec (file: string): ClusterSpec {
 
 export function underlayNs (spec: ClusterSpec): string { return `${spec.prefix}ul` }
 export function nodeNs (spec: ClusterSpec, node: string): string { return `${spec.prefix}${node}` }
+/** An external host's namespace. */
+export function externalNs (spec: ClusterSpec, name: string): string { return `${spec.prefix}x-${name}` }
+function ownNamespaces (spec: ClusterSpec): string[] {
+  return [...spec.nodes.map((n) => nodeNs(spec, n.name)), ...spec.external.map((x) => externalNs(spec, x.name)), underlayNs(spec)]
+}
 /** A workload's namespace. */
 export function podNs (spec: ClusterSpec, node: string, pod: string): string { return `${spec.prefix}${node}-${pod}` }
 /** The node's endpoints file, for its agent's `--endpoints`. */
@@ -215,17 +238,6 @@ function podHosts (node: ClusterNode): LabHost[] {
     hostIf: e.interface,
     hostnames: [`${e.name}.${e.namespace}`, `${e.name}.${e.namespace}.svc.cluster.local`]
   }))
-}
-
-async function sh (cmd: string, args: string[], tolerate?: RegExp): Promise<string> {
-  return await new Promise((resolve, reject) => {
-    execFile(cmd, args, (err, stdout, stderr) => {
-      if (err === null) { resolve(stdout); return }
-      const msg = (stderr || err.message).trim()
-      if (tolerate?.test(msg) === true) { resolve(''); return }
-      reject(new LabError(`${cmd} ${args.join(' ')}: ${msg}`, { cmd, args }))
-    })
-  })
 }
 
 const GONE = /No such file|Invalid netns|not found|Cannot find|does not exist|No such device|Cannot open network namespace/i
@@ -284,6 +296,26 @@ async function upNode (spec: ClusterSpec, node: ClusterNode): Promise<void> {
   mkdirSync(dir, { recursive: true })
   writeFileSync(endpointsFile(spec, node.name), '# written by `warden lab up --cluster`: this node\'s workloads\n' +
     stringify({ endpoints: node.endpoints.map((e) => ({ name: e.name, namespace: e.namespace, labels: e.labels, ipv4: e.ipv4, interface: e.interface })) }))
+}
+
+/** A host outside the cluster: on the bridge, with a route to each node's pods through that node. */
+async function upExternal (spec: ClusterSpec, x: { name: string, ip: string }): Promise<void> {
+  const ns = externalNs(spec, x.name)
+  const ul = underlayNs(spec)
+  const { bits } = parseCidr(spec.underlay, 'underlay')
+  await sh('ip', ['netns', 'add', ns])
+  await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+  await sh('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `x-${x.name}`, 'netns', ul])
+  await sh('ip', ['-n', ul, 'link', 'set', `x-${x.name}`, 'master', 'br0'])
+  await sh('ip', ['-n', ul, 'link', 'set', `x-${x.name}`, 'up'])
+  await sh('ip', ['-n', ns, 'addr', 'add', `${x.ip}/${bits}`, 'dev', 'eth0'])
+  await sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
+  await sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1'], GONE)
+  for (const n of spec.nodes) await sh('ip', ['-n', ns, 'route', 'add', n.podCidr, 'via', n.ip, 'dev', 'eth0'])
+  const etc = `/etc/netns/${ns}`
+  mkdirSync(etc, { recursive: true })
+  writeFileSync(`${etc}/hosts`, '127.0.0.1 localhost\n')
+  writeFileSync(`${etc}/resolv.conf`, '')
 }
 
 /** Start etcd on the underlay, detached (it outlives `warden lab up`), and wait until it listens. */
@@ -350,8 +382,7 @@ export async function restartEtcd (spec: ClusterSpec, empty = false): Promise<vo
 /** Build the cluster lab. On failure everything made so far is removed and the error rethrown. */
 export async function clusterUp (spec: ClusterSpec): Promise<void> {
   const have = await nsList()
-  const mine = [underlayNs(spec), ...spec.nodes.map((n) => nodeNs(spec, n.name))]
-  const taken = mine.filter((n) => have.has(n))
+  const taken = ownNamespaces(spec).filter((n) => have.has(n))
   if (taken.length > 0) throw new LabError(`namespaces already exist: ${taken.join(', ')} (warden lab down --cluster first)`)
   try {
     mkdirSync(spec.workDir, { recursive: true })
@@ -362,6 +393,7 @@ export async function clusterUp (spec: ClusterSpec): Promise<void> {
     if (!isMounted(bpffs)) await sh('mount', ['-t', 'bpf', 'bpf', bpffs])
     await upUnderlay(spec)
     for (const n of spec.nodes) await upNode(spec, n)
+    for (const x of spec.external) await upExternal(spec, x)
     await startEtcd(spec, state)
   } catch (err) {
     await clusterDown(spec)
@@ -373,7 +405,7 @@ export async function clusterUp (spec: ClusterSpec): Promise<void> {
 export async function clusterDown (spec: ClusterSpec): Promise<void> {
   await stopEtcd(spec)
   for (const n of spec.nodes) await labDown(nodeLabSpec(spec, n))
-  for (const ns of [...spec.nodes.map((n) => nodeNs(spec, n.name)), underlayNs(spec)]) {
+  for (const ns of ownNamespaces(spec)) {
     await sh('ip', ['netns', 'del', ns], GONE)
     rmSync(`/etc/netns/${ns}`, { recursive: true, force: true })
   }
@@ -390,7 +422,7 @@ export async function clusterLeftovers (spec: ClusterSpec): Promise<string[]> {
     for (const ns of have) if (ns.startsWith(`${nodeNs(spec, n.name)}-`)) left.push(`netns ${ns}`)
     left.push(...(await labLeftovers(nodeLabSpec(spec, n))).filter((l) => !l.startsWith('link ')))
   }
-  for (const ns of [...spec.nodes.map((n) => nodeNs(spec, n.name)), underlayNs(spec)]) {
+  for (const ns of ownNamespaces(spec)) {
     if (have.has(ns)) left.push(`netns ${ns}`)
     if (existsSync(`/etc/netns/${ns}`)) left.push(`/etc/netns/${ns}`)
   }

@@ -52,7 +52,8 @@ export function nsName (spec: LabSpec, host: LabHost): string {
   return `${spec.prefix ?? 'wl-'}${host.name}`
 }
 
-async function sh (cmd: string, args: string[], tolerate?: RegExp): Promise<string> {
+/** Run a command; a failure whose message matches `tolerate` resolves ''. */
+export async function sh (cmd: string, args: string[], tolerate?: RegExp): Promise<string> {
   return await new Promise((resolve, reject) => {
     execFile(cmd, args, (err, stdout, stderr) => {
       if (err === null) { resolve(stdout); return }

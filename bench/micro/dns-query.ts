@@ -20,7 +20,7 @@ const NAMES = ['api.github.com', 'status.github.com', 'www.example.com', 'a.exam
 const now = Date.now
 const core = new DnsCore(benchDnsDeps(CLIENT_IP, { ip: DNS_IP, port: PORT }, LOG), {
   minTtlSec: 0, maxTtlSec: undefined, maxIpsPerName: 1000, maxNamesPerEndpoint: 10000, maxZombiesPerEndpoint: 10000, stateDir: undefined, rejectRcode: 5,
-  upstreamTimeoutMs: 10000, holdMaxMs: 100, gcIntervalMs: 1000, zombieGraceMs: 60000, maxPending: 10000, upstreamSockets: 8,
+  upstreamTimeoutMs: 10000, holdMaxMs: 100, gcIntervalMs: 1000, zombieGraceMs: 60000, maxPending: 10000, upstreamSockets: 8, upstreamSocketMark: 0,
   maxTcpPendingPerConnection: 32, tcpIdleTimeoutMs: 10000, now
 })
 

@@ -78,6 +78,25 @@ export function setSocketMark (fd: number, mark: number): number {
   return setIntOption(fd, SOL_SOCKET, SO_MARK, mark | 0)
 }
 
+const IP_TRANSPARENT = 19
+const IP_BIND_ADDRESS_NO_PORT = 24
+
+/**
+ * Bind `fd` (TCP or UDP, not yet bound) to `ipNum` with the port left to the kernel, whatever
+ * the address (IP_TRANSPARENT: a non-local one, the client's, works), with SO_MARK `mark` when
+ * not 0. For a proxy's upstream socket that keeps its client's source address: the mark is on
+ * from the first packet, which the datapath records the flow by (redirect-bpf/bpf/l7p.h,
+ * L7P_MARK_PROXY). TCP: the port is chosen at connect (IP_BIND_ADDRESS_NO_PORT), unique for
+ * the source and destination. Returns 0, or [errno, what failed].
+ */
+export function bindTransparentSource (fd: number, ipNum: number, mark: number, tcp: boolean): 0 | [number, string] {
+  if (setIntOption(fd, SOL_IP, IP_TRANSPARENT, 1) !== 0) return [errno(), 'setsockopt(IP_TRANSPARENT)']
+  if (tcp && setIntOption(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1) !== 0) return [errno(), 'setsockopt(IP_BIND_ADDRESS_NO_PORT)']
+  if (mark !== 0 && setSocketMark(fd, mark) !== 0) return [errno(), 'setsockopt(SO_MARK)']
+  if (libc().bind(fd, sockaddrIn(ipNum, 0), 16) !== 0) return [errno(), 'bind']
+  return 0
+}
+
 /**
  * struct sockaddr_in for an address as a number (a.b.c.d = a<<24 | ...) and a port, written into
  * `into`: 16 bytes whose last 8 (sin_zero) are zero and stay so (Buffer.alloc; a sender reuses one

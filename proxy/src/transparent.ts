@@ -11,7 +11,7 @@
  */
 import net from 'node:net'
 import { UdpBatchSocket, askOriginalDestination, ipv4Num } from './udp-batch.js'
-import { AF_INET, errno, libc, setIntOption, setSocketMark, sockaddrIn, SOCK_CLOEXEC, SOL_IP, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
+import { AF_INET, bindTransparentSource, errno, libc, setIntOption, setSocketMark, sockaddrIn, SOCK_CLOEXEC, SOL_IP, SOL_SOCKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_STREAM } from './libc.js'
 
 const SO_REUSEADDR = 2
 const SO_REUSEPORT = 15
@@ -90,37 +90,23 @@ export async function listenTransparentTcp (port: number, host = '0.0.0.0', back
   return server
 }
 
-const IP_BIND_ADDRESS_NO_PORT = 24
-
 /**
  * A TCP socket bound to `source` (any address, local or not: IP_TRANSPARENT) with SO_MARK
  * `mark`, not connected yet: the descriptor for an upstream connection that keeps its client's
- * source address. The port is left to connect() (IP_BIND_ADDRESS_NO_PORT), which picks one
- * unused for that source and destination; the client's own port is not reused, so a proxy
- * connection and a direct one of the same workload never share a tuple. The mark is set before
- * the SYN: the datapath records the flow from it and steers the replies, which are addressed
- * to the client, to this socket (redirect-bpf/bpf/l7p.h, L7P_MARK_PROXY).
+ * source address. The port is left to connect(), which picks one unused for that source and
+ * destination; the client's own port is not reused, so a proxy connection and a direct one of
+ * the same workload never share a tuple. The mark is set before the SYN: the datapath records
+ * the flow from it and steers the replies, which are addressed to the client, to this socket
+ * (redirect-bpf/bpf/l7p.h, L7P_MARK_PROXY).
  */
 export function transparentUpstreamFd (source: string, mark: number): number {
-  const l = c()
-  const fd = l.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+  const fd = c().socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
   if (fd < 0) throw new TransparentSocketError('socket', errno(), source)
-  const opts: Array<[number, number, number, string]> = [
-    [SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT'],
-    [SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT']
-  ]
-  for (const [level, name, value, label] of opts) {
-    const e = setIntOption(fd, level, name, value)
-    if (e !== 0) { l.close(fd); throw new TransparentSocketError(`setsockopt(${label})`, e, source) }
-  }
-  if (mark !== 0) {
-    const e = setSocketMark(fd, mark)
-    if (e !== 0) { l.close(fd); throw new TransparentSocketError('setsockopt(SO_MARK)', e, source) }
-  }
-  if (l.bind(fd, sockaddrOf(source, 0), 16) !== 0) {
-    const e = errno()
-    l.close(fd)
-    throw new TransparentSocketError('bind', e, source)
+  const n = ipv4Num(source)
+  const r = n < 0 ? [22, 'address'] as [number, string] : bindTransparentSource(fd, n, mark, true)
+  if (r !== 0) {
+    c().close(fd)
+    throw new TransparentSocketError(r[1], r[0], source)
   }
   return fd
 }

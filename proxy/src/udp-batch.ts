@@ -18,7 +18,7 @@
  * the area). A handler that keeps them copies them.
  */
 import koffi from 'koffi'
-import { AF_INET, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_SOCKET, errno, libc, setIntOption, sockaddrIn } from './libc.js'
+import { AF_INET, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_SOCKET, bindTransparentSource, errno, libc, setIntOption, sockaddrIn } from './libc.js'
 
 /** Datagrams per recvmmsg. */
 const SLOTS = 32
@@ -341,15 +341,26 @@ export function askOriginalDestination (fd: number, where: string): void {
 
 /**
  * A UDP socket connect()ed to ip:port from a random local port: the kernel delivers only that
- * peer's datagrams to it. `recvBufferBytes` sizes its receive queue.
+ * peer's datagrams to it. `recvBufferBytes` sizes its receive queue. With `from`, the local
+ * address is `from.ip`, whatever it is (libc.ts bindTransparentSource), marked `from.mark`.
  */
-export function connectUdp (ip: string, port: number, recvBufferBytes: number, opts: Omit<UdpBatchSocketOptions, 'label'> = {}): UdpBatchSocket {
-  const where = `${ip}:${port}`
+export function connectUdp (ip: string, port: number, recvBufferBytes: number, opts: Omit<UdpBatchSocketOptions, 'label'> = {},
+  from?: { ip: string, mark: number }): UdpBatchSocket {
+  const where = from === undefined ? `${ip}:${port}` : `${from.ip}>${ip}:${port}`
   const ipNum = ipv4Num(ip)
   if (ipNum < 0) throw new TypeError(`not an IPv4 address: ${ip}`)
+  const fromNum = from === undefined ? 0 : ipv4Num(from.ip)
+  if (fromNum < 0) throw new TypeError(`not an IPv4 address: ${from?.ip ?? ''}`)
   const fd = libc().socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
   if (fd < 0) throw new UdpSocketError('socket', errno(), where)
   setInt(fd, SOL_SOCKET, SO_RCVBUF, recvBufferBytes, 'SO_RCVBUF', where)
+  if (from !== undefined) {
+    const r = bindTransparentSource(fd, fromNum, from.mark, false)
+    if (r !== 0) {
+      libc().close(fd)
+      throw new UdpSocketError(r[1], r[0], where)
+    }
+  }
   if (libc().connect(fd, sockaddrIn(ipNum, port), 16) !== 0) {
     const e = errno()
     libc().close(fd)

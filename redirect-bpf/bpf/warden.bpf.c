@@ -429,6 +429,15 @@ static __always_inline void ct_create(const struct pkt *p, __u64 now, __u32 src_
 	bpf_map_update_elem(&l7p_ct, &p->tuple, &e, BPF_ANY);
 }
 
+/* The packet's tuple as the socket lookups take it. */
+static __always_inline void sock_tuple(struct bpf_sock_tuple *t, const struct pkt *p)
+{
+	t->ipv4.saddr = p->tuple.saddr;
+	t->ipv4.daddr = p->tuple.daddr;
+	t->ipv4.sport = p->tuple.sport;
+	t->ipv4.dport = p->tuple.dport;
+}
+
 /*
  * Assign the packet to a proxy socket in this (the host's) network namespace: first the
  * socket that owns the packet's own tuple (an established proxy connection), then the
@@ -442,11 +451,7 @@ static __always_inline int assign_to_proxy(struct __sk_buff *skb, const struct p
 	struct bpf_sock *sk;
 	long err;
 
-	t.ipv4.saddr = p->tuple.saddr;
-	t.ipv4.daddr = p->tuple.daddr;
-	t.ipv4.sport = p->tuple.sport;
-	t.ipv4.dport = p->tuple.dport;
-
+	sock_tuple(&t, p);
 	if (p->tuple.proto == IPPROTO_TCP) {
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (sk) {
@@ -499,10 +504,7 @@ static __always_inline int assign_to_upstream(struct __sk_buff *skb, const struc
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk = 0;
 
-	t.ipv4.saddr = p->tuple.saddr;
-	t.ipv4.daddr = p->tuple.daddr;
-	t.ipv4.sport = p->tuple.sport;
-	t.ipv4.dport = p->tuple.dport;
+	sock_tuple(&t, p);
 	if (p->tuple.proto == IPPROTO_TCP) {
 		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (sk && (sk->state == BPF_TCP_LISTEN || sk->src_ip4 != p->tuple.daddr)) {

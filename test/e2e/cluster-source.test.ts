@@ -2,15 +2,17 @@
 // Two nodes of a cluster lab, an agent in each (no shared store: the other node's pods are
 // known by CIDR here). A client's request through its node's egress HTTP proxy reaches the
 // other node with the CLIENT's address: that node's ingress policy tells two clients of the same
-// node apart, its proxy judges the request again, and the server sees the client.
+// node apart, its proxy judges the request again, and the server sees the client. The same for
+// a DNS query through the client node's DNS proxy.
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { clusterDown, clusterUp, parseClusterSpec, podNs } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
+import { startDnsmasq, stop, type Started } from '../../demo/services.js'
 
 const spec = parseClusterSpec(`
 prefix: wdcx-
@@ -23,6 +25,7 @@ nodes:
     podCIDR: 198.19.135.0/24
     endpoints:
       - {name: server, labels: {app: server}, ipv4: 198.19.135.10, interface: wdcx-server}
+      - {name: dns, labels: {app: dns}, ipv4: 198.19.135.53, interface: wdcx-dns}
   - name: b
     ip: 198.19.134.12
     podCIDR: 198.19.130.0/24
@@ -33,7 +36,8 @@ nodes:
 
 const policies = mkdtempSync(join(tmpdir(), 'warden-cluster-source-'))
 const http = 'rules: {http: [{method: GET, path: "/public/.*"}]}'
-// b's clients may GET /public/... on a's pods, through b's egress proxy
+// b's clients may GET /public/... on a's pods, through b's egress proxy, and ask a's DNS
+// server anything, through b's DNS proxy
 writeFileSync(join(policies, 'client.yaml'), `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: client-egress}
@@ -42,6 +46,18 @@ spec:
   egress:
   - toCIDR: [198.19.135.0/24]
     toPorts: [{ports: [{port: "8080", protocol: TCP}], ${http}}]
+  - toCIDR: [198.19.135.53/32]
+    toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]
+`)
+// a's DNS server takes queries from "good" only
+writeFileSync(join(policies, 'dns.yaml'), `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns-ingress}
+spec:
+  endpointSelector: {matchLabels: {app: dns}}
+  ingress:
+  - fromCIDR: [198.19.130.10/32]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
 `)
 // a's server takes them from "good" only (its address), and judges the requests again
 writeFileSync(join(policies, 'server.yaml'), `apiVersion: cilium.io/v2
@@ -57,9 +73,11 @@ spec:
 const ports = ['--proxy-port', '17310', '--dns-proxy-port', '17311', '--route-table', '2410']
 const agents = spec.nodes.map((n) => new NodeAgent(spec, n.name, { policies, args: ports }))
 const started: number[] = []
+let dnsmasq: Started | undefined
 
 t.teardown(async () => {
   for (const a of agents) await a.stop()
+  if (dnsmasq !== undefined) await stop(dnsmasq)
   for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch {} }
   await clusterDown(spec)
   rmSync(policies, { recursive: true, force: true })
@@ -99,4 +117,22 @@ t.test('proxied egress keeps the client address across nodes', async (t) => {
   const lines = agents[0].log().split('\n').filter((l) => l.includes('"/public/x"'))
   t.ok(lines.some((l) => l.includes('198.19.130.10') && l.includes('"allowed"')), `node a's access log names the client's address: ${lines[0] ?? agents[0].log().slice(-2000)}`)
   t.notOk(agents[0].log().includes('198.19.134.12'), 'node b\'s own address never shows at node a')
+})
+
+async function resolve (from: string): Promise<string> {
+  return await new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', podNs(spec, 'b', from), process.execPath, '-e',
+      "const r=new (require('dns').Resolver)({timeout:1500,tries:1});r.setServers(['198.19.135.53']);" +
+      "r.resolve4('api.example.com',(e,a)=>console.log(e?e.code:a.join(',')))"], { timeout: 10_000 }, (_err, stdout) => { resolve(String(stdout).trim()) })
+  })
+}
+
+t.test('proxied DNS keeps the client address across nodes', async (t) => {
+  dnsmasq = startDnsmasq(spec.workDir, podNs(spec, 'a', 'dns'), '198.19.135.53', [{ name: 'api.example.com', ipv4: '192.0.2.7' }], 30)
+  let got = ''
+  for (let i = 0; i < 30 && got !== '192.0.2.7'; i++) { got = await resolve('good'); if (got !== '192.0.2.7') await sleep(100) }
+  t.equal(got, '192.0.2.7', 'a client of node b resolves through its DNS proxy and node a\'s server')
+  const queries = readFileSync(join(spec.workDir, 'dnsmasq', 'queries.log'), 'utf8').split('\n').filter((l) => l.includes('query[A] api.example.com'))
+  t.ok(queries.length > 0 && queries.every((l) => l.endsWith('from 198.19.130.10')), `the server saw the client's address: ${queries.at(-1) ?? 'none'}`)
+  t.not(await resolve('other'), '192.0.2.7', 'another client of node b is dropped by node a\'s ingress policy')
 })

@@ -1,7 +1,7 @@
 // Needs root and the real kernel (namespaces, tc eBPF, bpf_sk_assign, IP_TRANSPARENT); CI runs as root.
-// The HTTP proxy keeps the client's source address on its upstream connection: the backend (a
-// real nginx) logs the client pod, not the node; policy is still enforced; and the backend's
-// replies, addressed to the client pod, reach the proxy's socket and never the pod itself.
+// The HTTP and DNS proxies keep the client's source address upstream: the backend (a real
+// nginx) and kube-dns (dnsmasq) log the client pod, not the node; policy is still enforced; and
+// the replies, addressed to the client pod, reach the proxy's socket and never the pod itself.
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -71,6 +71,15 @@ t.test('proxied connections keep the client address', async (t) => {
   // A reply of the proxy's upstream delivered to the client pod would find no socket there,
   // and the pod's kernel would answer it with a reset.
   t.equal(await outRsts(s, 'checkout-service'), rstsBefore, 'checkout-service got none of the upstream replies addressed to it')
+
+  // DNS: the query forwarded by the DNS proxy reaches kube-dns (dnsmasq, --log-queries) from the client
+  const exporter = s.endpointAddress('data-exporter')
+  const r = await s.exec('data-exporter', [process.execPath, '-e', `const r=new (require('dns').Resolver)();r.setServers(['${s.kubeDns}']);` +
+    "r.resolve4('api.github.com',(e,a)=>console.log(e?e.code:a.join(',')))"])
+  t.match(r.stdout.trim(), /^198\.19\.129\.\d+$/, 'data-exporter resolves api.github.com through the DNS proxy')
+  // (the lab's readiness probe asks kube-dns from its own namespace: the last query is ours)
+  const queries = readFileSync(join(cfg.workDir, 'dnsmasq', 'queries.log'), 'utf8').split('\n').filter((l) => l.includes('query[A] api.github.com'))
+  t.ok(queries.at(-1)?.endsWith(`from ${exporter}`), `kube-dns saw the query from data-exporter (${exporter}): ${queries.at(-1) ?? 'none'}`)
 
   const log = s.agentLog()
   t.match(log, new RegExp(`"src":"default/checkout-service".*"path":"/api/v1/charge"|"path":"/api/v1/charge".*"src":"default/checkout-service"`),

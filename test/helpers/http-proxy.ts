@@ -165,6 +165,8 @@ export interface ProxyFixtureOptions {
   dstPort?: number
   /** Receives each exchange's decision (HttpProxyDeps.onDecision). */
   onDecision?: HttpProxyDeps['onDecision']
+  /** The proxy's `upstreamSource` dependency (default: none, the connections leave from 127.0.0.1). */
+  upstreamSource?: (clientIp: string, dst: { ip: string, port: number }) => string | undefined
 }
 
 /**
@@ -191,6 +193,7 @@ export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
     originalDestination: () => dst,
     upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
     onDecision: fx.onDecision,
+    ...(fx.upstreamSource === undefined ? {} : { upstreamSource: fx.upstreamSource }),
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
   const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { clusterDown, clusterLeftovers, parseClusterSpec, podNs, nodeNs, endpointsFile } from '../../lab/cluster.js'
+import { clusterDown, clusterLeftovers, parseClusterSpec, podNs, nodeNs, endpointsFile, externalNs } from '../../lab/cluster.js'
 import { repoRoot } from '../../demo/session.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'warden-cluster-lab-'))
@@ -33,6 +33,8 @@ nodes:
     podCIDR: 198.19.139.0/24
     endpoints:
       - {name: client-c, namespace: other, labels: {app: client}, ipv4: 198.19.139.10, interface: wdcl-cc}
+external:
+  - {name: inet, ip: 198.19.136.100}
 `
 writeFileSync(file, text)
 const spec = parseClusterSpec(text)
@@ -85,6 +87,8 @@ t.test('three nodes up, traffic across them, and down', async (t) => {
     'a workload on node b reaches node a\'s by address, and the server sees its address (no NAT)')
   t.match(await hello(podNs(spec, 'c', 'client-c'), 'server.default'), /198\.19\.139\.10$/,
     'a workload on node c reaches it by name (/etc/hosts lists every node\'s workloads)')
+  t.match(await hello(externalNs(spec, 'inet'), '198.19.137.10'), /198\.19\.136\.100$/,
+    'a host outside the cluster, on the underlay, reaches node a\'s workload (it routes each pod CIDR to its node)')
   const route = await run('ip', ['-n', nodeNs(spec, 'b'), 'route', 'get', '198.19.137.10'])
   t.match(route.stdout, /via 198\.19\.136\.11 dev ul0/, 'node b routes node a\'s pods over the underlay to node a')
   const etcd = await inNs(nodeNs(spec, 'c'), ['curl', '-s', '--max-time', '3', 'http://etcd:23802/version'])

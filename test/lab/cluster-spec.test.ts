@@ -40,6 +40,8 @@ const bad: Array<[string, string, RegExp]> = [
   ['a node name that cannot name a namespace', good.replace('name: b', 'name: B_1'), /nodes\[1\]\.name must be/],
   ['no nodes', good.slice(0, good.indexOf('nodes:')) + 'nodes: []\n', /nodes must be a non-empty list/],
   ['a relative work directory', good.replace('workDir: /run/x', 'workDir: run/x'), /absolute path/],
+  ['an external host outside the underlay', good + 'external: [{name: inet, ip: 198.19.141.100}]\n', /external\[0\]\.ip must be an address in the underlay/],
+  ['an external host on a node\'s address', good + 'external: [{name: inet, ip: 198.19.140.11}]\n', /used twice/],
   ['not YAML', 'prefix: [', /cluster file/]
 ]
 

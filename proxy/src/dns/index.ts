@@ -50,6 +50,7 @@ function resolveOptions (o: DnsProxyOptions): ResolvedOptions {
     zombieGraceMs: intOption('zombieGraceMs', o.zombieGraceMs, 60000, 1),
     maxPending: intOption('maxPending', o.maxPending, 10000, 1),
     upstreamSockets: intOption('upstreamSockets', o.upstreamSockets, 8, 1),
+    upstreamSocketMark: intOption('upstreamSocketMark', o.upstreamSocketMark, 0, 0),
     proxyPort: o.proxyPort === undefined ? undefined : intOption('proxyPort', o.proxyPort, 0, 1),
     maxTcpPendingPerConnection: intOption('maxTcpPendingPerConnection', o.maxTcpPendingPerConnection, 32, 1),
     tcpIdleTimeoutMs: intOption('tcpIdleTimeoutMs', o.tcpIdleTimeoutMs, 10000, 1),

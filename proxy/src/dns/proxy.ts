@@ -44,6 +44,7 @@ export interface ResolvedOptions {
   zombieGraceMs: number
   maxPending: number
   upstreamSockets: number
+  upstreamSocketMark: number
   proxyPort?: number
   maxTcpPendingPerConnection: number
   tcpIdleTimeoutMs: number

@@ -13,6 +13,7 @@ import { plainIpv4 } from './proxy.js'
 import { RandomPool } from './ids.js'
 import { HEADER_LEN, RCODE, errorReply, isResponse, sameQuestion } from './wire.js'
 import type { Addr } from './types.js'
+import { transparentUpstreamFd } from '../transparent.js'
 
 /** Answers buffered for a client that does not read, before the connection is dropped. */
 const MAX_CLIENT_BACKLOG = 1 << 20
@@ -95,7 +96,7 @@ export class TcpConnection {
 
   private ensureUpstream (): net.Socket {
     if (this.upstream !== null) return this.upstream
-    const up = net.connect({ host: this.server.ip, port: this.server.port })
+    const up = this.connectUpstream()
     this.upFramer = new Framer()
     up.on('data', chunk => this.upFramer.push(chunk, msg => this.onAnswer(up, Buffer.from(msg))))
     up.on('error', err => {
@@ -108,6 +109,23 @@ export class TcpConnection {
     })
     this.upstream = up
     return up
+  }
+
+  /** To the server, from the client's address when deps.upstreamSource keeps it. */
+  private connectUpstream (): net.Socket {
+    const { ip, port } = this.server
+    const source = this.core.deps.upstreamSource?.(this.client.ip, this.server)
+    if (source === undefined) return net.connect({ host: ip, port })
+    let fd: number
+    try {
+      fd = transparentUpstreamFd(source, this.core.opts.upstreamSocketMark)
+    } catch (err) {
+      // not from the node's address instead: the server would judge another identity
+      const failed = new net.Socket()
+      process.nextTick(() => failed.destroy(err as Error))
+      return failed
+    }
+    return new net.Socket({ fd, readable: true, writable: true }).connect({ host: ip, port })
   }
 
   private onAnswer (up: net.Socket, msg: Buffer): void {

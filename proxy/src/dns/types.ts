@@ -33,6 +33,13 @@ export interface DnsProxyDeps {
    * name some toFQDNs selector matches are held until then, at most `holdMaxMs`.
    */
   learn (names: readonly LearnedName[]): Promise<void>
+  /**
+   * The address a query is forwarded from: the client's, so that the server sees and judges
+   * the client (needs IP_TRANSPARENT and a datapath that hands the answers, addressed to the
+   * client, to the proxy's socket; see upstreamSocketMark), or undefined for the node's
+   * (default). Asked once per query.
+   */
+  upstreamSource? (clientIp: string, server: Addr): string | undefined
   /** Does connection tracking have a live connection to this IP? (expired IP -> zombie) */
   hasConnection (ipv4: string): boolean
   logger: Logger
@@ -68,8 +75,13 @@ export interface DnsProxyOptions {
   zombieGraceMs?: number
   /** Forwarded queries in flight, all transports. Beyond: SERVFAIL. Default 10000. */
   maxPending?: number
-  /** UDP sockets (random source ports) per upstream server, opened on its first query. Default 8. */
+  /**
+   * UDP sockets (random source ports) per upstream server, opened on its first query; per
+   * client address and server when the client's address is kept (deps.upstreamSource). Default 8.
+   */
   upstreamSockets?: number
+  /** SO_MARK of the upstream sockets that keep a client's address (the datapath's proxy mark). Default 0. */
+  upstreamSocketMark?: number
   /**
    * The port of the transparent listeners. A query whose original destination is that port
    * was sent to the proxy itself, not redirected (a host process, a scan): there is no server

@@ -36,8 +36,9 @@ interface Upstream {
   pending: Map<number, Pending>
 }
 
-/** The connected sockets to one server (address and port). */
+/** The connected sockets to one server (address and port), from one source ('' = the node's). */
 interface ServerPool {
+  source: string
   ip: string
   ipNum: number
   port: number
@@ -81,7 +82,7 @@ export class UdpForwarder {
     d.data.copy(msg)
     const p = core.admit(msg, client, server, 'udp', reply)
     if (p === null) return
-    const pool = this.poolFor(server, p.started)
+    const pool = this.poolFor(server, core.deps.upstreamSource?.(client.ip, server) ?? '', p.started)
     if (pool === null) { core.counters.overload++; reply(errorReply(msg, p.q.end, RCODE.SERVFAIL)); return }
     // Pick a socket at random, then an ID free on it.
     const up = pool.ups[this.rnd.u16() % pool.ups.length]
@@ -105,15 +106,19 @@ export class UdpForwarder {
     core.counters.forwarded++
   }
 
-  /** The pool for `server`, opened on first use; null when MAX_UPSTREAM_SERVERS are busy. */
-  private poolFor (server: Addr, now: number): ServerPool | null {
+  /**
+   * The pool for `server` from `source` ('' = the node's address), opened on first use; null
+   * when MAX_UPSTREAM_SERVERS are busy. A pool that keeps a client's address serves that
+   * client's address only.
+   */
+  private poolFor (server: Addr, source: string, now: number): ServerPool | null {
     let pool = this.last
-    if (pool === null || pool.port !== server.port || pool.ip !== server.ip) {
-      const key = server.ip + ':' + server.port
+    if (pool === null || pool.port !== server.port || pool.ip !== server.ip || pool.source !== source) {
+      const key = source === '' ? server.ip + ':' + server.port : source + '>' + server.ip + ':' + server.port
       pool = this.pools.get(key) ?? null
       if (pool === null) {
         if (this.pools.size >= MAX_UPSTREAM_SERVERS && !this.closeIdlePool()) return null
-        pool = this.openPool(server.ip, server.port, key)
+        pool = this.openPool(server.ip, server.port, key, source)
         if (pool === null) return null
       }
       this.last = pool
@@ -123,15 +128,16 @@ export class UdpForwarder {
   }
 
   /** The pool's sockets, connected at once (UDP connect only binds and sets the peer); null when that fails. */
-  private openPool (ip: string, port: number, key: string): ServerPool | null {
-    const pool: ServerPool = { ip, ipNum: ipv4Num(ip), port, key, ups: [], lastUsed: 0 }
+  private openPool (ip: string, port: number, key: string, source: string): ServerPool | null {
+    const pool: ServerPool = { source, ip, ipNum: ipv4Num(ip), port, key, ups: [], lastUsed: 0 }
+    const from = source === '' ? undefined : { ip: source, mark: this.core.opts.upstreamSocketMark }
     try {
       for (let i = 0; i < this.socketsPerServer; i++) {
         const up: Upstream = { sock: null as unknown as UdpBatchSocket, pending: new Map() }
         up.sock = connectUdp(ip, port, UPSTREAM_RCVBUF, {
           onDatagram: d => this.onAnswer(pool, up, d),
           onError: err => this.onSocketError(pool, err)
-        })
+        }, from)
         pool.ups.push(up)
       }
     } catch (err) {
