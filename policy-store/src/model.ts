@@ -16,6 +16,8 @@ export type Peer =
   | { kind: 'endpoints', selector: Selector }
   | { kind: 'entity', entity: Entity }
   | { kind: 'cidr', prefix: Prefix, except: readonly Prefix[] }
+  /** `cidrGroupRef`: the CIDRs of the CiliumCIDRGroup of that name, whichever file holds it. */
+  | { kind: 'cidrGroup', name: string, except: readonly Prefix[] }
   | { kind: 'fqdn', matcher: NameMatcher }
 
 /** One protocol/port item; protocol is already expanded (ANY with a port -> TCP, UDP, SCTP). */
@@ -80,9 +82,19 @@ export interface PolicyRule {
   readonly hasSection: readonly [boolean, boolean]
 }
 
+/** A `CiliumCIDRGroup` (cluster-scoped): a named list of CIDRs rules refer to by `cidrGroupRef`. */
+export interface CidrGroup {
+  name: string
+  prefixes: readonly Prefix[]
+  /** 1-based line of the document. */
+  line: number
+}
+
 export interface FilePolicies {
   file: string
   rules: readonly PolicyRule[]
+  /** The CIDR groups the file defines (absent = none). */
+  cidrGroups?: readonly CidrGroup[]
   /** Number of policy documents. */
   policies: number
   /** Documents of other API groups (Deployments, Services) that were skipped. */

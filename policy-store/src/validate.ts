@@ -13,7 +13,7 @@ import {
 import {
   compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
 } from './matchers.js'
-import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
+import { ENTITIES, nextUid, type CidrGroup, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
 import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
@@ -90,10 +90,16 @@ class Checker {
 /** Validate every document of a parsed file. Errors go to the file's reporter. */
 export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicies, errors: PolicyError[] } {
   const rules: PolicyRule[] = []
+  const cidrGroups: CidrGroup[] = []
   let policies = 0
   let skipped = 0
   for (const { value, reporter } of parsed.docs) {
     const before = reporter.errors.length
+    if (isCidrGroup(value)) {
+      const g = validateCidrGroup(value, new Checker(reporter))
+      if (g !== null && reporter.errors.length === before) cidrGroups.push(g)
+      continue
+    }
     if (isForeignDocument(value)) { skipped++; continue }
     const docRules = validateDocument(value, new Checker(reporter))
     // A document with any error contributes nothing (never a half-applied policy).
@@ -102,7 +108,51 @@ export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicie
       policies++
     }
   }
-  return { policies: { file: parsed.reporter.file, rules, policies, skipped }, errors: parsed.reporter.errors }
+  const file: FilePolicies = { file: parsed.reporter.file, rules, policies, skipped }
+  if (cidrGroups.length > 0) file.cidrGroups = cidrGroups
+  return { policies: file, errors: parsed.reporter.errors }
+}
+
+function isCidrGroup (v: unknown): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && (v as Obj).kind === 'CiliumCIDRGroup'
+}
+
+/**
+ * A CiliumCIDRGroup (pkg/k8s/apis/cilium.io/v2/cidrgroups_types.go): cluster-scoped, `spec.
+ * externalCIDRs` a list of CIDRs (possibly empty). cilium.io/v2, or v2alpha1 as before 1.18.
+ */
+function validateCidrGroup (v: unknown, c: Checker): CidrGroup | null {
+  const doc = c.obj(v, [], ['apiVersion', 'kind', 'metadata', 'spec'])
+  if (doc === null) return null
+  const av = doc.apiVersion === undefined ? null : c.str(doc.apiVersion, ['apiVersion'])
+  if (av === null) { if (doc.apiVersion === undefined) c.r.add(ERR.REQUIRED, [], 'apiVersion is required (cilium.io/v2)') } else if (av !== 'cilium.io/v2' && av !== 'cilium.io/v2alpha1') {
+    c.r.add(ERR.KIND, ['apiVersion'], `unsupported apiVersion "${av}" for a CiliumCIDRGroup; expected cilium.io/v2 or cilium.io/v2alpha1`)
+  }
+  let name: string | null = null
+  const md = doc.metadata === undefined ? null : c.obj(doc.metadata, ['metadata'], ['name', 'namespace', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp'])
+  if (md === null || md.name === undefined) c.r.add(ERR.REQUIRED, doc.metadata === undefined ? [] : ['metadata'], 'metadata.name is required')
+  else {
+    name = c.str(md.name, ['metadata', 'name'])
+    if (name !== null && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) c.r.add(ERR.VALUE, ['metadata', 'name'], `"${name}" is not a valid name (lower-case DNS-1123 subdomain)`)
+  }
+  if (md?.namespace !== undefined) c.r.add(ERR.VALUE, ['metadata', 'namespace'], 'a CiliumCIDRGroup is cluster-scoped and has no namespace')
+  const prefixes: Prefix[] = []
+  if (doc.spec === undefined) c.r.add(ERR.REQUIRED, [], 'spec is required')
+  else {
+    const spec = c.obj(doc.spec, ['spec'], ['externalCIDRs'])
+    if (spec !== null && spec.externalCIDRs === undefined) c.r.add(ERR.REQUIRED, ['spec'], 'externalCIDRs is required (it may be empty)')
+    else if (spec !== null) {
+      c.list(spec.externalCIDRs, ['spec', 'externalCIDRs'])?.forEach((x, i) => {
+        const p = ['spec', 'externalCIDRs', i]
+        const str = c.str(x, p)
+        if (str === null) return
+        const prefix = parsePrefix(str)
+        if (typeof prefix === 'string') c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, p, prefix)
+        else prefixes.push(prefix)
+      })
+    }
+  }
+  return name === null ? null : { name, prefixes, line: c.r.lineOf([]) }
 }
 
 /**
@@ -294,13 +344,25 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   if (cidrSet !== undefined) {
     c.list(cidrSet, [...path, pre + 'CIDRSet'])?.forEach((s, i) => {
       const p = [...path, pre + 'CIDRSet', i]
-      const so = c.obj(s, p, ['cidr', 'except'], ['cidrGroupRef', 'cidrGroupSelector'])
+      const so = c.obj(s, p, ['cidr', 'except', 'cidrGroupRef'], ['cidrGroupSelector'])
       if (so === null) return
-      if (so.cidr === undefined) { if (so.cidrGroupRef === undefined && so.cidrGroupSelector === undefined) c.r.add(ERR.REQUIRED, p, 'cidr is required'); return }
-      const str = c.str(so.cidr, [...p, 'cidr'])
-      if (str === null) return
-      const prefix = parsePrefix(str)
-      if (typeof prefix === 'string') { c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, [...p, 'cidr'], prefix); return }
+      if (so.cidr !== undefined && so.cidrGroupRef !== undefined) { c.r.add(ERR.VALUE, p, 'cidr and cidrGroupRef are mutually exclusive'); return }
+      if (so.cidr === undefined && so.cidrGroupRef === undefined) { if (so.cidrGroupSelector === undefined) c.r.add(ERR.REQUIRED, p, 'cidr or cidrGroupRef is required'); return }
+      let prefix: Prefix | null = null
+      let group: string | null = null
+      let str = ''
+      if (so.cidr !== undefined) {
+        const cs = c.str(so.cidr, [...p, 'cidr'])
+        if (cs === null) return
+        str = cs
+        const px = parsePrefix(cs)
+        if (typeof px === 'string') { c.r.add(cs.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, [...p, 'cidr'], px); return }
+        prefix = px
+      } else {
+        group = c.str(so.cidrGroupRef, [...p, 'cidrGroupRef'])
+        if (group === null) return
+        if (group.length > 253 || !DNS1123_SUBDOMAIN.test(group)) { c.r.add(ERR.VALUE, [...p, 'cidrGroupRef'], `"${group}" is not a valid CiliumCIDRGroup name`); return }
+      }
       const except: Prefix[] = []
       if (so.except !== undefined) {
         c.list(so.except, [...p, 'except'])?.forEach((e, j) => {
@@ -309,11 +371,12 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
           if (es === null) return
           const ex = parsePrefix(es)
           if (typeof ex === 'string') c.r.add(ERR.CIDR, ep2, ex)
-          else if (!prefixContains(prefix, ex)) c.r.add(ERR.CIDR, ep2, `except "${es}" is not inside cidr "${str}"`)
+          else if (prefix !== null && !prefixContains(prefix, ex)) c.r.add(ERR.CIDR, ep2, `except "${es}" is not inside cidr "${str}"`)
           else except.push(ex)
         })
       }
-      add({ kind: 'cidr', prefix, except })
+      // A group's CIDRs are known only at compile time (another file may define or change it).
+      add(prefix !== null ? { kind: 'cidr', prefix, except } : { kind: 'cidrGroup', name: group as string, except })
     })
   }
   const ent = o[pre + 'Entities']
