@@ -20,10 +20,13 @@ export type Peer =
   | { kind: 'cidrGroup', name: string, except: readonly Prefix[] }
   | { kind: 'fqdn', matcher: NameMatcher }
 
-/** One protocol/port item; protocol is already expanded (ANY with a port -> TCP, UDP, SCTP). */
+/**
+ * One protocol/port item; protocol is already expanded (ANY with a port -> TCP, UDP, SCTP).
+ * An `icmps` type is protocol 1 with port ICMP_PORT_BASE | type (types.ts).
+ */
 export interface PortItem {
-  /** 6, 17, 132; or 0 with port 0 (all protocols, all ports). */
-  protocol: 0 | 6 | 17 | 132
+  /** 1, 6, 17, 132; or 0 with port 0 (all protocols, all ports). */
+  protocol: 0 | 1 | 6 | 17 | 132
   /** 0 = all ports of that protocol (then endPort 0). */
   port: number
   endPort: number

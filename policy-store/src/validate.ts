@@ -15,7 +15,7 @@ import {
 } from './matchers.js'
 import { ENTITIES, nextUid, type CidrGroup, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
-import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
+import { DIR, ICMP_PORT_BASE, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
@@ -296,10 +296,70 @@ function validateRule (v: unknown, path: PathSeg[], specIndex: number, ctx: Ctx,
 }
 
 const PEER_FIELDS: Record<Section, { allowed: string[], unsupported: string[] }> = {
-  ingress: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps', 'authentication'] },
-  ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps'] },
-  egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps', 'authentication'] },
-  egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps'] }
+  ingress: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts', 'icmps'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'authentication'] },
+  ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts', 'icmps'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes'] },
+  egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'authentication'] },
+  egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes'] }
+}
+
+/** Cilium's cap on fields per ICMPRule (`maxICMPFields` in pkg/policy/api/icmp.go). */
+const MAX_ICMP_FIELDS = 40
+/** Cilium's ICMPv4 type names (pkg/policy/api/icmp.go, icmpIpv4TypeNameToCode). */
+export const ICMP_TYPE_NAMES: Readonly<Record<string, number>> = {
+  EchoReply: 0,
+  DestinationUnreachable: 3,
+  Redirect: 5,
+  Echo: 8,
+  EchoRequest: 8,
+  RouterAdvertisement: 9,
+  RouterSelection: 10,
+  TimeExceeded: 11,
+  ParameterProblem: 12,
+  Timestamp: 13,
+  TimestampReply: 14,
+  Photuris: 40,
+  ExtendedEchoRequest: 42,
+  ExtendedEchoReply: 43
+}
+
+/** An ICMP type by number (0..255) or by Cilium's name; null (and an error) otherwise. */
+export function icmpType (v: unknown): number | string {
+  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v <= 255 ? v : `type ${v} is out of range 0..255`
+  if (typeof v === 'string') {
+    const n = ICMP_TYPE_NAMES[v]
+    return n !== undefined ? n : `unknown ICMP type name "${v}" (expected 0..255 or one of: ${Object.keys(ICMP_TYPE_NAMES).join(', ')})`
+  }
+  return 'must be a number 0..255 or an ICMP type name'
+}
+
+/** `icmps: [{fields: [{type, family}]}]`: each ICMPRule is one port list of ICMP types. */
+function validateIcmps (v: unknown, path: PathSeg[], c: Checker): PortItem[][] {
+  const out: PortItem[][] = []
+  c.list(v, path)?.forEach((r, i) => {
+    const rp = [...path, i]
+    const ro = c.obj(r, rp, ['fields'])
+    if (ro === null) return
+    const fields = ro.fields === undefined ? null : c.list(ro.fields, [...rp, 'fields'])
+    if (fields === null || fields.length === 0) { if (ro.fields === undefined || fields !== null) c.r.add(ERR.REQUIRED, [...rp, 'fields'], 'fields must list at least one ICMP type'); return }
+    if (fields.length > MAX_ICMP_FIELDS) c.r.add(ERR.PORT, [...rp, 'fields'], `too many ICMP fields, the max is ${MAX_ICMP_FIELDS}`)
+    const items: PortItem[] = []
+    fields.forEach((f, j) => {
+      const fp = [...rp, 'fields', j]
+      const fo = c.obj(f, fp, ['type', 'family'])
+      if (fo === null) return
+      if (fo.family !== undefined) {
+        const fam = c.str(fo.family, [...fp, 'family'])
+        if (fam === 'IPv6') { c.r.add(ERR.UNSUPPORTED, [...fp, 'family'], 'ICMPv6 rules are not supported (warden enforces IPv4)'); return }
+        if (fam !== null && fam !== 'IPv4') { c.r.add(ERR.VALUE, [...fp, 'family'], `family must be IPv4 or IPv6, got "${fam}"`); return }
+      }
+      if (fo.type === undefined) { c.r.add(ERR.REQUIRED, fp, 'type is required'); return }
+      const ty = icmpType(fo.type)
+      if (typeof ty === 'string') { c.r.add(ERR.VALUE, [...fp, 'type'], ty); return }
+      items.push({ protocol: 1, port: ICMP_PORT_BASE | ty, endPort: ICMP_PORT_BASE | ty })
+    })
+    out.push(items)
+  })
+  return out
 }
 
 function validateElement (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, ctx: Ctx, c: Checker): RuleElement[] {
@@ -407,7 +467,13 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   const finalPeers: Peer[] | null = anyPeer ? null : peers
   const dir = ingress ? DIR.INGRESS : DIR.EGRESS
   const out: RuleElement[] = []
-  if (o.toPorts === undefined) {
+  if (o.icmps !== undefined) {
+    // Cilium (pkg/policy/api/rule_validation.go): ICMPs only without ToPorts in one rule.
+    if (o.toPorts !== undefined) c.r.add(ERR.VALUE, [...path, 'icmps'], 'icmps and toPorts cannot be combined in one rule; write them as separate rules')
+    for (const ports of validateIcmps(o.icmps, [...path, 'icmps'], c)) {
+      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports, namedPorts: null, http: null, dns: null })
+    }
+  } else if (o.toPorts === undefined) {
     // `{}` (no peer, no port) allows nothing (as in Cilium), but still switches on default deny.
     if (finalPeers !== null || anyPeer) {
       out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, namedPorts: null, http: null, dns: null })
