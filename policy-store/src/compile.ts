@@ -60,7 +60,7 @@ interface Local { id: number, prefix: Prefix, fqdnKeys: string[] }
 interface LocalEntry { labels: Label[], local: Local, ip: IpcacheEntry }
 
 /** A rule's CIDR prefixes and FQDN matchers (they make local identities). */
-interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[] }
+interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[], groups: string[] }
 
 /** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
 interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
@@ -75,6 +75,8 @@ interface Run {
   podsChanged: boolean
   /** Some endpoint's named container ports changed (rules with named ports must be redone). */
   namedPortsChanged: boolean
+  /** Some CiliumCIDRGroup's CIDRs changed (peers with cidrGroupRef must be resolved again). */
+  groupsChanged: boolean
   filesChanged: boolean
   added: PolicyRule[]
   removed: PolicyRule[]
@@ -115,6 +117,9 @@ export class Compiler {
   private selectorCache = new Map<string, number[]>()
   // Rules, in input order; what each selects; what each element resolves to.
   private files: readonly FilePolicies[] = []
+  /** CiliumCIDRGroup name -> its CIDRs (a name defined in several files: the union). */
+  private groups = new Map<string, Prefix[]>()
+  private groupsSig = ''
   /** Position of a file in the input, of a rule in its file: rules are used in input order. */
   private fileIdx = new Map<FilePolicies, number>()
   private readonly ruleFile = new Map<PolicyRule, FilePolicies>()
@@ -165,11 +170,11 @@ export class Compiler {
    */
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
     this.now = input.now
-    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
+    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.updateEndpoints(input, run)
     this.updateRules(input.files, run)
     this.updateLocalIdentities(input, run)
-    const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals)
+    const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals, this.groups)
     const select = (sel: Selector): number[] => {
       let ids = this.selectorCache.get(sel.canonical)
       if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
@@ -257,6 +262,18 @@ export class Compiler {
     run.filesChanged = true
     if (this.diffFiles(files, run.added, run.removed, run.dirty)) run.allDirty = true
     this.files = files
+    const groups = new Map<string, Prefix[]>()
+    for (const f of files) {
+      for (const g of f.cidrGroups ?? []) {
+        const l = groups.get(g.name)
+        if (l === undefined) groups.set(g.name, [...g.prefixes])
+        else l.push(...g.prefixes)
+      }
+    }
+    const sig = [...groups].map(([n, ps]) => n + '=' + ps.map(formatPrefix).sort().join(',')).sort().join('|')
+    if (sig !== this.groupsSig) run.groupsChanged = this.prevSnapshot !== null
+    this.groups = groups
+    this.groupsSig = sig
   }
 
   /** Step 3: local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache. */
@@ -319,7 +336,11 @@ export class Compiler {
    * selects are dirty when the answer changed.
    */
   private resolveRulePeers (run: Run, universe: Universe, select: (sel: Selector) => number[]): void {
-    const { podsChanged, localsChanged, fqdnChanged } = run
+    // A group edit re-resolves every peer that depends on local identities (those with
+    // cidrGroupRef among them), also when no local identity came or went.
+    const { podsChanged } = run
+    const localsChanged = run.localsChanged || run.groupsChanged
+    const fqdnChanged = run.groupsChanged ? null : run.fqdnChanged
     const resolve = (el: RuleElement): ElState['ids'] => el.peers === null ? null : resolvePeers(el.peers, universe, select)
     for (const r of run.added) {
       for (const el of r.elements) {
@@ -524,7 +545,7 @@ export class Compiler {
       const fqdnSelectors = new Map<string, FqdnSelector>()
       const rulePrefixes = new Map<string, Prefix>()
       for (const rl of this.files.flatMap(fileLocals)) {
-        for (const x of rl.prefixes) {
+        for (const x of [...rl.prefixes, ...rl.groups.flatMap((g) => this.groups.get(g) ?? [])]) {
           if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
           rulePrefixes.set(formatPrefix(x), x)
         }
@@ -654,14 +675,14 @@ function fileLocals (f: FilePolicies): RuleLocals[] {
   if (list === undefined) {
     list = []
     for (const r of f.rules) {
-      const out: RuleLocals = { prefixes: [], fqdns: [] }
+      const out: RuleLocals = { prefixes: [], fqdns: [], groups: [] }
       for (const el of r.elements) {
         for (const p of el.peers ?? []) {
           if (p.kind === 'cidr') out.prefixes.push(p.prefix, ...p.except)
-          else if (p.kind === 'fqdn') out.fqdns.push(p.matcher)
+          else if (p.kind === 'cidrGroup') { out.groups.push(p.name); out.prefixes.push(...p.except) } else if (p.kind === 'fqdn') out.fqdns.push(p.matcher)
         }
       }
-      if (out.prefixes.length > 0 || out.fqdns.length > 0) list.push(out)
+      if (out.prefixes.length > 0 || out.fqdns.length > 0 || out.groups.length > 0) list.push(out)
     }
     localsCache.set(f, list)
   }
@@ -694,7 +715,15 @@ class PodIndex {
 /** The identities peers can resolve to: reserved, pods (indexed) and local (CIDR/FQDN) ones. */
 class Universe {
   private byFqdn: Map<string, number[]> | null = null
-  constructor (private readonly pods: PodIndex, readonly podIds: ReadonlySet<number>, readonly locals: readonly Local[]) {}
+  constructor (private readonly pods: PodIndex, readonly podIds: ReadonlySet<number>, readonly locals: readonly Local[],
+    private readonly groups: ReadonlyMap<string, readonly Prefix[]>) {}
+
+  /** A group nobody defines selects nothing (fail closed), as in Cilium. */
+  cidrGroup (name: string, except: readonly Prefix[]): number[] {
+    const out = new Set<number>()
+    for (const prefix of this.groups.get(name) ?? []) for (const id of this.cidr(prefix, except)) out.add(id)
+    return [...out]
+  }
 
   /** Endpoint selectors pick among pod identities and reserved identities (never CIDR/FQDN). */
   select (sel: Selector): number[] {
@@ -756,9 +785,9 @@ function peerDeps (el: RuleElement): Deps {
     d = { pods: false, locals: false, fqdnKeys: [] }
     for (const p of el.peers ?? []) {
       if (p.kind === 'endpoints' || (p.kind === 'entity' && p.entity === 'cluster')) d.pods = true
-      if (p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.locals = true
+      if (p.kind === 'cidr' || p.kind === 'cidrGroup' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.locals = true
       if (p.kind === 'fqdn') d.fqdnKeys?.push(p.matcher.key)
-      else if (p.kind === 'cidr' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.fqdnKeys = null
+      else if (p.kind === 'cidr' || p.kind === 'cidrGroup' || (p.kind === 'entity' && p.entity.startsWith('world'))) d.fqdnKeys = null
     }
     if (!d.locals) d.fqdnKeys = null
     depsCache.set(el, d)
@@ -774,6 +803,7 @@ function resolvePeers (peers: readonly Peer[], u: Universe, select: (s: Selector
       case 'endpoints': ids = select(p.selector); break
       case 'entity': ids = u.entity(p.entity); break
       case 'cidr': ids = u.cidr(p.prefix, p.except); break
+      case 'cidrGroup': ids = u.cidrGroup(p.name, p.except); break
       case 'fqdn': ids = u.fqdn(p.matcher.key); break
     }
     for (const id of ids) out.add(id)

@@ -16,12 +16,17 @@ export type Peer =
   | { kind: 'endpoints', selector: Selector }
   | { kind: 'entity', entity: Entity }
   | { kind: 'cidr', prefix: Prefix, except: readonly Prefix[] }
+  /** `cidrGroupRef`: the CIDRs of the CiliumCIDRGroup of that name, whichever file holds it. */
+  | { kind: 'cidrGroup', name: string, except: readonly Prefix[] }
   | { kind: 'fqdn', matcher: NameMatcher }
 
-/** One protocol/port item; protocol is already expanded (ANY with a port -> TCP, UDP, SCTP). */
+/**
+ * One protocol/port item; protocol is already expanded (ANY with a port -> TCP, UDP, SCTP).
+ * An `icmps` type is protocol 1 with port ICMP_PORT_BASE | type (types.ts).
+ */
 export interface PortItem {
-  /** 6, 17, 132; or 0 with port 0 (all protocols, all ports). */
-  protocol: 0 | 6 | 17 | 132
+  /** 1, 6, 17, 132; or 0 with port 0 (all protocols, all ports). */
+  protocol: 0 | 1 | 6 | 17 | 132
   /** 0 = all ports of that protocol (then endPort 0). */
   port: number
   endPort: number
@@ -80,9 +85,19 @@ export interface PolicyRule {
   readonly hasSection: readonly [boolean, boolean]
 }
 
+/** A `CiliumCIDRGroup` (cluster-scoped): a named list of CIDRs rules refer to by `cidrGroupRef`. */
+export interface CidrGroup {
+  name: string
+  prefixes: readonly Prefix[]
+  /** 1-based line of the document. */
+  line: number
+}
+
 export interface FilePolicies {
   file: string
   rules: readonly PolicyRule[]
+  /** The CIDR groups the file defines (absent = none). */
+  cidrGroups?: readonly CidrGroup[]
   /** Number of policy documents. */
   policies: number
   /** Documents of other API groups (Deployments, Services) that were skipped. */

@@ -9,7 +9,7 @@
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ERR, type PolicyError } from './errors.js'
-import type { FilePolicies, PolicyRule } from './model.js'
+import type { CidrGroup, FilePolicies, PolicyRule } from './model.js'
 import { fileStampSync, parseYamlString, readTextFile, splitDocuments } from './source-file.js'
 import { validatePolicyFile } from './validate.js'
 import { watchPaths } from './watch.js'
@@ -138,17 +138,21 @@ export class DirectoryPolicySource implements PolicySource {
     }
     const errors: PolicyError[] = []
     const rules: PolicyRule[] = []
+    const cidrGroups: CidrGroup[] = []
     let policies = 0
     let skipped = 0
     for (const d of pieces) {
       errors.push(...d.errors)
       const p = d.policies as FilePolicies
       for (const r of p.rules) rules.push(r)
+      for (const g of p.cidrGroups ?? []) cidrGroups.push(g)
       policies += p.policies
       skipped += p.skipped
     }
     if (errors.length > 0) return { key: file, policies: null, errors }
-    return { key: file, policies: { file, rules, policies, skipped }, errors: [] }
+    const out: FilePolicies = { file, rules, policies, skipped }
+    if (cidrGroups.length > 0) out.cidrGroups = cidrGroups
+    return { key: file, policies: out, errors: [] }
   }
 
   watch (onChange: () => void): () => void {

@@ -35,7 +35,6 @@ export interface DirectionOutput {
 interface Contrib { id: number, el: RuleElement }
 
 const PROTO_SHIFT = 1 << 17
-const PROTOS = [6, 17, 132] as const
 
 function dirName (d: Direction): string { return d === 0 ? 'ingress' : 'egress' }
 

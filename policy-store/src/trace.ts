@@ -9,7 +9,7 @@ import { identityLabelsOf } from './labels.js'
 import { decideDns, decideHttp } from './l7-match.js'
 import { normalizeFqdn } from './matchers.js'
 import { lookupKernel } from './resolve.js'
-import { DIR, l7Key, type Direction, type Endpoint, type KernelEntry, type Label, type RuleRef, type Snapshot } from './types.js'
+import { DIR, ICMP_PORT_BASE, l7Key, type Direction, type Endpoint, type KernelEntry, type Label, type RuleRef, type Snapshot } from './types.js'
 
 export interface TracePeer {
   /** As given on the command line. */
@@ -22,8 +22,11 @@ export interface TracePeer {
 export interface TraceQuery {
   from: string
   to: string
+  /** Destination port; ignored for ICMP. */
   port: number
-  protocol: 'TCP' | 'UDP' | 'SCTP'
+  protocol: 'TCP' | 'UDP' | 'SCTP' | 'ICMP'
+  /** ICMP type (0..255) when protocol is ICMP; default 8 (echo request, what ping sends). */
+  icmpType?: number
   method?: string
   path?: string
   host?: string
@@ -123,14 +126,14 @@ function ruleReason (type: 'rule' | 'deny-rule', r: RuleRef, prefix: string): Tr
   return { type, text: `${prefix} ${describeRule(r)}`, file: r.file, line: r.line, policy: r.policy, kind: r.kind, rule: `${r.spec > 0 ? `specs[${r.spec}].` : ''}${r.section}[${r.index}]` }
 }
 
-const PROTO_NUM = { TCP: 6, UDP: 17, SCTP: 132 } as const
+const PROTO_NUM = { TCP: 6, UDP: 17, SCTP: 132, ICMP: 1 } as const
 
 function kernelStep (snap: Snapshot, ep: Endpoint, dir: Direction, remote: number, proto: number, port: number, q: TraceQuery): TraceStep[] {
   const at = `${dir === DIR.INGRESS ? 'ingress' : 'egress'} of ${ep.namespace}/${ep.name}`
   const e: KernelEntry | undefined = lookupKernel(snap.kernel, ep.id, dir, remote, proto, port)
   if (e === undefined) {
     const hasL4 = snap.kernel.some((k) => k.endpointId === ep.id && k.direction === dir && (k.remoteIdentity === remote || k.remoteIdentity === 0) && k.verdict !== 'deny')
-    return [{ at, verdict: 'denied', layer: hasL4 ? 'L4' : 'L3', reason: { type: 'default-deny', text: `default deny: policies select ${ep.namespace}/${ep.name} for ${dir === DIR.INGRESS ? 'ingress' : 'egress'} and none allows identity ${remote} on ${q.protocol}/${port}` } }]
+    return [{ at, verdict: 'denied', layer: hasL4 ? 'L4' : 'L3', reason: { type: 'default-deny', text: `default deny: policies select ${ep.namespace}/${ep.name} for ${dir === DIR.INGRESS ? 'ingress' : 'egress'} and none allows identity ${remote} on ${q.protocol === 'ICMP' ? `ICMP type ${port & 0xff}` : `${q.protocol}/${port}`}` } }]
   }
   const layer: Layer = e.protocol === 0 && e.port === 0 ? 'L3' : 'L4'
   if (e.verdict === 'deny') return [{ at, verdict: 'denied', layer, kernelVerdict: e.verdict, reason: ruleReason('deny-rule', e.rule as RuleRef, 'denied by') }]
@@ -174,9 +177,11 @@ export function traceFlow (snap: Snapshot, q: TraceQuery): TraceResult | string 
   const dst = resolvePeer(snap, q.to)
   if (typeof dst === 'string') return `--to: ${dst}`
   const proto = PROTO_NUM[q.protocol]
+  // ICMP is looked up by type, as the kernel does (types.ts, ICMP_PORT_BASE).
+  const port = q.protocol === 'ICMP' ? ICMP_PORT_BASE | (q.icmpType ?? 8) : q.port
   const steps: TraceStep[] = []
-  if (src.endpoint !== null) steps.push(...kernelStep(snap, src.endpoint, DIR.EGRESS, dst.identity, proto, q.port, q))
-  if (!steps.some((s) => s.verdict === 'denied') && dst.endpoint !== null) steps.push(...kernelStep(snap, dst.endpoint, DIR.INGRESS, src.identity, proto, q.port, q))
+  if (src.endpoint !== null) steps.push(...kernelStep(snap, src.endpoint, DIR.EGRESS, dst.identity, proto, port, q))
+  if (!steps.some((s) => s.verdict === 'denied') && dst.endpoint !== null) steps.push(...kernelStep(snap, dst.endpoint, DIR.INGRESS, src.identity, proto, port, q))
   const who = (p: TracePeer): TraceResult['from'] => ({ spec: p.spec, identity: p.identity, endpoint: p.endpoint === null ? null : `${p.endpoint.namespace}/${p.endpoint.name}` })
   if (steps.length === 0) {
     const reason: TraceReason = { type: 'not-local', text: 'neither side is an endpoint on this node; warden does not enforce this flow' }

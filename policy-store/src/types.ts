@@ -11,6 +11,14 @@
 export const PROTO = { ANY: 0, ICMP: 1, TCP: 6, UDP: 17, SCTP: 132 } as const
 export type ProtocolNumber = 0 | 1 | 6 | 17 | 132
 
+/**
+ * ICMP entries (protocol 1) carry the ICMP type as their port: ICMP_PORT_BASE | type, so that
+ * type 0 (echo reply) is not port 0 ("any port"). The kernel program looks ICMP packets up
+ * the same way (L7P_ICMP_PORT_BASE in redirect-bpf/bpf/l7p.h). Cilium keys ICMP types as
+ * ports too (pkg/policy/api/icmp.go, ICMPField.PortProtocol).
+ */
+export const ICMP_PORT_BASE = 0x100
+
 /** Direction as seen from the endpoint the entry belongs to. Numeric so it can go in a map key. */
 export const DIR = { INGRESS: 0, EGRESS: 1 } as const
 export type Direction = 0 | 1

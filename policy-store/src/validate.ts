@@ -13,9 +13,9 @@ import {
 import {
   compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
 } from './matchers.js'
-import { ENTITIES, nextUid, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
+import { ENTITIES, nextUid, type CidrGroup, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
 import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
-import { DIR, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
+import { DIR, ICMP_PORT_BASE, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
@@ -90,10 +90,16 @@ class Checker {
 /** Validate every document of a parsed file. Errors go to the file's reporter. */
 export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicies, errors: PolicyError[] } {
   const rules: PolicyRule[] = []
+  const cidrGroups: CidrGroup[] = []
   let policies = 0
   let skipped = 0
   for (const { value, reporter } of parsed.docs) {
     const before = reporter.errors.length
+    if (isCidrGroup(value)) {
+      const g = validateCidrGroup(value, new Checker(reporter))
+      if (g !== null && reporter.errors.length === before) cidrGroups.push(g)
+      continue
+    }
     if (isForeignDocument(value)) { skipped++; continue }
     const docRules = validateDocument(value, new Checker(reporter))
     // A document with any error contributes nothing (never a half-applied policy).
@@ -102,7 +108,51 @@ export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicie
       policies++
     }
   }
-  return { policies: { file: parsed.reporter.file, rules, policies, skipped }, errors: parsed.reporter.errors }
+  const file: FilePolicies = { file: parsed.reporter.file, rules, policies, skipped }
+  if (cidrGroups.length > 0) file.cidrGroups = cidrGroups
+  return { policies: file, errors: parsed.reporter.errors }
+}
+
+function isCidrGroup (v: unknown): boolean {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && (v as Obj).kind === 'CiliumCIDRGroup'
+}
+
+/**
+ * A CiliumCIDRGroup (pkg/k8s/apis/cilium.io/v2/cidrgroups_types.go): cluster-scoped, `spec.
+ * externalCIDRs` a list of CIDRs (possibly empty). cilium.io/v2, or v2alpha1 as before 1.18.
+ */
+function validateCidrGroup (v: unknown, c: Checker): CidrGroup | null {
+  const doc = c.obj(v, [], ['apiVersion', 'kind', 'metadata', 'spec'])
+  if (doc === null) return null
+  const av = doc.apiVersion === undefined ? null : c.str(doc.apiVersion, ['apiVersion'])
+  if (av === null) { if (doc.apiVersion === undefined) c.r.add(ERR.REQUIRED, [], 'apiVersion is required (cilium.io/v2)') } else if (av !== 'cilium.io/v2' && av !== 'cilium.io/v2alpha1') {
+    c.r.add(ERR.KIND, ['apiVersion'], `unsupported apiVersion "${av}" for a CiliumCIDRGroup; expected cilium.io/v2 or cilium.io/v2alpha1`)
+  }
+  let name: string | null = null
+  const md = doc.metadata === undefined ? null : c.obj(doc.metadata, ['metadata'], ['name', 'namespace', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp'])
+  if (md === null || md.name === undefined) c.r.add(ERR.REQUIRED, doc.metadata === undefined ? [] : ['metadata'], 'metadata.name is required')
+  else {
+    name = c.str(md.name, ['metadata', 'name'])
+    if (name !== null && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) c.r.add(ERR.VALUE, ['metadata', 'name'], `"${name}" is not a valid name (lower-case DNS-1123 subdomain)`)
+  }
+  if (md?.namespace !== undefined) c.r.add(ERR.VALUE, ['metadata', 'namespace'], 'a CiliumCIDRGroup is cluster-scoped and has no namespace')
+  const prefixes: Prefix[] = []
+  if (doc.spec === undefined) c.r.add(ERR.REQUIRED, [], 'spec is required')
+  else {
+    const spec = c.obj(doc.spec, ['spec'], ['externalCIDRs'])
+    if (spec !== null && spec.externalCIDRs === undefined) c.r.add(ERR.REQUIRED, ['spec'], 'externalCIDRs is required (it may be empty)')
+    else if (spec !== null) {
+      c.list(spec.externalCIDRs, ['spec', 'externalCIDRs'])?.forEach((x, i) => {
+        const p = ['spec', 'externalCIDRs', i]
+        const str = c.str(x, p)
+        if (str === null) return
+        const prefix = parsePrefix(str)
+        if (typeof prefix === 'string') c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, p, prefix)
+        else prefixes.push(prefix)
+      })
+    }
+  }
+  return name === null ? null : { name, prefixes, line: c.r.lineOf([]) }
 }
 
 /**
@@ -246,10 +296,70 @@ function validateRule (v: unknown, path: PathSeg[], specIndex: number, ctx: Ctx,
 }
 
 const PEER_FIELDS: Record<Section, { allowed: string[], unsupported: string[] }> = {
-  ingress: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps', 'authentication'] },
-  ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'icmps'] },
-  egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps', 'authentication'] },
-  egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'icmps'] }
+  ingress: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts', 'icmps'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes', 'authentication'] },
+  ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts', 'icmps'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes'] },
+  egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'authentication'] },
+  egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes'] }
+}
+
+/** Cilium's cap on fields per ICMPRule (`maxICMPFields` in pkg/policy/api/icmp.go). */
+const MAX_ICMP_FIELDS = 40
+/** Cilium's ICMPv4 type names (pkg/policy/api/icmp.go, icmpIpv4TypeNameToCode). */
+export const ICMP_TYPE_NAMES: Readonly<Record<string, number>> = {
+  EchoReply: 0,
+  DestinationUnreachable: 3,
+  Redirect: 5,
+  Echo: 8,
+  EchoRequest: 8,
+  RouterAdvertisement: 9,
+  RouterSelection: 10,
+  TimeExceeded: 11,
+  ParameterProblem: 12,
+  Timestamp: 13,
+  TimestampReply: 14,
+  Photuris: 40,
+  ExtendedEchoRequest: 42,
+  ExtendedEchoReply: 43
+}
+
+/** An ICMP type by number (0..255) or by Cilium's name; null (and an error) otherwise. */
+export function icmpType (v: unknown): number | string {
+  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v <= 255 ? v : `type ${v} is out of range 0..255`
+  if (typeof v === 'string') {
+    const n = ICMP_TYPE_NAMES[v]
+    return n !== undefined ? n : `unknown ICMP type name "${v}" (expected 0..255 or one of: ${Object.keys(ICMP_TYPE_NAMES).join(', ')})`
+  }
+  return 'must be a number 0..255 or an ICMP type name'
+}
+
+/** `icmps: [{fields: [{type, family}]}]`: each ICMPRule is one port list of ICMP types. */
+function validateIcmps (v: unknown, path: PathSeg[], c: Checker): PortItem[][] {
+  const out: PortItem[][] = []
+  c.list(v, path)?.forEach((r, i) => {
+    const rp = [...path, i]
+    const ro = c.obj(r, rp, ['fields'])
+    if (ro === null) return
+    const fields = ro.fields === undefined ? null : c.list(ro.fields, [...rp, 'fields'])
+    if (fields === null || fields.length === 0) { if (ro.fields === undefined || fields !== null) c.r.add(ERR.REQUIRED, [...rp, 'fields'], 'fields must list at least one ICMP type'); return }
+    if (fields.length > MAX_ICMP_FIELDS) c.r.add(ERR.PORT, [...rp, 'fields'], `too many ICMP fields, the max is ${MAX_ICMP_FIELDS}`)
+    const items: PortItem[] = []
+    fields.forEach((f, j) => {
+      const fp = [...rp, 'fields', j]
+      const fo = c.obj(f, fp, ['type', 'family'])
+      if (fo === null) return
+      if (fo.family !== undefined) {
+        const fam = c.str(fo.family, [...fp, 'family'])
+        if (fam === 'IPv6') { c.r.add(ERR.UNSUPPORTED, [...fp, 'family'], 'ICMPv6 rules are not supported (warden enforces IPv4)'); return }
+        if (fam !== null && fam !== 'IPv4') { c.r.add(ERR.VALUE, [...fp, 'family'], `family must be IPv4 or IPv6, got "${fam}"`); return }
+      }
+      if (fo.type === undefined) { c.r.add(ERR.REQUIRED, fp, 'type is required'); return }
+      const ty = icmpType(fo.type)
+      if (typeof ty === 'string') { c.r.add(ERR.VALUE, [...fp, 'type'], ty); return }
+      items.push({ protocol: 1, port: ICMP_PORT_BASE | ty, endPort: ICMP_PORT_BASE | ty })
+    })
+    out.push(items)
+  })
+  return out
 }
 
 function validateElement (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, ctx: Ctx, c: Checker): RuleElement[] {
@@ -294,13 +404,25 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   if (cidrSet !== undefined) {
     c.list(cidrSet, [...path, pre + 'CIDRSet'])?.forEach((s, i) => {
       const p = [...path, pre + 'CIDRSet', i]
-      const so = c.obj(s, p, ['cidr', 'except'], ['cidrGroupRef', 'cidrGroupSelector'])
+      const so = c.obj(s, p, ['cidr', 'except', 'cidrGroupRef'], ['cidrGroupSelector'])
       if (so === null) return
-      if (so.cidr === undefined) { if (so.cidrGroupRef === undefined && so.cidrGroupSelector === undefined) c.r.add(ERR.REQUIRED, p, 'cidr is required'); return }
-      const str = c.str(so.cidr, [...p, 'cidr'])
-      if (str === null) return
-      const prefix = parsePrefix(str)
-      if (typeof prefix === 'string') { c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, [...p, 'cidr'], prefix); return }
+      if (so.cidr !== undefined && so.cidrGroupRef !== undefined) { c.r.add(ERR.VALUE, p, 'cidr and cidrGroupRef are mutually exclusive'); return }
+      if (so.cidr === undefined && so.cidrGroupRef === undefined) { if (so.cidrGroupSelector === undefined) c.r.add(ERR.REQUIRED, p, 'cidr or cidrGroupRef is required'); return }
+      let prefix: Prefix | null = null
+      let group: string | null = null
+      let str = ''
+      if (so.cidr !== undefined) {
+        const cs = c.str(so.cidr, [...p, 'cidr'])
+        if (cs === null) return
+        str = cs
+        const px = parsePrefix(cs)
+        if (typeof px === 'string') { c.r.add(cs.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, [...p, 'cidr'], px); return }
+        prefix = px
+      } else {
+        group = c.str(so.cidrGroupRef, [...p, 'cidrGroupRef'])
+        if (group === null) return
+        if (group.length > 253 || !DNS1123_SUBDOMAIN.test(group)) { c.r.add(ERR.VALUE, [...p, 'cidrGroupRef'], `"${group}" is not a valid CiliumCIDRGroup name`); return }
+      }
       const except: Prefix[] = []
       if (so.except !== undefined) {
         c.list(so.except, [...p, 'except'])?.forEach((e, j) => {
@@ -309,11 +431,12 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
           if (es === null) return
           const ex = parsePrefix(es)
           if (typeof ex === 'string') c.r.add(ERR.CIDR, ep2, ex)
-          else if (!prefixContains(prefix, ex)) c.r.add(ERR.CIDR, ep2, `except "${es}" is not inside cidr "${str}"`)
+          else if (prefix !== null && !prefixContains(prefix, ex)) c.r.add(ERR.CIDR, ep2, `except "${es}" is not inside cidr "${str}"`)
           else except.push(ex)
         })
       }
-      add({ kind: 'cidr', prefix, except })
+      // A group's CIDRs are known only at compile time (another file may define or change it).
+      add(prefix !== null ? { kind: 'cidr', prefix, except } : { kind: 'cidrGroup', name: group as string, except })
     })
   }
   const ent = o[pre + 'Entities']
@@ -344,7 +467,13 @@ function validateElement (v: unknown, path: PathSeg[], section: Section, ref: Ru
   const finalPeers: Peer[] | null = anyPeer ? null : peers
   const dir = ingress ? DIR.INGRESS : DIR.EGRESS
   const out: RuleElement[] = []
-  if (o.toPorts === undefined) {
+  if (o.icmps !== undefined) {
+    // Cilium (pkg/policy/api/rule_validation.go): ICMPs only without ToPorts in one rule.
+    if (o.toPorts !== undefined) c.r.add(ERR.VALUE, [...path, 'icmps'], 'icmps and toPorts cannot be combined in one rule; write them as separate rules')
+    for (const ports of validateIcmps(o.icmps, [...path, 'icmps'], c)) {
+      out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports, namedPorts: null, http: null, dns: null })
+    }
+  } else if (o.toPorts === undefined) {
     // `{}` (no peer, no port) allows nothing (as in Cilium), but still switches on default deny.
     if (finalPeers !== null || anyPeer) {
       out.push({ uid: nextUid(), ref, direction: dir, deny, peers: finalPeers, ports: null, namedPorts: null, http: null, dns: null })

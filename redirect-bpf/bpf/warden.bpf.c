@@ -136,7 +136,7 @@ struct {
 /* What the parser and the policy code pass around for one packet. */
 struct pkt {
 	struct l7p_ct_key tuple;  /* as seen on the wire */
-	__u16 dport_host;         /* policy port (host order); 0 for ICMP and other protocols */
+	__u16 dport_host;         /* policy port (host order); ICMP: L7P_ICMP_PORT_BASE | type; else 0 */
 	__u8 tcp_flags;           /* TCP: byte 13 of the header */
 	__u8 is_new_syn;          /* TCP SYN without ACK */
 };
@@ -304,11 +304,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if ((void *)(ih + 1) > data_end)
 			return -L7P_R_DROP_MALFORMED;
 		/* echo request/reply share the id: use it as both ports so a reply's
-		 * reversed tuple equals the request's */
+		 * reversed tuple equals the request's. Other types are flows of their own
+		 * type, so that one allowed type never lets another through conntrack. */
 		if (ih->type == L7P_ICMP_ECHO || ih->type == L7P_ICMP_ECHOREPLY) {
 			p->tuple.sport = ih->id;
 			p->tuple.dport = ih->id;
+		} else {
+			p->tuple.dport = bpf_htons(L7P_ICMP_PORT_BASE | ih->type);
 		}
+		/* `icmps` rules are policy entries whose port is the type (see l7p.h) */
+		p->dport_host = L7P_ICMP_PORT_BASE | ih->type;
 		return 0;
 	}
 	default:

@@ -8,7 +8,7 @@ import { Compiler } from '../../policy-store/src/compile.js'
 import { entryKey } from '../../policy-store/src/compile.js'
 import { MemoryIdentityAllocator, type LearnedName, type Snapshot, type SnapshotDiff } from '../../policy-store/src/index.js'
 import type { RawEndpoint } from '../../policy-store/src/endpoints.js'
-import type { FilePolicies, PolicyRule } from '../../policy-store/src/model.js'
+import type { CidrGroup, FilePolicies, PolicyRule } from '../../policy-store/src/model.js'
 import { parseYamlString } from '../../policy-store/src/source-file.js'
 import { validatePolicyFile } from '../../policy-store/src/validate.js'
 
@@ -25,15 +25,21 @@ const DOCS = [
   head('p8', 'a') + '  egressDeny:\n  - toCIDR: [198.18.0.5/32]\n',
   'apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p9}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [a, c]}]}]\n    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]\n',
   head('p10', 'c') + '  enableDefaultDeny: {ingress: false}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: b}}]\n    toPorts: [{ports: [{port: "81", protocol: TCP}], rules: {http: [{path: "/y"}]}}]\n',
-  head('p11', 'b') + '  egress:\n  - toFQDNs: [{matchName: api.example.com}, {matchPattern: "*.org"}]\n    toPorts: [{ports: [{port: "443", protocol: TCP}]}]\n'
+  head('p11', 'b') + '  egress:\n  - toFQDNs: [{matchName: api.example.com}, {matchPattern: "*.org"}]\n    toPorts: [{ports: [{port: "443", protocol: TCP}]}]\n',
+  // named ports (b's own on ingress, the peers' on egress) and CIDR groups
+  head('p12', 'b') + '  ingress:\n  - fromEndpoints: [{matchLabels: {app: a}}]\n    toPorts: [{ports: [{port: "http", protocol: TCP}], rules: {http: [{path: "/n"}]}}]\n',
+  head('p13', 'a') + '  egress:\n  - toEndpoints: [{matchLabels: {app: b}}]\n    toPorts: [{ports: [{port: "http"}, {port: "7000"}]}]\n',
+  head('p14', 'a') + '  egress:\n  - toCIDRSet: [{cidrGroupRef: g1, except: [198.18.0.6/32]}]\n    toPorts: [{ports: [{port: "443", protocol: TCP}]}]\n',
+  'apiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata: {name: g1}\nspec: {externalCIDRs: [198.18.0.0/24]}\n',
+  'apiVersion: cilium.io/v2\nkind: CiliumCIDRGroup\nmetadata: {name: g1}\nspec: {externalCIDRs: [198.18.2.0/24, 10.9.0.2/32]}\n'
 ]
 const EPS: RawEndpoint[] = [
   { name: 'a', namespace: 'default', labels: { app: 'a' }, ipv4: '10.9.0.1', interface: 'lxa', line: 2 },
-  { name: 'b', namespace: 'default', labels: { app: 'b' }, ipv4: '10.9.0.2', interface: 'lxb', line: 3 },
+  { name: 'b', namespace: 'default', labels: { app: 'b' }, ipv4: '10.9.0.2', interface: 'lxb', ports: [{ name: 'http', port: 8080, protocol: 'TCP' }], line: 3 },
   { name: 'c', namespace: 'default', labels: { app: 'c' }, ipv4: '10.9.0.3', interface: 'lxc', line: 4 },
   { name: 'd', namespace: 'default', labels: { app: 'd' }, ipv4: '10.9.0.4', interface: 'lxd', line: 5 },
   { name: 'a2', namespace: 'other', labels: { app: 'a' }, ipv4: '10.9.0.5', interface: 'lxa2', line: 6 },
-  { name: 'b2', namespace: 'default', labels: { app: 'b' }, ipv4: '10.9.0.6', interface: 'lxb2', line: 7 }
+  { name: 'b2', namespace: 'default', labels: { app: 'b' }, ipv4: '10.9.0.6', interface: 'lxb2', ports: [{ name: 'http', port: 8081, protocol: 'TCP' }], line: 7 }
 ]
 /** Always there, selected by `{}` only: so that few endpoints change in a step (the compiler patches its tables then). */
 const FILLER: RawEndpoint[] = Array.from({ length: 12 }, (_, i) => ({ name: `f${i}`, namespace: 'default', labels: { app: `f${i}` }, ipv4: `10.9.1.${i + 1}`, interface: `lxf${i}`, line: 10 + i }))
@@ -45,7 +51,7 @@ const NAMES: [string, string[]][] = [
 type Op =
   | { kind: 'file', file: number, docs: number[] }
   | { kind: 'delete', file: number }
-  | { kind: 'endpoints', present: boolean[], swapC: boolean }
+  | { kind: 'endpoints', present: boolean[], swapC: boolean, movePort: boolean }
   | { kind: 'learned', names: boolean[], expiresIn: number[] }
   | { kind: 'time', by: number }
   | { kind: 'reverse', file: number }
@@ -54,7 +60,7 @@ type Op =
 const op: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ kind: fc.constant('file' as const), file: fc.integer({ min: 0, max: 2 }), docs: fc.array(fc.integer({ min: 0, max: DOCS.length - 1 }), { maxLength: 5 }) }),
   fc.record({ kind: fc.constant('delete' as const), file: fc.integer({ min: 0, max: 2 }) }),
-  fc.record({ kind: fc.constant('endpoints' as const), present: fc.array(fc.boolean(), { minLength: EPS.length, maxLength: EPS.length }), swapC: fc.boolean() }),
+  fc.record({ kind: fc.constant('endpoints' as const), present: fc.array(fc.boolean(), { minLength: EPS.length, maxLength: EPS.length }), swapC: fc.boolean(), movePort: fc.boolean() }),
   fc.record({ kind: fc.constant('learned' as const), names: fc.array(fc.boolean(), { minLength: NAMES.length, maxLength: NAMES.length }), expiresIn: fc.array(fc.integer({ min: 1, max: 30 }), { minLength: NAMES.length, maxLength: NAMES.length }) }),
   fc.record({ kind: fc.constant('time' as const), by: fc.integer({ min: 1, max: 20 }) }),
   // Not what the directory source does, but the compiler takes any input: the same rules in
@@ -65,8 +71,10 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 
 /** Like DirectoryPolicySource: a document that did not change keeps its rule objects. */
 const docCache = new Map<string, PolicyRule[]>()
+const groupCache = new Map<string, CidrGroup[]>()
 function filePolicies (file: string, docs: number[]): FilePolicies | null {
   const rules: PolicyRule[] = []
+  const cidrGroups: CidrGroup[] = []
   let line = 0
   for (const d of docs) {
     const text = (line === 0 ? '' : '---\n') + DOCS[d]
@@ -78,11 +86,13 @@ function filePolicies (file: string, docs: number[]): FilePolicies | null {
       const v = validatePolicyFile(parsed)
       if (v.errors.length > 0) throw new Error(JSON.stringify(v.errors))
       docCache.set(key, rs = [...v.policies.rules])
+      groupCache.set(key, [...(v.policies.cidrGroups ?? [])])
     }
     rules.push(...rs)
+    cidrGroups.push(...(groupCache.get(key) ?? []))
     line += text.split('\n').length - 1
   }
-  return docs.length === 0 ? null : { file, rules, policies: docs.length, skipped: 0 }
+  return docs.length === 0 ? null : { file, rules, policies: docs.length, skipped: 0, ...(cidrGroups.length > 0 ? { cidrGroups } : {}) }
 }
 
 /** The snapshot with identities as label sets and endpoints by name. */
@@ -94,7 +104,7 @@ function canonical (s: Snapshot): unknown {
     const pol = (p: { allowAll: boolean, allowAllRule?: { file: string, line: number, section: string, index: number }, rules: readonly unknown[] } | null): string =>
       p === null ? 'null' : `${String(p.allowAll)}/${ref(p.allowAllRule)}/${p.rules.map((r) => ref((r as { rule: { file: string, line: number, section: string, index: number } }).rule)).join(';')}`
     const by = [...tb.byIdentity].map(([id, p]) => `${lab(id)}=>${pol(p)}`).sort()
-    return `${ep(tb.endpointId)}|${tb.direction}|${tb.protocol}|${tb.port}|${pol(tb.anyIdentity)}|${by.join(' ')}`
+    return `${ep(tb.endpointId)}|${tb.direction}|${tb.protocol}|${tb.port}-${tb.endPort}|${pol(tb.anyIdentity)}|${by.join(' ')}`
   }).sort()
   return {
     endpoints: s.endpoints.map((e) => `${e.namespace}/${e.name}|${e.identityLabels.join(',')}|${e.ipv4}`),
@@ -166,7 +176,9 @@ t.test('incremental compile = cold compile, and diffs replay to the snapshot', a
       } else if (o.kind === 'delete') {
         files.delete(`f${o.file}.yaml`)
       } else if (o.kind === 'endpoints') {
-        endpoints = [...EPS.filter((_, i) => o.present[i]).map((e) => o.swapC && e.name === 'c' ? { ...e, labels: { app: 'd' } } : e), ...FILLER]
+        endpoints = [...EPS.filter((_, i) => o.present[i]).map((e) => o.swapC && e.name === 'c'
+          ? { ...e, labels: { app: 'd' } }
+          : o.movePort && e.name === 'b' ? { ...e, ports: [{ name: 'http', port: 9090, protocol: 'TCP' as const }] } : e), ...FILLER]
       } else if (o.kind === 'learned') {
         learned = NAMES.filter((_, i) => o.names[i]).map(([name, ipv4], i) => ({ name, ipv4, expiresAt: now + o.expiresIn[i] * 1000 }))
       } else if (o.kind === 'reverse' || o.kind === 'tolast') {

@@ -6,6 +6,7 @@ import t from 'tap'
 import fc from 'fast-check'
 import { isRoot } from '../helpers/lab-fixture.js'
 import { openTestRunRig, TC_ACT_OK, TC_ACT_SHOT, type TestRunRig } from '../helpers/prog-test-run.js'
+import { ICMP_PORT_BASE } from '../../policy-store/src/types.js'
 import { packet, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from '../helpers/packets.js'
 import { compilePolicy } from '../../redirect-bpf/src/policy.js'
 import { encodeConfig, encodeCtKey, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, SIZE } from '../../redirect-bpf/src/layout.js'
@@ -23,8 +24,11 @@ const PEERS: ReadonlyArray<{ identity: number, ip: string }> = [
 const IDENTITIES = [0, 2, 300, 301, 302]
 const PROTOS: ProtocolNumber[] = [0, PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP] as ProtocolNumber[]
 const VERDICTS: Verdict[] = ['allow', 'deny', 'redirect-http', 'redirect-dns']
-/** Ports are drawn near a few values so that ranges meet, nest and touch packets' ports. */
-const PORT_ANCHORS = [1, 53, 80, 443, 1024, 8080, 32768, 65535]
+/**
+ * Ports are drawn near a few values so that ranges meet, nest and touch packets' ports; 256 |
+ * type are the ports ICMP types are looked up by (echo reply 0, unreachable 3, echo 8, timestamp 13).
+ */
+const PORT_ANCHORS = [1, 53, 80, 443, 1024, 8080, 32768, 65535, 256, 259, 264, 269]
 
 const portArb = fc.oneof(
   fc.integer({ min: 1, max: 65535 }),
@@ -121,11 +125,15 @@ t.test('the program\'s verdict is lookupKernel\'s on random policies and packets
       else rig.maps.endpoints.delete(ifKey)
       const [saddr, daddr] = egress ? [EP.ip, peer.ip] : [peer.ip, EP.ip]
       const before = rig.counters()
-      const r = rig.run('from_workload', { frame: packet({ saddr, daddr, proto: p.proto, sport, dport, icmpId: sport }) })
+      // ICMP: a type among echo reply/request, unreachable and timestamp, picked by the port
+      const icmpType = [0, 8, 3, 13][dport % 4]
+      const r = rig.run('from_workload', { frame: packet({ saddr, daddr, proto: p.proto, sport, dport, icmpId: sport, flags: p.proto === PROTO_ICMP ? icmpType : undefined }) })
       const after = rig.counters()
       const counted = Object.keys(after).filter((k) => after[k] !== before[k])
-      // the program looks ICMP and other protocols up without a port: the mirror with port 0
-      const v = lookupKernel(kernel, EP.id, p.direction, peer.identity, p.proto, hasPorts ? dport : 0)?.verdict
+      // the program looks ICMP up by type (ICMP_PORT_BASE | type), other protocols without a
+      // port: the mirror with port 0
+      const lport = hasPorts ? dport : p.proto === PROTO_ICMP ? ICMP_PORT_BASE | icmpType : 0
+      const v = lookupKernel(kernel, EP.id, p.direction, peer.identity, p.proto, lport)?.verdict
       const want = expected(v, p.proto)
       if (r.retval !== want.retval || counted.length !== 1 || counted[0] !== want.reason) {
         throw new Error(`mirror says ${v ?? 'no entry'} (${want.reason}), program returned ${r.retval} counting ${counted.join(',')} ` +
@@ -133,8 +141,10 @@ t.test('the program\'s verdict is lookupKernel\'s on random policies and packets
       }
       if (want.reason === 'new_allowed') {
         // forget the flow, so that a later packet with the same tuple is looked up again
-        // (ICMP echo: the id as both ports; a protocol without ports: none)
-        const [cs, cd] = hasPorts ? [sport, dport] : p.proto === PROTO_ICMP ? [sport, sport] : [0, 0]
+        // (ICMP echo: the id as both ports; other ICMP types: their policy port as the
+        // destination port; a protocol without ports: none)
+        const echo = icmpType === 0 || icmpType === 8
+        const [cs, cd] = hasPorts ? [sport, dport] : p.proto === PROTO_ICMP ? (echo ? [sport, sport] : [0, lport]) : [0, 0]
         encodeCtKey(ctKey, { saddr, daddr, sport: cs, dport: cd, proto: p.proto })
         if (!rig.maps.ct.delete(ctKey)) throw new Error(`allowed proto ${p.proto} port ${dport} but not tracked`)
       }
