@@ -32,7 +32,8 @@ const cfg: DemoConfig = {
   dnsProxyPort: 17601,
   metricsPort: 17602,
   policies,
-  agentArgs: api
+  // two HTTP proxies: the worker thread's decisions reach the agent's event ring too
+  agentArgs: [...api, '--http-workers', '2']
 }
 
 const children: ChildProcess[] = []
@@ -111,7 +112,12 @@ t.test('an enforcing agent', async (t) => {
   t.equal(denied?.source.endpoint, 'default/checkout-service', 'observe --last shows the denied request')
   t.equal(denied?.http?.path, '/api/v1/invoices/123')
   t.match(denied?.rule, { file: /billing-policy\.yaml$/, policy: 'default/billing-l7-policy' }, 'with the rule whose HTTP rules did not match')
-  t.match((await cli('observe', '--last', '5', '--type', 'http')).out, /checkout-service .* GET billing-service:8080\/api\/v1\/invoices\/123 -> 403 DENIED reason=ingress-no-rule-match rule=.*billing-policy\.yaml:\d+/)
+  // every request is in the stream, whichever of the two HTTP proxies took its connection
+  for (let i = 0; i < 6; i++) t.equal(await curl(s, 'checkout-service', [`http://billing-service:8080/api/v1/invoices/w${i}`]), '403')
+  const spread = await until(async () => await events('--type', 'http', '--from', 'default/checkout-service'), (e) => e.filter((x) => /\/w\d$/.test(x.http?.path ?? '')).length === 6)
+  t.equal(spread.filter((x) => /\/w\d$/.test(x.http?.path ?? '')).length, 6, 'each request of either HTTP proxy is reported')
+  t.match(st.out, /HTTP proxy:\s+2\/2 running/)
+  t.match((await cli('observe', '--last', '5', '--type', 'http')).out, /checkout-service .* GET billing-service:8080\/api\/v1\/invoices\/w5 -> 403 DENIED reason=ingress-no-rule-match rule=.*billing-policy\.yaml:\d+/)
 
   // --follow streams: a new request shows up while the command runs.
   const follow = spawn(process.execPath, [join(repoRoot(), 'bin', 'warden.js'), 'observe', '--follow', '--json', '--type', 'http', '--from', 'checkout-service', ...api], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -144,7 +150,7 @@ t.test('audit mode for the whole node, then per endpoint, then off', async (t) =
   const s = session
   if (s === undefined) { t.fail('the lab did not come up'); return }
   await s.stopAgent()
-  cfg.agentArgs = [...api, '--policy-audit-mode']
+  cfg.agentArgs = [...api, '--http-workers', '2', '--policy-audit-mode']
   await s.startAgent()
   t.match((await cli('status')).out, /Audit mode:\s+on for the whole node/)
   // the seed's checks: every one the policy would deny or drop now goes through
