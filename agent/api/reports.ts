@@ -2,7 +2,7 @@
  * What the local API answers, built from the agent's parts on each request (an operator's
  * command, not the data path). Plain JSON; the CLI renders tables from the same objects.
  */
-import type { Endpoint, KernelEntry, RuleRef, Snapshot } from '../../policy-store/src/types.js'
+import type { CompiledHttpRule, DnsPolicy, Endpoint, KernelEntry, RuleRef, Snapshot } from '../../policy-store/src/types.js'
 import type { StoreInventory } from '../../policy-store/src/index.js'
 import { formatPolicyError } from '../../policy-store/src/errors.js'
 import type { DatapathInspection } from '../../redirect-bpf/src/index.js'
@@ -179,13 +179,12 @@ export function selectedReport (s: ReportSources, sel: string): Record<string, u
   return { endpoint: epName(ep), id: ep.id, identity: ep.identity, labels: ep.identityLabels, audit: ep.audit === true, policyVersion: snap.version, kernel, l7 }
 }
 
-function l7Match (r: object): string {
-  const o = r as { method?: { source: string } | null, path?: { source: string } | null, host?: { source: string } | null, headers?: ReadonlyArray<{ name: string, value: string | null }>, pattern?: string }
-  if (typeof o.pattern === 'string') return `dns ${o.pattern}`
+function l7Match (r: CompiledHttpRule | DnsPolicy['rules'][number]): string {
+  if ('pattern' in r) return `dns ${r.pattern}`
   const parts: string[] = []
-  if (o.method != null) parts.push(`method ${o.method.source}`)
-  if (o.path != null) parts.push(`path ${o.path.source}`)
-  if (o.host != null) parts.push(`host ${o.host.source}`)
-  for (const h of o.headers ?? []) parts.push(`header ${h.name}${h.value === null ? '' : ': ' + h.value}`)
+  if (r.method !== null) parts.push(`method ${r.method.source}`)
+  if (r.path !== null) parts.push(`path ${r.path.source}`)
+  if (r.host !== null) parts.push(`host ${r.host.source}`)
+  for (const h of r.headers) parts.push(`header ${h.name}${h.value === null ? '' : ': ' + h.value}`)
   return parts.length === 0 ? 'any request' : parts.join(', ')
 }
