@@ -32,12 +32,16 @@ function ruleText (r: RuleRef): { file: string, line: number, policy: string, se
   return { file: r.file, line: r.line, policy: r.policy, section: r.section, index: r.index }
 }
 
-/** Is the direction enforced (some rule selects the endpoint) or wide open (no policy)? */
-function enforcement (snap: Snapshot, ep: Endpoint, dir: 0 | 1): 'enforcing' | 'no policy (allow all)' {
+/**
+ * The (endpoint, direction) pairs no rule selects: the compiler gives them one rule-less
+ * allow-everything entry. One pass over the entries, for every endpoint at once.
+ */
+function openDirections (snap: Snapshot): Set<number> {
+  const open = new Set<number>()
   for (const k of snap.kernel) {
-    if (k.endpointId === ep.id && k.direction === dir && k.rule === undefined && k.remoteIdentity === 0 && k.protocol === 0 && k.verdict === 'allow') return 'no policy (allow all)'
+    if (k.rule === undefined && k.remoteIdentity === 0 && k.protocol === 0 && k.verdict === 'allow') open.add(k.endpointId * 2 + k.direction)
   }
-  return 'enforcing'
+  return open
 }
 
 export function statusReport (s: ReportSources): Record<string, unknown> {
@@ -101,6 +105,8 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
 export function endpointsReport (s: ReportSources): Record<string, unknown>[] {
   const snap = s.active()
   const pending = new Set(s.inspect().pending)
+  const open = openDirections(snap)
+  const enforcement = (e: Endpoint, dir: 0 | 1): string => open.has(e.id * 2 + dir) ? 'no policy (allow all)' : 'enforcing'
   return snap.endpoints.map((e) => ({
     id: e.id,
     endpoint: epName(e),
@@ -109,8 +115,8 @@ export function endpointsReport (s: ReportSources): Record<string, unknown>[] {
     interface: e.interface,
     state: pending.has(e.interface) ? 'pending' : 'attached',
     audit: e.audit === true,
-    ingress: enforcement(snap, e, 0),
-    egress: enforcement(snap, e, 1),
+    ingress: enforcement(e, 0),
+    egress: enforcement(e, 1),
     labels: e.identityLabels
   }))
 }
