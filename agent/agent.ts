@@ -28,8 +28,8 @@ import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { ReplySockets } from './reply-sockets.js'
 import { HttpWorkers } from './workers/pool.js'
-import { startApi } from './api/server.js'
-import { endpointsReport, fqdnReport, identitiesReport, selectedReport, statusReport, type ReportSources } from './api/reports.js'
+import { serveApi } from './api/server.js'
+import type { ReportSources } from './api/reports.js'
 import { fromDecision, fromFlow } from './observe/event.js'
 import { EventRing } from './observe/ring.js'
 import { agentVersion } from './version.js'
@@ -341,14 +341,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         fqdnCache: () => dns.cache(),
         ring
       }
-      const api = await startApi(opts.apiSocket, {
-        status: () => statusReport(sources),
-        endpoints: () => endpointsReport(sources),
-        identities: () => identitiesReport(sources),
-        fqdn: () => fqdnReport(sources),
-        selected: (ep) => selectedReport(sources, ep),
-        ring
-      }, (err) => log.error({ err }, 'local API request failed'))
+      const api = await serveApi(opts.apiSocket, sources, (err) => log.error({ err }, 'local API request failed'))
       closers.push(async () => await api.close())
     }
 

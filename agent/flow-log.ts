@@ -22,7 +22,7 @@ export class FlowLogLimiter {
     this.timer.unref()
   }
 
-  /** Log one event; drops go at warn so an operator sees them at the default level. */
+  /** Log one event; drops and audits go at warn so an operator sees them at the default level. */
   logEvent (ev: FlowEvent): void {
     if (this.budget <= 0) { this.suppressed++; return }
     this.budget--
@@ -30,6 +30,7 @@ export class FlowLogLimiter {
     const { time, ...rest } = ev
     const rec = { ...rest, packetTime: time }
     if (ev.verdict === 'dropped') this.log.warn(rec, 'flow dropped')
+    else if (ev.verdict === 'audit') this.log.warn(rec, 'flow audit') // would have been dropped
     else this.log.info(rec, 'flow')
   }
 

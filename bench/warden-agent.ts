@@ -54,7 +54,7 @@ export class WardenAgent {
       '--policies', policies, '--endpoints', endpoints,
       '--bpffs', AGENT.bpffs, '--route-table', String(AGENT.routeTable),
       '--proxy-port', String(AGENT.proxyPort), '--dns-proxy-port', String(AGENT.dnsProxyPort),
-      '--state-dir', stateDir, '--metrics', AGENT.metrics, ...extraArgs])
+      '--state-dir', stateDir, '--metrics', AGENT.metrics, '--api-socket', join(dir, 'warden.sock'), ...extraArgs])
     const agent = new WardenAgent(proc, stateDir)
     try {
       await proc.waitForLine((line) => {

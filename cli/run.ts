@@ -78,7 +78,7 @@ function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0)
 function apiSocketPath (v: unknown): string {
   if (v === undefined) return DEFAULT_API_SOCKET
   const p = String(v)
-  if (!p.startsWith('/') || p.length > 107) throw new Error(`--api-socket must be an absolute path of at most 107 bytes (a unix socket's limit), got "${p}"`)
+  if (!p.startsWith('/') || Buffer.byteLength(p) > 107) throw new Error(`--api-socket must be an absolute path of at most 107 bytes (a unix socket's limit), got "${p}"`)
   return p
 }
 

@@ -193,6 +193,8 @@ The lab and the agent are still running. Try by hand:
   ip netns exec ${n('data-exporter')} curl -s -I -k https://www.google.com --connect-timeout 5
   curl -s http://127.0.0.1:${cfg.metricsPort}/metrics
   tail -f ${cfg.workDir}/agent.log     # pino JSON: one line per request, DNS query and kernel flow
+  warden status --api-socket ${s.apiSocket}
+  warden observe --follow --api-socket ${s.apiSocket}     # kernel flows, HTTP and DNS decisions with their rule
 Edit ${resolve(repoRoot(), 'demo', 'policies')} and watch the agent pick it up. Remove it all with:
   warden demo --down`
 }

@@ -173,6 +173,8 @@ export class DemoSession {
 
   get kubeDns (): string { return (this.endpoints.find((e) => e.name === 'kube-dns') as DemoEndpoint).ipv4 }
   get agentLogPath (): string { return join(this.cfg.workDir, 'agent.log') }
+  /** The agent's local API (`warden status --api-socket ...`), unless agentArgs names another. */
+  get apiSocket (): string { return join(this.cfg.workDir, 'warden.sock') }
   /** The CA file that makes curl verify api.github.com's lab certificate. */
   get githubCa (): string { return join(this.cfg.workDir, 'certs', 'api.github.com.crt') }
   endpointAddress (name: string): string { return (this.endpoints.find((e) => e.name === name) as DemoEndpoint).ipv4 }
@@ -193,6 +195,8 @@ export class DemoSession {
       '--proxy-port', String(cfg.proxyPort), '--dns-proxy-port', String(cfg.dnsProxyPort),
       '--state-dir', join(cfg.workDir, 'state'), '--deny-response', cfg.denyResponse,
       '--metrics', `127.0.0.1:${cfg.metricsPort}`, ...(cfg.agentArgs ?? [])]
+    // each lab's own API socket, so that labs (and tests) run side by side
+    if (!args.includes('--api-socket')) args.push('--api-socket', this.apiSocket)
     for (const h of this.state.hosts) if (h.name.startsWith('inet-')) args.push('--uplink', h.hostIf)
     // Detached with its output in a file: `warden demo --keep` exits and leaves it running.
     const child = spawn(process.execPath, args, { stdio: ['ignore', log, log], detached: true })

@@ -2,7 +2,7 @@
  * What the local API answers, built from the agent's parts on each request (an operator's
  * command, not the data path). Plain JSON; the CLI renders tables from the same objects.
  */
-import type { Endpoint, KernelEntry, RuleRef, Snapshot } from '../../policy-store/src/types.js'
+import type { CompiledHttpRule, DnsPolicy, Endpoint, KernelEntry, RuleRef, Snapshot } from '../../policy-store/src/types.js'
 import type { StoreInventory } from '../../policy-store/src/index.js'
 import { formatPolicyError } from '../../policy-store/src/errors.js'
 import type { DatapathInspection } from '../../redirect-bpf/src/index.js'
@@ -32,12 +32,16 @@ function ruleText (r: RuleRef): { file: string, line: number, policy: string, se
   return { file: r.file, line: r.line, policy: r.policy, section: r.section, index: r.index }
 }
 
-/** Is the direction enforced (some rule selects the endpoint) or wide open (no policy)? */
-function enforcement (snap: Snapshot, ep: Endpoint, dir: 0 | 1): 'enforcing' | 'no policy (allow all)' {
+/**
+ * The (endpoint, direction) pairs no rule selects: the compiler gives them one rule-less
+ * allow-everything entry. One pass over the entries, for every endpoint at once.
+ */
+function openDirections (snap: Snapshot): Set<number> {
+  const open = new Set<number>()
   for (const k of snap.kernel) {
-    if (k.endpointId === ep.id && k.direction === dir && k.rule === undefined && k.remoteIdentity === 0 && k.protocol === 0 && k.verdict === 'allow') return 'no policy (allow all)'
+    if (k.rule === undefined && k.remoteIdentity === 0 && k.protocol === 0 && k.verdict === 'allow') open.add(k.endpointId * 2 + k.direction)
   }
-  return 'enforcing'
+  return open
 }
 
 export function statusReport (s: ReportSources): Record<string, unknown> {
@@ -101,6 +105,8 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
 export function endpointsReport (s: ReportSources): Record<string, unknown>[] {
   const snap = s.active()
   const pending = new Set(s.inspect().pending)
+  const open = openDirections(snap)
+  const enforcement = (e: Endpoint, dir: 0 | 1): string => open.has(e.id * 2 + dir) ? 'no policy (allow all)' : 'enforcing'
   return snap.endpoints.map((e) => ({
     id: e.id,
     endpoint: epName(e),
@@ -109,8 +115,8 @@ export function endpointsReport (s: ReportSources): Record<string, unknown>[] {
     interface: e.interface,
     state: pending.has(e.interface) ? 'pending' : 'attached',
     audit: e.audit === true,
-    ingress: enforcement(snap, e, 0),
-    egress: enforcement(snap, e, 1),
+    ingress: enforcement(e, 0),
+    egress: enforcement(e, 1),
     labels: e.identityLabels
   }))
 }
@@ -179,13 +185,12 @@ export function selectedReport (s: ReportSources, sel: string): Record<string, u
   return { endpoint: epName(ep), id: ep.id, identity: ep.identity, labels: ep.identityLabels, audit: ep.audit === true, policyVersion: snap.version, kernel, l7 }
 }
 
-function l7Match (r: object): string {
-  const o = r as { method?: { source: string } | null, path?: { source: string } | null, host?: { source: string } | null, headers?: ReadonlyArray<{ name: string, value: string | null }>, pattern?: string }
-  if (typeof o.pattern === 'string') return `dns ${o.pattern}`
+function l7Match (r: CompiledHttpRule | DnsPolicy['rules'][number]): string {
+  if ('pattern' in r) return `dns ${r.pattern}`
   const parts: string[] = []
-  if (o.method != null) parts.push(`method ${o.method.source}`)
-  if (o.path != null) parts.push(`path ${o.path.source}`)
-  if (o.host != null) parts.push(`host ${o.host.source}`)
-  for (const h of o.headers ?? []) parts.push(`header ${h.name}${h.value === null ? '' : ': ' + h.value}`)
+  if (r.method !== null) parts.push(`method ${r.method.source}`)
+  if (r.path !== null) parts.push(`path ${r.path.source}`)
+  if (r.host !== null) parts.push(`host ${r.host.source}`)
+  for (const h of r.headers) parts.push(`header ${h.name}${h.value === null ? '' : ': ' + h.value}`)
   return parts.length === 0 ? 'any request' : parts.join(', ')
 }

@@ -16,6 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { EventRing } from '../observe/ring.js'
 import { matches, parseFilter } from '../observe/filter.js'
 import { listenUnix } from './socket.js'
+import { endpointsReport, fqdnReport, identitiesReport, selectedReport, statusReport, type ReportSources } from './reports.js'
 
 export interface ApiHandlers {
   status (): unknown
@@ -31,6 +32,18 @@ export interface ApiHandlers {
 const FOLLOW_MAX_BUFFERED = 1 << 20
 /** `last` at most (the ring is smaller anyway). */
 const MAX_LAST = 1_000_000
+
+/** The API over the agent's parts (reports.ts builds each answer). */
+export async function serveApi (path: string, sources: ReportSources, onError: (err: Error) => void): Promise<ApiServer> {
+  return await startApi(path, {
+    status: () => statusReport(sources),
+    endpoints: () => endpointsReport(sources),
+    identities: () => identitiesReport(sources),
+    fqdn: () => fqdnReport(sources),
+    selected: (ep) => selectedReport(sources, ep),
+    ring: sources.ring
+  }, onError)
+}
 
 export interface ApiServer {
   readonly path: string

@@ -81,7 +81,8 @@ export function fromFlow (ev: FlowEvent, snap: Snapshot): ObservedEvent {
   if (ev.direction !== undefined) out.direction = ev.direction
   if (ev.direction !== undefined && ev.endpointId !== 0) {
     const d = kernelDecision(snap, ev.endpointId, ev.direction === 'ingress' ? 0 : 1,
-      ev.direction === 'ingress' ? ev.srcIdentity : ev.dstIdentity, ev.protocol, ev.dstPort)
+      // the program looks ICMP up without a port (the event's port is the echo id)
+      ev.direction === 'ingress' ? ev.srcIdentity : ev.dstIdentity, ev.protocol, ev.protocol === 1 ? 0 : ev.dstPort)
     if (d.entry?.rule !== undefined) out.rule = ruleOf(d.entry.rule)
     else out.ruleNote = d.entry?.reason ?? d.note
   }

@@ -5,21 +5,24 @@
  */
 import type { KernelEntry, Snapshot } from '../../policy-store/src/types.js'
 
-const index = new WeakMap<Snapshot, Map<number, KernelEntry[]>>()
+/** Per snapshot: (endpoint, direction) -> remote identity (0 = any) -> its entries. Built once, on first use. */
+const index = new WeakMap<Snapshot, Map<number, Map<number, KernelEntry[]>>>()
 
-function entriesOf (snap: Snapshot, endpointId: number, direction: 0 | 1): KernelEntry[] {
+function entriesOf (snap: Snapshot, endpointId: number, direction: 0 | 1, remote: number): readonly KernelEntry[] {
   let m = index.get(snap)
   if (m === undefined) {
     m = new Map()
     for (const e of snap.kernel) {
       const k = e.endpointId * 2 + e.direction
-      let list = m.get(k)
-      if (list === undefined) m.set(k, list = [])
+      let byRemote = m.get(k)
+      if (byRemote === undefined) m.set(k, byRemote = new Map())
+      let list = byRemote.get(e.remoteIdentity)
+      if (list === undefined) byRemote.set(e.remoteIdentity, list = [])
       list.push(e)
     }
     index.set(snap, m)
   }
-  return m.get(endpointId * 2 + direction) ?? []
+  return m.get(endpointId * 2 + direction)?.get(remote) ?? []
 }
 
 export interface KernelDecision {
@@ -31,17 +34,19 @@ export interface KernelDecision {
 
 /** `proto` is the IP protocol number, `port` the destination port (0 for port-less protocols). */
 export function kernelDecision (snap: Snapshot, endpointId: number, direction: 0 | 1, remote: number, proto: number, port: number): KernelDecision {
-  const list = entriesOf(snap, endpointId, direction)
+  // Only the entries for this peer and for any peer are read: a handful, whatever the policy's size.
+  const mine = remote === 0 ? [] : entriesOf(snap, endpointId, direction, remote)
+  const any = entriesOf(snap, endpointId, direction, 0)
   const inPort = (e: KernelEntry): boolean => e.port !== 0 && port >= e.port && port <= (e.endPort || e.port)
-  const steps: Array<(e: KernelEntry) => boolean> = [
-    (e) => e.remoteIdentity === remote && e.protocol === proto && inPort(e),
-    (e) => e.remoteIdentity === 0 && e.protocol === proto && inPort(e),
-    (e) => e.remoteIdentity === remote && e.protocol === proto && e.port === 0,
-    (e) => e.remoteIdentity === 0 && e.protocol === proto && e.port === 0,
-    (e) => e.remoteIdentity === remote && e.protocol === 0,
-    (e) => e.remoteIdentity === 0 && e.protocol === 0
+  const steps: Array<[readonly KernelEntry[], (e: KernelEntry) => boolean]> = [
+    [mine, (e) => e.protocol === proto && inPort(e)],
+    [any, (e) => e.protocol === proto && inPort(e)],
+    [mine, (e) => e.protocol === proto && e.port === 0],
+    [any, (e) => e.protocol === proto && e.port === 0],
+    [mine, (e) => e.protocol === 0],
+    [any, (e) => e.protocol === 0]
   ]
-  for (const step of steps) {
+  for (const [list, step] of steps) {
     // among overlapping ranges the program's LPM finds the narrowest: prefer the smallest span
     let best: KernelEntry | undefined
     for (const e of list) {

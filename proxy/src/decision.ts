@@ -35,6 +35,17 @@ export interface L7Decision {
 
 export type DecisionSink = (d: L7Decision) => void
 
+/**
+ * Longest path or host a decision carries: the ring holds thousands of them, and a request
+ * head may be 16 KiB; the access log has the whole target.
+ */
+export const DECISION_TEXT_MAX = 512
+
+/** `s` cut to DECISION_TEXT_MAX characters, marked with a trailing `...` when cut. */
+export function clip (s: string): string {
+  return s.length <= DECISION_TEXT_MAX ? s : s.slice(0, DECISION_TEXT_MAX - 3) + '...'
+}
+
 /** RuleRef fields only (a snapshot's RuleRef may be a richer object). */
 export function ruleRef (r: RuleRef | null | undefined): RuleRef | undefined {
   if (r === null || r === undefined) return undefined

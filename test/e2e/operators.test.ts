@@ -32,7 +32,8 @@ const cfg: DemoConfig = {
   dnsProxyPort: 17601,
   metricsPort: 17602,
   policies,
-  agentArgs: api
+  // two HTTP proxies: the worker thread's decisions reach the agent's event ring too
+  agentArgs: [...api, '--http-workers', '2']
 }
 
 const children: ChildProcess[] = []
@@ -111,7 +112,12 @@ t.test('an enforcing agent', async (t) => {
   t.equal(denied?.source.endpoint, 'default/checkout-service', 'observe --last shows the denied request')
   t.equal(denied?.http?.path, '/api/v1/invoices/123')
   t.match(denied?.rule, { file: /billing-policy\.yaml$/, policy: 'default/billing-l7-policy' }, 'with the rule whose HTTP rules did not match')
-  t.match((await cli('observe', '--last', '5', '--type', 'http')).out, /checkout-service .* GET billing-service:8080\/api\/v1\/invoices\/123 -> 403 DENIED reason=ingress-no-rule-match rule=.*billing-policy\.yaml:\d+/)
+  // every request is in the stream, whichever of the two HTTP proxies took its connection
+  for (let i = 0; i < 6; i++) t.equal(await curl(s, 'checkout-service', [`http://billing-service:8080/api/v1/invoices/w${i}`]), '403')
+  const spread = await until(async () => await events('--type', 'http', '--from', 'default/checkout-service'), (e) => e.filter((x) => /\/w\d$/.test(x.http?.path ?? '')).length === 6)
+  t.equal(spread.filter((x) => /\/w\d$/.test(x.http?.path ?? '')).length, 6, 'each request of either HTTP proxy is reported')
+  t.match(st.out, /HTTP proxy:\s+2\/2 running/)
+  t.match((await cli('observe', '--last', '5', '--type', 'http')).out, /checkout-service .* GET billing-service:8080\/api\/v1\/invoices\/w5 -> 403 DENIED reason=ingress-no-rule-match rule=.*billing-policy\.yaml:\d+/)
 
   // --follow streams: a new request shows up while the command runs.
   const follow = spawn(process.execPath, [join(repoRoot(), 'bin', 'warden.js'), 'observe', '--follow', '--json', '--type', 'http', '--from', 'checkout-service', ...api], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -130,6 +136,20 @@ t.test('an enforcing agent', async (t) => {
   const names = await json<Array<{ endpoint: string, name: string, ip: string, zombie: boolean }>>('fqdn', 'list')
   t.ok(names.some((n) => n.name === 'api.github.com.' && n.endpoint === 'default/data-exporter' && n.ip === '198.19.176.100' && !n.zombie), 'fqdn list shows the learned name and address')
 
+  const q = (await events('--type', 'dns', '--from', 'default/data-exporter')).find((e) => (e as Ev & { dns?: { name: string } }).dns?.name === 'api.github.com.')
+  t.match(q, { verdict: 'allowed', destination: { endpoint: 'kube-system/kube-dns' }, rule: { file: /egress-fqdn-policy\.yaml$/, policy: 'default/egress-to-github-api' } }, 'the DNS decision with its rule')
+
+  // An endpoint whose interface is not there: pending, and status exits 1.
+  const epFile = join(cfg.workDir, 'endpoints.yaml')
+  const endpoints = readFileSync(epFile, 'utf8')
+  writeFileSync(epFile, endpoints + '  - {name: ghost, labels: {app: ghost}, ipv4: 198.19.176.77, interface: wdo-ghost}\n')
+  const pending = await until(async () => await cli('status'), (r) => r.code === 1)
+  t.equal(pending.code, 1, 'status exits 1 with an endpoint not attached')
+  t.match(pending.out, /default\/ghost pending: interface not found/)
+  t.match(await json<Array<{ endpoint: string, state: string }>>('endpoint', 'list'), [{}, {}, {}, {}, {}, {}, { endpoint: 'default/ghost', state: 'pending' }])
+  writeFileSync(epFile, endpoints)
+  t.equal((await until(async () => await cli('status'), (r) => r.code === 0)).code, 0, 'healthy again once it is gone')
+
   // A rejected file: status reports it with file:line:col and exits 1; fixed, healthy again.
   const broken = join(policies, 'broken.yaml')
   writeFileSync(broken, 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromPorts: 1\n')
@@ -144,7 +164,7 @@ t.test('audit mode for the whole node, then per endpoint, then off', async (t) =
   const s = session
   if (s === undefined) { t.fail('the lab did not come up'); return }
   await s.stopAgent()
-  cfg.agentArgs = [...api, '--policy-audit-mode']
+  cfg.agentArgs = [...api, '--http-workers', '2', '--policy-audit-mode']
   await s.startAgent()
   t.match((await cli('status')).out, /Audit mode:\s+on for the whole node/)
   // the seed's checks: every one the policy would deny or drop now goes through
@@ -164,8 +184,9 @@ t.test('audit mode for the whole node, then per endpoint, then off', async (t) =
   t.ok(h.some((e) => e.source.endpoint === 'default/auditing-service' && e.http?.method === 'POST'), 'and auditing POST')
   const g = audits.find((e) => e.type === 'l3l4' && e.source.endpoint === 'default/data-exporter' && e.destination.endpoint === undefined)
   t.ok(g !== undefined, 'the would-be drop of data-exporter -> www.google.com is reported')
-  const metrics = await (await fetch(`http://127.0.0.1:${cfg.metricsPort}/metrics`)).text()
-  t.match(metrics, /warden_http_audited_total [1-9]/, 'HTTP audit verdicts counted apart')
+  // the worker thread reports its counters every second
+  const metrics = await until(async () => await (await fetch(`http://127.0.0.1:${cfg.metricsPort}/metrics`)).text(), (m) => /warden_http_audited_total [2-9]/.test(m))
+  t.match(metrics, /warden_http_audited_total [2-9]/, 'HTTP audit verdicts counted apart (checkout GET, auditing POST)')
   t.match(metrics, /warden_datapath_audit_policy_total [1-9]/, 'kernel audit verdicts counted apart')
   t.match(metrics, /warden_http_denied_ingress_no_rule_match_total 0/, 'and not as denials')
 

@@ -13,7 +13,7 @@ import { bindingsOf, jsonString, LEVEL, millis3 } from '../log-line.js'
 import type { RuleRef, Snapshot } from '../../../policy-store/src/types.js'
 import type { ProxyContext } from './context.js'
 import type { ConnectionPolicy, RequestView } from './policy.js'
-import { ruleRef, type DecisionSink } from '../decision.js'
+import { clip, ruleRef, type DecisionSink } from '../decision.js'
 
 const MSG_HTTP_REQUEST = jsonString('http request')
 
@@ -159,7 +159,7 @@ export class AccessLog {
       verdict: v,
       reason: this.reason,
       rule: ruleRef(rule),
-      http: { method: view.method, path: view.path, host: view.host, status: this.status }
+      http: { method: clip(view.method), path: clip(view.path), host: clip(view.host), status: this.status }
     })
   }
 }

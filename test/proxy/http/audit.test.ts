@@ -41,3 +41,16 @@ t.test('the source auditing does not lift the destination\'s ingress policy', as
   t.equal((await c.response())?.status, 403)
   t.equal(be.requests.length, 0)
 })
+
+t.test('a decision carries at most 512 characters of the path (the ring stays small)', async (t) => {
+  const be = await startBackend(t)
+  const decisions: L7Decision[] = []
+  const px = await startProxy(t, be.port, await billingSnapshot(), {}, { onDecision: (d) => decisions.push(d) })
+  const c = await RawClient.connect(t, px.port, ADDR.AUDITING)
+  const long = '/api/v1/invoices/' + 'x'.repeat(4000)
+  c.write(get(long))
+  t.equal((await c.response())?.status, 200)
+  t.equal(decisions[0]?.http?.path.length, 512)
+  t.ok(decisions[0]?.http?.path.endsWith('...'))
+  t.equal(px.logs.find((l) => l.msg === 'http request')?.path, long, 'the access log has the whole target')
+})
