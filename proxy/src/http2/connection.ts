@@ -67,7 +67,13 @@ export class H2Conn implements ExchangeOwner {
     c.h2_connections_total++
     c.h2_connections_active++
     session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, raw: string[]) => {
-      this.onStream(stream, headers, flags, raw)
+      try {
+        this.onStream(stream, headers, flags, raw)
+      } catch (err) {
+        // A bug here must cost one stream, never the agent and every connection it serves.
+        ctx.log.error({ err }, 'http2: stream failed')
+        if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)
+      }
     })
     // nghttp2 has already answered a protocol error with GOAWAY; the session closes after it.
     session.on('error', () => { c.h2_session_errors++ })
