@@ -93,3 +93,70 @@ export async function runWrk (netns: string, url: string, method: string, connec
   if (Number.isNaN(r.rps)) throw new ProcError('wrk printed no Requests/sec', proc.argv, proc.output())
   return { ...r, proxy_cpu_s: deltas(before, after).proxy_cpu_s }
 }
+
+/** Connections and concurrent streams per connection of the HTTP/2 scenarios (h2load -c, -m). */
+export const H2_CONNECTIONS = 16
+export const H2_STREAMS = 8
+
+/** Parses h2load's summary: requests done and their status classes. */
+export function parseH2load (out: string): { done: number, succeeded: number, status: Record<string, number> } {
+  const req = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded/.exec(out)
+  const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(out)
+  const status: Record<string, number> = {}
+  if (codes !== null) {
+    for (const [i, cls] of ['2xx', '3xx', '4xx', '5xx'].entries()) if (Number(codes[i + 1]) > 0) status[cls] = Number(codes[i + 1])
+  }
+  return { done: Number(req?.[3] ?? NaN), succeeded: Number(req?.[4] ?? NaN), status }
+}
+
+/** Latency percentiles (µs) from h2load's --log-file (one `start status duration_us` line per request). */
+export function h2loadPercentiles (log: string): { p50_us: number, p99_us: number, p999_us: number } {
+  const d: number[] = []
+  for (const line of log.split('\n')) {
+    const f = line.split('\t')
+    if (f.length >= 3) d.push(Number(f[2]))
+  }
+  d.sort((a, b) => a - b)
+  const at = (q: number): number => d.length === 0 ? NaN : d[Math.min(d.length - 1, Math.floor(q * d.length))]
+  return { p50_us: at(0.5), p99_us: at(0.99), p999_us: at(0.999) }
+}
+
+/**
+ * One h2load run (one thread, prior knowledge, POST with a one-byte body), CPU sampled around the
+ * whole process. The status classes come back as `2xx`..., so callers compare the expected
+ * status by its class.
+ */
+export async function runH2load (netns: string, url: string, method: string, durationS: number, tmpDir: string, watch: CpuWatch): Promise<Measured & { statusByClass: Record<string, number> }> {
+  const logFile = join(tmpDir, `h2load-${Date.now()}.log`)
+  const body = join(tmpDir, 'h2load-empty-body')
+  await writeFile(body, 'x') // h2load cannot post an empty file
+  const args = ['ip', 'netns', 'exec', netns, 'h2load', '-t1', `-c${H2_CONNECTIONS}`, `-m${H2_STREAMS}`, `-D${durationS}`, '--log-file', logFile]
+  if (method === 'POST') args.push('-d', body)
+  else if (method !== 'GET') throw new Error(`h2load scenarios send GET or POST, not ${method}`)
+  const proc = new Proc([...args, url])
+  currentLoad = proc
+  const before = sample(watch)
+  const t0 = performance.now()
+  await proc.exited
+  const wall = (performance.now() - t0) / 1000
+  const after = sample(watch)
+  currentLoad = null
+  const r = parseH2load(proc.stdoutTail)
+  if (Number.isNaN(r.done)) throw new ProcError('h2load printed no request counts', proc.argv, proc.output())
+  const { readFile, rm } = await import('node:fs/promises')
+  const p = h2loadPercentiles(await readFile(logFile, 'utf8').catch(() => ''))
+  await rm(logFile, { force: true })
+  return {
+    requests: r.done,
+    durationS: wall,
+    p50_us: p.p50_us,
+    p99_us: p.p99_us,
+    p999_us: p.p999_us,
+    statusCounts: r.status,
+    statusByClass: r.status,
+    errors: r.done - r.succeeded,
+    timeouts: 0,
+    client_cpu_s: 0,
+    ...deltas(before, after)
+  }
+}

@@ -120,10 +120,15 @@ export function summarise (name: string, rounds: RoundResult[], expectStatus: nu
 /** Fills vs_direct, vs_direct_machine and vs_haproxy_per_core from the `direct` and `haproxy-l7` rows. */
 export function addRatios (scenarios: ScenarioResult[]): void {
   const usable = (s: ScenarioResult | undefined): s is ScenarioResult => s !== undefined && s.skipped === undefined && s.error === undefined
-  const direct = scenarios.find((s) => s.name === 'direct')
-  const haproxy = scenarios.find((s) => s.name === 'haproxy-l7')
+  const directH1 = scenarios.find((s) => s.name === 'direct')
+  const directH2 = scenarios.find((s) => s.name === 'direct-h2')
+  const haproxyH1 = scenarios.find((s) => s.name === 'haproxy-l7')
+  const haproxyH2 = scenarios.find((s) => s.name === 'haproxy-l7-h2')
   for (const s of scenarios) {
     if (s.skipped !== undefined) continue
+    // HTTP/2 scenarios are compared with HAProxy speaking HTTP/2
+    const haproxy = s.name.endsWith('-h2') ? haproxyH2 : haproxyH1
+    const direct = s.name.endsWith('-h2') ? directH2 : directH1
     s.vs_direct = usable(direct) && direct.rps !== undefined && direct.rps > 0 && s.rps !== undefined ? round3(s.rps / direct.rps) : null
     s.vs_direct_machine = usable(direct) && typeof direct.machine_us_per_req === 'number' && typeof s.machine_us_per_req === 'number' && s.machine_us_per_req > 0
       ? round3(direct.machine_us_per_req / s.machine_us_per_req)

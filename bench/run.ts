@@ -15,9 +15,9 @@ import { BenchLab, destroyLeftovers, type LabAddresses } from './lab-topology.js
 import { killRegistered, Proc, setProcRegistry, waitForTcp } from './procs.js'
 import { haproxyConfig, nginxConfig, upstreamConfig } from './peer-config.js'
 import { rulesFromManifests } from './peer-rules.js'
-import { benchEndpoints, endpointsYaml, policyFiles, UPSTREAM_PORT, type PolicySet } from './workloads.js'
+import { benchEndpoints, endpointsYaml, policyFiles, UPSTREAM_H2_PORT, UPSTREAM_PORT, upstreamPort, type PolicySet } from './workloads.js'
 import { selectScenarios, WRK_SCENARIOS, type Scenario } from './scenarios.js'
-import { runAutocannon, runWrk, currentLoad, type CpuWatch } from './drivers.js'
+import { runAutocannon, runH2load, runWrk, currentLoad, type CpuWatch } from './drivers.js'
 import { uninstallAgent, WardenAgent } from './warden-agent.js'
 import { addRatios, median, summarise, type BenchResults, type RoundResult, type ScenarioResult } from './results.js'
 import { BENCH_DOC, markdownTable, svgChart, withTable } from './report.js'
@@ -111,23 +111,23 @@ class Fixture {
 
   async startUpstream (): Promise<void> {
     const conf = join(this.tmp, 'upstream.conf')
-    await writeFile(conf, upstreamConfig(UPSTREAM_PORT, this.tmp))
+    await writeFile(conf, upstreamConfig(UPSTREAM_PORT, this.tmp, 1, UPSTREAM_H2_PORT))
     this.upstream = new Proc(['ip', 'netns', 'exec', this.addr.serverNs, 'nginx', '-c', conf])
     await waitForTcp(this.addr.serverIp, UPSTREAM_PORT, 10_000, this.upstream)
   }
 
-  /** Peers listen on 198.18.200.1 (host namespace): haproxy 1808x, nginx 1809x. */
+  /** Peers listen on 198.18.200.1 (host namespace): haproxy 1808x, nginx 1809x (x: 1 l7, 2 scale, 3 l7h2). */
   async startPeer (kind: 'haproxy' | 'nginx', set: PolicySet): Promise<void> {
     const key = `${kind}-${set}`
     if (this.peers.has(key)) return
-    const port = (kind === 'haproxy' ? 18080 : 18090) + (set === 'scale' ? 2 : 1)
+    const port = (kind === 'haproxy' ? 18080 : 18090) + (set === 'scale' ? 2 : set === 'l7h2' ? 3 : 1)
     const eps = benchEndpoints(this.addr, set)
-    const policy = rulesFromManifests(Object.values(policyFiles(set)), eps, 'billing-service', UPSTREAM_PORT)
+    const policy = rulesFromManifests(Object.values(policyFiles(set)), eps, 'billing-service', upstreamPort(set))
     const dir = join(this.tmp, key)
     await mkdir(dir, { recursive: true })
-    const where = { listenIp: this.addr.hostIp, listenPort: port, upstreamIp: this.addr.serverIp, upstreamPort: UPSTREAM_PORT, stateDir: dir }
+    const where = { listenIp: this.addr.hostIp, listenPort: port, upstreamIp: this.addr.serverIp, upstreamPort: upstreamPort(set), stateDir: dir }
     const conf = join(dir, kind === 'haproxy' ? 'haproxy.cfg' : 'nginx.conf')
-    await writeFile(conf, kind === 'haproxy' ? haproxyConfig(policy, where) : nginxConfig(policy, where))
+    await writeFile(conf, kind === 'haproxy' ? haproxyConfig(policy, where, set === 'l7h2') : nginxConfig(policy, where))
     const proc = new Proc(kind === 'haproxy' ? ['haproxy', '-db', '-f', conf] : ['nginx', '-c', conf])
     this.peers.set(key, { proc, port })
     await waitForTcp(this.addr.hostIp, port, 10_000, proc)
@@ -150,7 +150,7 @@ function agentKey (s: Scenario): string { return `${s.set ?? ''} ${(s.agentArgs 
 
 async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined, round: number, k: Knobs, driver: 'autocannon' | 'wrk'): Promise<RoundResult | { wrk: { rps: number, p50_us: number, p99_us: number } }> {
   const a = fx.addr
-  let url = `http://${a.serverIp}:${UPSTREAM_PORT}${s.request.path}`
+  let url = `http://${a.serverIp}:${s.h2 === true ? UPSTREAM_H2_PORT : UPSTREAM_PORT}${s.request.path}`
   let proxyPid = 0
   if (s.kind === 'haproxy' || s.kind === 'nginx') {
     const peer = fx.peers.get(`${s.kind}-${s.set ?? ''}`)
@@ -170,6 +170,29 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
   }
   const watch: CpuWatch = { proxyPid, upstreamPid: fx.upstream?.pid ?? 0 }
   try {
+    if (s.h2 === true) {
+      const m = await runH2load(a.clientNs, url, s.request.method, Math.max(1, Math.round(k.durationS)), fx.tmp, watch)
+      // h2load counts status classes: the expected status stands for its class
+      const status: Record<string, number> = {}
+      const expectClass = `${String(s.request.expect).charAt(0)}xx`
+      for (const [cls, n] of Object.entries(m.statusByClass)) status[cls === expectClass ? String(s.request.expect) : cls] = n
+      return {
+        round,
+        requests: m.requests,
+        duration_s: Math.round(m.durationS * 1000) / 1000,
+        rps: m.requests / m.durationS,
+        p50_us: m.p50_us,
+        p99_us: m.p99_us,
+        p999_us: m.p999_us,
+        proxy_cpu_s: m.proxy_cpu_s,
+        upstream_cpu_s: m.upstream_cpu_s,
+        client_cpu_s: m.client_cpu_s,
+        machine_cpu_s: m.machine_cpu_s,
+        status,
+        errors: m.errors,
+        timeouts: m.timeouts
+      }
+    }
     if (driver === 'wrk') {
       const w = await runWrk(a.clientNs, url, s.request.method, k.connections, Math.max(1, Math.round(k.durationS)), fx.tmp, watch)
       return { wrk: { rps: w.rps, p50_us: w.p50_us, p99_us: w.p99_us } }

@@ -15,6 +15,8 @@ export interface Scenario {
   description: string
   /** Extra `warden run` flags (warden scenarios). */
   agentArgs?: readonly string[]
+  /** HTTP/2 with prior knowledge on both sides, driven by h2load instead of autocannon. */
+  h2?: boolean
 }
 
 export const SCENARIOS: readonly Scenario[] = [
@@ -29,7 +31,10 @@ export const SCENARIOS: readonly Scenario[] = [
   { name: 'haproxy-l7-deny', kind: 'haproxy', set: 'l7', request: REQUESTS.deny, description: 'HAProxy, denied request (403)' },
   { name: 'nginx-l7-deny', kind: 'nginx', set: 'l7', request: REQUESTS.deny, description: 'nginx, denied request (403)' },
   { name: 'haproxy-l7-scale', kind: 'haproxy', set: 'scale', request: REQUESTS.scale, description: 'HAProxy with the 1,000-rule policy, matching the last rule' },
-  { name: 'nginx-l7-scale', kind: 'nginx', set: 'scale', request: REQUESTS.scale, description: 'nginx with the 1,000-rule policy, matching the last rule' }
+  { name: 'nginx-l7-scale', kind: 'nginx', set: 'scale', request: REQUESTS.scale, description: 'nginx with the 1,000-rule policy, matching the last rule' },
+  { name: 'direct-h2', kind: 'direct', set: null, request: REQUESTS.allow, h2: true, description: 'HTTP/2 (h2c), h2load straight to the nginx upstream\'s HTTP/2 port (the limit)' },
+  { name: 'warden-l7-h2', kind: 'warden', set: 'l7h2', request: REQUESTS.allow, h2: true, description: 'HTTP/2 (h2c) both sides, the billing policy, allowed POST /api/v1/charge (h2load)' },
+  { name: 'haproxy-l7-h2', kind: 'haproxy', set: 'l7h2', request: REQUESTS.allow, h2: true, description: 'HAProxy 2.6 with HTTP/2 on both sides, the same ACLs (h2load)' }
 ]
 
 /** Scenarios cross-checked with wrk under `--wrk` (the top figures). */

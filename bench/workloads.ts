@@ -11,9 +11,14 @@ import { stringify } from 'yaml'
 import type { LabAddresses } from './lab-topology.js'
 import type { BenchEndpoint } from './peer-rules.js'
 
-export type PolicySet = 'l4' | 'l7' | 'scale'
+export type PolicySet = 'l4' | 'l7' | 'l7h2' | 'scale'
 
 export const UPSTREAM_PORT = 8080
+/** The upstream's HTTP/2 (h2c, prior knowledge) port: nginx 1.22 cannot serve both on one port. */
+export const UPSTREAM_H2_PORT = 8081
+
+/** The upstream port a policy set's rules are for. */
+export function upstreamPort (set: PolicySet): number { return set === 'l7h2' ? UPSTREAM_H2_PORT : UPSTREAM_PORT }
 export const SCALE_IDENTITIES = 100
 export const SCALE_RULES_PER_IDENTITY = 10
 
@@ -69,6 +74,8 @@ export function scalePolicyYaml (): string {
 /** The policy files of a set, as text (file name -> content). */
 export function policyFiles (set: PolicySet): Record<string, string> {
   if (set === 'scale') return { 'scale.yaml': scalePolicyYaml() }
+  // l7h2: the same billing policy, for the upstream's HTTP/2 port
+  if (set === 'l7h2') return { 'billing-l7-h2.yaml': readFileSync(join(policiesDir(), 'billing-l7.yaml'), 'utf8').replaceAll(`port: "${UPSTREAM_PORT}"`, `port: "${UPSTREAM_H2_PORT}"`) }
   const name = set === 'l4' ? 'billing-l4.yaml' : 'billing-l7.yaml'
   return { [name]: readFileSync(join(policiesDir(), name), 'utf8') }
 }

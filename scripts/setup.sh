@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 for pair in clang:clang llc:llvm bpftool:bpftool tc:iproute2 nginx:nginx-light dnsmasq:dnsmasq-base \
-            haproxy:haproxy curl:curl openssl:openssl wrk:wrk ping:iputils-ping; do
+            haproxy:haproxy curl:curl openssl:openssl wrk:wrk ping:iputils-ping h2load:nghttp2-client; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

@@ -53,7 +53,7 @@ if (process.getuid?.() !== 0) {
       t.ok((s.rps ?? 0) > 0, `${s.name}: measured requests`)
       t.ok(s.rounds !== undefined && s.rounds.length > 0 && s.rounds.every((r) => r.requests > 0), `${s.name}: each round had requests`)
       // No userspace proxy on the path: direct, and warden at L4 (the kernel path).
-      if (s.name === 'direct' || s.name.startsWith('warden-l4')) t.equal(s.rps_per_core, null, `${s.name}: no proxy on the path`)
+      if (s.name.startsWith('direct') || s.name.startsWith('warden-l4')) t.equal(s.rps_per_core, null, `${s.name}: no proxy on the path`)
       else t.ok(typeof s.rps_per_core === 'number' && s.rps_per_core > 0, `${s.name}: requests per proxy CPU-second`)
     }
     // The peers and the baseline do not depend on the agent: they must always measure.

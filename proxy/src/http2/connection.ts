@@ -67,7 +67,13 @@ export class H2Conn implements ExchangeOwner {
     c.h2_connections_total++
     c.h2_connections_active++
     session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, raw: string[]) => {
-      this.onStream(stream, headers, flags, raw)
+      try {
+        this.onStream(stream, headers, flags, raw)
+      } catch (err) {
+        // A bug here must cost one stream, never the agent and every connection it serves.
+        ctx.log.error({ err }, 'http2: stream failed')
+        if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR)
+      }
     })
     // nghttp2 has already answered a protocol error with GOAWAY; the session closes after it.
     session.on('error', () => { c.h2_session_errors++ })
@@ -81,7 +87,7 @@ export class H2Conn implements ExchangeOwner {
     // acknowledged limit, a stream id going backwards, a flood of frames to acknowledge), node
     // destroys the session with GOAWAY INTERNAL_ERROR; the client is owed the RFC's code.
     const destroy = session.destroy.bind(session)
-    session.destroy = (err?: Error, code?: number) => { destroy(err, code ?? goawayCodeFor(err)) }
+    session.destroy = (err?: Error | null, code?: number) => { destroy(err ?? undefined, code ?? goawayCodeFor(err)) }
     session.once('close', () => {
       c.h2_connections_active--
       onClose(this)
@@ -212,8 +218,9 @@ const NGHTTP2_LIB_ERRORS: Record<number, number> = {
   [-904]: NGHTTP2_ENHANCE_YOUR_CALM // NGHTTP2_ERR_FLOODED
 }
 
-function goawayCodeFor (err: Error | undefined): number | undefined {
-  if (err === undefined || typeof err !== 'object') return undefined
+function goawayCodeFor (err: Error | null | undefined): number | undefined {
+  // node calls destroy(null) on a session closing normally
+  if (err === undefined || err === null || typeof err !== 'object') return undefined
   const e = err as NodeJS.ErrnoException
   if (e.code !== 'ERR_HTTP2_ERROR' || typeof e.errno !== 'number') return undefined
   return NGHTTP2_LIB_ERRORS[e.errno]

@@ -126,7 +126,14 @@ export class H2Exchange {
       // No trailers from the upstream: an empty trailing block ends the stream (node's default).
       const t = this.trailers
       if (s.destroyed || s.closed) return
-      s.sendTrailers(t === null ? {} : stripPseudo(t))
+      try {
+        s.sendTrailers(t === null ? {} : stripPseudo(t))
+      } catch {
+        // trailers node:http2 will not send: the stream ends in a reset rather than without them
+        this.owner.upstreamError('bad-response')
+        this.reason = 'upstream-bad-response'
+        this.resetClient(NGHTTP2_CANCEL)
+      }
     })
     if (!endStream) {
       s.on('data', (d: Buffer) => {

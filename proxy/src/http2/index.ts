@@ -60,11 +60,16 @@ export function createH2Proxy (ctx: ProxyContext): H2Proxy {
   return {
     adopt (socket: net.Socket, info: H2ConnInfo): void {
       pending = null
-      server.emit('connection', socket)
-      const session = pending as ServerHttp2Session | null
-      pending = null
-      if (session === null) { socket.destroy(); return }
-      conns.add(new H2Conn(ctx, session, info, pool, (c) => { conns.delete(c) }))
+      try {
+        server.emit('connection', socket)
+        const session = pending as ServerHttp2Session | null
+        pending = null
+        if (session === null) { socket.destroy(); return }
+        conns.add(new H2Conn(ctx, session, info, pool, (c) => { conns.delete(c) }))
+      } catch (err) {
+        ctx.log.error({ err }, 'http2: cannot take connection')
+        socket.destroy()
+      }
     },
     get size (): number { return conns.size },
     get upstreamSessions (): number { return pool.size },

@@ -123,3 +123,20 @@ t.test('the query is part of the path the rules match, and is forwarded', async 
   t.equal((await h2Request(c, { ':method': 'GET', ':path': '/q?a=2' })).status, 403)
   t.equal(be.streams[0].headers[':path'], '/q?a=1')
 })
+
+t.test('a client that says GOAWAY gets its streams finished and the proxy carries on', async t => {
+  const be = await startH2Backend(t, (stream) => {
+    setTimeout(() => { stream.respond({ ':status': 200 }); stream.end('late') }, 100)
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const pending = h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')
+  for (let i = 0; i < 100 && be.streams.length === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  c.close() // GOAWAY while the stream waits for its response
+  t.equal((await pending).status, 200, 'the stream in flight completes')
+  await new Promise(resolve => c.once('close', resolve))
+  for (let i = 0; i < 50 && px.proxy.metrics().h2_connections_active > 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(px.proxy.metrics().h2_connections_active, 0, 'the connection is gone')
+  const c2 = h2Client(t, px.port, ADDR.CHECKOUT)
+  t.equal((await h2Request(c2, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')).status, 200, 'the next connection is served')
+})
