@@ -67,6 +67,7 @@ export const CT_REPLIED = 16
 export const CT_SRC_LOCAL = 32
 export const CT_DST_LOCAL = 64
 export const CT_PROXY_UPSTREAM = 128
+export const CT_AUDIT = 256
 
 /** Dotted quad -> the 4 wire bytes, written at `off`. Throws on anything else. */
 export function writeIpv4 (buf: Buffer, off: number, ip: string): void {

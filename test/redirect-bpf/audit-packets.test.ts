@@ -9,13 +9,12 @@ import { packet, PROTO_TCP } from '../helpers/packets.js'
 import { entry } from '../helpers/lab-snapshot.js'
 import { compilePolicy } from '../../redirect-bpf/src/policy.js'
 import {
-  decodeCtEntry, encodeConfig, encodeCtKey, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, EP_AUDIT, REASONS, SIZE, VERDICT
+  CT_AUDIT, decodeCtEntry, encodeConfig, encodeCtKey, encodeEndpoint, encodeIpcacheKey, encodeIpcacheValue, EP_AUDIT, REASONS, SIZE, VERDICT
 } from '../../redirect-bpf/src/layout.js'
 import type { KernelEntry } from '../../policy-store/src/types.js'
 
 const IN = 0
 const OUT = 1
-const CT_AUDIT = 128
 const A = { id: 100, identity: 1000, ip: '198.19.177.10', ifindex: 1 }
 const B = { id: 101, identity: 1001, ip: '198.19.177.11', ifindex: 9999 }
 const WORLD_IP = '203.0.113.7'

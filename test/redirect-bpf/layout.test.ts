@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import {
   SIZE, REASONS, encodePolicyKey, decodePolicyKey, encodeIpcacheKey, decodeIpcacheKey, encodeCtKey,
   decodeCtKey, encodeEndpoint, encodeConfig, decodeEvent, COUNTER_SLOTS, CT_REPLIED, CT_SRC_LOCAL,
-  CT_DST_LOCAL, CT_PROXY_UPSTREAM, FEAT_HOST_ROUTING
+  CT_DST_LOCAL, CT_PROXY_UPSTREAM, CT_AUDIT, FEAT_HOST_ROUTING
 } from '../../redirect-bpf/src/layout.js'
 import { compilePolicy, policyRecords, portBlocks } from '../../redirect-bpf/src/policy.js'
 import { toFlowEvent } from '../../redirect-bpf/src/events.js'
@@ -30,7 +30,7 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
     structs.map((s) => `printf("${s} %zu\\n", sizeof(struct ${s}));`).join('\n') + '\n' +
     fields.map(([s, f]) => `printf("${s}.${f} %zu\\n", offsetof(struct ${s}, ${f}));`).join('\n') +
     `\nprintf("L7P_R_MAX %d\\n", L7P_R_MAX);\nprintf("L7P_COUNTER_SLOTS %d\\n", L7P_COUNTER_SLOTS);\n` +
-    ['L7P_CT_REPLIED', 'L7P_CT_SRC_LOCAL', 'L7P_CT_DST_LOCAL', 'L7P_CT_PROXY_UPSTREAM', 'L7P_FEAT_HOST_ROUTING', 'L7P_ICMP_PORT_BASE'].map((c) => `printf("${c} %d\\n", ${c});`).join('\n') +
+    ['L7P_CT_REPLIED', 'L7P_CT_SRC_LOCAL', 'L7P_CT_DST_LOCAL', 'L7P_CT_PROXY_UPSTREAM', 'L7P_CT_AUDIT', 'L7P_FEAT_HOST_ROUTING', 'L7P_ICMP_PORT_BASE'].map((c) => `printf("${c} %d\\n", ${c});`).join('\n') +
     '\nreturn 0;}\n'
   writeFileSync(join(dir, 'l.c'), src)
   execFileSync('clang', ['-I/usr/include/x86_64-linux-gnu', '-o', join(dir, 'l'), join(dir, 'l.c')])
@@ -54,8 +54,8 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
   t.equal(Number(got['l7p_endpoint.endpoint_id']), 8)
   t.equal(Number(got.L7P_R_MAX), REASONS.length, 'one counter name per reason')
   t.equal(Number(got.L7P_COUNTER_SLOTS), COUNTER_SLOTS, 'counter slots')
-  t.strictSame([got.L7P_CT_REPLIED, got.L7P_CT_SRC_LOCAL, got.L7P_CT_DST_LOCAL, got.L7P_CT_PROXY_UPSTREAM, got.L7P_FEAT_HOST_ROUTING, got.L7P_ICMP_PORT_BASE].map(Number),
-    [CT_REPLIED, CT_SRC_LOCAL, CT_DST_LOCAL, CT_PROXY_UPSTREAM, FEAT_HOST_ROUTING, ICMP_PORT_BASE], 'flag values')
+  t.strictSame([got.L7P_CT_REPLIED, got.L7P_CT_SRC_LOCAL, got.L7P_CT_DST_LOCAL, got.L7P_CT_PROXY_UPSTREAM, got.L7P_CT_AUDIT, got.L7P_FEAT_HOST_ROUTING, got.L7P_ICMP_PORT_BASE].map(Number),
+    [CT_REPLIED, CT_SRC_LOCAL, CT_DST_LOCAL, CT_PROXY_UPSTREAM, CT_AUDIT, FEAT_HOST_ROUTING, ICMP_PORT_BASE], 'flag values')
 })
 
 t.test('keys encode to the fixture bytes', async (t) => {
