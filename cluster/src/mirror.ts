@@ -51,9 +51,10 @@ export class Mirror {
         await this.watch(s, this.revision + 1)
         return
       } catch (err) {
-        if (!/compact/i.test((err as Error).message)) throw err
-        // The revision to resume from is gone from etcd's history: read the prefix again.
-        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+        // etcd cancels a watch whose start revision was compacted away (etcd 3.4 gives no reason
+        // text, only the compact revision): read the prefix again.
+        if (!/compact|canceled/i.test((err as Error).message)) throw err
+        this.log.warn({ prefix: this.prefix, revision: this.revision, err: (err as Error).message }, 'kvstore watch cancelled (revision compacted): relisting')
       }
     }
     await this.relist(s)
@@ -123,9 +124,10 @@ export class Mirror {
     w.on('disconnected', (err: Error) => { if (this.watcher === w) s.fail(err) })
     w.on('error', (err: Error) => {
       if (this.watcher !== w) return
-      if (/compact/i.test(err.message)) {
-        // The revision to resume from is gone from etcd's history: read the prefix again.
-        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+      if (/compact|canceled/i.test(err.message)) {
+        // Cancelled by etcd (its start revision compacted away, the usual reason): a relist
+        // repairs whatever the watch would have missed.
+        this.log.warn({ prefix: this.prefix, revision: this.revision, err: err.message }, 'kvstore watch cancelled (revision compacted): relisting')
         this.stop()
         this.relist(s).catch((e: Error) => s.fail(e))
         return
