@@ -52,7 +52,7 @@ t.test('two nodes allocating the same new label sets at once get the same IDs', 
 })
 
 t.test('a restarted node keeps its IDs; an ID nobody references is collected after the grace period', async (t) => {
-  const etcd = await startEtcd(t, 23792)
+  const etcd = await startEtcd(t, 23790)
   const a = await node(t, etcd.endpoint, '10.0.0.1', { releaseGraceMs: 0, gcGraceMs: 1000 })
   await a.alloc.prepare([web, db], 0)
   const webId = a.alloc.acquireIdentity(web, 0)

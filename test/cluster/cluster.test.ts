@@ -50,7 +50,7 @@ function ep (name: string, ipv4: string, identity: number, id: number): Endpoint
 const entry = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
 
 t.test('agents share pods, identities and nodes; survive etcd restarts and an empty restore', async (t) => {
-  const etcd = await startEtcd(t, 23794)
+  const etcd = await startEtcd(t, 23792)
   const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1', await tempDir(t))
   const bDir = await tempDir(t)
   const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2', bDir)
@@ -100,7 +100,7 @@ t.test('agents share pods, identities and nodes; survive etcd restarts and an em
 })
 
 t.test('a restarted agent keeps its pods\' identities, also when etcd is unreachable at its start', async (t) => {
-  const etcd = await startEtcd(t, 23796)
+  const etcd = await startEtcd(t, 23792)
   const dir = await tempDir(t)
   const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1', dir)
   t.ok(await a.conn.waitConnected(10000))

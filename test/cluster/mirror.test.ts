@@ -14,7 +14,7 @@ import { startEtcd } from '../helpers/etcd.js'
 const P = 'cilium/state/ip/v1/default/'
 
 t.test('resume, compaction, relist', async (t) => {
-  const etcd = await startEtcd(t, 23796)
+  const etcd = await startEtcd(t, 23794)
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
   const mirror = new Mirror(P, pino({ level: 'silent' }))
