@@ -69,7 +69,8 @@ export class Connection {
   private probeTimer: NodeJS.Timeout | null = null
   private retryTimer: NodeJS.Timeout | null = null
   private backoff: number
-  private lastLease: { kv: Kv | null, id: string } | null = null
+  /** The lease of the last session that got connected. */
+  private lastLease: string | null = null
   private downSince = 0
   private readonly waiters: (() => void)[] = []
   readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0 }
@@ -158,7 +159,7 @@ export class Connection {
       // Did etcd keep the previous session's lease? Then its data survived and watches may resume.
       let continuous = false
       if (this.lastLease !== null) {
-        try { continuous = (await kv.leaseTtl(this.lastLease.id)) > 0 } catch { continuous = false }
+        try { continuous = (await kv.leaseTtl(this.lastLease)) > 0 } catch { continuous = false }
       }
       const lease = await kv.grantLease(this.opts.leaseTtlSeconds)
       if (this.superseded(seq)) throw new Error('superseded')
@@ -174,8 +175,8 @@ export class Connection {
       if (this.superseded(seq)) throw new Error('superseded')
       // The previous lease, if etcd still has it, holds nothing any more: let it go now rather
       // than at its expiry.
-      if (this.lastLease !== null && continuous) await kv.revokeLease(this.lastLease.id).catch(() => {})
-      this.lastLease = { kv: null, id: lease }
+      if (this.lastLease !== null && continuous) await kv.revokeLease(this.lastLease).catch(() => {})
+      this.lastLease = lease
       const wasDown = this.state === 'down'
       this.state = 'connected'
       this.stats.connected = 1
