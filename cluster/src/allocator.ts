@@ -44,6 +44,9 @@ export interface ClusterAllocatorOptions {
 
 interface Held { id: number, refs: number, unusedSince: number | null }
 
+/** Allocations one `prepare` runs at once. */
+const ALLOCATION_CONCURRENCY = 8
+
 /** A held identity in the persisted state: [labels key, ID, unused since (null: in use)]. */
 export type HeldEntry = [labelsKey: string, id: number, unusedSince: number | null]
 
@@ -95,15 +98,23 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
       const key = formatLabelsKey(ls)
       if (!this.held.has(key)) todo.set(key, ls)
     }
-    await Promise.all([...todo.keys()].map(async (key) => {
-      let p = this.inflight.get(key)
-      if (p === undefined) {
-        p = this.allocate(key).finally(() => this.inflight.delete(key))
-        this.inflight.set(key, p)
+    // A few at a time: a burst of new label sets (a node starting with many new pods) must not
+    // become a burst of lock polls that pushes etcd past the call deadlines.
+    const keys = [...todo.keys()]
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < keys.length) {
+        const key = keys[next++]
+        let p = this.inflight.get(key)
+        if (p === undefined) {
+          p = this.allocate(key).finally(() => this.inflight.delete(key))
+          this.inflight.set(key, p)
+        }
+        const id = await p
+        if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
       }
-      const id = await p
-      if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
-    }))
+    }
+    await Promise.all(Array.from({ length: Math.min(ALLOCATION_CONCURRENCY, keys.length) }, worker))
   }
 
   /** One label set's ID, with this node's reference written. */
@@ -135,13 +146,15 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
           this.opts.conn.adopt(ref, String(again))
           return again
         }
-        // New: the lowest number nobody is known to hold; create-if-absent, else the next one.
+        // New: a number nobody is known to hold, picked at random as Cilium's selectAvailableID
+        // does, so that nodes allocating different label sets at once rarely pick the same one;
+        // create-if-absent, else another.
         const taken = new Set<number>(this.byId.keys())
         for (const h of this.held.values()) taken.add(h.id)
-        let n = MIN_CLUSTER_IDENTITY
-        for (let attempt = 0; attempt < 64; attempt++) {
-          while (n <= MAX_CLUSTER_IDENTITY && taken.has(n)) n++
-          if (n > MAX_CLUSTER_IDENTITY) break
+        const size = MAX_CLUSTER_IDENTITY - MIN_CLUSTER_IDENTITY + 1
+        for (let attempt = 0; attempt < 64 && taken.size < size; attempt++) {
+          let n = MIN_CLUSTER_IDENTITY + Math.floor(Math.random() * size)
+          while (taken.has(n)) n = n === MAX_CLUSTER_IDENTITY ? MIN_CLUSTER_IDENTITY : n + 1
           if (await s.kv.createIfAbsent(idKey(n), [{ key: idKey(n), value: key }, { key: ref, value: String(n), lease: s.lease }])) {
             this.opts.conn.adopt(ref, String(n))
             this.stats.allocations++
@@ -151,7 +164,8 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
           this.stats.allocationConflicts++
           taken.add(n) // another node created it meanwhile, for other labels
         }
-        throw new StoreError(STORE_ERR.IDENTITY_EXHAUSTED, `no cluster identity left for ${key} in ${MIN_CLUSTER_IDENTITY}..${MAX_CLUSTER_IDENTITY}`, { labels: key })
+        if (taken.size >= size) throw new StoreError(STORE_ERR.IDENTITY_EXHAUSTED, `no cluster identity left for ${key} in ${MIN_CLUSTER_IDENTITY}..${MAX_CLUSTER_IDENTITY}`, { labels: key })
+        throw new ClusterError(ERR.IDENTITY_CONTENTION, `no free identity found for ${key} in 64 attempts (contention); retried at the next compile`, { labels: key })
       } finally {
         await unlock()
       }
