@@ -24,7 +24,7 @@ t.test('resume, compaction, relist', async (t) => {
   let failed: Error | null = null
   const session = async (continuous: boolean): Promise<Session> => {
     const h = await kv.get('cilium/state/')
-    return { kv, lease: '0', revision: h.revision, clusterId: h.clusterId, continuous, fail: (err) => { failed = err } }
+    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous, fail: (err) => { failed = err } }
   }
   const waitFor = async (n: number): Promise<void> => {
     const end = Date.now() + 10000
