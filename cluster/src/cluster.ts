@@ -153,6 +153,13 @@ export class ClusterStore {
     this.published = next
   }
 
+  /** No room for one more remote entry: counted, and logged once per thousand. */
+  private overCap (key: string): boolean {
+    if (this.remoteIps.size + this.remoteNodes.size < this.maxRemote) return false
+    if (this.stats.remoteEntriesDropped++ % 1000 === 0) this.log.warn({ key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; the addresses beyond are not enforced by identity')
+    return true
+  }
+
   private applyIps (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
@@ -163,10 +170,7 @@ export class ClusterStore {
         if (r.hostIP === this.opts.nodeIP) { this.remoteIps.delete(c.key); continue }
         const prefix = `${r.ip}/${r.prefixLen}`
         const old = this.remoteIps.get(c.key)
-        if (old === undefined && this.remoteIps.size + this.remoteNodes.size >= this.maxRemote) {
-          if (this.stats.remoteEntriesDropped++ % 1000 === 0) this.log.warn({ key: c.key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; this one is not enforced by identity')
-          continue
-        }
+        if (old === undefined && this.overCap(c.key)) continue
         if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.remoteIps.set(c.key, { prefix, identity: r.identity, endpointId: 0 })
       } catch (err) {
         this.remoteIps.delete(c.key)
@@ -184,10 +188,7 @@ export class ClusterStore {
         const n = parseNodeValue(c.key, c.value)
         if (n.name === this.opts.nodeName) { this.remoteNodes.delete(c.key); continue }
         const old = this.remoteNodes.get(c.key)
-        if (old === undefined && this.remoteIps.size + this.remoteNodes.size >= this.maxRemote) {
-          if (this.stats.remoteEntriesDropped++ % 1000 === 0) this.log.warn({ key: c.key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; this node is not enforced as remote-node')
-          continue
-        }
+        if (old === undefined && this.overCap(c.key)) continue
         const sig = n.ipv4.slice(0, 16).join(',') // a node's addresses, a bounded few
         if (old === undefined || old.map((e) => e.prefix.slice(0, -3)).join(',') !== sig) {
           this.remoteNodes.set(c.key, n.ipv4.slice(0, 16).map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
