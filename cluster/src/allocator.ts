@@ -124,28 +124,19 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     }
     return await this.opts.conn.withSession(async (s) => {
       const ref = valueKey(key, this.opts.nodeSuffix)
-      // Known already: add our reference, if id/<ID> still holds these labels (Cilium's master key protection).
+      // Known already: add our reference.
       const known = this.byLabels.get(key)
-      if (known !== undefined && await s.kv.putIfValue(idKey(known), key, [{ key: ref, value: String(known), lease: s.lease }])) {
-        this.opts.conn.adopt(ref, String(known))
-        return known
-      }
+      if (known !== undefined && await this.reference(s, key, known)) return known
       const unlock = await lockPath(s, lockKey(key), this.prepareTimeout)
       try {
         // Under the lock: another node's reference gives the ID.
         const refs = await s.kv.list(valuePrefix(key))
         for (const kv of refs.kvs) {
           const id = Number(kv.value)
-          if (Number.isInteger(id) && await s.kv.putIfValue(idKey(id), key, [{ key: ref, value: String(id), lease: s.lease }])) {
-            this.opts.conn.adopt(ref, String(id))
-            return id
-          }
+          if (Number.isInteger(id) && await this.reference(s, key, id)) return id
         }
         const again = this.byLabels.get(key)
-        if (again !== undefined && await s.kv.putIfValue(idKey(again), key, [{ key: ref, value: String(again), lease: s.lease }])) {
-          this.opts.conn.adopt(ref, String(again))
-          return again
-        }
+        if (again !== undefined && await this.reference(s, key, again)) return again
         // New: a number nobody is known to hold, picked at random as Cilium's selectAvailableID
         // does, so that nodes allocating different label sets at once rarely pick the same one;
         // create-if-absent, else another.
@@ -172,6 +163,14 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     })
   }
 
+  /** Write this node's reference to `id` if `id/<id>` holds these labels (Cilium's master key protection). */
+  private async reference (s: Session, key: string, id: number): Promise<boolean> {
+    const ref = valueKey(key, this.opts.nodeSuffix)
+    if (!await s.kv.putIfValue(idKey(id), key, [{ key: ref, value: String(id), lease: s.lease }])) return false
+    this.opts.conn.adopt(ref, String(id))
+    return true
+  }
+
   /**
    * A new session: make sure etcd has every identity this node holds, with its reference (after
    * an etcd restored empty, or a start from the persisted state). An ID another node took for
@@ -179,9 +178,9 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
    */
   private async reconcile (s: Session): Promise<void> {
     for (const [key, h] of this.held) {
+      if (await this.reference(s, key, h.id)) continue
       const ref = valueKey(key, this.opts.nodeSuffix)
       const puts = [{ key: ref, value: String(h.id), lease: s.lease }]
-      if (await s.kv.putIfValue(idKey(h.id), key, puts)) { this.opts.conn.adopt(ref, String(h.id)); continue }
       if (await s.kv.createIfAbsent(idKey(h.id), [{ key: idKey(h.id), value: key }, ...puts])) {
         this.stats.reconciled++
         this.opts.conn.adopt(ref, String(h.id))
