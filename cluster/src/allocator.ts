@@ -37,6 +37,11 @@ export interface ClusterAllocatorOptions {
   releaseGraceMs?: number
   /** How long an ID nobody references stays in etcd before it is deleted (default DEFAULT_RELEASE_GRACE_MS). */
   gcGraceMs?: number
+  /**
+   * Least time between two garbage collections (default 60 s): `collect` runs after every
+   * policy reload, and a collection lists every reference in etcd.
+   */
+  gcIntervalMs?: number
   /** How long `prepare` waits for etcd before giving up on a new label set (default 10 s). */
   prepareTimeoutMs?: number
   logger: Logger
@@ -64,6 +69,8 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
   private readonly releaseGrace: number
   private readonly gcGrace: number
   private readonly prepareTimeout: number
+  private readonly gcInterval: number
+  private lastGc = -Infinity
   private readonly log: Logger
   readonly stats: AllocatorStats = { allocations: 0, allocationConflicts: 0, collected: 0, reconciled: 0 }
   /** Allocations in flight per labels key: a second `prepare` of the same set waits for the first. */
@@ -73,6 +80,7 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     this.releaseGrace = opts.releaseGraceMs ?? DEFAULT_RELEASE_GRACE_MS
     this.gcGrace = opts.gcGraceMs ?? DEFAULT_RELEASE_GRACE_MS
     this.prepareTimeout = opts.prepareTimeoutMs ?? 10000
+    this.gcInterval = opts.gcIntervalMs ?? 60_000
     this.log = opts.logger
     for (const [key, e] of opts.ids.entries) this.index({ type: 'put', key, value: e.value, prev: undefined })
     opts.ids.onChange((changes) => { for (const c of changes) this.index(c) })
@@ -221,7 +229,10 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     }
     await this.opts.local.collect(now)
     await this.opts.conn.drain()
-    if (this.opts.conn.live !== null) await this.gc(now).catch((err: Error) => this.log.warn({ err: err.message }, 'kvstore: identity garbage collection failed; retried at the next one'))
+    if (this.opts.conn.live !== null && now - this.lastGc >= this.gcInterval) {
+      this.lastGc = now
+      await this.gc(now).catch((err: Error) => this.log.warn({ err: err.message }, 'kvstore: identity garbage collection failed; retried at the next one'))
+    }
   }
 
   /** Delete the IDs no node has referenced for `gcGraceMs` (Cilium's allocator GC). */

@@ -17,7 +17,7 @@ const log = pino({ level: 'silent' })
 
 interface Node { conn: Connection, alloc: ClusterIdentityAllocator, ids: Mirror }
 
-async function node (t: Test, endpoint: string, suffix: string, opts: { gcGraceMs?: number, releaseGraceMs?: number, held?: HeldEntry[] } = {}): Promise<Node> {
+async function node (t: Test, endpoint: string, suffix: string, opts: { gcGraceMs?: number, gcIntervalMs?: number, releaseGraceMs?: number, held?: HeldEntry[] } = {}): Promise<Node> {
   const conn = new Connection({ urls: [`http://${endpoint}`], leaseTtlSeconds: 5, probeMs: 200, backoffMaxMs: 500, logger: log })
   const ids = new Mirror(ID_PREFIX, log)
   conn.addHook({ onSession: async (s) => await ids.onSession(s), onDown: () => ids.stop() })
@@ -53,7 +53,7 @@ t.test('two nodes allocating the same new label sets at once get the same IDs', 
 
 t.test('a restarted node keeps its IDs; an ID nobody references is collected after the grace period', async (t) => {
   const etcd = await startEtcd(t, 23790)
-  const a = await node(t, etcd.endpoint, '10.0.0.1', { releaseGraceMs: 0, gcGraceMs: 1000 })
+  const a = await node(t, etcd.endpoint, '10.0.0.1', { releaseGraceMs: 0, gcGraceMs: 1000, gcIntervalMs: 0 })
   await a.alloc.prepare([web, db], 0)
   const webId = a.alloc.acquireIdentity(web, 0)
   const dbId = a.alloc.acquireIdentity(db, 0)
@@ -61,7 +61,7 @@ t.test('a restarted node keeps its IDs; an ID nobody references is collected aft
   await a.conn.close({ revoke: true }) // the agent stops: its references go with its lease
 
   // Restarted (new process, new lease), from its persisted entries: same numbers.
-  const a2 = await node(t, etcd.endpoint, '10.0.0.1', { releaseGraceMs: 0, gcGraceMs: 1000, held })
+  const a2 = await node(t, etcd.endpoint, '10.0.0.1', { releaseGraceMs: 0, gcGraceMs: 1000, gcIntervalMs: 0, held })
   await a2.alloc.prepare([web, db], 0)
   t.equal(a2.alloc.acquireIdentity(web, 0), webId)
   // db is no longer used: its reference goes at collect, the ID after the grace period
