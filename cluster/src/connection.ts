@@ -134,8 +134,15 @@ export class Connection {
 
   ownedKeys (): ReadonlyMap<string, string> { return this.owned }
 
-  /** Resolves when the owned-key writes queued so far are done (or dropped with their session). */
-  async drain (): Promise<void> { await this.queue }
+  /**
+   * Resolves when the owned-key writes queued so far are done (or dropped with their session),
+   * or after one call deadline: a caller on the policy reload path never waits longer.
+   */
+  async drain (): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([this.queue, new Promise<void>((resolve) => { timer = setTimeout(resolve, this.timeoutMs) })])
+    clearTimeout(timer)
+  }
 
   /** Run `fn` in the write queue against the live session; skipped (false) while not connected. */
   async withSession<T> (fn: (s: Session) => Promise<T>): Promise<T> {
