@@ -4,7 +4,9 @@
 // expires), keeps enforcing through an etcd outage, and republishes after etcd is restored empty.
 // Own lab names: netns/interfaces wdk-, subnet 198.19.112.0/24, bpffs wdk-agent, table 2300.
 import t from 'tap'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { get } from 'node:http'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { DemoSession, DEFAULT_DEMO, teardown, type DemoConfig } from '../../demo/session.js'
 import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
@@ -109,6 +111,21 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(ipcache.lookupIdentity('198.19.121.7'), checkout, 'the remote pod persisted is enforced')
   t.equal(ipcache.lookupIdentity(billing), entry.identity, 'local identities kept')
   t.equal(await until(async () => await charge(s), (v) => v === '404'), '404', 'policy enforced')
+
+  // A label set never numbered, while etcd is away: the last snapshot stays in force; once etcd
+  // is back the identity is allocated and enforced.
+  const auditing = s.endpointAddress('auditing-service')
+  const auditingId = ipcache.lookupIdentity(auditing)
+  const endpointsFile = join(cfg.workDir, 'endpoints.yaml')
+  const endpoints = readFileSync(endpointsFile, 'utf8')
+  const relabelled = endpoints.replace('labels: {app: auditing-service}', 'labels: {app: auditing-v2}')
+  t.not(relabelled, endpoints, 'the edit relabels auditing')
+  writeFileSync(endpointsFile, relabelled)
+  await sleep(1000)
+  t.equal(ipcache.lookupIdentity(auditing), auditingId, 'without etcd, auditing keeps its identity in the kernel')
   await etcd.start()
   t.equal(await until(async () => await metric('warden_kvstore_connected'), (v) => v === 1), 1, 'connects when etcd is back')
+  const newId = await until(() => ipcache.lookupIdentity(auditing), (v) => v !== auditingId, 30_000)
+  t.not(newId, auditingId, 'the new label set got its identity once etcd was back')
+  t.match((await kv.get(idKey(newId))).value, /^k8s:app=auditing-v2;/, 'allocated in etcd')
 })
