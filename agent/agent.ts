@@ -14,7 +14,9 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { networkInterfaces } from 'node:os'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
-import { openStore, type PolicyStore, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
+import { FileIdentityAllocator, openStore, type IdentityAllocator, type PolicyStore, type RemoteState, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
+import { ClusterStore, type ClusterOptions } from '../cluster/src/cluster.js'
+import { ClusterError, ERR as CLUSTER_ERR } from '../cluster/src/errors.js'
 import { upstreamSource } from './upstream-source.js'
 import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, HTTP_GAUGES, SERVER_OPTIONS, type HttpProxy } from '../proxy/src/http/index.js'
@@ -60,6 +62,22 @@ export interface AgentOptions {
   fqdnMaxNamesPerEndpoint?: number
   logger?: Logger
   logLevel?: string
+  /** Cluster mode (docs/cluster.md): share identities, endpoints and nodes through etcd. */
+  cluster?: AgentClusterOptions
+}
+
+export interface AgentClusterOptions {
+  /** etcd client URLs, `http://host:port` (cluster/src/kv.ts parseKvstoreUrls). */
+  urls: string[]
+  nodeName: string
+  /** Default: the first IPv4 address of the first uplink. */
+  nodeIP?: string
+  podCidr?: string
+  clusterName: string
+  leaseTtlSeconds: number
+  /** Tests: how often etcd is checked and the lease renewed, and the reconnect backoff. */
+  probeMs?: ClusterOptions['probeMs']
+  backoffMaxMs?: ClusterOptions['backoffMaxMs']
 }
 
 export interface Agent {
@@ -109,6 +127,34 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
   }
 
   try {
+    // Cluster mode: identities come from etcd, other nodes' pods and addresses too. The cluster
+    // store never waits for etcd here: it starts from the state it persisted.
+    let cluster: ClusterStore | undefined
+    let allocator: IdentityAllocator | undefined
+    let remote: RemoteState | undefined
+    if (opts.cluster !== undefined) {
+      const c = opts.cluster
+      const local = await FileIdentityAllocator.open(opts.stateDir, { releaseGraceMs: opts.identityReleaseGraceMs })
+      cluster = await ClusterStore.open({
+        urls: c.urls,
+        nodeName: c.nodeName,
+        nodeIP: c.nodeIP ?? uplinkAddress(opts.uplinks),
+        podCidr: c.podCidr,
+        clusterName: c.clusterName,
+        leaseTtlSeconds: c.leaseTtlSeconds,
+        stateDir: opts.stateDir,
+        local,
+        releaseGraceMs: opts.identityReleaseGraceMs,
+        gcGraceMs: opts.identityReleaseGraceMs,
+        probeMs: c.probeMs,
+        backoffMaxMs: c.backoffMaxMs,
+        logger: logger.child({ module: 'kvstore' })
+      })
+      const cs = cluster
+      closers.push(async () => await cs.close())
+      allocator = cluster.allocator
+      remote = cluster.current()
+    }
     const store: PolicyStore = await openStore({
       policies: opts.policies,
       endpoints: opts.endpoints,
@@ -117,10 +163,22 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       identityLabelsReplace: opts.identityLabelsReplace,
       releaseGraceMs: opts.identityReleaseGraceMs,
       hostIPs: hostAddresses(),
+      allocator,
+      remote,
       watch: true,
       logger
     })
     closers.push(async () => await store.close())
+    if (cluster !== undefined) {
+      const cs = cluster
+      // Each etcd change reaches the store, which recompiles (debounced) and diffs: one changed
+      // remote entry is one ipcache write.
+      cs.onRemote((r) => store.setRemote(r))
+      // The IDs nobody references any more are collected periodically (Cilium's allocator GC).
+      const gc = setInterval(() => { cs.allocator.collect(Date.now()).catch((err: Error) => log.warn({ err: err.message }, 'kvstore: identity collection failed')) }, CLUSTER_GC_INTERVAL_MS)
+      gc.unref()
+      closers.push(() => clearInterval(gc))
+    }
     closers.push(store.onRejected((errors) => {
       for (const e of errors) log.error({ file: e.file, line: e.line, col: e.col, path: e.path, code: e.code }, e.message)
     }))
@@ -139,6 +197,12 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     const control = await ControlPlane.start({ store, datapath, logger: log })
     closers.push(async () => await control.close())
     const active = (): Snapshot => control.active()
+    if (cluster !== undefined) {
+      // This node's endpoints are published once the kernel enforces them.
+      const cs = cluster
+      control.onActive((snap) => cs.publishEndpoints(snap.endpoints))
+      cs.publishEndpoints(active().endpoints)
+    }
     const lookupIdentity = (ip: string): number => control.lookupIdentity(ip)
     let httpWorkers: HttpWorkers | undefined
     // the workers get a copy of the HTTP part of each snapshot the kernel has
@@ -231,7 +295,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       warden_log_dropped: dest?.dropped ?? 0,
       ...prefixed('warden_datapath_', datapath.counters()),
       ...prefixed('warden_http_', httpWorkers === undefined ? http.metrics() : sumCounters(http.metrics(), httpWorkers.metrics())),
-      ...prefixed('warden_dns_', dns.metrics())
+      ...prefixed('warden_dns_', dns.metrics()),
+      ...(cluster === undefined ? {} : prefixed('warden_kvstore_', cluster.metrics()))
     })
     if (opts.metrics !== undefined) {
       const srv = await serveMetrics(opts.metrics, metrics)
@@ -243,7 +308,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       dnsProxyPort: opts.dnsProxyPort,
       bpffs: opts.bpffs,
       policyVersion: active().version,
-      endpoints: active().endpoints.map((e) => `${e.namespace}/${e.name}`)
+      endpoints: active().endpoints.map((e) => `${e.namespace}/${e.name}`),
+      ...(opts.cluster === undefined ? {} : { node: opts.cluster.nodeName, cluster: opts.cluster.clusterName, kvstore: cluster?.conn.current })
     }, 'warden agent ready')
 
     return { logger: logger as Logger, active, metrics, close }
@@ -251,6 +317,16 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     await close()
     throw err
   }
+}
+
+/** How often the cluster's unreferenced identities are looked for (Cilium's allocator GC runs every few minutes). */
+const CLUSTER_GC_INTERVAL_MS = 60_000
+
+/** The node's address for the cluster: the first IPv4 address of the first uplink. */
+function uplinkAddress (uplinks: readonly string[]): string {
+  const ifs = networkInterfaces()
+  for (const name of uplinks.slice(0, 1)) for (const a of ifs[name] ?? []) if (a.family === 'IPv4') return a.address
+  throw new ClusterError(CLUSTER_ERR.KVSTORE_CONFIG, `--kvstore needs the node's address: give --node-ip, or an --uplink with an IPv4 address${uplinks.length > 0 ? ` (${uplinks[0]} has none)` : ''}`, { uplinks })
 }
 
 /** DNS reply sockets kept at most (reply-sockets.ts). */
@@ -261,6 +337,7 @@ const GAUGES: ReadonlySet<string> = new Set([
   'warden_process_resident_memory_bytes', 'warden_process_heap_used_bytes',
   'warden_event_loop_delay_p99_seconds', 'warden_event_loop_delay_max_seconds',
   'warden_policy_version', 'warden_endpoints', 'warden_kernel_entries',
+  'warden_kvstore_connected', 'warden_kvstore_clusterIdentities', 'warden_kvstore_remoteEndpoints', 'warden_kvstore_remoteNodes',
   ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
   ...DNS_GAUGES.map((g) => 'warden_dns_' + g)
 ])

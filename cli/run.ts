@@ -1,4 +1,7 @@
-import { availableParallelism } from 'node:os'
+import { availableParallelism, hostname } from 'node:os'
+import type { AgentClusterOptions } from '../agent/agent.js'
+import { DEFAULT_LEASE_TTL_SECONDS } from '../cluster/src/cluster.js'
+import { parseKvstoreUrls } from '../cluster/src/kv.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
@@ -39,6 +42,15 @@ Options:
                           expiring first are evicted (default 10000)
   --log-level LEVEL       pino level (default info)
 
+Cluster mode (docs/cluster.md):
+  --kvstore URLS          join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP)
+  --node-name NAME        this node's name in the cluster (default: the host name)
+  --node-ip IPV4          this node's address (default: the first IPv4 address of the first --uplink)
+  --pod-cidr CIDR         this node's pod CIDR, published in its node record
+  --cluster-name NAME     (default default)
+  --kvstore-lease-ttl SEC this node's keys vanish this long after the agent stops renewing them
+                          (default 900; Cilium's)
+
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
 
@@ -52,6 +64,29 @@ function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0)
 function atLeastOne (n: number, name: string): number {
   if (n < 1) throw new Error(`--${name} must be from 1 to 256 (or auto), got 0`)
   return n
+}
+
+const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
+
+/** The cluster flags; undefined without --kvstore (then none of them may be given). */
+function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | undefined {
+  const flags = ['node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
+  if (v.kvstore === undefined) {
+    const given = flags.filter((f) => v[f] !== undefined)
+    if (given.length > 0) throw new Error(`--${given[0]} needs --kvstore`)
+    return undefined
+  }
+  const urls = parseKvstoreUrls(String(v.kvstore))
+  const nodeName = (v['node-name'] as string | undefined) ?? hostname()
+  const clusterName = (v['cluster-name'] as string | undefined) ?? 'default'
+  for (const [flag, name] of [['node-name', nodeName], ['cluster-name', clusterName]]) {
+    if (!NAME.test(name)) throw new Error(`--${flag} must be a DNS-1123 subdomain (it is a kvstore key segment), got "${name}"`)
+  }
+  const nodeIP = v['node-ip'] as string | undefined
+  if (nodeIP !== undefined && !/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(nodeIP)) throw new Error(`--node-ip must be an IPv4 address, got "${nodeIP}"`)
+  const podCidr = v['pod-cidr'] as string | undefined
+  if (podCidr !== undefined && !/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\/\d{1,2}$/.test(podCidr)) throw new Error(`--pod-cidr must be an IPv4 prefix, got "${podCidr}"`)
+  return { urls, nodeName, nodeIP, podCidr, clusterName, leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2) }
 }
 
 export const command: Command = {
@@ -76,7 +111,13 @@ export const command: Command = {
     'fqdn-max-ttl': { type: 'string' },
     'fqdn-max-ips-per-name': { type: 'string' },
     'fqdn-max-names-per-endpoint': { type: 'string' },
-    'log-level': { type: 'string' }
+    'log-level': { type: 'string' },
+    kvstore: { type: 'string' },
+    'node-name': { type: 'string' },
+    'node-ip': { type: 'string' },
+    'pod-cidr': { type: 'string' },
+    'cluster-name': { type: 'string' },
+    'kvstore-lease-ttl': { type: 'string' }
   },
   async run (v) {
     if (typeof v.policies !== 'string' || typeof v.endpoints !== 'string') {
@@ -113,7 +154,8 @@ export const command: Command = {
         fqdnMaxTtl: v['fqdn-max-ttl'] === undefined ? undefined : int(v['fqdn-max-ttl'], 'fqdn-max-ttl', 0, 0xffffffff, Math.max(1, int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0))),
         fqdnMaxIpsPerName: int(v['fqdn-max-ips-per-name'], 'fqdn-max-ips-per-name', 1000, 0xffffffff, 1),
         fqdnMaxNamesPerEndpoint: int(v['fqdn-max-names-per-endpoint'], 'fqdn-max-names-per-endpoint', 10000, 0xffffffff, 1),
-        logLevel: (v['log-level'] as string | undefined) ?? 'info'
+        logLevel: (v['log-level'] as string | undefined) ?? 'info',
+        cluster: clusterOptions(v)
       }
     } catch (err) {
       throw new UsageError((err as Error).message)

@@ -19,7 +19,7 @@ import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import {
   ANY_IDENTITY, DIR, RESERVED, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
-  type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type Snapshot, type SnapshotDiff
+  type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type RemoteState, type Snapshot, type SnapshotDiff
 } from './types.js'
 
 export const RESERVED_LABELS: ReadonlyMap<number, readonly Label[]> = new Map([
@@ -46,6 +46,8 @@ export interface CompileInput {
   now: number
   /** Label sets of peers that are not on this node (trace's `labels:`), compiled as identities. */
   extraLabelSets?: readonly (readonly Label[])[]
+  /** Other nodes' identities and ipcache entries (cluster mode); same objects when unchanged. */
+  remote?: RemoteState
 }
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
@@ -92,6 +94,8 @@ export class Compiler {
   // Endpoints and pod identities.
   private epInput: readonly RawEndpoint[] | null = null
   private extraInput: CompileInput['extraLabelSets'] | null = null
+  private remoteIdsInput: RemoteState['identities'] | null = null
+  private remoteIpInput: RemoteState['ipcache'] | null = null
   private endpoints: readonly Endpoint[] = Object.freeze([])
   private podIds = new Set<number>()
   private podKey = ''
@@ -122,7 +126,7 @@ export class Compiler {
   private fqdnKeysSig = ''
   private nameKeys = new Map<string, string[]>()
   private identities: Map<number, readonly Label[]> = new Map(RESERVED_LABELS)
-  private base: { endpoints: readonly Endpoint[], hostKey: string, taken: Set<number>, entries: IpcacheEntry[] } | null = null
+  private base: { endpoints: readonly Endpoint[], hostKey: string, remote: RemoteState['ipcache'] | null, taken: Set<number>, entries: IpcacheEntry[] } | null = null
   private ipNums = new Map<string, { n: number, key: string } | null>()
   private rulePrefixes: [string, Prefix][] = []
   private ruleLocalsBase: Compiler['base'] = null
@@ -182,7 +186,8 @@ export class Compiler {
 
   /** Step 1: endpoints, their identities and ids (only when the endpoints input changed). */
   private updateEndpoints (input: CompileInput, run: Run): void {
-    if (input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && this.prevSnapshot !== null) return
+    const remoteIds = input.remote?.identities ?? null
+    if (input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && remoteIds === this.remoteIdsInput && this.prevSnapshot !== null) return
     const before = new Map(this.endpoints.map((e) => [e.id, e]))
     const identityLabels = input.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
     const labelSets = new Map<string, readonly Label[]>()
@@ -192,6 +197,9 @@ export class Compiler {
     const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
     const podLabels = new Map<number, readonly Label[]>()
     for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
+    // Other nodes' pods: their identities are selectable like local ones (no number is held
+    // for them here: the nodes that run them hold them). A local label set wins on its number.
+    if (remoteIds !== null) for (const [id, ls] of remoteIds) if (!podLabels.has(id)) podLabels.set(id, ls)
     const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
       const identity = idOf.get(labelsKey(identityLabels[i])) as number
       return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, line: e.line }
@@ -215,6 +223,7 @@ export class Compiler {
     }
     this.epInput = input.endpoints
     this.extraInput = input.extraLabelSets ?? null
+    this.remoteIdsInput = remoteIds
   }
 
   /** Step 2: rules added and removed (files give back the same rule objects for unchanged documents). */
@@ -229,12 +238,14 @@ export class Compiler {
   private updateLocalIdentities (input: CompileInput, run: Run): void {
     const hostKey = input.hostIPs.join(',')
     const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
-    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && this.prevSnapshot !== null) return
+    const remoteIp = input.remote?.ipcache ?? null
+    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && remoteIp === this.remoteIpInput && this.prevSnapshot !== null) return
     const lc = this.computeLocals(input, this.endpoints, run.filesChanged)
     run.localsChanged = lc.changed
     run.fqdnChanged = lc.fqdnChanged
     this.hostKey = hostKey
     this.learnedInput = input.learned
+    this.remoteIpInput = remoteIp
   }
 
   /** Step 4: which endpoints each rule selects; endpoints whose set of rules changed are dirty. */
@@ -445,7 +456,8 @@ export class Compiler {
   private computeLocals (input: CompileInput, endpoints: readonly Endpoint[], filesChanged: boolean): { changed: boolean, fqdnChanged: Set<string> | null } {
     // The ipcache's fixed part: world, node addresses, endpoints.
     const hostKey = input.hostIPs.join(',')
-    if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey) {
+    const remote = input.remote?.ipcache ?? null
+    if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey || this.base.remote !== remote) {
       const fixed = new Map<string, IpcacheEntry>()
       fixed.set('0.0.0.0/0', { prefix: '0.0.0.0/0', identity: RESERVED.WORLD, endpointId: 0 })
       const taken = new Set<number>()
@@ -459,7 +471,16 @@ export class Compiler {
         taken.add(parseIPv4(e.ipv4) as number)
         fixed.set(`${e.ipv4}/32`, { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
       }
-      this.base = { endpoints, hostKey, taken, entries: [...fixed.values()] }
+      // Other nodes' pods and addresses: cluster peers, so a CIDR rule does not select them
+      // (Cilium's CIDR rules select only non-cluster peers), and the entry object is the remote
+      // state's own: an unchanged one is no kernel write.
+      for (const e of remote ?? []) {
+        if (fixed.has(e.prefix)) continue
+        const slash = e.prefix.indexOf('/')
+        if (e.prefix.endsWith('/32')) taken.add(parseIPv4(e.prefix.slice(0, slash)) as number)
+        fixed.set(e.prefix, e)
+      }
+      this.base = { endpoints, hostKey, remote, taken, entries: [...fixed.values()] }
     }
     const { taken } = this.base
     // The rules' part: CIDR prefixes and FQDN selectors (only when rules or endpoints changed).

@@ -12,7 +12,7 @@ import { IdentityLabelFilter } from './label-filter.js'
 import { identityLabelsOf } from './labels.js'
 import type { FilePolicies } from './model.js'
 import { DirectoryPolicySource, type PolicyResource, type PolicySource } from './policy-source.js'
-import type { Label, LearnedName, Snapshot, SnapshotDiff } from './types.js'
+import type { Label, LearnedName, RemoteState, Snapshot, SnapshotDiff } from './types.js'
 
 export interface StoreOptions {
   /** Policy directory. */
@@ -41,6 +41,8 @@ export interface StoreOptions {
   releaseGraceMs?: number
   /** Milliseconds since the epoch (default Date.now); tests drive it. */
   clock?: () => number
+  /** Other nodes' state at start (cluster mode; later ones through `setRemote`). */
+  remote?: RemoteState
 }
 
 export interface PolicyStore {
@@ -49,6 +51,12 @@ export interface PolicyStore {
   onRejected (fn: (errors: PolicyError[]) => void): () => void
   /** The DNS proxy's learned names (the whole current set). Recompiles synchronously. */
   setLearnedNames (names: readonly LearnedName[]): Snapshot
+  /**
+   * Other nodes' state (cluster mode). Recompiles soon (debounced with file changes), after
+   * preparing identities again: also the way to retry a compile that failed for want of an
+   * identity while the cluster store was unreachable.
+   */
+  setRemote (remote: RemoteState): void
   close (): Promise<void>
 }
 
@@ -66,6 +74,8 @@ class Store implements PolicyStore {
   private endpoints: RawEndpoint[] = []
   private endpointsSig = ''
   private learned: readonly LearnedName[] = []
+  private remote: RemoteState | undefined
+  private remoteDirty = false
   /** name -> its IPs, of the names in effect at the last setLearnedNames. */
   private learnedSet = new Map<string, string>()
   private snapshot: Snapshot | null = null
@@ -88,6 +98,7 @@ class Store implements PolicyStore {
     this.compiler = new Compiler(allocator, { labelFilter: this.labelFilter })
     this.log = opts.logger ?? pino({ level: 'silent' })
     this.clock = opts.clock ?? Date.now
+    this.remote = opts.remote
   }
 
   /** Allocate the cluster identities the next compile needs (a network backend's round trip). */
@@ -178,6 +189,7 @@ class Store implements PolicyStore {
       endpoints: this.endpoints,
       files: [...this.lastGood.values()],
       learned: this.learned,
+      remote: this.remote,
       hostIPs: this.opts.hostIPs ?? [],
       now: this.clock(),
       extraLabelSets: this.opts.extraLabelSets
@@ -219,6 +231,12 @@ class Store implements PolicyStore {
     return snapshot
   }
 
+  setRemote (remote: RemoteState): void {
+    this.remote = remote
+    this.remoteDirty = true
+    if (this.snapshot !== null) this.schedule()
+  }
+
   summary (): LoadSummary {
     const files = [...this.lastGood.values()]
     const snap = this.current()
@@ -255,7 +273,8 @@ class Store implements PolicyStore {
         try {
           const { changed } = await this.load()
           if (this.closed) return
-          if (changed) {
+          if (changed || this.remoteDirty) {
+            this.remoteDirty = false
             await this.prepare()
             const { snapshot, diff } = this.compileNow()
             // Every compiled snapshot is emitted: the next diff is relative to it.

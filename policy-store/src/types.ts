@@ -234,6 +234,19 @@ export function l7Key (endpointId: number, direction: Direction, port: number): 
 }
 
 /**
+ * What the other nodes of a cluster publish, as the compiler takes it (cluster mode, cluster/):
+ * the cluster identities known cluster-wide with their labels -- selectors match them like the
+ * local pods' --, and the ipcache entries of other nodes' pods (their identity) and of the other
+ * nodes themselves (`remote-node`), all with endpointId 0. A local endpoint or node address wins
+ * over a remote entry for the same prefix. Pass the same objects again for what did not change:
+ * the compiler then skips that work, and an unchanged entry object is no kernel write.
+ */
+export interface RemoteState {
+  readonly identities: ReadonlyMap<number, readonly Label[]>
+  readonly ipcache: readonly IpcacheEntry[]
+}
+
+/**
  * What changed between two consecutive snapshots (`from` -> `to`); the datapath applies it
  * without flushing. The store emits every snapshot it compiles, so the diffs chain: applying
  * each in turn to the state of `from` gives exactly the state of `to`.

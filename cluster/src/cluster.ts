@@ -1,0 +1,296 @@
+/**
+ * The cluster store: what one agent shares with the others through etcd, in Cilium's kvstore
+ * layout (keys.ts).
+ *
+ *   publishes, under its lease   its node record, its endpoints' ipcache entries, its identity
+ *                                references (allocator.ts)
+ *   watches                      `identities/v1/id/`, `ip/v1/default/`, `nodes/v1/<cluster>/`
+ *   hands the policy store       a RemoteState: every cluster identity with its labels, other
+ *                                nodes' pods' addresses with their identities, other nodes'
+ *                                addresses as `remote-node`
+ *
+ * The copies are persisted in the state directory (`cluster.json`), so an agent that starts
+ * while etcd is unreachable enforces the cluster it saw last, and keeps its identity numbers.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
+import { ClusterIdentityAllocator, type HeldEntry } from './allocator.js'
+import { Connection } from './connection.js'
+import { ClusterError, ERR } from './errors.js'
+import {
+  formatIpcacheValue, formatNodeValue, ID_PREFIX, IPCACHE_PREFIX, ipcacheKey, nodeKey, nodesPrefix, parseIdKey,
+  parseIpcacheValue, parseLabelsKey, parseNodeValue
+} from './keys.js'
+import { Mirror, type MirrorChange } from './mirror.js'
+
+/** Cilium's `--kvstore-lease-ttl` default (pkg/defaults: KVstoreLeaseTTL, 15 minutes). */
+export const DEFAULT_LEASE_TTL_SECONDS = 15 * 60
+
+export interface ClusterOptions {
+  /** etcd client URLs (`http://host:port`, see parseKvstoreUrls). */
+  urls: string[]
+  nodeName: string
+  /** This node's IPv4 address: node record, HostIP of its ipcache entries, reference suffix. */
+  nodeIP: string
+  podCidr?: string
+  clusterName: string
+  leaseTtlSeconds?: number
+  /** `cluster.json` goes here. */
+  stateDir: string
+  /** Endpoint ids and local identities (the node-local allocator). */
+  local: IdentityAllocator
+  releaseGraceMs?: number
+  gcGraceMs?: number
+  probeMs?: number
+  timeoutMs?: number
+  backoffMinMs?: number
+  backoffMaxMs?: number
+  prepareTimeoutMs?: number
+  logger: Logger
+}
+
+/**
+ * `<stateDir>/cluster.json`, version 1: the watched copies and this node's identities, one
+ * entry per line:
+ *   {"version":1,"node":"node-a","held":[["k8s:app=web;...",256,null]],"ids":[[key,value]],"ips":[...],"nodes":[...]}
+ */
+interface StateV1 { version: 1, node: string, held: HeldEntry[], ids: [string, string][], ips: [string, string][], nodes: [string, string][] }
+
+export class ClusterStore {
+  readonly conn: Connection
+  readonly allocator: ClusterIdentityAllocator
+  private readonly ids: Mirror
+  private readonly ips: Mirror
+  private readonly nodes: Mirror
+  private readonly log: Logger
+  private readonly statePath: string
+  /** The remote ipcache entries by etcd key (objects reused while unchanged). */
+  private readonly remoteIps = new Map<string, IpcacheEntry>()
+  private readonly remoteNodes = new Map<string, IpcacheEntry[]>()
+  private remote: RemoteState = { identities: new Map(), ipcache: [] }
+  private idsDirty = true
+  private ipDirty = true
+  private emitScheduled = false
+  private readonly listeners: ((r: RemoteState) => void)[] = []
+  private published = new Map<string, string>()
+  private persistTimer: NodeJS.Timeout | null = null
+  private closed = false
+  readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0 }
+
+  private constructor (readonly opts: ClusterOptions) {
+    this.log = opts.logger
+    this.statePath = join(opts.stateDir, 'cluster.json')
+    this.conn = new Connection({
+      urls: opts.urls,
+      leaseTtlSeconds: opts.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS,
+      probeMs: opts.probeMs,
+      timeoutMs: opts.timeoutMs,
+      backoffMinMs: opts.backoffMinMs,
+      backoffMaxMs: opts.backoffMaxMs,
+      logger: opts.logger
+    })
+    this.ids = new Mirror(ID_PREFIX, opts.logger)
+    this.ips = new Mirror(IPCACHE_PREFIX, opts.logger)
+    this.nodes = new Mirror(nodesPrefix(opts.clusterName), opts.logger)
+    // The copies first: the allocator's session hook reads the identities.
+    for (const m of [this.ids, this.ips, this.nodes]) {
+      this.conn.addHook({ onSession: async (s) => await m.onSession(s), onDown: () => m.stop() })
+    }
+    this.allocator = new ClusterIdentityAllocator({
+      conn: this.conn, ids: this.ids, nodeSuffix: opts.nodeIP, local: opts.local, logger: opts.logger,
+      releaseGraceMs: opts.releaseGraceMs, gcGraceMs: opts.gcGraceMs, prepareTimeoutMs: opts.prepareTimeoutMs
+    })
+    // After each session start the store recompiles: identities that could not be prepared while
+    // etcd was away are allocated now.
+    this.conn.addHook({ onSession: async () => { this.idsDirty = true; this.scheduleEmit() } })
+    this.ids.onChange(() => { this.idsDirty = true; this.scheduleEmit() })
+    this.ips.onChange((c) => { this.applyIps(c); this.scheduleEmit() })
+    this.nodes.onChange((c) => { this.applyNodes(c); this.scheduleEmit() })
+    this.conn.own(nodeKey(opts.clusterName, opts.nodeName), formatNodeValue({ name: opts.nodeName, cluster: opts.clusterName, ipv4: [opts.nodeIP], podCidr: opts.podCidr ?? null }))
+  }
+
+  /** Read the persisted state (if any) and start connecting; never waits for etcd. */
+  static async open (opts: ClusterOptions): Promise<ClusterStore> {
+    const c = new ClusterStore(opts)
+    await c.restore()
+    c.rebuild()
+    c.conn.start()
+    return c
+  }
+
+  /** The current remote state (for the store's first compile). */
+  current (): RemoteState { return this.remote }
+
+  onRemote (fn: (r: RemoteState) => void): void { this.listeners.push(fn) }
+
+  /** Publish this node's endpoints (from each snapshot the kernel has): one key write per change. */
+  publishEndpoints (endpoints: readonly Endpoint[]): void {
+    const next = new Map<string, string>()
+    for (const e of endpoints) {
+      next.set(ipcacheKey(e.ipv4), formatIpcacheValue({
+        ip: e.ipv4, hostIP: this.opts.nodeIP, identity: e.identity, namespace: e.namespace, pod: e.name,
+        cluster: this.opts.clusterName, node: this.opts.nodeName, endpointId: e.id
+      }))
+    }
+    for (const [k, v] of next) if (this.published.get(k) !== v) this.conn.own(k, v)
+    for (const k of this.published.keys()) if (!next.has(k)) this.conn.disown(k)
+    this.published = next
+  }
+
+  private applyIps (changes: MirrorChange[]): void {
+    for (const c of changes) {
+      this.ipDirty = true
+      if (c.type === 'delete') { this.remoteIps.delete(c.key); continue }
+      try {
+        const r = parseIpcacheValue(c.key, c.value)
+        // This node's own entries are its endpoints: the store knows them first-hand.
+        if (r.hostIP === this.opts.nodeIP) { this.remoteIps.delete(c.key); continue }
+        const prefix = `${r.ip}/${r.prefixLen}`
+        const old = this.remoteIps.get(c.key)
+        if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.remoteIps.set(c.key, { prefix, identity: r.identity, endpointId: 0 })
+      } catch (err) {
+        this.remoteIps.delete(c.key)
+        this.stats.malformedKeys++
+        this.log.warn({ key: c.key, code: (err as ClusterError).code, err: (err as Error).message }, 'kvstore: skipping a malformed ipcache entry')
+      }
+    }
+  }
+
+  private applyNodes (changes: MirrorChange[]): void {
+    for (const c of changes) {
+      this.ipDirty = true
+      if (c.type === 'delete') { this.remoteNodes.delete(c.key); continue }
+      try {
+        const n = parseNodeValue(c.key, c.value)
+        if (n.name === this.opts.nodeName) { this.remoteNodes.delete(c.key); continue }
+        const old = this.remoteNodes.get(c.key)
+        const sig = n.ipv4.join(',')
+        if (old === undefined || old.map((e) => e.prefix.slice(0, -3)).join(',') !== sig) {
+          this.remoteNodes.set(c.key, n.ipv4.map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
+        }
+      } catch (err) {
+        this.remoteNodes.delete(c.key)
+        this.stats.malformedKeys++
+        this.log.warn({ key: c.key, code: (err as ClusterError).code, err: (err as Error).message }, 'kvstore: skipping a malformed node record')
+      }
+    }
+  }
+
+  private scheduleEmit (): void {
+    if (this.emitScheduled || this.closed) return
+    this.emitScheduled = true
+    setImmediate(() => {
+      this.emitScheduled = false
+      if (this.closed) return
+      this.rebuild()
+      for (const fn of this.listeners) fn(this.remote)
+      this.persistSoon()
+    })
+  }
+
+  /** A new RemoteState; its parts are the previous objects where nothing changed. */
+  private rebuild (): void {
+    let identities = this.remote.identities
+    if (this.idsDirty) {
+      const m = new Map<number, readonly Label[]>()
+      for (const [key, e] of this.ids.entries) {
+        try { m.set(parseIdKey(key), parseLabelsKey(e.value)) } catch { this.stats.malformedKeys++ }
+      }
+      identities = m
+      this.idsDirty = false
+    }
+    let ipcache = this.remote.ipcache
+    if (this.ipDirty) {
+      const list: IpcacheEntry[] = []
+      const seen = new Set<string>()
+      // Nodes first: a node address wins over a pod entry claiming it.
+      for (const es of this.remoteNodes.values()) for (const e of es) if (!seen.has(e.prefix)) { seen.add(e.prefix); list.push(e) }
+      for (const e of this.remoteIps.values()) if (!seen.has(e.prefix)) { seen.add(e.prefix); list.push(e) }
+      ipcache = list
+      this.ipDirty = false
+      this.stats.remoteEndpoints = this.remoteIps.size
+      this.stats.remoteNodes = this.remoteNodes.size
+    }
+    this.remote = { identities, ipcache }
+  }
+
+  metrics (): Record<string, number> {
+    const m = [this.ids, this.ips, this.nodes]
+    return {
+      connected: this.conn.stats.connected,
+      outages: this.conn.stats.outages,
+      sessions: this.conn.stats.sessions,
+      republishedKeys: this.conn.stats.republishedKeys,
+      keyWrites: this.conn.stats.keyWrites,
+      watchEvents: m.reduce((n, x) => n + x.stats.watchEvents, 0),
+      relists: m.reduce((n, x) => n + x.stats.relists, 0),
+      resumes: m.reduce((n, x) => n + x.stats.resumes, 0),
+      identityAllocations: this.allocator.stats.allocations,
+      identityAllocationConflicts: this.allocator.stats.allocationConflicts,
+      identitiesCollected: this.allocator.stats.collected,
+      clusterIdentities: this.allocator.known().size,
+      remoteEndpoints: this.stats.remoteEndpoints,
+      remoteNodes: this.stats.remoteNodes,
+      malformedKeys: this.stats.malformedKeys
+    }
+  }
+
+  private persistSoon (): void {
+    if (this.persistTimer !== null || this.closed) return
+    this.persistTimer = setTimeout(() => {
+      this.persistTimer = null
+      this.persist().catch((err: Error) => this.log.error({ err: err.message }, 'cannot persist the cluster state'))
+    }, 1000)
+    this.persistTimer.unref()
+  }
+
+  async persist (): Promise<void> {
+    const state: StateV1 = {
+      version: 1,
+      node: this.opts.nodeName,
+      held: this.allocator.heldEntries(),
+      ids: [...this.ids.entries].map(([k, e]) => [k, e.value]),
+      ips: [...this.ips.entries].map(([k, e]) => [k, e.value]),
+      nodes: [...this.nodes.entries].map(([k, e]) => [k, e.value])
+    }
+    const text = '{"version":1,"node":' + JSON.stringify(state.node) + ',\n' + (['held', 'ids', 'ips', 'nodes'] as const)
+      .map((k) => `${JSON.stringify(k)}:[${(state[k] as unknown[]).map((e) => '\n ' + JSON.stringify(e)).join(',')}\n]`).join(',\n') + '}\n'
+    await mkdir(this.opts.stateDir, { recursive: true })
+    const tmp = `${this.statePath}.${process.pid}.tmp`
+    await writeFile(tmp, text)
+    await rename(tmp, this.statePath)
+  }
+
+  private async restore (): Promise<void> {
+    let text: string
+    try {
+      text = await readFile(this.statePath, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw new ClusterError(ERR.STATE, `cannot read ${this.statePath}: ${(err as Error).message}`, { path: this.statePath })
+    }
+    let s: Partial<StateV1>
+    try { s = JSON.parse(text) } catch (err) { throw new ClusterError(ERR.STATE, `corrupt cluster state ${this.statePath}: ${(err as Error).message}; move it away to start afresh`, { path: this.statePath }) }
+    const pairs = (v: unknown): v is [string, string][] => Array.isArray(v) && v.every((e) => Array.isArray(e) && e.length === 2 && typeof e[0] === 'string' && typeof e[1] === 'string')
+    const held = (v: unknown): v is HeldEntry[] => Array.isArray(v) && v.every((e) => Array.isArray(e) && e.length === 3 && typeof e[0] === 'string' && Number.isInteger(e[1]) && (e[2] === null || Number.isFinite(e[2])))
+    if (s?.version !== 1 || !held(s.held) || !pairs(s.ids) || !pairs(s.ips) || !pairs(s.nodes)) {
+      throw new ClusterError(ERR.STATE, `corrupt cluster state ${this.statePath}: unexpected shape; move it away to start afresh`, { path: this.statePath })
+    }
+    // A state written by another node name is not this node's (its held identities are not ours).
+    if (s.node === this.opts.nodeName) this.allocator.restoreHeld(s.held, Date.now())
+    this.ids.restore(s.ids)
+    this.ips.restore(s.ips)
+    this.nodes.restore(s.nodes)
+    this.log.info({ path: this.statePath, identities: s.ids.length, ipcache: s.ips.length, nodes: s.nodes.length }, 'cluster state restored from the state directory')
+  }
+
+  /** Stop. The keys stay until the lease expires (a restart within the TTL keeps them), unless `leave`. */
+  async close (opts: { leave?: boolean } = {}): Promise<void> {
+    this.closed = true
+    if (this.persistTimer !== null) clearTimeout(this.persistTimer)
+    await this.persist().catch((err: Error) => this.log.error({ err: err.message }, 'cannot persist the cluster state'))
+    await this.conn.close({ revoke: opts.leave === true })
+  }
+}

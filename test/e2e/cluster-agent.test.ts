@@ -1,0 +1,99 @@
+// Needs root and the real kernel (namespaces, tc eBPF), and the `etcd` binary; CI runs as root.
+// `warden run --kvstore` against a real etcd: the agent publishes its pods in Cilium's layout,
+// puts another node's pods and address into its kernel ipcache (gone when that node's lease
+// expires), keeps enforcing through an etcd outage, and republishes after etcd is restored empty.
+// Own lab names: netns/interfaces wdk-, subnet 198.19.112.0/24, bpffs wdk-agent, table 2300.
+import t from 'tap'
+import { get } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { DemoSession, DEFAULT_DEMO, teardown, type DemoConfig } from '../../demo/session.js'
+import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
+import { formatIpcacheValue, formatNodeValue, idKey, ipcacheKey, nodeKey, parseIpcacheValue } from '../../cluster/src/keys.js'
+import { Kv } from '../../cluster/src/kv.js'
+import { RESERVED } from '../../policy-store/src/index.js'
+import { startEtcd } from '../helpers/etcd.js'
+
+const cfg: DemoConfig = {
+  ...DEFAULT_DEMO,
+  workDir: '/run/warden-e2e-wdk',
+  nsPrefix: 'wdk-',
+  ifPrefix: 'wdk-',
+  subnet: '198.19.112',
+  bpffs: '/sys/fs/bpf/wdk-agent',
+  routeTable: 2300,
+  proxyPort: 17250,
+  dnsProxyPort: 17251,
+  metricsPort: 17252
+}
+
+async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms
+  let got = await what()
+  while (!ok(got) && Date.now() < deadline) { await sleep(100); got = await what() }
+  return got
+}
+
+async function metric (name: string): Promise<number> {
+  const text = await new Promise<string>((resolve, reject) => {
+    get(`http://127.0.0.1:${cfg.metricsPort}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += String(d) }); res.on('end', () => resolve(b)) }).on('error', reject)
+  })
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
+  return m === null ? NaN : Number(m[1])
+}
+
+async function charge (s: DemoSession): Promise<string> {
+  const r = await s.exec('checkout-service', ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST',
+    'http://billing-service:8080/api/v1/charge', '--connect-timeout', '2', '--max-time', '4'])
+  return r.code === 28 ? 'timeout' : r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`
+}
+
+t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {
+  const etcd = await startEtcd(t, 23798)
+  cfg.agentArgs = ['--kvstore', `etcd://${etcd.endpoint}`, '--node-name', 'node-a', '--node-ip', '198.19.120.1', '--kvstore-lease-ttl', '4']
+  t.teardown(async () => await teardown(cfg))
+  const s = await DemoSession.open(cfg)
+  const kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  t.teardown(() => kv.close())
+  const ipcache = openIpcacheReader(cfg.bpffs)
+  t.teardown(() => ipcache.close())
+
+  // This node's pods are published in Cilium's layout, with the identity the kernel uses.
+  const billing = s.endpointAddress('billing-service')
+  const published = await until(async () => (await kv.get(ipcacheKey(billing))).value, (v) => v !== null)
+  t.ok(published !== null, 'billing-service\'s ipcache entry is in etcd')
+  const entry = parseIpcacheValue(ipcacheKey(billing), published as string)
+  t.equal(entry.hostIP, '198.19.120.1')
+  t.equal(entry.identity, ipcache.lookupIdentity(billing), 'the published identity is the one in the kernel')
+  t.match((await kv.get(idKey(entry.identity))).value, /^k8s:app=billing-service;/, 'its labels under identities/v1/id')
+  t.equal(await metric('warden_kvstore_connected'), 1)
+
+  // Another node: its pod (checkout-service's labels, so the existing identity) and its address.
+  const checkout = ipcache.lookupIdentity(s.endpointAddress('checkout-service'))
+  const lease = await kv.grantLease(3)
+  await kv.put(nodeKey('default', 'node-b'), formatNodeValue({ name: 'node-b', cluster: 'default', ipv4: ['198.19.120.2'], podCidr: '198.19.121.0/24' }), lease)
+  await kv.put(ipcacheKey('198.19.121.5'), formatIpcacheValue({ ip: '198.19.121.5', hostIP: '198.19.120.2', identity: checkout, namespace: 'default', pod: 'checkout-2', cluster: 'default', node: 'node-b', endpointId: 7 }), lease)
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.5'), (v) => v === checkout), checkout, 'node-b\'s pod is in the kernel with its identity')
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.120.2'), (v) => v === RESERVED.REMOTE_NODE), RESERVED.REMOTE_NODE, 'node-b\'s address is remote-node')
+  // node-b stops renewing: its pod and address leave the kernel with its lease.
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.5'), (v) => v !== checkout, 20_000), RESERVED.WORLD, 'gone after node-b\'s lease expired')
+  t.equal(ipcache.lookupIdentity('198.19.120.2'), RESERVED.WORLD)
+
+  // etcd stopped: nothing is flushed, the policy is still enforced, the outage is counted.
+  await kv.put(ipcacheKey('198.19.121.6'), formatIpcacheValue({ ip: '198.19.121.6', hostIP: '198.19.120.2', identity: checkout, namespace: 'default', pod: 'checkout-3', cluster: 'default', node: 'node-b', endpointId: 8 }))
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.6'), (v) => v === checkout), checkout)
+  await etcd.stop()
+  t.equal(await until(async () => await metric('warden_kvstore_connected'), (v) => v === 0), 0, 'the agent sees the outage')
+  t.equal(await metric('warden_kvstore_outages_total'), 1)
+  t.equal(ipcache.lookupIdentity('198.19.121.6'), checkout, 'the remote pod stays in the kernel')
+  t.equal(await charge(s), '404', 'L7 policy still enforced (checkout may POST /api/v1/charge)')
+  t.match(s.agentLog(), /kvstore unreachable/, 'the outage is logged')
+
+  // etcd restored from an empty data directory: the agent republishes, and forgets what etcd lost.
+  await etcd.wipe()
+  await etcd.start()
+  t.not(await until(async () => (await kv.get(ipcacheKey(billing)).catch(() => ({ value: null }))).value, (v) => v !== null), null, 'billing-service republished')
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.6'), (v) => v === RESERVED.WORLD), RESERVED.WORLD, 'the entry etcd lost is removed after the relist')
+  t.equal((await kv.get(idKey(entry.identity))).value?.startsWith('k8s:app=billing-service;'), true, 'identity republished')
+  t.match(s.agentLog(), /kvstore reconnected/, 'the reconnect is logged')
+  t.equal(await charge(s), '404')
+})

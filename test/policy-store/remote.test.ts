@@ -1,0 +1,62 @@
+// Other nodes' state (cluster mode): a remote pod's identity is selectable by this node's rules,
+// its address maps to that identity, other nodes' addresses to remote-node, and one remote change
+// is one ipcache write in the diff.
+import t from 'tap'
+import { join } from 'node:path'
+import { openStore, RESERVED, type IpcacheEntry, type RemoteState, type Snapshot, type SnapshotDiff } from '../../policy-store/src/index.js'
+import { tempTree } from './helpers.js'
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`
+const ENDPOINTS = `endpoints:
+  - {name: web, labels: {app: web}, ipv4: 10.42.0.10, interface: lxc-web}
+`
+const CLIENT = ['k8s:app=client', 'k8s:io.kubernetes.pod.namespace=default']
+const OTHER = ['k8s:app=other', 'k8s:io.kubernetes.pod.namespace=default']
+
+function remote (ids: [number, string[]][], ip: IpcacheEntry[]): RemoteState {
+  return { identities: new Map(ids), ipcache: ip }
+}
+
+t.test('a remote pod is selected by fromEndpoints; its address and the other node are in the ipcache', async (t) => {
+  const dir = tempTree(t, { 'policies/p.yaml': POLICY, 'endpoints.yaml': ENDPOINTS })
+  const clientIp: IpcacheEntry = { prefix: '10.42.1.5/32', identity: 5000, endpointId: 0 }
+  const nodeB: IpcacheEntry = { prefix: '192.0.2.2/32', identity: RESERVED.REMOTE_NODE, endpointId: 0 }
+  const store = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: remote([[5000, CLIENT]], [clientIp, nodeB]) })
+  t.teardown(async () => await store.close())
+  const snap = store.current()
+  const web = snap.endpoints[0]
+  t.ok(snap.kernel.some((e) => e.endpointId === web.id && e.direction === 0 && e.remoteIdentity === 5000 && e.port === 80 && e.verdict === 'allow'), 'web allows the remote client identity on 80')
+  t.strictSame(snap.identities.get(5000), CLIENT)
+  t.ok(snap.ipcache.some((e) => e.prefix === '10.42.1.5/32' && e.identity === 5000), 'remote pod address')
+  t.ok(snap.ipcache.some((e) => e.prefix === '192.0.2.2/32' && e.identity === RESERVED.REMOTE_NODE), 'other node: remote-node')
+
+  const next = new Promise<[Snapshot, SnapshotDiff]>((resolve) => { const off = store.onSnapshot((s, d) => { off(); resolve([s, d]) }) })
+  // One more remote pod of a known identity: one ipcache write, no policy change.
+  const second: IpcacheEntry = { prefix: '10.42.1.6/32', identity: 5000, endpointId: 0 }
+  store.setRemote(remote([[5000, CLIENT]], [clientIp, nodeB, second]))
+  const [, diff] = await next
+  t.strictSame(diff.ipcacheAdded, [second])
+  t.strictSame(diff.ipcacheRemoved, [])
+  t.equal(diff.kernelAdded.length + diff.kernelRemoved.length, 0)
+})
+
+t.test('a local endpoint wins over a remote entry for its address; an unselected remote identity gets no entry', async (t) => {
+  const dir = tempTree(t, { 'policies/p.yaml': POLICY, 'endpoints.yaml': ENDPOINTS })
+  const store = await openStore({
+    policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false,
+    remote: remote([[6000, OTHER]], [{ prefix: '10.42.0.10/32', identity: 6000, endpointId: 0 }, { prefix: '10.42.1.7/32', identity: 6000, endpointId: 0 }])
+  })
+  t.teardown(async () => await store.close())
+  const snap = store.current()
+  const web = snap.endpoints[0]
+  t.equal(snap.ipcache.find((e) => e.prefix === '10.42.0.10/32')?.identity, web.identity)
+  t.notOk(snap.kernel.some((e) => e.remoteIdentity === 6000), 'no rule selects app=other')
+})
