@@ -37,12 +37,20 @@ export interface ClusterAllocatorOptions {
   releaseGraceMs?: number
   /** How long an ID nobody references stays in etcd before it is deleted (default DEFAULT_RELEASE_GRACE_MS). */
   gcGraceMs?: number
+  /**
+   * Least time between two garbage collections (default 60 s): `collect` runs after every
+   * policy reload, and a collection lists every reference in etcd.
+   */
+  gcIntervalMs?: number
   /** How long `prepare` waits for etcd before giving up on a new label set (default 10 s). */
   prepareTimeoutMs?: number
   logger: Logger
 }
 
 interface Held { id: number, refs: number, unusedSince: number | null }
+
+/** Allocations one `prepare` runs at once. */
+const ALLOCATION_CONCURRENCY = 8
 
 /** A held identity in the persisted state: [labels key, ID, unused since (null: in use)]. */
 export type HeldEntry = [labelsKey: string, id: number, unusedSince: number | null]
@@ -61,6 +69,8 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
   private readonly releaseGrace: number
   private readonly gcGrace: number
   private readonly prepareTimeout: number
+  private readonly gcInterval: number
+  private lastGc = -Infinity
   private readonly log: Logger
   readonly stats: AllocatorStats = { allocations: 0, allocationConflicts: 0, collected: 0, reconciled: 0 }
   /** Allocations in flight per labels key: a second `prepare` of the same set waits for the first. */
@@ -70,6 +80,7 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     this.releaseGrace = opts.releaseGraceMs ?? DEFAULT_RELEASE_GRACE_MS
     this.gcGrace = opts.gcGraceMs ?? DEFAULT_RELEASE_GRACE_MS
     this.prepareTimeout = opts.prepareTimeoutMs ?? 10000
+    this.gcInterval = opts.gcIntervalMs ?? 60_000
     this.log = opts.logger
     for (const [key, e] of opts.ids.entries) this.index({ type: 'put', key, value: e.value, prev: undefined })
     opts.ids.onChange((changes) => { for (const c of changes) this.index(c) })
@@ -95,15 +106,23 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
       const key = formatLabelsKey(ls)
       if (!this.held.has(key)) todo.set(key, ls)
     }
-    await Promise.all([...todo.keys()].map(async (key) => {
-      let p = this.inflight.get(key)
-      if (p === undefined) {
-        p = this.allocate(key).finally(() => this.inflight.delete(key))
-        this.inflight.set(key, p)
+    // A few at a time: a burst of new label sets (a node starting with many new pods) must not
+    // become a burst of lock polls that pushes etcd past the call deadlines.
+    const keys = [...todo.keys()]
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < keys.length) {
+        const key = keys[next++]
+        let p = this.inflight.get(key)
+        if (p === undefined) {
+          p = this.allocate(key).finally(() => this.inflight.delete(key))
+          this.inflight.set(key, p)
+        }
+        const id = await p
+        if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
       }
-      const id = await p
-      if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
-    }))
+    }
+    await Promise.all(Array.from({ length: Math.min(ALLOCATION_CONCURRENCY, keys.length) }, worker))
   }
 
   /** One label set's ID, with this node's reference written. */
@@ -113,35 +132,28 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     }
     return await this.opts.conn.withSession(async (s) => {
       const ref = valueKey(key, this.opts.nodeSuffix)
-      // Known already: add our reference, if id/<ID> still holds these labels (Cilium's master key protection).
+      // Known already: add our reference.
       const known = this.byLabels.get(key)
-      if (known !== undefined && await s.kv.putIfValue(idKey(known), key, [{ key: ref, value: String(known), lease: s.lease }])) {
-        this.opts.conn.adopt(ref, String(known))
-        return known
-      }
+      if (known !== undefined && await this.reference(s, key, known)) return known
       const unlock = await lockPath(s, lockKey(key), this.prepareTimeout)
       try {
         // Under the lock: another node's reference gives the ID.
         const refs = await s.kv.list(valuePrefix(key))
         for (const kv of refs.kvs) {
           const id = Number(kv.value)
-          if (Number.isInteger(id) && await s.kv.putIfValue(idKey(id), key, [{ key: ref, value: String(id), lease: s.lease }])) {
-            this.opts.conn.adopt(ref, String(id))
-            return id
-          }
+          if (Number.isInteger(id) && await this.reference(s, key, id)) return id
         }
         const again = this.byLabels.get(key)
-        if (again !== undefined && await s.kv.putIfValue(idKey(again), key, [{ key: ref, value: String(again), lease: s.lease }])) {
-          this.opts.conn.adopt(ref, String(again))
-          return again
-        }
-        // New: the lowest number nobody is known to hold; create-if-absent, else the next one.
+        if (again !== undefined && await this.reference(s, key, again)) return again
+        // New: a number nobody is known to hold, picked at random as Cilium's selectAvailableID
+        // does, so that nodes allocating different label sets at once rarely pick the same one;
+        // create-if-absent, else another.
         const taken = new Set<number>(this.byId.keys())
         for (const h of this.held.values()) taken.add(h.id)
-        let n = MIN_CLUSTER_IDENTITY
-        for (let attempt = 0; attempt < 64; attempt++) {
-          while (n <= MAX_CLUSTER_IDENTITY && taken.has(n)) n++
-          if (n > MAX_CLUSTER_IDENTITY) break
+        const size = MAX_CLUSTER_IDENTITY - MIN_CLUSTER_IDENTITY + 1
+        for (let attempt = 0; attempt < 64 && taken.size < size; attempt++) {
+          let n = MIN_CLUSTER_IDENTITY + Math.floor(Math.random() * size)
+          while (taken.has(n)) n = n === MAX_CLUSTER_IDENTITY ? MIN_CLUSTER_IDENTITY : n + 1
           if (await s.kv.createIfAbsent(idKey(n), [{ key: idKey(n), value: key }, { key: ref, value: String(n), lease: s.lease }])) {
             this.opts.conn.adopt(ref, String(n))
             this.stats.allocations++
@@ -151,11 +163,20 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
           this.stats.allocationConflicts++
           taken.add(n) // another node created it meanwhile, for other labels
         }
-        throw new StoreError(STORE_ERR.IDENTITY_EXHAUSTED, `no cluster identity left for ${key} in ${MIN_CLUSTER_IDENTITY}..${MAX_CLUSTER_IDENTITY}`, { labels: key })
+        if (taken.size >= size) throw new StoreError(STORE_ERR.IDENTITY_EXHAUSTED, `no cluster identity left for ${key} in ${MIN_CLUSTER_IDENTITY}..${MAX_CLUSTER_IDENTITY}`, { labels: key })
+        throw new ClusterError(ERR.IDENTITY_CONTENTION, `no free identity found for ${key} in 64 attempts (contention); retried at the next compile`, { labels: key })
       } finally {
         await unlock()
       }
     })
+  }
+
+  /** Write this node's reference to `id` if `id/<id>` holds these labels (Cilium's master key protection). */
+  private async reference (s: Session, key: string, id: number): Promise<boolean> {
+    const ref = valueKey(key, this.opts.nodeSuffix)
+    if (!await s.kv.putIfValue(idKey(id), key, [{ key: ref, value: String(id), lease: s.lease }])) return false
+    this.opts.conn.adopt(ref, String(id))
+    return true
   }
 
   /**
@@ -165,9 +186,9 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
    */
   private async reconcile (s: Session): Promise<void> {
     for (const [key, h] of this.held) {
+      if (await this.reference(s, key, h.id)) continue
       const ref = valueKey(key, this.opts.nodeSuffix)
       const puts = [{ key: ref, value: String(h.id), lease: s.lease }]
-      if (await s.kv.putIfValue(idKey(h.id), key, puts)) { this.opts.conn.adopt(ref, String(h.id)); continue }
       if (await s.kv.createIfAbsent(idKey(h.id), [{ key: idKey(h.id), value: key }, ...puts])) {
         this.stats.reconciled++
         this.opts.conn.adopt(ref, String(h.id))
@@ -208,7 +229,10 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
     }
     await this.opts.local.collect(now)
     await this.opts.conn.drain()
-    if (this.opts.conn.live !== null) await this.gc(now).catch((err: Error) => this.log.warn({ err: err.message }, 'kvstore: identity garbage collection failed; retried at the next one'))
+    if (this.opts.conn.live !== null && now - this.lastGc >= this.gcInterval) {
+      this.lastGc = now
+      await this.gc(now).catch((err: Error) => this.log.warn({ err: err.message }, 'kvstore: identity garbage collection failed; retried at the next one'))
+    }
   }
 
   /** Delete the IDs no node has referenced for `gcGraceMs` (Cilium's allocator GC). */

@@ -15,7 +15,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
+import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
 import { ClusterIdentityAllocator, type HeldEntry } from './allocator.js'
 import { Connection } from './connection.js'
 import { ClusterError, ERR } from './errors.js'
@@ -24,6 +24,14 @@ import {
   parseIpcacheValue, parseLabelsKey, parseNodeValue
 } from './keys.js'
 import { Mirror, type MirrorChange } from './mirror.js'
+
+/**
+ * Other nodes' pod entries kept at most: the kernel ipcache holds 65,536 entries, which this
+ * node's endpoints, node addresses and CIDR/FQDN identities share. Entries beyond are not
+ * enforced by identity (they stay `world`), warned about and counted: memory and map use are
+ * bounded here, not by what the other nodes publish.
+ */
+export const DEFAULT_MAX_REMOTE_ENTRIES = 49152
 
 /** Cilium's `--kvstore-lease-ttl` default (pkg/defaults: KVstoreLeaseTTL, 15 minutes). */
 export const DEFAULT_LEASE_TTL_SECONDS = 15 * 60
@@ -48,6 +56,8 @@ export interface ClusterOptions {
   backoffMinMs?: number
   backoffMaxMs?: number
   prepareTimeoutMs?: number
+  /** Other nodes' ipcache entries (pods and node addresses) kept at most (default DEFAULT_MAX_REMOTE_ENTRIES). */
+  maxRemoteEntries?: number
   logger: Logger
 }
 
@@ -77,11 +87,13 @@ export class ClusterStore {
   private published = new Map<string, string>()
   private persistTimer: NodeJS.Timeout | null = null
   private closed = false
-  readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0 }
+  readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0, remoteEntriesDropped: 0 }
+  private readonly maxRemote: number
 
   private constructor (readonly opts: ClusterOptions) {
     this.log = opts.logger
     this.statePath = join(opts.stateDir, 'cluster.json')
+    this.maxRemote = opts.maxRemoteEntries ?? DEFAULT_MAX_REMOTE_ENTRIES
     this.conn = new Connection({
       urls: opts.urls,
       leaseTtlSeconds: opts.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS,
@@ -91,9 +103,11 @@ export class ClusterStore {
       backoffMaxMs: opts.backoffMaxMs,
       logger: opts.logger
     })
-    this.ids = new Mirror(ID_PREFIX, opts.logger)
-    this.ips = new Mirror(IPCACHE_PREFIX, opts.logger)
-    this.nodes = new Mirror(nodesPrefix(opts.clusterName), opts.logger)
+    // Bounded copies: every cluster identity (256..65535), the remote entries plus this node's
+    // own endpoints (at most 4,096, the endpoint map's size), and as many nodes.
+    this.ids = new Mirror(ID_PREFIX, opts.logger, MAX_CLUSTER_IDENTITY - MIN_CLUSTER_IDENTITY + 1)
+    this.ips = new Mirror(IPCACHE_PREFIX, opts.logger, this.maxRemote + 4096)
+    this.nodes = new Mirror(nodesPrefix(opts.clusterName), opts.logger, this.maxRemote)
     // The copies first: the allocator's session hook reads the identities.
     for (const m of [this.ids, this.ips, this.nodes]) {
       this.conn.addHook({ onSession: async (s) => await m.onSession(s), onDown: () => m.stop() })
@@ -139,6 +153,13 @@ export class ClusterStore {
     this.published = next
   }
 
+  /** No room for one more remote entry: counted, and logged once per thousand. */
+  private overCap (key: string): boolean {
+    if (this.remoteIps.size + this.remoteNodes.size < this.maxRemote) return false
+    if (this.stats.remoteEntriesDropped++ % 1000 === 0) this.log.warn({ key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; the addresses beyond are not enforced by identity')
+    return true
+  }
+
   private applyIps (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
@@ -149,6 +170,7 @@ export class ClusterStore {
         if (r.hostIP === this.opts.nodeIP) { this.remoteIps.delete(c.key); continue }
         const prefix = `${r.ip}/${r.prefixLen}`
         const old = this.remoteIps.get(c.key)
+        if (old === undefined && this.overCap(c.key)) continue
         if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.remoteIps.set(c.key, { prefix, identity: r.identity, endpointId: 0 })
       } catch (err) {
         this.remoteIps.delete(c.key)
@@ -166,9 +188,10 @@ export class ClusterStore {
         const n = parseNodeValue(c.key, c.value)
         if (n.name === this.opts.nodeName) { this.remoteNodes.delete(c.key); continue }
         const old = this.remoteNodes.get(c.key)
-        const sig = n.ipv4.join(',')
+        if (old === undefined && this.overCap(c.key)) continue
+        const sig = n.ipv4.slice(0, 16).join(',') // a node's addresses, a bounded few
         if (old === undefined || old.map((e) => e.prefix.slice(0, -3)).join(',') !== sig) {
-          this.remoteNodes.set(c.key, n.ipv4.map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
+          this.remoteNodes.set(c.key, n.ipv4.slice(0, 16).map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
         }
       } catch (err) {
         this.remoteNodes.delete(c.key)
@@ -233,7 +256,9 @@ export class ClusterStore {
       clusterIdentities: this.allocator.known().size,
       remoteEndpoints: this.stats.remoteEndpoints,
       remoteNodes: this.stats.remoteNodes,
-      malformedKeys: this.stats.malformedKeys
+      malformedKeys: this.stats.malformedKeys,
+      keysNotCopied: m.reduce((n, x) => n + x.stats.dropped, 0),
+      remoteEntriesDropped: this.stats.remoteEntriesDropped
     }
   }
 

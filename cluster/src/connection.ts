@@ -18,6 +18,9 @@ import type { Logger } from 'pino'
 import { ClusterError, ERR } from './errors.js'
 import { Kv } from './kv.js'
 
+/** Cilium's LockLeaseTTL (pkg/defaults): the TTL of the lease locks are taken under. */
+export const LOCK_LEASE_TTL_SECONDS = 25
+
 export type ConnectionState = 'connecting' | 'connected' | 'down' | 'closed'
 
 export interface ConnectionOptions {
@@ -38,6 +41,11 @@ export interface ConnectionOptions {
 export interface Session {
   readonly kv: Kv
   readonly lease: string
+  /**
+   * The lease of this session's locks: short (Cilium's LockLeaseTTL, 25 s), so that a lock held
+   * by an agent that died blocks the others that long, not the whole `--kvstore-lease-ttl`.
+   */
+  readonly lockLease: string
   /** etcd's revision and cluster id when the session started. */
   readonly revision: number
   readonly clusterId: string
@@ -69,7 +77,8 @@ export class Connection {
   private probeTimer: NodeJS.Timeout | null = null
   private retryTimer: NodeJS.Timeout | null = null
   private backoff: number
-  private lastLease: { kv: Kv | null, id: string } | null = null
+  /** The lease of the last session that got connected. */
+  private lastLease: string | null = null
   private downSince = 0
   private readonly waiters: (() => void)[] = []
   readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0 }
@@ -158,11 +167,12 @@ export class Connection {
       // Did etcd keep the previous session's lease? Then its data survived and watches may resume.
       let continuous = false
       if (this.lastLease !== null) {
-        try { continuous = (await kv.leaseTtl(this.lastLease.id)) > 0 } catch { continuous = false }
+        try { continuous = (await kv.leaseTtl(this.lastLease)) > 0 } catch { continuous = false }
       }
       const lease = await kv.grantLease(this.opts.leaseTtlSeconds)
+      const lockLease = await kv.grantLease(Math.min(LOCK_LEASE_TTL_SECONDS, this.opts.leaseTtlSeconds))
       if (this.superseded(seq)) throw new Error('superseded')
-      const session: Session = { kv, lease, revision: probe.revision, clusterId: probe.clusterId, continuous, fail: (err) => this.fail(session, err) }
+      const session: Session = { kv, lease, lockLease, revision: probe.revision, clusterId: probe.clusterId, continuous, fail: (err) => this.fail(session, err) }
       this.session = session
       // Republish everything this node owns under the new lease (written again even when etcd kept
       // the keys: they move to the new lease, and a value equal to the stored one changes nothing
@@ -174,8 +184,8 @@ export class Connection {
       if (this.superseded(seq)) throw new Error('superseded')
       // The previous lease, if etcd still has it, holds nothing any more: let it go now rather
       // than at its expiry.
-      if (this.lastLease !== null && continuous) await kv.revokeLease(this.lastLease.id).catch(() => {})
-      this.lastLease = { kv: null, id: lease }
+      if (this.lastLease !== null && continuous) await kv.revokeLease(this.lastLease).catch(() => {})
+      this.lastLease = lease
       const wasDown = this.state === 'down'
       this.state = 'connected'
       this.stats.connected = 1
@@ -205,8 +215,8 @@ export class Connection {
     this.probeTimer = setTimeout(() => {
       this.probeTimer = null
       if (this.session !== s || this.state !== 'connected') return
-      s.kv.keepAlive(s.lease).then((ttl) => {
-        if (ttl <= 0) throw new ClusterError(ERR.KVSTORE_UNAVAILABLE, `etcd no longer has lease ${s.lease} (restored or expired): its keys are gone`, { lease: s.lease })
+      Promise.all([s.kv.keepAlive(s.lease), s.kv.keepAlive(s.lockLease)]).then(([ttl, lockTtl]) => {
+        if (ttl <= 0 || lockTtl <= 0) throw new ClusterError(ERR.KVSTORE_UNAVAILABLE, `etcd no longer has lease ${ttl <= 0 ? s.lease : s.lockLease} (restored or expired): its keys are gone`, { lease: s.lease })
         this.scheduleProbe(s)
       }).catch((err: Error) => this.fail(s, err))
     }, this.probeMs)
@@ -249,6 +259,7 @@ export class Connection {
     for (const w of this.waiters.splice(0)) w()
     if (s !== null) {
       await this.queue.catch(() => {})
+      await s.kv.revokeLease(s.lockLease).catch(() => {}) // no lock outlives a stop
       if (opts.revoke === true) await s.kv.revokeLease(s.lease).catch(() => {})
       for (const h of this.hooks) h.onDown?.()
       s.kv.close()

@@ -6,6 +6,8 @@ export const ERR = {
   KVSTORE_UNAVAILABLE: 'WARDEN_ERR_KVSTORE_UNAVAILABLE',
   /** A `--kvstore` URL or cluster flag that cannot be used. */
   KVSTORE_CONFIG: 'WARDEN_ERR_KVSTORE_CONFIG',
+  /** No free identity found in a bounded number of tries (nodes racing); the next compile retries. */
+  IDENTITY_CONTENTION: 'WARDEN_ERR_IDENTITY_CONTENTION',
   /** Every cluster identity (256..65535) is taken. */
   IDENTITY_EXHAUSTED: 'WARDEN_ERR_IDENTITY_EXHAUSTED',
   /** The persisted cluster state file cannot be read. */

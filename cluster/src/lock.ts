@@ -1,8 +1,9 @@
 /**
  * An etcd mutex as Cilium takes one (kvstore.LockPath over etcd's concurrency.Mutex): each
- * contender writes `<lock path>/<lease id in hex>` under its lease, and holds the lock when its
- * key has the lowest create revision under the path. A contender that dies loses its key with
- * its lease, so a lock is never held by a dead agent for longer than the lease TTL.
+ * contender writes `<lock path>/<lease id in hex>` under its session's lock lease, and holds the
+ * lock when its key has the lowest create revision under the path. A contender that dies loses
+ * its key with that lease, so a lock is never held by a dead agent for longer than the lock
+ * lease's TTL (25 s, Cilium's LockLeaseTTL).
  */
 import { ClusterError, ERR } from './errors.js'
 import type { Session } from './connection.js'
@@ -10,8 +11,8 @@ import type { Session } from './connection.js'
 export interface Unlock { (): Promise<void> }
 
 export async function lockPath (s: Session, path: string, timeoutMs: number): Promise<Unlock> {
-  const mine = `${path}/${BigInt(s.lease).toString(16)}`
-  await s.kv.createIfAbsent(mine, [{ key: mine, value: '', lease: s.lease }])
+  const mine = `${path}/${BigInt(s.lockLease).toString(16)}`
+  await s.kv.createIfAbsent(mine, [{ key: mine, value: '', lease: s.lockLease }])
   const unlock: Unlock = async () => { await s.kv.delete(mine).catch(() => {}) }
   const deadline = Date.now() + timeoutMs
   let wait = 5

@@ -18,7 +18,7 @@ import type { Session } from './connection.js'
 export interface MirrorEntry { value: string, modRevision: number }
 export type MirrorChange = { type: 'put', key: string, value: string, prev: string | undefined } | { type: 'delete', key: string, prev: string }
 
-export interface MirrorStats { watchEvents: number, relists: number, resumes: number }
+export interface MirrorStats { watchEvents: number, relists: number, resumes: number, dropped: number }
 
 export class Mirror {
   readonly entries = new Map<string, MirrorEntry>()
@@ -26,9 +26,16 @@ export class Mirror {
   revision = 0
   private watcher: Watcher | null = null
   private readonly listeners: ((changes: MirrorChange[]) => void)[] = []
-  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0 }
+  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0, dropped: 0 }
 
-  constructor (readonly prefix: string, private readonly log: Logger) {}
+  /** `maxEntries`: keys kept at most; a new key beyond is not copied (counted in `dropped`). */
+  constructor (readonly prefix: string, private readonly log: Logger, private readonly maxEntries = Infinity) {}
+
+  private full (key: string): boolean {
+    if (this.entries.size < this.maxEntries || this.entries.has(key)) return false
+    if (this.stats.dropped++ % 1000 === 0) this.log.warn({ prefix: this.prefix, key, max: this.maxEntries }, 'kvstore: too many keys under the prefix; not copying more')
+    return true
+  }
 
   onChange (fn: (changes: MirrorChange[]) => void): void { this.listeners.push(fn) }
 
@@ -36,7 +43,7 @@ export class Mirror {
   restore (entries: Iterable<[string, string]>): void {
     const changes: MirrorChange[] = []
     for (const [key, value] of entries) {
-      if (!key.startsWith(this.prefix)) continue
+      if (!key.startsWith(this.prefix) || this.full(key)) continue
       this.entries.set(key, { value, modRevision: 0 })
       changes.push({ type: 'put', key, value, prev: undefined })
     }
@@ -51,9 +58,10 @@ export class Mirror {
         await this.watch(s, this.revision + 1)
         return
       } catch (err) {
-        if (!/compact/i.test((err as Error).message)) throw err
-        // The revision to resume from is gone from etcd's history: read the prefix again.
-        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+        // etcd cancels a watch whose start revision was compacted away (etcd 3.4 gives no reason
+        // text, only the compact revision): read the prefix again.
+        if (!/compact|canceled/i.test((err as Error).message)) throw err
+        this.log.warn({ prefix: this.prefix, revision: this.revision, err: (err as Error).message }, 'kvstore watch cancelled (revision compacted): relisting')
       }
     }
     await this.relist(s)
@@ -78,6 +86,7 @@ export class Mirror {
     const changes: MirrorChange[] = []
     for (const kv of list.kvs) {
       seen.add(kv.key)
+      if (this.full(kv.key)) continue
       const cur = this.entries.get(kv.key)
       if (cur?.value !== kv.value) changes.push({ type: 'put', key: kv.key, value: kv.value, prev: cur?.value })
       this.entries.set(kv.key, { value: kv.value, modRevision: kv.modRevision })
@@ -104,6 +113,7 @@ export class Mirror {
       const value = kv.value.toString()
       const rev = Number(kv.mod_revision)
       if (rev > this.revision) this.revision = rev
+      if (this.full(key)) return
       const cur = this.entries.get(key)
       this.entries.set(key, { value, modRevision: rev })
       if (cur?.value !== value) batch.push({ type: 'put', key, value, prev: cur?.value })
@@ -123,9 +133,10 @@ export class Mirror {
     w.on('disconnected', (err: Error) => { if (this.watcher === w) s.fail(err) })
     w.on('error', (err: Error) => {
       if (this.watcher !== w) return
-      if (/compact/i.test(err.message)) {
-        // The revision to resume from is gone from etcd's history: read the prefix again.
-        this.log.warn({ prefix: this.prefix, revision: this.revision }, 'kvstore watch revision compacted: relisting')
+      if (/compact|canceled/i.test(err.message)) {
+        // Cancelled by etcd (its start revision compacted away, the usual reason): a relist
+        // repairs whatever the watch would have missed.
+        this.log.warn({ prefix: this.prefix, revision: this.revision, err: err.message }, 'kvstore watch cancelled (revision compacted): relisting')
         this.stop()
         this.relist(s).catch((e: Error) => s.fail(e))
         return

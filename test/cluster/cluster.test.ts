@@ -24,8 +24,9 @@ async function tempDir (t: Test): Promise<string> {
   return dir
 }
 
-async function agent (t: Test, endpoint: string, name: string, ip: string, stateDir: string): Promise<ClusterStore> {
+async function agent (t: Test, endpoint: string, name: string, ip: string, stateDir: string, maxRemoteEntries?: number): Promise<ClusterStore> {
   const c = await ClusterStore.open({
+    maxRemoteEntries,
     urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, podCidr: undefined, clusterName: 'default', leaseTtlSeconds: 3,
     stateDir, local: new MemoryIdentityAllocator(), logger: log, probeMs: 200, timeoutMs: 1000, backoffMinMs: 100, backoffMaxMs: 400, prepareTimeoutMs: 2000
   })
@@ -50,7 +51,7 @@ function ep (name: string, ipv4: string, identity: number, id: number): Endpoint
 const entry = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
 
 t.test('agents share pods, identities and nodes; survive etcd restarts and an empty restore', async (t) => {
-  const etcd = await startEtcd(t, 23794)
+  const etcd = await startEtcd(t, 23792)
   const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1', await tempDir(t))
   const bDir = await tempDir(t)
   const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2', bDir)
@@ -100,7 +101,7 @@ t.test('agents share pods, identities and nodes; survive etcd restarts and an em
 })
 
 t.test('a restarted agent keeps its pods\' identities, also when etcd is unreachable at its start', async (t) => {
-  const etcd = await startEtcd(t, 23796)
+  const etcd = await startEtcd(t, 23792)
   const dir = await tempDir(t)
   const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1', dir)
   t.ok(await a.conn.waitConnected(10000))
@@ -116,4 +117,17 @@ t.test('a restarted agent keeps its pods\' identities, also when etcd is unreach
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
   t.equal((await kv.get(idKey(webId))).value, 'k8s:app=web;k8s:io.kubernetes.pod.namespace=shop;')
+})
+
+t.test('what other nodes publish is bounded by configuration', async (t) => {
+  const etcd = await startEtcd(t, 23792)
+  const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1', await tempDir(t))
+  const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2', await tempDir(t), 3)
+  t.ok(await a.conn.waitConnected(10000) && await b.conn.waitConnected(10000))
+  await a.allocator.prepare([WEB], Date.now())
+  const webId = a.allocator.acquireIdentity(WEB, Date.now())
+  a.publishEndpoints([1, 2, 3, 4].map((i) => ep(`web-${i}`, `10.42.1.${i}`, webId, i)))
+  t.ok(await until(() => b.metrics().remoteEntriesDropped === 2), 'two of five entries (A\'s node and four pods) over the cap of 3')
+  t.equal(b.current().ipcache.length, 3)
+  t.equal(entry(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'nodes first')
 })

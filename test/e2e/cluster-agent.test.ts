@@ -86,7 +86,7 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(await metric('warden_kvstore_outages_total'), 1)
   t.equal(ipcache.lookupIdentity('198.19.121.6'), checkout, 'the remote pod stays in the kernel')
   t.equal(await charge(s), '404', 'L7 policy still enforced (checkout may POST /api/v1/charge)')
-  t.match(s.agentLog(), /kvstore unreachable/, 'the outage is logged')
+  t.ok(await until(() => /kvstore unreachable/.test(s.agentLog()), (v) => v), 'the outage is logged')
 
   // etcd restored from an empty data directory: the agent republishes, and forgets what etcd lost.
   await etcd.wipe()
@@ -94,6 +94,21 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.not(await until(async () => (await kv.get(ipcacheKey(billing)).catch(() => ({ value: null }))).value, (v) => v !== null), null, 'billing-service republished')
   t.equal(await until(() => ipcache.lookupIdentity('198.19.121.6'), (v) => v === RESERVED.WORLD), RESERVED.WORLD, 'the entry etcd lost is removed after the relist')
   t.equal((await kv.get(idKey(entry.identity))).value?.startsWith('k8s:app=billing-service;'), true, 'identity republished')
-  t.match(s.agentLog(), /kvstore reconnected/, 'the reconnect is logged')
+  t.ok(await until(() => /kvstore reconnected/.test(s.agentLog()), (v) => v), 'the reconnect is logged')
   t.equal(await charge(s), '404')
+
+  // Restarted while etcd is unreachable: it starts from the cluster state it persisted (a full
+  // sync of the maps at start would remove a remote pod it did not know), and enforces it.
+  await kv.put(ipcacheKey('198.19.121.7'), formatIpcacheValue({ ip: '198.19.121.7', hostIP: '198.19.120.2', identity: checkout, namespace: 'default', pod: 'checkout-4', cluster: 'default', node: 'node-b', endpointId: 9 }))
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.7'), (v) => v === checkout), checkout)
+  await sleep(1500) // the cluster state is persisted 1 s after a change (and at a clean stop)
+  await s.stopAgent()
+  await etcd.stop()
+  await s.startAgent()
+  t.ok(await until(() => /kvstore unreachable at start/.test(s.agentLog()), (v) => v), 'the outage at start is logged')
+  t.equal(ipcache.lookupIdentity('198.19.121.7'), checkout, 'the remote pod persisted is enforced')
+  t.equal(ipcache.lookupIdentity(billing), entry.identity, 'local identities kept')
+  t.equal(await until(async () => await charge(s), (v) => v === '404'), '404', 'policy enforced')
+  await etcd.start()
+  t.equal(await until(async () => await metric('warden_kvstore_connected'), (v) => v === 1), 1, 'connects when etcd is back')
 })

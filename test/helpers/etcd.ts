@@ -1,6 +1,8 @@
 /**
- * A real etcd for a test: its own ports (pairs in 23790-23799, one pair per test file), a temp
- * data directory, and both removed in teardown even when the test fails.
+ * A real etcd for a test: its own ports (pairs in 23790-23799, one pair per test file, so files
+ * run side by side; subtests of one file run in turn and may reuse it), a temp data directory,
+ * and both removed in teardown even when the test fails. Taken: 23790 test/cluster/allocator,
+ * 23792 test/cluster/cluster, 23794 test/cluster/mirror, 23798 test/e2e/cluster-agent.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
