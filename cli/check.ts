@@ -11,8 +11,8 @@ export const command: Command = {
   summary: 'validate policy files (and an endpoints file); print errors with their location',
   usage: `Usage: warden check --policies DIR [--endpoints FILE] [--identity-labels LIST] [--identity-labels-replace]
 
-Loads every .yaml/.yml/.json file below DIR (CiliumNetworkPolicy and
-CiliumClusterwideNetworkPolicy) and compiles them. Prints each error as
+Loads every .yaml/.yml/.json file below DIR (CiliumNetworkPolicy,
+CiliumClusterwideNetworkPolicy, CiliumCIDRGroup) and compiles them. Prints each error as
   file:line:col: field.path: message
 and exits 1 if there is any; otherwise prints a one-line summary and exits 0.
 --identity-labels and --identity-labels-replace as for \`warden run\`.`,
@@ -33,7 +33,7 @@ and exits 1 if there is any; otherwise prints a one-line summary and exits 0.
       return 1
     }
     const s = summary
-    console.log(`ok: ${s.files} file(s), ${s.policies} ${s.policies === 1 ? 'policy' : 'policies'}, ${s.rules} rule(s), ${s.endpoints} endpoint(s), ${s.identities} ${s.identities === 1 ? 'identity' : 'identities'}` +
+    console.log(`ok: ${s.files} file(s), ${s.policies} ${s.policies === 1 ? 'policy' : 'policies'}, ${s.rules} rule(s), ${s.cidrGroups > 0 ? `${s.cidrGroups} CIDR group(s), ` : ''}${s.endpoints} endpoint(s), ${s.identities} ${s.identities === 1 ? 'identity' : 'identities'}` +
       (s.skippedDocuments > 0 ? ` (skipped ${s.skippedDocuments} non-Cilium document(s))` : ''))
     return 0
   }

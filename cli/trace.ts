@@ -7,7 +7,7 @@ import { UsageError } from './usage.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import { formatPolicyError, loadSnapshot, traceFlow } from '../policy-store/src/index.js'
 import { parseLabelsSpec } from '../policy-store/src/trace.js'
-import { icmpType } from '../policy-store/src/validate.js'
+import { icmpType } from '../policy-store/src/validate-icmp.js'
 
 const USAGE = `Usage: warden trace --policies DIR --endpoints FILE --from SRC --to DST --port N
          [--protocol TCP|UDP|SCTP] [--method M] [--path P] [--host H] [--header 'Name: value' ...]

@@ -72,7 +72,7 @@ export interface StoreInventory {
 }
 
 /** Summary counts (for `warden check` and logs). */
-export interface LoadSummary { files: number, policies: number, rules: number, endpoints: number, identities: number, skippedDocuments: number }
+export interface LoadSummary { files: number, policies: number, rules: number, cidrGroups: number, endpoints: number, identities: number, skippedDocuments: number }
 
 /** Settle time after the last file event before reloading; and the cap on waiting. */
 const DEBOUNCE_MS = 20
@@ -262,6 +262,7 @@ class Store implements PolicyStore {
       files: files.length,
       policies: files.reduce((n, f) => n + f.policies, 0),
       rules: files.reduce((n, f) => n + f.rules.reduce((m, r) => m + r.itemCount, 0), 0),
+      cidrGroups: files.reduce((n, f) => n + (f.cidrGroups?.length ?? 0), 0),
       endpoints: snap.endpoints.length,
       identities: new Set(snap.endpoints.map((e) => e.identity)).size,
       skippedDocuments: files.reduce((n, f) => n + f.skipped, 0)

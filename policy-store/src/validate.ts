@@ -10,82 +10,23 @@ import {
   makeSelector, namesNamespace, NAMESPACE_LABEL, OPERATORS, parseSelectorKey, usesReserved,
   type Operator, type Requirement, type Selector
 } from './labels.js'
-import {
-  compileFullMatch, compileMatchName, compileMatchPattern, MATCH_NAME_RE, MATCH_PATTERN_RE, type NameMatcher
-} from './matchers.js'
+import { Checker, DNS1123_SUBDOMAIN, type Obj } from './checker.js'
+import { isCidrGroup, validateCidrGroup } from './cidr-group.js'
 import { ENTITIES, nextUid, type CidrGroup, type DnsRuleItem, type Entity, type FilePolicies, type NamedPortItem, type Peer, type PolicyRule, type PortItem, type RuleElement } from './model.js'
-import type { PathSeg, ParsedFile, Reporter } from './source-file.js'
-import { DIR, ICMP_PORT_BASE, type CompiledHttpRule, type HeaderAction, type HeaderRequirement, type MismatchAction, type RuleRef, type StringMatcher } from './types.js'
+import type { PathSeg, ParsedFile } from './source-file.js'
+import { DIR, type CompiledHttpRule, type RuleRef } from './types.js'
+import { validateIcmps } from './validate-icmp.js'
+import { parseNameMatch, validateDns, validateHttp } from './validate-l7.js'
 
 /** Cilium's cap on ports per PortRule (`maxPorts` in pkg/policy/api/l4.go). */
 export const MAX_PORTS = 40
 
-/** `headerMatches[].mismatch` values (pkg/policy/api/http.go). */
-const MISMATCH_ACTIONS = ['LOG', 'ADD', 'DELETE', 'REPLACE'] as const
-/** RFC 9110 token and field-value characters (no CR, LF or NUL: a value cannot split the head). */
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
-const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
-/** Fields the proxy writes or strips itself (framing, hop-by-hop, routing): no action may edit them. */
-const PROXY_FIELDS = ['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'te', 'trailer', 'expect']
-
 const KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'] as const
 type Kind = typeof KINDS[number]
-const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
 /** IANA service name (Cilium's `isValidServiceName` shape): letters, digits, inner hyphens. */
 const IANA_NAME = /^(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$/
-
-type Obj = Record<string, unknown>
-
-/** Small typed accessors that report as they check. */
-class Checker {
-  constructor (readonly r: Reporter) {}
-
-  typeName (v: unknown): string {
-    if (v === null) return 'null'
-    if (Array.isArray(v)) return 'list'
-    if (typeof v === 'object') return 'map'
-    return typeof v
-  }
-
-  obj (v: unknown, path: PathSeg[], allowed: readonly string[], unsupported: readonly string[] = []): Obj | null {
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-      this.r.add(ERR.TYPE, path, `must be a map, got ${this.typeName(v)}`)
-      return null
-    }
-    const o = v as Obj
-    for (const k of Object.keys(o)) {
-      if (unsupported.includes(k)) this.r.add(ERR.UNSUPPORTED, [...path, k], `\`${k}\` is not supported by warden yet`, true)
-      else if (!allowed.includes(k)) this.r.add(ERR.UNKNOWN_FIELD, [...path, k], `unknown field "${k}" (expected one of: ${allowed.join(', ')})`, true)
-    }
-    return o
-  }
-
-  list (v: unknown, path: PathSeg[]): unknown[] | null {
-    if (!Array.isArray(v)) {
-      this.r.add(ERR.TYPE, path, `must be a list, got ${this.typeName(v)}`)
-      return null
-    }
-    return v
-  }
-
-  str (v: unknown, path: PathSeg[]): string | null {
-    if (typeof v !== 'string') {
-      this.r.add(ERR.TYPE, path, `must be a string, got ${this.typeName(v)}${typeof v === 'number' || typeof v === 'boolean' ? ' (quote it)' : ''}`)
-      return null
-    }
-    return v
-  }
-
-  bool (v: unknown, path: PathSeg[]): boolean | null {
-    if (typeof v !== 'boolean') {
-      this.r.add(ERR.TYPE, path, `must be true or false, got ${this.typeName(v)}`)
-      return null
-    }
-    return v
-  }
-}
 
 /** Validate every document of a parsed file. Errors go to the file's reporter. */
 export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicies, errors: PolicyError[] } {
@@ -111,48 +52,6 @@ export function validatePolicyFile (parsed: ParsedFile): { policies: FilePolicie
   const file: FilePolicies = { file: parsed.reporter.file, rules, policies, skipped }
   if (cidrGroups.length > 0) file.cidrGroups = cidrGroups
   return { policies: file, errors: parsed.reporter.errors }
-}
-
-function isCidrGroup (v: unknown): boolean {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) && (v as Obj).kind === 'CiliumCIDRGroup'
-}
-
-/**
- * A CiliumCIDRGroup (pkg/k8s/apis/cilium.io/v2/cidrgroups_types.go): cluster-scoped, `spec.
- * externalCIDRs` a list of CIDRs (possibly empty). cilium.io/v2, or v2alpha1 as before 1.18.
- */
-function validateCidrGroup (v: unknown, c: Checker): CidrGroup | null {
-  const doc = c.obj(v, [], ['apiVersion', 'kind', 'metadata', 'spec'])
-  if (doc === null) return null
-  const av = doc.apiVersion === undefined ? null : c.str(doc.apiVersion, ['apiVersion'])
-  if (av === null) { if (doc.apiVersion === undefined) c.r.add(ERR.REQUIRED, [], 'apiVersion is required (cilium.io/v2)') } else if (av !== 'cilium.io/v2' && av !== 'cilium.io/v2alpha1') {
-    c.r.add(ERR.KIND, ['apiVersion'], `unsupported apiVersion "${av}" for a CiliumCIDRGroup; expected cilium.io/v2 or cilium.io/v2alpha1`)
-  }
-  let name: string | null = null
-  const md = doc.metadata === undefined ? null : c.obj(doc.metadata, ['metadata'], ['name', 'namespace', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp'])
-  if (md === null || md.name === undefined) c.r.add(ERR.REQUIRED, doc.metadata === undefined ? [] : ['metadata'], 'metadata.name is required')
-  else {
-    name = c.str(md.name, ['metadata', 'name'])
-    if (name !== null && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) c.r.add(ERR.VALUE, ['metadata', 'name'], `"${name}" is not a valid name (lower-case DNS-1123 subdomain)`)
-  }
-  if (md?.namespace !== undefined) c.r.add(ERR.VALUE, ['metadata', 'namespace'], 'a CiliumCIDRGroup is cluster-scoped and has no namespace')
-  const prefixes: Prefix[] = []
-  if (doc.spec === undefined) c.r.add(ERR.REQUIRED, [], 'spec is required')
-  else {
-    const spec = c.obj(doc.spec, ['spec'], ['externalCIDRs'])
-    if (spec !== null && spec.externalCIDRs === undefined) c.r.add(ERR.REQUIRED, ['spec'], 'externalCIDRs is required (it may be empty)')
-    else if (spec !== null) {
-      c.list(spec.externalCIDRs, ['spec', 'externalCIDRs'])?.forEach((x, i) => {
-        const p = ['spec', 'externalCIDRs', i]
-        const str = c.str(x, p)
-        if (str === null) return
-        const prefix = parsePrefix(str)
-        if (typeof prefix === 'string') c.r.add(str.includes(':') ? ERR.UNSUPPORTED : ERR.CIDR, p, prefix)
-        else prefixes.push(prefix)
-      })
-    }
-  }
-  return name === null ? null : { name, prefixes, line: c.r.lineOf([]) }
 }
 
 /**
@@ -300,66 +199,6 @@ const PEER_FIELDS: Record<Section, { allowed: string[], unsupported: string[] }>
   ingressDeny: { allowed: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities', 'toPorts', 'icmps'], unsupported: ['fromRequires', 'fromGroups', 'fromNodes'] },
   egress: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes', 'authentication'] },
   egressDeny: { allowed: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toPorts', 'icmps'], unsupported: ['toRequires', 'toServices', 'toGroups', 'toNodes'] }
-}
-
-/** Cilium's cap on fields per ICMPRule (`maxICMPFields` in pkg/policy/api/icmp.go). */
-const MAX_ICMP_FIELDS = 40
-/** Cilium's ICMPv4 type names (pkg/policy/api/icmp.go, icmpIpv4TypeNameToCode). */
-export const ICMP_TYPE_NAMES: Readonly<Record<string, number>> = {
-  EchoReply: 0,
-  DestinationUnreachable: 3,
-  Redirect: 5,
-  Echo: 8,
-  EchoRequest: 8,
-  RouterAdvertisement: 9,
-  RouterSelection: 10,
-  TimeExceeded: 11,
-  ParameterProblem: 12,
-  Timestamp: 13,
-  TimestampReply: 14,
-  Photuris: 40,
-  ExtendedEchoRequest: 42,
-  ExtendedEchoReply: 43
-}
-
-/** An ICMP type by number (0..255) or by Cilium's name; null (and an error) otherwise. */
-export function icmpType (v: unknown): number | string {
-  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v <= 255 ? v : `type ${v} is out of range 0..255`
-  if (typeof v === 'string') {
-    const n = ICMP_TYPE_NAMES[v]
-    return n !== undefined ? n : `unknown ICMP type name "${v}" (expected 0..255 or one of: ${Object.keys(ICMP_TYPE_NAMES).join(', ')})`
-  }
-  return 'must be a number 0..255 or an ICMP type name'
-}
-
-/** `icmps: [{fields: [{type, family}]}]`: each ICMPRule is one port list of ICMP types. */
-function validateIcmps (v: unknown, path: PathSeg[], c: Checker): PortItem[][] {
-  const out: PortItem[][] = []
-  c.list(v, path)?.forEach((r, i) => {
-    const rp = [...path, i]
-    const ro = c.obj(r, rp, ['fields'])
-    if (ro === null) return
-    const fields = ro.fields === undefined ? null : c.list(ro.fields, [...rp, 'fields'])
-    if (fields === null || fields.length === 0) { if (ro.fields === undefined || fields !== null) c.r.add(ERR.REQUIRED, [...rp, 'fields'], 'fields must list at least one ICMP type'); return }
-    if (fields.length > MAX_ICMP_FIELDS) c.r.add(ERR.PORT, [...rp, 'fields'], `too many ICMP fields, the max is ${MAX_ICMP_FIELDS}`)
-    const items: PortItem[] = []
-    fields.forEach((f, j) => {
-      const fp = [...rp, 'fields', j]
-      const fo = c.obj(f, fp, ['type', 'family'])
-      if (fo === null) return
-      if (fo.family !== undefined) {
-        const fam = c.str(fo.family, [...fp, 'family'])
-        if (fam === 'IPv6') { c.r.add(ERR.UNSUPPORTED, [...fp, 'family'], 'ICMPv6 rules are not supported (warden enforces IPv4)'); return }
-        if (fam !== null && fam !== 'IPv4') { c.r.add(ERR.VALUE, [...fp, 'family'], `family must be IPv4 or IPv6, got "${fam}"`); return }
-      }
-      if (fo.type === undefined) { c.r.add(ERR.REQUIRED, fp, 'type is required'); return }
-      const ty = icmpType(fo.type)
-      if (typeof ty === 'string') { c.r.add(ERR.VALUE, [...fp, 'type'], ty); return }
-      items.push({ protocol: 1, port: ICMP_PORT_BASE | ty, endPort: ICMP_PORT_BASE | ty })
-    })
-    out.push(items)
-  })
-  return out
 }
 
 function validateElement (v: unknown, path: PathSeg[], section: Section, ref: RuleRef, ctx: Ctx, c: Checker): RuleElement[] {
@@ -594,110 +433,6 @@ function validatePort (v: unknown, path: PathSeg[], hasHttp: boolean, hasDns: bo
 
 function protoNumber (p: string): 6 | 17 | 132 {
   return p === 'TCP' ? 6 : p === 'UDP' ? 17 : 132
-}
-
-function regexField (v: unknown, path: PathSeg[], c: Checker): StringMatcher | null {
-  const s = c.str(v, path)
-  if (s === null) return null
-  try {
-    return compileFullMatch(s)
-  } catch (err) {
-    c.r.add(ERR.REGEX, path, `invalid RE2 regular expression "${s}": ${(err as Error).message}`)
-    return null
-  }
-}
-
-function validateHttp (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): CompiledHttpRule[] | null {
-  const list = c.list(v, path)
-  if (list === null) return null
-  const out: CompiledHttpRule[] = []
-  list.forEach((h, i) => {
-    const p = [...path, i]
-    const o = c.obj(h, p, ['method', 'path', 'host', 'headers', 'headerMatches'])
-    if (o === null) return
-    const headers: HeaderRequirement[] = []
-    const actions: HeaderAction[] = []
-    if (o.headers !== undefined) {
-      c.list(o.headers, [...p, 'headers'])?.forEach((hv, j) => {
-        const s = c.str(hv, [...p, 'headers', j])
-        if (s === null) return
-        // Cilium: split at the first space; a trailing ':' on the name is dropped.
-        const sp = s.indexOf(' ')
-        const name = (sp === -1 ? s : s.slice(0, sp)).replace(/:$/, '').toLowerCase()
-        if (name === '') { c.r.add(ERR.VALUE, [...p, 'headers', j], 'header name is empty'); return }
-        headers.push({ name, value: sp === -1 ? null : s.slice(sp + 1) })
-      })
-    }
-    if (o.headerMatches !== undefined) {
-      c.list(o.headerMatches, [...p, 'headerMatches'])?.forEach((hm, j) => {
-        const hp = [...p, 'headerMatches', j]
-        // `secret` needs a Kubernetes secret source, which warden does not have.
-        const ho = c.obj(hm, hp, ['name', 'value', 'mismatch'], ['secret'])
-        if (ho === null) return
-        if (ho.name === undefined) { c.r.add(ERR.REQUIRED, hp, 'name is required'); return }
-        const name = c.str(ho.name, [...hp, 'name'])
-        const value = ho.value === undefined ? null : c.str(ho.value, [...hp, 'value'])
-        if (name === null || name === '') return
-        const lower = name.toLowerCase()
-        const v = value === '' ? null : value
-        if (ho.mismatch === undefined) { headers.push({ name: lower, value: v }); return }
-        const m = c.str(ho.mismatch, [...hp, 'mismatch'])
-        if (m === null) return
-        if (!(MISMATCH_ACTIONS as readonly string[]).includes(m)) {
-          c.r.add(ERR.VALUE, [...hp, 'mismatch'], `unknown mismatch action "${m}" (expected one of: ${MISMATCH_ACTIONS.join(', ')})`)
-          return
-        }
-        if (m === 'LOG') { actions.push({ name: lower, value: v, mismatch: m }); return }
-        // An action edits the forwarded request: only a valid field, never one that frames the
-        // message or routes it (those the proxy writes itself).
-        if (!HEADER_NAME.test(name)) { c.r.add(ERR.VALUE, [...hp, 'name'], `"${name}" is not a valid header name`); return }
-        if (PROXY_FIELDS.includes(lower)) { c.r.add(ERR.UNSUPPORTED, [...hp, 'name'], `mismatch action ${m} on "${lower}" is not supported: the proxy writes that field itself`); return }
-        if (v !== null && !HEADER_VALUE.test(v)) { c.r.add(ERR.VALUE, [...hp, 'value'], 'header value has characters a header field cannot carry'); return }
-        actions.push({ name: lower, value: v, mismatch: m as MismatchAction })
-      })
-    }
-    out.push({
-      method: o.method === undefined ? null : regexField(o.method, [...p, 'method'], c),
-      path: o.path === undefined ? null : regexField(o.path, [...p, 'path'], c),
-      host: o.host === undefined ? null : regexField(o.host, [...p, 'host'], c),
-      headers,
-      ...(actions.length > 0 ? { headerActions: actions } : {}),
-      rule: ref,
-      httpIndex: i
-    })
-  })
-  return out
-}
-
-function parseNameMatch (v: unknown, path: PathSeg[], c: Checker): NameMatcher | null {
-  const o = c.obj(v, path, ['matchName', 'matchPattern'])
-  if (o === null) return null
-  if ((o.matchName === undefined) === (o.matchPattern === undefined)) {
-    c.r.add(ERR.VALUE, path, 'exactly one of matchName and matchPattern is required')
-    return null
-  }
-  const field = o.matchName !== undefined ? 'matchName' : 'matchPattern'
-  const s = c.str(o[field], [...path, field])
-  if (s === null) return null
-  const re = field === 'matchName' ? MATCH_NAME_RE : MATCH_PATTERN_RE
-  if (s.length > 255 || !re.test(s)) {
-    c.r.add(ERR.VALUE, [...path, field], `"${s}" is not a valid ${field} (allowed: ${field === 'matchName' ? 'letters, digits, - _ .' : 'letters, digits, - _ . *'}; at most 255)`)
-    return null
-  }
-  return field === 'matchName' ? compileMatchName(s) : compileMatchPattern(s)
-}
-
-function validateDns (v: unknown, path: PathSeg[], ref: RuleRef, c: Checker): DnsRuleItem[] | null {
-  const list = c.list(v, path)
-  if (list === null) return null
-  // An empty list allows every name (Cilium's GeneratePattern on no rules).
-  if (list.length === 0) return [{ pattern: '*', test: () => true, rule: ref }]
-  const out: DnsRuleItem[] = []
-  list.forEach((d, i) => {
-    const m = parseNameMatch(d, [...path, i], c)
-    if (m !== null) out.push({ pattern: m.pattern, test: m.test, rule: ref })
-  })
-  return out
 }
 
 function parseSelector (v: unknown, path: PathSeg[], c: Checker): Selector | null {

@@ -157,6 +157,13 @@ struct l7p_ipcache_value {
 };
 
 /*
+ * ICMP (protocol 1) entries carry the ICMP type as their port, offset so that type 0
+ * (echo reply) is not port 0, which means "any port": port = L7P_ICMP_PORT_BASE | type.
+ * Cilium too keys ICMP types as ports (pkg/policy/api/icmp.go, ICMPField.PortProtocol).
+ */
+#define L7P_ICMP_PORT_BASE 0x100
+
+/*
  * l7p_policy (LPM trie): one trie for every endpoint. The first 64 bits of data
  * (endpoint, direction, protocol, identity) are always matched in full; the port is
  * matched by prefix (big-endian so its high bits come first), which is how a port range
@@ -164,13 +171,6 @@ struct l7p_ipcache_value {
  * The program resolves the policy-store's 6-step first-match order with four lookups
  * (see policy_lookup in warden.bpf.c). Identity 0 = any identity; protocol 0 = any.
  */
-/*
- * ICMP (protocol 1) entries carry the ICMP type as their port, offset so that type 0
- * (echo reply) is not port 0, which means "any port": port = L7P_ICMP_PORT_BASE | type.
- * Cilium too keys ICMP types as ports (pkg/policy/api/icmp.go, ICMPField.PortProtocol).
- */
-#define L7P_ICMP_PORT_BASE 0x100
-
 struct l7p_policy_key {
 	__u32 prefixlen;   /* 64 + port prefix length (0..16) */
 	__u16 endpoint_id;

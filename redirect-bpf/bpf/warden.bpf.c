@@ -136,7 +136,8 @@ struct {
 /* What the parser and the policy code pass around for one packet. */
 struct pkt {
 	struct l7p_ct_key tuple;  /* as seen on the wire */
-	__u16 dport_host;         /* policy port (host order); ICMP: L7P_ICMP_PORT_BASE | type; else 0 */
+	__u16 dport_host;         /* policy port (host order): the destination port; ICMP:
+	                           * L7P_ICMP_PORT_BASE | type; 0 for other protocols */
 	__u8 tcp_flags;           /* TCP: byte 13 of the header */
 	__u8 is_new_syn;          /* TCP SYN without ACK */
 };

@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { openStore, type PolicyError, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
 import { compile, ENDPOINTS, tempTree, verdict } from './helpers.js'
+import { runCli } from '../helpers/cli.js'
 
 const group = (name: string, cidrs: string[], apiVersion = 'cilium.io/v2'): string =>
   `apiVersion: ${apiVersion}\nkind: CiliumCIDRGroup\nmetadata:\n  name: ${name}\nspec:\n  externalCIDRs: [${cidrs.map((c) => JSON.stringify(c)).join(', ')}]\n`
@@ -38,6 +39,13 @@ t.test('cidrGroupRef selects the group\'s CIDRs, minus except', async (t) => {
 t.test('one file may hold a group and the policy; v2alpha1 is accepted', async (t) => {
   const s = await compile(t, { 'both.yaml': group('partners', ['203.0.113.0/24'], 'cilium.io/v2alpha1') + '---\n' + EGRESS })
   t.equal(verdict(s, { from: 'checkout-service', to: '203.0.113.10', port: 443 }), 'allowed L4')
+})
+
+t.test('warden check counts the groups', async (t) => {
+  const dir = tempTree(t, { 'p/g.yaml': group('partners', ['203.0.113.0/24']), 'p/p.yaml': EGRESS })
+  const r = await runCli(['check', '--policies', join(dir, 'p')])
+  t.equal(r.code, 0)
+  t.match(r.out, /ok: 2 file\(s\), 1 policy, 1 rule\(s\), 1 CIDR group\(s\)/)
 })
 
 t.test('a group nobody defines selects nothing', async (t) => {
