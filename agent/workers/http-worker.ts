@@ -29,6 +29,7 @@ const ipcache = openIpcacheReader(data.bpffs)
 // DECISIONS_MAX a batch drops the rest (the access log still has every exchange).
 const DECISIONS_MAX = 1024
 let decisions: L7Decision[] = []
+let decisionsDropped = 0
 let decisionTimer: NodeJS.Timeout | null = null
 const flushDecisions = (): void => {
   decisionTimer = null
@@ -41,14 +42,14 @@ const http = createHttpProxy({
   lookupIdentity: ipcache.lookupIdentity,
   upstreamSource: upstreamSource(data.hasUplinks, () => active),
   onDecision: (d) => {
-    if (decisions.length < DECISIONS_MAX) decisions.push(d)
+    if (decisions.length < DECISIONS_MAX) decisions.push(d); else decisionsDropped++
     decisionTimer ??= setTimeout(flushDecisions, 100)
   },
   logger: logger.child({ module: 'http-proxy' })
 }, { ...data.http2, denyResponse: data.denyResponse, upstreamSocketMark: PROXY_SOCKET_MARK })
 const server = await listenTransparentTcp(data.proxyPort, '0.0.0.0', 511, SERVER_OPTIONS, PROXY_SOCKET_MARK)
 server.on('connection', (socket) => http.handleConnection(socket))
-const metrics = (): Record<string, number> => ({ ...http.metrics(), log_dropped: dest.dropped })
+const metrics = (): Record<string, number> => ({ ...http.metrics(), log_dropped: dest.dropped, decisions_dropped: decisionsDropped })
 const ticker = setInterval(() => { send({ type: 'metrics', metrics: metrics() }) }, 1000)
 
 port.on('message', (m: ToWorker) => {

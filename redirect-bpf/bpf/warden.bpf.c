@@ -230,6 +230,22 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u3
 }
 
 /*
+ * Endpoint `ep`'s policy has no entry for a new flow, or a deny entry (`v`): the flow is
+ * dropped (TC_ACT_SHOT), or, when `ep` audits (`flags`), reported as audit and the caller goes
+ * on with it as allowed by this end (0).
+ */
+static __always_inline int refuse(struct __sk_buff *skb, const struct pkt *p, __u32 src_id,
+				  __u32 dst_id, __u16 ep, __u8 v, __u16 flags, __u8 dir)
+{
+	__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
+
+	if (!(flags & L7P_EP_AUDIT))
+		return drop(skb, p, src_id, dst_id, ep, why, dir);
+	audit(skb, p, src_id, dst_id, ep, why, dir);
+	return 0;
+}
+
+/*
  * Parse Ethernet + IPv4 + L4 into p. Returns 0 to enforce, 1 to pass the packet untouched
  * (not IP, ICMPv6), or a negative l7p_reason to drop.
  */
@@ -750,11 +766,8 @@ int from_workload(struct __sk_buff *skb)
 	if (src_epid) {
 		v = policy_lookup(src_epid, L7P_DIR_EGRESS, dst_id, p.tuple.proto, p.dport_host);
 		if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
-			__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
-
-			if (!(src_flags & L7P_EP_AUDIT))
-				return drop(skb, &p, src_id, dst_id, src_epid, why, L7P_DIR_EGRESS);
-			audit(skb, &p, src_id, dst_id, src_epid, why, L7P_DIR_EGRESS);
+			if (refuse(skb, &p, src_id, dst_id, src_epid, v, src_flags, L7P_DIR_EGRESS))
+				return TC_ACT_SHOT;
 			audited = L7P_CT_AUDIT;
 			v = L7P_VERDICT_ALLOW;
 		}
@@ -763,11 +776,8 @@ int from_workload(struct __sk_buff *skb)
 	if (dst_epid) {
 		v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
 		if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
-			__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
-
-			if (!(dst_flags & L7P_EP_AUDIT))
-				return drop(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
-			audit(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+			if (refuse(skb, &p, src_id, dst_id, dst_epid, v, dst_flags, L7P_DIR_INGRESS))
+				return TC_ACT_SHOT;
 			audited = L7P_CT_AUDIT;
 			v = L7P_VERDICT_ALLOW;
 		}
@@ -902,11 +912,8 @@ int to_workload(struct __sk_buff *skb)
 	__u8 v = policy_lookup(dst_epid, L7P_DIR_INGRESS, src_id, p.tuple.proto, p.dport_host);
 
 	if (v == L7P_VERDICT_NONE || v == L7P_VERDICT_DENY) {
-		__u8 why = v == L7P_VERDICT_NONE ? L7P_R_DROP_POLICY : L7P_R_DROP_POLICY_DENY;
-
-		if (!(dst_ep->flags & L7P_EP_AUDIT))
-			return drop(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
-		audit(skb, &p, src_id, dst_id, dst_epid, why, L7P_DIR_INGRESS);
+		if (refuse(skb, &p, src_id, dst_id, dst_epid, v, dst_ep->flags, L7P_DIR_INGRESS))
+			return TC_ACT_SHOT;
 		ct_create(&p, now, src_id, dst_id, dst_epid, L7P_CT_AUDIT);
 		return TC_ACT_OK;
 	}
