@@ -140,3 +140,61 @@ t.test('a client that says GOAWAY gets its streams finished and the proxy carrie
   const c2 = h2Client(t, px.port, ADDR.CHECKOUT)
   t.equal((await h2Request(c2, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')).status, 200, 'the next connection is served')
 })
+
+t.test('a client that cancels a stream cancels the upstream stream with the same code', async t => {
+  const be = await startH2Backend(t, undefined, () => {}) // never answers
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const req = c.request({ ':method': 'POST', ':path': '/api/v1/charge', ':authority': 'billing:8080' })
+  req.on('error', () => {})
+  req.write('partial')
+  for (let i = 0; i < 100 && px.proxy.metrics().h2_allowed === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  req.close(http2.constants.NGHTTP2_CANCEL)
+  for (let i = 0; i < 100 && be.resets.length === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.same(be.resets, [http2.constants.NGHTTP2_CANCEL], 'the backend saw RST_STREAM CANCEL')
+  t.match(px.logs.find(l => l.msg === 'http request'), { protocol: 'HTTP/2', verdict: 'allowed', reason: 'client-reset' })
+})
+
+t.test('a backend GOAWAY retires its session: the next stream opens a new one', async t => {
+  let sessions = 0
+  const be = await startH2Backend(t, (stream) => {
+    stream.respond({ ':status': 200 })
+    stream.end('ok')
+    stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id ?? 0)
+  })
+  be.server.on('session', () => { sessions++ })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  for (let i = 0; i < 3; i++) {
+    t.equal((await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')).status, 200, `stream ${i + 1}`)
+  }
+  t.equal(sessions, 3, 'one upstream session per stream, each retired by its GOAWAY')
+})
+
+t.test('flow control end to end: a backend that does not read holds the client back, then gets every byte', async t => {
+  const got: Buffer[] = []
+  let resume: (() => void) | null = null
+  const be = await startH2Backend(t, undefined, (stream) => {
+    stream.pause()
+    resume = () => {
+      stream.on('data', (d: Buffer) => got.push(d))
+      stream.on('end', () => { stream.respond({ ':status': 200 }); stream.end() })
+      stream.resume()
+    }
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const body = Buffer.alloc(8 << 20, 0x61)
+  const req = c.request({ ':method': 'POST', ':path': '/api/v1/charge', ':authority': 'billing:8080' })
+  req.on('error', () => {})
+  let finished = false
+  req.end(body, () => { finished = true })
+  await new Promise(resolve => setTimeout(resolve, 500))
+  t.notOk(finished, 'the client cannot finish sending 8 MiB while the backend reads nothing')
+  t.ok(px.proxy.metrics().h2_allowed === 1 && resume !== null, 'the stream was forwarded')
+  const status = new Promise<number>(resolve => req.on('response', (h) => resolve(Number(h[':status']))))
+  ;(resume as unknown as () => void)()
+  t.equal(await status, 200)
+  t.equal(Buffer.concat(got).length, body.length, 'every byte arrived once the backend read')
+})
