@@ -217,14 +217,15 @@ export class H2Exchange {
     if (this.state === State.DONE) return
     const s = this.stream
     const code = s.rstCode ?? NGHTTP2_NO_ERROR
-    const complete = s.writableFinished && (this.state === State.REPLIED || this.state === State.RESPONDING)
+    const up = this.up
     if (!this.resetByUs && code !== NGHTTP2_NO_ERROR) {
       // The client reset the stream: the upstream stream goes with it, with the same code.
-      if (!complete || this.up !== null) this.owner.clientReset()
+      this.owner.clientReset()
       if (this.reason === '') this.reason = 'client-reset'
-      if (this.up !== null && !this.up.closed) this.up.close(code)
-    } else if (this.up !== null && !this.up.closed) {
-      this.up.close(NGHTTP2_CANCEL)
+      if (up !== null && !up.closed) up.close(code)
+    } else if (up !== null && !up.closed && !up.readableEnded) {
+      // Closed on our side (a local reply after all, a timeout): the upstream answer has no taker.
+      up.close(NGHTTP2_CANCEL)
     }
     this.state = State.DONE
     if (this.verdict === '') this.verdict = 'rejected'

@@ -35,6 +35,7 @@ t.test('an allowed stream reaches the backend with the normalised path; a denied
   t.equal(m.h2_allowed, 1)
   t.equal(m.h2_denied, 1)
   t.equal(m.requests, 0, 'no HTTP/1 request counted')
+  t.same(be.resets, [], 'a completed exchange resets nothing upstream')
 })
 
 t.test('--deny-response reset resets the stream, not the connection', async t => {
