@@ -126,6 +126,7 @@ export class H2Conn implements ExchangeOwner {
     }
     c.h2_allowed++
     x.rule = pol.rule
+    x.wantsTrailers = fwd.te === 'trailers'
     const { session, done } = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort)
     x.forward(session, done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
   }

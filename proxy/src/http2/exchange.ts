@@ -51,6 +51,12 @@ export class H2Exchange {
   private upDone: (() => void) | null = null
   private upError: NodeJS.ErrnoException | null = null
   private trailers: IncomingHttpHeaders | null = null
+  /**
+   * The client said `te: trailers` (every gRPC client does): response trailers are relayed. To
+   * any other client they are not (RFC 9110 §6.5.1 lets a recipient drop them), which spares
+   * each plain response the trailing HEADERS frame that ending a stream kept open for them costs.
+   */
+  wantsTrailers = false
   /** We reset the client's stream (deny reset, idle timeout, propagation): not the client's doing. */
   private resetByUs = false
 
@@ -157,7 +163,7 @@ export class H2Exchange {
     out[':status'] = status
     try {
       if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) s.respond(out, { endStream: true })
-      else s.respond(out, { waitForTrailers: true })
+      else s.respond(out, { waitForTrailers: this.wantsTrailers })
     } catch {
       // A head node:http2 will not send on (it validated it on the upstream side already).
       this.owner.upstreamError('bad-response')
