@@ -66,6 +66,23 @@ t.test('response trailers (grpc-status) are relayed and logged', async t => {
   t.match(px.logs.find(l => l.msg === 'http request'), { protocol: 'HTTP/2', grpcStatus: '7', status: 200 })
 })
 
+t.test('a client that did not say te: trailers gets the response without them, cleanly ended', async t => {
+  const be = await startH2Backend(t, (stream) => {
+    stream.respond({ ':status': 200 }, { waitForTrailers: true })
+    stream.on('wantTrailers', () => { stream.sendTrailers({ 'x-checksum': 'abc' }) })
+    stream.end('body')
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const r = await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')
+  t.equal(r.status, 200)
+  t.equal(r.body.toString(), 'body')
+  t.equal(r.trailers, null, 'no trailers')
+  t.equal(r.rstCode, 0, 'ended with END_STREAM, not a reset')
+  const withTe = await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge', te: 'trailers' }, 'x')
+  t.equal(withTe.trailers?.['x-checksum'], 'abc', 'with te: trailers they are relayed')
+})
+
 t.test('a policy edit applies to the next stream on the same connection', async t => {
   const be = await startH2Backend(t)
   const px = await startProxy(t, be.port, await billingSnapshot())
