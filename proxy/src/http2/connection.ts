@@ -76,7 +76,12 @@ export class H2Conn implements ExchangeOwner {
       }
     })
     // nghttp2 has already answered a protocol error with GOAWAY; the session closes after it.
-    session.on('error', () => { c.h2_session_errors++ })
+    session.on('error', (err: NodeJS.ErrnoException) => {
+      c.h2_session_errors++
+      const pol = info.policy
+      ctx.log.warn({ code: 'WARDEN_ERR_HTTP2_SESSION', srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: info.dst, reason: err.code, detail: err.message },
+        'http2 connection error')
+    })
     session.on('frameError', () => { c.h2_session_errors++ })
     session.on('remoteSettings', () => { this.onSettings() })
     // setTimeout's callback runs once; the listener runs at every quiet period.

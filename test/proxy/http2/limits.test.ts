@@ -168,5 +168,6 @@ t.test('malformed frames close the connection with the RFC error code; the proxy
   c3.write(headers(2, CHARGE, true)) // even stream id from a client
   t.equal(await c3.goaway(), ERR.PROTOCOL_ERROR)
   t.equal(be.streams.length, 0)
+  t.match(px.logs.find(l => l.code === 'WARDEN_ERR_HTTP2_SESSION'), { level: 40, src: ADDR.CHECKOUT, msg: 'http2 connection error' }, 'logged with who')
   await stillServes(t, px)
 })
