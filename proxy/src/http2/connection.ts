@@ -174,7 +174,8 @@ export class H2Conn implements ExchangeOwner {
     this.calm = true
     this.ctx.counters.h2_goaway_calm++
     const pol = this.info.policy
-    this.ctx.log.warn({ srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, reason: why }, 'http2 connection closed: GOAWAY ENHANCE_YOUR_CALM')
+    this.ctx.log.warn({ code: 'WARDEN_ERR_HTTP2_CALM', srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, reason: why },
+      'http2 connection closed: GOAWAY ENHANCE_YOUR_CALM')
     this.session.destroy(NGHTTP2_ENHANCE_YOUR_CALM as unknown as Error)
   }
 
