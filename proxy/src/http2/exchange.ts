@@ -63,7 +63,7 @@ export class H2Exchange {
   constructor (private readonly owner: ExchangeOwner, readonly stream: ServerHttp2Stream) {
     // Stream errors also end in 'close', where the exchange is settled; without a listener
     // Node would throw them.
-    stream.on('error', () => {})
+    stream.on('error', ignore)
     stream.on('close', () => { this.onClientClose() })
   }
 
@@ -238,6 +238,9 @@ export class H2Exchange {
     this.owner.finished(this)
   }
 }
+
+/** Stream errors are settled at 'close'; a listener keeps node from throwing them. */
+function ignore (): void {}
 
 /** The session never connected: a pending stream fails with the connect error as its cause. */
 function isConnectError (err: NodeJS.ErrnoException): boolean {

@@ -216,3 +216,14 @@ t.test('flow control end to end: a backend that does not read holds the client b
   t.equal(await status, 200)
   t.equal(Buffer.concat(got).length, body.length, 'every byte arrived once the backend read')
 })
+
+t.test('a preface cut short and never completed gets the head timeout', async t => {
+  const be = await startH2Backend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot(), { headersTimeoutMs: 200 })
+  const raw = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  raw.write('PRI * HTTP/2.0\r\n')
+  const r = await raw.response(3000)
+  t.equal(r?.status, 408, 'answered 408 once the head timeout passed')
+  t.ok(await raw.waitClose(), 'and closed')
+  t.equal(px.proxy.metrics().h2_connections_total, 0, 'never taken as HTTP/2')
+})
