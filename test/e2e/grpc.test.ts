@@ -2,7 +2,8 @@
 // gRPC and HTTP/2 through `warden run`: a real gRPC server (@grpc/grpc-js) on billing-service and
 // a real client on checkout-service, Cilium's gRPC guide policy (some methods allowed, one denied
 // -> PERMISSION_DENIED), every call kind with messages of megabytes, 200 calls at once on one
-// channel; curl with HTTP/2 prior knowledge allowed and denied; one access line per stream.
+// channel; curl with HTTP/2 prior knowledge allowed and denied; one access line per stream. Two
+// HTTP proxies (the main thread's and a worker's) share the port.
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, mkdtempSync, rmSync } from 'node:fs'
@@ -28,7 +29,9 @@ const cfg: DemoConfig = {
   proxyPort: 17400,
   dnsProxyPort: 17401,
   metricsPort: 17402,
-  policies
+  policies,
+  // HTTP/2 in a worker thread too, and a limit passed to every proxy (gRPC queues calls beyond it)
+  agentArgs: ['--http-workers', '2', '--h2-max-concurrent-streams', '64']
 }
 
 let server: ChildProcess | null = null
@@ -87,7 +90,9 @@ t.test('gRPC through the HTTP/2 proxy, with the real datapath', async (t) => {
   t.match(h2.find((l) => l.path === '/cloudcity.DoorManager/SetAccessCode'), { verdict: 'denied', reason: 'ingress-no-rule-match', status: 403 })
   t.ok((h2.find((l) => l.path === '/cloudcity.DoorManager/Echo')?.bytesIn as number) > 9 << 20, 'the echo line counts its 9 MiB in')
 
-  const m = await metrics()
+  // workers report their counters every second
+  let m = await metrics()
+  for (let i = 0; i < 30 && counter(m, 'warden_http_h2_allowed_total') < 205; i++) { await sleep(100); m = await metrics() }
   t.equal(counter(m, 'warden_http_h2_allowed_total'), 205, 'the agent lives and counts the allowed streams')
   t.equal(counter(m, 'warden_http_h2_denied_total'), 2, 'and the denied ones')
   t.equal(counter(m, 'warden_http_requests_total'), 0, 'no HTTP/1 request on this port')

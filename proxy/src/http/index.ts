@@ -29,7 +29,8 @@ export interface HttpProxy {
    * Counters: `requests`, `allowed`, `denied_<reason>` (no_l7_table, ingress_no_rule_match,
    * egress_no_rule_match), `rejected_<kind>`, `upstream_errors_<kind>`, `connections_active`,
    * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`, `write_pending_bytes`
-   * (bytes the proxy holds for peers that read slowly; process-wide).
+   * (bytes the proxy holds for peers that read slowly; process-wide); HTTP/2's as `h2_<name>`
+   * (context.ts, Counters), `h2_upstream_sessions`.
    */
   metrics (): Record<string, number>
   /** Stop timers and close every client and upstream connection. */

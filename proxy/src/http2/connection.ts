@@ -76,7 +76,12 @@ export class H2Conn implements ExchangeOwner {
       }
     })
     // nghttp2 has already answered a protocol error with GOAWAY; the session closes after it.
-    session.on('error', () => { c.h2_session_errors++ })
+    session.on('error', (err: NodeJS.ErrnoException) => {
+      c.h2_session_errors++
+      const pol = info.policy
+      ctx.log.warn({ code: 'WARDEN_ERR_HTTP2_SESSION', srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: info.dst, reason: err.code, detail: err.message },
+        'http2 connection error')
+    })
     session.on('frameError', () => { c.h2_session_errors++ })
     session.on('remoteSettings', () => { this.onSettings() })
     // setTimeout's callback runs once; the listener runs at every quiet period.
@@ -126,6 +131,7 @@ export class H2Conn implements ExchangeOwner {
     }
     c.h2_allowed++
     x.rule = pol.rule
+    x.wantsTrailers = fwd.te === 'trailers'
     const { session, done } = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort)
     x.forward(session, done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
   }
@@ -168,7 +174,8 @@ export class H2Conn implements ExchangeOwner {
     this.calm = true
     this.ctx.counters.h2_goaway_calm++
     const pol = this.info.policy
-    this.ctx.log.warn({ srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, reason: why }, 'http2 connection closed: GOAWAY ENHANCE_YOUR_CALM')
+    this.ctx.log.warn({ code: 'WARDEN_ERR_HTTP2_CALM', srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, reason: why },
+      'http2 connection closed: GOAWAY ENHANCE_YOUR_CALM')
     this.session.destroy(NGHTTP2_ENHANCE_YOUR_CALM as unknown as Error)
   }
 

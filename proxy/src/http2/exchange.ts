@@ -51,13 +51,19 @@ export class H2Exchange {
   private upDone: (() => void) | null = null
   private upError: NodeJS.ErrnoException | null = null
   private trailers: IncomingHttpHeaders | null = null
+  /**
+   * The client said `te: trailers` (every gRPC client does): response trailers are relayed. To
+   * any other client they are not (RFC 9110 §6.5.1 lets a recipient drop them), which spares
+   * each plain response the trailing HEADERS frame that ending a stream kept open for them costs.
+   */
+  wantsTrailers = false
   /** We reset the client's stream (deny reset, idle timeout, propagation): not the client's doing. */
   private resetByUs = false
 
   constructor (private readonly owner: ExchangeOwner, readonly stream: ServerHttp2Stream) {
     // Stream errors also end in 'close', where the exchange is settled; without a listener
     // Node would throw them.
-    stream.on('error', () => {})
+    stream.on('error', ignore)
     stream.on('close', () => { this.onClientClose() })
   }
 
@@ -157,7 +163,7 @@ export class H2Exchange {
     out[':status'] = status
     try {
       if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) s.respond(out, { endStream: true })
-      else s.respond(out, { waitForTrailers: true })
+      else s.respond(out, { waitForTrailers: this.wantsTrailers })
     } catch {
       // A head node:http2 will not send on (it validated it on the upstream side already).
       this.owner.upstreamError('bad-response')
@@ -217,20 +223,24 @@ export class H2Exchange {
     if (this.state === State.DONE) return
     const s = this.stream
     const code = s.rstCode ?? NGHTTP2_NO_ERROR
-    const complete = s.writableFinished && (this.state === State.REPLIED || this.state === State.RESPONDING)
+    const up = this.up
     if (!this.resetByUs && code !== NGHTTP2_NO_ERROR) {
       // The client reset the stream: the upstream stream goes with it, with the same code.
-      if (!complete || this.up !== null) this.owner.clientReset()
+      this.owner.clientReset()
       if (this.reason === '') this.reason = 'client-reset'
-      if (this.up !== null && !this.up.closed) this.up.close(code)
-    } else if (this.up !== null && !this.up.closed) {
-      this.up.close(NGHTTP2_CANCEL)
+      if (up !== null && !up.closed) up.close(code)
+    } else if (up !== null && !up.closed && !up.readableEnded) {
+      // Closed on our side (a local reply after all, a timeout): the upstream answer has no taker.
+      up.close(NGHTTP2_CANCEL)
     }
     this.state = State.DONE
     if (this.verdict === '') this.verdict = 'rejected'
     this.owner.finished(this)
   }
 }
+
+/** Stream errors are settled at 'close'; a listener keeps node from throwing them. */
+function ignore (): void {}
 
 /** The session never connected: a pending stream fails with the connect error as its cause. */
 function isConnectError (err: NodeJS.ErrnoException): boolean {

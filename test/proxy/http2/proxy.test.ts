@@ -35,6 +35,7 @@ t.test('an allowed stream reaches the backend with the normalised path; a denied
   t.equal(m.h2_allowed, 1)
   t.equal(m.h2_denied, 1)
   t.equal(m.requests, 0, 'no HTTP/1 request counted')
+  t.same(be.resets, [], 'a completed exchange resets nothing upstream')
 })
 
 t.test('--deny-response reset resets the stream, not the connection', async t => {
@@ -63,6 +64,23 @@ t.test('response trailers (grpc-status) are relayed and logged', async t => {
   t.equal(r.trailers?.['grpc-message'], 'nope')
   t.equal(r.body.length, 5)
   t.match(px.logs.find(l => l.msg === 'http request'), { protocol: 'HTTP/2', grpcStatus: '7', status: 200 })
+})
+
+t.test('a client that did not say te: trailers gets the response without them, cleanly ended', async t => {
+  const be = await startH2Backend(t, (stream) => {
+    stream.respond({ ':status': 200 }, { waitForTrailers: true })
+    stream.on('wantTrailers', () => { stream.sendTrailers({ 'x-checksum': 'abc' }) })
+    stream.end('body')
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const r = await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')
+  t.equal(r.status, 200)
+  t.equal(r.body.toString(), 'body')
+  t.equal(r.trailers, null, 'no trailers')
+  t.equal(r.rstCode, 0, 'ended with END_STREAM, not a reset')
+  const withTe = await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge', te: 'trailers' }, 'x')
+  t.equal(withTe.trailers?.['x-checksum'], 'abc', 'with te: trailers they are relayed')
 })
 
 t.test('a policy edit applies to the next stream on the same connection', async t => {
@@ -139,4 +157,73 @@ t.test('a client that says GOAWAY gets its streams finished and the proxy carrie
   t.equal(px.proxy.metrics().h2_connections_active, 0, 'the connection is gone')
   const c2 = h2Client(t, px.port, ADDR.CHECKOUT)
   t.equal((await h2Request(c2, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')).status, 200, 'the next connection is served')
+})
+
+t.test('a client that cancels a stream cancels the upstream stream with the same code', async t => {
+  const be = await startH2Backend(t, undefined, () => {}) // never answers
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const req = c.request({ ':method': 'POST', ':path': '/api/v1/charge', ':authority': 'billing:8080' })
+  req.on('error', () => {})
+  req.write('partial')
+  for (let i = 0; i < 100 && px.proxy.metrics().h2_allowed === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  req.close(http2.constants.NGHTTP2_CANCEL)
+  for (let i = 0; i < 100 && be.resets.length === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.same(be.resets, [http2.constants.NGHTTP2_CANCEL], 'the backend saw RST_STREAM CANCEL')
+  t.match(px.logs.find(l => l.msg === 'http request'), { protocol: 'HTTP/2', verdict: 'allowed', reason: 'client-reset' })
+})
+
+t.test('a backend GOAWAY retires its session: the next stream opens a new one', async t => {
+  let sessions = 0
+  const be = await startH2Backend(t, (stream) => {
+    stream.respond({ ':status': 200 })
+    stream.end('ok')
+    stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id ?? 0)
+  })
+  be.server.on('session', () => { sessions++ })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  for (let i = 0; i < 3; i++) {
+    t.equal((await h2Request(c, { ':method': 'POST', ':path': '/api/v1/charge' }, 'x')).status, 200, `stream ${i + 1}`)
+  }
+  t.equal(sessions, 3, 'one upstream session per stream, each retired by its GOAWAY')
+})
+
+t.test('flow control end to end: a backend that does not read holds the client back, then gets every byte', async t => {
+  const got: Buffer[] = []
+  let resume: (() => void) | null = null
+  const be = await startH2Backend(t, undefined, (stream) => {
+    stream.pause()
+    resume = () => {
+      stream.on('data', (d: Buffer) => got.push(d))
+      stream.on('end', () => { stream.respond({ ':status': 200 }); stream.end() })
+      stream.resume()
+    }
+  })
+  const px = await startProxy(t, be.port, await billingSnapshot())
+  const c = h2Client(t, px.port, ADDR.CHECKOUT)
+  const body = Buffer.alloc(8 << 20, 0x61)
+  const req = c.request({ ':method': 'POST', ':path': '/api/v1/charge', ':authority': 'billing:8080' })
+  req.on('error', () => {})
+  let finished = false
+  req.end(body, () => { finished = true })
+  await new Promise(resolve => setTimeout(resolve, 500))
+  t.notOk(finished, 'the client cannot finish sending 8 MiB while the backend reads nothing')
+  t.ok(px.proxy.metrics().h2_allowed === 1 && resume !== null, 'the stream was forwarded')
+  const status = new Promise<number>(resolve => req.on('response', (h) => resolve(Number(h[':status']))))
+  ;(resume as unknown as () => void)()
+  t.equal(await status, 200)
+  t.equal(Buffer.concat(got).length, body.length, 'every byte arrived once the backend read')
+})
+
+t.test('a preface cut short and never completed gets the head timeout', async t => {
+  const be = await startH2Backend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot(), { headersTimeoutMs: 200 })
+  const raw = await RawClient.connect(t, px.port, ADDR.CHECKOUT)
+  raw.write('PRI * HTTP/2.0\r\n')
+  const r = await raw.response(3000)
+  t.equal(r?.status, 408, 'answered 408 once the head timeout passed')
+  t.ok(await raw.waitClose(), 'and closed')
+  t.equal(px.proxy.metrics().h2_connections_total, 0, 'never taken as HTTP/2')
 })
