@@ -61,7 +61,7 @@ async function main (): Promise<void> {
     b.onRemote((r) => { if (want !== '' && r.ipcache.some((e) => e.prefix === want)) { want = ''; resolve() } })
     for (let i = 0; i < CHANGES; i++) {
       const ip = `10.200.${i >> 8}.${i & 255}`
-      eps.push({ id: i + 1, name: `pod-${i}`, namespace: 'bench', labels: { app: 'bench-0' }, identityLabels: sets[0], identity: id, ipv4: ip, interface: `lxc${i}`, line: 1 })
+      eps.push({ id: i + 1, name: `pod-${i}`, namespace: 'bench', labels: { app: 'bench-0' }, identityLabels: sets[0], identity: id, ipv4: ip, interface: `lxc${i}`, ports: [], line: 1 })
       const seen = new Promise<void>((r) => { resolve = r })
       want = `${ip}/32`
       const s0 = process.hrtime.bigint()

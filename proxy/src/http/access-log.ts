@@ -50,7 +50,7 @@ export class AccessLog {
   private ruleBindings = ''
 
   constructor (private readonly ctx: ProxyContext, private readonly policy: ConnectionPolicy,
-    private readonly view: RequestView, private readonly dst: string, private readonly srcPort = 0) {}
+    private readonly view: RequestView, private readonly dst: string, readonly srcPort = 0) {}
 
   /** A new exchange starts now. */
   begin (): void {

@@ -20,7 +20,8 @@ import type { ProxyContext } from '../http/context.js'
 import { AccessLog } from '../http/access-log.js'
 import { RequestView, type ConnectionPolicy } from '../http/policy.js'
 import { H2Exchange, type ExchangeOwner } from './exchange.js'
-import { isRefusal, readH2Request } from './request.js'
+import { applyH2HeaderActions, isRefusal, readH2Request } from './request.js'
+import { clip, ruleRef } from '../decision.js'
 import type { H2UpstreamPool } from './upstream.js'
 
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_FLAG_END_STREAM } = http2.constants
@@ -30,6 +31,8 @@ export interface H2ConnInfo {
   policy: ConnectionPolicy
   /** Original destination, `ip:port` (logs). */
   dst: string
+  /** The client's port (the event ring's decisions). */
+  srcPort: number
   /** Where upstream sessions go, and the pool key's destination part. */
   upIp: string
   upPort: number
@@ -119,18 +122,26 @@ export class H2Conn implements ExchangeOwner {
     }
     x.method = view.method
     x.path = view.path
+    x.host = view.host
     // The policy is read fresh at each stream's HEADERS: an edit applies to the next stream.
     const pol = this.info.policy
     pol.refresh(ctx.deps.snapshot())
-    if (!pol.decide(view)) {
+    if (pol.decide(view)) {
+      c.h2_allowed++
+      x.rule = pol.rule
+      if (pol.actions.length > 0) applyH2HeaderActions(fwd, pol.actions)
+    } else if (pol.audits()) {
+      // audit mode: forwarded, and logged with the reason policy would have denied it
+      c.audited++
+      x.verdict = 'audit'
+      x.reason = pol.reason ?? 'no-l7-table'
+    } else {
       c.h2_denied++
       const reason = pol.reason ?? 'no-l7-table'
       if (ctx.opts.denyResponse === 'reset') x.denyReset(reason)
       else x.reply(403, 'denied', reason)
       return
     }
-    c.h2_allowed++
-    x.rule = pol.rule
     x.wantsTrailers = fwd.te === 'trailers'
     const { session, done } = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort)
     x.forward(session, done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
@@ -146,6 +157,25 @@ export class H2Conn implements ExchangeOwner {
     this.lastActive = Date.now()
     this.log.emit(x.method, x.path, x.verdict, x.reason, x.status, x.bytesIn, x.bytesOut, x.startedAt,
       x.verdict === 'allowed' ? x.rule : null, 'HTTP/2', x.grpcStatus)
+    const sink = this.ctx.deps.onDecision
+    if (sink !== undefined && x.verdict !== '') {
+      const pol = this.info.policy
+      const rule = x.verdict === 'allowed' ? x.rule : x.verdict === 'rejected' ? null : pol.checkedRule()
+      sink({
+        type: 'http',
+        time: Date.now(),
+        srcIp: pol.srcIp,
+        srcPort: this.info.srcPort,
+        dstIp: pol.dstIp,
+        dstPort: pol.dstPort,
+        srcIdentity: pol.srcIdentity,
+        dstIdentity: pol.dstIdentity,
+        verdict: x.verdict,
+        reason: x.reason,
+        rule: ruleRef(rule),
+        http: { method: clip(x.method), path: clip(x.path), host: clip(x.host), status: x.status }
+      })
+    }
   }
 
   clientReset (): void {

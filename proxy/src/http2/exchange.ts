@@ -38,6 +38,8 @@ const enum State { DECIDING, REPLIED, FORWARDED, RESPONDING, DONE }
 export class H2Exchange {
   verdict: Verdict = ''
   reason = ''
+  /** `:authority` as decided (the event ring's decisions). */
+  host = ''
   status = 0
   grpcStatus = ''
   bytesIn = 0
@@ -97,7 +99,7 @@ export class H2Exchange {
 
   /** Open the upstream stream and relay both ways. `endStream`: the request has no body. */
   forward (session: http2.ClientHttp2Session, done: () => void, headers: OutgoingHttpHeaders, endStream: boolean): void {
-    this.verdict = 'allowed'
+    if (this.verdict === '') this.verdict = 'allowed' // an audited stream stays 'audit'
     this.upDone = done
     let up: ClientHttp2Stream
     try {

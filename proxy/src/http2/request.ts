@@ -13,6 +13,7 @@
 import type { OutgoingHttpHeaders } from 'node:http2'
 import { normalizeTarget } from '../http/normalize.js'
 import type { RequestView } from '../http/policy.js'
+import type { HeaderAction } from '../../../policy-store/src/types.js'
 
 export interface H2Refusal { readonly status: number, readonly reason: string }
 
@@ -99,4 +100,23 @@ function fill (view: RequestView, method: string, path: string, authority: strin
 
 export function isRefusal (r: OutgoingHttpHeaders | H2Refusal): r is H2Refusal {
   return typeof (r as H2Refusal).reason === 'string' && typeof (r as H2Refusal).status === 'number' && (r as OutgoingHttpHeaders)[':method'] === undefined
+}
+
+/**
+ * A matching rule's `headerMatches` mismatch actions on the headers forwarded upstream, as the
+ * HTTP/1 path applies them (http/header-actions.ts): LOG changes nothing, ADD appends a value,
+ * DELETE removes the field, REPLACE sets it to one value. Names are lower-case already (the
+ * policy compiler refuses actions on fields the proxy writes itself).
+ */
+export function applyH2HeaderActions (headers: OutgoingHttpHeaders, actions: readonly HeaderAction[]): void {
+  for (const a of actions) {
+    if (a.mismatch === 'LOG') continue
+    const name = a.name.toLowerCase()
+    if (a.mismatch === 'DELETE') { delete headers[name]; continue }
+    const value = a.value ?? ''
+    const prev = headers[name]
+    if (a.mismatch === 'REPLACE' || prev === undefined) headers[name] = value
+    else if (Array.isArray(prev)) prev.push(value)
+    else headers[name] = [String(prev), value]
+  }
 }
