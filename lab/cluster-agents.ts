@@ -37,6 +37,8 @@ export class NodeAgent {
   pid: number | undefined
   constructor (readonly spec: ClusterSpec, readonly node: string, readonly opts: NodeAgentOptions) {}
 
+  /** The node agent's local API (`warden status --api-socket ...`). */
+  get apiSocket (): string { return join(this.spec.workDir, this.node, 'warden.sock') }
   get logPath (): string { return join(this.spec.workDir, this.node, 'agent.log') }
   log (): string { try { return readFileSync(this.logPath, 'utf8') } catch { return '' } }
 
@@ -50,7 +52,9 @@ export class NodeAgent {
     const out = openSync(this.logPath, 'a')
     const args = ['netns', 'exec', nodeNs(spec, node), process.execPath, wardenBin(), 'run',
       '--policies', this.opts.policies, '--endpoints', endpointsFile(spec, node), '--uplink', 'ul0',
-      '--bpffs', join(bpffsRoot(spec), node), '--state-dir', join(dir, 'state'), ...(this.opts.args ?? [])]
+      '--bpffs', join(bpffsRoot(spec), node), '--state-dir', join(dir, 'state'),
+      // the socket path is the filesystem's, shared by every node's namespace: one per node
+      '--api-socket', this.apiSocket, ...(this.opts.args ?? [])]
     // `ip netns exec` execs node: the PID is the agent's own
     const child = spawn('ip', args, { stdio: ['ignore', out, out], detached: true })
     closeSync(out)
