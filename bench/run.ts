@@ -176,22 +176,7 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
       const status: Record<string, number> = {}
       const expectClass = `${String(s.request.expect).charAt(0)}xx`
       for (const [cls, n] of Object.entries(m.statusByClass)) status[cls === expectClass ? String(s.request.expect) : cls] = n
-      return {
-        round,
-        requests: m.requests,
-        duration_s: Math.round(m.durationS * 1000) / 1000,
-        rps: m.requests / m.durationS,
-        p50_us: m.p50_us,
-        p99_us: m.p99_us,
-        p999_us: m.p999_us,
-        proxy_cpu_s: m.proxy_cpu_s,
-        upstream_cpu_s: m.upstream_cpu_s,
-        client_cpu_s: m.client_cpu_s,
-        machine_cpu_s: m.machine_cpu_s,
-        status,
-        errors: m.errors,
-        timeouts: m.timeouts
-      }
+      return roundResult(round, m, status)
     }
     if (driver === 'wrk') {
       const w = await runWrk(a.clientNs, url, s.request.method, k.connections, Math.max(1, Math.round(k.durationS)), fx.tmp, watch)
@@ -199,27 +184,36 @@ async function runScenario (fx: Fixture, s: Scenario, next: Scenario | undefined
     }
     const spec: LoadSpec = { url, method: s.request.method, connections: k.connections, pipelining: k.pipelining, workers: k.workers, durationS: k.durationS, warmupS: k.warmupS, rate: k.rate }
     const m = await runAutocannon(a.clientNs, spec, watch)
-    return {
-      round,
-      requests: m.requests,
-      duration_s: Math.round(m.durationS * 1000) / 1000,
-      rps: m.requests / m.durationS,
-      p50_us: m.p50_us,
-      p99_us: m.p99_us,
-      p999_us: m.p999_us,
-      proxy_cpu_s: m.proxy_cpu_s,
-      upstream_cpu_s: m.upstream_cpu_s,
-      client_cpu_s: m.client_cpu_s,
-      machine_cpu_s: m.machine_cpu_s,
-      status: m.statusCounts,
-      errors: m.errors,
-      timeouts: m.timeouts
-    }
+    return roundResult(round, m, m.statusCounts)
   } finally {
     // The agent stays up only for the next scenario if that one enforces the same policy set with the same flags.
     if (next?.kind !== 'warden' || agentKey(next) !== agentKey(s)) await fx.stopAgent()
   }
 }
+
+/** One round's record from a load generator's measurement (autocannon or h2load). */
+function roundResult (round: number, m: Measured, status: Record<string, number>): RoundResult {
+  return {
+    round,
+    requests: m.requests,
+    duration_s: Math.round(m.durationS * 1000) / 1000,
+    rps: m.requests / m.durationS,
+    p50_us: m.p50_us,
+    p99_us: m.p99_us,
+    p999_us: m.p999_us,
+    proxy_cpu_s: m.proxy_cpu_s,
+    upstream_cpu_s: m.upstream_cpu_s,
+    client_cpu_s: m.client_cpu_s,
+    machine_cpu_s: m.machine_cpu_s,
+    status,
+    errors: m.errors,
+    timeouts: m.timeouts
+  }
+}
+
+/** What both load generators measure (the fields a round's record takes). */
+type Measured = Pick<Awaited<ReturnType<typeof runAutocannon>>, 'requests' | 'durationS' | 'p50_us' | 'p99_us' | 'p999_us' |
+'proxy_cpu_s' | 'upstream_cpu_s' | 'client_cpu_s' | 'machine_cpu_s' | 'errors' | 'timeouts'>
 
 function gitCommit (): { commit: string, dirty: boolean } {
   const commit = sh('git', ['-C', REPO, 'rev-parse', 'HEAD'])
