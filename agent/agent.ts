@@ -15,10 +15,10 @@ import { networkInterfaces } from 'node:os'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
 import { FileIdentityAllocator, openStore, type IdentityAllocator, type PolicyStore, type RemoteState, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
-import { ClusterStore, type ClusterOptions } from '../cluster/src/cluster.js'
+import { ClusterStore, remoteEntriesCap, type ClusterOptions } from '../cluster/src/cluster.js'
 import { ClusterError, ERR as CLUSTER_ERR } from '../cluster/src/errors.js'
 import { upstreamSource } from './upstream-source.js'
-import { openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
+import { DEFAULT_IPCACHE_MAX_ENTRIES, openDatapath, PROXY_SOCKET_MARK, type Datapath, type FlowEvent } from '../redirect-bpf/src/index.js'
 import { createHttpProxy, HTTP_GAUGES, SERVER_OPTIONS, type Http2Limits, type HttpProxy } from '../proxy/src/http/index.js'
 import { batchedDestination } from './log-destination.js'
 import { createDnsProxy, DNS_GAUGES, type DnsProxy } from '../proxy/src/dns/index.js'
@@ -46,6 +46,11 @@ export interface AgentOptions {
   routeTable: number
   /** BPF host routing between local endpoints (default true); see DatapathOptions.hostRouting. */
   hostRouting?: boolean
+  /**
+   * max_entries of the kernel ipcache (default Cilium's 512,000; DatapathOptions.ipcacheMaxEntries).
+   * In cluster mode it also bounds the other nodes' entries kept (remoteEntriesCap).
+   */
+  ipcacheMaxEntries?: number
   /**
    * HTTP proxies on the proxy port (default 1): the main thread's and N - 1 worker threads, the
    * kernel spreading connections over them (agent/workers/). Needs the agent's own log
@@ -167,6 +172,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         gcGraceMs: opts.identityReleaseGraceMs,
         probeMs: c.probeMs,
         backoffMaxMs: c.backoffMaxMs,
+        maxRemoteEntries: remoteEntriesCap(opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES),
         logger: logger.child({ module: 'kvstore' })
       })
       const cs = cluster
@@ -210,6 +216,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       uplinks: opts.uplinks,
       routeTable: opts.routeTable,
       hostRouting: opts.hostRouting,
+      ipcacheMaxEntries: opts.ipcacheMaxEntries,
       logger
     })
     closers.push(async () => await datapath.close())

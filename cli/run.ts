@@ -5,6 +5,7 @@ import { parseKvstoreUrls } from '../cluster/src/kv.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
+import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from '../redirect-bpf/src/limits.js'
 import { UsageError } from './usage.js'
 import { DEFAULT_API_SOCKET } from './api-client.js'
 import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
@@ -22,6 +23,9 @@ Options:
   --dns-proxy-port N      transparent DNS proxy port, UDP and TCP (default 15053)
   --bpffs DIR             where the maps are pinned (default /sys/fs/bpf/warden)
   --route-table N         policy-routing table for redirected packets (default 2004)
+  --ipcache-max-entries N the kernel ipcache's size: addresses known with their identity, this node's and
+                          (with --kvstore) the other nodes' (default 512000, Cilium's; 16384 to 16777216).
+                          A pinned ipcache of another size is replaced, its entries copied, at start
   --host-routing MODE     bpf (default): traffic the kernel allows between local endpoints goes straight
                           into the destination's namespace; legacy: the host's IP stack routes it
   --state-dir DIR         identities and learned DNS names survive restarts here (default /var/lib/warden)
@@ -121,6 +125,7 @@ export const command: Command = {
     'dns-proxy-port': { type: 'string' },
     bpffs: { type: 'string' },
     'route-table': { type: 'string' },
+    'ipcache-max-entries': { type: 'string' },
     'host-routing': { type: 'string' },
     'state-dir': { type: 'string' },
     ...IDENTITY_LABEL_OPTIONS,
@@ -175,6 +180,7 @@ export const command: Command = {
         bpffs: (v.bpffs as string | undefined) ?? '/sys/fs/bpf/warden',
         routeTable: int(v['route-table'], 'route-table', 2004, 0xfffffffe),
         hostRouting: hostRouting === 'bpf',
+        ipcacheMaxEntries: int(v['ipcache-max-entries'], 'ipcache-max-entries', DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES),
         httpWorkers: v['http-workers'] === 'auto' ? availableParallelism() : atLeastOne(int(v['http-workers'], 'http-workers', 1, 256), 'http-workers'),
         stateDir: (v['state-dir'] as string | undefined) ?? '/var/lib/warden',
         identityLabels,

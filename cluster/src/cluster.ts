@@ -26,12 +26,24 @@ import {
 import { Mirror, type MirrorChange } from './mirror.js'
 
 /**
- * Other nodes' pod entries kept at most: the kernel ipcache holds 65,536 entries, which this
- * node's endpoints, node addresses and CIDR/FQDN identities share. Entries beyond are not
- * enforced by identity (they stay `world`), warned about and counted: memory and map use are
- * bounded here, not by what the other nodes publish.
+ * Kernel ipcache entries kept for this node itself: its endpoints (at most 4,096, the endpoint
+ * map's size), its own addresses, and the CIDR and FQDN identities its policies and DNS answers
+ * create. The rest of the map is the other nodes'.
  */
-export const DEFAULT_MAX_REMOTE_ENTRIES = 49152
+export const IPCACHE_LOCAL_RESERVE = 16384
+
+/**
+ * Other nodes' entries (pods and node addresses) kept at most with a kernel ipcache of
+ * `ipcacheMaxEntries`. Entries beyond are not enforced by identity (they stay `world`), warned
+ * about and counted: memory and map use are bounded here, by configuration, not by what the
+ * other nodes publish.
+ */
+export function remoteEntriesCap (ipcacheMaxEntries: number): number {
+  return Math.max(0, ipcacheMaxEntries - IPCACHE_LOCAL_RESERVE)
+}
+
+/** The cap with the datapath's default ipcache (Cilium's 512,000 entries). */
+export const DEFAULT_MAX_REMOTE_ENTRIES = remoteEntriesCap(512000)
 
 /** Cilium's `--kvstore-lease-ttl` default (pkg/defaults: KVstoreLeaseTTL, 15 minutes). */
 export const DEFAULT_LEASE_TTL_SECONDS = 15 * 60

@@ -91,6 +91,10 @@ struct {
 	__type(value, struct l7p_attach);
 } l7p_attach SEC(".maps");
 
+/*
+ * max_entries here is a placeholder: the loader creates the map at the configured size
+ * (--ipcache-max-entries) and the load reuses it (redirect-bpf/src/loader.ts prepareIpcache).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);

@@ -15,7 +15,7 @@ import {
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
-  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, promoteProgs, removePins,
+  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, prepareIpcache, promoteIpcache, promoteProgs, removePins,
   removeQdiscIfEmpty, removeRouting, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
@@ -24,12 +24,14 @@ import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { decodeFlowEvent, monotonicNowNs, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
+import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 import koffi from 'koffi'
 import { existsSync } from 'node:fs'
 
 export type { FlowEvent, FlowVerdict } from './events.js'
 export { DatapathError, BpfError } from './errors.js'
 export { DEFAULT_ROUTE_TABLE, PROXY_SOCKET_MARK } from './loader.js'
+export { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 
 export interface DatapathOptions {
   /** bpffs directory for this instance's pins (default /sys/fs/bpf/warden). */
@@ -42,6 +44,12 @@ export interface DatapathOptions {
   uplinks: string[]
   /** Policy routing table for marked (to-proxy) packets; default 2004. */
   routeTable?: number
+  /**
+   * max_entries of the kernel ipcache (default DEFAULT_IPCACHE_MAX_ENTRIES, Cilium's). A pinned
+   * ipcache of another size is replaced by one of this size holding the same entries, with no
+   * moment where the attached programs see none (see prepareIpcache).
+   */
+  ipcacheMaxEntries?: number
   /**
    * BPF host routing (default on): a packet let through to a local endpoint goes straight
    * into its namespace instead of through the host's IP stack (L7P_FEAT_HOST_ROUTING in l7p.h).
@@ -103,8 +111,8 @@ export interface DatapathInspection {
   maps: Record<string, { entries: number, max: number }>
 }
 
-/** max_entries of the maps status reports (redirect-bpf/bpf/warden.bpf.c). */
-const MAP_MAX = { l7p_endpoints: 4096, l7p_ipcache: 65536, l7p_policy: 262144, l7p_ct: 65536 } as const
+/** max_entries of the maps status reports (redirect-bpf/bpf/warden.bpf.c; the ipcache's is configuration). */
+const MAP_MAX = { l7p_endpoints: 4096, l7p_policy: 262144, l7p_ct: 65536 } as const
 
 /** Cilium reconciles its policy maps with a full dump on a timer too (syncPolicyMapWithDump). */
 const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
@@ -480,7 +488,7 @@ class DatapathImpl implements Datapath {
       pending: [...this.pending].sort(),
       maps: {
         l7p_endpoints: { entries: this.have.endpoints.size, max: MAP_MAX.l7p_endpoints },
-        l7p_ipcache: { entries: this.have.ipcache.size, max: MAP_MAX.l7p_ipcache },
+        l7p_ipcache: { entries: this.have.ipcache.size, max: this.opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES },
         l7p_policy: { entries: this.have.policy.size, max: MAP_MAX.l7p_policy },
         l7p_ct: { entries: ct, max: MAP_MAX.l7p_ct }
       }
@@ -529,6 +537,32 @@ async function detachIfindex (ifindex: number, rec: { hooks: number, madeQdisc: 
   if (rec.madeQdisc) await removeQdiscIfEmpty(name)
 }
 
+/**
+ * Copy every entry of the pinned ipcache `from` into `to` (a new, empty map of `max` entries).
+ * The entries are read first and counted: when they do not fit, nothing is written and the
+ * agent stops with WARDEN_ERR_IPCACHE_SIZE (shrinking below what is enforced would leave
+ * addresses without their identity). Returns how many were copied.
+ */
+function copyIpcache (from: string, to: string, max: number): number {
+  const src = createMapRef(objGet(from), { transfer: true })
+  const dst = createMapRef(objGet(to), { transfer: true })
+  try {
+    const entries: Array<[Buffer, Buffer]> = []
+    for (const [k, v] of new RawMap(src).entries()) entries.push([Buffer.from(k), Buffer.from(v)])
+    if (entries.length > max) {
+      throw new DatapathError('WARDEN_ERR_IPCACHE_SIZE',
+        `the pinned ipcache ${from} holds ${entries.length} entries, more than the ${max} configured: give a larger ipcache size (or stop the agents that publish them)`,
+        { pin: from, entries: entries.length, max })
+    }
+    const out = new RawMap(dst)
+    for (const [k, v] of entries) out.set(k, v)
+    return entries.length
+  } finally {
+    src.close()
+    dst.close()
+  }
+}
+
 function checkPort (name: string, v: number): void {
   if (!Number.isInteger(v) || v < 1 || v > 65535) throw new DatapathError('WARDEN_ERR_CONFIG', `${name} must be 1..65535, got ${v}`)
 }
@@ -543,32 +577,49 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
   checkPort('dnsProxyPort', opts.dnsProxyPort)
   const table = opts.routeTable ?? DEFAULT_ROUTE_TABLE
   const log = opts.logger
+  const ipcacheMax = opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES
+  if (!Number.isInteger(ipcacheMax) || ipcacheMax < IPCACHE_MIN_ENTRIES || ipcacheMax > IPCACHE_MAX_ENTRIES) {
+    throw new DatapathError('WARDEN_ERR_CONFIG', `ipcacheMaxEntries must be ${IPCACHE_MIN_ENTRIES}..${IPCACHE_MAX_ENTRIES}, got ${ipcacheMax}`)
+  }
   await ensureBpffs(opts.bpffs)
   const tag = objectTag(objectPath())
   let upgrade = false
-  if (!pinsComplete(opts.bpffs)) {
-    await loadObject(opts.bpffs, 'progs')
-    log.info({ bpffs: opts.bpffs }, 'datapath loaded and pinned')
+  const complete = pinsComplete(opts.bpffs)
+  const ipcachePin = await prepareIpcache(opts.bpffs, ipcacheMax, copyIpcache)
+  const resized = ipcachePin !== mapPath(opts.bpffs, 'l7p_ipcache')
+  if (!complete) {
+    await loadObject(opts.bpffs, 'progs', ipcachePin)
+    // filters left from an interrupted start are re-attached by the first apply
+    promoteIpcache(opts.bpffs)
+    log.info({ bpffs: opts.bpffs, ipcacheMaxEntries: ipcacheMax }, 'datapath loaded and pinned')
   } else {
     const cfgMap = new RawMap(createMapRef(objGet(mapPath(opts.bpffs, 'l7p_config')), { transfer: true }))
     const cur = cfgMap.get(Buffer.alloc(4))
     cfgMap.ref.close()
-    upgrade = cur === undefined || decodeConfig(cur).progTag !== tag
-    if (upgrade) await loadObject(opts.bpffs, 'progs_new')
-    log.info({ bpffs: opts.bpffs, upgrade }, 'datapath reusing pinned maps')
+    // a resized ipcache needs programs that use it, as a new build does
+    upgrade = cur === undefined || decodeConfig(cur).progTag !== tag || resized
+    if (upgrade) await loadObject(opts.bpffs, 'progs_new', ipcachePin)
+    log.info({ bpffs: opts.bpffs, upgrade, ipcacheResized: resized, ipcacheMaxEntries: ipcacheMax }, 'datapath reusing pinned maps')
   }
-  const { maps, refs } = openMaps(opts.bpffs)
   if (upgrade) {
-    // point every attached filter at the new programs, then retire the old pins
-    for (const [k, v] of maps.l7p_attach.entries()) {
-      const rec = decodeAttach(v)
-      const name = ifnameOf(k.readUInt32LE(0))
-      if (name === undefined) continue
-      if ((rec.hooks & HOOK_INGRESS) !== 0) await attachHook(opts.bpffs, name, 'ingress', 'progs_new')
-      if ((rec.hooks & HOOK_EGRESS) !== 0) await attachHook(opts.bpffs, name, 'egress', 'progs_new')
+    // point every attached filter at the new programs (and the new ipcache), then retire the
+    // old pins; the old ipcache goes when the last program holding it is released
+    const attach = new RawMap(createMapRef(objGet(mapPath(opts.bpffs, 'l7p_attach')), { transfer: true }))
+    try {
+      for (const [k, v] of attach.entries()) {
+        const rec = decodeAttach(v)
+        const name = ifnameOf(k.readUInt32LE(0))
+        if (name === undefined) continue
+        if ((rec.hooks & HOOK_INGRESS) !== 0) await attachHook(opts.bpffs, name, 'ingress', 'progs_new')
+        if ((rec.hooks & HOOK_EGRESS) !== 0) await attachHook(opts.bpffs, name, 'egress', 'progs_new')
+      }
+    } finally {
+      attach.ref.close()
     }
+    promoteIpcache(opts.bpffs)
     promoteProgs(opts.bpffs)
   }
+  const { maps, refs } = openMaps(opts.bpffs)
   const zero = Buffer.alloc(4)
   const prev = maps.l7p_config.get(zero)
   const prevCfg = prev === undefined ? undefined : decodeConfig(prev)

@@ -9,7 +9,12 @@
  *   would need a pinned link per interface and a newer bpftool than Debian 12's 7.1.)
  *
  * Layout under the bpffs dir: `l7p_*` maps, `progs/from_workload`, `progs/to_workload`
- * (bpffs refuses names with a dot, hence `progs_new` during an upgrade).
+ * (bpffs refuses names with a dot, hence `progs_new` and `l7p_ipcache_new` during an upgrade).
+ *
+ * The ipcache is the one map whose size is configuration (`ipcacheMaxEntries`): the loader
+ * creates it itself, before the object is loaded, and the load reuses it. bpftool's
+ * `map name X pinned PATH` takes the pinned map as it is (libbpf's bpf_map__reuse_fd adopts
+ * the map's max_entries), so the object's own size is only a placeholder.
  */
 import { createHash } from 'node:crypto'
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statfsSync } from 'node:fs'
@@ -18,6 +23,7 @@ import { fileURLToPath } from 'node:url'
 import { bpffsMountedAt, isMountPoint, run, runTolerant } from './sys.js'
 import { DatapathError } from './errors.js'
 import { COUNTER_SLOTS } from './layout.js'
+export { DEFAULT_IPCACHE_MAX_ENTRIES } from './limits.js'
 
 export const MAP_NAMES = [
   'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
@@ -30,6 +36,15 @@ export const MAP_NAMES = [
  */
 export const RETIRED_MAPS = ['l7p_udp_orig'] as const
 export type MapName = typeof MAP_NAMES[number]
+/** Where a load pins the object's maps before those it created are moved into place. */
+const MAPS_NEW = 'maps_new'
+/** Pin of a resized ipcache between its copy and the swap (see prepareIpcache). */
+export const IPCACHE_NEW = 'l7p_ipcache_new'
+/** The kernel's ipcache key and value sizes (l7p.h). */
+const IPCACHE_KEY_SIZE = 8
+const IPCACHE_VALUE_SIZE = 8
+/** BPF_F_NO_PREALLOC, as warden.bpf.c declares every LPM trie. */
+const BPF_F_NO_PREALLOC = 1
 export const PROGS = ['from_workload', 'to_workload'] as const
 
 /** tc filter priority and handle of warden's filters (one per hook per interface). */
@@ -80,11 +95,59 @@ export function pinsComplete (bpffs: string): boolean {
   return MAP_NAMES.every((m) => existsSync(mapPath(bpffs, m))) && PROGS.every((p) => existsSync(progPath(bpffs, p)))
 }
 
+/** max_entries of a pinned map. */
+export async function pinnedMaxEntries (pin: string): Promise<number> {
+  const info = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as { max_entries?: number }
+  if (!Number.isInteger(info.max_entries)) throw new DatapathError('WARDEN_ERR_BPF_PIN', `${pin}: bpftool reports no max_entries`, { pin })
+  return info.max_entries as number
+}
+
+async function createIpcache (pin: string, maxEntries: number): Promise<void> {
+  await run('bpftool', ['map', 'create', pin, 'type', 'lpm_trie', 'key', String(IPCACHE_KEY_SIZE),
+    'value', String(IPCACHE_VALUE_SIZE), 'entries', String(maxEntries), 'name', 'l7p_ipcache', 'flags', String(BPF_F_NO_PREALLOC)])
+}
+
+/**
+ * Make sure an ipcache of `maxEntries` is pinned for the next load. Returns the pin the load
+ * must use: `l7p_ipcache` itself when it is absent (created at that size) or has that size;
+ * otherwise (an older build's size, or the flag changed) a new map at `l7p_ipcache_new` holding
+ * a copy of every entry of the pinned one. The programs attached meanwhile keep reading the old
+ * map, which nobody writes while the agent starts, so the copy is exact; the pin is swapped
+ * (promoteIpcache) only once the filters run programs that use the new map: at no moment does
+ * an attached program see a missing or empty ipcache (every source would be `world`).
+ * Throws WARDEN_ERR_IPCACHE_SIZE, changing nothing, when the entries to keep do not fit.
+ */
+export async function prepareIpcache (bpffs: string, maxEntries: number, copy: (from: string, to: string, max: number) => number): Promise<string> {
+  const pin = mapPath(bpffs, 'l7p_ipcache')
+  const next = join(bpffs, IPCACHE_NEW)
+  rmSync(next, { force: true }) // an interrupted resize: start it again from the live map
+  if (!existsSync(pin)) {
+    await createIpcache(pin, maxEntries)
+    return pin
+  }
+  if (await pinnedMaxEntries(pin) === maxEntries) return pin
+  await createIpcache(next, maxEntries)
+  try {
+    copy(pin, next, maxEntries)
+  } catch (err) {
+    rmSync(next, { force: true })
+    throw err
+  }
+  return next
+}
+
+/** Swap the resized ipcache's pin in (after the filters point at programs that use it). */
+export function promoteIpcache (bpffs: string): void {
+  const next = join(bpffs, IPCACHE_NEW)
+  if (existsSync(next)) renameSync(next, mapPath(bpffs, 'l7p_ipcache'))
+}
+
 /**
  * Load the object into `<bpffs>/<progDir>`, reusing every map already pinned in bpffs and
- * pinning the ones that are not. Returns nothing; the pins are the result.
+ * pinning the ones that are not; the ipcache from `ipcachePin` (see prepareIpcache). Returns
+ * nothing; the pins are the result.
  */
-export async function loadObject (bpffs: string, progDir: string): Promise<void> {
+export async function loadObject (bpffs: string, progDir: string, ipcachePin = mapPath(bpffs, 'l7p_ipcache')): Promise<void> {
   const obj = objectPath()
   const target = join(bpffs, progDir)
   if (existsSync(target)) rmSync(target, { recursive: true, force: true })
@@ -92,24 +155,21 @@ export async function loadObject (bpffs: string, progDir: string): Promise<void>
   for (const m of RETIRED_MAPS) rmSync(join(bpffs, m), { force: true })
   const args = ['prog', 'loadall', obj, target, 'type', 'tc']
   const pinned = MAP_NAMES.filter((m) => existsSync(mapPath(bpffs, m)))
-  for (const m of pinned) args.push('map', 'name', m, 'pinned', mapPath(bpffs, m))
-  // first load: pin every map of the object (also those only userspace uses)
-  if (pinned.length === 0) args.push('pinmaps', bpffs)
-  await run('bpftool', args)
-  // maps created by a reload (an interrupted first start, a map added by an upgrade)
-  const missing = MAP_NAMES.filter((m) => !existsSync(mapPath(bpffs, m)))
-  if (missing.length === 0) return
-  const ids = new Set<number>()
-  for (const p of PROGS) {
-    const info = JSON.parse((await run('bpftool', ['-j', 'prog', 'show', 'pinned', join(target, p)])).stdout) as { map_ids?: number[] }
-    for (const id of info.map_ids ?? []) ids.add(id)
-  }
-  for (const id of ids) {
-    const info = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'id', String(id)])).stdout) as { name: string }
-    const name = MAP_NAMES.find((m) => m === info.name) // every name fits BPF_OBJ_NAME_LEN
-    if (name !== undefined && missing.includes(name)) {
-      await run('bpftool', ['map', 'pin', 'id', String(id), mapPath(bpffs, name)])
+  for (const m of pinned) args.push('map', 'name', m, 'pinned', m === 'l7p_ipcache' ? ipcachePin : mapPath(bpffs, m))
+  // Every map of the object is pinned under MAPS_NEW (the reused ones a second time: pinning them
+  // at their own path would fail, it exists), then the ones this load created -- all but the
+  // ipcache on a first start, a map an upgrade adds -- are moved into place; the rest of the
+  // directory goes. Programs hold their maps, so the extra pins are only names.
+  const staging = join(bpffs, MAPS_NEW)
+  rmSync(staging, { recursive: true, force: true })
+  args.push('pinmaps', staging)
+  try {
+    await run('bpftool', args)
+    for (const m of MAP_NAMES) {
+      if (!existsSync(mapPath(bpffs, m)) && existsSync(join(staging, m))) renameSync(join(staging, m), mapPath(bpffs, m))
     }
+  } finally {
+    rmSync(staging, { recursive: true, force: true })
   }
   const still = MAP_NAMES.filter((m) => !existsSync(mapPath(bpffs, m)))
   if (still.length > 0) throw new DatapathError('WARDEN_ERR_BPF_PIN', `maps not pinned: ${still.join(', ')}`, { bpffs })
@@ -213,8 +273,9 @@ export async function removeRouting (table: number, rule: boolean, route: boolea
 /** statfs f_type of a bpf filesystem (linux/magic.h BPF_FS_MAGIC). */
 const BPF_FS_MAGIC = 0xcafe4a11
 /** Every name warden creates directly under its pin directory. */
-const OWNED_NAMES: ReadonlySet<string> = new Set([...MAP_NAMES, ...RETIRED_MAPS, 'progs', 'progs_new'])
-const PROG_DIRS: ReadonlySet<string> = new Set(['progs', 'progs_new'])
+const OWNED_NAMES: ReadonlySet<string> = new Set([...MAP_NAMES, ...RETIRED_MAPS, IPCACHE_NEW, 'progs', 'progs_new', MAPS_NEW])
+/** The directories warden creates there, and the names each holds. */
+const OWNED_DIRS: ReadonlyMap<string, readonly string[]> = new Map<string, readonly string[]>([['progs', PROGS], ['progs_new', PROGS], [MAPS_NEW, MAP_NAMES]])
 
 /**
  * Check that `bpffs` is a pin directory warden may clear: a directory (not a link) on a bpf
@@ -232,9 +293,10 @@ export function checkPinDir (bpffs: string): boolean {
   const foreign: string[] = []
   for (const name of readdirSync(bpffs)) {
     if (!OWNED_NAMES.has(name)) { foreign.push(name); continue }
-    if (!PROG_DIRS.has(name)) continue
+    const inside = OWNED_DIRS.get(name)
+    if (inside === undefined) continue
     for (const p of readdirSync(join(bpffs, name))) {
-      if (!(PROGS as readonly string[]).includes(p)) foreign.push(`${name}/${p}`)
+      if (!inside.includes(p)) foreign.push(`${name}/${p}`)
     }
   }
   if (foreign.length > 0) {
@@ -252,7 +314,7 @@ export function removePins (bpffs: string): void {
   if (!checkPinDir(bpffs)) return
   for (const name of readdirSync(bpffs)) {
     const path = join(bpffs, name)
-    if (PROG_DIRS.has(name)) {
+    if (OWNED_DIRS.has(name)) {
       for (const p of readdirSync(path)) rmSync(join(path, p))
       rmdirSync(path)
     } else {
