@@ -177,7 +177,9 @@ async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void>
 function isEtcd (spec: ClusterSpec, pid: number): boolean {
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
-    return argv[0].endsWith('etcd') && argv.includes(etcdDataDir(spec))
+    // right after the spawn the PID may still be `ip netns exec ... etcd ...`, about to exec etcd
+    const etcd = argv[0].endsWith('etcd') || (argv[0].endsWith('ip') && argv[1] === 'netns' && argv[4] === 'etcd')
+    return etcd && argv.includes(etcdDataDir(spec))
   } catch { return false }
 }
 
