@@ -19,7 +19,8 @@
  * so the identities also reach the policy compiler.
  *
  * Run: `node dist/bench/cluster-scale.js` after `npm run build`, as root. Knobs: ENTRIES
- * (100000), IDENTITIES (2000), NODES (100), CHANGES (50). Lab names `wds-`, underlay
+ * (100000), IDENTITIES (2000), NODES (100), CHANGES (50); PROFILE_DIR: the agents write CPU profiles
+ * there when they stop (the start of the changes is printed on stderr, on the monotonic clock). Lab names `wds-`, underlay
  * 198.19.192.0/24, etcd 23820/23821, proxy ports 17700/17701, route table 2800; a veth `wds-h`
  * gives this process (in the host namespace) a path to etcd. Everything is removed at the end.
  */
@@ -124,6 +125,7 @@ async function main (): Promise<void> {
   writeFileSync(join(policies, 'web.yaml'), POLICY)
   const agents = spec.nodes.map((n) => new NodeAgent(spec, n.name, {
     policies,
+    nodeArgs: process.env.PROFILE_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', process.env.PROFILE_DIR],
     args: ['--proxy-port', '17700', '--dns-proxy-port', '17701', '--route-table', '2800',
       '--kvstore', etcdEndpoint(spec), '--node-name', n.name, '--node-ip', n.ip, '--pod-cidr', n.podCidr]
   }))
@@ -187,7 +189,8 @@ async function main (): Promise<void> {
     await sleep(2000) // let the agents settle (their persist timer, GC) before reading memory
     const full = { agents: agents.map((a) => memory(a.pid as number)), kernelBytes: pins.map((p) => (JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', p], { encoding: 'utf8' })) as { bytes_memlock: number }).bytes_memlock) }
 
-    // one more change at that size
+    // one more change at that size (its start on the monotonic clock, for CPU profiles of the agents)
+    console.error(`changes from monotonic ${process.hrtime.bigint() / 1000n} us`)
     const puts: number[] = []
     const dels: number[] = []
     for (let c = 0; c < CHANGES; c++) {

@@ -16,6 +16,8 @@ export interface NodeAgentOptions {
   policies: string
   /** Extra `warden run` flags (ports, `--kvstore`, ...). */
   args?: string[]
+  /** Node's own flags before the script (a benchmark's `--cpu-prof`). */
+  nodeArgs?: string[]
 }
 
 /** bin/warden.js of this checkout, from lab/ (sources) or dist/lab/ (built). */
@@ -50,7 +52,7 @@ export class NodeAgent {
     mkdirSync(dir, { recursive: true })
     const before = this.log().length
     const out = openSync(this.logPath, 'a')
-    const args = ['netns', 'exec', nodeNs(spec, node), process.execPath, wardenBin(), 'run',
+    const args = ['netns', 'exec', nodeNs(spec, node), process.execPath, ...(this.opts.nodeArgs ?? []), wardenBin(), 'run',
       '--policies', this.opts.policies, '--endpoints', endpointsFile(spec, node), '--uplink', 'ul0',
       '--bpffs', join(bpffsRoot(spec), node), '--state-dir', join(dir, 'state'),
       // the socket path is the filesystem's, shared by every node's namespace: one per node

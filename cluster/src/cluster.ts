@@ -91,6 +91,10 @@ export class ClusterStore {
   /** The remote ipcache entries by etcd key (objects reused while unchanged). */
   private readonly remoteIps = new Map<string, IpcacheEntry>()
   private readonly remoteNodes = new Map<string, IpcacheEntry[]>()
+  /** Who claims each remote prefix, by etcd key, in claim order; the winners; what changed since the last state. */
+  private readonly claims = new Map<string, Array<{ key: string, node: boolean, entry: IpcacheEntry }>>()
+  private readonly winners = new Map<string, IpcacheEntry>()
+  private readonly dirtyPrefixes = new Set<string>()
   private remote: RemoteState = { identities: new Map(), ipcache: [] }
   private idsDirty = true
   private ipDirty = true
@@ -98,6 +102,7 @@ export class ClusterStore {
   private readonly listeners: ((r: RemoteState) => void)[] = []
   private published = new Map<string, string>()
   private persistTimer: NodeJS.Timeout | null = null
+  private lastPersistMs = 0
   private closed = false
   readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0, remoteEntriesDropped: 0 }
   private readonly maxRemote: number
@@ -175,17 +180,17 @@ export class ClusterStore {
   private applyIps (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
-      if (c.type === 'delete') { this.remoteIps.delete(c.key); continue }
+      if (c.type === 'delete') { this.setIp(c.key, undefined); continue }
       try {
         const r = parseIpcacheValue(c.key, c.value)
         // This node's own entries are its endpoints: the store knows them first-hand.
-        if (r.hostIP === this.opts.nodeIP) { this.remoteIps.delete(c.key); continue }
+        if (r.hostIP === this.opts.nodeIP) { this.setIp(c.key, undefined); continue }
         const prefix = `${r.ip}/${r.prefixLen}`
         const old = this.remoteIps.get(c.key)
         if (old === undefined && this.overCap(c.key)) continue
-        if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.remoteIps.set(c.key, { prefix, identity: r.identity, endpointId: 0 })
+        if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.setIp(c.key, { prefix, identity: r.identity, endpointId: 0 })
       } catch (err) {
-        this.remoteIps.delete(c.key)
+        this.setIp(c.key, undefined)
         this.stats.malformedKeys++
         this.log.warn({ key: c.key, code: (err as ClusterError).code, err: (err as Error).message }, 'kvstore: skipping a malformed ipcache entry')
       }
@@ -195,22 +200,53 @@ export class ClusterStore {
   private applyNodes (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
-      if (c.type === 'delete') { this.remoteNodes.delete(c.key); continue }
+      if (c.type === 'delete') { this.setNode(c.key, undefined); continue }
       try {
         const n = parseNodeValue(c.key, c.value)
-        if (n.name === this.opts.nodeName) { this.remoteNodes.delete(c.key); continue }
+        if (n.name === this.opts.nodeName) { this.setNode(c.key, undefined); continue }
         const old = this.remoteNodes.get(c.key)
         if (old === undefined && this.overCap(c.key)) continue
         const sig = n.ipv4.slice(0, 16).join(',') // a node's addresses, a bounded few
         if (old === undefined || old.map((e) => e.prefix.slice(0, -3)).join(',') !== sig) {
-          this.remoteNodes.set(c.key, n.ipv4.slice(0, 16).map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
+          this.setNode(c.key, n.ipv4.slice(0, 16).map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
         }
       } catch (err) {
-        this.remoteNodes.delete(c.key)
+        this.setNode(c.key, undefined)
         this.stats.malformedKeys++
         this.log.warn({ key: c.key, code: (err as ClusterError).code, err: (err as Error).message }, 'kvstore: skipping a malformed node record')
       }
     }
+  }
+
+  private setIp (key: string, e: IpcacheEntry | undefined): void {
+    const old = this.remoteIps.get(key)
+    if (old !== undefined) this.unclaim(key, old.prefix)
+    if (e === undefined) { this.remoteIps.delete(key); return }
+    this.remoteIps.set(key, e)
+    this.claim(key, false, e)
+  }
+
+  private setNode (key: string, es: IpcacheEntry[] | undefined): void {
+    for (const o of this.remoteNodes.get(key) ?? []) this.unclaim(key, o.prefix)
+    if (es === undefined) { this.remoteNodes.delete(key); return }
+    this.remoteNodes.set(key, es)
+    for (const e of es) this.claim(key, true, e)
+  }
+
+  private claim (key: string, node: boolean, entry: IpcacheEntry): void {
+    let list = this.claims.get(entry.prefix)
+    if (list === undefined) this.claims.set(entry.prefix, list = [])
+    list.push({ key, node, entry })
+    this.dirtyPrefixes.add(entry.prefix)
+  }
+
+  private unclaim (key: string, prefix: string): void {
+    const list = this.claims.get(prefix)
+    if (list === undefined) return
+    const i = list.findIndex((c) => c.key === key)
+    if (i >= 0) list.splice(i, 1)
+    if (list.length === 0) this.claims.delete(prefix)
+    this.dirtyPrefixes.add(prefix)
   }
 
   private scheduleEmit (): void {
@@ -225,7 +261,13 @@ export class ClusterStore {
     })
   }
 
-  /** A new RemoteState; its parts are the previous objects where nothing changed. */
+  /**
+   * A new RemoteState; its parts are the previous objects where nothing changed. The ipcache is
+   * kept by prefix as the changes come (a node address wins over a pod entry claiming it, then
+   * the first claim), so one etcd change costs the prefixes it touches, and the state says which
+   * prefixes changed from the previous list: the compiler applies those instead of comparing
+   * every entry.
+   */
   private rebuild (): void {
     let identities = this.remote.identities
     if (this.idsDirty) {
@@ -237,18 +279,28 @@ export class ClusterStore {
       this.idsDirty = false
     }
     let ipcache = this.remote.ipcache
+    let ipcacheChanges = this.remote.ipcacheChanges
     if (this.ipDirty) {
-      const list: IpcacheEntry[] = []
-      const seen = new Set<string>()
-      // Nodes first: a node address wins over a pod entry claiming it.
-      for (const es of this.remoteNodes.values()) for (const e of es) if (!seen.has(e.prefix)) { seen.add(e.prefix); list.push(e) }
-      for (const e of this.remoteIps.values()) if (!seen.has(e.prefix)) { seen.add(e.prefix); list.push(e) }
-      ipcache = list
+      const changed: Array<{ prefix: string, entry: IpcacheEntry | null }> = []
+      for (const prefix of this.dirtyPrefixes) {
+        const list = this.claims.get(prefix)
+        const win = list === undefined ? undefined : (list.find((c) => c.node) ?? list[0]).entry
+        const cur = this.winners.get(prefix)
+        if (win === cur) continue
+        if (win === undefined) this.winners.delete(prefix)
+        else this.winners.set(prefix, win)
+        changed.push({ prefix, entry: win ?? null })
+      }
+      this.dirtyPrefixes.clear()
+      if (changed.length > 0) {
+        ipcacheChanges = { from: ipcache, changed }
+        ipcache = [...this.winners.values()]
+      }
       this.ipDirty = false
       this.stats.remoteEndpoints = this.remoteIps.size
       this.stats.remoteNodes = this.remoteNodes.size
     }
-    this.remote = { identities, ipcache }
+    this.remote = ipcacheChanges === undefined ? { identities, ipcache } : { identities, ipcache, ipcacheChanges }
   }
 
   metrics (): Record<string, number> {
@@ -274,16 +326,23 @@ export class ClusterStore {
     }
   }
 
+  /**
+   * Write `cluster.json` a while after a change: 1 s, or 20 times what the last write took when
+   * that is longer. The file is the whole copy (100,000 entries take a few hundred ms to write
+   * on a loaded machine): with a fixed second, a steady trickle of changes would spend much of a
+   * core rewriting it. It is the fallback for a start without etcd; a few seconds older is fine.
+   */
   private persistSoon (): void {
     if (this.persistTimer !== null || this.closed) return
     this.persistTimer = setTimeout(() => {
       this.persistTimer = null
       this.persist().catch((err: Error) => this.log.error({ err: err.message }, 'cannot persist the cluster state'))
-    }, 1000)
+    }, Math.max(1000, 20 * this.lastPersistMs))
     this.persistTimer.unref()
   }
 
   async persist (): Promise<void> {
+    const t0 = performance.now()
     const state: StateV1 = {
       version: 1,
       node: this.opts.nodeName,
@@ -298,6 +357,7 @@ export class ClusterStore {
     const tmp = `${this.statePath}.${process.pid}.tmp`
     await writeFile(tmp, text)
     await rename(tmp, this.statePath)
+    this.lastPersistMs = performance.now() - t0
   }
 
   private async restore (): Promise<void> {

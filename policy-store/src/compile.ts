@@ -130,7 +130,20 @@ export class Compiler {
   private fqdnKeysSig = ''
   private nameKeys = new Map<string, string[]>()
   private identities: Map<number, readonly Label[]> = new Map(RESERVED_LABELS)
-  private base: { endpoints: readonly Endpoint[], hostKey: string, remote: RemoteState['ipcache'] | null, taken: Set<number>, entries: IpcacheEntry[] } | null = null
+  /**
+   * The ipcache's fixed part by prefix (world, host addresses, endpoints, other nodes' entries),
+   * the /32 addresses it takes, and which prefixes are this node's own (they win over remote ones).
+   */
+  private base: { endpoints: readonly Endpoint[], hostKey: string, remote: RemoteState['ipcache'] | null, taken: Set<number>, fixed: Map<string, IpcacheEntry>, own: Set<string> } | null = null
+  /** The local (CIDR, FQDN) ipcache entries of the last compile, in order. */
+  private localIps: readonly IpcacheEntry[] = []
+  /**
+   * What this compile changed in the ipcache when it is known from the remote changes alone
+   * (RemoteState.ipcacheChanges); null: compare the lists. Trusted only when the previous compile
+   * finished (a compile that threw may have changed the base without a snapshot).
+   */
+  private ipChanges: IpChange[] | null = null
+  private lastCompileDone = false
   private ipNums = new Map<string, { n: number, key: string } | null>()
   private rulePrefixes: [string, Prefix][] = []
   private ruleLocalsBase: Compiler['base'] = null
@@ -159,6 +172,9 @@ export class Compiler {
    */
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
     this.now = input.now
+    this.ipChanges = null
+    if (!this.lastCompileDone) this.base = null
+    this.lastCompileDone = false
     const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.updateEndpoints(input, run)
     this.updateRules(input.files, run)
@@ -184,8 +200,9 @@ export class Compiler {
       ...tables,
       fqdnSelectors: this.fqdnSelectors
     })
-    const diff = diffSnapshots(prev, snapshot, out)
+    const diff = diffSnapshots(prev, snapshot, out, this.ipChanges)
     this.prevSnapshot = snapshot
+    this.lastCompileDone = true
     return { snapshot, diff }
   }
 
@@ -503,7 +520,14 @@ export class Compiler {
     // The ipcache's fixed part: world, node addresses, endpoints.
     const hostKey = input.hostIPs.join(',')
     const remote = input.remote?.ipcache ?? null
-    if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey || this.base.remote !== remote) {
+    const delta = input.remote?.ipcacheChanges
+    let remoteChanges: IpChange[] | null = null
+    if (this.base !== null && this.base.endpoints === endpoints && this.base.hostKey === hostKey && this.base.remote !== remote &&
+        delta !== undefined && delta.from === this.base.remote && this.prevSnapshot !== null) {
+      // Only other nodes' entries changed, and the remote state says which: apply those.
+      remoteChanges = applyRemoteChanges(this.base, delta.changed)
+      this.base = { ...this.base, remote }
+    } else if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey || this.base.remote !== remote) {
       const fixed = new Map<string, IpcacheEntry>()
       fixed.set('0.0.0.0/0', { prefix: '0.0.0.0/0', identity: RESERVED.WORLD, endpointId: 0 })
       const taken = new Set<number>()
@@ -517,6 +541,7 @@ export class Compiler {
         taken.add(parseIPv4(e.ipv4) as number)
         fixed.set(`${e.ipv4}/32`, e.audit === true ? { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id, audit: true } : { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
       }
+      const own = new Set(fixed.keys())
       // Other nodes' pods and addresses: cluster peers, so a CIDR rule does not select them
       // (Cilium's CIDR rules select only non-cluster peers), and the entry object is the remote
       // state's own: an unchanged one is no kernel write.
@@ -526,7 +551,7 @@ export class Compiler {
         if (e.prefix.endsWith('/32')) taken.add(parseIPv4(e.prefix.slice(0, slash)) as number)
         fixed.set(e.prefix, e)
       }
-      this.base = { endpoints, hostKey, remote, taken, entries: [...fixed.values()] }
+      this.base = { endpoints, hostKey, remote, taken, fixed, own }
     }
     const { taken } = this.base
     // The rules' part: CIDR prefixes and FQDN selectors (only when rules or endpoints changed).
@@ -552,7 +577,7 @@ export class Compiler {
     const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: string[] }>()
     for (const [k, x] of this.rulePrefixes) prefixes.set(k, { prefix: x, fqdnKeys: [] })
     this.learnedPrefixes(input, taken, prefixes)
-    return this.buildLocals(prefixes)
+    return this.buildLocals(prefixes, remoteChanges)
   }
 
   /** Learned names' IPs into `prefixes` (/32s with the FQDN selector keys they carry). */
@@ -584,7 +609,7 @@ export class Compiler {
   }
 
   /** Local identities (stable numbers), identities and the ipcache from the local prefixes. */
-  private buildLocals (prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>): { changed: boolean, fqdnChanged: Set<string> | null } {
+  private buildLocals (prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
     const base = this.base as NonNullable<Compiler['base']>
     const locals: Local[] = []
     if (this.podIdentities === null || this.podIdentities.labels !== this.podLabels) {
@@ -593,7 +618,8 @@ export class Compiler {
       this.podIdentities = { labels: this.podLabels, map: m }
     }
     const identities = new Map<number, readonly Label[]>(this.podIdentities.map)
-    const ipList = [...base.entries]
+    const ipList = [...base.fixed.values()]
+    const fixedCount = ipList.length
     const localEntries = new Map<string, LocalEntry>()
     for (const [k, { prefix, fqdnKeys }] of prefixes) {
       const fk = fqdnKeys.length > 1 ? fqdnKeys.sort() : fqdnKeys
@@ -613,6 +639,14 @@ export class Compiler {
     for (const [ck, le] of this.localEntries) if (!localEntries.has(ck)) this.allocator.releaseLocalIdentity(le.labels, this.now)
     this.localEntries = localEntries
     this.identities = identities
+    // The remote changes are the whole ipcache change when the local entries are the same
+    // objects as last time and none of them shares a prefix with a changed remote entry.
+    const localIps = ipList.slice(fixedCount)
+    if (remoteChanges !== null && localIps.length === this.localIps.length && localIps.every((e, i) => e === this.localIps[i])) {
+      const localPrefixes = new Set(localIps.map((e) => e.prefix))
+      if (!remoteChanges.some((c) => localPrefixes.has(c.prefix))) this.ipChanges = remoteChanges
+    }
+    this.localIps = localIps
     if (!sameIpcache(this.ipcache, ipList)) this.ipcache = Object.freeze(ipList)
     const changed = locals.length !== this.locals.length || locals.some((l, i) => l !== this.locals[i])
     this.locals = locals
@@ -699,9 +733,48 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
   return added.length + removed.length !== counts
 }
 
-function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndpoints): SnapshotDiff {
+/** One ipcache prefix set (`entry`) or removed (null); `old` is what it held before. */
+interface IpChange { prefix: string, old: IpcacheEntry | undefined, entry: IpcacheEntry | null }
+
+/**
+ * Apply other nodes' changed prefixes to the ipcache's fixed part: this node's own prefixes
+ * (world, host addresses, endpoints) win and are left alone. Returns what changed.
+ */
+function applyRemoteChanges (base: NonNullable<Compiler['base']>, changed: NonNullable<RemoteState['ipcacheChanges']>['changed']): IpChange[] {
+  const out: IpChange[] = []
+  for (const c of changed) {
+    if (base.own.has(c.prefix)) continue
+    const old = base.fixed.get(c.prefix)
+    if (old === (c.entry ?? undefined)) continue
+    const addr = c.prefix.endsWith('/32') ? parseIPv4(c.prefix.slice(0, -3)) : null
+    if (c.entry === null) {
+      base.fixed.delete(c.prefix)
+      if (addr !== null) base.taken.delete(addr)
+    } else {
+      base.fixed.set(c.prefix, c.entry)
+      if (addr !== null) base.taken.add(addr)
+    }
+    out.push({ prefix: c.prefix, old, entry: c.entry })
+  }
+  return out
+}
+
+function sameEntry (a: IpcacheEntry, b: IpcacheEntry): boolean {
+  return a.identity === b.identity && a.endpointId === b.endpointId && a.audit === b.audit
+}
+
+function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndpoints, ipChanges: IpChange[] | null): SnapshotDiff {
   const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, kernelEndpoints: out.kernelEndpoints, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
-  if (prev?.ipcache !== next.ipcache) {
+  if (ipChanges !== null && prev !== null) {
+    // Known from the remote changes: no walk over the whole list.
+    const added: IpcacheEntry[] = []
+    const removed: IpcacheEntry[] = []
+    for (const c of ipChanges) {
+      if (c.entry === null) { if (c.old !== undefined) removed.push(c.old) } else if (c.old === undefined || !sameEntry(c.old, c.entry)) added.push(c.entry)
+    }
+    diff.ipcacheAdded = added
+    diff.ipcacheRemoved = removed
+  } else if (prev?.ipcache !== next.ipcache) {
     // Entries are reused across snapshots: compare objects first, then contents of the rest.
     const before = prev?.ipcache ?? []
     const oldObj = new Set(before)

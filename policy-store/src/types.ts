@@ -294,6 +294,17 @@ export function l7Key (endpointId: number, direction: Direction, port: number): 
 export interface RemoteState {
   readonly identities: ReadonlyMap<number, readonly Label[]>
   readonly ipcache: readonly IpcacheEntry[]
+  /**
+   * Optional: `ipcache` is the list `from` with these prefixes set to these entries (null:
+   * removed). A compiler that compiled `from` applies them instead of comparing every entry, so
+   * one remote change costs what it touches; any other compiler ignores them.
+   */
+  readonly ipcacheChanges?: IpcacheChanges
+}
+
+export interface IpcacheChanges {
+  readonly from: readonly IpcacheEntry[]
+  readonly changed: ReadonlyArray<{ readonly prefix: string, readonly entry: IpcacheEntry | null }>
 }
 
 /**

@@ -60,3 +60,44 @@ t.test('a local endpoint wins over a remote entry for its address; an unselected
   t.equal(snap.ipcache.find((e) => e.prefix === '10.42.0.10/32')?.identity, web.identity)
   t.notOk(snap.kernel.some((e) => e.remoteIdentity === 6000), 'no rule selects app=other')
 })
+
+t.test('remote changes named by the cluster store give the same snapshots and diffs as comparing the lists', async (t) => {
+  const dir = tempTree(t, { 'policies/p.yaml': POLICY, 'endpoints.yaml': ENDPOINTS })
+  const ids = new Map([[5000, CLIENT], [6000, OTHER]])
+  const open = async (): Promise<Awaited<ReturnType<typeof openStore>>> => {
+    const s = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: { identities: ids, ipcache: [] } })
+    t.teardown(async () => await s.close())
+    return s
+  }
+  const told = await open() // gets RemoteState.ipcacheChanges
+  const plain = await open() // gets the lists only
+  const e = (prefix: string, identity: number): IpcacheEntry => ({ prefix, identity, endpointId: 0 })
+  const byPrefix = (l: readonly IpcacheEntry[]): string[] => l.map((x) => `${x.prefix}=${x.identity}`).sort()
+  // each step: the prefixes set (an entry) or removed (null)
+  const steps: Array<Array<[string, IpcacheEntry | null]>> = [
+    [['10.42.1.5/32', e('10.42.1.5/32', 5000)], ['192.0.2.2/32', e('192.0.2.2/32', RESERVED.REMOTE_NODE)]],
+    [['10.42.1.6/32', e('10.42.1.6/32', 6000)]],
+    [['10.42.1.6/32', e('10.42.1.6/32', 5000)]], // another identity for the same address
+    [['10.42.0.10/32', e('10.42.0.10/32', 6000)]], // claims the local endpoint's address: the endpoint wins
+    [['10.42.1.5/32', null], ['10.42.0.10/32', null]],
+    [['10.42.1.5/32', e('10.42.1.5/32', 5000)], ['10.42.1.6/32', null]]
+  ]
+  let list: IpcacheEntry[] = []
+  for (const [i, step] of steps.entries()) {
+    const m = new Map(list.map((x) => [x.prefix, x]))
+    for (const [p, x] of step) { if (x === null) m.delete(p); else m.set(p, x) }
+    const next = [...m.values()]
+    const changed = step.map(([prefix, entry]) => ({ prefix, entry }))
+    const got = Promise.all([told, plain].map(async (s) => await new Promise<[Snapshot, SnapshotDiff]>((resolve) => { const off = s.onSnapshot((snap, d) => { off(); resolve([snap, d]) }) })))
+    told.setRemote({ identities: ids, ipcache: next, ipcacheChanges: { from: list, changed } })
+    plain.setRemote({ identities: ids, ipcache: next })
+    const [[sa, da], [sb, db]] = await got
+    t.strictSame(byPrefix(sa.ipcache), byPrefix(sb.ipcache), `step ${i}: same ipcache`)
+    t.strictSame(byPrefix(da.ipcacheAdded), byPrefix(db.ipcacheAdded), `step ${i}: same entries written`)
+    t.strictSame(byPrefix(da.ipcacheRemoved), byPrefix(db.ipcacheRemoved), `step ${i}: same entries deleted`)
+    t.strictSame(sa.kernel.length, sb.kernel.length, `step ${i}: same policy entries`)
+    list = next
+  }
+  const web = told.current().endpoints[0]
+  t.equal(told.current().ipcache.find((x) => x.prefix === '10.42.0.10/32')?.identity, web.identity, 'the local endpoint kept its address')
+})
