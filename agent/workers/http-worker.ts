@@ -61,6 +61,10 @@ port.on('message', (m: ToWorker) => {
     ({ snapshot: active, matchers } = httpSnapshotFromWire(m.snapshot, matchers))
     return
   }
+  if (m.type === 'version') {
+    active = Object.freeze({ ...active, version: m.version, createdAt: m.createdAt })
+    return
+  }
   clearInterval(ticker)
   if (decisionTimer !== null) clearTimeout(decisionTimer)
   flushDecisions()

@@ -18,6 +18,8 @@ export interface HttpWorkerData {
 
 export type ToWorker =
   | { type: 'snapshot', snapshot: HttpSnapshotWire }
+  /** A new snapshot whose HTTP tables, endpoints and identities are the last ones sent. */
+  | { type: 'version', version: number, createdAt: number }
   /** The main thread took a log batch of this many bytes (PortDestination's bound). */
   | { type: 'log-ack', bytes: number }
   | { type: 'close' }

@@ -86,12 +86,15 @@ function entry (): URL {
 export class HttpWorkers {
   private readonly slots: Slot[] = []
   private snapshot: HttpSnapshotWire
+  /** The snapshot whose HTTP tables, endpoints and identities the workers have. */
+  private sentFrom: Snapshot | undefined
   private closing = false
   private readonly timers = new Set<NodeJS.Timeout>()
   private readonly counters = new WorkerCounters()
 
   private constructor (private readonly opts: HttpWorkersOptions) {
     this.snapshot = httpSnapshotToWire(opts.snapshot)
+    this.sentFrom = opts.snapshot
   }
 
   /** Starts every worker and resolves once each listens; rejects (having stopped them) if one does not. */
@@ -156,6 +159,16 @@ export class HttpWorkers {
 
   /** Every worker enforces `snap` from its next request on. */
   update (snap: Snapshot): void {
+    const last = this.sentFrom
+    if (last !== undefined && last.http === snap.http && last.endpoints === snap.endpoints && last.identities === snap.identities) {
+      // Nothing a worker enforces changed (another node's address, a kernel-only entry): the
+      // version only, not the identities and tables again.
+      this.snapshot = { ...this.snapshot, version: snap.version, createdAt: snap.createdAt }
+      const v: ToWorker = { type: 'version', version: snap.version, createdAt: snap.createdAt }
+      for (const s of this.slots) s.worker?.postMessage(v)
+      return
+    }
+    this.sentFrom = snap
     this.snapshot = httpSnapshotToWire(snap)
     const m: ToWorker = { type: 'snapshot', snapshot: this.snapshot }
     for (const s of this.slots) s.worker?.postMessage(m)

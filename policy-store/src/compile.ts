@@ -612,12 +612,12 @@ export class Compiler {
   private buildLocals (prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
     const base = this.base as NonNullable<Compiler['base']>
     const locals: Local[] = []
+    const podIdsChanged = this.podIdentities === null || this.podIdentities.labels !== this.podLabels
     if (this.podIdentities === null || this.podIdentities.labels !== this.podLabels) {
       const m = new Map<number, readonly Label[]>(RESERVED_LABELS)
       for (const [id, labels] of this.podLabels) m.set(id, labels)
       this.podIdentities = { labels: this.podLabels, map: m }
     }
-    const identities = new Map<number, readonly Label[]>(this.podIdentities.map)
     const ipList = [...base.fixed.values()]
     const fixedCount = ipList.length
     const localEntries = new Map<string, LocalEntry>()
@@ -631,14 +631,21 @@ export class Compiler {
         le = { labels, local: { id, prefix, fqdnKeys: fk }, ip: { prefix: k, identity: id, endpointId: 0 } }
       }
       localEntries.set(ck, le)
-      identities.set(le.local.id, le.labels)
       locals.push(le.local)
       ipList.push(le.ip)
     }
     // Local identities no prefix or learned name refers to any more: drop this compiler's reference.
     for (const [ck, le] of this.localEntries) if (!localEntries.has(ck)) this.allocator.releaseLocalIdentity(le.labels, this.now)
+    // The same identities as last time keep the same Map: the HTTP workers, which get the
+    // identities with every snapshot, are then not sent thousands of cluster identities again
+    // for a change of other nodes' addresses.
+    const sameLocals = localEntries.size === this.localEntries.size && [...localEntries].every(([ck, le]) => this.localEntries.get(ck) === le)
+    if (podIdsChanged || !sameLocals) {
+      const identities = new Map<number, readonly Label[]>(this.podIdentities.map)
+      for (const le of localEntries.values()) identities.set(le.local.id, le.labels)
+      this.identities = identities
+    }
     this.localEntries = localEntries
-    this.identities = identities
     // The remote changes are the whole ipcache change when the local entries are the same
     // objects as last time and none of them shares a prefix with a changed remote entry.
     const localIps = ipList.slice(fixedCount)
