@@ -774,9 +774,17 @@ function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndp
   const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, kernelEndpoints: out.kernelEndpoints, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
   if (ipChanges !== null && prev !== null) {
     // Known from the remote changes: no walk over the whole list.
+    // A prefix changed twice (remote states merged while a compile waited): its first `old`
+    // against its last entry.
+    const net = new Map<string, { old: IpcacheEntry | undefined, entry: IpcacheEntry | null }>()
+    for (const c of ipChanges) {
+      const n = net.get(c.prefix)
+      if (n === undefined) net.set(c.prefix, { old: c.old, entry: c.entry })
+      else n.entry = c.entry
+    }
     const added: IpcacheEntry[] = []
     const removed: IpcacheEntry[] = []
-    for (const c of ipChanges) {
+    for (const c of net.values()) {
       if (c.entry === null) { if (c.old !== undefined) removed.push(c.old) } else if (c.old === undefined || !sameEntry(c.old, c.entry)) added.push(c.entry)
     }
     diff.ipcacheAdded = added

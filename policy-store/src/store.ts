@@ -88,6 +88,8 @@ class Store implements PolicyStore {
   private learned: readonly LearnedName[] = []
   private remote: RemoteState | undefined
   private remoteDirty = false
+  /** The remote state the last compile was given. */
+  private compiledRemote: RemoteState | undefined
   /** name -> its IPs, of the names in effect at the last setLearnedNames. */
   private learnedSet = new Map<string, string>()
   private snapshot: Snapshot | null = null
@@ -202,6 +204,7 @@ class Store implements PolicyStore {
   }
 
   compileNow (): { snapshot: Snapshot, diff: SnapshotDiff } {
+    this.compiledRemote = this.remote
     const res = this.compiler.compile({
       endpoints: this.endpoints,
       files: [...this.lastGood.values()],
@@ -250,6 +253,14 @@ class Store implements PolicyStore {
   }
 
   setRemote (remote: RemoteState): void {
+    // Remote states that arrive while a compile waits (debounce, identity preparation) are
+    // compiled as one: their named changes are chained, so the compiler can still apply them
+    // instead of comparing every entry.
+    const pending = this.remote
+    const c = remote.ipcacheChanges
+    if (pending !== undefined && pending !== this.compiledRemote && pending.ipcacheChanges !== undefined && c !== undefined && c.from === pending.ipcache) {
+      remote = { ...remote, ipcacheChanges: { from: pending.ipcacheChanges.from, changed: [...pending.ipcacheChanges.changed, ...c.changed] } }
+    }
     this.remote = remote
     this.remoteDirty = true
     if (this.snapshot !== null) this.schedule()

@@ -98,6 +98,19 @@ t.test('remote changes named by the cluster store give the same snapshots and di
     t.strictSame(sa.kernel.length, sb.kernel.length, `step ${i}: same policy entries`)
     list = next
   }
+  // Two states before one compile (they are chained): a prefix added then removed, another
+  // added then given another identity.
+  const got = Promise.all([told, plain].map(async (s) => await new Promise<[Snapshot, SnapshotDiff]>((resolve) => { const off = s.onSnapshot((snap, d) => { off(); resolve([snap, d]) }) })))
+  const mid = [...list, e('10.42.1.8/32', 5000), e('10.42.1.9/32', 5000)]
+  const end = [...list, e('10.42.1.9/32', 6000)]
+  told.setRemote({ identities: ids, ipcache: mid, ipcacheChanges: { from: list, changed: [{ prefix: '10.42.1.8/32', entry: mid[mid.length - 2] }, { prefix: '10.42.1.9/32', entry: mid[mid.length - 1] }] } })
+  told.setRemote({ identities: ids, ipcache: end, ipcacheChanges: { from: mid, changed: [{ prefix: '10.42.1.8/32', entry: null }, { prefix: '10.42.1.9/32', entry: end[end.length - 1] }] } })
+  plain.setRemote({ identities: ids, ipcache: end })
+  const [[sa, da], [sb, db]] = await got
+  t.strictSame(byPrefix(sa.ipcache), byPrefix(sb.ipcache), 'merged states: same ipcache')
+  t.strictSame(byPrefix(da.ipcacheAdded), ['10.42.1.9/32=6000'], 'merged states: the net change written')
+  t.strictSame(byPrefix(da.ipcacheAdded), byPrefix(db.ipcacheAdded))
+  t.strictSame(byPrefix(da.ipcacheRemoved), byPrefix(db.ipcacheRemoved))
   const web = told.current().endpoints[0]
   t.equal(told.current().ipcache.find((x) => x.prefix === '10.42.0.10/32')?.identity, web.identity, 'the local endpoint kept its address')
 })
