@@ -45,6 +45,9 @@ export function remoteEntriesCap (ipcacheMaxEntries: number): number {
 /** The cap with the datapath's default ipcache (Cilium's 512,000 entries). */
 export const DEFAULT_MAX_REMOTE_ENTRIES = remoteEntriesCap(512000)
 
+/** Entries of `cluster.json` serialised between two yields to the event loop. */
+const PERSIST_SLICE = 5000
+
 /** Cilium's `--kvstore-lease-ttl` default (pkg/defaults: KVstoreLeaseTTL, 15 minutes). */
 export const DEFAULT_LEASE_TTL_SECONDS = 15 * 60
 
@@ -103,6 +106,7 @@ export class ClusterStore {
   private published = new Map<string, string>()
   private persistTimer: NodeJS.Timeout | null = null
   private lastPersistMs = 0
+  private persisting: Promise<void> = Promise.resolve()
   private closed = false
   readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0, remoteEntriesDropped: 0 }
   private readonly maxRemote: number
@@ -341,7 +345,14 @@ export class ClusterStore {
     this.persistTimer.unref()
   }
 
+  /** Write `cluster.json` now (after a write under way: one at a time, they share the temporary file). */
   async persist (): Promise<void> {
+    const run = this.persisting.then(async () => await this.writeState())
+    this.persisting = run.catch(() => {})
+    await run
+  }
+
+  private async writeState (): Promise<void> {
     const t0 = performance.now()
     const state: StateV1 = {
       version: 1,
@@ -351,8 +362,20 @@ export class ClusterStore {
       ips: [...this.ips.entries].map(([k, e]) => [k, e.value]),
       nodes: [...this.nodes.entries].map(([k, e]) => [k, e.value])
     }
-    const text = '{"version":1,"node":' + JSON.stringify(state.node) + ',\n' + (['held', 'ids', 'ips', 'nodes'] as const)
-      .map((k) => `${JSON.stringify(k)}:[${(state[k] as unknown[]).map((e) => '\n ' + JSON.stringify(e)).join(',')}\n]`).join(',\n') + '}\n'
+    // Serialised in slices, yielding between them: the copies are taken above (one consistent
+    // state), and 100,000 entries at once would hold the event loop (watches, proxies) for
+    // hundreds of milliseconds.
+    const parts: string[] = ['{"version":1,"node":' + JSON.stringify(state.node)]
+    for (const k of ['held', 'ids', 'ips', 'nodes'] as const) {
+      const list = state[k] as unknown[]
+      const lines: string[] = []
+      for (let i = 0; i < list.length; i++) {
+        lines.push('\n ' + JSON.stringify(list[i]))
+        if (i % PERSIST_SLICE === PERSIST_SLICE - 1) await new Promise((resolve) => setImmediate(resolve))
+      }
+      parts.push(`${JSON.stringify(k)}:[${lines.join(',')}\n]`)
+    }
+    const text = parts.join(',\n') + '}\n'
     await mkdir(this.opts.stateDir, { recursive: true })
     const tmp = `${this.statePath}.${process.pid}.tmp`
     await writeFile(tmp, text)
