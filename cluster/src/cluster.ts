@@ -24,6 +24,7 @@ import {
   parseIpcacheValue, parseLabelsKey, parseNodeValue
 } from './keys.js'
 import { Mirror, type MirrorChange } from './mirror.js'
+import { RemoteIpcache } from './remote-ipcache.js'
 
 /**
  * Kernel ipcache entries kept for this node itself: its endpoints (at most 4,096, the endpoint
@@ -94,11 +95,9 @@ export class ClusterStore {
   /** The remote ipcache entries by etcd key (objects reused while unchanged). */
   private readonly remoteIps = new Map<string, IpcacheEntry>()
   private readonly remoteNodes = new Map<string, IpcacheEntry[]>()
-  /** Who claims each remote prefix, by etcd key, in claim order; the winners; what changed since the last state. */
-  private readonly claims = new Map<string, Array<{ key: string, node: boolean, entry: IpcacheEntry }>>()
-  private readonly winners = new Map<string, IpcacheEntry>()
-  private readonly dirtyPrefixes = new Set<string>()
-  private remote: RemoteState = { identities: new Map(), ipcache: [] }
+  /** Those entries by prefix, the winner of each. */
+  private readonly byPrefix = new RemoteIpcache()
+  private remote: RemoteState = { identities: new Map(), ipcache: this.byPrefix.current }
   private idsDirty = true
   private ipDirty = true
   private emitScheduled = false
@@ -224,33 +223,15 @@ export class ClusterStore {
 
   private setIp (key: string, e: IpcacheEntry | undefined): void {
     const old = this.remoteIps.get(key)
-    if (old !== undefined) this.unclaim(key, old.prefix)
-    if (e === undefined) { this.remoteIps.delete(key); return }
-    this.remoteIps.set(key, e)
-    this.claim(key, false, e)
+    this.byPrefix.replace(key, false, old === undefined ? [] : [old], e === undefined ? [] : [e])
+    if (e === undefined) this.remoteIps.delete(key)
+    else this.remoteIps.set(key, e)
   }
 
   private setNode (key: string, es: IpcacheEntry[] | undefined): void {
-    for (const o of this.remoteNodes.get(key) ?? []) this.unclaim(key, o.prefix)
-    if (es === undefined) { this.remoteNodes.delete(key); return }
-    this.remoteNodes.set(key, es)
-    for (const e of es) this.claim(key, true, e)
-  }
-
-  private claim (key: string, node: boolean, entry: IpcacheEntry): void {
-    let list = this.claims.get(entry.prefix)
-    if (list === undefined) this.claims.set(entry.prefix, list = [])
-    list.push({ key, node, entry })
-    this.dirtyPrefixes.add(entry.prefix)
-  }
-
-  private unclaim (key: string, prefix: string): void {
-    const list = this.claims.get(prefix)
-    if (list === undefined) return
-    const i = list.findIndex((c) => c.key === key)
-    if (i >= 0) list.splice(i, 1)
-    if (list.length === 0) this.claims.delete(prefix)
-    this.dirtyPrefixes.add(prefix)
+    this.byPrefix.replace(key, true, this.remoteNodes.get(key) ?? [], es ?? [])
+    if (es === undefined) this.remoteNodes.delete(key)
+    else this.remoteNodes.set(key, es)
   }
 
   private scheduleEmit (): void {
@@ -266,11 +247,9 @@ export class ClusterStore {
   }
 
   /**
-   * A new RemoteState; its parts are the previous objects where nothing changed. The ipcache is
-   * kept by prefix as the changes come (a node address wins over a pod entry claiming it, then
-   * the first claim), so one etcd change costs the prefixes it touches, and the state says which
-   * prefixes changed from the previous list: the compiler applies those instead of comparing
-   * every entry.
+   * A new RemoteState; its parts are the previous objects where nothing changed. The ipcache
+   * comes with the prefixes that changed (RemoteIpcache): the compiler applies those instead of
+   * comparing every entry.
    */
   private rebuild (): void {
     let identities = this.remote.identities
@@ -285,21 +264,8 @@ export class ClusterStore {
     let ipcache = this.remote.ipcache
     let ipcacheChanges = this.remote.ipcacheChanges
     if (this.ipDirty) {
-      const changed: Array<{ prefix: string, entry: IpcacheEntry | null }> = []
-      for (const prefix of this.dirtyPrefixes) {
-        const list = this.claims.get(prefix)
-        const win = list === undefined ? undefined : (list.find((c) => c.node) ?? list[0]).entry
-        const cur = this.winners.get(prefix)
-        if (win === cur) continue
-        if (win === undefined) this.winners.delete(prefix)
-        else this.winners.set(prefix, win)
-        changed.push({ prefix, entry: win ?? null })
-      }
-      this.dirtyPrefixes.clear()
-      if (changed.length > 0) {
-        ipcacheChanges = { from: ipcache, changed }
-        ipcache = [...this.winners.values()]
-      }
+      const next = this.byPrefix.flush()
+      if (next !== undefined) ({ ipcache, changes: ipcacheChanges } = next)
       this.ipDirty = false
       this.stats.remoteEndpoints = this.remoteIps.size
       this.stats.remoteNodes = this.remoteNodes.size

@@ -9,6 +9,7 @@
  * new learned FQDN IPs re-resolve the endpoints with toFQDNs/CIDR/world peers. The result is the
  * same as a cold compile of the same input (test/policy-store/incremental.test.ts checks it).
  */
+import { applyRemoteChanges, ipcacheDiff, type IpChange } from './ipcache-changes.js'
 import { formatIPv4, formatPrefix, parseIPv4, type Prefix } from './cidr.js'
 import { Holdings, labelsKey, type IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
@@ -740,53 +741,11 @@ function diffEntries (before: readonly KernelEntry[], after: readonly KernelEntr
   return added.length + removed.length !== counts
 }
 
-/** One ipcache prefix set (`entry`) or removed (null); `old` is what it held before. */
-interface IpChange { prefix: string, old: IpcacheEntry | undefined, entry: IpcacheEntry | null }
-
-/**
- * Apply other nodes' changed prefixes to the ipcache's fixed part: this node's own prefixes
- * (world, host addresses, endpoints) win and are left alone. Returns what changed.
- */
-function applyRemoteChanges (base: NonNullable<Compiler['base']>, changed: NonNullable<RemoteState['ipcacheChanges']>['changed']): IpChange[] {
-  const out: IpChange[] = []
-  for (const c of changed) {
-    if (base.own.has(c.prefix)) continue
-    const old = base.fixed.get(c.prefix)
-    if (old === (c.entry ?? undefined)) continue
-    const addr = c.prefix.endsWith('/32') ? parseIPv4(c.prefix.slice(0, -3)) : null
-    if (c.entry === null) {
-      base.fixed.delete(c.prefix)
-      if (addr !== null) base.taken.delete(addr)
-    } else {
-      base.fixed.set(c.prefix, c.entry)
-      if (addr !== null) base.taken.add(addr)
-    }
-    out.push({ prefix: c.prefix, old, entry: c.entry })
-  }
-  return out
-}
-
-function sameEntry (a: IpcacheEntry, b: IpcacheEntry): boolean {
-  return a.identity === b.identity && a.endpointId === b.endpointId && a.audit === b.audit
-}
-
 function diffSnapshots (prev: Snapshot | null, next: Snapshot, out: CompiledEndpoints, ipChanges: IpChange[] | null): SnapshotDiff {
   const diff: SnapshotDiff = { from: prev?.version ?? 0, to: next.version, kernelAdded: out.kernelAdded, kernelRemoved: out.kernelRemoved, kernelEndpoints: out.kernelEndpoints, ipcacheAdded: [], ipcacheRemoved: [], endpointsAdded: [], endpointsRemoved: [] }
   if (ipChanges !== null && prev !== null) {
     // Known from the remote changes: no walk over the whole list.
-    // A prefix changed twice (remote states merged while a compile waited): its first `old`
-    // against its last entry.
-    const net = new Map<string, { old: IpcacheEntry | undefined, entry: IpcacheEntry | null }>()
-    for (const c of ipChanges) {
-      const n = net.get(c.prefix)
-      if (n === undefined) net.set(c.prefix, { old: c.old, entry: c.entry })
-      else n.entry = c.entry
-    }
-    const added: IpcacheEntry[] = []
-    const removed: IpcacheEntry[] = []
-    for (const c of net.values()) {
-      if (c.entry === null) { if (c.old !== undefined) removed.push(c.old) } else if (c.old === undefined || !sameEntry(c.old, c.entry)) added.push(c.entry)
-    }
+    const { added, removed } = ipcacheDiff(ipChanges)
     diff.ipcacheAdded = added
     diff.ipcacheRemoved = removed
   } else if (prev?.ipcache !== next.ipcache) {

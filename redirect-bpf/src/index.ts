@@ -15,7 +15,7 @@ import {
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
-  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, prepareIpcache, promoteIpcache, promoteProgs, removePins,
+  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, promoteProgs, removePins,
   removeQdiscIfEmpty, removeRouting, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
@@ -25,6 +25,7 @@ import { libbpf, type RingBuffer } from './libbpf.js'
 import { decodeFlowEvent, monotonicNowNs, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
+import { prepareIpcache, promoteIpcache } from './ipcache-resize.js'
 import koffi from 'koffi'
 import { existsSync } from 'node:fs'
 
@@ -537,32 +538,6 @@ async function detachIfindex (ifindex: number, rec: { hooks: number, madeQdisc: 
   if (rec.madeQdisc) await removeQdiscIfEmpty(name)
 }
 
-/**
- * Copy every entry of the pinned ipcache `from` into `to` (a new, empty map of `max` entries).
- * The entries are read first and counted: when they do not fit, nothing is written and the
- * agent stops with WARDEN_ERR_IPCACHE_SIZE (shrinking below what is enforced would leave
- * addresses without their identity). Returns how many were copied.
- */
-function copyIpcache (from: string, to: string, max: number): number {
-  const src = createMapRef(objGet(from), { transfer: true })
-  const dst = createMapRef(objGet(to), { transfer: true })
-  try {
-    const entries: Array<[Buffer, Buffer]> = []
-    for (const [k, v] of new RawMap(src).entries()) entries.push([Buffer.from(k), Buffer.from(v)])
-    if (entries.length > max) {
-      throw new DatapathError('WARDEN_ERR_IPCACHE_SIZE',
-        `the pinned ipcache ${from} holds ${entries.length} entries, more than the ${max} configured: give a larger ipcache size (or stop the agents that publish them)`,
-        { pin: from, entries: entries.length, max })
-    }
-    const out = new RawMap(dst)
-    for (const [k, v] of entries) out.set(k, v)
-    return entries.length
-  } finally {
-    src.close()
-    dst.close()
-  }
-}
-
 function checkPort (name: string, v: number): void {
   if (!Number.isInteger(v) || v < 1 || v > 65535) throw new DatapathError('WARDEN_ERR_CONFIG', `${name} must be 1..65535, got ${v}`)
 }
@@ -585,7 +560,7 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
   const tag = objectTag(objectPath())
   let upgrade = false
   const complete = pinsComplete(opts.bpffs)
-  const ipcachePin = await prepareIpcache(opts.bpffs, ipcacheMax, copyIpcache)
+  const ipcachePin = await prepareIpcache(opts.bpffs, ipcacheMax)
   const resized = ipcachePin !== mapPath(opts.bpffs, 'l7p_ipcache')
   if (!complete) {
     await loadObject(opts.bpffs, 'progs', ipcachePin)

@@ -24,6 +24,7 @@ import { bpffsMountedAt, isMountPoint, run, runTolerant } from './sys.js'
 import { DatapathError } from './errors.js'
 import { COUNTER_SLOTS } from './layout.js'
 export { DEFAULT_IPCACHE_MAX_ENTRIES } from './limits.js'
+import { IPCACHE_NEW } from './ipcache-resize.js'
 
 export const MAP_NAMES = [
   'l7p_config', 'l7p_endpoints', 'l7p_attach', 'l7p_ipcache', 'l7p_policy', 'l7p_ct',
@@ -38,13 +39,6 @@ export const RETIRED_MAPS = ['l7p_udp_orig'] as const
 export type MapName = typeof MAP_NAMES[number]
 /** Where a load pins the object's maps before those it created are moved into place. */
 const MAPS_NEW = 'maps_new'
-/** Pin of a resized ipcache between its copy and the swap (see prepareIpcache). */
-export const IPCACHE_NEW = 'l7p_ipcache_new'
-/** The kernel's ipcache key and value sizes (l7p.h). */
-const IPCACHE_KEY_SIZE = 8
-const IPCACHE_VALUE_SIZE = 8
-/** BPF_F_NO_PREALLOC, as warden.bpf.c declares every LPM trie. */
-const BPF_F_NO_PREALLOC = 1
 export const PROGS = ['from_workload', 'to_workload'] as const
 
 /** tc filter priority and handle of warden's filters (one per hook per interface). */
@@ -93,53 +87,6 @@ export async function ensureBpffs (dir: string): Promise<void> {
 
 export function pinsComplete (bpffs: string): boolean {
   return MAP_NAMES.every((m) => existsSync(mapPath(bpffs, m))) && PROGS.every((p) => existsSync(progPath(bpffs, p)))
-}
-
-/** max_entries of a pinned map. */
-export async function pinnedMaxEntries (pin: string): Promise<number> {
-  const info = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as { max_entries?: number }
-  if (!Number.isInteger(info.max_entries)) throw new DatapathError('WARDEN_ERR_BPF_PIN', `${pin}: bpftool reports no max_entries`, { pin })
-  return info.max_entries as number
-}
-
-async function createIpcache (pin: string, maxEntries: number): Promise<void> {
-  await run('bpftool', ['map', 'create', pin, 'type', 'lpm_trie', 'key', String(IPCACHE_KEY_SIZE),
-    'value', String(IPCACHE_VALUE_SIZE), 'entries', String(maxEntries), 'name', 'l7p_ipcache', 'flags', String(BPF_F_NO_PREALLOC)])
-}
-
-/**
- * Make sure an ipcache of `maxEntries` is pinned for the next load. Returns the pin the load
- * must use: `l7p_ipcache` itself when it is absent (created at that size) or has that size;
- * otherwise (an older build's size, or the flag changed) a new map at `l7p_ipcache_new` holding
- * a copy of every entry of the pinned one. The programs attached meanwhile keep reading the old
- * map, which nobody writes while the agent starts, so the copy is exact; the pin is swapped
- * (promoteIpcache) only once the filters run programs that use the new map: at no moment does
- * an attached program see a missing or empty ipcache (every source would be `world`).
- * Throws WARDEN_ERR_IPCACHE_SIZE, changing nothing, when the entries to keep do not fit.
- */
-export async function prepareIpcache (bpffs: string, maxEntries: number, copy: (from: string, to: string, max: number) => number): Promise<string> {
-  const pin = mapPath(bpffs, 'l7p_ipcache')
-  const next = join(bpffs, IPCACHE_NEW)
-  rmSync(next, { force: true }) // an interrupted resize: start it again from the live map
-  if (!existsSync(pin)) {
-    await createIpcache(pin, maxEntries)
-    return pin
-  }
-  if (await pinnedMaxEntries(pin) === maxEntries) return pin
-  await createIpcache(next, maxEntries)
-  try {
-    copy(pin, next, maxEntries)
-  } catch (err) {
-    rmSync(next, { force: true })
-    throw err
-  }
-  return next
-}
-
-/** Swap the resized ipcache's pin in (after the filters point at programs that use it). */
-export function promoteIpcache (bpffs: string): void {
-  const next = join(bpffs, IPCACHE_NEW)
-  if (existsSync(next)) renameSync(next, mapPath(bpffs, 'l7p_ipcache'))
 }
 
 /**
