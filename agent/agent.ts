@@ -328,6 +328,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       closers.push(async () => await closeServer(srv))
     }
     if (opts.apiSocket !== undefined) {
+      const clusterStore = cluster
       const sources: ReportSources = {
         version: agentVersion(),
         startedAt,
@@ -339,7 +340,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         auditAll: opts.policyAuditMode === true,
         metrics,
         fqdnCache: () => dns.cache(),
-        ring
+        ring,
+        ...(clusterStore === undefined ? {} : { cluster: () => clusterStore.status() })
       }
       const api = await serveApi(opts.apiSocket, sources, (err) => log.error({ err }, 'local API request failed'))
       closers.push(async () => await api.close())

@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
 import { ClusterIdentityAllocator, type HeldEntry } from './allocator.js'
-import { Connection } from './connection.js'
+import { Connection, type ConnectionHealth } from './connection.js'
 import { ClusterError, ERR } from './errors.js'
 import {
   formatIpcacheValue, formatNodeValue, ID_PREFIX, IPCACHE_PREFIX, ipcacheKey, nodeKey, nodesPrefix, parseIdKey,
@@ -59,6 +59,17 @@ export interface ClusterOptions {
   /** Other nodes' ipcache entries (pods and node addresses) kept at most (default DEFAULT_MAX_REMOTE_ENTRIES). */
   maxRemoteEntries?: number
   logger: Logger
+}
+
+export interface ClusterStatus extends ConnectionHealth {
+  node: string
+  cluster: string
+  kvstore: string[]
+  identities: number
+  remoteEndpoints: number
+  remoteNodes: number
+  remoteEntriesDropped: number
+  outages: number
 }
 
 /**
@@ -237,6 +248,21 @@ export class ClusterStore {
       this.stats.remoteNodes = this.remoteNodes.size
     }
     this.remote = { identities, ipcache }
+  }
+
+  /** What `warden status` shows of the cluster store. */
+  status (): ClusterStatus {
+    return {
+      node: this.opts.nodeName,
+      cluster: this.opts.clusterName,
+      kvstore: this.opts.urls,
+      ...this.conn.health(),
+      identities: this.allocator.known().size,
+      remoteEndpoints: this.stats.remoteEndpoints,
+      remoteNodes: this.stats.remoteNodes,
+      remoteEntriesDropped: this.stats.remoteEntriesDropped,
+      outages: this.conn.stats.outages
+    }
   }
 
   metrics (): Record<string, number> {

@@ -65,6 +65,14 @@ export interface SessionHook {
   onDown?: () => void
 }
 
+export interface ConnectionHealth {
+  state: ConnectionState
+  /** Seconds since the connection was lost (0 while connected). */
+  downSeconds: number
+  /** While down: the error of the last attempt. */
+  lastError: { message: string, code: string | undefined } | null
+}
+
 export interface ConnectionStats { connected: number, outages: number, sessions: number, republishedKeys: number, keyWrites: number }
 
 export class Connection {
@@ -80,6 +88,8 @@ export class Connection {
   /** The lease of the last session that got connected. */
   private lastLease: string | null = null
   private downSince = 0
+  /** Why the last session ended or could not start (for `warden status`). */
+  private lastError: { message: string, code: string | undefined } | null = null
   private readonly waiters: (() => void)[] = []
   readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0 }
   private readonly log: Logger
@@ -99,6 +109,16 @@ export class Connection {
   }
 
   get current (): ConnectionState { return this.state }
+
+  /** The state with how long it has been down and why: what `warden status` shows. */
+  health (now = Date.now()): ConnectionHealth {
+    const down = this.state === 'down'
+    return {
+      state: this.state,
+      downSeconds: down ? Math.round((now - this.downSince) / 1000) : 0,
+      lastError: down ? this.lastError : null
+    }
+  }
   /** The live session, or null while not connected. */
   get live (): Session | null { return this.state === 'connected' ? this.session : null }
 
@@ -240,6 +260,7 @@ export class Connection {
   }
 
   private goDown (err: Error): void {
+    this.lastError = { message: err.message, code: (err as ClusterError).code }
     if (this.state !== 'down') {
       this.downSince = Date.now()
       this.stats.outages++
