@@ -39,6 +39,23 @@ t.test('the backend sees each client, and a session carries one client address',
   t.equal(px.proxy.metrics().h2_upstream_sessions, 2)
 })
 
+t.test('two identities behind one kept address get a session each', { skip: root ? false : 'needs root' }, async (t) => {
+  // Should not happen (an address has one identity), but if it does, a session must not carry
+  // the streams of an identity the policy did not judge for it.
+  const be = await peerBackend(t)
+  const px = await startProxy(t, be.port, await billingSnapshot(), {}, { upstreamSource: () => '127.0.0.9' })
+  const seen: string[] = []
+  for (const [from, path] of [[ADDR.MONITORING, '/healthz'], [ADDR.AUDITING, '/api/v1/invoices/7'], [ADDR.MONITORING, '/healthz']]) {
+    const r = await h2Request(h2Client(t, px.port, from), { ':method': 'GET', ':path': path })
+    t.equal(r.status, 200, `a stream from ${from}`)
+    seen.push(r.body.toString())
+  }
+  const [m1, a1, m2] = seen.map((s) => s.split(':'))
+  t.same([m1[0], a1[0], m2[0]], ['127.0.0.9', '127.0.0.9', '127.0.0.9'], 'all from the kept address')
+  t.not(a1[1], m1[1], 'the second identity did not get the first one\'s session')
+  t.equal(m2[1], m1[1], 'the first identity\'s next client did')
+})
+
 t.test('a source address that cannot be bound: 503, not the proxy\'s own address', async (t) => {
   const be = await peerBackend(t)
   const px = await startProxy(t, be.port, await billingSnapshot(), {}, { upstreamSource: () => '300.0.0.1' })
