@@ -43,6 +43,7 @@ Options:
   --h2-idle-timeout SEC   an HTTP/2 connection with no stream gets GOAWAY (default 60)
   --h2-max-resets-per-second N  streams a client may reset per second before GOAWAY (default 200)
   --h2-max-settings-per-second N  SETTINGS frames a client may send per second (default 100)
+  --h2-max-upstream-sessions N  HTTP/2 sessions to backends open at once, per proxy worker (default 1024)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
@@ -135,6 +136,7 @@ export const command: Command = {
     'h2-idle-timeout': { type: 'string' },
     'h2-max-resets-per-second': { type: 'string' },
     'h2-max-settings-per-second': { type: 'string' },
+    'h2-max-upstream-sessions': { type: 'string' },
     metrics: { type: 'string' },
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
@@ -190,7 +192,8 @@ export const command: Command = {
           h2StreamIdleTimeoutMs: int(v['h2-stream-idle-timeout'], 'h2-stream-idle-timeout', 300, 86400, 1) * 1000,
           h2IdleTimeoutMs: int(v['h2-idle-timeout'], 'h2-idle-timeout', 60, 86400, 1) * 1000,
           h2MaxResetsPerSecond: int(v['h2-max-resets-per-second'], 'h2-max-resets-per-second', 200, 0xffffffff, 1),
-          h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1)
+          h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1),
+          h2MaxUpstreamSessions: int(v['h2-max-upstream-sessions'], 'h2-max-upstream-sessions', 1024, 1_000_000, 1)
         },
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
