@@ -1,7 +1,7 @@
 import { availableParallelism, hostname } from 'node:os'
 import type { AgentClusterOptions } from '../agent/agent.js'
 import { DEFAULT_LEASE_TTL_SECONDS } from '../cluster/src/cluster.js'
-import { parseKvstoreUrls } from '../cluster/src/kv.js'
+import { resolveKvstoreTarget } from '../cluster/src/etcd-config.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
@@ -58,7 +58,10 @@ Options:
                           let through and reported with the verdict audit
 
 Cluster mode (docs/cluster.md):
-  --kvstore URLS          join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP)
+  --kvstore URLS|etcd     join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP),
+                          etcds://HOST:PORT (TLS), or etcd: the endpoints of the etcd.config file
+  --kvstore-opt etcd.config=FILE  etcd's client configuration (Cilium's): endpoints, trusted-ca-file,
+                          cert-file, key-file, username, password
   --node-name NAME        this node's name in the cluster (default: the host name)
   --node-ip IPV4          this node's address (default: the first IPv4 address of the first --uplink)
   --pod-cidr CIDR         this node's pod CIDR, published in its node record
@@ -92,13 +95,13 @@ const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
 
 /** The cluster flags; undefined without --kvstore (then none of them may be given). */
 function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | undefined {
-  const flags = ['node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
+  const flags = ['kvstore-opt', 'node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
   if (v.kvstore === undefined) {
     const given = flags.filter((f) => v[f] !== undefined)
     if (given.length > 0) throw new Error(`--${given[0]} needs --kvstore`)
     return undefined
   }
-  const urls = parseKvstoreUrls(String(v.kvstore))
+  const target = resolveKvstoreTarget(String(v.kvstore), (v['kvstore-opt'] as string[] | undefined) ?? [])
   const nodeName = (v['node-name'] as string | undefined) ?? hostname()
   const clusterName = (v['cluster-name'] as string | undefined) ?? 'default'
   for (const [flag, name] of [['node-name', nodeName], ['cluster-name', clusterName]]) {
@@ -108,7 +111,18 @@ function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | unde
   if (nodeIP !== undefined && !/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(nodeIP)) throw new Error(`--node-ip must be an IPv4 address, got "${nodeIP}"`)
   const podCidr = v['pod-cidr'] as string | undefined
   if (podCidr !== undefined && !/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\/\d{1,2}$/.test(podCidr)) throw new Error(`--pod-cidr must be an IPv4 prefix, got "${podCidr}"`)
-  return { urls, nodeName, nodeIP, podCidr, clusterName, leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2) }
+  return {
+    urls: target.urls,
+    tls: target.tls,
+    auth: target.auth,
+    configFile: target.configFile,
+    configWarnings: target.warnings,
+    nodeName,
+    nodeIP,
+    podCidr,
+    clusterName,
+    leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2)
+  }
 }
 
 export const command: Command = {
@@ -147,6 +161,7 @@ export const command: Command = {
     'observe-buffer': { type: 'string' },
     'policy-audit-mode': { type: 'boolean' },
     kvstore: { type: 'string' },
+    'kvstore-opt': { type: 'string', multiple: true },
     'node-name': { type: 'string' },
     'node-ip': { type: 'string' },
     'pod-cidr': { type: 'string' },
