@@ -7,7 +7,7 @@
  * the reason: that is not an outage, and the operator must be told which it is.
  */
 import {
-  Etcd3, EtcdAuthenticationFailedError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError, EtcdUserNotFoundError,
+  Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError,
   type IKeyValue, type IResponseHeader, type Watcher
 } from 'etcd3'
 import { noop } from 'cockatiel'
@@ -32,12 +32,16 @@ function header (h: IResponseHeader): { revision: number, clusterId: string } {
   return { revision: Number(h.revision), clusterId: String(h.cluster_id) }
 }
 
-/** Why etcd refused this agent's credentials; null when the error is not about them. */
+/**
+ * Why etcd refused this agent's credentials; null when the error is not about them. An invalid
+ * auth token is not among them: etcd forgets tokens when it restarts and expires idle ones, the
+ * client authenticates again for a unary call, and a stream that fails with it ends the session
+ * like any outage (the next session authenticates afresh).
+ */
 export function authFailure (err: unknown): { reason: string, detail: string } | null {
   const msg = (err as Error)?.message ?? ''
   if (err instanceof EtcdAuthenticationFailedError || err instanceof EtcdUserNotFoundError) return { reason: 'authentication-failed', detail: 'etcd refused the user name or password (etcd.config: username, password)' }
   if (err instanceof EtcdPermissionDeniedError) return { reason: 'permission-denied', detail: 'the etcd user may not read or write cilium/state/ (grant its role readwrite on that prefix)' }
-  if (err instanceof EtcdInvalidAuthTokenError) return { reason: 'token-invalid', detail: 'etcd no longer knows the session\'s auth token (etcd restarted or the token expired): a new session authenticates again' }
   if (msg.includes('authentication is not enabled')) return { reason: 'auth-not-enabled', detail: 'a user name and password are configured but etcd has authentication disabled' }
   if (msg.includes('user name is empty')) return { reason: 'credentials-required', detail: 'etcd has authentication enabled and no user was given (etcd.config: username, password, or a client certificate whose CN is an etcd user)' }
   return null

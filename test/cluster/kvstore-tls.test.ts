@@ -102,6 +102,14 @@ t.test('TLS, client certificate and password: agents share identities and the ip
   t.strictSame(b.current().identities.get(webId), WEB, 'and the identity\'s labels')
   t.equal(entry(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'A\'s address is remote-node on B')
 
+  // etcd restarted: it forgot every auth token; each new session authenticates again.
+  await e.etcd.stop()
+  t.ok(await until(() => a.metrics().connected === 0 && b.metrics().connected === 0), 'both see the outage')
+  a.publishEndpoints([ep('web-1', '10.42.1.10', webId, 1), ep('web-2', '10.42.1.11', webId, 2)])
+  await e.etcd.start()
+  t.ok(await until(() => entry(b.current(), '10.42.1.11/32') === webId), 'after the restart B gets the change made during the outage')
+  t.equal(a.metrics().authFailures + b.metrics().authFailures, 0, 'no authentication failure on the way')
+
   // Each broken configuration: the store opens (from its persisted state), is not connected,
   // logs the reason once with its code, and keeps retrying.
   const cases = [
