@@ -34,6 +34,8 @@ export interface EtcdOptions {
   tls?: EtcdTls
   /** Enable authentication with these users (set up when the data directory is new). */
   auth?: EtcdAuth
+  /** More etcd flags (tests: e.g. a short `--auth-token-ttl`). */
+  extraArgs?: string[]
 }
 
 export interface EtcdTls {
@@ -114,7 +116,7 @@ export class EtcdProcess {
     // etcd keeps its users in its data: a new data directory is set up again
     const fresh = !existsSync(join(dataDir, 'member'))
     await mkdir(dataDir, { recursive: true, mode: 0o700 })
-    const args = etcdArgs({ name, dataDir, host, clientPort, peerPort, tls: this.opts.tls })
+    const args = [...etcdArgs({ name, dataDir, host, clientPort, peerPort, tls: this.opts.tls }), ...(this.opts.extraArgs ?? [])]
     if (this.opts.logFile !== undefined) args.push('--log-outputs', this.opts.logFile)
     const [cmd, argv] = netns === undefined ? ['etcd', args] : ['ip', ['netns', 'exec', netns, 'etcd', ...args]]
     const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] })

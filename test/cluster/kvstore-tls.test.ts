@@ -149,3 +149,22 @@ t.test('TLS, client certificate and password: agents share identities and the ip
 
   t.notOk(logA.raw().includes(PASSWORD) || logB.raw().includes(PASSWORD), 'the password is in none of the agents\' log lines')
 })
+
+t.test('an auth token etcd expired within a session: the next call authenticates again, the session goes on', async (t) => {
+  // etcd's simple tokens live --auth-token-ttl seconds after their last use
+  const e = await startTlsEtcd(t, 23846, { rootPassword: ROOT_PASSWORD, user: 'warden', password: PASSWORD }, ['--auth-token-ttl', '1'])
+  const logA = capture()
+  const a = await agent(t, await goodConfig(e), 'node-a', '192.0.2.1', logA.logger)
+  const b = await agent(t, await goodConfig(e), 'node-b', '192.0.2.2', capture().logger)
+  t.ok(await a.conn.waitConnected(10000) && await b.conn.waitConnected(10000), 'both connected')
+  await a.allocator.prepare([WEB], Date.now())
+  const webId = a.allocator.acquireIdentity(WEB, Date.now())
+  a.publishEndpoints([ep('web-1', '10.42.1.10', webId, 1)])
+  t.ok(await until(() => entry(b.current(), '10.42.1.10/32') === webId), 'B has A\'s pod')
+  const sessions = a.metrics().sessions
+  await new Promise((resolve) => setTimeout(resolve, 2500)) // A's token expires: A makes no call that uses it
+  a.publishEndpoints([ep('web-1', '10.42.1.10', webId, 1), ep('web-2', '10.42.1.11', webId, 2)])
+  t.ok(await until(() => entry(b.current(), '10.42.1.11/32') === webId), 'A\'s write after the expiry reaches B')
+  t.equal(a.metrics().sessions, sessions, 'in the same session (the client took a new token)')
+  t.equal(a.metrics().authFailures, 0, 'no authentication failure')
+})

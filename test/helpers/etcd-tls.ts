@@ -3,7 +3,8 @@
  * authentication enabled, for a test: certificates made at test time (lab/pki.ts, openssl) in a
  * temp directory, its own ports (pairs in 23840-23848, one pair per test file), and the
  * process, certificates and data removed in teardown even when the test fails.
- * Taken: 23840 test/cluster/kvstore-tls, 23842 test/e2e/cluster-tls-agent.
+ * Taken: 23840 and 23846 test/cluster/kvstore-tls, 23842 test/e2e/cluster-tls-agent (23844 is
+ * test/e2e/cluster-tls-lab's lab etcd).
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -25,7 +26,7 @@ export interface TlsEtcd {
 }
 
 /** `clientPort` even, in 23840..23848; the peer port is the next one. */
-export async function startTlsEtcd (t: Teardown, clientPort: number, auth?: EtcdAuth): Promise<TlsEtcd> {
+export async function startTlsEtcd (t: Teardown, clientPort: number, auth?: EtcdAuth, extraArgs?: string[]): Promise<TlsEtcd> {
   if (clientPort < 23840 || clientPort > 23848 || clientPort % 2 !== 0) throw new Error(`TLS etcd test port ${clientPort} is not one of this project's (23840..23848, even)`)
   const dir = await mkdtemp(join(tmpdir(), 'wdt-etcd-'))
   t.teardown(async () => await rm(dir, { recursive: true, force: true }))
@@ -37,7 +38,8 @@ export async function startTlsEtcd (t: Teardown, clientPort: number, auth?: Etcd
     clientPort,
     peerPort: clientPort + 1,
     tls: { certFile: pki.server.cert, keyFile: pki.server.key, trustedCaFile: pki.ca.cert, clientCertFile: pki.client.cert, clientKeyFile: pki.client.key },
-    auth
+    auth,
+    extraArgs
   })
   t.teardown(async () => await etcd.stop())
   await etcd.start()
