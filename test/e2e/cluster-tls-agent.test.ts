@@ -18,6 +18,7 @@ import { resolveKvstoreTarget, loadTlsMaterial } from '../../cluster/src/etcd-co
 import { formatIpcacheValue, formatNodeValue, ipcacheKey, nodeKey, parseIpcacheValue } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED } from '../../policy-store/src/index.js'
+import { runCli } from '../helpers/cli.js'
 import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
 
 const PASSWORD = 'wdtk-agent-Pa55word'
@@ -119,6 +120,9 @@ t.test('an agent on a TLS etcd with a client certificate and a password', { skip
     t.equal(await metric('warden_kvstore_connected'), 0, `${c.name}: not connected`)
     t.equal(ipcache.lookupIdentity('198.19.233.5'), checkout, `${c.name}: the remote pod it persisted stays enforced`)
     t.equal(await charge(s), '404', `${c.name}: policy still enforced`)
+    const st = await runCli(['status', '--json', '--api-socket', s.apiSocket])
+    t.equal(st.code, 1, `${c.name}: warden status reports the node degraded`)
+    t.equal((JSON.parse(st.out) as { cluster?: { lastError?: { code?: string } } }).cluster?.lastError?.code, c.code, `${c.name}: and why`)
     if (c.fix !== undefined) {
       await c.fix()
       t.equal(await until(async () => await metric('warden_kvstore_connected'), (v) => v === 1), 1, `${c.name}: fixed in etcd, the retrying agent connects`)
