@@ -4,18 +4,21 @@
  * configured through Cilium's etcd.config file share identities and the ipcache; a wrong CA, a
  * missing client certificate and a wrong password each keep the agent running on its persisted
  * state, fail with their own error code and a log line naming the reason, and are retried until
- * fixed; the password is in no log line. Needs `etcd`, `etcdctl` and `openssl` (scripts/setup.sh).
+ * fixed; the password is in no log line; the TLS probe against a plain server and a closed port.
+ * Needs `etcd`, `etcdctl` and `openssl` (scripts/setup.sh).
  */
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
 import { copyFile, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createServer, type AddressInfo } from 'node:net'
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import { MemoryIdentityAllocator, RESERVED, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
 import { ClusterStore } from '../../cluster/src/cluster.js'
 import { resolveKvstoreTarget } from '../../cluster/src/etcd-config.js'
+import { probeTls } from '../../cluster/src/tls-probe.js'
 import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
 
 const PASSWORD = 'wdt-s3cret-Pa55word'
@@ -167,4 +170,15 @@ t.test('an auth token etcd expired within a session: the next call authenticates
   t.ok(await until(() => entry(b.current(), '10.42.1.11/32') === webId), 'A\'s write after the expiry reaches B')
   t.equal(a.metrics().sessions, sessions, 'in the same session (the client took a new token)')
   t.equal(a.metrics().authFailures, 0, 'no authentication failure')
+})
+
+t.test('the TLS probe tells a plain server and a closed port from a handshake failure', async (t) => {
+  const plain = createServer((sock) => { sock.on('data', () => sock.end('HTTP/1.1 400 Bad Request\r\n\r\n')) })
+  await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => plain.close())
+  const port = (plain.address() as AddressInfo).port
+  t.equal((await probeTls(`https://127.0.0.1:${port}`, {}, 2000))?.reason, 'not-tls', 'a server that answers in clear: not-tls')
+  plain.close()
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(await probeTls(`https://127.0.0.1:${port}`, {}, 2000), null, 'nothing listening: not a TLS failure (the outage it is)')
 })
