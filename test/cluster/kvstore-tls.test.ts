@@ -8,7 +8,6 @@
  * Needs `etcd`, `etcdctl` and `openssl` (scripts/setup.sh).
  */
 import t, { type Test } from 'tap'
-import { execFile } from 'node:child_process'
 import { copyFile, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -37,15 +36,6 @@ function capture (): { logger: Logger, lines: () => Array<Record<string, unknown
   }
 }
 
-/** etcdctl as root, with the client certificate; `input` on its stdin. */
-async function etcdctl (e: TlsEtcd, args: string[], input = ''): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const p = execFile('etcdctl', ['--endpoints', e.etcd.url, '--cacert', e.pki.ca.cert, '--cert', e.pki.client.cert, '--key', e.pki.client.key, ...args],
-      { env: { ...process.env, ETCDCTL_API: '3', ETCDCTL_USER: `root:${ROOT_PASSWORD}` }, timeout: 15000 },
-      (err, _out, stderr) => { if (err !== null) reject(new Error(`etcdctl ${args.join(' ')}: ${stderr}`)); else resolve() })
-    p.stdin?.end(input)
-  })
-}
 
 async function tempDir (t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'wdt-cluster-'))
@@ -144,7 +134,7 @@ t.test('TLS, client certificate and password: agents share identities and the ip
     const x = await agent(t, await goodConfig(e, 'later.config', { password: 'the-new-password' }), 'node-d', '192.0.2.4', log.logger)
     t.ok(await until(() => x.metrics().authFailures >= 1), 'refused first')
     // the operator changes the user's password to the one the agent has
-    await etcdctl(e, ['user', 'passwd', 'warden', '--interactive=false'], 'the-new-password\n')
+    await e.etcdctl(['user', 'passwd', 'warden', '--interactive=false'], 'the-new-password\n')
     t.ok(await x.conn.waitConnected(10000), 'connected at a retry, without a restart')
     t.ok(log.lines().some((l) => l.msg === 'kvstore reconnected: state relisted, keys republished'), 'and says so')
     t.notOk(log.raw().includes('the-new-password'), 'the new password is in no log line either')

@@ -7,7 +7,6 @@
 // Own lab names: netns/interfaces wdtk-, subnet 198.19.224.0/24 (node address 198.19.232.1),
 // bpffs wdtk-agent, table 3000, ports 17900-17902, etcd 23842.
 import t from 'tap'
-import { execFile } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { get } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -19,7 +18,7 @@ import { formatIpcacheValue, formatNodeValue, ipcacheKey, nodeKey, parseIpcacheV
 import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED } from '../../policy-store/src/index.js'
 import { runCli } from '../helpers/cli.js'
-import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
+import { startTlsEtcd } from '../helpers/etcd-tls.js'
 
 const PASSWORD = 'wdtk-agent-Pa55word'
 const ROOT_PASSWORD = 'wdtk-root-Pa55word'
@@ -64,14 +63,6 @@ function lines (s: DemoSession, from: number): Array<Record<string, unknown>> {
   return s.agentLog().slice(from).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
 }
 
-async function etcdctl (e: TlsEtcd, args: string[], input: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const p = execFile('etcdctl', ['--endpoints', e.etcd.url, '--cacert', e.pki.ca.cert, '--cert', e.pki.client.cert, '--key', e.pki.client.key, ...args],
-      { env: { ...process.env, ETCDCTL_API: '3', ETCDCTL_USER: `root:${ROOT_PASSWORD}` }, timeout: 15000 },
-      (err, _out, stderr) => { if (err !== null) reject(new Error(`etcdctl ${args.join(' ')}: ${stderr}`)); else resolve() })
-    p.stdin?.end(input)
-  })
-}
 
 t.test('an agent on a TLS etcd with a client certificate and a password', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {
   const e = await startTlsEtcd(t, 23842, { rootPassword: ROOT_PASSWORD, user: 'warden', password: PASSWORD })
@@ -104,7 +95,7 @@ t.test('an agent on a TLS etcd with a client certificate and a password', { skip
   // Each broken configuration: the agent restarts from its persisted state, keeps enforcing,
   // says why with its code, retries; fixing etcd's side connects it without a restart.
   const cases = [
-    { name: 'a wrong password', over: { password: WRONG }, code: 'WARDEN_ERR_KVSTORE_AUTH', reason: 'authentication-failed', counter: 'warden_kvstore_auth_failures_total', fix: async () => await etcdctl(e, ['user', 'passwd', 'warden', '--interactive=false'], WRONG + '\n') },
+    { name: 'a wrong password', over: { password: WRONG }, code: 'WARDEN_ERR_KVSTORE_AUTH', reason: 'authentication-failed', counter: 'warden_kvstore_auth_failures_total', fix: async () => await e.etcdctl(['user', 'passwd', 'warden', '--interactive=false'], WRONG + '\n') },
     { name: 'a wrong CA', over: { password: WRONG, 'trusted-ca-file': e.otherCa.cert }, code: 'WARDEN_ERR_KVSTORE_TLS', reason: 'server-certificate-untrusted', counter: 'warden_kvstore_tls_failures_total', fix: undefined }
   ]
   for (const c of cases) {

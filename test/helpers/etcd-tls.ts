@@ -6,6 +6,7 @@
  * Taken: 23840 and 23846 test/cluster/kvstore-tls, 23842 test/e2e/cluster-tls-agent (23844 is
  * test/e2e/cluster-tls-lab's lab etcd).
  */
+import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,6 +24,8 @@ export interface TlsEtcd {
   dir: string
   /** Write an etcd client configuration file (Cilium's etcd.config format) into the temp dir. */
   writeConfig: (name: string, cfg: Record<string, unknown>) => Promise<string>
+  /** etcdctl with the client certificate (as root with `auth`); `input` goes to its stdin. */
+  etcdctl: (args: string[], input?: string) => Promise<void>
 }
 
 /** `clientPort` even, in 23840..23848; the peer port is the next one. */
@@ -48,5 +51,14 @@ export async function startTlsEtcd (t: Teardown, clientPort: number, auth?: Etcd
     await writeFile(p, stringify(cfg), { mode: 0o600 })
     return p
   }
-  return { etcd, pki, otherCa, dir, writeConfig }
+  const etcdctl = async (args: string[], input = ''): Promise<void> => {
+    const env: NodeJS.ProcessEnv = { ...process.env, ETCDCTL_API: '3' }
+    if (auth !== undefined) env.ETCDCTL_USER = `root:${auth.rootPassword}`
+    await new Promise<void>((resolve, reject) => {
+      const p = execFile('etcdctl', ['--endpoints', etcd.url, '--cacert', pki.ca.cert, '--cert', pki.client.cert, '--key', pki.client.key, ...args],
+        { env, timeout: 15000 }, (err, _out, stderr) => { if (err !== null) reject(new Error(`etcdctl ${args.join(' ')}: ${stderr}`)); else resolve() })
+      p.stdin?.end(input)
+    })
+  }
+  return { etcd, pki, otherCa, dir, writeConfig, etcdctl }
 }
