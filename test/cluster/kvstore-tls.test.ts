@@ -18,6 +18,7 @@ import { MemoryIdentityAllocator, RESERVED, type Endpoint, type RemoteState } fr
 import { ClusterStore } from '../../cluster/src/cluster.js'
 import { resolveKvstoreTarget } from '../../cluster/src/etcd-config.js'
 import { probeTls } from '../../cluster/src/tls-probe.js'
+import { issue } from '../../lab/pki.js'
 import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
 
 const PASSWORD = 'wdt-s3cret-Pa55word'
@@ -171,4 +172,32 @@ t.test('the TLS probe tells a plain server and a closed port from a handshake fa
   plain.close()
   await new Promise((resolve) => setTimeout(resolve, 50))
   t.equal(await probeTls(`https://127.0.0.1:${port}`, {}, 2000), null, 'nothing listening: not a TLS failure (the outage it is)')
+})
+
+t.test('the client certificate is read again at each reconnect: a rotated one is used, a broken one is reported', async (t) => {
+  const e = await startTlsEtcd(t, 23846)
+  const dir = await tempDir(t)
+  const foreign = await issue(e.pki.dir, e.otherCa, 'foreign', { cn: 'warden' })
+  const cert = join(dir, 'client.crt')
+  const key = join(dir, 'client.key')
+  const install = async (pair: { cert: string, key: string }): Promise<void> => { await copyFile(pair.cert, cert); await copyFile(pair.key, key) }
+  await install(e.pki.client)
+  const log = capture()
+  const a = await agent(t, await e.writeConfig('rotating.config', { endpoints: [e.etcd.url], 'trusted-ca-file': e.pki.ca.cert, 'cert-file': cert, 'key-file': key }), 'node-a', '192.0.2.1', log.logger)
+  t.ok(await a.conn.waitConnected(10000), 'connected with the first certificate')
+
+  // rotated to a certificate etcd does not trust, then etcd restarts: the reconnect uses the new files
+  await install(foreign)
+  await e.etcd.stop()
+  await e.etcd.start()
+  t.ok(await until(() => a.metrics().tlsFailures >= 1), 'the reconnect presents the rotated certificate')
+  t.equal(lineWith(log.lines(), 'WARDEN_ERR_KVSTORE_TLS')?.reason, 'client-certificate-rejected', 'which etcd refuses, and the log says so')
+
+  // a key file gone mid-rotation: reported as such, retried
+  await rm(key)
+  t.ok(await until(() => lineWith(log.lines(), 'WARDEN_ERR_KVSTORE_CONFIG') !== undefined), 'an unreadable key file is reported')
+  t.match(String(lineWith(log.lines(), 'WARDEN_ERR_KVSTORE_CONFIG')?.err), /key-file: cannot read/, 'naming the key')
+
+  await install(e.pki.client)
+  t.ok(await a.conn.waitConnected(10000), 'the good pair back: connected, without a restart')
 })
