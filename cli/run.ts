@@ -222,7 +222,9 @@ export const command: Command = {
         cluster: clusterOptions(v)
       }
     } catch (err) {
-      throw new UsageError((err as Error).message)
+      // a typed error (an unusable etcd.config, ...) keeps its code in what is printed
+      const e = err as Error & { code?: unknown }
+      throw new UsageError(typeof e.code === 'string' && e.code.startsWith('WARDEN_ERR_') ? `${e.code}: ${e.message}` : e.message)
     }
     const { startAgent } = await import('../agent/agent.js')
     let agent

@@ -105,7 +105,7 @@ t.test('the etcd.config file', async (t) => {
     const f = await file({ endpoints: ['http://h:1'], ...tls })
     const r = await runCli(['run', '--policies', dir, '--endpoints', join(dir, 'e.yaml'), '--kvstore', 'etcd', '--kvstore-opt', `etcd.config=${f}`])
     t.equal(r.code, 2, 'a usage error')
-    t.match(r.err, 'trusted-ca-file is set but the endpoints are plain http')
+    t.match(r.err, `WARDEN_ERR_KVSTORE_CONFIG: ${f}: trusted-ca-file is set but the endpoints are plain http`, 'with the code, the file and the key')
     const r2 = await runCli(['run', '--policies', dir, '--endpoints', join(dir, 'e.yaml'), '--kvstore-opt', `etcd.config=${f}`])
     t.match(r2.err, '--kvstore-opt needs --kvstore')
   })
