@@ -89,8 +89,14 @@ export interface AgentOptions {
 }
 
 export interface AgentClusterOptions {
-  /** etcd client URLs, `http://host:port` (cluster/src/kv.ts parseKvstoreUrls). */
+  /** etcd client URLs, `http(s)://host:port` (cluster/src/etcd-config.ts). */
   urls: string[]
+  /** TLS files and etcd credentials, from `--kvstore-opt etcd.config=FILE`. */
+  tls?: ClusterOptions['tls']
+  auth?: ClusterOptions['auth']
+  configFile?: string
+  /** What the etcd configuration reader ignored: logged once at start. */
+  configWarnings?: string[]
   nodeName: string
   /** Default: the first IPv4 address of the first uplink. */
   nodeIP?: string
@@ -159,8 +165,13 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     if (opts.cluster !== undefined) {
       const c = opts.cluster
       const local = await FileIdentityAllocator.open(opts.stateDir, { releaseGraceMs: opts.identityReleaseGraceMs })
+      const kvLog = logger.child({ module: 'kvstore' })
+      for (const w of c.configWarnings ?? []) kvLog.warn({ file: c.configFile }, w)
       cluster = await ClusterStore.open({
         urls: c.urls,
+        tls: c.tls,
+        auth: c.auth,
+        configFile: c.configFile,
         nodeName: c.nodeName,
         nodeIP: c.nodeIP ?? uplinkAddress(opts.uplinks),
         podCidr: c.podCidr,
@@ -173,7 +184,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         probeMs: c.probeMs,
         backoffMaxMs: c.backoffMaxMs,
         maxRemoteEntries: remoteEntriesCap(opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES),
-        logger: logger.child({ module: 'kvstore' })
+        logger: kvLog
       })
       const cs = cluster
       closers.push(async () => await cs.close())
@@ -335,6 +346,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       closers.push(async () => await closeServer(srv))
     }
     if (opts.apiSocket !== undefined) {
+      const clusterStore = cluster
       const sources: ReportSources = {
         version: agentVersion(),
         startedAt,
@@ -346,7 +358,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         auditAll: opts.policyAuditMode === true,
         metrics,
         fqdnCache: () => dns.cache(),
-        ring
+        ring,
+        ...(clusterStore === undefined ? {} : { cluster: () => clusterStore.status() })
       }
       const api = await serveApi(opts.apiSocket, sources, (err) => log.error({ err }, 'local API request failed'))
       closers.push(async () => await api.close())

@@ -75,7 +75,7 @@ async function cluster (action: 'up' | 'down', file: string): Promise<number> {
     console.log(`\nan agent for node ${n.name} (each node's likewise):\n  ip netns exec ${c.nodeNs(spec, n.name)} node bin/warden.js run ` +
       `--policies POLICIES --endpoints ${c.endpointsFile(spec, n.name)} --uplink ul0 ` +
       `--bpffs ${c.bpffsRoot(spec)}/${n.name} --state-dir ${spec.workDir}/${n.name}/state ` +
-      `--kvstore ${c.etcdEndpoint(spec)} --node-name ${n.name}`)
+      `${c.kvstoreArgs(spec).join(' ')} --node-name ${n.name}`)
     return 0
   } catch (err) {
     const e = err as Error & { code?: string }

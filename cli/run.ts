@@ -1,7 +1,7 @@
 import { availableParallelism, hostname } from 'node:os'
 import type { AgentClusterOptions } from '../agent/agent.js'
 import { DEFAULT_LEASE_TTL_SECONDS } from '../cluster/src/cluster.js'
-import { parseKvstoreUrls } from '../cluster/src/kv.js'
+import { resolveKvstoreTarget } from '../cluster/src/etcd-config.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
 import type { Command } from './main.js'
@@ -47,6 +47,7 @@ Options:
   --h2-idle-timeout SEC   an HTTP/2 connection with no stream gets GOAWAY (default 60)
   --h2-max-resets-per-second N  streams a client may reset per second before GOAWAY (default 200)
   --h2-max-settings-per-second N  SETTINGS frames a client may send per second (default 100)
+  --h2-max-upstream-sessions N  HTTP/2 sessions to backends open at once, per proxy worker (default 1024)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
@@ -61,7 +62,10 @@ Options:
                           let through and reported with the verdict audit
 
 Cluster mode (docs/cluster.md):
-  --kvstore URLS          join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP)
+  --kvstore URLS|etcd     join a cluster through etcd: etcd://HOST:PORT[,etcd://HOST2:PORT] (plain HTTP),
+                          etcds://HOST:PORT (TLS), or etcd: the endpoints of the etcd.config file
+  --kvstore-opt etcd.config=FILE  etcd's client configuration (Cilium's): endpoints, trusted-ca-file,
+                          cert-file, key-file, username, password
   --node-name NAME        this node's name in the cluster (default: the host name)
   --node-ip IPV4          this node's address (default: the first IPv4 address of the first --uplink)
   --pod-cidr CIDR         this node's pod CIDR, published in its node record
@@ -95,13 +99,13 @@ const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
 
 /** The cluster flags; undefined without --kvstore (then none of them may be given). */
 function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | undefined {
-  const flags = ['node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
+  const flags = ['kvstore-opt', 'node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
   if (v.kvstore === undefined) {
     const given = flags.filter((f) => v[f] !== undefined)
     if (given.length > 0) throw new Error(`--${given[0]} needs --kvstore`)
     return undefined
   }
-  const urls = parseKvstoreUrls(String(v.kvstore))
+  const target = resolveKvstoreTarget(String(v.kvstore), (v['kvstore-opt'] as string[] | undefined) ?? [])
   const nodeName = (v['node-name'] as string | undefined) ?? hostname()
   const clusterName = (v['cluster-name'] as string | undefined) ?? 'default'
   for (const [flag, name] of [['node-name', nodeName], ['cluster-name', clusterName]]) {
@@ -111,7 +115,18 @@ function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | unde
   if (nodeIP !== undefined && !/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(nodeIP)) throw new Error(`--node-ip must be an IPv4 address, got "${nodeIP}"`)
   const podCidr = v['pod-cidr'] as string | undefined
   if (podCidr !== undefined && !/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\/\d{1,2}$/.test(podCidr)) throw new Error(`--pod-cidr must be an IPv4 prefix, got "${podCidr}"`)
-  return { urls, nodeName, nodeIP, podCidr, clusterName, leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2) }
+  return {
+    urls: target.urls,
+    tls: target.tls,
+    auth: target.auth,
+    configFile: target.configFile,
+    configWarnings: target.warnings,
+    nodeName,
+    nodeIP,
+    podCidr,
+    clusterName,
+    leaseTtlSeconds: int(v['kvstore-lease-ttl'], 'kvstore-lease-ttl', DEFAULT_LEASE_TTL_SECONDS, 0xffffffff, 2)
+  }
 }
 
 export const command: Command = {
@@ -140,6 +155,7 @@ export const command: Command = {
     'h2-idle-timeout': { type: 'string' },
     'h2-max-resets-per-second': { type: 'string' },
     'h2-max-settings-per-second': { type: 'string' },
+    'h2-max-upstream-sessions': { type: 'string' },
     metrics: { type: 'string' },
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
@@ -150,6 +166,7 @@ export const command: Command = {
     'observe-buffer': { type: 'string' },
     'policy-audit-mode': { type: 'boolean' },
     kvstore: { type: 'string' },
+    'kvstore-opt': { type: 'string', multiple: true },
     'node-name': { type: 'string' },
     'node-ip': { type: 'string' },
     'pod-cidr': { type: 'string' },
@@ -196,7 +213,8 @@ export const command: Command = {
           h2StreamIdleTimeoutMs: int(v['h2-stream-idle-timeout'], 'h2-stream-idle-timeout', 300, 86400, 1) * 1000,
           h2IdleTimeoutMs: int(v['h2-idle-timeout'], 'h2-idle-timeout', 60, 86400, 1) * 1000,
           h2MaxResetsPerSecond: int(v['h2-max-resets-per-second'], 'h2-max-resets-per-second', 200, 0xffffffff, 1),
-          h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1)
+          h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1),
+          h2MaxUpstreamSessions: int(v['h2-max-upstream-sessions'], 'h2-max-upstream-sessions', 1024, 1_000_000, 1)
         },
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),
@@ -210,7 +228,9 @@ export const command: Command = {
         cluster: clusterOptions(v)
       }
     } catch (err) {
-      throw new UsageError((err as Error).message)
+      // a typed error (an unusable etcd.config, ...) keeps its code in what is printed
+      const e = err as Error & { code?: unknown }
+      throw new UsageError(typeof e.code === 'string' && e.code.startsWith('WARDEN_ERR_') ? `${e.code}: ${e.message}` : e.message)
     }
     const { startAgent } = await import('../agent/agent.js')
     let agent

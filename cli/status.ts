@@ -3,14 +3,16 @@ import type { Command } from './main.js'
 import { API_SOCKET_OPTION, getJson, socketOf } from './api-client.js'
 import { apiCommand } from './api-command.js'
 import { EXIT } from './usage.js'
+import type { ClusterStatus } from '../cluster/src/cluster.js'
 
 const USAGE = `Usage: warden status [--json] [--api-socket PATH]
 
 Asks the running agent (its local API) for its state: version and uptime; the policy version compiled,
 in the kernel and in the proxies; policy files loaded and rejected; endpoints attached and pending;
-identities; kernel map fill; HTTP and DNS proxy summaries; the FQDN cache; audit mode.
-Exit 0 when healthy, 1 when degraded (a rejected file, an endpoint not attached, a proxy worker down)
-or when no agent answers.
+identities; kernel map fill; HTTP and DNS proxy summaries; the FQDN cache; audit mode; in a cluster,
+the kvstore connection and what the other nodes share.
+Exit 0 when healthy, 1 when degraded (a rejected file, an endpoint not attached, a proxy worker down,
+the kvstore unreachable) or when no agent answers.
 
 Options:
   --json              the agent's answer as JSON
@@ -34,6 +36,8 @@ interface Status {
   kernel: { dropped: number, audited: number }
   fqdn: { names: number, ips: number, zombies: number }
   events: { buffered: number, capacity: number, seen: number, followers: number }
+  /** Cluster mode only. */
+  cluster?: ClusterStatus
 }
 
 export function renderStatus (s: Status): string {
@@ -54,6 +58,12 @@ export function renderStatus (s: Status): string {
   out.push(`DNS proxy:    ${s.dns.queries} queries: ${s.dns.allowed} allowed, ${s.dns.refused} refused, ${s.dns.audited} audited, ${s.dns.errors} errors`)
   out.push(`FQDN cache:   ${s.fqdn.names} names, ${s.fqdn.ips} addresses, ${s.fqdn.zombies} zombies`)
   out.push(`Events:       ${s.events.buffered}/${s.events.capacity} buffered, ${s.events.seen} seen, ${s.events.followers} following`)
+  const c = s.cluster
+  if (c !== undefined) {
+    const conn = c.state === 'connected' ? 'connected' : `${c.state.toUpperCase()}${c.state === 'down' ? ` for ${c.downSeconds} s` : ''}${c.lastError !== null ? `: ${c.lastError.message}` : ''}`
+    out.push(`Cluster:      node ${c.node} in ${c.cluster}, kvstore ${c.kvstore.join(',')} ${conn} (${c.outages} outages)`)
+    out.push(`              ${c.identities} identities, ${c.remoteEndpoints} remote endpoints, ${c.remoteNodes} other nodes${c.remoteEntriesDropped > 0 ? `, ${c.remoteEntriesDropped} entries dropped at the limit` : ''}`)
+  }
   return out.join('\n')
 }
 

@@ -30,7 +30,12 @@ export interface ClusterSpec {
   workDir: string
   /** The underlay network (CIDR): every node's `ip` and etcd's address are in it. */
   underlay: string
-  etcd: { ip: string, clientPort: number, peerPort: number }
+  /**
+   * The lab's etcd. With `tls`, it serves clients over TLS only and requires a client certificate
+   * (certificates made at `up`); with `auth` (needs `tls`), authentication is on and the agents
+   * log in as a user with a password. The agents' `--kvstore` flags: kvstoreArgs (cluster.ts).
+   */
+  etcd: { ip: string, clientPort: number, peerPort: number, tls: boolean, auth: boolean }
   /** Nameserver for the workloads' resolv.conf; none: empty. */
   dns?: string
   nodes: ClusterNode[]
@@ -102,8 +107,21 @@ export function parseClusterSpec (text: string, file = 'cluster file'): ClusterS
   const underlay = str(top.underlay, `${file}: underlay`)
   parseCidr(underlay, `${file}: underlay`)
   const e = record(top.etcd, `${file}: etcd`)
-  only(e, ['ip', 'clientPort', 'peerPort'], `${file}: etcd`)
-  const etcd = { ip: str(e.ip, `${file}: etcd.ip`), clientPort: port(e.clientPort, `${file}: etcd.clientPort`), peerPort: port(e.peerPort, `${file}: etcd.peerPort`) }
+  only(e, ['ip', 'clientPort', 'peerPort', 'tls', 'auth'], `${file}: etcd`)
+  const flag = (v: unknown, what: string): boolean => {
+    if (v === undefined) return false
+    if (typeof v !== 'boolean') throw new LabError(`${what} must be true or false`)
+    return v
+  }
+  const etcd = {
+    ip: str(e.ip, `${file}: etcd.ip`),
+    clientPort: port(e.clientPort, `${file}: etcd.clientPort`),
+    peerPort: port(e.peerPort, `${file}: etcd.peerPort`),
+    tls: flag(e.tls, `${file}: etcd.tls`),
+    auth: flag(e.auth, `${file}: etcd.auth`)
+  }
+  // a password only ever travels over TLS (cluster/src/etcd-config.ts refuses it otherwise)
+  if (etcd.auth && !etcd.tls) throw new LabError(`${file}: etcd.auth needs etcd.tls`)
   if (!isIPv4(etcd.ip) || !inCidr(etcd.ip, underlay)) throw new LabError(`${file}: etcd.ip must be an address in the underlay ${underlay}`)
   if (etcd.clientPort === etcd.peerPort) throw new LabError(`${file}: etcd.clientPort and etcd.peerPort must differ`)
   let dns: string | undefined

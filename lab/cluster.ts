@@ -14,21 +14,27 @@
  * The work directory holds each node's endpoints file, etcd's data and log, a bpf filesystem
  * mounted for the agents (`ip netns exec` mounts a /sys of its own, without /sys/fs/bpf, so a
  * pin made there would vanish with the agent), and `lab.json` with etcd's PID: `down` ends
- * exactly that process.
+ * exactly that process. With `etcd.tls` it also holds the certificates (`pki/`) and the agents'
+ * etcd client configuration (`etcd.config`, kvstoreArgs); with `etcd.auth`, the passwords.
  */
 import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { stringify } from 'yaml'
 import { hostsLines, labDown, labLeftovers, labUp, LabError, sh, type LabHost, type LabSpec } from './lab.js'
 import { parseCidr, type ClusterNode, type ClusterSpec } from './cluster-file.js'
+import { etcdArgs, setupEtcdAuth, type EtcdAuth, type EtcdTls } from './etcd.js'
+import { makeEtcdPki } from './pki.js'
 
 export { parseClusterSpec, readClusterSpec, type ClusterEndpoint, type ClusterNode, type ClusterSpec } from './cluster-file.js'
 
 /** What `up` leaves for `down` (and for tests and the demo). */
 export interface ClusterState {
   etcdPid?: number
+  /** The agents' etcd user and password, and root's (`etcd.auth`); the work directory is 0700. */
+  etcdAuth?: EtcdAuth
 }
 
 export function underlayNs (spec: ClusterSpec): string { return `${spec.prefix}ul` }
@@ -44,7 +50,19 @@ export function podNs (spec: ClusterSpec, node: string, pod: string): string { r
 export function endpointsFile (spec: ClusterSpec, node: string): string { return join(spec.workDir, node, 'endpoints.yaml') }
 /** The bpf filesystem the lab mounts for the agents; one directory per node under it. */
 export function bpffsRoot (spec: ClusterSpec): string { return join(spec.workDir, 'bpffs') }
-export function etcdEndpoint (spec: ClusterSpec): string { return `etcd://${spec.etcd.ip}:${spec.etcd.clientPort}` }
+export function etcdEndpoint (spec: ClusterSpec): string { return `${spec.etcd.tls ? 'etcds' : 'etcd'}://${spec.etcd.ip}:${spec.etcd.clientPort}` }
+/** With `etcd.tls`: the agents' etcd client configuration (Cilium's etcd.config format), written at `up`. */
+export function etcdConfigFile (spec: ClusterSpec): string { return join(spec.workDir, 'etcd.config') }
+/** The `warden run` flags that join a node's agent to the lab's etcd. */
+export function kvstoreArgs (spec: ClusterSpec): string[] {
+  return spec.etcd.tls ? ['--kvstore', 'etcd', '--kvstore-opt', `etcd.config=${etcdConfigFile(spec)}`] : ['--kvstore', etcdEndpoint(spec)]
+}
+function pkiDir (spec: ClusterSpec): string { return join(spec.workDir, 'pki') }
+function etcdTls (spec: ClusterSpec): EtcdTls | undefined {
+  if (!spec.etcd.tls) return undefined
+  const d = pkiDir(spec)
+  return { certFile: join(d, 'etcd.crt'), keyFile: join(d, 'etcd.key'), trustedCaFile: join(d, 'etcd-ca.crt'), clientCertFile: join(d, 'client.crt'), clientKeyFile: join(d, 'client.key') }
+}
 function statePath (spec: ClusterSpec): string { return join(spec.workDir, 'lab.json') }
 function etcdDataDir (spec: ClusterSpec): string { return join(spec.workDir, 'etcd') }
 
@@ -77,7 +95,7 @@ function readState (spec: ClusterSpec): ClusterState {
 }
 
 function writeState (spec: ClusterSpec, state: ClusterState): void {
-  writeFileSync(statePath(spec), JSON.stringify(state, null, 2) + '\n')
+  writeFileSync(statePath(spec), JSON.stringify(state, null, 2) + '\n', { mode: 0o600 })
 }
 
 function isMounted (dir: string): boolean {
@@ -147,15 +165,14 @@ async function upExternal (spec: ClusterSpec, x: { name: string, ip: string }): 
 /** Start etcd on the underlay, detached (it outlives `warden lab up`), and wait until it listens. */
 async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void> {
   const ul = underlayNs(spec)
-  const { ip, clientPort, peerPort } = spec.etcd
+  const { ip, clientPort } = spec.etcd
   const name = `${spec.prefix}etcd`
+  // a new data directory gets its users again (etcd keeps them in its data)
+  const fresh = !existsSync(join(etcdDataDir(spec), 'member'))
   mkdirSync(etcdDataDir(spec), { recursive: true, mode: 0o700 })
   const log = openSync(join(spec.workDir, 'etcd.log'), 'a')
-  const args = ['netns', 'exec', ul, 'etcd', '--name', name, '--data-dir', etcdDataDir(spec),
-    '--listen-client-urls', `http://${ip}:${clientPort}`, '--advertise-client-urls', `http://${ip}:${clientPort}`,
-    '--listen-peer-urls', `http://${ip}:${peerPort}`, '--initial-advertise-peer-urls', `http://${ip}:${peerPort}`,
-    '--initial-cluster', `${name}=http://${ip}:${peerPort}`, '--initial-cluster-state', 'new',
-    '--enable-v2=false', '--log-level', 'warn', '--logger', 'zap']
+  const tls = etcdTls(spec)
+  const args = ['netns', 'exec', ul, 'etcd', ...etcdArgs({ name, dataDir: etcdDataDir(spec), host: ip, clientPort, peerPort: spec.etcd.peerPort, tls })]
   // `ip netns exec` execs etcd: the PID is etcd's own
   const child = spawn('ip', args, { stdio: ['ignore', log, log], detached: true })
   closeSync(log)
@@ -166,7 +183,10 @@ async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void>
   const deadline = Date.now() + 15_000
   for (;;) {
     const open = await sh('ip', ['netns', 'exec', ul, 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${clientPort}`]).then(() => true, () => false)
-    if (open) return
+    if (open) {
+      if (fresh && state.etcdAuth !== undefined) await setupEtcdAuth(`https://${ip}:${clientPort}`, state.etcdAuth, tls, ul)
+      return
+    }
     if (!isEtcd(spec, child.pid)) throw new LabError(`etcd exited at start; see ${join(spec.workDir, 'etcd.log')}`)
     if (Date.now() > deadline) throw new LabError(`etcd not listening on ${ip}:${clientPort} after 15 s`)
     await sleep(50)
@@ -207,13 +227,30 @@ export async function restartEtcd (spec: ClusterSpec, empty = false): Promise<vo
   await startEtcd(spec, readState(spec))
 }
 
+/**
+ * A TLS etcd's certificates (`<workDir>/pki`: a CA, etcd's server pair for its address, the
+ * agents' client pair) and the agents' etcd.config; with `etcd.auth`, passwords made here, the
+ * agents' in etcd.config (mode 0600), root's in lab.json, both in the 0700 work directory.
+ */
+async function upEtcdSecurity (spec: ClusterSpec, state: ClusterState): Promise<void> {
+  const pki = await makeEtcdPki(pkiDir(spec), [spec.etcd.ip])
+  const cfg: Record<string, unknown> = { endpoints: [`https://${spec.etcd.ip}:${spec.etcd.clientPort}`], 'trusted-ca-file': pki.ca.cert, 'cert-file': pki.client.cert, 'key-file': pki.client.key }
+  if (spec.etcd.auth) {
+    state.etcdAuth = { rootPassword: randomBytes(18).toString('base64url'), user: 'warden', password: randomBytes(18).toString('base64url') }
+    cfg.username = state.etcdAuth.user
+    cfg.password = state.etcdAuth.password
+    writeState(spec, state)
+  }
+  writeFileSync(etcdConfigFile(spec), stringify(cfg), { mode: 0o600 })
+}
+
 /** Build the cluster lab. On failure everything made so far is removed and the error rethrown. */
 export async function clusterUp (spec: ClusterSpec): Promise<void> {
   const have = await nsList()
   const taken = ownNamespaces(spec).filter((n) => have.has(n))
   if (taken.length > 0) throw new LabError(`namespaces already exist: ${taken.join(', ')} (warden lab down --cluster first)`)
   try {
-    mkdirSync(spec.workDir, { recursive: true })
+    mkdirSync(spec.workDir, { recursive: true, mode: 0o700 })
     const state: ClusterState = {}
     writeState(spec, state)
     const bpffs = bpffsRoot(spec)
@@ -222,6 +259,7 @@ export async function clusterUp (spec: ClusterSpec): Promise<void> {
     await upUnderlay(spec)
     for (const n of spec.nodes) await upNode(spec, n)
     for (const x of spec.external) await upExternal(spec, x)
+    if (spec.etcd.tls) await upEtcdSecurity(spec, state)
     await startEtcd(spec, state)
   } catch (err) {
     await clusterDown(spec)

@@ -5,10 +5,18 @@
  *
  * `stop()` then `start()` keeps the data (an etcd restart); `wipe()` removes the data directory
  * while stopped, so the next `start()` is an etcd restored empty (the agents must republish).
+ *
+ * With `tls`, the client URL is https and etcd requires a client certificate signed by the
+ * trusted CA (`--client-cert-auth`), as a production etcd does; the peer URL stays plain (one
+ * member, on its own address). With `auth`, a fresh data directory gets a `root` user and one
+ * user whose role may read and write `cilium/state/` only, then authentication is enabled
+ * (etcdctl, Debian's `etcd-client`).
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
+import { join } from 'node:path'
 
 export interface EtcdOptions {
   /** Member name (also in the log). */
@@ -22,6 +30,69 @@ export interface EtcdOptions {
   netns?: string
   /** Where etcd's own log goes (default: discarded). */
   logFile?: string
+  /** Serve clients over TLS only, and require a client certificate signed by `trustedCaFile`. */
+  tls?: EtcdTls
+  /** Enable authentication with these users (set up when the data directory is new). */
+  auth?: EtcdAuth
+  /** More etcd flags (tests: e.g. a short `--auth-token-ttl`). */
+  extraArgs?: string[]
+}
+
+export interface EtcdTls {
+  certFile: string
+  keyFile: string
+  trustedCaFile: string
+  /** A client certificate etcdctl uses to set up the users. */
+  clientCertFile: string
+  clientKeyFile: string
+}
+
+export interface EtcdAuth {
+  rootPassword: string
+  /** One user whose role may read and write the prefix `cilium/` (the agents' user). */
+  user: string
+  password: string
+}
+
+/** etcd's flags for one member listening on `host`. */
+export function etcdArgs (o: { name: string, dataDir: string, host: string, clientPort: number, peerPort: number, tls?: EtcdTls }): string[] {
+  const client = `${o.tls === undefined ? 'http' : 'https'}://${o.host}:${o.clientPort}`
+  const args = [
+    '--name', o.name, '--data-dir', o.dataDir,
+    '--listen-client-urls', client, '--advertise-client-urls', client,
+    '--listen-peer-urls', `http://${o.host}:${o.peerPort}`, '--initial-advertise-peer-urls', `http://${o.host}:${o.peerPort}`,
+    '--initial-cluster', `${o.name}=http://${o.host}:${o.peerPort}`, '--initial-cluster-state', 'new',
+    // No v2 API, no metrics listener of its own: nothing listens but the two ports above.
+    '--enable-v2=false', '--log-level', 'warn', '--logger', 'zap'
+  ]
+  if (o.tls !== undefined) args.push('--cert-file', o.tls.certFile, '--key-file', o.tls.keyFile, '--trusted-ca-file', o.tls.trustedCaFile, '--client-cert-auth')
+  return args
+}
+
+/**
+ * Create `root` and the agents' user, then enable authentication, with etcdctl at `url` (inside
+ * `netns` if given). Passwords go on etcdctl's stdin, not its command line.
+ */
+export async function setupEtcdAuth (url: string, auth: EtcdAuth, tls?: EtcdTls, netns?: string): Promise<void> {
+  const base = ['--endpoints', url, '--dial-timeout', '5s']
+  if (tls !== undefined) base.push('--cacert', tls.trustedCaFile, '--cert', tls.clientCertFile, '--key', tls.clientKeyFile)
+  const ctl = async (args: string[], input?: string): Promise<void> => {
+    const [cmd, argv] = netns === undefined ? ['etcdctl', [...base, ...args]] : ['ip', ['netns', 'exec', netns, 'etcdctl', ...base, ...args]]
+    await new Promise<void>((resolve, reject) => {
+      const p = execFile(cmd, argv, { env: { ...process.env, ETCDCTL_API: '3' }, timeout: 15_000 }, (err, _out, stderr) => {
+        if (err !== null) reject(new Error(`etcdctl ${args.slice(0, 2).join(' ')}: ${stderr.trim() || err.message}`))
+        else resolve()
+      })
+      p.stdin?.end(input ?? '')
+    })
+  }
+  await ctl(['user', 'add', 'root', '--interactive=false'], auth.rootPassword + '\n')
+  await ctl(['user', 'grant-role', 'root', 'root'])
+  await ctl(['role', 'add', 'warden-agent'])
+  await ctl(['role', 'grant-permission', 'warden-agent', '--prefix=true', 'readwrite', 'cilium/'])
+  await ctl(['user', 'add', auth.user, '--interactive=false'], auth.password + '\n')
+  await ctl(['user', 'grant-role', auth.user, 'warden-agent'])
+  await ctl(['auth', 'enable'])
 }
 
 export class EtcdProcess {
@@ -30,8 +101,10 @@ export class EtcdProcess {
 
   constructor (readonly opts: EtcdOptions) {}
 
-  /** `http://host:clientPort`, the form `--kvstore etcd://host:port` names. */
+  /** `host:clientPort`, the form `--kvstore etcd://host:port` names. */
   get endpoint (): string { return `${this.opts.host ?? '127.0.0.1'}:${this.opts.clientPort}` }
+  /** The client URL: `https://host:port` with TLS, else `http://host:port`. */
+  get url (): string { return `${this.opts.tls === undefined ? 'http' : 'https'}://${this.endpoint}` }
   get pid (): number | undefined { return this.child?.pid }
   get running (): boolean { return this.child !== null }
 
@@ -40,15 +113,10 @@ export class EtcdProcess {
     if (this.child !== null) return
     const { name, dataDir, clientPort, peerPort, netns } = this.opts
     const host = this.opts.host ?? '127.0.0.1'
+    // etcd keeps its users in its data: a new data directory is set up again
+    const fresh = !existsSync(join(dataDir, 'member'))
     await mkdir(dataDir, { recursive: true, mode: 0o700 })
-    const args = [
-      '--name', name, '--data-dir', dataDir,
-      '--listen-client-urls', `http://${host}:${clientPort}`, '--advertise-client-urls', `http://${host}:${clientPort}`,
-      '--listen-peer-urls', `http://${host}:${peerPort}`, '--initial-advertise-peer-urls', `http://${host}:${peerPort}`,
-      '--initial-cluster', `${name}=http://${host}:${peerPort}`, '--initial-cluster-state', 'new',
-      // No v2 API, no metrics listener of its own: nothing listens but the two ports above.
-      '--enable-v2=false', '--log-level', 'warn', '--logger', 'zap'
-    ]
+    const args = [...etcdArgs({ name, dataDir, host, clientPort, peerPort, tls: this.opts.tls }), ...(this.opts.extraArgs ?? [])]
     if (this.opts.logFile !== undefined) args.push('--log-outputs', this.opts.logFile)
     const [cmd, argv] = netns === undefined ? ['etcd', args] : ['ip', ['netns', 'exec', netns, 'etcd', ...args]]
     const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'] })
@@ -60,7 +128,10 @@ export class EtcdProcess {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       if (this.child !== child) throw new Error(`etcd ${name} exited at start: ${stderr.trim().slice(0, 2000)}`)
-      if (await Promise.race([portOpen(host, clientPort, netns), spawnError])) return
+      if (await Promise.race([portOpen(host, clientPort, netns), spawnError])) {
+        if (fresh && this.opts.auth !== undefined) await setupEtcdAuth(this.url, this.opts.auth, this.opts.tls, netns)
+        return
+      }
       if (Date.now() > deadline) {
         await this.stop()
         throw new Error(`etcd ${name} not listening on ${host}:${clientPort} after ${timeoutMs} ms: ${stderr.trim().slice(0, 2000)}`)

@@ -8,6 +8,7 @@ import { formatPolicyError } from '../../policy-store/src/errors.js'
 import type { DatapathInspection } from '../../redirect-bpf/src/index.js'
 import type { PersistedCache } from '../../proxy/src/dns/cache.js'
 import type { EventRing } from '../observe/ring.js'
+import type { ClusterStatus } from '../../cluster/src/cluster.js'
 
 export interface ReportSources {
   version: string
@@ -24,6 +25,8 @@ export interface ReportSources {
   metrics (): Record<string, number>
   fqdnCache (): PersistedCache['entries']
   ring: EventRing
+  /** Cluster mode only: the cluster store's connection and copies. */
+  cluster?: () => ClusterStatus
 }
 
 const epName = (e: Endpoint): string => `${e.namespace}/${e.name}`
@@ -56,6 +59,11 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
   if (rejected.length > 0) degraded.push(`${rejected.length} policy error(s): the last good version of each rejected file is in force`)
   for (const e of pending) degraded.push(`endpoint ${epName(e)} not attached: interface ${e.interface} not found`)
   if (proxies.running < proxies.total) degraded.push(`${proxies.total - proxies.running} of ${proxies.total} HTTP proxy workers down`)
+  const cluster = s.cluster?.()
+  if (cluster !== undefined && cluster.state !== 'connected') {
+    degraded.push(`kvstore ${cluster.state}${cluster.state === 'down' ? ` for ${cluster.downSeconds} s` : ''}${cluster.lastError !== null ? ` (${cluster.lastError.message})` : ''}: enforcing the cluster state last seen`)
+  }
+  if (cluster !== undefined && cluster.remoteEntriesDropped > 0) degraded.push(`${cluster.remoteEntriesDropped} remote ipcache entries beyond the limit are not enforced by identity`)
   const sum = (...keys: string[]): number => keys.reduce((n, k) => n + (m[k] ?? 0), 0)
   const prefixed = (p: string): string[] => Object.keys(m).filter((k) => k.startsWith(p))
   const audited = snap.endpoints.filter((e) => e.audit === true).map(epName)
@@ -98,7 +106,8 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
       audited: sum('warden_datapath_audit_policy', 'warden_datapath_audit_policy_deny')
     },
     fqdn: { names: m.warden_dns_cachedNames ?? 0, ips: m.warden_dns_cachedIps ?? 0, zombies: m.warden_dns_zombies ?? 0 },
-    events: { buffered: s.ring.size, capacity: s.ring.capacity, seen: s.ring.total, followers: s.ring.followers }
+    events: { buffered: s.ring.size, capacity: s.ring.capacity, seen: s.ring.total, followers: s.ring.followers },
+    ...(cluster === undefined ? {} : { cluster })
   }
 }
 

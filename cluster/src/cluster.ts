@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
 import { ClusterIdentityAllocator, type HeldEntry } from './allocator.js'
-import { Connection } from './connection.js'
+import { Connection, type ConnectionHealth, type ConnectionOptions } from './connection.js'
 import { ClusterError, ERR } from './errors.js'
 import {
   formatIpcacheValue, formatNodeValue, ID_PREFIX, IPCACHE_PREFIX, ipcacheKey, nodeKey, nodesPrefix, parseIdKey,
@@ -53,8 +53,12 @@ const PERSIST_SLICE = 5000
 export const DEFAULT_LEASE_TTL_SECONDS = 15 * 60
 
 export interface ClusterOptions {
-  /** etcd client URLs (`http://host:port`, see parseKvstoreUrls). */
+  /** etcd client URLs (`http(s)://host:port`, see etcd-config.ts). */
   urls: string[]
+  /** TLS files and etcd credentials (etcd-config.ts); the URLs are https with `tls`. */
+  tls?: ConnectionOptions['tls']
+  auth?: ConnectionOptions['auth']
+  configFile?: string
   nodeName: string
   /** This node's IPv4 address: node record, HostIP of its ipcache entries, reference suffix. */
   nodeIP: string
@@ -75,6 +79,17 @@ export interface ClusterOptions {
   /** Other nodes' ipcache entries (pods and node addresses) kept at most (default DEFAULT_MAX_REMOTE_ENTRIES). */
   maxRemoteEntries?: number
   logger: Logger
+}
+
+export interface ClusterStatus extends ConnectionHealth {
+  node: string
+  cluster: string
+  kvstore: string[]
+  identities: number
+  remoteEndpoints: number
+  remoteNodes: number
+  remoteEntriesDropped: number
+  outages: number
 }
 
 /**
@@ -116,6 +131,9 @@ export class ClusterStore {
     this.maxRemote = opts.maxRemoteEntries ?? DEFAULT_MAX_REMOTE_ENTRIES
     this.conn = new Connection({
       urls: opts.urls,
+      tls: opts.tls,
+      auth: opts.auth,
+      configFile: opts.configFile,
       leaseTtlSeconds: opts.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS,
       probeMs: opts.probeMs,
       timeoutMs: opts.timeoutMs,
@@ -273,6 +291,21 @@ export class ClusterStore {
     this.remote = ipcacheChanges === undefined ? { identities, ipcache } : { identities, ipcache, ipcacheChanges }
   }
 
+  /** What `warden status` shows of the cluster store. */
+  status (): ClusterStatus {
+    return {
+      node: this.opts.nodeName,
+      cluster: this.opts.clusterName,
+      kvstore: this.opts.urls,
+      ...this.conn.health(),
+      identities: this.allocator.known().size,
+      remoteEndpoints: this.stats.remoteEndpoints,
+      remoteNodes: this.stats.remoteNodes,
+      remoteEntriesDropped: this.stats.remoteEntriesDropped,
+      outages: this.conn.stats.outages
+    }
+  }
+
   metrics (): Record<string, number> {
     const m = [this.ids, this.ips, this.nodes]
     return {
@@ -281,6 +314,8 @@ export class ClusterStore {
       sessions: this.conn.stats.sessions,
       republishedKeys: this.conn.stats.republishedKeys,
       keyWrites: this.conn.stats.keyWrites,
+      authFailures: this.conn.stats.authFailures,
+      tlsFailures: this.conn.stats.tlsFailures,
       watchEvents: m.reduce((n, x) => n + x.stats.watchEvents, 0),
       relists: m.reduce((n, x) => n + x.stats.relists, 0),
       resumes: m.reduce((n, x) => n + x.stats.resumes, 0),

@@ -16,7 +16,9 @@
  */
 import type { Logger } from 'pino'
 import { ClusterError, ERR } from './errors.js'
+import { loadTlsMaterial, type KvstoreTlsFiles, type KvstoreTlsMaterial, type Secret } from './etcd-config.js'
 import { Kv } from './kv.js'
+import { probeTls } from './tls-probe.js'
 
 /** Cilium's LockLeaseTTL (pkg/defaults): the TTL of the lease locks are taken under. */
 export const LOCK_LEASE_TTL_SECONDS = 25
@@ -25,6 +27,14 @@ export type ConnectionState = 'connecting' | 'connected' | 'down' | 'closed'
 
 export interface ConnectionOptions {
   urls: string[]
+  /**
+   * TLS files (read again at every session start, so a rotated certificate is picked up at the
+   * next reconnect, as Cilium reloads it) and etcd credentials (etcd-config.ts).
+   */
+  tls?: KvstoreTlsFiles
+  auth?: { username: string, password: Secret }
+  /** The etcd.config file the settings came from, named in errors. */
+  configFile?: string
   /** Lease TTL in seconds: this node's keys vanish this long after the agent stops renewing. */
   leaseTtlSeconds: number
   /** Deadline of one etcd call (default 2000 ms). */
@@ -65,7 +75,25 @@ export interface SessionHook {
   onDown?: () => void
 }
 
-export interface ConnectionStats { connected: number, outages: number, sessions: number, republishedKeys: number, keyWrites: number }
+export interface ConnectionHealth {
+  state: ConnectionState
+  /** Seconds since the connection was lost (0 while connected). */
+  downSeconds: number
+  /** While down: the error of the last attempt. */
+  lastError: { message: string, code: string | undefined } | null
+}
+
+export interface ConnectionStats {
+  connected: number
+  outages: number
+  sessions: number
+  republishedKeys: number
+  keyWrites: number
+  /** Session starts etcd refused for the credentials (WARDEN_ERR_KVSTORE_AUTH). */
+  authFailures: number
+  /** Session starts whose TLS handshake failed (WARDEN_ERR_KVSTORE_TLS). */
+  tlsFailures: number
+}
 
 export class Connection {
   private state: ConnectionState = 'connecting'
@@ -80,8 +108,12 @@ export class Connection {
   /** The lease of the last session that got connected. */
   private lastLease: string | null = null
   private downSince = 0
+  /** Why the last session ended or could not start (for `warden status`). */
+  private lastError: { message: string, code: string | undefined } | null = null
   private readonly waiters: (() => void)[] = []
-  readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0 }
+  readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0, authFailures: 0, tlsFailures: 0 }
+  /** The code and reason last logged in this outage: a different cause is logged again. */
+  private downCause = ''
   private readonly log: Logger
   private readonly timeoutMs: number
   private readonly probeMs: number
@@ -99,6 +131,16 @@ export class Connection {
   }
 
   get current (): ConnectionState { return this.state }
+
+  /** The state with how long it has been down and why: what `warden status` shows. */
+  health (now = Date.now()): ConnectionHealth {
+    const down = this.state === 'down'
+    return {
+      state: this.state,
+      downSeconds: down ? Math.round((now - this.downSince) / 1000) : 0,
+      lastError: down ? this.lastError : null
+    }
+  }
   /** The live session, or null while not connected. */
   get live (): Session | null { return this.state === 'connected' ? this.session : null }
 
@@ -168,7 +210,16 @@ export class Connection {
   private attempt (): void {
     if (this.state === 'closed') return
     const seq = ++this.sessionSeq
-    const kv = new Kv(this.opts.urls, this.timeoutMs)
+    let material: KvstoreTlsMaterial | undefined
+    if (this.opts.tls !== undefined) {
+      try {
+        material = loadTlsMaterial(this.opts.tls, this.opts.configFile)
+      } catch (err) {
+        this.goDown(err as Error)
+        return
+      }
+    }
+    const kv = new Kv(this.opts.urls, this.timeoutMs, { tls: material, auth: this.opts.auth })
     void (async () => {
       const probe = await kv.get('cilium/state/')
       // Did etcd keep the previous session's lease? Then its data survived and watches may resume.
@@ -207,12 +258,25 @@ export class Connection {
       for (const [k, v] of this.owned) if (written.get(k) !== v) this.enqueue(async (s) => { if (this.owned.get(k) === v) await s.kv.put(k, v, s.lease) })
       for (const k of written.keys()) if (!this.owned.has(k)) this.enqueue(async (s) => { if (!this.owned.has(k)) await s.kv.delete(k) })
       for (const w of this.waiters.splice(0)) w()
-    })().catch((err: Error) => {
+    })().catch(async (err: Error) => {
       kv.close()
       if (this.superseded(seq)) return
       this.session = null
-      this.goDown(err)
+      this.goDown(await this.explain(err, material))
     })
+  }
+
+  /**
+   * An unreachable TLS endpoint may be a handshake that failed: ask each endpoint why (tls-probe.ts),
+   * so a wrong CA or a refused client certificate is reported as such and not as an outage.
+   */
+  private async explain (err: Error, material: KvstoreTlsMaterial | undefined): Promise<Error> {
+    if (material === undefined || (err as ClusterError).code !== ERR.KVSTORE_UNAVAILABLE) return err
+    // all endpoints at once: an unreachable one costs one deadline, not one each
+    const found = await Promise.all(this.opts.urls.map(async (url) => ({ url, f: await probeTls(url, material, this.timeoutMs).catch(() => null) })))
+    const hit = found.find((x) => x.f !== null)
+    if (hit === undefined || hit.f === null) return err
+    return new ClusterError(ERR.KVSTORE_TLS, `TLS with etcd at ${hit.url} failed (${hit.f.reason}): ${hit.f.detail}`, { endpoint: hit.url, reason: hit.f.reason })
   }
 
   /** A newer attempt started, or the connection closed, since attempt `seq` began. */
@@ -240,12 +304,27 @@ export class Connection {
   }
 
   private goDown (err: Error): void {
+    this.lastError = { message: err.message, code: (err as ClusterError).code }
+    const code = (err as ClusterError).code
+    const reason = (err as ClusterError).context?.reason as string | undefined
+    if (code === ERR.KVSTORE_AUTH) this.stats.authFailures++
+    if (code === ERR.KVSTORE_TLS) this.stats.tlsFailures++
+    const cause = `${code ?? ''}/${reason ?? ''}`
+    const atStart = this.state === 'connecting' && this.stats.sessions === 0
     if (this.state !== 'down') {
       this.downSince = Date.now()
       this.stats.outages++
-      this.log.warn({ kvstore: this.opts.urls.join(','), err: err.message, code: (err as ClusterError).code }, this.state === 'connecting' && this.stats.sessions === 0
-        ? 'kvstore unreachable at start: enforcing the cluster state last persisted, retrying'
-        : 'kvstore unreachable: enforcing what is known, nothing flushed, retrying')
+    }
+    // One line per outage, and one more whenever its cause changes (etcd back but refusing the
+    // credentials is news): never one per retry.
+    if (this.state !== 'down' || cause !== this.downCause) {
+      const fields = { kvstore: this.opts.urls.join(','), err: err.message, code, reason }
+      const enforcing = atStart ? 'enforcing the cluster state last persisted, retrying' : 'enforcing what is known, nothing flushed, retrying'
+      if (code === ERR.KVSTORE_AUTH) this.log.error(fields, `kvstore authentication failed (${reason ?? 'refused'}): ${enforcing}`)
+      else if (code === ERR.KVSTORE_TLS) this.log.error(fields, `kvstore TLS handshake failed (${reason ?? 'failed'}): ${enforcing}`)
+      else if (code === ERR.KVSTORE_CONFIG) this.log.error(fields, `kvstore TLS files unusable: ${enforcing}`)
+      else this.log.warn(fields, atStart ? `kvstore unreachable at start: ${enforcing}` : `kvstore unreachable: ${enforcing}`)
+      this.downCause = cause
     }
     this.state = 'down'
     this.stats.connected = 0

@@ -4,7 +4,19 @@ export const ERR = {
   KVSTORE_FORMAT: 'WARDEN_ERR_KVSTORE_FORMAT',
   /** The kvstore did not answer (unreachable, timed out); the caller retries. */
   KVSTORE_UNAVAILABLE: 'WARDEN_ERR_KVSTORE_UNAVAILABLE',
-  /** A `--kvstore` URL or cluster flag that cannot be used. */
+  /**
+   * etcd refused this agent's credentials (wrong user name or password, a user without
+   * permission on `cilium/state/`, auth not enabled while a password is configured); the
+   * connection retries with backoff, as the operator fixes either side.
+   */
+  KVSTORE_AUTH: 'WARDEN_ERR_KVSTORE_AUTH',
+  /**
+   * The TLS handshake with etcd failed: its certificate is not trusted by `trusted-ca-file`, it
+   * refused (or required) the client certificate, or the endpoint does not speak TLS. Retried
+   * with backoff.
+   */
+  KVSTORE_TLS: 'WARDEN_ERR_KVSTORE_TLS',
+  /** A `--kvstore` URL, option, etcd configuration file or cluster flag that cannot be used. */
   KVSTORE_CONFIG: 'WARDEN_ERR_KVSTORE_CONFIG',
   /** No free identity found in a bounded number of tries (nodes racing); the next compile retries. */
   IDENTITY_CONTENTION: 'WARDEN_ERR_IDENTITY_CONTENTION',

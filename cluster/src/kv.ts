@@ -3,10 +3,18 @@
  * deadline: a call to an unreachable etcd fails within `timeoutMs` (WARDEN_ERR_KVSTORE_UNAVAILABLE)
  * instead of hanging, and the connection's state machine (connection.ts) decides what follows.
  * The client's own retries and circuit breaker are off: one policy, ours, decides on retries.
+ * A call etcd refuses for the agent's credentials fails as WARDEN_ERR_KVSTORE_AUTH instead, with
+ * the reason: that is not an outage, and the operator must be told which it is.
  */
-import { Etcd3, type IKeyValue, type IResponseHeader, type Watcher } from 'etcd3'
+import {
+  Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError,
+  type IKeyValue, type IResponseHeader, type Watcher
+} from 'etcd3'
 import { noop } from 'cockatiel'
 import { ClusterError, ERR } from './errors.js'
+import type { KvstoreTlsMaterial, Secret } from './etcd-config.js'
+
+export { parseKvstoreUrls } from './etcd-config.js'
 
 /** etcd's answer to a read: the keys and the store revision they are at. */
 export interface KvList { kvs: { key: string, value: string, modRevision: number, createRevision: number }[], revision: number, clusterId: string }
@@ -24,23 +32,39 @@ function header (h: IResponseHeader): { revision: number, clusterId: string } {
   return { revision: Number(h.revision), clusterId: String(h.cluster_id) }
 }
 
-/** `etcd://host:port` (or `http://`) -> the client's `http://host:port`. */
-export function parseKvstoreUrls (spec: string): string[] {
-  const urls = spec.split(',').map((s) => s.trim()).filter((s) => s !== '')
-  if (urls.length === 0) throw new ClusterError(ERR.KVSTORE_CONFIG, '--kvstore needs at least one etcd://HOST:PORT', { kvstore: spec })
-  return urls.map((u) => {
-    const m = /^(?:etcd|http):\/\/([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):([0-9]{1,5})\/?$/.exec(u)
-    if (m === null || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new ClusterError(ERR.KVSTORE_CONFIG, `--kvstore: ${JSON.stringify(u)} is not etcd://HOST:PORT (TLS is not supported)`, { kvstore: u })
-    return `http://${m[1]}:${m[2]}`
-  })
+/**
+ * Why etcd refused this agent's credentials; null when the error is not about them. An invalid
+ * auth token is not among them: etcd forgets tokens when it restarts and expires idle ones, the
+ * client authenticates again for a unary call, and a stream that fails with it ends the session
+ * like any outage (the next session authenticates afresh).
+ */
+export function authFailure (err: unknown): { reason: string, detail: string } | null {
+  const msg = (err as Error)?.message ?? ''
+  if (err instanceof EtcdAuthenticationFailedError || err instanceof EtcdUserNotFoundError) return { reason: 'authentication-failed', detail: 'etcd refused the user name or password (etcd.config: username, password)' }
+  if (err instanceof EtcdPermissionDeniedError) return { reason: 'permission-denied', detail: 'the etcd user may not read or write cilium/state/ (grant its role readwrite on that prefix)' }
+  if (msg.includes('authentication is not enabled')) return { reason: 'auth-not-enabled', detail: 'a user name and password are configured but etcd has authentication disabled' }
+  if (msg.includes('user name is empty')) return { reason: 'credentials-required', detail: 'etcd has authentication enabled and no user was given (etcd.config: username, password, or a client certificate whose CN is an etcd user)' }
+  return null
+}
+
+/** How to reach etcd beyond its URLs: TLS material and credentials (etcd-config.ts). */
+export interface KvSecurity {
+  tls?: KvstoreTlsMaterial
+  auth?: { username: string, password: Secret }
 }
 
 export class Kv {
   readonly client: Etcd3
 
-  constructor (hosts: string[], readonly timeoutMs: number) {
+  constructor (hosts: string[], readonly timeoutMs: number, security: KvSecurity = {}) {
     this.client = new Etcd3({
       hosts,
+      // With credentials the client speaks TLS to every host; the URLs are https then (etcd-config.ts).
+      // (no rootCertificate: Node's default CA store, as gRPC's createSsl takes it)
+      credentials: security.tls as { rootCertificate: Buffer } | undefined,
+      // The client authenticates before its first call and again when etcd says the token is
+      // invalid; a new session (connection.ts) is a new client, so a new token.
+      auth: security.auth === undefined ? undefined : { username: security.auth.username, password: security.auth.password.reveal() },
       dialTimeout: timeoutMs,
       defaultCallOptions: (ctx) => ctx.isStream ? {} : { deadline: Date.now() + timeoutMs },
       faultHandling: { host: () => noop, global: noop }
@@ -51,6 +75,8 @@ export class Kv {
     try {
       return await fn()
     } catch (err) {
+      const auth = authFailure(err)
+      if (auth !== null) throw new ClusterError(ERR.KVSTORE_AUTH, `etcd ${what}: ${auth.detail}`, { op: what, reason: auth.reason })
       throw new ClusterError(ERR.KVSTORE_UNAVAILABLE, `etcd ${what}: ${(err as Error).message}`, { op: what })
     }
   }

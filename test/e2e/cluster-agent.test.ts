@@ -14,6 +14,7 @@ import { formatIpcacheValue, formatNodeValue, idKey, ipcacheKey, nodeKey, parseI
 import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED } from '../../policy-store/src/index.js'
 import { startEtcd } from '../helpers/etcd.js'
+import { runCli } from '../helpers/cli.js'
 
 const cfg: DemoConfig = {
   ...DEFAULT_DEMO,
@@ -68,6 +69,9 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(entry.identity, ipcache.lookupIdentity(billing), 'the published identity is the one in the kernel')
   t.match((await kv.get(idKey(entry.identity))).value, /^k8s:app=billing-service;/, 'its labels under identities/v1/id')
   t.equal(await metric('warden_kvstore_connected'), 1)
+  const up = await runCli(['status', '--api-socket', s.apiSocket])
+  t.equal(up.code, 0, 'status: healthy while connected')
+  t.match(up.out, /Cluster:\s+node node-a in default, kvstore http:\/\/127\.0\.0\.1:\d+ connected \(0 outages\)/, 'status shows the cluster store')
 
   // Another node: its pod (checkout-service's labels, so the existing identity) and its address.
   const checkout = ipcache.lookupIdentity(s.endpointAddress('checkout-service'))
@@ -89,6 +93,11 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(ipcache.lookupIdentity('198.19.121.6'), checkout, 'the remote pod stays in the kernel')
   t.equal(await charge(s), '404', 'L7 policy still enforced (checkout may POST /api/v1/charge)')
   t.ok(await until(() => /kvstore unreachable/.test(s.agentLog()), (v) => v), 'the outage is logged')
+  const down = await runCli(['status', '--api-socket', s.apiSocket])
+  t.equal(down.code, 1, 'status: degraded while etcd is unreachable')
+  t.match(down.out, /DEGRADED[\s\S]*kvstore down for \d+ s \(.+\): enforcing the cluster state last seen/)
+  t.match(down.out, /Cluster:.* DOWN/)
+  t.equal(JSON.parse((await runCli(['status', '--json', '--api-socket', s.apiSocket])).out).cluster.state, 'down')
 
   // etcd restored from an empty data directory: the agent republishes, and forgets what etcd lost.
   await etcd.wipe()

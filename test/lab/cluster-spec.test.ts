@@ -23,7 +23,9 @@ t.test('a good file', async (t) => {
   t.equal(s.nodes.length, 2)
   t.same(s.nodes[0].endpoints[0], { name: 'web', namespace: 'default', labels: { app: 'web' }, ipv4: '198.19.141.10', interface: 'lxc-web' })
   t.same(s.nodes[1].endpoints, [], 'a node may have no workloads')
-  t.same(s.etcd, { ip: '198.19.140.2', clientPort: 23810, peerPort: 23811 })
+  t.same(s.etcd, { ip: '198.19.140.2', clientPort: 23810, peerPort: 23811, tls: false, auth: false })
+  const secure = parseClusterSpec(good.replace('peerPort: 23811}', 'peerPort: 23811, tls: true, auth: true}'))
+  t.same(secure.etcd, { ip: '198.19.140.2', clientPort: 23810, peerPort: 23811, tls: true, auth: true }, 'etcd with TLS and a password')
 })
 
 const bad: Array<[string, string, RegExp]> = [
@@ -42,6 +44,8 @@ const bad: Array<[string, string, RegExp]> = [
   ['a relative work directory', good.replace('workDir: /run/x', 'workDir: run/x'), /absolute path/],
   ['an external host outside the underlay', good + 'external: [{name: inet, ip: 198.19.141.100}]\n', /external\[0\]\.ip must be an address in the underlay/],
   ['an external host on a node\'s address', good + 'external: [{name: inet, ip: 198.19.140.11}]\n', /used twice/],
+  ['etcd auth without TLS', good.replace('peerPort: 23811}', 'peerPort: 23811, auth: true}'), /etcd\.auth needs etcd\.tls/],
+  ['etcd tls not a boolean', good.replace('peerPort: 23811}', 'peerPort: 23811, tls: yes-please}'), /etcd\.tls must be true or false/],
   ['not YAML', 'prefix: [', /cluster file/]
 ]
 

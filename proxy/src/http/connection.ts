@@ -215,7 +215,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.socket.destroy()
       return
     }
-    h2.adopt(plain, { policy: this.policy, dst: this.dstKey, srcPort: this.log.srcPort, upIp: this.upIp, upPort: this.upPort, upKey: this.upKey })
+    h2.adopt(plain, { policy: this.policy, dst: this.dstKey, srcPort: this.log.srcPort, upIp: this.upIp, upPort: this.upPort, upKey: this.upKey, upSource: this.upSource })
   }
 
   private execute (chunk: Buffer): void {

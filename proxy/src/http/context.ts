@@ -92,6 +92,12 @@ export interface HttpProxyOptions {
   h2MaxResetsPerSecond?: number
   /** SETTINGS frames a client may send in one second before GOAWAY ENHANCE_YOUR_CALM. Default 100. */
   h2MaxSettingsPerSecond?: number
+  /**
+   * HTTP/2 sessions to backends open at once (one per destination, source address and source
+   * identity); past it the session idle longest is closed, or with none idle the stream gets
+   * 503. Default 1024.
+   */
+  h2MaxUpstreamSessions?: number
   /** node:http2's maxSessionMemory per client connection, in MB. Default 10. */
   h2MaxSessionMemoryMb?: number
 }
@@ -100,7 +106,8 @@ export type ResolvedOptions = Required<HttpProxyOptions>
 
 /** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
 export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
-'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond'>>
+'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond' |
+'h2MaxUpstreamSessions'>>
 
 export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   deny403Body: 'Access denied',
@@ -124,6 +131,7 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   h2IdleTimeoutMs: 60_000,
   h2MaxResetsPerSecond: 200,
   h2MaxSettingsPerSecond: 100,
+  h2MaxUpstreamSessions: 1024,
   h2MaxSessionMemoryMb: 10
 }
 
@@ -165,6 +173,7 @@ export class Counters {
   h2_upstream_errors_connect = 0
   h2_upstream_errors_reset = 0
   h2_upstream_errors_bad_response = 0
+  h2_upstream_sessions_full = 0
 }
 
 export interface ProxyContext {

@@ -36,7 +36,10 @@ export interface H2ConnInfo {
   /** Where upstream sessions go, and the pool key's destination part. */
   upIp: string
   upPort: number
+  /** Names the destination, and `upSource` when there is one (the HTTP/1 pool's key). */
   upKey: string
+  /** The address upstream sessions leave from: the client's when kept, '' for the node's. */
+  upSource: string
 }
 
 /** Longest quiet time before a connection is probed with a PING (see onQuiet). */
@@ -63,8 +66,8 @@ export class H2Conn implements ExchangeOwner {
   constructor (private readonly ctx: ProxyContext, readonly session: ServerHttp2Session, private readonly info: H2ConnInfo,
     private readonly pool: H2UpstreamPool, onClose: (c: H2Conn) => void) {
     this.log = new AccessLog(ctx, info.policy, this.view, info.dst)
-    // Upstream sessions are shared per destination AND source identity, as each connection
-    // the proxy makes stands for one client identity.
+    // Upstream sessions are shared per destination, source address (in upKey when kept) AND
+    // source identity, as each connection the proxy makes stands for one client identity.
     this.poolKey = info.upKey + '/' + String(info.policy.srcIdentity)
     const c = ctx.counters
     c.h2_connections_total++
@@ -143,8 +146,20 @@ export class H2Conn implements ExchangeOwner {
       return
     }
     x.wantsTrailers = fwd.te === 'trailers'
-    const { session, done } = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort)
-    x.forward(session, done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
+    const lease = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort, this.info.upSource)
+    if ('refused' in lease) {
+      // Never from another address than the one kept, nor past the pool's bound: 503.
+      this.upstreamError('connect')
+      if (lease.refused === 'full') c.h2_upstream_sessions_full++
+      else {
+        const pol = this.info.policy
+        ctx.log.warn({ code: lease.err.code, srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, detail: lease.err.message },
+          'http2: cannot bind the upstream session to the client\'s address')
+      }
+      x.unavailable(lease.refused === 'full' ? 'upstream-sessions-full' : 'upstream-connect')
+      return
+    }
+    x.forward(lease.session, lease.done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
   }
 
   replyBody (status: number): string {

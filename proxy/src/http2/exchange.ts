@@ -97,6 +97,11 @@ export class H2Exchange {
     this.resetClient(NGHTTP2_CANCEL)
   }
 
+  /** No upstream session to be had (the source address not bindable, the pool full): 503. */
+  unavailable (reason: string): void {
+    this.reply(503, this.verdict === '' ? 'allowed' : this.verdict, reason)
+  }
+
   /** Open the upstream stream and relay both ways. `endStream`: the request has no body. */
   forward (session: http2.ClientHttp2Session, done: () => void, headers: OutgoingHttpHeaders, endStream: boolean): void {
     if (this.verdict === '') this.verdict = 'allowed' // an audited stream stays 'audit'

@@ -38,6 +38,7 @@ export function createH2Proxy (ctx: ProxyContext): H2Proxy {
   const pool = new H2UpstreamPool({
     connectTimeoutMs: o.upstreamConnectTimeoutMs,
     idleTimeoutMs: o.upstreamIdleTimeoutMs,
+    maxSessions: o.h2MaxUpstreamSessions,
     mark: o.upstreamSocketMark,
     initialWindowSize: o.h2InitialWindowSize,
     maxHeaderListSize: o.h2MaxHeaderListSize

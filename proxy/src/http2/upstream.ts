@@ -1,19 +1,29 @@
 /**
  * HTTP/2 (h2c) sessions to original destinations, shared by the streams of every client
- * connection with the same destination and source identity. One session per key carries many
- * streams (nghttp2 queues streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS); a
- * session that received GOAWAY, failed or closed is dropped from the pool at once, so the next
- * stream opens a fresh one while the streams already on it finish. A session with no stream
- * for `idleTimeoutMs` is closed.
+ * connection with the same key: destination, source identity, and the source address when the
+ * client's is kept (a session's socket is bound to one client address, so it carries only the
+ * streams of clients with that address; the identity in the key keeps two identities that
+ * claim one address apart too, as the policy judged each of them). One session per key carries
+ * many streams (nghttp2 queues streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS); a
+ * session that received GOAWAY, failed or closed is dropped from the key at once, so the next
+ * stream opens a fresh one while the streams already on it finish.
+ *
+ * Bounded by configuration, not by clients: at most `maxSessions` sessions in all, counting
+ * those still finishing after GOAWAY. A session with no stream for `idleTimeoutMs` is closed;
+ * when the pool is full a new key takes the place of the session idle longest, and with none
+ * idle the stream is refused (503) rather than another session opened.
  */
 import http2, { type ClientHttp2Session } from 'node:http2'
 import net from 'node:net'
 import { setSocketMark, socketFd } from '../libc.js'
+import { transparentUpstreamFd, TransparentSocketError } from '../transparent.js'
 
 export interface H2UpstreamOptions {
   connectTimeoutMs: number
   idleTimeoutMs: number
-  /** SO_MARK once connected (0: none), as the HTTP/1 upstream connections. */
+  /** Sessions open at once, in all. */
+  maxSessions: number
+  /** SO_MARK (0: none), as the HTTP/1 upstream connections. */
   mark: number
   /** Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), as on the client side. */
   initialWindowSize: number
@@ -23,15 +33,30 @@ export interface H2UpstreamOptions {
 /** The message of the error a connect that took too long fails with. */
 export const UPSTREAM_CONNECT_TIMEOUT = 'upstream connect timeout'
 
+/** Why no session could be had for a stream: both answer it 503. */
+export type H2AcquireRefusal =
+  /** The client's address could not be bound (never replaced by the node's). */
+  | { refused: 'source', err: TransparentSocketError }
+  /** `maxSessions` sessions open and every one of them busy. */
+  | { refused: 'full' }
+
+export interface H2Lease {
+  session: ClientHttp2Session
+  /** Call once when the stream is over (an idle session times out). */
+  done: () => void
+}
+
 class Entry {
   active = 0
   idleTimer: NodeJS.Timeout | null = null
-  constructor (readonly session: ClientHttp2Session) {}
+  constructor (readonly key: string, readonly session: ClientHttp2Session) {}
 }
 
 export class H2UpstreamPool {
   private readonly byKey = new Map<string, Entry>()
   private readonly all = new Set<Entry>()
+  /** Entries with no stream, longest idle first (a Set keeps insertion order). */
+  private readonly idle = new Set<Entry>()
 
   constructor (private readonly opts: H2UpstreamOptions) {}
 
@@ -39,14 +64,21 @@ export class H2UpstreamPool {
   get size (): number { return this.all.size }
 
   /**
-   * A session for `key`, and the function to call once per stream when that stream is over
-   * (it lets an idle session time out).
+   * A session for `key` to ip:port, leaving from `source` ('' = the node's address, chosen by
+   * the kernel). `key` must name `source` when there is one.
    */
-  acquire (key: string, ip: string, port: number): { session: ClientHttp2Session, done: () => void } {
+  acquire (key: string, ip: string, port: number, source = ''): H2Lease | H2AcquireRefusal {
     let e = this.byKey.get(key)
-    if (e === undefined || e.session.closed || e.session.destroyed) e = this.open(key, ip, port)
+    if (e === undefined || e.session.closed || e.session.destroyed) {
+      if (e !== undefined) this.retire(e)
+      if (this.all.size >= this.opts.maxSessions && !this.evictIdle()) return { refused: 'full' }
+      const opened = this.open(key, ip, port, source)
+      if (opened instanceof TransparentSocketError) return { refused: 'source', err: opened }
+      e = opened
+    }
     const entry = e
     entry.active++
+    this.idle.delete(entry)
     if (entry.idleTimer !== null) { clearTimeout(entry.idleTimer); entry.idleTimer = null }
     let once = false
     return {
@@ -55,6 +87,7 @@ export class H2UpstreamPool {
         if (once) return
         once = true
         if (--entry.active === 0 && !entry.session.destroyed) {
+          this.idle.add(entry)
           entry.idleTimer = setTimeout(() => { entry.session.close() }, this.opts.idleTimeoutMs)
           entry.idleTimer.unref()
         }
@@ -62,36 +95,70 @@ export class H2UpstreamPool {
     }
   }
 
-  private open (key: string, ip: string, port: number): Entry {
+  /** Close the session idle longest, to make room; false when every session has streams. */
+  private evictIdle (): boolean {
+    for (const e of this.idle) {
+      this.forget(e)
+      e.session.destroy()
+      return true
+    }
+    return false
+  }
+
+  /** The socket for a session: bound to `source` when there is one, before the SYN. */
+  private socket (ip: string, port: number, source: string): net.Socket | TransparentSocketError {
     const { opts } = this
-    let timer: NodeJS.Timeout | null = null
+    if (source === '') {
+      const s = net.connect({ host: ip, port, noDelay: true })
+      // Set once connected, as for HTTP/1: the SYN takes the datapath's full path.
+      if (opts.mark !== 0) s.once('connect', () => { setSocketMark(socketFd(s), opts.mark) })
+      return s
+    }
+    let fd: number
+    try {
+      // IP_TRANSPARENT, the client's address, and the mark the datapath tracks the flow by
+      fd = transparentUpstreamFd(source, opts.mark)
+    } catch (err) {
+      if (err instanceof TransparentSocketError) return err
+      throw err
+    }
+    const s = new net.Socket({ fd, readable: true, writable: true })
+    s.setNoDelay(true)
+    return s.connect({ host: ip, port })
+  }
+
+  private open (key: string, ip: string, port: number, source: string): Entry | TransparentSocketError {
+    const { opts } = this
+    const socket = this.socket(ip, port, source)
+    if (socket instanceof TransparentSocketError) return socket
+    const timer = setTimeout(() => { socket.destroy(new Error(UPSTREAM_CONNECT_TIMEOUT)) }, opts.connectTimeoutMs)
+    const settle = (): void => { clearTimeout(timer) }
+    socket.once('connect', settle)
+    socket.once('close', settle)
     const session = http2.connect(`http://${ip}:${port}`, {
-      createConnection: () => {
-        const s = net.connect({ host: ip, port, noDelay: true })
-        timer = setTimeout(() => { s.destroy(new Error(UPSTREAM_CONNECT_TIMEOUT)) }, opts.connectTimeoutMs)
-        s.once('connect', () => {
-          if (timer !== null) { clearTimeout(timer); timer = null }
-          // Set once connected, as for HTTP/1: the SYN takes the datapath's full path.
-          if (opts.mark !== 0) setSocketMark(socketFd(s), opts.mark)
-        })
-        s.once('close', () => { if (timer !== null) { clearTimeout(timer); timer = null } })
-        return s
-      },
+      createConnection: () => socket,
       settings: { enablePush: false, initialWindowSize: opts.initialWindowSize, maxHeaderListSize: opts.maxHeaderListSize }
     })
-    const e = new Entry(session)
+    const e = new Entry(key, session)
     this.byKey.set(key, e)
     this.all.add(e)
-    const drop = (): void => { if (this.byKey.get(key) === e) this.byKey.delete(key) }
     // The streams on it report their own failures; the session's error only retires it.
-    session.on('error', drop)
-    session.on('goaway', drop)
-    session.on('close', () => {
-      drop()
-      this.all.delete(e)
-      if (e.idleTimer !== null) { clearTimeout(e.idleTimer); e.idleTimer = null }
-    })
+    session.on('error', () => { this.retire(e) })
+    session.on('goaway', () => { this.retire(e) })
+    session.on('close', () => { this.forget(e) })
     return e
+  }
+
+  /** No new stream goes to `e`; the ones on it finish. */
+  private retire (e: Entry): void {
+    if (this.byKey.get(e.key) === e) this.byKey.delete(e.key)
+  }
+
+  private forget (e: Entry): void {
+    this.retire(e)
+    this.all.delete(e)
+    this.idle.delete(e)
+    if (e.idleTimer !== null) { clearTimeout(e.idleTimer); e.idleTimer = null }
   }
 
   closeAll (): void {
