@@ -333,9 +333,9 @@ export class ClusterStore {
 
   /**
    * Write `cluster.json` a while after a change: 1 s, or 20 times what the last write took when
-   * that is longer. The file is the whole copy (100,000 entries take a few hundred ms to write
-   * on a loaded machine): with a fixed second, a steady trickle of changes would spend much of a
-   * core rewriting it. It is the fallback for a start without etcd; a few seconds older is fine.
+   * that is longer. The file is the whole copy, so its cost grows with the cluster: with a fixed
+   * second, a steady trickle of changes in a large cluster would spend much of a core rewriting
+   * it. It is the fallback for a start without etcd; a few seconds older is fine.
    */
   private persistSoon (): void {
     if (this.persistTimer !== null || this.closed) return
@@ -364,8 +364,8 @@ export class ClusterStore {
       nodes: [...this.nodes.entries].map(([k, e]) => [k, e.value])
     }
     // Serialised in slices, yielding between them: the copies are taken above (one consistent
-    // state), and 100,000 entries at once would hold the event loop (watches, proxies) for
-    // hundreds of milliseconds.
+    // state), and a large cluster's entries at once would hold the event loop (watches,
+    // proxies) for as long as the whole file takes.
     const parts: string[] = ['{"version":1,"node":' + JSON.stringify(state.node)]
     for (const k of ['held', 'ids', 'ips', 'nodes'] as const) {
       const list = state[k] as unknown[]
