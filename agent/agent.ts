@@ -14,7 +14,7 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { networkInterfaces } from 'node:os'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import pino, { type Logger } from 'pino'
-import { FileIdentityAllocator, openStore, type IdentityAllocator, type PolicyStore, type RemoteState, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
+import { FileIdentityAllocator, openStore, RESERVED, type IdentityAllocator, type PolicyStore, type RemoteState, type Snapshot, type LearnedName } from '../policy-store/src/index.js'
 import { ClusterStore, remoteEntriesCap, type ClusterOptions } from '../cluster/src/cluster.js'
 import { ClusterError, ERR as CLUSTER_ERR } from '../cluster/src/errors.js'
 import { upstreamSource } from './upstream-source.js'
@@ -333,6 +333,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       warden_event_loop_delay_max_seconds: loopDelay.max / 1e9,
       warden_policy_version: active().version,
       warden_endpoints: active().endpoints.length,
+      // endpoints with the init identity: their labels could not be numbered (etcd unreachable)
+      warden_endpoints_init: active().endpoints.reduce((n, e) => e.identity === RESERVED.INIT ? n + 1 : n, 0),
       warden_kernel_entries: active().kernel.length,
       // log lines dropped because stdout stalled (the workers' are in warden_http_log_dropped)
       warden_log_dropped: dest?.dropped ?? 0,
@@ -400,7 +402,7 @@ const MAX_DNS_REPLY_SOCKETS = 256
 const GAUGES: ReadonlySet<string> = new Set([
   'warden_process_resident_memory_bytes', 'warden_process_heap_used_bytes',
   'warden_event_loop_delay_p99_seconds', 'warden_event_loop_delay_max_seconds',
-  'warden_policy_version', 'warden_endpoints', 'warden_kernel_entries',
+  'warden_policy_version', 'warden_endpoints', 'warden_endpoints_init', 'warden_kernel_entries',
   'warden_kvstore_connected', 'warden_kvstore_clusterIdentities', 'warden_kvstore_remoteEndpoints', 'warden_kvstore_remoteNodes',
   ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
   ...DNS_GAUGES.map((g) => 'warden_dns_' + g)

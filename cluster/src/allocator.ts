@@ -14,7 +14,9 @@
  *     `gcGraceMs`, under the same lock and only if `id/<ID>` did not change meanwhile.
  *
  * `prepare` does the network part ahead of a compile; `acquireIdentity` only reads what
- * `prepare` (or the persisted state) put in memory, so a compile never waits on etcd. Endpoint
+ * `prepare` (or the persisted state) put in memory, so a compile never waits on etcd. A label
+ * set `prepare` cannot number (etcd away) stays unprepared, and the compiler gives its new
+ * endpoints the reserved `init` identity, as Cilium does while its kvstore is unavailable. Endpoint
  * ids and local (CIDR, FQDN) identities stay node-local, in the wrapped local allocator.
  */
 import type { Logger } from 'pino'
@@ -55,7 +57,7 @@ const ALLOCATION_CONCURRENCY = 8
 /** A held identity in the persisted state: [labels key, ID, unused since (null: in use)]. */
 export type HeldEntry = [labelsKey: string, id: number, unusedSince: number | null]
 
-export interface AllocatorStats { allocations: number, allocationConflicts: number, collected: number, reconciled: number }
+export interface AllocatorStats { allocations: number, allocationConflicts: number, allocationFailures: number, collected: number, reconciled: number }
 
 export class ClusterIdentityAllocator implements IdentityAllocator {
   /** This node's identities (it has a reference in etcd, or will at the next session). */
@@ -72,7 +74,7 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
   private readonly gcInterval: number
   private lastGc = -Infinity
   private readonly log: Logger
-  readonly stats: AllocatorStats = { allocations: 0, allocationConflicts: 0, collected: 0, reconciled: 0 }
+  readonly stats: AllocatorStats = { allocations: 0, allocationConflicts: 0, allocationFailures: 0, collected: 0, reconciled: 0 }
   /** Allocations in flight per labels key: a second `prepare` of the same set waits for the first. */
   private readonly inflight = new Map<string, Promise<number>>()
 
@@ -118,7 +120,18 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
           p = this.allocate(key).finally(() => this.inflight.delete(key))
           this.inflight.set(key, p)
         }
-        const id = await p
+        let id: number
+        try {
+          id = await p
+        } catch (err) {
+          // Not numbered this time: the endpoints that need it get the `init` identity (or keep
+          // the one they had) until a later prepare succeeds -- at the next session, the next
+          // policy change, or the store's retry.
+          this.stats.allocationFailures++
+          const e = err as Error & { code?: string }
+          this.log.warn({ labels: key, code: e.code, err: e.message }, 'kvstore: cannot number a label set now; its new endpoints get the init identity until etcd answers')
+          continue
+        }
         if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
       }
     }
@@ -127,7 +140,9 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
 
   /** One label set's ID, with this node's reference written. */
   private async allocate (key: string): Promise<number> {
-    if (this.opts.conn.live === null && !(await this.opts.conn.waitConnected(this.prepareTimeout))) {
+    // Waits only for a connection attempt under way (the agent just started, or etcd is coming
+    // back): while etcd is known to be away, a compile is not held up by a wait per label set.
+    if (this.opts.conn.live === null && !(await this.opts.conn.waitAttempt(this.prepareTimeout))) {
       throw new ClusterError(ERR.KVSTORE_UNAVAILABLE, `cannot allocate an identity for ${key}: etcd is not connected`, { labels: key })
     }
     return await this.opts.conn.withSession(async (s) => {
@@ -199,6 +214,8 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
       this.log.error({ identity: h.id, labels: key, code: ERR.KVSTORE_FORMAT }, 'kvstore: identity held by this node was taken for other labels while etcd was away; keeping the local number')
     }
   }
+
+  isPrepared (labels: readonly Label[]): boolean { return this.held.has(formatLabelsKey(labels)) }
 
   acquireIdentity (labels: readonly Label[], now: number): number {
     const key = formatLabelsKey(labels)

@@ -181,6 +181,9 @@ export class ClusterStore {
   publishEndpoints (endpoints: readonly Endpoint[]): void {
     const next = new Map<string, string>()
     for (const e of endpoints) {
+      // An endpoint with the init identity waits for etcd to number its labels; its address is
+      // published with the number it then gets (other nodes read 5 as outside the cluster range).
+      if (e.identity === RESERVED.INIT) continue
       next.set(ipcacheKey(e.ipv4), formatIpcacheValue({
         ip: e.ipv4, hostIP: this.opts.nodeIP, identity: e.identity, namespace: e.namespace, pod: e.name,
         cluster: this.opts.clusterName, node: this.opts.nodeName, endpointId: e.id
@@ -321,6 +324,7 @@ export class ClusterStore {
       resumes: m.reduce((n, x) => n + x.stats.resumes, 0),
       identityAllocations: this.allocator.stats.allocations,
       identityAllocationConflicts: this.allocator.stats.allocationConflicts,
+      identityAllocationFailures: this.allocator.stats.allocationFailures,
       identitiesCollected: this.allocator.stats.collected,
       clusterIdentities: this.allocator.known().size,
       remoteEndpoints: this.stats.remoteEndpoints,

@@ -111,6 +111,9 @@ export class Connection {
   /** Why the last session ended or could not start (for `warden status`). */
   private lastError: { message: string, code: string | undefined } | null = null
   private readonly waiters: (() => void)[] = []
+  /** A session attempt is under way, and who waits for its outcome (waitAttempt). */
+  private attempting = false
+  private readonly attemptWaiters: (() => void)[] = []
   readonly stats: ConnectionStats = { connected: 0, outages: 0, sessions: 0, republishedKeys: 0, keyWrites: 0, authFailures: 0, tlsFailures: 0 }
   /** The code and reason last logged in this outage: a different cause is logged again. */
   private downCause = ''
@@ -156,6 +159,21 @@ export class Connection {
       const done = (): void => { const i = this.waiters.indexOf(fire); if (i >= 0) this.waiters.splice(i, 1); clearTimeout(timer) }
       const fire = (): void => { done(); resolve(this.state === 'connected') }
       this.waiters.push(fire)
+    })
+  }
+
+  /**
+   * Resolves true when connected; false at once while etcd is known to be away (no attempt
+   * under way), else when the attempt under way fails, or after `ms`.
+   */
+  async waitAttempt (ms: number): Promise<boolean> {
+    if (this.state === 'connected') return true
+    if (!this.attempting) return false
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => { done(); resolve(false) }, ms)
+      const done = (): void => { const i = this.attemptWaiters.indexOf(fire); if (i >= 0) this.attemptWaiters.splice(i, 1); clearTimeout(timer) }
+      const fire = (): void => { done(); resolve(this.state === 'connected') }
+      this.attemptWaiters.push(fire)
     })
   }
 
@@ -220,6 +238,7 @@ export class Connection {
       }
     }
     const kv = new Kv(this.opts.urls, this.timeoutMs, { tls: material, auth: this.opts.auth })
+    this.attempting = true
     void (async () => {
       const probe = await kv.get('cilium/state/')
       // Did etcd keep the previous session's lease? Then its data survived and watches may resume.
@@ -257,13 +276,20 @@ export class Connection {
       const written = new Map(keys)
       for (const [k, v] of this.owned) if (written.get(k) !== v) this.enqueue(async (s) => { if (this.owned.get(k) === v) await s.kv.put(k, v, s.lease) })
       for (const k of written.keys()) if (!this.owned.has(k)) this.enqueue(async (s) => { if (!this.owned.has(k)) await s.kv.delete(k) })
+      this.settleAttempt()
       for (const w of this.waiters.splice(0)) w()
     })().catch(async (err: Error) => {
       kv.close()
       if (this.superseded(seq)) return
       this.session = null
       this.goDown(await this.explain(err, material))
+      this.settleAttempt()
     })
+  }
+
+  private settleAttempt (): void {
+    this.attempting = false
+    for (const w of this.attemptWaiters.splice(0)) w()
   }
 
   /**
@@ -343,6 +369,7 @@ export class Connection {
     if (this.probeTimer !== null) clearTimeout(this.probeTimer)
     if (this.retryTimer !== null) clearTimeout(this.retryTimer)
     for (const w of this.waiters.splice(0)) w()
+    this.settleAttempt()
     if (s !== null) {
       await this.queue.catch(() => {})
       await s.kv.revokeLease(s.lockLease).catch(() => {}) // no lock outlives a stop

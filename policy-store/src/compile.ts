@@ -28,6 +28,9 @@ import {
 
 export { RESERVED_LABELS }
 
+/** The identity labels of an endpoint with the init identity (one array: compared by reference). */
+const INIT_LABELS: readonly Label[] = Object.freeze(['reserved:init'])
+
 export interface CompileInput {
   /** Pass the same array again when nothing changed: the compiler then skips endpoint work. */
   endpoints: readonly RawEndpoint[]
@@ -160,6 +163,8 @@ export class Compiler {
   private readonly heldEndpointIds: Holdings
   private readonly labelFilter: IdentityLabelFilter
   private now = 0
+  /** Label sets endpoints need that the allocator could not number at the last run (labelsKey -> labels). */
+  private pending = new Map<string, readonly Label[]>()
 
   constructor (private readonly allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
     this.labelFilter = opts.labelFilter ?? new IdentityLabelFilter()
@@ -207,25 +212,50 @@ export class Compiler {
     return { snapshot, diff }
   }
 
+  /** Label sets that endpoints wait for (they have the init identity, or keep their previous one). */
+  pendingLabelSets (): readonly (readonly Label[])[] { return [...this.pending.values()] }
+
+  private pendingNowPrepared (): boolean {
+    for (const ls of this.pending.values()) if (this.allocator.isPrepared(ls)) return true
+    return false
+  }
+
   /** Step 1: endpoints, their identities and ids (only when the endpoints input changed). */
   private updateEndpoints (input: CompileInput, run: Run): void {
     const remoteIds = input.remote?.identities ?? null
-    if (input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && remoteIds === this.remoteIdsInput && this.prevSnapshot !== null) return
+    const unchanged = input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && remoteIds === this.remoteIdsInput
+    if (unchanged && this.prevSnapshot !== null && !this.pendingNowPrepared()) return
     const before = new Map(this.endpoints.map((e) => [e.id, e]))
-    const identityLabels = input.endpoints.map((e) => this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace)))
+    const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
+    // Each endpoint's identity labels: its own when the allocator can number them; otherwise
+    // (a cluster allocator cut off from etcd) the ones it had, or `reserved:init` for a new
+    // endpoint -- Cilium's init identity, whose policy is default deny both ways (compileEndpoint).
+    const pending = new Map<string, readonly Label[]>()
+    const identityLabels = input.endpoints.map((e): { labels: readonly Label[], pending: readonly Label[] | null } => {
+      const own = this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace))
+      if (this.allocator.isPrepared(own)) return { labels: own, pending: null }
+      pending.set(labelsKey(own), own)
+      const prev = before.get(epIdOf.get(`${e.namespace}/${e.name}`) as number)
+      return { labels: prev !== undefined && prev.identity !== RESERVED.INIT ? prev.identityLabels : INIT_LABELS, pending: own }
+    })
+    this.pending = pending
     const labelSets = new Map<string, readonly Label[]>()
-    for (const ls of identityLabels) labelSets.set(labelsKey(ls), ls)
+    for (const { labels } of identityLabels) if (labels !== INIT_LABELS) labelSets.set(labelsKey(labels), labels)
     for (const ls of input.extraLabelSets ?? []) labelSets.set(labelsKey(ls), [...ls].sort())
     const idOf = this.heldIdentities.hold(labelSets.keys(), input.now)
-    const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
     const podLabels = new Map<number, readonly Label[]>()
     for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
     // Other nodes' pods: their identities are selectable like local ones (no number is held
     // for them here: the nodes that run them hold them). A local label set wins on its number.
     if (remoteIds !== null) for (const [id, ls] of remoteIds) if (!podLabels.has(id)) podLabels.set(id, ls)
     const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
-      const identity = idOf.get(labelsKey(identityLabels[i])) as number
-      return { id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: identityLabels[i], identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line, ...(e.audit === true || input.auditAll === true ? { audit: true as const } : {}) }
+      const { labels, pending } = identityLabels[i]
+      const identity = labels === INIT_LABELS ? RESERVED.INIT : idOf.get(labelsKey(labels)) as number
+      return {
+        id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: labels, identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line,
+        ...(pending !== null ? { pendingIdentityLabels: pending } : {}),
+        ...(e.audit === true || input.auditAll === true ? { audit: true as const } : {})
+      }
     })
     const podIds = new Set(podLabels.keys())
     const podKey = [...podIds].sort((a, b) => a - b).join(',')
@@ -496,6 +526,10 @@ export class Compiler {
       { elements: [], selected: false, defaultDeny: false },
       { elements: [], selected: false, defaultDeny: false }
     ]
+    // An endpoint with the init identity is default deny both ways whatever selects it
+    // (Cilium: computePolicyEnforcementAndRules in pkg/policy/repository.go enforces policy for
+    // `reserved:init` always): only rules selecting `reserved:init` allow it anything.
+    if (own?.identity === RESERVED.INIT) for (const d of dirs) { d.selected = true; d.defaultDeny = true }
     for (const r of rules) {
       for (const d of [DIR.INGRESS, DIR.EGRESS]) {
         if (r.hasSection[d]) dirs[d].selected = true
@@ -678,6 +712,7 @@ export class Compiler {
 function sameEndpoint (a: Endpoint | undefined, b: Endpoint): boolean {
   if (a === undefined) return false
   if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line || a.audit !== b.audit) return false
+  if ((a.pendingIdentityLabels ?? []).join('\n') !== (b.pendingIdentityLabels ?? []).join('\n')) return false
   if (portsKey(a.ports) !== portsKey(b.ports)) return false
   const ka = Object.keys(a.labels)
   return ka.length === Object.keys(b.labels).length && ka.every((k) => a.labels[k] === b.labels[k])

@@ -41,6 +41,12 @@ export interface IdentityAllocator {
    */
   prepare (labelSets: readonly (readonly Label[])[], now: number): Promise<void>
   /**
+   * Whether `acquireIdentity` can number this label set now, without a `prepare` (a network
+   * backend cut off from its store cannot number a set it never had). The compiler gives an
+   * endpoint whose set cannot be numbered the reserved `init` identity instead (compile.ts).
+   */
+  isPrepared (labels: readonly Label[]): boolean
+  /**
    * Take a reference on the identity of a label set (order-insensitive). Throws
    * WARDEN_ERR_IDENTITY_EXHAUSTED, or WARDEN_ERR_IDENTITY_NOT_PREPARED from a backend that
    * cannot allocate without `prepare`.
@@ -226,7 +232,8 @@ export class MemoryIdentityAllocator implements IdentityAllocator {
     this.locals = new NumberPool('local identity', LOCAL_IDENTITY_BASE, MAX_LOCAL_IDENTITY, grace)
   }
 
-  async prepare (): Promise<void> {}
+  async prepare (_labelSets: readonly (readonly Label[])[], _now: number): Promise<void> {}
+  isPrepared (_labels: readonly Label[]): boolean { return true }
   acquireIdentity (labels: readonly Label[], now: number): number { return this.identities.acquire(labelsKey(labels), now) }
   releaseIdentity (labels: readonly Label[], now: number): void { this.identities.release(labelsKey(labels), now) }
   acquireEndpointId (key: string, now: number): number { return this.endpoints.acquire(key, now) }

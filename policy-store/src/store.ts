@@ -5,14 +5,14 @@
  */
 import { pino, type Logger } from 'pino'
 import { FileEndpointSource, type EndpointSource, type RawEndpoint } from './endpoints.js'
-import { formatPolicyError, PolicyLoadError, type PolicyError } from './errors.js'
+import { ERR, formatPolicyError, PolicyLoadError, type PolicyError } from './errors.js'
 import { Compiler } from './compile.js'
 import { FileIdentityAllocator, MemoryIdentityAllocator, type IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
 import { identityLabelsOf } from './labels.js'
 import type { FilePolicies } from './model.js'
 import { DirectoryPolicySource, type PolicyResource, type PolicySource } from './policy-source.js'
-import type { Label, LearnedName, RemoteState, Snapshot, SnapshotDiff } from './types.js'
+import { RESERVED, type Label, type LearnedName, type RemoteState, type Snapshot, type SnapshotDiff } from './types.js'
 
 export interface StoreOptions {
   /** Policy directory. */
@@ -77,6 +77,8 @@ export interface LoadSummary { files: number, policies: number, rules: number, c
 /** Settle time after the last file event before reloading; and the cap on waiting. */
 const DEBOUNCE_MS = 20
 const MAX_WAIT_MS = 60
+/** How often label sets that could not be numbered are asked for again. */
+const PENDING_RETRY_MS = 5000
 
 class Store implements PolicyStore {
   private readonly compiler: Compiler
@@ -90,6 +92,8 @@ class Store implements PolicyStore {
   private remoteDirty = false
   /** The remote state the last compile was given. */
   private compiledRemote: RemoteState | undefined
+  /** A label set endpoints waited for got its number (retryPendingSoon). */
+  private pendingReady = false
   /** name -> its IPs, of the names in effect at the last setLearnedNames. */
   private learnedSet = new Map<string, string>()
   private snapshot: Snapshot | null = null
@@ -106,6 +110,7 @@ class Store implements PolicyStore {
   private readonly labelFilter: IdentityLabelFilter
   private readonly clock: () => number
   private persistTimer: NodeJS.Timeout | null = null
+  private retryTimer: NodeJS.Timeout | null = null
 
   constructor (readonly opts: StoreOptions, readonly policySource: PolicySource, readonly endpointSource: EndpointSource | null, readonly allocator: IdentityAllocator) {
     this.labelFilter = new IdentityLabelFilter(opts.identityLabels ?? [], { replace: opts.identityLabelsReplace })
@@ -204,6 +209,7 @@ class Store implements PolicyStore {
   }
 
   compileNow (): { snapshot: Snapshot, diff: SnapshotDiff } {
+    const prev = this.snapshot
     this.compiledRemote = this.remote
     const res = this.compiler.compile({
       endpoints: this.endpoints,
@@ -216,7 +222,45 @@ class Store implements PolicyStore {
       auditAll: this.opts.auditAll
     })
     this.snapshot = res.snapshot
+    if (res.snapshot.endpoints !== prev?.endpoints) this.reportPending(prev, res.snapshot)
+    this.retryPendingSoon()
     return res
+  }
+
+  /** One line per endpoint that starts or stops waiting for its identity (Cilium's init identity). */
+  private reportPending (prev: Snapshot | null, next: Snapshot): void {
+    const before = new Map((prev?.endpoints ?? []).map((e) => [`${e.namespace}/${e.name}`, e]))
+    for (const e of next.endpoints) {
+      const name = `${e.namespace}/${e.name}`
+      const old = before.get(name)
+      const waits = e.pendingIdentityLabels !== undefined
+      const waited = old?.pendingIdentityLabels !== undefined
+      if (waits && (!waited || old?.identity !== e.identity)) {
+        this.log.warn({ endpoint: name, identity: e.identity, labels: e.pendingIdentityLabels, code: ERR.IDENTITY_NOT_PREPARED },
+          e.identity === RESERVED.INIT
+            ? 'endpoint has the init identity: its labels cannot be numbered yet (kvstore unreachable?); only rules selecting reserved:init apply to it'
+            : 'endpoint keeps its previous identity: its new labels cannot be numbered yet (kvstore unreachable?)')
+      } else if (!waits && waited && old !== undefined) {
+        this.log.info({ endpoint: name, identity: e.identity, previousIdentity: old.identity }, 'endpoint got the identity of its labels')
+      }
+    }
+  }
+
+  /**
+   * While endpoints wait for numbers, ask the allocator again every few seconds; recompile only
+   * once one came (the cluster store also asks at each reconnect: setRemote).
+   */
+  private retryPendingSoon (): void {
+    if (this.retryTimer !== null || this.closed || this.compiler.pendingLabelSets().length === 0) return
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null
+      const sets = this.compiler.pendingLabelSets()
+      this.allocator.prepare(sets, this.clock()).then(() => {
+        if (this.closed) return
+        if (sets.some((ls) => this.allocator.isPrepared(ls))) { this.pendingReady = true; this.schedule() } else this.retryPendingSoon()
+      }, (err: Error) => { this.log.warn({ err: err.message }, 'identity retry failed'); this.retryPendingSoon() })
+    }, PENDING_RETRY_MS)
+    this.retryTimer.unref()
   }
 
   private emit (snapshot: Snapshot, diff: SnapshotDiff): void {
@@ -303,8 +347,9 @@ class Store implements PolicyStore {
         try {
           const { changed } = await this.load()
           if (this.closed) return
-          if (changed || this.remoteDirty) {
+          if (changed || this.remoteDirty || this.pendingReady) {
             this.remoteDirty = false
+            this.pendingReady = false
             await this.prepare()
             const { snapshot, diff } = this.compileNow()
             // Every compiled snapshot is emitted: the next diff is relative to it.
@@ -327,6 +372,7 @@ class Store implements PolicyStore {
     this.closed = true
     if (this.timer !== null) clearTimeout(this.timer)
     if (this.persistTimer !== null) clearTimeout(this.persistTimer)
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer)
     for (const s of this.stops) s()
     if (this.running !== null) await this.running
     await this.persist()

@@ -91,6 +91,13 @@ export interface Endpoint {
    */
   identityLabels: readonly Label[]
   identity: number
+  /**
+   * The identity labels it waits to be numbered for, when the allocator could not number them
+   * (cluster mode, etcd unreachable): it then has the reserved `init` identity (5) with
+   * `identityLabels` `reserved:init`, or, relabelled, keeps its previous identity. Absent
+   * otherwise.
+   */
+  pendingIdentityLabels?: readonly Label[]
   ipv4: string
   /** Host-side veth name. */
   interface: string
