@@ -15,7 +15,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
+import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type ContainerPort, type Endpoint, type IdentityAllocator, type IpcacheEntry, type Label, type RemoteState } from '../../policy-store/src/index.js'
 import { ClusterIdentityAllocator, type HeldEntry } from './allocator.js'
 import { Connection, type ConnectionHealth, type ConnectionOptions } from './connection.js'
 import { ClusterError, ERR } from './errors.js'
@@ -112,7 +112,12 @@ export class ClusterStore {
   private readonly remoteNodes = new Map<string, IpcacheEntry[]>()
   /** Those entries by prefix, the winner of each. */
   private readonly byPrefix = new RemoteIpcache()
-  private remote: RemoteState = { identities: new Map(), ipcache: this.byPrefix.current }
+  /** What each remote entry contributes to its identity's named ports, and their count per identity. */
+  private readonly portsByKey = new Map<string, { identity: number, ports: readonly ContainerPort[] }>()
+  private readonly portCounts = new Map<number, Map<string, { port: ContainerPort, n: number }>>()
+  /** Identities whose named ports changed since the last RemoteState. */
+  private readonly portsDirty = new Set<number>()
+  private remote: RemoteState = { identities: new Map(), ipcache: this.byPrefix.current, namedPorts: new Map() }
   private idsDirty = true
   private ipDirty = true
   private emitScheduled = false
@@ -186,7 +191,7 @@ export class ClusterStore {
       if (e.identity === RESERVED.INIT) continue
       next.set(ipcacheKey(e.ipv4), formatIpcacheValue({
         ip: e.ipv4, hostIP: this.opts.nodeIP, identity: e.identity, namespace: e.namespace, pod: e.name,
-        cluster: this.opts.clusterName, node: this.opts.nodeName, endpointId: e.id
+        cluster: this.opts.clusterName, node: this.opts.nodeName, endpointId: e.id, ports: e.ports
       }))
     }
     for (const [k, v] of next) if (this.published.get(k) !== v) this.conn.own(k, v)
@@ -204,17 +209,19 @@ export class ClusterStore {
   private applyIps (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
-      if (c.type === 'delete') { this.setIp(c.key, undefined); continue }
+      if (c.type === 'delete') { this.setIp(c.key, undefined); this.setPorts(c.key, 0, []); continue }
       try {
         const r = parseIpcacheValue(c.key, c.value)
         // This node's own entries are its endpoints: the store knows them first-hand.
-        if (r.hostIP === this.opts.nodeIP) { this.setIp(c.key, undefined); continue }
+        if (r.hostIP === this.opts.nodeIP) { this.setIp(c.key, undefined); this.setPorts(c.key, 0, []); continue }
         const prefix = `${r.ip}/${r.prefixLen}`
         const old = this.remoteIps.get(c.key)
         if (old === undefined && this.overCap(c.key)) continue
         if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.setIp(c.key, { prefix, identity: r.identity, endpointId: 0 })
+        this.setPorts(c.key, r.identity, r.ports)
       } catch (err) {
         this.setIp(c.key, undefined)
+        this.setPorts(c.key, 0, [])
         this.stats.malformedKeys++
         this.log.warn({ key: c.key, code: (err as ClusterError).code, err: (err as Error).message }, 'kvstore: skipping a malformed ipcache entry')
       }
@@ -247,6 +254,36 @@ export class ClusterStore {
     this.byPrefix.replace(key, false, old === undefined ? [] : [old], e === undefined ? [] : [e])
     if (e === undefined) this.remoteIps.delete(key)
     else this.remoteIps.set(key, e)
+  }
+
+  /**
+   * Record the named ports remote entry `key` gives `identity` (none: []): counted per identity,
+   * so one entry's change touches only its identity's union (each name, protocol and port once).
+   */
+  private setPorts (key: string, identity: number, ports: readonly ContainerPort[]): void {
+    const old = this.portsByKey.get(key)
+    if (old === undefined && ports.length === 0) return
+    if (old !== undefined && old.identity === identity && portsText(old.ports) === portsText(ports)) return
+    if (old !== undefined) for (const p of old.ports) this.countPort(old.identity, p, -1)
+    for (const p of ports) this.countPort(identity, p, 1)
+    if (ports.length === 0) this.portsByKey.delete(key)
+    else this.portsByKey.set(key, { identity, ports })
+  }
+
+  private countPort (identity: number, port: ContainerPort, d: 1 | -1): void {
+    let m = this.portCounts.get(identity)
+    if (m === undefined) this.portCounts.set(identity, m = new Map())
+    const k = `${port.name}/${port.protocol}/${port.port}`
+    const c = m.get(k)
+    if (c === undefined) {
+      if (d < 0) return // never counted
+      m.set(k, { port, n: 1 })
+      this.portsDirty.add(identity)
+    } else if ((c.n += d) <= 0) {
+      m.delete(k)
+      this.portsDirty.add(identity)
+    }
+    if (m.size === 0) this.portCounts.delete(identity)
   }
 
   private setNode (key: string, es: IpcacheEntry[] | undefined): void {
@@ -284,14 +321,26 @@ export class ClusterStore {
     }
     let ipcache = this.remote.ipcache
     let ipcacheChanges = this.remote.ipcacheChanges
+    let namedPorts = this.remote.namedPorts
     if (this.ipDirty) {
       const next = this.byPrefix.flush()
       if (next !== undefined) ({ ipcache, changes: ipcacheChanges } = next)
+      if (this.portsDirty.size > 0) {
+        // copy-on-write: the identities whose ports changed, the others' lists as they were
+        const np = new Map(namedPorts ?? [])
+        for (const id of this.portsDirty) {
+          const m = this.portCounts.get(id)
+          if (m === undefined) np.delete(id)
+          else np.set(id, [...m.values()].map((c) => c.port))
+        }
+        this.portsDirty.clear()
+        namedPorts = np
+      }
       this.ipDirty = false
       this.stats.remoteEndpoints = this.remoteIps.size
       this.stats.remoteNodes = this.remoteNodes.size
     }
-    this.remote = ipcacheChanges === undefined ? { identities, ipcache } : { identities, ipcache, ipcacheChanges }
+    this.remote = ipcacheChanges === undefined ? { identities, ipcache, namedPorts } : { identities, ipcache, ipcacheChanges, namedPorts }
   }
 
   /** What `warden status` shows of the cluster store. */
@@ -418,4 +467,8 @@ export class ClusterStore {
     await this.persist().catch((err: Error) => this.log.error({ err: err.message }, 'cannot persist the cluster state'))
     await this.conn.close({ revoke: opts.leave === true })
   }
+}
+
+function portsText (ports: readonly ContainerPort[]): string {
+  return ports.map((p) => `${p.name}=${p.protocol}/${p.port}`).join(',')
 }

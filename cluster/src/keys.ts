@@ -6,7 +6,7 @@
  *   cilium/state/identities/v1/id/<ID>                 -> labels, `src:key=value;` each, sorted
  *   cilium/state/identities/v1/value/<labels>/<node>   -> <ID> (decimal), under the node's lease
  *   cilium/state/identities/v1/locks/<labels>/<lease>  -> the allocation lock (etcd mutex)
- *   cilium/state/ip/v1/default/<IP>                    -> identity.IPIdentityPair JSON, under the lease
+ *   cilium/state/ip/v1/default/<IP>                    -> identity.IPIdentityPair JSON (named ports included), under the lease
  *   cilium/state/nodes/v1/<cluster>/<node name>        -> node.Node JSON, under the lease
  *
  * `<node>` in a value key is the node's IPv4 address: Cilium's GetNodeSuffix
@@ -16,7 +16,7 @@
  * WARDEN_ERR_KVSTORE_FORMAT (the caller logs and skips it), never half-read.
  */
 import { parseIPv4 } from '../../policy-store/src/cidr.js'
-import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, type Label } from '../../policy-store/src/index.js'
+import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, type ContainerPort, type Label } from '../../policy-store/src/index.js'
 import { ClusterError, ERR } from './errors.js'
 
 export const STATE_PREFIX = 'cilium/state/'
@@ -96,7 +96,10 @@ export function nodesPrefix (cluster: string): string { return `${NODES_PREFIX}$
 /**
  * One ipcache entry, Cilium's `identity.IPIdentityPair` (pkg/identity/identity.go) with its JSON
  * field names. `Mask` is a Go net.IPMask: null for a single address (what agents publish for
- * endpoints), else base64 of its bytes. `Key` is the encryption key index (0: none).
+ * endpoints), else base64 of its bytes. `Key` is the encryption key index (0: none). The
+ * `omitempty` fields are absent when empty: `K8sNamespace`, `K8sPodName`, `K8sServiceAccount`
+ * (warden has none to write) and `NamedPorts`, the pod's named container ports -- what another
+ * node's egress rules resolve `port: "<name>"` with.
  */
 export interface IPIdentityPair {
   IP: string
@@ -107,10 +110,28 @@ export interface IPIdentityPair {
   Metadata: string
   K8sNamespace?: string
   K8sPodName?: string
+  K8sServiceAccount?: string
+  NamedPorts?: NamedPortJson[]
 }
 
+/**
+ * Cilium's `identity.NamedPort`: `Protocol` as its u8proto names it (`TCP`, `UDP`, `SCTP`).
+ * Cilium writes them ordered by `Name` (pkg/ipcache/kvstore.go, the upsert of an IP).
+ */
+export interface NamedPortJson { Name: string, Port: number, Protocol: string }
+
+/**
+ * Named ports read per remote entry at most (Kubernetes sets no limit; a peer must not set
+ * this node's memory): an entry with more is refused as malformed.
+ */
+export const MAX_NAMED_PORTS = 128
+
 /** What warden publishes for one local endpoint. */
-export interface EndpointRecord { ip: string, hostIP: string, identity: number, namespace: string, pod: string, cluster: string, node: string, endpointId: number }
+export interface EndpointRecord {
+  ip: string, hostIP: string, identity: number, namespace: string, pod: string, cluster: string, node: string, endpointId: number
+  /** Its named container ports (the endpoints file's `ports`). */
+  ports?: readonly ContainerPort[]
+}
 
 /**
  * The value, field order as Go's encoding/json writes the struct. Metadata is Cilium's
@@ -122,11 +143,44 @@ export function formatIpcacheValue (e: EndpointRecord): string {
     Metadata: `cilium-global:${e.cluster}:${e.node}:${e.endpointId}`,
     K8sNamespace: e.namespace, K8sPodName: e.pod
   }
+  if (e.ports !== undefined && e.ports.length > 0) {
+    v.NamedPorts = [...e.ports].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+      .map((p) => ({ Name: p.name, Port: p.port, Protocol: p.protocol }))
+  }
   return JSON.stringify(v)
 }
 
 /** A remote ipcache entry, as warden uses it. */
-export interface RemoteIp { ip: string, prefixLen: number, hostIP: string, identity: number, namespace: string, pod: string }
+export interface RemoteIp { ip: string, prefixLen: number, hostIP: string, identity: number, namespace: string, pod: string, ports: ContainerPort[] }
+
+/** IANA_SVC_NAME, as Kubernetes and Cilium (`iana.IsSvcName`) check a port name, lower-cased. */
+const PORT_NAME = /^(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$/
+
+/**
+ * `NamedPorts` strictly: a list of at most MAX_NAMED_PORTS objects with a valid name (compared
+ * lower-case, as Cilium's ValidatePortName does), a port 1..65535 and a protocol Cilium's reader
+ * takes (TCP, UDP, SCTP, any case; empty is TCP, Kubernetes' default); one name once.
+ */
+function parseNamedPorts (key: string, v: unknown): ContainerPort[] {
+  if (v === undefined || v === null) return []
+  if (!Array.isArray(v)) throw formatError(`${key}: NamedPorts is not a list`, { key })
+  if (v.length > MAX_NAMED_PORTS) throw formatError(`${key}: ${v.length} named ports, more than ${MAX_NAMED_PORTS}`, { key, count: v.length })
+  const out: ContainerPort[] = []
+  const seen = new Set<string>()
+  for (const [i, x] of v.entries()) {
+    const np = x as Partial<Record<keyof NamedPortJson, unknown>> | null
+    if (np === null || typeof np !== 'object' || Array.isArray(np)) throw formatError(`${key}: NamedPorts[${i}] is not an object`, { key })
+    const name = typeof np.Name === 'string' ? np.Name.toLowerCase() : null
+    if (name === null || name.length > 15 || !PORT_NAME.test(name)) throw formatError(`${key}: NamedPorts[${i}].Name ${JSON.stringify(np.Name)} is not a port name (IANA_SVC_NAME)`, { key })
+    if (seen.has(name)) throw formatError(`${key}: NamedPorts names ${name} twice`, { key })
+    seen.add(name)
+    if (typeof np.Port !== 'number' || !Number.isInteger(np.Port) || np.Port < 1 || np.Port > 65535) throw formatError(`${key}: NamedPorts[${i}].Port ${JSON.stringify(np.Port)} is not a port 1..65535`, { key })
+    const proto = typeof np.Protocol === 'string' ? (np.Protocol === '' ? 'TCP' : np.Protocol.toUpperCase()) : null
+    if (proto !== 'TCP' && proto !== 'UDP' && proto !== 'SCTP') throw formatError(`${key}: NamedPorts[${i}].Protocol ${JSON.stringify(np.Protocol)} is not TCP, UDP or SCTP`, { key })
+    out.push({ name, port: np.Port, protocol: proto })
+  }
+  return out
+}
 
 export function parseIpcacheValue (key: string, value: string): RemoteIp {
   if (!key.startsWith(IPCACHE_PREFIX)) throw formatError(`${key} is not under ${IPCACHE_PREFIX}`, { key })
@@ -150,7 +204,8 @@ export function parseIpcacheValue (key: string, value: string): RemoteIp {
   return {
     ip: v.IP, prefixLen, hostIP, identity,
     namespace: typeof v.K8sNamespace === 'string' ? v.K8sNamespace : '',
-    pod: typeof v.K8sPodName === 'string' ? v.K8sPodName : ''
+    pod: typeof v.K8sPodName === 'string' ? v.K8sPodName : '',
+    ports: parseNamedPorts(key, v.NamedPorts)
   }
 }
 

@@ -102,8 +102,9 @@ export class Compiler {
   private podKey = ''
   private podLabels = new Map<number, readonly Label[]>()
   private epsByIdentity = new Map<number, number[]>()
-  /** Named container ports by identity (the union over its endpoints), and their signature. */
+  /** Named container ports by identity (the union over its endpoints here and on other nodes), and the local ones' signature. */
   private portsOf = new Map<number, ContainerPort[]>()
+  private remotePortsInput: RemoteState['namedPorts'] | null = null
   private epById = new Map<number, Endpoint>()
   private portsSig = ''
   private pods: PodIndex | null = null
@@ -183,6 +184,7 @@ export class Compiler {
     this.lastCompileDone = false
     const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.updateEndpoints(input, run)
+    this.updateNamedPorts(input, run)
     this.updateRules(input.files, run)
     this.updateLocalIdentities(input, run)
     const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals, this.groups)
@@ -265,18 +267,10 @@ export class Compiler {
       this.endpoints = Object.freeze(endpoints)
       this.epsByIdentity = new Map()
       for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
-      const portsOf = new Map<number, ContainerPort[]>()
       const sig: string[] = []
-      for (const e of endpoints) {
-        if (e.ports.length === 0) continue
-        sig.push(`${e.id}:${e.identity}:${portsKey(e.ports)}`)
-        const l = portsOf.get(e.identity)
-        if (l === undefined) portsOf.set(e.identity, [...e.ports])
-        else l.push(...e.ports)
-      }
+      for (const e of endpoints) if (e.ports.length > 0) sig.push(`${e.id}:${e.identity}:${portsKey(e.ports)}`)
       const portsSig = sig.join('|')
       if (portsSig !== this.portsSig) run.namedPortsChanged = true
-      this.portsOf = portsOf
       this.portsSig = portsSig
       this.epById = new Map(endpoints.map((e) => [e.id, e]))
     }
@@ -291,6 +285,33 @@ export class Compiler {
     this.epInput = input.endpoints
     this.extraInput = input.extraLabelSets ?? null
     this.remoteIdsInput = remoteIds
+  }
+
+  /**
+   * Step 1b: the named ports each peer identity carries, for egress rules that name a port: the
+   * union over this node's endpoints and other nodes' pods of that identity (their ipcache
+   * entries' NamedPorts), computed again when either side changed.
+   */
+  private updateNamedPorts (input: CompileInput, run: Run): void {
+    const remote = input.remote?.namedPorts ?? null
+    if (!run.namedPortsChanged && remote === this.remotePortsInput && this.prevSnapshot !== null) return
+    if (remote !== this.remotePortsInput) run.namedPortsChanged = true
+    this.remotePortsInput = remote
+    const portsOf = new Map<number, ContainerPort[]>()
+    const seen = new Set<string>()
+    const add = (identity: number, ports: readonly ContainerPort[]): void => {
+      for (const p of ports) {
+        const k = `${identity}/${p.name}/${p.protocol}/${p.port}`
+        if (seen.has(k)) continue
+        seen.add(k)
+        const l = portsOf.get(identity)
+        if (l === undefined) portsOf.set(identity, [p])
+        else l.push(p)
+      }
+    }
+    for (const e of this.endpoints) add(e.identity, e.ports)
+    for (const [identity, ports] of remote ?? []) add(identity, ports)
+    this.portsOf = portsOf
   }
 
   /** Step 2: rules added and removed (files give back the same rule objects for unchanged documents). */

@@ -1,10 +1,11 @@
 /**
  * Named ports (`port: "http"`) resolved for one endpoint's entries, as Kubernetes and Cilium
  * resolve them: on ingress to the endpoint's own container port of that name; on egress to the
- * container port of that name of each peer (by identity: every local endpoint that carries it).
+ * container port of that name of each peer (by identity: every endpoint that carries it, on this
+ * node or, in cluster mode, on another, from its ipcache entry's NamedPorts).
  * A name no container port has resolves to nothing: the element allows nothing there (fail
  * closed), as Cilium drops a named port it cannot resolve (pkg/policy/l4.go, `GetNamedPort`).
- * A peer that is not a local endpoint (world, a CIDR, another node's pod) has no named ports.
+ * A peer that is not an endpoint (world, a CIDR) has no named ports.
  */
 import type { NamedPortItem, PortItem, RuleElement } from './model.js'
 import { DIR, type ContainerPort, type Direction } from './types.js'

@@ -302,6 +302,12 @@ export interface RemoteState {
   readonly identities: ReadonlyMap<number, readonly Label[]>
   readonly ipcache: readonly IpcacheEntry[]
   /**
+   * Named container ports of other nodes' pods, per identity (the union over its pods): egress
+   * rules resolve `port: "<name>"` with them as with local peers'. The same object while the
+   * union is unchanged.
+   */
+  readonly namedPorts?: ReadonlyMap<number, readonly ContainerPort[]>
+  /**
    * Optional: `ipcache` is the list `from` with these prefixes set to these entries (null:
    * removed). A compiler that compiled `from` applies them instead of comparing every entry, so
    * one remote change costs what it touches; any other compiler ignores them.

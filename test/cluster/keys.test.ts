@@ -1,7 +1,9 @@
 /**
  * The kvstore keys and values against Cilium's: the layout table of Cilium's
  * Documentation/kvstore.rst, `Label.FormatForKVStore` (pkg/labels/labels.go: `source:key=value;`),
- * `identity.IPIdentityPair` (pkg/identity/identity.go) and `node.Node` (pkg/node/types/node.go).
+ * `identity.IPIdentityPair` and `identity.NamedPort` (pkg/identity/identity.go; the named ports
+ * ordered by name with u8proto's protocol names, as pkg/ipcache/kvstore.go writes them) and
+ * `node.Node` (pkg/node/types/node.go).
  */
 import t from 'tap'
 import {
@@ -45,7 +47,7 @@ t.test('id and value keys parse strictly', async (t) => {
 t.test('ipcache values are IPIdentityPair JSON', async (t) => {
   const v = formatIpcacheValue({ ip: '10.15.189.162', hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b', cluster: 'default', node: 'k8s1', endpointId: 3251 })
   t.equal(v, '{"IP":"10.15.189.162","Mask":null,"HostIP":"192.168.60.11","ID":32398,"Key":0,"Metadata":"cilium-global:default:k8s1:3251","K8sNamespace":"default","K8sPodName":"pod-to-b"}')
-  t.strictSame(parseIpcacheValue(ipcacheKey('10.15.189.162'), v), { ip: '10.15.189.162', prefixLen: 32, hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b' })
+  t.strictSame(parseIpcacheValue(ipcacheKey('10.15.189.162'), v), { ip: '10.15.189.162', prefixLen: 32, hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b', ports: [] })
   // a CIDR entry carries its mask (base64 of net.IPMask)
   t.equal(parseIpcacheValue(ipcacheKey('10.1.0.0'), '{"IP":"10.1.0.0","Mask":"//8AAA==","HostIP":"","ID":300,"Key":0}').prefixLen, 16)
   const bad: [string, string][] = [
@@ -71,4 +73,38 @@ t.test('node values are node.Node JSON', async (t) => {
   t.strictSame(parseNodeValue(nodeKey('c1', 'n2'), '{"Name":"n2","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"fd00::2"},{"Type":"InternalIP","IP":"10.0.0.2"}],"IPv4AllocCIDR":null}').ipv4, ['10.0.0.2'])
   t.throws(() => parseNodeValue(nodeKey('default', 'k8s2'), v), { code: 'WARDEN_ERR_KVSTORE_FORMAT' }, 'name differs from the key')
   t.throws(() => parseNodeValue('cilium/state/nodes/v1/default', v), { code: 'WARDEN_ERR_KVSTORE_FORMAT' })
+})
+
+t.test('an endpoint\'s named ports are IPIdentityPair.NamedPorts, ordered by name, omitted when none', async (t) => {
+  const base = { ip: '10.15.189.162', hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'echo', cluster: 'default', node: 'k8s1', endpointId: 3251 }
+  const v = formatIpcacheValue({ ...base, ports: [{ name: 'metrics', port: 9090, protocol: 'TCP' }, { name: 'dns', port: 53, protocol: 'UDP' }, { name: 'http-alt', port: 8080, protocol: 'TCP' }] })
+  // Go's encoding/json of identity.IPIdentityPair: K8sServiceAccount (omitempty, none here)
+  // comes before NamedPorts; each NamedPort is {"Name","Port","Protocol"}
+  t.equal(v, '{"IP":"10.15.189.162","Mask":null,"HostIP":"192.168.60.11","ID":32398,"Key":0,"Metadata":"cilium-global:default:k8s1:3251",' +
+    '"K8sNamespace":"default","K8sPodName":"echo","NamedPorts":[{"Name":"dns","Port":53,"Protocol":"UDP"},{"Name":"http-alt","Port":8080,"Protocol":"TCP"},{"Name":"metrics","Port":9090,"Protocol":"TCP"}]}')
+  t.strictSame(parseIpcacheValue(ipcacheKey(base.ip), v).ports, [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'http-alt', port: 8080, protocol: 'TCP' }, { name: 'metrics', port: 9090, protocol: 'TCP' }])
+  t.notMatch(formatIpcacheValue({ ...base, ports: [] }), /NamedPorts/, 'omitempty')
+  // what Cilium's reader takes: any case (lower-cased), an empty protocol as TCP, SCTP; a
+  // K8sServiceAccount is read past
+  const cilium = '{"IP":"10.0.0.1","Mask":null,"HostIP":"","ID":300,"Key":0,"K8sServiceAccount":"sa","NamedPorts":[{"Name":"HTTP","Port":80,"Protocol":""},{"Name":"assoc","Port":9,"Protocol":"sctp"}]}'
+  t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), cilium).ports, [{ name: 'http', port: 80, protocol: 'TCP' }, { name: 'assoc', port: 9, protocol: 'SCTP' }])
+  const entry = (np: string): string => `{"IP":"10.0.0.1","Mask":null,"HostIP":"","ID":300,"Key":0,"NamedPorts":${np}}`
+  const many = JSON.stringify(Array.from({ length: 129 }, (_, i) => ({ Name: `p${i}`, Port: 1000 + i, Protocol: 'TCP' })))
+  const bad = [
+    '{"Name":"http"}', // not a list
+    '[{"Name":"http","Port":0,"Protocol":"TCP"}]',
+    '[{"Name":"http","Port":65536,"Protocol":"TCP"}]',
+    '[{"Name":"http","Port":"80","Protocol":"TCP"}]',
+    '[{"Name":"http","Port":80,"Protocol":"ANY"}]',
+    '[{"Name":"http","Port":80,"Protocol":"ICMP"}]',
+    '[{"Name":"8080","Port":80,"Protocol":"TCP"}]', // no letter
+    '[{"Name":"http--x","Port":80,"Protocol":"TCP"}]',
+    '[{"Name":"a-very-long-port-name","Port":80,"Protocol":"TCP"}]',
+    '[{"Name":"http","Port":80,"Protocol":"TCP"},{"Name":"HTTP","Port":81,"Protocol":"TCP"}]', // one name twice
+    '[null]',
+    many
+  ]
+  for (const np of bad) t.throws(() => parseIpcacheValue(ipcacheKey('10.0.0.1'), entry(np)), { code: 'WARDEN_ERR_KVSTORE_FORMAT' }, np.slice(0, 80))
+  t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), entry('null')).ports, [], 'null is none (Go marshals a nil slice so)')
+  t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), entry(JSON.stringify(JSON.parse(many).slice(0, 128)))).ports.length, 128, 'at the bound')
 })

@@ -114,3 +114,36 @@ t.test('remote changes named by the cluster store give the same snapshots and di
   const web = told.current().endpoints[0]
   t.equal(told.current().ipcache.find((x) => x.prefix === '10.42.0.10/32')?.identity, web.identity, 'the local endpoint kept its address')
 })
+
+t.test('egress named ports resolve to other nodes\' pods\' named ports (the union per identity)', async (t) => {
+  const EGRESS = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-to-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "http-alt", protocol: TCP}]}]
+`
+  const dir = tempTree(t, { 'policies/p.yaml': EGRESS, 'endpoints.yaml': ENDPOINTS })
+  const clientIp: IpcacheEntry = { prefix: '10.42.1.5/32', identity: 5000, endpointId: 0 }
+  const ports = (p: number): RemoteState['namedPorts'] => new Map([[5000, [{ name: 'http-alt', port: p, protocol: 'TCP' as const }, { name: 'metrics', port: 9100, protocol: 'TCP' as const }]]])
+  const store = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: { ...remote([[5000, CLIENT]], [clientIp]), namedPorts: ports(8080) } })
+  t.teardown(async () => await store.close())
+  const web = store.current().endpoints[0].id
+  const egress = (s: Snapshot): string[] => s.kernel.filter((e) => e.endpointId === web && e.direction === 1 && e.verdict === 'allow').map((e) => `${e.remoteIdentity}/${e.port}`)
+  t.strictSame(egress(store.current()), ['5000/8080'], 'the remote client\'s http-alt')
+
+  // The remote pod's port moves: the entry moves with it.
+  const next = new Promise<[Snapshot, SnapshotDiff]>((resolve) => { const off = store.onSnapshot((s, d) => { off(); resolve([s, d]) }) })
+  store.setRemote({ ...remote([[5000, CLIENT]], [clientIp]), namedPorts: ports(8081) })
+  const [snap, diff] = await next
+  t.strictSame(egress(snap), ['5000/8081'])
+  t.strictSame(diff.kernelAdded.map((e) => e.port), [8081])
+  t.strictSame(diff.kernelRemoved.map((e) => e.port), [8080])
+
+  // No named ports published for it: the name resolves to nothing (nothing allowed).
+  const none = new Promise<Snapshot>((resolve) => { const off = store.onSnapshot((s) => { off(); resolve(s) }) })
+  store.setRemote({ ...remote([[5000, CLIENT]], [clientIp]), namedPorts: new Map() })
+  t.strictSame(egress(await none), [])
+})

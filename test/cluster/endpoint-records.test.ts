@@ -1,0 +1,82 @@
+/**
+ * What one agent publishes of its endpoints and what another reads, through a real etcd: named
+ * ports travel in the ipcache entries and reach the other node as the union per identity; an
+ * endpoint with the init identity is not published; an entry whose NamedPorts are malformed is
+ * skipped with a warning and counted, never half-read. Needs the `etcd` binary.
+ */
+import t, { type Test } from 'tap'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { ClusterStore } from '../../cluster/src/cluster.js'
+import { ipcacheKey } from '../../cluster/src/keys.js'
+import { Kv } from '../../cluster/src/kv.js'
+import { MemoryIdentityAllocator, RESERVED, type ContainerPort, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
+import { startEtcd } from '../helpers/etcd.js'
+
+const log = pino({ level: 'silent' })
+const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
+
+async function agent (t: Test, endpoint: string, name: string, ip: string): Promise<ClusterStore> {
+  const dir = await mkdtemp(join(tmpdir(), 'wdn-cluster-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const c = await ClusterStore.open({
+    urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, clusterName: 'default', leaseTtlSeconds: 3,
+    stateDir: dir, local: new MemoryIdentityAllocator(), logger: log, probeMs: 200, timeoutMs: 1000, backoffMinMs: 100, backoffMaxMs: 400
+  })
+  t.teardown(async () => await c.close())
+  return c
+}
+
+async function until (check: () => boolean, ms = 15000): Promise<boolean> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) return false
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return true
+}
+
+function ep (name: string, ipv4: string, identity: number, id: number, ports: ContainerPort[]): Endpoint {
+  return { id, name, namespace: 'shop', labels: { app: 'web' }, identityLabels: WEB, identity, ipv4, interface: `lxc-${name}`, ports, line: 1 }
+}
+
+const ports = (r: RemoteState, id: number): string[] => (r.namedPorts?.get(id) ?? []).map((p) => `${p.name}=${p.protocol}/${p.port}`).sort()
+
+t.test('named ports travel with the ipcache entries; init endpoints are not published', async (t) => {
+  const etcd = await startEtcd(t, 23850)
+  const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1')
+  const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2')
+  t.ok(await a.conn.waitConnected(10000) && await b.conn.waitConnected(10000), 'both connected')
+  await a.allocator.prepare([WEB], Date.now())
+  const webId = a.allocator.acquireIdentity(WEB, Date.now())
+  a.publishEndpoints([
+    ep('web-1', '10.42.1.10', webId, 1, [{ name: 'http-alt', port: 8080, protocol: 'TCP' }]),
+    // two pods of one identity: their ports are one union on the other node
+    ep('web-2', '10.42.1.11', webId, 2, [{ name: 'http-alt', port: 8080, protocol: 'TCP' }, { name: 'metrics', port: 9100, protocol: 'TCP' }]),
+    ep('booting', '10.42.1.12', RESERVED.INIT, 3, [{ name: 'http-alt', port: 8080, protocol: 'TCP' }])
+  ])
+  t.ok(await until(() => ports(b.current(), webId).length === 2), 'B has the union of A\'s pods\' named ports')
+  t.strictSame(ports(b.current(), webId), ['http-alt=TCP/8080', 'metrics=TCP/9100'])
+  const kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  t.teardown(() => kv.close())
+  t.match((await kv.get(ipcacheKey('10.42.1.10'))).value, /"NamedPorts":\[\{"Name":"http-alt","Port":8080,"Protocol":"TCP"\}\]/, 'in Cilium\'s JSON')
+  t.equal((await kv.get(ipcacheKey('10.42.1.12'))).value, null, 'the init endpoint is not published')
+
+  // A pod's port renamed: B's union follows.
+  a.publishEndpoints([
+    ep('web-1', '10.42.1.10', webId, 1, [{ name: 'http-alt', port: 8081, protocol: 'TCP' }]),
+    ep('web-2', '10.42.1.11', webId, 2, [])
+  ])
+  t.ok(await until(() => ports(b.current(), webId).join() === 'http-alt=TCP/8081'), 'B follows the change')
+
+  // Another node's entry with malformed NamedPorts: skipped whole, warned and counted.
+  const before = b.metrics().malformedKeys
+  await kv.put(ipcacheKey('10.42.2.5'), `{"IP":"10.42.2.5","Mask":null,"HostIP":"192.0.2.3","ID":${webId},"Key":0,"Metadata":"","NamedPorts":[{"Name":"http","Port":0,"Protocol":"TCP"}]}`)
+  await kv.put(ipcacheKey('10.42.2.6'), `{"IP":"10.42.2.6","Mask":null,"HostIP":"192.0.2.3","ID":${webId},"Key":0,"Metadata":"","NamedPorts":[{"Name":"http","Port":80,"Protocol":"TCP"}]}`)
+  t.ok(await until(() => b.current().ipcache.some((e) => e.prefix === '10.42.2.6/32')), 'the good entry arrives')
+  t.notOk(b.current().ipcache.some((e) => e.prefix === '10.42.2.5/32'), 'the malformed one is not used')
+  t.equal(b.metrics().malformedKeys, before + 1, 'and counted')
+  t.strictSame(ports(b.current(), webId), ['http-alt=TCP/8081', 'http=TCP/80'])
+})
