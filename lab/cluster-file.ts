@@ -13,6 +13,8 @@ export interface ClusterEndpoint {
   labels: Record<string, string>
   ipv4: string
   interface: string
+  /** Named container ports, copied to the node's endpoints file (absent: none). */
+  ports?: Array<{ name: string, port: number, protocol: 'TCP' | 'UDP' | 'SCTP' }>
 }
 
 export interface ClusterNode {
@@ -150,7 +152,7 @@ export function parseClusterSpec (text: string, file = 'cluster file'): ClusterS
     const endpoints = eps.map((rawEp, j): ClusterEndpoint => {
       const we = `${w}.endpoints[${j}]`
       const ep = record(rawEp, we)
-      only(ep, ['name', 'namespace', 'labels', 'ipv4', 'interface'], we)
+      only(ep, ['name', 'namespace', 'labels', 'ipv4', 'interface', 'ports'], we)
       const epName = str(ep.name, `${we}.name`)
       const namespace = ep.namespace === undefined ? 'default' : str(ep.namespace, `${we}.namespace`)
       if (!K8S_NAME.test(epName) || !K8S_NAME.test(namespace)) throw new LabError(`${we}: name and namespace must be Kubernetes names`)
@@ -166,7 +168,20 @@ export function parseClusterSpec (text: string, file = 'cluster file'): ClusterS
       // in the other nodes' logs then say which workload they are
       if (ifnames.has(ifname)) throw new LabError(`${we}.interface ${ifname} is used twice`)
       ifnames.add(ifname)
-      return { name: epName, namespace, labels, ipv4, interface: ifname }
+      // ports are the endpoints file's: the agent checks them when it reads that file
+      let ports: ClusterEndpoint['ports']
+      if (ep.ports !== undefined) {
+        if (!Array.isArray(ep.ports)) throw new LabError(`${we}.ports must be a list`)
+        ports = ep.ports.map((rawP, k) => {
+          const wp = `${we}.ports[${k}]`
+          const pp = record(rawP, wp)
+          only(pp, ['name', 'port', 'protocol'], wp)
+          const protocol = pp.protocol === undefined ? 'TCP' : str(pp.protocol, `${wp}.protocol`)
+          if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'SCTP') throw new LabError(`${wp}.protocol must be TCP, UDP or SCTP`)
+          return { name: str(pp.name, `${wp}.name`), port: port(pp.port, `${wp}.port`), protocol }
+        })
+      }
+      return { name: epName, namespace, labels, ipv4, interface: ifname, ...(ports !== undefined ? { ports } : {}) }
     })
     return { name, ip, podCidr, endpoints }
   })

@@ -139,7 +139,7 @@ async function upNode (spec: ClusterSpec, node: ClusterNode): Promise<void> {
   const dir = join(spec.workDir, node.name)
   mkdirSync(dir, { recursive: true })
   writeFileSync(endpointsFile(spec, node.name), '# written by `warden lab up --cluster`: this node\'s workloads\n' +
-    stringify({ endpoints: node.endpoints.map((e) => ({ name: e.name, namespace: e.namespace, labels: e.labels, ipv4: e.ipv4, interface: e.interface })) }))
+    stringify({ endpoints: node.endpoints.map((e) => ({ name: e.name, namespace: e.namespace, labels: e.labels, ipv4: e.ipv4, interface: e.interface, ...(e.ports !== undefined ? { ports: e.ports } : {}) })) }))
 }
 
 /** A host outside the cluster: on the bridge, with a route to each node's pods through that node. */

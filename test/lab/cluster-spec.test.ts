@@ -26,6 +26,8 @@ t.test('a good file', async (t) => {
   t.same(s.etcd, { ip: '198.19.140.2', clientPort: 23810, peerPort: 23811, tls: false, auth: false })
   const secure = parseClusterSpec(good.replace('peerPort: 23811}', 'peerPort: 23811, tls: true, auth: true}'))
   t.same(secure.etcd, { ip: '198.19.140.2', clientPort: 23810, peerPort: 23811, tls: true, auth: true }, 'etcd with TLS and a password')
+  const withPorts = parseClusterSpec(good.replace('interface: lxc-web}', 'interface: lxc-web, ports: [{name: http-alt, port: 8080}]}'))
+  t.same(withPorts.nodes[0].endpoints[0].ports, [{ name: 'http-alt', port: 8080, protocol: 'TCP' }], 'named ports, TCP by default')
 })
 
 const bad: Array<[string, string, RegExp]> = [
@@ -46,6 +48,8 @@ const bad: Array<[string, string, RegExp]> = [
   ['an external host on a node\'s address', good + 'external: [{name: inet, ip: 198.19.140.11}]\n', /used twice/],
   ['etcd auth without TLS', good.replace('peerPort: 23811}', 'peerPort: 23811, auth: true}'), /etcd\.auth needs etcd\.tls/],
   ['etcd tls not a boolean', good.replace('peerPort: 23811}', 'peerPort: 23811, tls: yes-please}'), /etcd\.tls must be true or false/],
+  ['a named port of another protocol', good.replace('interface: lxc-web}', 'interface: lxc-web, ports: [{name: x, port: 80, protocol: ICMP}]}'), /ports\[0\]\.protocol must be TCP, UDP or SCTP/],
+  ['a named port without a number', good.replace('interface: lxc-web}', 'interface: lxc-web, ports: [{name: x}]}'), /ports\[0\]\.port must be a port number/],
   ['not YAML', 'prefix: [', /cluster file/]
 ]
 
