@@ -6,8 +6,8 @@
  *                                references (allocator.ts)
  *   watches                      `identities/v1/id/`, `ip/v1/default/`, `nodes/v1/<cluster>/`
  *   hands the policy store       a RemoteState: every cluster identity with its labels, other
- *                                nodes' pods' addresses with their identities, other nodes'
- *                                addresses as `remote-node`
+ *                                nodes' pods' addresses with their identities and named ports,
+ *                                other nodes' addresses as `remote-node`
  *
  * The copies are persisted in the state directory (`cluster.json`), so an agent that starts
  * while etcd is unreachable enforces the cluster it saw last, and keeps its identity numbers.

@@ -121,8 +121,9 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(ipcache.lookupIdentity(billing), entry.identity, 'local identities kept')
   t.equal(await until(async () => await charge(s), (v) => v === '404'), '404', 'policy enforced')
 
-  // A label set never numbered, while etcd is away: the last snapshot stays in force; once etcd
-  // is back the identity is allocated and enforced.
+  // A label set never numbered, while etcd is away: the relabelled endpoint keeps its identity
+  // (as Cilium keeps it while an allocation fails); once etcd is back the new identity is
+  // allocated and enforced.
   const auditing = s.endpointAddress('auditing-service')
   const auditingId = ipcache.lookupIdentity(auditing)
   const endpointsFile = join(cfg.workDir, 'endpoints.yaml')
