@@ -126,7 +126,9 @@ export function endpointsReport (s: ReportSources): Record<string, unknown>[] {
     audit: e.audit === true,
     ingress: enforcement(e, 0),
     egress: enforcement(e, 1),
-    labels: e.identityLabels
+    labels: e.identityLabels,
+    // waiting for etcd to number these (the init identity, or the previous one kept)
+    ...(e.pendingIdentityLabels !== undefined ? { pendingLabels: e.pendingIdentityLabels } : {})
   }))
 }
 
