@@ -6,7 +6,7 @@
 // `toPorts: [{ports: [{port: "http-alt"}]}]` -- on the port y's entry in etcd names, and on the
 // new one when y's port moves.
 // Own names: netns wdn-, underlay 198.19.240.0/24, pods 198.19.241-242.0/24, etcd 23852,
-// proxy ports 18000-18001, route table 3100, bpffs and state under /run/warden-test-wdn.
+// proxy and metrics ports 18000-18002 (in each node's namespace), route table 3100, bpffs and state under /run/warden-test-wdn.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -67,7 +67,7 @@ spec:
 
 const agents = new Map(spec.nodes.map((n) => [n.name, new NodeAgent(spec, n.name, {
   policies,
-  args: ['--proxy-port', '18000', '--dns-proxy-port', '18001', '--route-table', '3100',
+  args: ['--proxy-port', '18000', '--dns-proxy-port', '18001', '--route-table', '3100', '--metrics', '127.0.0.1:18002',
     '--kvstore', etcdEndpoint(spec), '--node-name', n.name, '--node-ip', n.ip, '--pod-cidr', n.podCidr, '--kvstore-lease-ttl', '3']
 })]))
 const agent = (n: string): NodeAgent => agents.get(n) as NodeAgent
@@ -117,6 +117,16 @@ async function etcdGet (key: string): Promise<string | null> {
   })
 }
 
+/** A metric of node a's agent (its metrics listener is in node a's namespace). */
+async function metricA (name: string): Promise<number> {
+  return await new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', `${spec.prefix}a`, 'curl', '-s', '--max-time', '4', 'http://127.0.0.1:18002/metrics'], { timeout: 10_000 }, (_err, stdout) => {
+      const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(String(stdout))
+      resolve(m === null ? NaN : Number(m[1]))
+    })
+  })
+}
+
 /** An address's identity in a node's kernel ipcache. */
 function identityAt (node: string, ip: string): number {
   const r = openIpcacheReader(join(bpffsRoot(spec), node))
@@ -134,6 +144,8 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   await agent('a').start()
   t.equal(identityAt('a', X), RESERVED.INIT, 'x has the init identity in the kernel')
   t.ok(await until(() => agent('a').log().includes('endpoint has the init identity'), (v) => v, 5000), 'logged')
+  t.equal(await metricA('warden_endpoints_init'), 1, 'counted: one endpoint with the init identity')
+  t.ok(await metricA('warden_kvstore_identity_allocation_failures_total') >= 1, 'and the failed allocation')
   t.equal(await fromX(EXT, 8080), '200', 'init: the rule for reserved:init allows the outside host on 8080')
   t.equal(await fromX(EXT, 8081), 'timeout', 'init: not on 8081')
   t.equal(await fromX(Y, 8080), 'timeout', 'init: x\'s own policy does not apply yet, nothing else is allowed')
@@ -145,6 +157,7 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   const xId = await until(() => identityAt('a', X), (v) => v >= 256)
   t.ok(xId >= 256, `x got a cluster identity in the kernel (${xId})`)
   t.ok(await until(() => agent('a').log().includes('endpoint got the identity of its labels'), (v) => v, 5000), 'logged')
+  t.equal(await metricA('warden_endpoints_init'), 0, 'no endpoint with the init identity left')
   const published = await until(async () => await etcdGet(ipcacheKey(X)), (v) => v !== null)
   t.equal(published === null ? null : parseIpcacheValue(ipcacheKey(X), published).identity, xId, 'published to etcd with it')
   t.equal(await until(() => fromX(EXT, 8080), (v) => v === 'timeout'), 'timeout', 'x\'s own policy: the outside host is no longer allowed')
