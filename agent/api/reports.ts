@@ -2,7 +2,7 @@
  * What the local API answers, built from the agent's parts on each request (an operator's
  * command, not the data path). Plain JSON; the CLI renders tables from the same objects.
  */
-import type { CompiledHttpRule, DnsPolicy, Endpoint, KernelEntry, RuleRef, Snapshot } from '../../policy-store/src/types.js'
+import { RESERVED, type CompiledHttpRule, type DnsPolicy, type Endpoint, type KernelEntry, type RuleRef, type Snapshot } from '../../policy-store/src/types.js'
 import type { StoreInventory } from '../../policy-store/src/index.js'
 import { formatPolicyError } from '../../policy-store/src/errors.js'
 import type { DatapathInspection } from '../../redirect-bpf/src/index.js'
@@ -58,6 +58,10 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
   const degraded: string[] = []
   if (rejected.length > 0) degraded.push(`${rejected.length} policy error(s): the last good version of each rejected file is in force`)
   for (const e of pending) degraded.push(`endpoint ${epName(e)} not attached: interface ${e.interface} not found`)
+  for (const e of snap.endpoints) {
+    if (e.pendingIdentityLabels === undefined) continue
+    degraded.push(`endpoint ${epName(e)} ${e.identity === RESERVED.INIT ? 'has the init identity' : `keeps its previous identity ${e.identity}`}: its labels have no number yet (kvstore unreachable?)`)
+  }
   if (proxies.running < proxies.total) degraded.push(`${proxies.total - proxies.running} of ${proxies.total} HTTP proxy workers down`)
   const cluster = s.cluster?.()
   if (cluster !== undefined && cluster.state !== 'connected') {

@@ -19,6 +19,7 @@ import { startIn, stop, type Started } from '../../demo/services.js'
 import { ipcacheKey, parseIpcacheValue } from '../../cluster/src/keys.js'
 import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
 import { RESERVED } from '../../policy-store/src/index.js'
+import { runCli } from '../helpers/cli.js'
 
 const spec = parseClusterSpec(`
 prefix: wdn-
@@ -145,6 +146,8 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   t.equal(identityAt('a', X), RESERVED.INIT, 'x has the init identity in the kernel')
   t.ok(await until(() => agent('a').log().includes('endpoint has the init identity'), (v) => v, 5000), 'logged')
   t.equal(await metricA('warden_endpoints_init'), 1, 'counted: one endpoint with the init identity')
+  const status = await runCli(['status', '--api-socket', agent('a').apiSocket])
+  t.match(status.out, /DEGRADED[\s\S]*endpoint default\/x has the init identity/, '`warden status` says so')
   t.ok(await metricA('warden_kvstore_identity_allocation_failures_total') >= 1, 'and the failed allocation')
   t.equal(await fromX(EXT, 8080), '200', 'init: the rule for reserved:init allows the outside host on 8080')
   t.equal(await fromX(EXT, 8081), 'timeout', 'init: not on 8081')
