@@ -1,12 +1,13 @@
 // Needs root (namespaces, tc eBPF, a bpffs mount, etcd); CI runs as root.
 // Two nodes of a cluster lab on the real datapath. Node a's agent starts while etcd is down: its
 // pod x, whose labels were never numbered, gets the init identity and only what the rule for
-// `reserved:init` allows; once etcd answers, x gets its identity and its own policy. Then node
-// b's pod y publishes its named port, and x reaches y only through
-// `toPorts: [{ports: [{port: "http-alt"}]}]` -- on the port y's entry in etcd names, and on the
-// new one when y's port moves.
-// Own names: netns wdn-, underlay 198.19.240.0/24, pods 198.19.241-242.0/24, etcd 23852,
-// proxy and metrics ports 18000-18002 (in each node's namespace), route table 3100, bpffs and state under /run/warden-test-wdn.
+// `reserved:init` allows; once etcd answers, x gets its identity and its own policy. Node b's pod
+// y publishes its named port, and x reaches y only through `toPorts: [{ports: [{port:
+// "http-alt"}]}]` -- on the port y's entry in etcd names, and on the new one when y's port moves.
+// Last, etcd is lost while running and pod z arrives on node a: init identity, then its own.
+// Own names: netns wdn-, underlay 198.19.240.0/24, pods 198.19.241-242.0/24, etcd 23852, proxy
+// and metrics ports 18000-18002 (in each node's namespace), route table 3100, bpffs and state
+// under /run/warden-test-wdn.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -32,6 +33,7 @@ nodes:
     podCIDR: 198.19.241.0/24
     endpoints:
       - {name: x, labels: {app: x}, ipv4: 198.19.241.10, interface: lxc-x}
+      - {name: z, labels: {app: z}, ipv4: 198.19.241.11, interface: lxc-z}
   - name: b
     ip: 198.19.240.12
     podCIDR: 198.19.242.0/24
@@ -42,6 +44,7 @@ external:
 `)
 const X = '198.19.241.10'
 const Y = '198.19.242.10'
+const Z = '198.19.241.11'
 const EXT = '198.19.240.100'
 
 const policies = mkdtempSync(join(tmpdir(), 'wdn-policies-'))
@@ -89,16 +92,18 @@ function serve (netns: string, name: string): void {
   servers.push(startIn(netns, name, [process.execPath, '-e', js], join(spec.workDir, `${name}.log`)))
 }
 
-/** x fetches `ip:port`: the HTTP status, or `timeout` when the connection is dropped. */
-async function fromX (ip: string, port: number): Promise<string> {
+/** A pod of node a fetches `ip:port`: the HTTP status, or `timeout` when the connection is dropped. */
+async function fromA (pod: string, ip: string, port: number): Promise<string> {
   return await new Promise((resolve) => {
-    execFile('ip', ['netns', 'exec', podNs(spec, 'a', 'x'), 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--connect-timeout', '2', '--max-time', '4', `http://${ip}:${port}/`],
+    execFile('ip', ['netns', 'exec', podNs(spec, 'a', pod), 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--connect-timeout', '2', '--max-time', '4', `http://${ip}:${port}/`],
       { timeout: 10_000 }, (err, stdout) => {
         const code = (err as { code?: unknown } | null)?.code
         resolve(code === 28 ? 'timeout' : err !== null ? `curl exit ${String(code)}` : String(stdout).trim())
       })
   })
 }
+
+const fromX = async (ip: string, port: number): Promise<string> => await fromA('x', ip, port)
 
 async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 30_000): Promise<T> {
   const deadline = Date.now() + ms
@@ -141,6 +146,13 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   serve(externalNs(spec, 'ext'), 'ext')
   serve(podNs(spec, 'b', 'y'), 'y')
 
+  // z joins node a later (its workload exists, its endpoints entry not yet)
+  const fileA = endpointsFile(spec, 'a')
+  const withZ = readFileSync(fileA, 'utf8')
+  const zEntry = /\n  - name: z\n(    .*\n)+/.exec(withZ)?.[0] ?? ''
+  t.not(zEntry, '', 'z\'s entry in node a\'s endpoints file')
+  writeFileSync(fileA, withZ.replace(zEntry, '\n'))
+
   // The agent starts (it used to exit: a label set never numbered, etcd unreachable).
   await agent('a').start()
   t.equal(identityAt('a', X), RESERVED.INIT, 'x has the init identity in the kernel')
@@ -178,4 +190,17 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   writeFileSync(file, readFileSync(file, 'utf8').replace('port: 8080', 'port: 8081'))
   t.equal(await until(() => fromX(Y, 8081), (v) => v === '200'), '200', 'x -> y:8081 once y names it http-alt')
   t.equal(await fromX(Y, 8080), 'timeout', 'and 8080 no longer')
+
+  // etcd lost while running, and a new pod: it gets the init identity, then its own once etcd is back.
+  await stopEtcd(spec)
+  t.equal(await until(() => metricA('warden_kvstore_connected'), (v) => v === 0), 0, 'node a sees the outage')
+  writeFileSync(fileA, readFileSync(fileA, 'utf8').trimEnd() + '\n' + zEntry.replace(/^\n/, ''))
+  t.equal(await until(() => identityAt('a', Z), (v) => v === RESERVED.INIT), RESERVED.INIT, 'z has the init identity')
+  t.equal(identityAt('a', X), xId, 'x keeps its identity')
+  t.equal(await fromA('z', EXT, 8080), '200', 'z: the rule for reserved:init applies')
+  t.equal(await fromA('z', Y, 8080), 'timeout', 'z: nothing else')
+  t.equal(await fromX(Y, 8081), '200', 'x: unchanged')
+  await restartEtcd(spec)
+  t.ok(await until(() => identityAt('a', Z), (v) => v >= 256) >= 256, 'z got a cluster identity once etcd was back')
+  t.equal(await until(() => fromA('z', EXT, 8081), (v) => v === '200'), '200', 'z has no policy of its own: default allow, 8081 too')
 })
