@@ -186,9 +186,8 @@ export class ClusterStore {
   publishEndpoints (endpoints: readonly Endpoint[]): void {
     const next = new Map<string, string>()
     for (const e of endpoints) {
-      // An endpoint with the init identity waits for etcd to number its labels; its address is
-      // published with the number it then gets (other nodes read 5 as outside the cluster range).
-      if (e.identity === RESERVED.INIT) continue
+      // An endpoint with the init identity is published with it, as Cilium publishes the identity
+      // an endpoint has: the other nodes then apply their rules for `init` to it, not `world`.
       next.set(ipcacheKey(e.ipv4), formatIpcacheValue({
         ip: e.ipv4, hostIP: this.opts.nodeIP, identity: e.identity, namespace: e.namespace, pod: e.name,
         cluster: this.opts.clusterName, node: this.opts.nodeName, endpointId: e.id, ports: e.ports

@@ -16,7 +16,7 @@
  * WARDEN_ERR_KVSTORE_FORMAT (the caller logs and skips it), never half-read.
  */
 import { parseIPv4 } from '../../policy-store/src/cidr.js'
-import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, type ContainerPort, type Label } from '../../policy-store/src/index.js'
+import { MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, RESERVED, type ContainerPort, type Label } from '../../policy-store/src/index.js'
 import { ClusterError, ERR } from './errors.js'
 
 export const STATE_PREFIX = 'cilium/state/'
@@ -191,7 +191,9 @@ export function parseIpcacheValue (key: string, value: string): RemoteIp {
   if (typeof v.IP !== 'string' || parseIPv4(v.IP) === null) throw formatError(`${key}: IP ${JSON.stringify(v.IP)} is not an IPv4 address`, { key })
   if (v.IP !== keyIp) throw formatError(`${key}: IP ${v.IP} differs from the key's`, { key })
   if (typeof v.ID !== 'number' || !Number.isInteger(v.ID)) throw formatError(`${key}: ID is not an integer`, { key })
-  const identity = parseIdentity(String(v.ID), key)
+  // A cluster identity, or `init` (5): Cilium publishes an endpoint with the identity it has,
+  // the init one included, until its labels are numbered (pkg/endpoint, SetIdentity).
+  const identity = v.ID === RESERVED.INIT ? RESERVED.INIT : parseIdentity(String(v.ID), key)
   const hostIP = typeof v.HostIP === 'string' && (v.HostIP === '' || parseIPv4(v.HostIP) !== null) ? v.HostIP : null
   if (hostIP === null) throw formatError(`${key}: HostIP ${JSON.stringify(v.HostIP)} is not an IPv4 address`, { key })
   let prefixLen = 32

@@ -1,7 +1,7 @@
 /**
  * What one agent publishes of its endpoints and what another reads, through a real etcd: named
  * ports travel in the ipcache entries and reach the other node as the union per identity; an
- * endpoint with the init identity is not published; an entry whose NamedPorts are malformed is
+ * endpoint with the init identity is published with it (5); an entry whose NamedPorts are malformed is
  * skipped with a warning and counted, never half-read. Needs the `etcd` binary.
  */
 import t, { type Test } from 'tap'
@@ -44,7 +44,7 @@ function ep (name: string, ipv4: string, identity: number, id: number, ports: Co
 
 const ports = (r: RemoteState, id: number): string[] => (r.namedPorts?.get(id) ?? []).map((p) => `${p.name}=${p.protocol}/${p.port}`).sort()
 
-t.test('named ports travel with the ipcache entries; init endpoints are not published', async (t) => {
+t.test('named ports travel with the ipcache entries; init endpoints are published as init', async (t) => {
   const etcd = await startEtcd(t, 23850)
   const a = await agent(t, etcd.endpoint, 'node-a', '192.0.2.1')
   const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2')
@@ -62,7 +62,9 @@ t.test('named ports travel with the ipcache entries; init endpoints are not publ
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
   t.match((await kv.get(ipcacheKey('10.42.1.10'))).value, /"NamedPorts":\[\{"Name":"http-alt","Port":8080,"Protocol":"TCP"\}\]/, 'in Cilium\'s JSON')
-  t.equal((await kv.get(ipcacheKey('10.42.1.12'))).value, null, 'the init endpoint is not published')
+  t.match((await kv.get(ipcacheKey('10.42.1.12'))).value, /"ID":5,/, 'the init endpoint is published with identity 5')
+  t.ok(await until(() => b.current().ipcache.some((e) => e.prefix === '10.42.1.12/32' && e.identity === RESERVED.INIT)), 'and B knows its address as init')
+  t.strictSame(ports(b.current(), RESERVED.INIT), ['http-alt=TCP/8080'], 'with its named ports')
 
   // A pod's port renamed: B's union follows.
   a.publishEndpoints([

@@ -48,6 +48,8 @@ t.test('ipcache values are IPIdentityPair JSON', async (t) => {
   const v = formatIpcacheValue({ ip: '10.15.189.162', hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b', cluster: 'default', node: 'k8s1', endpointId: 3251 })
   t.equal(v, '{"IP":"10.15.189.162","Mask":null,"HostIP":"192.168.60.11","ID":32398,"Key":0,"Metadata":"cilium-global:default:k8s1:3251","K8sNamespace":"default","K8sPodName":"pod-to-b"}')
   t.strictSame(parseIpcacheValue(ipcacheKey('10.15.189.162'), v), { ip: '10.15.189.162', prefixLen: 32, hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b', ports: [] })
+  // the init identity, as Cilium publishes an endpoint whose labels have no number yet
+  t.equal(parseIpcacheValue(ipcacheKey('10.0.0.9'), '{"IP":"10.0.0.9","Mask":null,"HostIP":"","ID":5,"Key":0}').identity, 5)
   // a CIDR entry carries its mask (base64 of net.IPMask)
   t.equal(parseIpcacheValue(ipcacheKey('10.1.0.0'), '{"IP":"10.1.0.0","Mask":"//8AAA==","HostIP":"","ID":300,"Key":0}').prefixLen, 16)
   const bad: [string, string][] = [
