@@ -7,6 +7,11 @@ import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { writeFileSync } from 'node:fs'
 import { ERR, MemoryIdentityAllocator, openStore, RESERVED, StoreError, type Label, type PolicyStore, type Snapshot } from '../../policy-store/src/index.js'
+import { Compiler, entryKey } from '../../policy-store/src/compile.js'
+import type { RawEndpoint } from '../../policy-store/src/endpoints.js'
+import type { FilePolicies } from '../../policy-store/src/model.js'
+import { parseYamlString } from '../../policy-store/src/source-file.js'
+import { validatePolicyFile } from '../../policy-store/src/validate.js'
 import { tempTree, trace } from './helpers.js'
 
 /** Numbers only the label sets it was given, and only while `reachable` (like the etcd allocator). */
@@ -177,4 +182,41 @@ t.test('a relabelled endpoint whose new labels cannot be numbered keeps its iden
   t.strictSame(web?.identityLabels, WEB_LABELS)
   t.strictSame(web?.pendingIdentityLabels, ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=default', 'k8s:tier=v2'])
   t.ok(allowed(snap, 'client', 'web', 80), 'its policy stays')
+})
+
+t.test('from init to numbered, incrementally: the diff replays to the snapshot a cold compile gives', async (t) => {
+  const fileOf = (name: string, text: string): FilePolicies => {
+    const parsed = parseYamlString(text, name, 0, true)
+    if ('errors' in parsed) throw new Error(JSON.stringify(parsed.errors))
+    return { file: name, rules: [...validatePolicyFile(parsed).policies.rules], policies: 1, skipped: 0 }
+  }
+  const endpoints: RawEndpoint[] = [
+    { name: 'client', namespace: 'default', labels: { app: 'client' }, ipv4: '10.42.0.11', interface: 'lxc-client', line: 1 },
+    { name: 'web', namespace: 'default', labels: { app: 'web' }, ipv4: '10.42.0.10', interface: 'lxc-web', ports: [{ name: 'http', port: 80, protocol: 'TCP' }], line: 2 }
+  ]
+  const input = { endpoints, files: [fileOf('web.yaml', WEB), fileOf('init.yaml', INIT), fileOf('client.yaml', CLIENT_POLICY)], learned: [], hostIPs: [], now: 1_000_000 }
+  const alloc = new FakeClusterAllocator([CLIENT])
+  const inc = new Compiler(alloc)
+  const first = inc.compile(input)
+  t.equal(first.snapshot.endpoints.find((e) => e.name === 'web')?.identity, RESERVED.INIT)
+  const state = new Map(first.snapshot.kernel.map((e) => [entryKey(e), e.verdict]))
+  const ipcache = new Map(first.snapshot.ipcache.map((e) => [e.prefix, e.identity]))
+  alloc.reachable = true
+  await alloc.prepare([['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=default']])
+  const { snapshot, diff } = inc.compile(input) // the same input: the newly numbered set is enough
+  for (const e of diff.kernelRemoved) state.delete(entryKey(e))
+  for (const e of diff.kernelAdded) state.set(entryKey(e), e.verdict)
+  for (const e of diff.ipcacheRemoved) ipcache.delete(e.prefix)
+  for (const e of diff.ipcacheAdded) ipcache.set(e.prefix, e.identity)
+  t.strictSame(state, new Map(snapshot.kernel.map((e) => [entryKey(e), e.verdict])), 'the kernel diff replays')
+  t.strictSame(ipcache, new Map(snapshot.ipcache.map((e) => [e.prefix, e.identity])), 'the ipcache diff replays')
+  // the same as a compiler that never saw init (identity numbers aside: compared by labels)
+  const cold = new Compiler(new MemoryIdentityAllocator()).compile(input).snapshot
+  const canon = (s: Snapshot): string[] => s.kernel.map((e) => {
+    const ep = s.endpoints.find((x) => x.id === e.endpointId)?.name
+    const peer = e.remoteIdentity === 0 ? '*' : (s.identities.get(e.remoteIdentity) ?? [String(e.remoteIdentity)]).join(',')
+    return `${ep}|${e.direction}|${peer}|${e.protocol}|${e.port}-${e.endPort}|${e.verdict}`
+  }).sort()
+  t.strictSame(canon(snapshot), canon(cold))
+  t.strictSame(snapshot.endpoints.map((e) => e.identityLabels.join(',')), cold.endpoints.map((e) => e.identityLabels.join(',')))
 })
