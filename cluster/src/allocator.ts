@@ -75,6 +75,8 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
   private lastGc = -Infinity
   private readonly log: Logger
   readonly stats: AllocatorStats = { allocations: 0, allocationConflicts: 0, allocationFailures: 0, collected: 0, reconciled: 0 }
+  /** Label sets whose last allocation failed (logged once until one succeeds). */
+  private readonly failing = new Set<string>()
   /** Allocations in flight per labels key: a second `prepare` of the same set waits for the first. */
   private readonly inflight = new Map<string, Promise<number>>()
 
@@ -127,11 +129,17 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
           // Not numbered this time: the endpoints that need it get the `init` identity (or keep
           // the one they had) until a later prepare succeeds -- at the next session, the next
           // policy change, or the store's retry.
-          this.stats.allocationFailures++
-          const e = err as Error & { code?: string }
-          this.log.warn({ labels: key, code: e.code, err: e.message }, 'kvstore: cannot number a label set now; its new endpoints get the init identity until etcd answers')
+          // Logged and counted once per label set until it is numbered: the store asks again
+          // every few seconds while etcd is away.
+          if (!this.failing.has(key)) {
+            this.failing.add(key)
+            this.stats.allocationFailures++
+            const e = err as Error & { code?: string }
+            this.log.warn({ labels: key, code: e.code, err: e.message }, 'kvstore: cannot number a label set now; its new endpoints get the init identity until etcd answers')
+          }
           continue
         }
+        this.failing.delete(key)
         if (!this.held.has(key)) this.held.set(key, { id, refs: 0, unusedSince: now })
       }
     }

@@ -94,5 +94,7 @@ t.test('without etcd, a label set never numbered stays unprepared (its endpoints
   await alloc.prepare([db], 0)
   t.notOk(alloc.isPrepared(db))
   t.equal(alloc.stats.allocationFailures, 1, 'counted')
+  await alloc.prepare([db], 0)
+  t.equal(alloc.stats.allocationFailures, 1, 'once per label set while it keeps failing')
   t.throws(() => alloc.acquireIdentity(db, 0), { code: 'WARDEN_ERR_IDENTITY_NOT_PREPARED' })
 })
