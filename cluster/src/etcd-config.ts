@@ -125,10 +125,21 @@ export interface EtcdConfigFile {
   warnings: string[]
 }
 
+function kindOf (v: unknown): string {
+  return Array.isArray(v) ? 'a list' : typeof v === 'object' ? 'a mapping' : `a ${typeof v}`
+}
+
+function yamlWhere (err: unknown): string {
+  const e = err as { linePos?: { line: number, col: number }[], code?: string }
+  const at = e.linePos?.[0]
+  return `${at !== undefined ? ` at line ${at.line}, column ${at.col}` : ''}${typeof e.code === 'string' ? ` (${e.code})` : ''}`
+}
+
 export function parseEtcdConfig (text: string, file: string): EtcdConfigFile {
   const bad = (key: string, message: string): never => fail(`${file}: ${key}: ${message}`, { file, key })
   let doc: unknown
-  try { doc = parse(text) } catch (err) { fail(`${file}: not valid YAML: ${(err as Error).message}`, { file }) }
+  // yaml's message quotes the offending line, which may be the password's: only its position and code.
+  try { doc = parse(text) } catch (err) { fail(`${file}: not valid YAML${yamlWhere(err)}`, { file }) }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) fail(`${file}: must be a mapping of etcd client settings (endpoints, trusted-ca-file, cert-file, key-file, username, password)`, { file })
   const m = doc as Record<string, unknown>
   const out: EtcdConfigFile = { insecureTransport: false, warnings: [] }
@@ -141,13 +152,14 @@ export function parseEtcdConfig (text: string, file: string): EtcdConfigFile {
   const str = (key: string): string | undefined => {
     const v = m[key]
     if (v === undefined || v === null || v === '') return undefined
-    if (typeof v !== 'string') bad(key, `must be a string, got ${JSON.stringify(v)}`)
+    // the type, never the value: it may be the password
+    if (typeof v !== 'string') bad(key, `must be a string, got ${kindOf(v)}`)
     return v as string
   }
   const bool = (key: string): boolean => {
     const v = m[key]
     if (v === undefined || v === null) return false
-    if (typeof v !== 'boolean') bad(key, `must be true or false, got ${JSON.stringify(v)}`)
+    if (typeof v !== 'boolean') bad(key, `must be true or false, got ${kindOf(v)}`)
     return v as boolean
   }
   if (m.endpoints !== undefined && m.endpoints !== null) {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { inspect } from 'node:util'
 import { stringify } from 'yaml'
-import { parseKvstoreUrls, resolveKvstoreTarget, Secret } from '../../cluster/src/etcd-config.js'
+import { parseEtcdConfig, parseKvstoreUrls, resolveKvstoreTarget, Secret } from '../../cluster/src/etcd-config.js'
 import { makeCa, makeEtcdPki } from '../../lab/pki.js'
 import { runCli } from '../helpers/cli.js'
 
@@ -111,4 +111,22 @@ t.test('the etcd.config file', async (t) => {
   })
 
   t.equal(`${String(new Secret('x'))}${JSON.stringify({ s: new Secret('x') })}`, '[redacted]{"s":"[redacted]"}')
+})
+
+t.test('a malformed file never quotes the password in its error', async (t) => {
+  const secret = 's3cr3t-834561'
+  const texts = [
+    `endpoints: [https://h:1]\nusername: u\npassword: "${secret}\n`, // unclosed quote: a YAML syntax error
+    `endpoints: [https://h:1]\nusername: u\npassword: ${secret}: more\n`,
+    `endpoints: [https://h:1]\nusername: u\npassword: [${secret}\n`,
+    `endpoints: [https://h:1]\nusername: u\npassword: ${secret}\npassword: ${secret}\n`, // a duplicate key
+    `endpoints: [https://h:1]\nusername: u\npassword: [${secret}]\n`,
+    'endpoints: [https://h:1]\nusername: u\npassword: 834561\n' // a number: not a string
+  ]
+  for (const text of texts) {
+    let message = ''
+    try { parseEtcdConfig(text, '/etc/warden/etcd.config') } catch (err) { message = (err as Error).message + inspect(err) }
+    t.match(message, /^\/etc\/warden\/etcd\.config: /, `refused: ${JSON.stringify(message.split('\n')[0])}`)
+    t.notMatch(message, /834561/, 'the password is not in the error')
+  }
 })
