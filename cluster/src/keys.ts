@@ -196,12 +196,13 @@ export function parseIpcacheValue (key: string, value: string): RemoteIp {
   const identity = v.ID === RESERVED.INIT ? RESERVED.INIT : parseIdentity(String(v.ID), key)
   const hostIP = typeof v.HostIP === 'string' && (v.HostIP === '' || parseIPv4(v.HostIP) !== null) ? v.HostIP : null
   if (hostIP === null) throw formatError(`${key}: HostIP ${JSON.stringify(v.HostIP)} is not an IPv4 address`, { key })
-  let prefixLen = 32
+  // One address only. Agents publish their endpoints with a null Mask; a wider prefix from
+  // another node would share a kernel key with other entries (10.1.2.5/24 and 10.1.2.6/24 are
+  // both 10.1.2.0/24) or replace this node's own prefixes (a /0 would be `world`).
+  const prefixLen = 32
   if (v.Mask !== null && v.Mask !== undefined) {
     if (typeof v.Mask !== 'string') throw formatError(`${key}: Mask is not a base64 string`, { key })
-    const len = maskLength(Buffer.from(v.Mask, 'base64'))
-    if (len === null) throw formatError(`${key}: Mask ${v.Mask} is not an IPv4 prefix mask`, { key })
-    prefixLen = len
+    if (maskLength(Buffer.from(v.Mask, 'base64')) !== 32) throw formatError(`${key}: Mask ${JSON.stringify(v.Mask)} is not a single address (/32): only endpoint addresses are read from other nodes`, { key })
   }
   return {
     ip: v.IP, prefixLen, hostIP, identity,

@@ -50,8 +50,11 @@ t.test('ipcache values are IPIdentityPair JSON', async (t) => {
   t.strictSame(parseIpcacheValue(ipcacheKey('10.15.189.162'), v), { ip: '10.15.189.162', prefixLen: 32, hostIP: '192.168.60.11', identity: 32398, namespace: 'default', pod: 'pod-to-b', ports: [] })
   // the init identity, as Cilium publishes an endpoint whose labels have no number yet
   t.equal(parseIpcacheValue(ipcacheKey('10.0.0.9'), '{"IP":"10.0.0.9","Mask":null,"HostIP":"","ID":5,"Key":0}').identity, 5)
-  // a CIDR entry carries its mask (base64 of net.IPMask)
-  t.equal(parseIpcacheValue(ipcacheKey('10.1.0.0'), '{"IP":"10.1.0.0","Mask":"//8AAA==","HostIP":"","ID":300,"Key":0}').prefixLen, 16)
+  // a Mask (base64 of net.IPMask) is read when it is a single address; a wider prefix is refused
+  t.equal(parseIpcacheValue(ipcacheKey('10.1.0.7'), '{"IP":"10.1.0.7","Mask":"/////w==","HostIP":"","ID":300,"Key":0}').prefixLen, 32)
+  for (const [ip, mask] of [['10.1.0.0', '//8AAA=='], ['10.1.2.5', '////AA=='], ['1.2.3.4', 'AAAAAA==']]) {
+    t.throws(() => parseIpcacheValue(ipcacheKey(ip), `{"IP":"${ip}","Mask":"${mask}","HostIP":"","ID":300,"Key":0}`), { code: 'WARDEN_ERR_KVSTORE_FORMAT' }, `${ip} with mask ${mask} refused`)
+  }
   const bad: [string, string][] = [
     ['10.0.0.1', 'not json'],
     ['10.0.0.1', '{"IP":"10.0.0.2","Mask":null,"HostIP":"","ID":300}'],
