@@ -379,6 +379,7 @@ export class ClusterStore {
       remoteNodes: this.stats.remoteNodes,
       malformedKeys: this.stats.malformedKeys,
       keysNotCopied: m.reduce((n, x) => n + x.stats.dropped, 0),
+      recordsTooLarge: m.reduce((n, x) => n + x.stats.oversized, 0),
       remoteEntriesDropped: this.stats.remoteEntriesDropped
     }
   }

@@ -18,7 +18,15 @@ import type { Session } from './connection.js'
 export interface MirrorEntry { value: string, modRevision: number }
 export type MirrorChange = { type: 'put', key: string, value: string, prev: string | undefined } | { type: 'delete', key: string, prev: string }
 
-export interface MirrorStats { watchEvents: number, relists: number, resumes: number, dropped: number }
+export interface MirrorStats { watchEvents: number, relists: number, resumes: number, dropped: number, oversized: number }
+
+/**
+ * The largest key plus value copied, in bytes. A record of the kinds watched (an identity's
+ * labels, an endpoint's IPIdentityPair with its named ports, a node) is well under it; etcd would
+ * take a megabyte. Larger records are treated as absent, so the copies' memory is bounded by
+ * their key counts times this, never by what a peer writes.
+ */
+export const MAX_RECORD_BYTES = 16 * 1024
 
 export class Mirror {
   readonly entries = new Map<string, MirrorEntry>()
@@ -26,10 +34,17 @@ export class Mirror {
   revision = 0
   private watcher: Watcher | null = null
   private readonly listeners: ((changes: MirrorChange[]) => void)[] = []
-  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0, dropped: 0 }
+  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0, dropped: 0, oversized: 0 }
 
   /** `maxEntries`: keys kept at most; a new key beyond is not copied (counted in `dropped`). */
-  constructor (readonly prefix: string, private readonly log: Logger, private readonly maxEntries = Infinity) {}
+  constructor (readonly prefix: string, private readonly log: Logger, private readonly maxEntries = Infinity, private readonly maxRecordBytes = MAX_RECORD_BYTES) {}
+
+  /** Too large to copy: counted, logged once per thousand; the key is then treated as absent. */
+  private oversized (key: string, bytes: number): boolean {
+    if (bytes <= this.maxRecordBytes) return false
+    if (this.stats.oversized++ % 1000 === 0) this.log.warn({ prefix: this.prefix, key: key.slice(0, 256), bytes, max: this.maxRecordBytes }, 'kvstore: record too large; treated as absent')
+    return true
+  }
 
   private full (key: string): boolean {
     if (this.entries.size < this.maxEntries || this.entries.has(key)) return false
@@ -43,7 +58,7 @@ export class Mirror {
   restore (entries: Iterable<[string, string]>): void {
     const changes: MirrorChange[] = []
     for (const [key, value] of entries) {
-      if (!key.startsWith(this.prefix) || this.full(key)) continue
+      if (!key.startsWith(this.prefix) || this.oversized(key, Buffer.byteLength(key) + Buffer.byteLength(value)) || this.full(key)) continue
       this.entries.set(key, { value, modRevision: 0 })
       changes.push({ type: 'put', key, value, prev: undefined })
     }
@@ -85,6 +100,7 @@ export class Mirror {
     const seen = new Set<string>()
     const changes: MirrorChange[] = []
     for (const kv of list.kvs) {
+      if (this.oversized(kv.key, Buffer.byteLength(kv.key) + Buffer.byteLength(kv.value))) continue // absent: deleted below if copied before
       seen.add(kv.key)
       if (this.full(kv.key)) continue
       const cur = this.entries.get(kv.key)
@@ -110,9 +126,15 @@ export class Mirror {
     w.on('put', (kv: IKeyValue) => {
       this.stats.watchEvents++
       const key = kv.key.toString()
-      const value = kv.value.toString()
       const rev = Number(kv.mod_revision)
       if (rev > this.revision) this.revision = rev
+      if (this.oversized(key, kv.key.length + kv.value.length)) {
+        // as a delete: a record grown too large is no longer what this node enforces
+        const old = this.entries.get(key)
+        if (old !== undefined) { this.entries.delete(key); batch.push({ type: 'delete', key, prev: old.value }) }
+        return
+      }
+      const value = kv.value.toString()
       if (this.full(key)) return
       const cur = this.entries.get(key)
       this.entries.set(key, { value, modRevision: rev })

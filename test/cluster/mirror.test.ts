@@ -48,7 +48,7 @@ t.test('resume, compaction, relist', async (t) => {
     { type: 'put', key: P + '10.0.0.3', value: 'three', prev: undefined },
     { type: 'delete', key: P + '10.0.0.1', prev: 'one' }
   ], 'resumed from the revision reached: the changes made meanwhile, in order')
-  t.strictSame(mirror.stats, { watchEvents: 3, relists: 1, resumes: 1, dropped: 0 })
+  t.strictSame(mirror.stats, { watchEvents: 3, relists: 1, resumes: 1, dropped: 0, oversized: 0 })
 
   // Lost again; changes; etcd compacted its history past the copy's revision: relist.
   mirror.stop()
@@ -69,4 +69,30 @@ t.test('resume, compaction, relist', async (t) => {
   await waitFor(1)
   t.strictSame(seen.splice(0), [{ type: 'put', key: P + '10.0.0.5', value: 'five', prev: undefined }], 'and watched from the relist on')
   t.equal(failed, null, 'no session failed')
+})
+
+t.test('a record larger than the bound is treated as absent, listed or watched', async (t) => {
+  const etcd = await startEtcd(t, 23794)
+  const kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  t.teardown(() => kv.close())
+  const mirror = new Mirror(P, pino({ level: 'silent' }), Infinity, 64)
+  const seen: MirrorChange[] = []
+  mirror.onChange((c) => seen.push(...c))
+  t.teardown(() => mirror.stop())
+  const h = await kv.get('cilium/state/')
+  const big = 'x'.repeat(100)
+  await kv.put(P + '10.0.0.1', 'small')
+  await kv.put(P + '10.0.0.2', big)
+  await mirror.onSession({ kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, fail: () => {} })
+  t.strictSame([...mirror.entries.keys()], [P + '10.0.0.1'], 'listed: the oversized record is not copied')
+  t.equal(mirror.stats.oversized, 1)
+  await kv.put(P + '10.0.0.1', big) // grows past the bound: as a delete
+  const end = Date.now() + 10000
+  while (seen.length < 2 && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.strictSame(seen, [
+    { type: 'put', key: P + '10.0.0.1', value: 'small', prev: undefined },
+    { type: 'delete', key: P + '10.0.0.1', prev: 'small' }
+  ], 'watched: a record grown too large leaves the copy')
+  t.equal(mirror.entries.size, 0)
+  t.equal(mirror.stats.oversized, 2)
 })
