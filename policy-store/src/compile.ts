@@ -91,6 +91,8 @@ interface CompiledEndpoints {
 
 export class Compiler {
   private version = 0
+  /** How each compile's ipcache diff was made: from the changes the cluster store named, or by comparing the lists. */
+  readonly stats = { ipcacheDiffsNamed: 0, ipcacheDiffsCompared: 0 }
   private prevSnapshot: Snapshot | null = null
   // Endpoints and pod identities.
   private epInput: readonly RawEndpoint[] | null = null
@@ -209,6 +211,7 @@ export class Compiler {
       fqdnSelectors: this.fqdnSelectors
     })
     const diff = diffSnapshots(prev, snapshot, out, this.ipChanges)
+    if (prev !== null) this.stats[this.ipChanges !== null ? 'ipcacheDiffsNamed' : 'ipcacheDiffsCompared']++
     this.prevSnapshot = snapshot
     this.lastCompileDone = true
     return { snapshot, diff }

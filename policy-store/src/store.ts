@@ -12,7 +12,7 @@ import { IdentityLabelFilter } from './label-filter.js'
 import { identityLabelsOf } from './labels.js'
 import type { FilePolicies } from './model.js'
 import { DirectoryPolicySource, type PolicyResource, type PolicySource } from './policy-source.js'
-import { RESERVED, type Label, type LearnedName, type RemoteState, type Snapshot, type SnapshotDiff } from './types.js'
+import { RESERVED, type Label, type LearnedName, type IpcacheChanges, type RemoteState, type Snapshot, type SnapshotDiff } from './types.js'
 
 export interface StoreOptions {
   /** Policy directory. */
@@ -55,6 +55,8 @@ export interface PolicyStore {
   setLearnedNames (names: readonly LearnedName[]): Snapshot
   /** What the last load found: the files in force and every current rejection (for `warden status`). */
   inventory (): StoreInventory
+  /** How the compiles' ipcache diffs were made: from the changes the cluster store named, or by comparing. */
+  readonly compileStats: Readonly<{ ipcacheDiffsNamed: number, ipcacheDiffsCompared: number }>
   /**
    * Other nodes' state (cluster mode). Recompiles soon (debounced with file changes), after
    * preparing identities again: also the way to retry a compile that failed for want of an
@@ -92,6 +94,8 @@ class Store implements PolicyStore {
   private remoteDirty = false
   /** The remote state the last compile was given. */
   private compiledRemote: RemoteState | undefined
+  /** The chained remote changes this store built (setRemote), appended to while a compile waits. */
+  private chained: Array<IpcacheChanges['changed'][number]> | null = null
   /** A label set endpoints waited for got its number (retryPendingSoon). */
   private pendingReady = false
   /** name -> its IPs, of the names in effect at the last setLearnedNames. */
@@ -141,6 +145,9 @@ class Store implements PolicyStore {
     }, 1000)
     this.persistTimer.unref()
   }
+
+  /** The compiler's counters (how ipcache diffs were made). */
+  get compileStats (): Readonly<Compiler['stats']> { return this.compiler.stats }
 
   current (): Snapshot {
     if (this.snapshot === null) throw new Error('store not loaded')
@@ -300,10 +307,23 @@ class Store implements PolicyStore {
     // Remote states that arrive while a compile waits (debounce, identity preparation) are
     // compiled as one: their named changes are chained, so the compiler can still apply them
     // instead of comparing every entry.
+    // The chain is bounded by the ipcache's size: past it, comparing every entry is cheaper, so
+    // the changes are dropped and the compiler does that.
     const pending = this.remote
     const c = remote.ipcacheChanges
     if (pending !== undefined && pending !== this.compiledRemote && pending.ipcacheChanges !== undefined && c !== undefined && c.from === pending.ipcache) {
-      remote = { ...remote, ipcacheChanges: { from: pending.ipcacheChanges.from, changed: [...pending.ipcacheChanges.changed, ...c.changed] } }
+      const before = pending.ipcacheChanges.changed
+      if (before.length + c.changed.length > Math.max(remote.ipcache.length, MIN_CHAIN)) {
+        const { ipcacheChanges: _dropped, ...whole } = remote
+        remote = whole
+        this.chained = null
+      } else {
+        // appended in place once the store owns the array: no copy per remote state
+        const changed = before === this.chained ? this.chained : [...before]
+        for (const x of c.changed) changed.push(x)
+        this.chained = changed
+        remote = { ...remote, ipcacheChanges: { from: pending.ipcacheChanges.from, changed } }
+      }
     }
     this.remote = remote
     this.remoteDirty = true
@@ -399,6 +419,9 @@ export async function loadSnapshot (opts: StoreOptions): Promise<{ snapshot: Sna
 }
 
 /** Load, compile and (unless `watch: false`) watch. Rejects with PolicyLoadError on any error. */
+/** Chained remote changes kept at least, however small the ipcache. */
+const MIN_CHAIN = 4096
+
 export async function openStore (opts: StoreOptions): Promise<PolicyStore> {
   const store = await makeStore(opts)
   const { errors } = await store.load()

@@ -64,8 +64,9 @@ t.test('a local endpoint wins over a remote entry for its address; an unselected
 t.test('remote changes named by the cluster store give the same snapshots and diffs as comparing the lists', async (t) => {
   const dir = tempTree(t, { 'policies/p.yaml': POLICY, 'endpoints.yaml': ENDPOINTS })
   const ids = new Map([[5000, CLIENT], [6000, OTHER]])
+  const initial: IpcacheEntry[] = [] // the first change names it as its `from`, as the cluster store does
   const open = async (): Promise<Awaited<ReturnType<typeof openStore>>> => {
-    const s = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: { identities: ids, ipcache: [] } })
+    const s = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: { identities: ids, ipcache: initial } })
     t.teardown(async () => await s.close())
     return s
   }
@@ -82,7 +83,7 @@ t.test('remote changes named by the cluster store give the same snapshots and di
     [['10.42.1.5/32', null], ['10.42.0.10/32', null]],
     [['10.42.1.5/32', e('10.42.1.5/32', 5000)], ['10.42.1.6/32', null]]
   ]
-  let list: IpcacheEntry[] = []
+  let list: IpcacheEntry[] = initial
   for (const [i, step] of steps.entries()) {
     const m = new Map(list.map((x) => [x.prefix, x]))
     for (const [p, x] of step) { if (x === null) m.delete(p); else m.set(p, x) }
@@ -91,7 +92,12 @@ t.test('remote changes named by the cluster store give the same snapshots and di
     const got = Promise.all([told, plain].map(async (s) => await new Promise<[Snapshot, SnapshotDiff]>((resolve) => { const off = s.onSnapshot((snap, d) => { off(); resolve([snap, d]) }) })))
     told.setRemote({ identities: ids, ipcache: next, ipcacheChanges: { from: list, changed } })
     plain.setRemote({ identities: ids, ipcache: next })
+    const named = told.compileStats.ipcacheDiffsNamed
     const [[sa, da], [sb, db]] = await got
+    // the named path ran (else this test would pass with the optimisation off), also where a
+    // change claims this node's own endpoint's address (skipped there: the endpoint wins)
+    t.equal(told.compileStats.ipcacheDiffsNamed, named + 1, `step ${i}: diffed from the named changes`)
+    t.equal(plain.compileStats.ipcacheDiffsNamed, 0, 'without named changes: compared')
     t.strictSame(byPrefix(sa.ipcache), byPrefix(sb.ipcache), `step ${i}: same ipcache`)
     t.strictSame(byPrefix(da.ipcacheAdded), byPrefix(db.ipcacheAdded), `step ${i}: same entries written`)
     t.strictSame(byPrefix(da.ipcacheRemoved), byPrefix(db.ipcacheRemoved), `step ${i}: same entries deleted`)
@@ -106,7 +112,9 @@ t.test('remote changes named by the cluster store give the same snapshots and di
   told.setRemote({ identities: ids, ipcache: mid, ipcacheChanges: { from: list, changed: [{ prefix: '10.42.1.8/32', entry: mid[mid.length - 2] }, { prefix: '10.42.1.9/32', entry: mid[mid.length - 1] }] } })
   told.setRemote({ identities: ids, ipcache: end, ipcacheChanges: { from: mid, changed: [{ prefix: '10.42.1.8/32', entry: null }, { prefix: '10.42.1.9/32', entry: end[end.length - 1] }] } })
   plain.setRemote({ identities: ids, ipcache: end })
+  const named = told.compileStats.ipcacheDiffsNamed
   const [[sa, da], [sb, db]] = await got
+  t.equal(told.compileStats.ipcacheDiffsNamed, named + 1, 'merged states: diffed from the chained changes')
   t.strictSame(byPrefix(sa.ipcache), byPrefix(sb.ipcache), 'merged states: same ipcache')
   t.strictSame(byPrefix(da.ipcacheAdded), ['10.42.1.9/32=6000'], 'merged states: the net change written')
   t.strictSame(byPrefix(da.ipcacheAdded), byPrefix(db.ipcacheAdded))
@@ -146,4 +154,23 @@ spec:
   const none = new Promise<Snapshot>((resolve) => { const off = store.onSnapshot((s) => { off(); resolve(s) }) })
   store.setRemote({ ...remote([[5000, CLIENT]], [clientIp]), namedPorts: new Map() })
   t.strictSame(egress(await none), [])
+})
+
+t.test('remote changes chained while a compile waits are bounded: past the bound the lists are compared', async (t) => {
+  const dir = tempTree(t, { 'policies/p.yaml': POLICY, 'endpoints.yaml': ENDPOINTS })
+  const ids = new Map([[5000, CLIENT], [6000, OTHER]])
+  let list: IpcacheEntry[] = []
+  const s = await openStore({ policies: join(dir, 'policies'), endpoints: join(dir, 'endpoints.yaml'), watch: false, remote: { identities: ids, ipcache: list } })
+  t.teardown(async () => await s.close())
+  const compiled = new Promise<Snapshot>((resolve) => { const off = s.onSnapshot((snap) => { off(); resolve(snap) }) })
+  // 600 states of 10 churning addresses before one compile: 6,000 changes for a 10-entry ipcache
+  for (let round = 0; round < 600; round++) {
+    const next = Array.from({ length: 10 }, (_, i): IpcacheEntry => ({ prefix: `10.42.1.${i}/32`, identity: round % 2 === 0 ? 5000 : 6000, endpointId: 0 }))
+    s.setRemote({ identities: ids, ipcache: next, ipcacheChanges: { from: list, changed: next.map((entry) => ({ prefix: entry.prefix, entry })) } })
+    list = next
+  }
+  const snap = await compiled
+  t.equal(s.compileStats.ipcacheDiffsCompared, 1, 'one compile, by comparing the lists')
+  t.equal(s.compileStats.ipcacheDiffsNamed, 0)
+  t.strictSame(snap.ipcache.filter((e) => e.prefix.startsWith('10.42.1.')).map((e) => e.identity), Array(10).fill(6000), 'the last state is the one compiled')
 })
