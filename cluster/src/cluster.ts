@@ -110,6 +110,8 @@ export class ClusterStore {
   /** The remote ipcache entries by etcd key (objects reused while unchanged). */
   private readonly remoteIps = new Map<string, IpcacheEntry>()
   private readonly remoteNodes = new Map<string, IpcacheEntry[]>()
+  /** Kernel ipcache entries those make: one per pod key, one per node address. */
+  private remoteEntries = 0
   /** Those entries by prefix, the winner of each. */
   private readonly byPrefix = new RemoteIpcache()
   /** What each remote entry contributes to its identity's named ports, and their count per identity. */
@@ -198,11 +200,21 @@ export class ClusterStore {
     this.published = next
   }
 
-  /** No room for one more remote entry: counted, and logged once per thousand. */
-  private overCap (key: string): boolean {
-    if (this.remoteIps.size + this.remoteNodes.size < this.maxRemote) return false
-    if (this.stats.remoteEntriesDropped++ % 1000 === 0) this.log.warn({ key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; the addresses beyond are not enforced by identity')
-    return true
+  /**
+   * How many of `want` kernel entries key `key` may hold, `held` being what it holds now: the cap
+   * counts kernel ipcache entries (a pod key is one, a node record one per address), not etcd
+   * keys, so no set of records takes the map past its share. What does not fit is counted, and
+   * logged once per thousand.
+   */
+  private room (key: string, want: number, held: number): number {
+    const free = Math.max(0, this.maxRemote - this.remoteEntries + held)
+    if (want <= free) return want
+    const before = this.stats.remoteEntriesDropped
+    this.stats.remoteEntriesDropped += want - free
+    if (before === 0 || Math.floor(before / 1000) !== Math.floor(this.stats.remoteEntriesDropped / 1000)) {
+      this.log.warn({ key, max: this.maxRemote, dropped: this.stats.remoteEntriesDropped }, 'kvstore: too many remote ipcache entries; the addresses beyond are not enforced by identity')
+    }
+    return free
   }
 
   private applyIps (changes: MirrorChange[]): void {
@@ -215,7 +227,7 @@ export class ClusterStore {
         if (r.hostIP === this.opts.nodeIP) { this.setIp(c.key, undefined); this.setPorts(c.key, 0, []); continue }
         const prefix = `${r.ip}/${r.prefixLen}`
         const old = this.remoteIps.get(c.key)
-        if (old === undefined && this.overCap(c.key)) continue
+        if (old === undefined && this.room(c.key, 1, 0) === 0) continue
         if (old === undefined || old.prefix !== prefix || old.identity !== r.identity) this.setIp(c.key, { prefix, identity: r.identity, endpointId: 0 })
         this.setPorts(c.key, r.identity, r.ports)
       } catch (err) {
@@ -235,10 +247,13 @@ export class ClusterStore {
         const n = parseNodeValue(c.key, c.value)
         if (n.name === this.opts.nodeName) { this.setNode(c.key, undefined); continue }
         const old = this.remoteNodes.get(c.key)
-        if (old === undefined && this.overCap(c.key)) continue
-        const sig = n.ipv4.slice(0, 16).join(',') // a node's addresses, a bounded few
+        const held = old?.length ?? 0
+        const addrs = n.ipv4.slice(0, 16) // a node's addresses, a bounded few
+        const ips = addrs.slice(0, addrs.length > held ? this.room(c.key, addrs.length, held) : addrs.length)
+        if (old === undefined && ips.length === 0) continue
+        const sig = ips.join(',')
         if (old === undefined || old.map((e) => e.prefix.slice(0, -3)).join(',') !== sig) {
-          this.setNode(c.key, n.ipv4.slice(0, 16).map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
+          this.setNode(c.key, ips.map((ip) => ({ prefix: `${ip}/32`, identity: RESERVED.REMOTE_NODE, endpointId: 0 })))
         }
       } catch (err) {
         this.setNode(c.key, undefined)
@@ -250,6 +265,7 @@ export class ClusterStore {
 
   private setIp (key: string, e: IpcacheEntry | undefined): void {
     const old = this.remoteIps.get(key)
+    this.remoteEntries += (e === undefined ? 0 : 1) - (old === undefined ? 0 : 1)
     this.byPrefix.replace(key, false, old === undefined ? [] : [old], e === undefined ? [] : [e])
     if (e === undefined) this.remoteIps.delete(key)
     else this.remoteIps.set(key, e)
@@ -286,7 +302,9 @@ export class ClusterStore {
   }
 
   private setNode (key: string, es: IpcacheEntry[] | undefined): void {
-    this.byPrefix.replace(key, true, this.remoteNodes.get(key) ?? [], es ?? [])
+    const old = this.remoteNodes.get(key) ?? []
+    this.remoteEntries += (es?.length ?? 0) - old.length
+    this.byPrefix.replace(key, true, old, es ?? [])
     if (es === undefined) this.remoteNodes.delete(key)
     else this.remoteNodes.set(key, es)
   }
