@@ -68,6 +68,8 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
     degraded.push(`kvstore ${cluster.state}${cluster.state === 'down' ? ` for ${cluster.downSeconds} s` : ''}${cluster.lastError !== null ? ` (${cluster.lastError.message})` : ''}: enforcing the cluster state last seen`)
   }
   if (cluster !== undefined && cluster.remoteEntriesDropped > 0) degraded.push(`${cluster.remoteEntriesDropped} remote ipcache entries beyond the limit are not enforced by identity`)
+  const leftOut = m.warden_datapath_ipcache_left_out ?? 0
+  if (leftOut > 0) degraded.push(`the kernel ipcache is full: ${leftOut} address entries left out are treated as world (--ipcache-max-entries)`)
   const sum = (...keys: string[]): number => keys.reduce((n, k) => n + (m[k] ?? 0), 0)
   const prefixed = (p: string): string[] => Object.keys(m).filter((k) => k.startsWith(p))
   const audited = snap.endpoints.filter((e) => e.audit === true).map(epName)

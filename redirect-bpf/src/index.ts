@@ -26,6 +26,7 @@ import { decodeFlowEvent, monotonicNowNs, readCounters, type FlowEvent } from '.
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 import { prepareIpcache, promoteIpcache } from './ipcache-resize.js'
+import { admitIpcache, learnedBy, noneLeftOut, RANK_NAMES, type RankName } from './ipcache-room.js'
 import koffi from 'koffi'
 import { existsSync } from 'node:fs'
 
@@ -97,7 +98,10 @@ export interface Datapath {
   onFlow (fn: (ev: FlowEvent) => void): void
   /** For `warden status`: interfaces waiting to appear, and each map's fill (entries of max). */
   inspect (): DatapathInspection
-  /** Kernel counters per reason (summed over CPUs), names from REASONS. */
+  /**
+   * Kernel counters per reason (summed over CPUs), names from REASONS; `ct_gc_deleted`, and
+   * `ipcache_left_out`: the entries of the snapshot in force the ipcache had no room for.
+   */
   counters (): Record<string, number>
   /** Stop polling; leave programs, pins, rule and route in place. */
   close (): Promise<void>
@@ -166,12 +170,17 @@ class DatapathImpl implements Datapath {
   private ctGcTimer: NodeJS.Timeout | undefined
   /** Expired conntrack entries deleted since open. */
   ctCollected = 0
+  private readonly ipcacheMax: number
+  /** Entries of the last snapshot the ipcache had no room for, per rank (ipcache-room.ts). */
+  private ipcacheLeftOut = noneLeftOut()
+  private ipcacheLeftOutTotal = 0
 
   constructor (
     private readonly opts: DatapathOptions,
     private readonly maps: Maps,
     private readonly refs: MapRef[]
   ) {
+    this.ipcacheMax = opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES
     const every = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS
     if (every > 0) {
       this.fullSyncTimer = setInterval(() => {
@@ -350,7 +359,7 @@ class DatapathImpl implements Datapath {
     for (const e of diff.kernelRemoved) this.policy.remove(e, polKeys)
     for (const e of diff.kernelAdded) this.policy.add(e, polKeys)
     this.policy.checkSize()
-    const ipcache = writeKeys(this.maps.l7p_ipcache, this.have.ipcache, (k) => this.ipcacheWant.get(k), ipcKeys)
+    const ipcache = this.writeIpcache(snap, ipcKeys)
     const policy = writeKeys(this.maps.l7p_policy, this.have.policy, (k) => this.policy.value(k), polKeys)
     this.last = snap
     // endpoints are few: any change (or an interface still awaited) redoes them whole
@@ -388,7 +397,9 @@ class DatapathImpl implements Datapath {
     this.ipcacheWant = ipcWant
     this.policy = index
     const ipcDump = dumpMap(this.maps.l7p_ipcache)
-    const ipcache = syncWithDump(this.maps.l7p_ipcache, ipcDump, ipcWant, known ? this.have.ipcache : undefined)
+    const room = admitIpcache(ipcWant, this.ipcacheMax, ipcDump, learnedBy(snap.identities))
+    this.noteLeftOut(room.leftOut, snap.version)
+    const ipcache = syncWithDump(this.maps.l7p_ipcache, ipcDump, room.keep, known ? this.have.ipcache : undefined)
     this.have.ipcache = ipcDump
     const polDump = dumpMap(this.maps.l7p_policy)
     const policy = syncWithDump(this.maps.l7p_policy, polDump, index.toMap(), known ? this.have.policy : undefined)
@@ -404,6 +415,44 @@ class DatapathImpl implements Datapath {
     const fields = { version: snap.version, mode: 'full', why, ms: Math.round((performance.now() - t0) * 10) / 10, repairs, ...maps }
     if (repairs > 0) this.opts.logger.warn(fields, 'datapath full sync repaired drift in the kernel maps')
     else this.opts.logger.debug(fields, 'datapath applied')
+  }
+
+  /**
+   * Write the ipcache keys a diff touched. The map has room for `ipcacheMax` entries: while the
+   * snapshot's fit (the normal case) only `keys` are written; when they do not, or did not at the
+   * last apply, the entries to hold are chosen again (ipcache-room.ts) and the map brought to
+   * them, removals first, so a write never meets a full map and the policy and endpoint maps
+   * are written after it whatever the ipcache could not hold.
+   */
+  private writeIpcache (snap: Snapshot, keys: Iterable<string>): SyncCount {
+    const map = this.maps.l7p_ipcache
+    const want = this.ipcacheWant
+    const have = this.have.ipcache
+    if (want.size <= this.ipcacheMax && this.ipcacheLeftOutTotal === 0) {
+      return { ...writeKeys(map, have, (k) => want.get(k), keys), repairs: 0 }
+    }
+    const { keep, leftOut } = admitIpcache(want, this.ipcacheMax, have, learnedBy(snap.identities))
+    this.noteLeftOut(leftOut, snap.version)
+    function * all (): Generator<string> {
+      for (const k of have.keys()) if (!keep.has(k)) yield k
+      yield * keep.keys()
+    }
+    return { ...writeKeys(map, have, (k) => keep.get(k), all()), repairs: 0 }
+  }
+
+  /** Record (and log, when it changes) what the ipcache had no room for. */
+  private noteLeftOut (leftOut: Record<RankName, number>, version: number): void {
+    const total = RANK_NAMES.reduce((n, r) => n + leftOut[r], 0)
+    const changed = RANK_NAMES.some((r) => leftOut[r] !== this.ipcacheLeftOut[r])
+    this.ipcacheLeftOut = leftOut
+    this.ipcacheLeftOutTotal = total
+    if (!changed) return
+    if (total > 0) {
+      this.opts.logger.warn({ version, max: this.ipcacheMax, leftOut: total, ...leftOut },
+        'datapath: the ipcache is full; the addresses left out are world (FQDN-learned first, then other nodes\' pods, then CIDR prefixes)')
+    } else {
+      this.opts.logger.info({ version, max: this.ipcacheMax }, 'datapath: every ipcache entry fits again')
+    }
   }
 
   /**
@@ -498,7 +547,8 @@ class DatapathImpl implements Datapath {
 
   counters (): Record<string, number> {
     // the kernel's reasons, and the expired conntrack entries this agent deleted
-    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ctCollected }
+    // and the ipcache entries of the current snapshot left out for want of room (a gauge)
+    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ctCollected, ipcache_left_out: this.ipcacheLeftOutTotal }
   }
 
   async close (): Promise<void> {
