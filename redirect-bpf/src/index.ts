@@ -15,7 +15,7 @@ import {
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
-  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, promoteProgs, removePins,
+  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs, removePins,
   removeQdiscIfEmpty, removeRouting, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
@@ -621,14 +621,20 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
     const cfgMap = new RawMap(createMapRef(objGet(mapPath(opts.bpffs, 'l7p_config')), { transfer: true }))
     const cur = cfgMap.get(Buffer.alloc(4))
     cfgMap.ref.close()
-    // a resized ipcache needs programs that use it, as a new build does
-    upgrade = cur === undefined || decodeConfig(cur).progTag !== tag || resized
+    // a resized ipcache needs programs that use it, as a new build does; so do programs left
+    // bound to another ipcache than the pinned one by a start killed part-way (see below)
+    const stale = !resized && !await programsUseMap(opts.bpffs, ipcachePin)
+    if (stale) log.warn({ bpffs: opts.bpffs }, 'the pinned programs do not use the pinned ipcache (an interrupted start); reloading them')
+    upgrade = cur === undefined || decodeConfig(cur).progTag !== tag || resized || stale
     if (upgrade) await loadObject(opts.bpffs, 'progs_new', ipcachePin)
     log.info({ bpffs: opts.bpffs, upgrade, ipcacheResized: resized, ipcacheMaxEntries: ipcacheMax }, 'datapath reusing pinned maps')
   }
   if (upgrade) {
     // point every attached filter at the new programs (and the new ipcache), then retire the
-    // old pins; the old ipcache goes when the last program holding it is released
+    // old pins; the old ipcache goes when the last program holding it is released. Programs
+    // first, the ipcache pin last: a kill between the two leaves `progs/` on the new map and the
+    // old map pinned at its old size, which the next start resizes again; the other order would
+    // leave `progs/` on a map no longer pinned, which nobody writes.
     const attach = new RawMap(createMapRef(objGet(mapPath(opts.bpffs, 'l7p_attach')), { transfer: true }))
     try {
       for (const [k, v] of attach.entries()) {
@@ -641,8 +647,8 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
     } finally {
       attach.ref.close()
     }
-    promoteIpcache(opts.bpffs)
     promoteProgs(opts.bpffs)
+    promoteIpcache(opts.bpffs)
   }
   const { maps, refs } = openMaps(opts.bpffs)
   const zero = Buffer.alloc(4)

@@ -135,6 +135,21 @@ async function retireReshapedCounters (bpffs: string): Promise<void> {
   if (info.max_entries !== COUNTER_SLOTS) rmSync(pin)
 }
 
+/**
+ * Do the pinned programs (`<bpffs>/progs`) use the map pinned at `mapPin`? A start that was
+ * killed part-way through an upgrade or resize can leave programs bound to a map whose pin was
+ * replaced: they would read a map nobody writes any more. Compared by map id (bpftool's
+ * `map_ids` of each program).
+ */
+export async function programsUseMap (bpffs: string, mapPin: string): Promise<boolean> {
+  const map = JSON.parse((await run('bpftool', ['-j', 'map', 'show', 'pinned', mapPin])).stdout) as { id?: number }
+  for (const p of PROGS) {
+    const prog = JSON.parse((await run('bpftool', ['-j', 'prog', 'show', 'pinned', progPath(bpffs, p)])).stdout) as { map_ids?: number[] }
+    if (map.id === undefined || prog.map_ids?.includes(map.id) !== true) return false
+  }
+  return true
+}
+
 /** Swap `<bpffs>/progs_new` in for `<bpffs>/progs` (after filters point at the new ones). */
 export function promoteProgs (bpffs: string): void {
   const cur = join(bpffs, 'progs')
