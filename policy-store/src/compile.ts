@@ -51,6 +51,8 @@ export interface CompileInput {
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
 
 interface LocalEntry { labels: Label[], local: Local, ip: IpcacheEntry }
+/** A prefix that gets a local identity: named by a rule (`rule`), learned from DNS answers (`fqdnKeys`), or both. */
+interface LocalPrefix { prefix: Prefix, fqdnKeys: string[], rule: boolean }
 
 /** A rule's CIDR prefixes and FQDN matchers (they make local identities). */
 interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[], groups: string[] }
@@ -633,14 +635,14 @@ export class Compiler {
         this.nameKeys = new Map()
       }
     }
-    const prefixes = new Map<string, { prefix: Prefix, fqdnKeys: string[] }>()
-    for (const [k, x] of this.rulePrefixes) prefixes.set(k, { prefix: x, fqdnKeys: [] })
+    const prefixes = new Map<string, LocalPrefix>()
+    for (const [k, x] of this.rulePrefixes) prefixes.set(k, { prefix: x, fqdnKeys: [], rule: true })
     this.learnedPrefixes(input, taken, prefixes)
     return this.buildLocals(prefixes, remoteChanges)
   }
 
   /** Learned names' IPs into `prefixes` (/32s with the FQDN selector keys they carry). */
-  private learnedPrefixes (input: CompileInput, taken: ReadonlySet<number>, prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>): void {
+  private learnedPrefixes (input: CompileInput, taken: ReadonlySet<number>, prefixes: Map<string, LocalPrefix>): void {
     const sels = this.fqdnSelectors
     if (this.nameKeys.size > 2 * input.learned.length + 1024) this.nameKeys = new Map() // names long gone
     if (this.ipNums.size > 4 * input.learned.length + 1024) this.ipNums = new Map()
@@ -660,7 +662,7 @@ export class Compiler {
         if (p === null || taken.has(p.n)) continue
         const k = p.key
         let e = prefixes.get(k)
-        if (e === undefined) prefixes.set(k, e = { prefix: { addr: p.n, len: 32 }, fqdnKeys: [] })
+        if (e === undefined) prefixes.set(k, e = { prefix: { addr: p.n, len: 32 }, fqdnKeys: [], rule: false })
         for (const key of keys) if (!e.fqdnKeys.includes(key)) e.fqdnKeys.push(key)
       }
     }
@@ -668,7 +670,7 @@ export class Compiler {
   }
 
   /** Local identities (stable numbers), identities and the ipcache from the local prefixes. */
-  private buildLocals (prefixes: Map<string, { prefix: Prefix, fqdnKeys: string[] }>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
+  private buildLocals (prefixes: Map<string, LocalPrefix>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
     const base = this.base as NonNullable<Compiler['base']>
     const locals: Local[] = []
     const podIdsChanged = this.podIdentities === null || this.podIdentities.labels !== this.podLabels
@@ -680,14 +682,17 @@ export class Compiler {
     const ipList = [...base.fixed.values()]
     const fixedCount = ipList.length
     const localEntries = new Map<string, LocalEntry>()
-    for (const [k, { prefix, fqdnKeys }] of prefixes) {
+    for (const [k, { prefix, fqdnKeys, rule }] of prefixes) {
       const fk = fqdnKeys.length > 1 ? fqdnKeys.sort() : fqdnKeys
-      const ck = fk.length === 0 ? k : k + '\n' + fk.join('\n')
+      // a rule's prefix that DNS also gave keeps its identity (same labels) but not `learnedOnly`
+      const learnedOnly = !rule && fk.length > 0
+      const ck = (fk.length === 0 ? k : k + '\n' + fk.join('\n')) + (learnedOnly ? '\nlearned' : '')
       let le = this.localEntries.get(ck)
       if (le === undefined) {
         const labels = [`cidr:${k}`, 'reserved:world', ...fk.map((f) => `fqdn:${f}`)].sort()
         const id = this.allocator.acquireLocalIdentity(labels, this.now)
-        le = { labels, local: { id, prefix, fqdnKeys: fk }, ip: { prefix: k, identity: id, endpointId: 0 } }
+        const ip: IpcacheEntry = learnedOnly ? { prefix: k, identity: id, endpointId: 0, learnedOnly: true } : { prefix: k, identity: id, endpointId: 0 }
+        le = { labels, local: { id, prefix, fqdnKeys: fk }, ip }
       }
       localEntries.set(ck, le)
       locals.push(le.local)

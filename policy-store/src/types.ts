@@ -154,6 +154,11 @@ export interface IpcacheEntry {
   endpointId: number
   /** That local endpoint audits (Endpoint.audit); absent for every other prefix. */
   audit?: boolean
+  /**
+   * The prefix is here only because a DNS answer gave it (toFQDNs), no rule names it; absent
+   * otherwise. The datapath leaves such entries out first when the ipcache is full.
+   */
+  learnedOnly?: true
 }
 
 /** A precompiled full-match string matcher (literal compare, prefix, or RE2 `^(?:re)$`). */

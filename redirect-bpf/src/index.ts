@@ -397,7 +397,7 @@ class DatapathImpl implements Datapath {
     this.ipcacheWant = ipcWant
     this.policy = index
     const ipcDump = dumpMap(this.maps.l7p_ipcache)
-    const room = admitIpcache(ipcWant, this.ipcacheMax, ipcDump, learnedBy(snap.identities))
+    const room = admitIpcache(ipcWant, this.ipcacheMax, ipcDump, learnedBy(snap.ipcache))
     this.noteLeftOut(room.leftOut, snap.version)
     const ipcache = syncWithDump(this.maps.l7p_ipcache, ipcDump, room.keep, known ? this.have.ipcache : undefined)
     this.have.ipcache = ipcDump
@@ -431,7 +431,7 @@ class DatapathImpl implements Datapath {
     if (want.size <= this.ipcacheMax && this.ipcacheLeftOutTotal === 0) {
       return { ...writeKeys(map, have, (k) => want.get(k), keys), repairs: 0 }
     }
-    const { keep, leftOut } = admitIpcache(want, this.ipcacheMax, have, learnedBy(snap.identities))
+    const { keep, leftOut } = admitIpcache(want, this.ipcacheMax, have, learnedBy(snap.ipcache))
     this.noteLeftOut(leftOut, snap.version)
     function * all (): Generator<string> {
       for (const k of have.keys()) if (!keep.has(k)) yield k

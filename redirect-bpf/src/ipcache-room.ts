@@ -12,7 +12,7 @@
  *   1  other nodes' addresses (`remote-node`)
  *   2  CIDR prefixes of the policies, the most specific first
  *   3  other nodes' pods
- *   4  addresses learned from DNS answers (toFQDNs)
+ *   4  addresses only DNS answers gave (toFQDNs; `learnedOnly`: no rule names them)
  *
  * An address left out falls to the next prefix that holds it, usually `0.0.0.0/0`: it is
  * `world`, as any address the node does not know. Why this order:
@@ -28,7 +28,7 @@
  * Within the rank that does not fit whole, entries already in the kernel stay (a newcomer of
  * the same rank does not push one out), the rest in key order.
  */
-import { LOCAL_IDENTITY_BASE, RESERVED, type Label } from '../../policy-store/src/types.js'
+import { LOCAL_IDENTITY_BASE, RESERVED, type IpcacheEntry } from '../../policy-store/src/types.js'
 
 export const RANK_NAMES = ['local', 'remoteNodes', 'cidr', 'remotePods', 'fqdn'] as const
 export type RankName = typeof RANK_NAMES[number]
@@ -51,9 +51,15 @@ export function rankName (order: number): RankName {
   return RANK_NAMES[Math.floor(order / 100)]
 }
 
-/** An identity made for addresses learned from DNS answers (it carries an `fqdn:` label). */
-export function learnedBy (identities: ReadonlyMap<number, readonly Label[]>): (identity: number) => boolean {
-  return (id) => identities.get(id)?.some((l) => l.startsWith('fqdn:')) === true
+/**
+ * The identities of entries that are in the ipcache only because DNS answers gave them
+ * (`learnedOnly`): a prefix a rule also names ranks with the CIDR prefixes, so leaving it out
+ * can never lift a deny or an `except` on it. One local identity is one prefix.
+ */
+export function learnedBy (ipcache: readonly IpcacheEntry[]): (identity: number) => boolean {
+  const learned = new Set<number>()
+  for (const e of ipcache) if (e.learnedOnly === true) learned.add(e.identity)
+  return (id) => learned.has(id)
 }
 
 export interface Admission {

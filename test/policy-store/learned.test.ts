@@ -56,3 +56,17 @@ t.test('a renewed expiry is kept although nothing recompiles, and a policy edit 
   t.equal(await edited, 'snapshot', 'the edit recompiled')
   t.ok(store.current().ipcache.some((e) => e.prefix === '140.82.112.5/32'), 'the renewed address is still in the ipcache after the edit')
 })
+
+t.test('an address only a DNS answer gave is marked learnedOnly; one a rule also names is not', async (t) => {
+  const dir = t.testdir({})
+  cpSync(fixtures + 'seed', dir, { recursive: true })
+  writeFileSync(join(dir, 'zz-cidr.yaml'), 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: cidr}\nspec:\n  endpointSelector: {matchLabels: {app: nobody}}\n  egressDeny: [{toCIDR: [140.82.112.6/32]}]\n')
+  const store = await openStore({ ...opts, policies: dir })
+  t.teardown(() => store.close())
+  store.setLearnedNames([{ name: 'api.github.com.', ipv4: ['140.82.112.5', '140.82.112.6'], expiresAt: Date.now() + 60_000 }])
+  const entry = (p: string): { learnedOnly?: true, identity: number } | undefined => store.current().ipcache.find((e) => e.prefix === p)
+  t.equal(entry('140.82.112.5/32')?.learnedOnly, true, 'learned only')
+  const named = entry('140.82.112.6/32')
+  t.ok(named !== undefined && named.learnedOnly === undefined, 'named by a rule: the datapath ranks it with the CIDR prefixes')
+  t.ok(store.current().identities.get(named?.identity ?? 0)?.includes('fqdn:matchName:api.github.com.'), 'and it still carries the name it was learned by')
+})

@@ -27,11 +27,11 @@ function countEntries (path: string): number {
 }
 
 /** Other nodes' pods (identity 3000), a CIDR prefix of the policy, addresses learned from DNS. */
-function extra (pods: number): Array<{ prefix: string, identity: number }> {
+function extra (pods: number): Array<{ prefix: string, identity: number, learnedOnly?: true }> {
   return [
     ...Array.from({ length: pods }, (_, i) => ({ prefix: `10.100.${i >> 8}.${i & 255}/32`, identity: 3000 })),
     { prefix: '10.250.0.0/16', identity: CIDR_ID },
-    ...Array.from({ length: LEARNED }, (_, i) => ({ prefix: `10.251.0.${i + 1}/32`, identity: FQDN_ID }))
+    ...Array.from({ length: LEARNED }, (_, i) => ({ prefix: `10.251.0.${i + 1}/32`, identity: FQDN_ID, learnedOnly: true as const }))
   ]
 }
 

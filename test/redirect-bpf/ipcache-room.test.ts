@@ -4,8 +4,8 @@ import { admitIpcache, learnedBy } from '../../redirect-bpf/src/ipcache-room.js'
 import { encodeIpcacheKey, encodeIpcacheValue, SIZE } from '../../redirect-bpf/src/layout.js'
 
 const LOCAL = 1 << 24
-const identities = new Map([[LOCAL + 2, ['cidr:10.9.9.9/32', 'fqdn:x.example', 'reserved:world']]])
-const learned = learnedBy(identities)
+// 10.9.9.9 is there only because a DNS answer gave it; 10.1.2.0/24 is a rule's (not learnedOnly)
+const learned = learnedBy([{ prefix: '10.9.9.9/32', identity: LOCAL + 2, endpointId: 0, learnedOnly: true }, { prefix: '10.1.2.0/24', identity: LOCAL + 3, endpointId: 0 }])
 
 function enc (prefix: string, identity: number, endpointId = 0): [string, string] {
   return [encodeIpcacheKey(Buffer.alloc(SIZE.ipcacheKey), prefix).toString('latin1'),
