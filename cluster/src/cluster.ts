@@ -131,6 +131,8 @@ export class ClusterStore {
   private closed = false
   readonly stats = { remoteEndpoints: 0, remoteNodes: 0, malformedKeys: 0, remoteEntriesDropped: 0 }
   private readonly maxRemote: number
+  /** Keys of records the cap refused, wholly or in part (readmit). */
+  private readonly refused = new Set<string>()
 
   private constructor (readonly opts: ClusterOptions) {
     this.log = opts.logger
@@ -209,6 +211,7 @@ export class ClusterStore {
   private room (key: string, want: number, held: number): number {
     const free = Math.max(0, this.maxRemote - this.remoteEntries + held)
     if (want <= free) return want
+    this.refused.add(key)
     const before = this.stats.remoteEntriesDropped
     this.stats.remoteEntriesDropped += want - free
     if (before === 0 || Math.floor(before / 1000) !== Math.floor(this.stats.remoteEntriesDropped / 1000)) {
@@ -217,10 +220,28 @@ export class ClusterStore {
     return free
   }
 
+  /**
+   * Records refused (wholly or in part) at the cap are taken in again, from the watched copies,
+   * once other entries left room: they wait for no change of their own.
+   */
+  private readmit (): void {
+    if (this.refused.size === 0 || this.remoteEntries >= this.maxRemote) return
+    for (const key of [...this.refused]) {
+      if (this.remoteEntries >= this.maxRemote) break
+      this.refused.delete(key)
+      const isIp = key.startsWith(IPCACHE_PREFIX)
+      const e = (isIp ? this.ips : this.nodes).entries.get(key)
+      if (e === undefined) continue
+      const change: MirrorChange[] = [{ type: 'put', key, value: e.value, prev: undefined }]
+      if (isIp) this.applyIps(change)
+      else this.applyNodes(change)
+    }
+  }
+
   private applyIps (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
-      if (c.type === 'delete') { this.setIp(c.key, undefined); this.setPorts(c.key, 0, []); continue }
+      if (c.type === 'delete') { this.refused.delete(c.key); this.setIp(c.key, undefined); this.setPorts(c.key, 0, []); continue }
       try {
         const r = parseIpcacheValue(c.key, c.value)
         // This node's own entries are its endpoints: the store knows them first-hand.
@@ -242,7 +263,7 @@ export class ClusterStore {
   private applyNodes (changes: MirrorChange[]): void {
     for (const c of changes) {
       this.ipDirty = true
-      if (c.type === 'delete') { this.setNode(c.key, undefined); continue }
+      if (c.type === 'delete') { this.refused.delete(c.key); this.setNode(c.key, undefined); continue }
       try {
         const n = parseNodeValue(c.key, c.value)
         if (n.name === this.opts.nodeName) { this.setNode(c.key, undefined); continue }
@@ -315,6 +336,7 @@ export class ClusterStore {
     setImmediate(() => {
       this.emitScheduled = false
       if (this.closed) return
+      this.readmit()
       this.rebuild()
       for (const fn of this.listeners) fn(this.remote)
       this.persistSoon()

@@ -131,4 +131,10 @@ t.test('what other nodes publish is bounded by configuration', async (t) => {
   t.ok(await until(() => b.metrics().remoteEntriesDropped >= 2 && b.current().ipcache.length === 3), 'two of five entries (A\'s node and four pods) over the cap of 3')
   t.equal(b.current().ipcache.length, 3)
   t.equal(entry(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'nodes first')
+  // Two of the pods B holds go: the two it refused take their place, with no change of their own.
+  const held = [1, 2, 3, 4].filter((i) => entry(b.current(), `10.42.1.${i}/32`) === webId)
+  t.equal(held.length, 2)
+  a.publishEndpoints([1, 2, 3, 4].filter((i) => !held.includes(i)).map((i) => ep(`web-${i}`, `10.42.1.${i}`, webId, i)))
+  t.ok(await until(() => [1, 2, 3, 4].filter((i) => entry(b.current(), `10.42.1.${i}/32`) === webId).every((i) => !held.includes(i)) &&
+    b.current().ipcache.length === 3), 'the refused entries are taken in once room is left')
 })
