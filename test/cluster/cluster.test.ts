@@ -5,50 +5,19 @@
  * (it uses the state it persisted). Needs the `etcd` binary (scripts/setup.sh installs it).
  */
 import t, { type Test } from 'tap'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pino } from 'pino'
-import { MemoryIdentityAllocator, RESERVED, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
-import { ClusterStore } from '../../cluster/src/cluster.js'
+import { RESERVED } from '../../policy-store/src/index.js'
+import type { ClusterStore } from '../../cluster/src/cluster.js'
 import { idKey, ipcacheKey, nodeKey } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
 import { startEtcd } from '../helpers/etcd.js'
-
-const log = pino({ level: 'silent' })
-const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
-
-async function tempDir (t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'wdk-cluster-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  return dir
-}
+import { openTestStore, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 async function agent (t: Test, endpoint: string, name: string, ip: string, stateDir: string, maxRemoteEntries?: number): Promise<ClusterStore> {
-  const c = await ClusterStore.open({
-    maxRemoteEntries,
-    urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, podCidr: undefined, clusterName: 'default', leaseTtlSeconds: 6,
-    stateDir, local: new MemoryIdentityAllocator(), logger: log, probeMs: 200, timeoutMs: 1000, backoffMinMs: 100, backoffMaxMs: 400, prepareTimeoutMs: 2000
-  })
-  t.teardown(async () => await c.close())
-  return c
+  return await openTestStore(t, { urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, stateDir, leaseTtlSeconds: 6, maxRemoteEntries })
 }
 
-/** Polls `check` until it holds (every 50 ms, at most `ms`); the assertion is on the final state. */
-async function until (check: () => boolean, ms = 15000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) return false
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return true
-}
-
-function ep (name: string, ipv4: string, identity: number, id: number): Endpoint {
-  return { id, name, namespace: 'shop', labels: { app: 'web' }, identityLabels: WEB, identity, ipv4, interface: `lxc-${name}`, ports: [], line: 1 }
-}
-
-const entry = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
+const ep = webEndpoint
+const entry = remoteIdentity
 
 t.test('agents share pods, identities and nodes; survive etcd restarts and an empty restore', async (t) => {
   const etcd = await startEtcd(t, 23792)

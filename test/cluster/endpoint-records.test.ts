@@ -5,42 +5,18 @@
  * skipped with a warning and counted, never half-read. Needs the `etcd` binary.
  */
 import t, { type Test } from 'tap'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { pino } from 'pino'
-import { ClusterStore } from '../../cluster/src/cluster.js'
+import type { ClusterStore } from '../../cluster/src/cluster.js'
 import { ipcacheKey } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
-import { MemoryIdentityAllocator, RESERVED, type ContainerPort, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
+import { RESERVED, type RemoteState } from '../../policy-store/src/index.js'
 import { startEtcd } from '../helpers/etcd.js'
-
-const log = pino({ level: 'silent' })
-const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
+import { openTestStore, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 async function agent (t: Test, endpoint: string, name: string, ip: string): Promise<ClusterStore> {
-  const dir = await mkdtemp(join(tmpdir(), 'wdn-cluster-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const c = await ClusterStore.open({
-    urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, clusterName: 'default', leaseTtlSeconds: 3,
-    stateDir: dir, local: new MemoryIdentityAllocator(), logger: log, probeMs: 200, timeoutMs: 1000, backoffMinMs: 100, backoffMaxMs: 400
-  })
-  t.teardown(async () => await c.close())
-  return c
+  return await openTestStore(t, { urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip })
 }
 
-async function until (check: () => boolean, ms = 15000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) return false
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return true
-}
-
-function ep (name: string, ipv4: string, identity: number, id: number, ports: ContainerPort[]): Endpoint {
-  return { id, name, namespace: 'shop', labels: { app: 'web' }, identityLabels: WEB, identity, ipv4, interface: `lxc-${name}`, ports, line: 1 }
-}
+const ep = webEndpoint
 
 const ports = (r: RemoteState, id: number): string[] => (r.namedPorts?.get(id) ?? []).map((p) => `${p.name}=${p.protocol}/${p.port}`).sort()
 

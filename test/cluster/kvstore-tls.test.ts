@@ -8,22 +8,21 @@
  * Needs `etcd`, `etcdctl` and `openssl` (scripts/setup.sh).
  */
 import t, { type Test } from 'tap'
-import { copyFile, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { copyFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createServer, type AddressInfo } from 'node:net'
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
-import { MemoryIdentityAllocator, RESERVED, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
-import { ClusterStore } from '../../cluster/src/cluster.js'
+import { RESERVED } from '../../policy-store/src/index.js'
+import type { ClusterStore } from '../../cluster/src/cluster.js'
 import { resolveKvstoreTarget } from '../../cluster/src/etcd-config.js'
 import { probeTls } from '../../cluster/src/tls-probe.js'
 import { issue } from '../../lab/pki.js'
 import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
+import { openTestStore, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 const PASSWORD = 'wdt-s3cret-Pa55word'
 const ROOT_PASSWORD = 'wdt-root-Pa55word'
-const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
 
 /** A logger whose lines are kept: parsed for assertions, raw to look for the password. */
 function capture (): { logger: Logger, lines: () => Array<Record<string, unknown>>, raw: () => string } {
@@ -38,38 +37,14 @@ function capture (): { logger: Logger, lines: () => Array<Record<string, unknown
 }
 
 
-async function tempDir (t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'wdt-cluster-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  return dir
-}
-
 /** A store configured exactly as `warden run --kvstore etcd --kvstore-opt etcd.config=FILE` would be. */
 async function agent (t: Test, configFile: string, name: string, ip: string, logger: Logger, stateDir?: string): Promise<ClusterStore> {
   const target = resolveKvstoreTarget('etcd', [`etcd.config=${configFile}`])
-  const c = await ClusterStore.open({
-    urls: target.urls, tls: target.tls, auth: target.auth, configFile: target.configFile,
-    nodeName: name, nodeIP: ip, clusterName: 'default', leaseTtlSeconds: 3,
-    stateDir: stateDir ?? await tempDir(t), local: new MemoryIdentityAllocator(), logger,
-    probeMs: 200, timeoutMs: 1000, backoffMinMs: 100, backoffMaxMs: 400, prepareTimeoutMs: 2000
-  })
-  t.teardown(async () => await c.close())
-  return c
+  return await openTestStore(t, { urls: target.urls, tls: target.tls, auth: target.auth, configFile: target.configFile, nodeName: name, nodeIP: ip, logger, stateDir })
 }
 
-async function until (check: () => boolean, ms = 15000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) return false
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  return true
-}
-
-function ep (name: string, ipv4: string, identity: number, id: number): Endpoint {
-  return { id, name, namespace: 'shop', labels: { app: 'web' }, identityLabels: WEB, identity, ipv4, interface: `lxc-${name}`, ports: [], line: 1 }
-}
-const entry = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
+const ep = webEndpoint
+const entry = remoteIdentity
 
 /** The good configuration: CA, client certificate, user and password. */
 async function goodConfig (e: TlsEtcd, name = 'etcd.config', extra: Record<string, unknown> = {}): Promise<string> {

@@ -1,0 +1,57 @@
+/**
+ * Cluster stores for tests against a real etcd (no kernel): opened with short leases and quick
+ * probes and closed in teardown, the state directory a temp dir of the test's own, plus the
+ * endpoint and lookup shorthands the cluster tests share.
+ */
+import type { Test } from 'tap'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { ClusterStore, type ClusterOptions } from '../../cluster/src/cluster.js'
+import { MemoryIdentityAllocator, type ContainerPort, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
+
+export const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
+
+export async function tempDir (t: Test, prefix = 'warden-cluster-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** A ClusterStore with the test timings (lease 3 s unless given); closed in teardown. */
+export async function openTestStore (t: Test, opts: Pick<ClusterOptions, 'urls' | 'nodeName' | 'nodeIP'> & Partial<ClusterOptions>): Promise<ClusterStore> {
+  const c = await ClusterStore.open({
+    clusterName: 'default',
+    leaseTtlSeconds: 3,
+    local: new MemoryIdentityAllocator(),
+    logger: pino({ level: 'silent' }),
+    probeMs: 200,
+    timeoutMs: 1000,
+    backoffMinMs: 100,
+    backoffMaxMs: 400,
+    prepareTimeoutMs: 2000,
+    ...opts,
+    stateDir: opts.stateDir ?? await tempDir(t)
+  })
+  t.teardown(async () => await c.close())
+  return c
+}
+
+/** Polls `check` until it holds (every 50 ms, at most `ms`); the assertion is on the final state. */
+export async function until (check: () => boolean, ms = 15000): Promise<boolean> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) return false
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return true
+}
+
+/** A local endpoint with the `web` labels (namespace shop). */
+export function webEndpoint (name: string, ipv4: string, identity: number, id: number, ports: ContainerPort[] = []): Endpoint {
+  return { id, name, namespace: 'shop', labels: { app: 'web' }, identityLabels: WEB, identity, ipv4, interface: `lxc-${name}`, ports, line: 1 }
+}
+
+/** The identity a remote state gives `prefix`, if any. */
+export const remoteIdentity = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
