@@ -98,6 +98,12 @@ export interface HttpProxyOptions {
    * 503. Default 1024.
    */
   h2MaxUpstreamSessions?: number
+  /**
+   * Of those, the sessions one client address may have opened and still hold; past it the
+   * client's own session idle longest is closed, or with none idle its stream gets 503. Default
+   * an eighth of h2MaxUpstreamSessions (at least 1); at most h2MaxUpstreamSessions.
+   */
+  h2MaxUpstreamSessionsPerSource?: number
   /** node:http2's maxSessionMemory per client connection, in MB. Default 10. */
   h2MaxSessionMemoryMb?: number
 }
@@ -107,9 +113,9 @@ export type ResolvedOptions = Required<HttpProxyOptions>
 /** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
 export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
 'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond' |
-'h2MaxUpstreamSessions'>>
+'h2MaxUpstreamSessions' | 'h2MaxUpstreamSessionsPerSource'>>
 
-export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
+export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse' | 'h2MaxUpstreamSessionsPerSource'> = {
   deny403Body: 'Access denied',
   maxHeaderBytes: 16384,
   maxHeaders: 100,
@@ -174,6 +180,7 @@ export class Counters {
   h2_upstream_errors_reset = 0
   h2_upstream_errors_bad_response = 0
   h2_upstream_sessions_full = 0
+  h2_upstream_sessions_source_full = 0
 }
 
 export interface ProxyContext {
