@@ -66,6 +66,8 @@ export interface HttpProxyOptions {
   upstreamResponseTimeoutMs?: number
   /** Idle keep-alive upstream connections kept per destination. Default 64. */
   upstreamPoolSize?: number
+  /** Idle keep-alive upstream connections kept in all; past it the one idle longest is closed. Default 4096. */
+  upstreamMaxIdle?: number
   /** Idle upstream connections are closed after this. Default 60000 (Cilium's --proxy-idle-timeout-seconds). */
   upstreamIdleTimeoutMs?: number
   /**
@@ -126,6 +128,7 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse' | 'h2MaxUpstreamSess
   upstreamConnectTimeoutMs: 2_000,
   upstreamResponseTimeoutMs: 3_600_000,
   upstreamPoolSize: 64,
+  upstreamMaxIdle: 4096,
   upstreamIdleTimeoutMs: 60_000,
   upstreamSocketMark: 0,
   http2: true,

@@ -58,7 +58,8 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
   }
   const conns = new Set<ClientConn>()
   const counters = new Counters()
-  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark)
+  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark,
+    opts.upstreamMaxIdle)
   let h2: H2Proxy | null = null
   const ctx: ProxyContext = {
     h2: opts.http2 ? { adopt: (s, info) => { h2?.adopt(s, info) } } : null,
