@@ -48,6 +48,7 @@ Options:
   --h2-max-resets-per-second N  streams a client may reset per second before GOAWAY (default 200)
   --h2-max-settings-per-second N  SETTINGS frames a client may send per second (default 100)
   --h2-max-upstream-sessions N  HTTP/2 sessions to backends open at once, per proxy worker (default 1024)
+  --h2-max-upstream-sessions-per-source N  Of those, the sessions one client address may hold (default an eighth)
   --metrics HOST:PORT     serve Prometheus metrics at http://HOST:PORT/metrics
   --fqdn-min-ttl SEC      learned IPs live at least this long (default 0)
   --fqdn-max-ttl SEC      and at most this long (default: the record's TTL)
@@ -88,6 +89,13 @@ function apiSocketPath (v: unknown): string {
   const p = String(v)
   if (!p.startsWith('/') || Buffer.byteLength(p) > 107) throw new Error(`--api-socket must be an absolute path of at most 107 bytes (a unix socket's limit), got "${p}"`)
   return p
+}
+
+/** One client address's share of the HTTP/2 upstream sessions: never more than all of them. */
+function perSourceShare (v: unknown, maxSessions: number): number {
+  const n = int(v, 'h2-max-upstream-sessions-per-source', 1, 1_000_000, 1)
+  if (n > maxSessions) throw new Error(`--h2-max-upstream-sessions-per-source must not exceed --h2-max-upstream-sessions (${maxSessions}), got ${n}`)
+  return n
 }
 
 function atLeastOne (n: number, name: string): number {
@@ -156,6 +164,7 @@ export const command: Command = {
     'h2-max-resets-per-second': { type: 'string' },
     'h2-max-settings-per-second': { type: 'string' },
     'h2-max-upstream-sessions': { type: 'string' },
+    'h2-max-upstream-sessions-per-source': { type: 'string' },
     metrics: { type: 'string' },
     'fqdn-min-ttl': { type: 'string' },
     'fqdn-max-ttl': { type: 'string' },
@@ -188,6 +197,7 @@ export const command: Command = {
     const { identityLabels, identityLabelsReplace } = identityLabelOptions(v)
     let opts
     try {
+      const maxSessions = int(v['h2-max-upstream-sessions'], 'h2-max-upstream-sessions', 1024, 1_000_000, 1)
       opts = {
         policies: v.policies,
         endpoints: v.endpoints,
@@ -214,7 +224,10 @@ export const command: Command = {
           h2IdleTimeoutMs: int(v['h2-idle-timeout'], 'h2-idle-timeout', 60, 86400, 1) * 1000,
           h2MaxResetsPerSecond: int(v['h2-max-resets-per-second'], 'h2-max-resets-per-second', 200, 0xffffffff, 1),
           h2MaxSettingsPerSecond: int(v['h2-max-settings-per-second'], 'h2-max-settings-per-second', 100, 0xffffffff, 1),
-          h2MaxUpstreamSessions: int(v['h2-max-upstream-sessions'], 'h2-max-upstream-sessions', 1024, 1_000_000, 1)
+          h2MaxUpstreamSessions: maxSessions,
+          h2MaxUpstreamSessionsPerSource: v['h2-max-upstream-sessions-per-source'] === undefined
+            ? undefined
+            : perSourceShare(v['h2-max-upstream-sessions-per-source'], maxSessions)
         },
         metrics: v.metrics as string | undefined,
         fqdnMinTtl: int(v['fqdn-min-ttl'], 'fqdn-min-ttl', 0),

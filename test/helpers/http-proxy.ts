@@ -42,18 +42,24 @@ export interface RuleSpec { method?: string, path?: string, host?: string, heade
 
 /**
  * The seed billing policy compiled by the policy store. `overrides` replaces the http rules of
- * a peer's ingress rule (a policy edit); the edited manifest is written to a temporary
- * directory, loaded and removed again (loadSnapshot does not watch).
+ * a peer's ingress rule (a policy edit), and `ports` the port every ingress rule is for (8080)
+ * by that list; the edited manifest is written to a temporary directory, loaded and removed
+ * again (loadSnapshot does not watch).
  */
-export async function billingSnapshot (overrides: Partial<Record<Peer, RuleSpec[]>> = {}): Promise<Snapshot> {
+export async function billingSnapshot (overrides: Partial<Record<Peer, RuleSpec[]>> = {}, ports?: number[]): Promise<Snapshot> {
   const dir = await mkdtemp(join(tmpdir(), 'warden-http-test-'))
   try {
     const file = join(dir, 'billing-policy.yaml')
     const edits = Object.entries(overrides) as Array<[Peer, RuleSpec[]]>
-    if (edits.length === 0) {
+    if (edits.length === 0 && ports === undefined) {
       await copyFile(SEED_POLICY, file)
     } else {
       const doc = parseDocument(await readFile(SEED_POLICY, 'utf8'))
+      if (ports !== undefined) {
+        for (const i of Object.values(RULE_INDEX)) {
+          doc.setIn(['spec', 'ingress', i, 'toPorts', 0, 'ports'], doc.createNode(ports.map(p => ({ port: String(p), protocol: 'TCP' }))))
+        }
+      }
       for (const [peer, rules] of edits) {
         const http = rules.map(r => ({
           ...(r.method === undefined ? {} : { method: r.method }),
@@ -157,6 +163,8 @@ export interface ProxyFixture {
   logs: Array<Record<string, any>>
   /** The original destination every connection is given (billing-service's address). */
   dst: { ip: string, port: number }
+  /** The listeners of `ProxyFixtureOptions.routes`, in their order. */
+  routePorts: number[]
   setSnapshot (s: Snapshot): void
 }
 
@@ -167,6 +175,11 @@ export interface ProxyFixtureOptions {
   onDecision?: HttpProxyDeps['onDecision']
   /** The proxy's `upstreamSource` dependency (default: none, the connections leave from 127.0.0.1). */
   upstreamSource?: (clientIp: string, dst: { ip: string, port: number }) => string | undefined
+  /**
+   * More destinations, one listener each: a connection accepted there has billing-service's
+   * address and `dstPort` as its original destination, and the proxy dials `backendPort`.
+   */
+  routes?: Array<{ dstPort: number, backendPort: number }>
 }
 
 /**
@@ -187,22 +200,39 @@ export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
   const billing = snap.endpoints.find(e => e.name === 'billing-service')
   if (billing === undefined) throw new Error('no billing-service endpoint in the snapshot')
   const dst = { ip: billing.ipv4, port: fx.dstPort ?? BILLING_PORT }
+  const dstPortByListener = new Map<number, number>()
+  const backendByDstPort = new Map((fx.routes ?? []).map(r => [r.dstPort, r.backendPort]))
   const proxy = createHttpProxy({
     snapshot: () => current,
     lookupIdentity: (ip) => lookupIpcache(current, ip),
-    originalDestination: () => dst,
-    upstreamAddress: () => ({ ip: '127.0.0.1', port: backendPort }),
+    originalDestination: (s) => {
+      const port = dstPortByListener.get(s.localPort ?? 0)
+      return port === undefined ? dst : { ip: dst.ip, port }
+    },
+    upstreamAddress: (d) => ({ ip: '127.0.0.1', port: d === dst ? backendPort : backendByDstPort.get(d.port) ?? backendPort }),
     onDecision: fx.onDecision,
     ...(fx.upstreamSource === undefined ? {} : { upstreamSource: fx.upstreamSource }),
     logger: pino({ level: 'info' }, sink)
   }, { denyResponse: '403', ...opts })
-  const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const servers: net.Server[] = []
   t.teardown(async () => {
     await proxy.close()
-    await new Promise<void>(resolve => server.close(() => resolve()))
+    for (const server of servers) await new Promise<void>(resolve => server.close(() => resolve()))
   })
-  return { proxy, port: (server.address() as net.AddressInfo).port, logs, dst, setSnapshot: (s) => { current = s } }
+  const listen = async (): Promise<number> => {
+    const server = net.createServer(SERVER_OPTIONS, (s) => proxy.handleConnection(s))
+    servers.push(server)
+    await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+    return (server.address() as net.AddressInfo).port
+  }
+  const port = await listen()
+  const routePorts: number[] = []
+  for (const r of fx.routes ?? []) {
+    const p = await listen()
+    dstPortByListener.set(p, r.dstPort)
+    routePorts.push(p)
+  }
+  return { proxy, port, logs, dst, routePorts, setSnapshot: (s) => { current = s } }
 }
 
 export interface Response { status: number, head: string, headers: Record<string, string>, body: string }

@@ -66,6 +66,8 @@ export interface HttpProxyOptions {
   upstreamResponseTimeoutMs?: number
   /** Idle keep-alive upstream connections kept per destination. Default 64. */
   upstreamPoolSize?: number
+  /** Idle keep-alive upstream connections kept in all; past it the one idle longest is closed. Default 4096. */
+  upstreamMaxIdle?: number
   /** Idle upstream connections are closed after this. Default 60000 (Cilium's --proxy-idle-timeout-seconds). */
   upstreamIdleTimeoutMs?: number
   /**
@@ -98,6 +100,12 @@ export interface HttpProxyOptions {
    * 503. Default 1024.
    */
   h2MaxUpstreamSessions?: number
+  /**
+   * Of those, the sessions one client address may have opened and still hold; past it the
+   * client's own session idle longest is closed, or with none idle its stream gets 503. Default
+   * an eighth of h2MaxUpstreamSessions (at least 1); at most h2MaxUpstreamSessions.
+   */
+  h2MaxUpstreamSessionsPerSource?: number
   /** node:http2's maxSessionMemory per client connection, in MB. Default 10. */
   h2MaxSessionMemoryMb?: number
 }
@@ -107,9 +115,9 @@ export type ResolvedOptions = Required<HttpProxyOptions>
 /** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
 export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
 'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond' |
-'h2MaxUpstreamSessions'>>
+'h2MaxUpstreamSessions' | 'h2MaxUpstreamSessionsPerSource'>>
 
-export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
+export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse' | 'h2MaxUpstreamSessionsPerSource'> = {
   deny403Body: 'Access denied',
   maxHeaderBytes: 16384,
   maxHeaders: 100,
@@ -120,6 +128,7 @@ export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse'> = {
   upstreamConnectTimeoutMs: 2_000,
   upstreamResponseTimeoutMs: 3_600_000,
   upstreamPoolSize: 64,
+  upstreamMaxIdle: 4096,
   upstreamIdleTimeoutMs: 60_000,
   upstreamSocketMark: 0,
   http2: true,
@@ -174,6 +183,7 @@ export class Counters {
   h2_upstream_errors_reset = 0
   h2_upstream_errors_bad_response = 0
   h2_upstream_sessions_full = 0
+  h2_upstream_sessions_source_full = 0
 }
 
 export interface ProxyContext {

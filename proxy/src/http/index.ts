@@ -38,13 +38,28 @@ export interface HttpProxy {
 }
 
 export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions): HttpProxy {
-  const opts: ResolvedOptions = { ...DEFAULTS, ...stripUndefined(options), denyResponse: options.denyResponse ?? '403' }
+  const given = stripUndefined(options)
+  const maxSessions = given.h2MaxUpstreamSessions ?? DEFAULTS.h2MaxUpstreamSessions
+  const opts: ResolvedOptions = {
+    ...DEFAULTS,
+    // One client's share of the HTTP/2 upstream sessions: an eighth unless said, so that one
+    // client holding its share leaves the rest of the pool to the others.
+    h2MaxUpstreamSessionsPerSource: Math.max(1, Math.floor(maxSessions / 8)),
+    ...given,
+    denyResponse: options.denyResponse ?? '403'
+  }
   if (opts.denyResponse !== '403' && opts.denyResponse !== 'reset') {
     throw Object.assign(new Error(`denyResponse must be '403' or 'reset', got ${String(opts.denyResponse)}`), { code: 'WARDEN_ERR_HTTP_OPTIONS' })
   }
+  const share = opts.h2MaxUpstreamSessionsPerSource
+  if (!Number.isInteger(share) || share < 1 || share > opts.h2MaxUpstreamSessions) {
+    throw Object.assign(new Error(`h2MaxUpstreamSessionsPerSource must be a whole number from 1 to h2MaxUpstreamSessions (${opts.h2MaxUpstreamSessions}), got ${String(share)}`),
+      { code: 'WARDEN_ERR_HTTP_OPTIONS' })
+  }
   const conns = new Set<ClientConn>()
   const counters = new Counters()
-  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark)
+  const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark,
+    opts.upstreamMaxIdle)
   let h2: H2Proxy | null = null
   const ctx: ProxyContext = {
     h2: opts.http2 ? { adopt: (s, info) => { h2?.adopt(s, info) } } : null,

@@ -2,7 +2,10 @@
  * Upstream connections and their pool. One upstream connection serves one exchange at a time
  * (the client side holds pipelined requests back, so responses can never be mismatched);
  * between exchanges it sits in a bounded idle list per destination (and source address, when the
- * connection keeps its client's), reused by any client with that key.
+ * connection keeps its client's), reused by any client with that key. The idle lists are bounded
+ * in all too, the connection idle longest making room: otherwise a client allowed to reach many
+ * destinations could leave a full list behind for each, and make the proxy hold sockets without
+ * limit (an idle connection is only a saved handshake: closing one never refuses anybody).
  *
  * Responses are framed with llhttp: the head is forwarded as received (from its status line to
  * the first CRLFCRLF, which the strict parser guarantees is the head's end), a Content-Length or
@@ -387,10 +390,13 @@ export class UpstreamConn implements ParserHandler {
 /** Idle keep-alive connections per key (destination `ip:port`, and the source address when the client's is kept), bounded. */
 export class UpstreamPool {
   private readonly idle = new Map<string, UpstreamConn[]>()
+  /** Every idle connection, longest idle first (a Set keeps insertion order). */
+  private readonly idleOrder = new Set<UpstreamConn>()
   private readonly all = new Set<UpstreamConn>()
 
   constructor (readonly maxIdlePerDestination: number, readonly connectTimeoutMs: number,
-    readonly maxHeaderBytes: number, readonly idleTimeoutMs: number, readonly socketMark = 0) {}
+    readonly maxHeaderBytes: number, readonly idleTimeoutMs: number, readonly socketMark = 0,
+    readonly maxIdle = Infinity) {}
 
   /**
    * An idle connection of `key` or a new one to ip:port from `source` ('' = the node's
@@ -401,6 +407,7 @@ export class UpstreamPool {
     const list = this.idle.get(key)
     while (list !== undefined && list.length > 0) {
       const c = list.pop() as UpstreamConn
+      this.idleOrder.delete(c)
       if (c.alive) { c.reused = true; return c }
     }
     return this.acquireFresh(key, ip, port, source)
@@ -421,12 +428,17 @@ export class UpstreamPool {
     let list = this.idle.get(c.key)
     if (list === undefined) { list = []; this.idle.set(c.key, list) }
     if (list.length >= this.maxIdlePerDestination) { c.destroy(); return }
+    if (this.idleOrder.size >= this.maxIdle) {
+      for (const oldest of this.idleOrder) { oldest.destroy(); break } // forget() unlists it
+    }
     c.idleSince = Date.now()
     list.push(c)
+    this.idleOrder.add(c)
   }
 
   forget (c: UpstreamConn): void {
     this.all.delete(c)
+    this.idleOrder.delete(c)
     const list = this.idle.get(c.key)
     if (list === undefined) return
     const i = list.indexOf(c)
@@ -436,18 +448,19 @@ export class UpstreamPool {
 
   /** Close idle connections older than the idle timeout (called by the proxy's sweeper). */
   sweep (now: number): void {
-    for (const list of this.idle.values()) {
-      for (let i = list.length - 1; i >= 0; i--) {
-        if (now - list[i].idleSince > this.idleTimeoutMs) list[i].destroy()
-      }
+    // Longest idle first: stop at the first that may stay.
+    for (const c of this.idleOrder) {
+      if (now - c.idleSince <= this.idleTimeoutMs) break
+      c.destroy()
     }
   }
 
-  get idleCount (): number { let n = 0; for (const l of this.idle.values()) n += l.length; return n }
+  get idleCount (): number { return this.idleOrder.size }
   get openCount (): number { return this.all.size }
 
   closeAll (): void {
     for (const c of [...this.all]) c.destroy()
     this.idle.clear()
+    this.idleOrder.clear()
   }
 }

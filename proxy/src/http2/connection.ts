@@ -146,17 +146,22 @@ export class H2Conn implements ExchangeOwner {
       return
     }
     x.wantsTrailers = fwd.te === 'trailers'
-    const lease = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort, this.info.upSource)
+    const lease = this.pool.acquire(this.poolKey, this.info.upIp, this.info.upPort, this.info.upSource, pol.srcIp)
     if ('refused' in lease) {
-      // Never from another address than the one kept, nor past the pool's bound: 503.
+      // Never from another address than the one kept, nor past the pool's bound or the
+      // client's share of it: 503.
       this.upstreamError('connect')
-      if (lease.refused === 'full') c.h2_upstream_sessions_full++
-      else {
-        const pol = this.info.policy
+      if (lease.refused === 'full') {
+        c.h2_upstream_sessions_full++
+        x.unavailable('upstream-sessions-full')
+      } else if (lease.refused === 'source-full') {
+        c.h2_upstream_sessions_source_full++
+        x.unavailable('upstream-sessions-source-full')
+      } else {
         ctx.log.warn({ code: lease.err.code, srcIdentity: pol.srcIdentity, src: pol.srcIp, dst: this.info.dst, detail: lease.err.message },
           'http2: cannot bind the upstream session to the client\'s address')
+        x.unavailable('upstream-connect')
       }
-      x.unavailable(lease.refused === 'full' ? 'upstream-sessions-full' : 'upstream-connect')
       return
     }
     x.forward(lease.session, lease.done, fwd, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)

@@ -39,6 +39,7 @@ export function createH2Proxy (ctx: ProxyContext): H2Proxy {
     connectTimeoutMs: o.upstreamConnectTimeoutMs,
     idleTimeoutMs: o.upstreamIdleTimeoutMs,
     maxSessions: o.h2MaxUpstreamSessions,
+    maxSessionsPerSource: o.h2MaxUpstreamSessionsPerSource,
     mark: o.upstreamSocketMark,
     initialWindowSize: o.h2InitialWindowSize,
     maxHeaderListSize: o.h2MaxHeaderListSize

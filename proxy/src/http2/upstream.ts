@@ -12,6 +12,15 @@
  * those still finishing after GOAWAY. A session with no stream for `idleTimeoutMs` is closed;
  * when the pool is full a new key takes the place of the session idle longest, and with none
  * idle the stream is refused (503) rather than another session opened.
+ *
+ * Shared fairly: each session is charged to the client address that opened it, and one client
+ * address may be charged with at most `maxSessionsPerSource`. A client at its share gets a new
+ * key only in place of its own session idle longest, or a 503; so a client that keeps a slow
+ * stream open to every destination it may reach holds its share, never the whole pool, and the
+ * 503 is its own. The share is per address, not per identity: an identity is every replica of
+ * a workload, and `world` every client outside the cluster, so a share per identity would let
+ * one of them starve all the others. A session shared by several clients (no kept source
+ * address: the key is destination and identity) stays charged to the one that opened it.
  */
 import http2, { type ClientHttp2Session } from 'node:http2'
 import net from 'node:net'
@@ -23,6 +32,8 @@ export interface H2UpstreamOptions {
   idleTimeoutMs: number
   /** Sessions open at once, in all. */
   maxSessions: number
+  /** Sessions open at once charged to one client address (at most maxSessions). */
+  maxSessionsPerSource: number
   /** SO_MARK (0: none), as the HTTP/1 upstream connections. */
   mark: number
   /** Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), as on the client side. */
@@ -39,6 +50,8 @@ export type H2AcquireRefusal =
   | { refused: 'source', err: TransparentSocketError }
   /** `maxSessions` sessions open and every one of them busy. */
   | { refused: 'full' }
+  /** The client's address is charged with `maxSessionsPerSource` sessions, every one busy. */
+  | { refused: 'source-full' }
 
 export interface H2Lease {
   session: ClientHttp2Session
@@ -49,7 +62,15 @@ export interface H2Lease {
 class Entry {
   active = 0
   idleTimer: NodeJS.Timeout | null = null
-  constructor (readonly key: string, readonly session: ClientHttp2Session) {}
+  constructor (readonly key: string, readonly session: ClientHttp2Session, readonly owner: Owner) {}
+}
+
+/** What one client address is charged with. */
+class Owner {
+  open = 0
+  /** Its entries with no stream, longest idle first. */
+  readonly idle = new Set<Entry>()
+  constructor (readonly client: string) {}
 }
 
 export class H2UpstreamPool {
@@ -57,6 +78,8 @@ export class H2UpstreamPool {
   private readonly all = new Set<Entry>()
   /** Entries with no stream, longest idle first (a Set keeps insertion order). */
   private readonly idle = new Set<Entry>()
+  /** Client addresses charged with at least one open session. */
+  private readonly owners = new Map<string, Owner>()
 
   constructor (private readonly opts: H2UpstreamOptions) {}
 
@@ -65,20 +88,29 @@ export class H2UpstreamPool {
 
   /**
    * A session for `key` to ip:port, leaving from `source` ('' = the node's address, chosen by
-   * the kernel). `key` must name `source` when there is one.
+   * the kernel), for a stream of the client at address `client`. `key` must name `source` when
+   * there is one. A session that exists is shared whoever opened it; a new one is charged to
+   * `client`.
    */
-  acquire (key: string, ip: string, port: number, source = ''): H2Lease | H2AcquireRefusal {
+  acquire (key: string, ip: string, port: number, source: string, client: string): H2Lease | H2AcquireRefusal {
     let e = this.byKey.get(key)
     if (e === undefined || e.session.closed || e.session.destroyed) {
       if (e !== undefined) this.retire(e)
-      if (this.all.size >= this.opts.maxSessions && !this.evictIdle()) return { refused: 'full' }
-      const opened = this.open(key, ip, port, source)
+      const owner = this.owners.get(client)
+      if (owner !== undefined && owner.open >= this.opts.maxSessionsPerSource) {
+        // At its share: only its own idle session makes room (which frees a place in all too).
+        if (!this.evictFrom(owner.idle)) return { refused: 'source-full' }
+      } else if (this.all.size >= this.opts.maxSessions && !this.evictFrom(this.idle)) {
+        return { refused: 'full' }
+      }
+      const opened = this.open(key, ip, port, source, client)
       if (opened instanceof TransparentSocketError) return { refused: 'source', err: opened }
       e = opened
     }
     const entry = e
     entry.active++
     this.idle.delete(entry)
+    entry.owner.idle.delete(entry)
     if (entry.idleTimer !== null) { clearTimeout(entry.idleTimer); entry.idleTimer = null }
     let once = false
     return {
@@ -88,6 +120,7 @@ export class H2UpstreamPool {
         once = true
         if (--entry.active === 0 && !entry.session.destroyed) {
           this.idle.add(entry)
+          entry.owner.idle.add(entry)
           entry.idleTimer = setTimeout(() => { entry.session.close() }, this.opts.idleTimeoutMs)
           entry.idleTimer.unref()
         }
@@ -95,9 +128,9 @@ export class H2UpstreamPool {
     }
   }
 
-  /** Close the session idle longest, to make room; false when every session has streams. */
-  private evictIdle (): boolean {
-    for (const e of this.idle) {
+  /** Close the session of `idle` idle longest, to make room; false when there is none. */
+  private evictFrom (idle: Set<Entry>): boolean {
+    for (const e of idle) {
       this.forget(e)
       e.session.destroy()
       return true
@@ -127,7 +160,7 @@ export class H2UpstreamPool {
     return s.connect({ host: ip, port })
   }
 
-  private open (key: string, ip: string, port: number, source: string): Entry | TransparentSocketError {
+  private open (key: string, ip: string, port: number, source: string, client: string): Entry | TransparentSocketError {
     const { opts } = this
     const socket = this.socket(ip, port, source)
     if (socket instanceof TransparentSocketError) return socket
@@ -139,7 +172,10 @@ export class H2UpstreamPool {
       createConnection: () => socket,
       settings: { enablePush: false, initialWindowSize: opts.initialWindowSize, maxHeaderListSize: opts.maxHeaderListSize }
     })
-    const e = new Entry(key, session)
+    let owner = this.owners.get(client)
+    if (owner === undefined) { owner = new Owner(client); this.owners.set(client, owner) }
+    owner.open++
+    const e = new Entry(key, session, owner)
     this.byKey.set(key, e)
     this.all.add(e)
     // The streams on it report their own failures; the session's error only retires it.
@@ -156,8 +192,12 @@ export class H2UpstreamPool {
 
   private forget (e: Entry): void {
     this.retire(e)
-    this.all.delete(e)
+    if (!this.all.delete(e)) return
     this.idle.delete(e)
+    const owner = e.owner
+    owner.idle.delete(e)
+    // The map holds only addresses with sessions: its size is bounded by the pool's.
+    if (--owner.open === 0) this.owners.delete(owner.client)
     if (e.idleTimer !== null) { clearTimeout(e.idleTimer); e.idleTimer = null }
   }
 
