@@ -5,7 +5,6 @@
 // Own lab names: netns/interfaces wdk-, subnet 198.19.112.0/24, bpffs wdk-agent, table 2300.
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { get } from 'node:http'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { DemoSession, DEFAULT_DEMO, teardown, type DemoConfig } from '../../demo/session.js'
@@ -15,6 +14,7 @@ import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED } from '../../policy-store/src/index.js'
 import { startEtcd } from '../helpers/etcd.js'
 import { runCli } from '../helpers/cli.js'
+import { charge, metric as metricOf, poll } from '../helpers/poll.js'
 
 const cfg: DemoConfig = {
   ...DEFAULT_DEMO,
@@ -29,26 +29,8 @@ const cfg: DemoConfig = {
   metricsPort: 17252
 }
 
-async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms
-  let got = await what()
-  while (!ok(got) && Date.now() < deadline) { await sleep(100); got = await what() }
-  return got
-}
-
-async function metric (name: string): Promise<number> {
-  const text = await new Promise<string>((resolve, reject) => {
-    get(`http://127.0.0.1:${cfg.metricsPort}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += String(d) }); res.on('end', () => resolve(b)) }).on('error', reject)
-  })
-  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
-  return m === null ? NaN : Number(m[1])
-}
-
-async function charge (s: DemoSession): Promise<string> {
-  const r = await s.exec('checkout-service', ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST',
-    'http://billing-service:8080/api/v1/charge', '--connect-timeout', '2', '--max-time', '4'])
-  return r.code === 28 ? 'timeout' : r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`
-}
+const until = poll
+const metric = async (name: string): Promise<number> => await metricOf(cfg.metricsPort, name)
 
 t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {
   const etcd = await startEtcd(t, 23798)

@@ -13,7 +13,6 @@ import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { bpffsRoot, clusterDown, clusterUp, endpointsFile, etcdEndpoint, externalNs, parseClusterSpec, podNs, restartEtcd, stopEtcd, underlayNs } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
 import { startIn, stop, type Started } from '../../demo/services.js'
@@ -21,6 +20,7 @@ import { ipcacheKey, parseIpcacheValue } from '../../cluster/src/keys.js'
 import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
 import { RESERVED } from '../../policy-store/src/index.js'
 import { runCli } from '../helpers/cli.js'
+import { poll } from '../helpers/poll.js'
 
 const spec = parseClusterSpec(`
 prefix: wdn-
@@ -106,10 +106,7 @@ async function fromA (pod: string, ip: string, port: number): Promise<string> {
 const fromX = async (ip: string, port: number): Promise<string> => await fromA('x', ip, port)
 
 async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms
-  let got = await what()
-  while (!ok(got) && Date.now() < deadline) { await sleep(200); got = await what() }
-  return got
+  return await poll(what, ok, ms, 200)
 }
 
 /** A key's value in the lab's etcd (reachable from the underlay only), or null. */

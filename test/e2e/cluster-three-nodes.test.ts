@@ -17,6 +17,7 @@ import { NodeAgent } from '../../lab/cluster-agents.js'
 import { startBilling, stop, type Started } from '../../demo/services.js'
 import { repoRoot } from '../../demo/session.js'
 import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
+import { poll } from '../helpers/poll.js'
 
 const spec = parseClusterSpec(`
 prefix: wdc3-
@@ -85,10 +86,7 @@ const invoices = async (from: string): Promise<string> => await curl('b', from, 
 const invoicesCode = async (from: string): Promise<string> => (await invoices(from)).split(' ').at(-1) ?? ''
 
 async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms
-  let got = await what()
-  while (!ok(got) && Date.now() < deadline) { await sleep(200); got = await what() }
-  return got
+  return await poll(what, ok, ms, 200)
 }
 
 /** An address's identity in a node's kernel ipcache (read from its pinned map). */

@@ -8,7 +8,6 @@
 // bpffs wdtk-agent, table 3000, ports 17900-17902, etcd 23842.
 import t from 'tap'
 import { writeFileSync } from 'node:fs'
-import { get } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { stringify } from 'yaml'
 import { DemoSession, DEFAULT_DEMO, teardown, type DemoConfig } from '../../demo/session.js'
@@ -19,6 +18,7 @@ import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED } from '../../policy-store/src/index.js'
 import { runCli } from '../helpers/cli.js'
 import { startTlsEtcd } from '../helpers/etcd-tls.js'
+import { charge, metric as metricOf, poll } from '../helpers/poll.js'
 
 const PASSWORD = 'wdtk-agent-Pa55word'
 const ROOT_PASSWORD = 'wdtk-root-Pa55word'
@@ -37,32 +37,13 @@ const cfg: DemoConfig = {
   metricsPort: 17902
 }
 
-async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms
-  let got = await what()
-  while (!ok(got) && Date.now() < deadline) { await sleep(100); got = await what() }
-  return got
-}
-
-async function metric (name: string): Promise<number> {
-  const text = await new Promise<string>((resolve, reject) => {
-    get(`http://127.0.0.1:${cfg.metricsPort}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += String(d) }); res.on('end', () => resolve(b)) }).on('error', reject)
-  })
-  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
-  return m === null ? NaN : Number(m[1])
-}
-
-async function charge (s: DemoSession): Promise<string> {
-  const r = await s.exec('checkout-service', ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST',
-    'http://billing-service:8080/api/v1/charge', '--connect-timeout', '2', '--max-time', '4'])
-  return r.code === 28 ? 'timeout' : r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`
-}
+const until = poll
+const metric = async (name: string): Promise<number> => await metricOf(cfg.metricsPort, name)
 
 /** The agent's log lines (pino JSON) since `from`. */
 function lines (s: DemoSession, from: number): Array<Record<string, unknown>> {
   return s.agentLog().slice(from).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
 }
-
 
 t.test('an agent on a TLS etcd with a client certificate and a password', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {
   const e = await startTlsEtcd(t, 23842, { rootPassword: ROOT_PASSWORD, user: 'warden', password: PASSWORD })

@@ -12,12 +12,12 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { execFile } from 'node:child_process'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { bpffsRoot, clusterDown, clusterUp, etcdConfigFile, kvstoreArgs, parseClusterSpec, podNs, restartEtcd } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
 import { startBilling, stop, type Started } from '../../demo/services.js'
 import { repoRoot } from '../../demo/session.js'
 import { openIpcacheReader } from '../../redirect-bpf/src/index.js'
+import { poll } from '../helpers/poll.js'
 
 const spec = parseClusterSpec(`
 prefix: wdtl-
@@ -68,10 +68,7 @@ const charge = async (from: string): Promise<string> => await curl(from, ['-X', 
 const invoices = async (from: string): Promise<string> => await curl(from, ['http://billing-service:8080/api/v1/invoices/123'])
 
 async function until<T> (what: () => Promise<T> | T, ok: (v: T) => boolean, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms
-  let got = await what()
-  while (!ok(got) && Date.now() < deadline) { await sleep(200); got = await what() }
-  return got
+  return await poll(what, ok, ms, 200)
 }
 
 function identityAt (node: string, ip: string): number {
