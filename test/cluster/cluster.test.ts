@@ -10,7 +10,7 @@ import type { ClusterStore } from '../../cluster/src/cluster.js'
 import { idKey, ipcacheKey, nodeKey } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
 import { startEtcd } from '../helpers/etcd.js'
-import { openTestStore, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
+import { openTestStore, publishWebPod, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 async function agent (t: Test, endpoint: string, name: string, ip: string, stateDir: string, maxRemoteEntries?: number): Promise<ClusterStore> {
   return await openTestStore(t, { urls: [`http://${endpoint}`], nodeName: name, nodeIP: ip, stateDir, leaseTtlSeconds: 6, maxRemoteEntries })
@@ -26,12 +26,7 @@ t.test('agents share pods, identities and nodes; survive etcd restarts and an em
   const b = await agent(t, etcd.endpoint, 'node-b', '192.0.2.2', bDir)
   t.ok(await a.conn.waitConnected(10000) && await b.conn.waitConnected(10000), 'both connected')
 
-  await a.allocator.prepare([WEB], Date.now())
-  const webId = a.allocator.acquireIdentity(WEB, Date.now())
-  a.publishEndpoints([ep('web-1', '10.42.1.10', webId, 1)])
-  t.ok(await until(() => entry(b.current(), '10.42.1.10/32') === webId), 'B has A\'s pod with its identity')
-  t.strictSame(b.current().identities.get(webId), WEB, 'and the identity\'s labels')
-  t.equal(entry(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'A\'s address is remote-node on B')
+  const webId = await publishWebPod(t, a, b)
   t.equal(entry(a.current(), '10.42.1.10/32'), undefined, 'A does not list its own pod as remote')
 
   // etcd stopped: nothing is flushed; a change on A waits for the next session.

@@ -19,7 +19,7 @@ import { resolveKvstoreTarget } from '../../cluster/src/etcd-config.js'
 import { probeTls } from '../../cluster/src/tls-probe.js'
 import { issue } from '../../lab/pki.js'
 import { startTlsEtcd, type TlsEtcd } from '../helpers/etcd-tls.js'
-import { openTestStore, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
+import { openTestStore, publishWebPod, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 const PASSWORD = 'wdt-s3cret-Pa55word'
 const ROOT_PASSWORD = 'wdt-root-Pa55word'
@@ -64,12 +64,7 @@ t.test('TLS, client certificate and password: agents share identities and the ip
   const a = await agent(t, await goodConfig(e), 'node-a', '192.0.2.1', logA.logger)
   const b = await agent(t, await goodConfig(e), 'node-b', '192.0.2.2', logB.logger)
   t.ok(await a.conn.waitConnected(10000) && await b.conn.waitConnected(10000), 'both connected over TLS with the password')
-  await a.allocator.prepare([WEB], Date.now())
-  const webId = a.allocator.acquireIdentity(WEB, Date.now())
-  a.publishEndpoints([ep('web-1', '10.42.1.10', webId, 1)])
-  t.ok(await until(() => entry(b.current(), '10.42.1.10/32') === webId), 'B has A\'s pod with its identity')
-  t.strictSame(b.current().identities.get(webId), WEB, 'and the identity\'s labels')
-  t.equal(entry(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'A\'s address is remote-node on B')
+  const webId = await publishWebPod(t, a, b)
 
   // etcd restarted: it forgot every auth token; each new session authenticates again.
   await e.etcd.stop()

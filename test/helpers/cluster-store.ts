@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { ClusterStore, type ClusterOptions } from '../../cluster/src/cluster.js'
-import { MemoryIdentityAllocator, type ContainerPort, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
+import { MemoryIdentityAllocator, RESERVED, type ContainerPort, type Endpoint, type RemoteState } from '../../policy-store/src/index.js'
 
 export const WEB = ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=shop']
 
@@ -55,3 +55,17 @@ export function webEndpoint (name: string, ipv4: string, identity: number, id: n
 
 /** The identity a remote state gives `prefix`, if any. */
 export const remoteIdentity = (r: RemoteState, prefix: string): number | undefined => r.ipcache.find((e) => e.prefix === prefix)?.identity
+
+/**
+ * A (at 192.0.2.1) numbers the web labels and publishes pod web-1 (10.42.1.10); asserts that B
+ * gets the pod with that identity and its labels, and A's address as remote-node. The identity.
+ */
+export async function publishWebPod (t: Test, a: ClusterStore, b: ClusterStore): Promise<number> {
+  await a.allocator.prepare([WEB], Date.now())
+  const webId = a.allocator.acquireIdentity(WEB, Date.now())
+  a.publishEndpoints([webEndpoint('web-1', '10.42.1.10', webId, 1)])
+  t.ok(await until(() => remoteIdentity(b.current(), '10.42.1.10/32') === webId), 'B has A\'s pod with its identity')
+  t.strictSame(b.current().identities.get(webId), WEB, 'and the identity\'s labels')
+  t.equal(remoteIdentity(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'A\'s address is remote-node on B')
+  return webId
+}
