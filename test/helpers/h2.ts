@@ -81,3 +81,18 @@ export async function h2Request (c: ClientHttp2Session, headers: OutgoingHttpHea
     if (body !== undefined) req.end(body)
   })
 }
+
+/** A stream left open by its backend: its first data, and its status once it closes. */
+export interface HeldStream { first: Promise<string>, done: Promise<number> }
+
+/** GET `path` from billing on `c`, read as it comes; `extra` headers (e.g. one the backend holds streams on). */
+export function heldGet (c: ClientHttp2Session, path: string, extra: OutgoingHttpHeaders = {}): HeldStream {
+  const req = c.request({ ':authority': 'billing:8080', ':method': 'GET', ':path': path, ...extra })
+  req.on('error', () => {})
+  let status = 0
+  req.on('response', (h) => { status = Number(h[':status']) })
+  const first = new Promise<string>((resolve) => { req.once('data', (d: Buffer) => resolve(d.toString())); req.once('close', () => resolve('')) })
+  const done = new Promise<number>((resolve) => { req.on('close', () => resolve(status)) })
+  req.resume()
+  return { first, done }
+}

@@ -5,7 +5,7 @@
 // and the pool of sessions stays within --h2-max-upstream-sessions whatever clients do.
 import t from 'tap'
 import { ADDR, billingSnapshot, startProxy } from '../../helpers/http-proxy.js'
-import { h2Client, h2Request, startH2Backend } from '../../helpers/h2.js'
+import { h2Client, h2Request, heldGet, startH2Backend } from '../../helpers/h2.js'
 
 const root = process.getuid?.() === 0
 
@@ -82,15 +82,7 @@ t.test('upstream sessions stay within --h2-max-upstream-sessions', async (t) => 
   // Without a kept source the key is destination and identity: one session per client identity here.
   const px = await startProxy(t, be.port, await billingSnapshot(), { h2MaxUpstreamSessions: 2 })
   const open = (from: string, path: string): { first: Promise<string>, done: Promise<number> } => {
-    const c = h2Client(t, px.port, from)
-    const req = c.request({ ':authority': 'billing:8080', ':method': 'GET', ':path': path })
-    req.on('error', () => {})
-    let status = 0
-    req.on('response', (h) => { status = Number(h[':status']) })
-    const first = new Promise<string>((resolve) => { req.once('data', (d: Buffer) => resolve(d.toString())); req.once('close', () => resolve('')) })
-    const done = new Promise<number>((resolve) => { req.on('close', () => resolve(status)) })
-    req.resume()
-    return { first, done }
+    return heldGet(h2Client(t, px.port, from), path)
   }
   const mon = open(ADDR.MONITORING, '/healthz')
   const aud = open(ADDR.AUDITING, '/api/v1/invoices/7')

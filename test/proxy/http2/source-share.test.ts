@@ -7,24 +7,17 @@
 import t from 'tap'
 import type { ClientHttp2Session } from 'node:http2'
 import { ADDR, billingSnapshot, startProxy } from '../../helpers/http-proxy.js'
-import { h2Client, h2Request, startH2Backend, type H2Backend } from '../../helpers/h2.js'
+import { h2Client, h2Request, heldGet, startH2Backend, type H2Backend, type HeldStream } from '../../helpers/h2.js'
 
 const root = process.getuid?.() === 0
 /** Original destination ports (billing-service's address), one backend each. */
 const DST_PORTS = [18201, 18202, 18203, 18204]
 
 /** A stream left open by its backend until released: it keeps its session busy. */
-interface Held { first: Promise<string>, done: Promise<number> }
+type Held = HeldStream
 
 function open (c: ClientHttp2Session, path: string): Held {
-  const req = c.request({ ':authority': 'billing:8080', ':method': 'GET', ':path': path, 'x-hold': '1' })
-  req.on('error', () => {})
-  let status = 0
-  req.on('response', (h) => { status = Number(h[':status']) })
-  const first = new Promise<string>((resolve) => { req.once('data', (d: Buffer) => resolve(d.toString())); req.once('close', () => resolve('')) })
-  const done = new Promise<number>((resolve) => { req.on('close', () => resolve(status)) })
-  req.resume()
-  return { first, done }
+  return heldGet(c, path, { 'x-hold': '1' })
 }
 
 for (const kept of [false, true]) {
