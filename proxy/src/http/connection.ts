@@ -81,7 +81,8 @@ const PAUSED_UPSTREAM = 2
 const PAUSED_TUNNEL = 4
 const PAUSED_CLIENT_DRAIN = 8
 
-function stripMapped (ip: string | undefined): string {
+/** An address as the proxy names it: IPv4-mapped IPv6 as plain IPv4. */
+export function stripMapped (ip: string | undefined): string {
   if (ip === undefined) return ''
   return ip.startsWith('::ffff:') ? ip.slice(7) : ip
 }
@@ -134,6 +135,8 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
    */
   private sniffing: boolean
   private prefaceHeld: Buffer | null = null
+  /** The connection went on as HTTP/2: its socket now belongs to the HTTP/2 proxy. */
+  handedToH2 = false
 
   readonly socket: net.Socket
   /** Writes to the client (writes.ts: straight to the handle while the kernel takes them). */
@@ -215,6 +218,7 @@ export class ClientConn implements ParserHandler, UpstreamOwner {
       this.socket.destroy()
       return
     }
+    this.handedToH2 = true
     h2.adopt(plain, { policy: this.policy, dst: this.dstKey, srcPort: this.log.srcPort, upIp: this.upIp, upPort: this.upPort, upKey: this.upKey, upSource: this.upSource })
   }
 

@@ -54,6 +54,12 @@ export interface HttpProxyOptions {
   bodyTimeoutMs?: number
   /** Client connections handled at once; more are reset at accept. Default 10000. */
   maxConnections?: number
+  /**
+   * Of those, the connections one client address may hold (HTTP/1 and HTTP/2 together); more
+   * from it are reset at accept while other addresses still connect. Default an eighth of
+   * maxConnections (at least 1); at most maxConnections.
+   */
+  maxConnectionsPerSource?: number
   /** Default 2000 (Cilium's --proxy-connect-timeout). */
   upstreamConnectTimeoutMs?: number
   /**
@@ -112,12 +118,12 @@ export interface HttpProxyOptions {
 
 export type ResolvedOptions = Required<HttpProxyOptions>
 
-/** The HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
-export type Http2Limits = Partial<Pick<HttpProxyOptions, 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
+/** The HTTP and HTTP/2 limits `warden run` has flags for (the agent passes them to every worker). */
+export type Http2Limits = Partial<Pick<HttpProxyOptions, 'maxConnectionsPerSource' | 'h2MaxConcurrentStreams' | 'h2MaxHeaderListSize' | 'h2HeaderTableSize' |
 'h2InitialWindowSize' | 'h2StreamIdleTimeoutMs' | 'h2IdleTimeoutMs' | 'h2MaxResetsPerSecond' | 'h2MaxSettingsPerSecond' |
 'h2MaxUpstreamSessions' | 'h2MaxUpstreamSessionsPerSource'>>
 
-export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse' | 'h2MaxUpstreamSessionsPerSource'> = {
+export const DEFAULTS: Omit<ResolvedOptions, 'denyResponse' | 'maxConnectionsPerSource' | 'h2MaxUpstreamSessionsPerSource'> = {
   deny403Body: 'Access denied',
   maxHeaderBytes: 16384,
   maxHeaders: 100,
@@ -163,6 +169,8 @@ export class Counters {
   connections_total = 0
   connections_active = 0
   connections_refused = 0
+  /** Connections reset at accept because their client address held its share (maxConnectionsPerSource). */
+  connections_refused_source = 0
   upstream_errors_connect = 0
   upstream_errors_connect_timeout = 0
   upstream_errors_reset = 0

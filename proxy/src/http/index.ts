@@ -9,9 +9,11 @@
  * `pauseOnConnect`, so that the proxy can re-open each socket with reads into its own buffer.
  */
 import { fastLineOk, LineWriter } from '../log-line.js'
-import { ClientConn } from './connection.js'
+import { ClientConn, stripMapped } from './connection.js'
 import { Counters, DEFAULTS, type HttpProxyDeps, type HttpProxyOptions, type ProxyContext, type ResolvedOptions } from './context.js'
+import { RESERVED } from '../../../policy-store/src/types.js'
 import { Replies } from './replies.js'
+import { SourceShare } from './source-share.js'
 import { UpstreamPool } from './upstream.js'
 import { writeStats } from './writes.js'
 import { createH2Proxy, type H2Proxy } from '../http2/index.js'
@@ -28,7 +30,7 @@ export interface HttpProxy {
   /**
    * Counters: `requests`, `allowed`, `denied_<reason>` (no_l7_table, ingress_no_rule_match,
    * egress_no_rule_match), `rejected_<kind>`, `upstream_errors_<kind>`, `connections_active`,
-   * `connections_total`, `connections_refused`, `upstream_open`, `upstream_idle`, `write_pending_bytes`
+   * `connections_total`, `connections_refused`, `connections_refused_source`, `upstream_open`, `upstream_idle`, `write_pending_bytes`
    * (bytes the proxy holds for peers that read slowly; process-wide); HTTP/2's as `h2_<name>`
    * (context.ts, Counters), `h2_upstream_sessions`.
    */
@@ -40,8 +42,12 @@ export interface HttpProxy {
 export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions): HttpProxy {
   const given = stripUndefined(options)
   const maxSessions = given.h2MaxUpstreamSessions ?? DEFAULTS.h2MaxUpstreamSessions
+  const maxConnections = given.maxConnections ?? DEFAULTS.maxConnections
   const opts: ResolvedOptions = {
     ...DEFAULTS,
+    // One client address's share of the connections: an eighth unless said, so that one pod
+    // holding its share leaves the rest to every other tenant on the node.
+    maxConnectionsPerSource: Math.max(1, Math.floor(maxConnections / 8)),
     // One client's share of the HTTP/2 upstream sessions: an eighth unless said, so that one
     // client holding its share leaves the rest of the pool to the others.
     h2MaxUpstreamSessionsPerSource: Math.max(1, Math.floor(maxSessions / 8)),
@@ -56,13 +62,28 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
     throw Object.assign(new Error(`h2MaxUpstreamSessionsPerSource must be a whole number from 1 to h2MaxUpstreamSessions (${opts.h2MaxUpstreamSessions}), got ${String(share)}`),
       { code: 'WARDEN_ERR_HTTP_OPTIONS' })
   }
+  const perSource = opts.maxConnectionsPerSource
+  if (!Number.isInteger(perSource) || perSource < 1 || perSource > opts.maxConnections) {
+    throw Object.assign(new Error(`maxConnectionsPerSource must be a whole number from 1 to maxConnections (${opts.maxConnections}), got ${String(perSource)}`),
+      { code: 'WARDEN_ERR_HTTP_OPTIONS' })
+  }
+  const shares = new SourceShare(perSource)
   const conns = new Set<ClientConn>()
   const counters = new Counters()
   const pool = new UpstreamPool(opts.upstreamPoolSize, opts.upstreamConnectTimeoutMs, opts.maxHeaderBytes, opts.upstreamIdleTimeoutMs, opts.upstreamSocketMark,
     opts.upstreamMaxIdle)
   let h2: H2Proxy | null = null
   const ctx: ProxyContext = {
-    h2: opts.http2 ? { adopt: (s, info) => { h2?.adopt(s, info) } } : null,
+    // A connection handed to HTTP/2 keeps its client's share until that socket, the last of the
+    // connection's (reads.ts re-opens the descriptor at each step), closes.
+    h2: opts.http2
+      ? {
+          adopt: (s, info) => {
+            s.once('close', () => { shares.release(info.policy.srcIp) })
+            h2?.adopt(s, info)
+          }
+        }
+      : null,
     deps,
     opts,
     pool,
@@ -70,7 +91,11 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
     counters,
     log: deps.logger,
     lines: fastLineOk(deps.logger) ? new LineWriter(deps.logger) : null,
-    onClosed: (c) => { conns.delete(c as ClientConn) }
+    onClosed: (c) => {
+      const conn = c as ClientConn
+      conns.delete(conn)
+      if (!conn.handedToH2) shares.release(conn.policy.srcIp)
+    }
   }
 
   if (opts.http2) h2 = createH2Proxy(ctx)
@@ -89,6 +114,11 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
   }, period)
   sweeper.unref()
 
+  function logSourceRefused (src: string): void {
+    deps.logger.warn({ code: 'WARDEN_ERR_HTTP_SOURCE_SHARE', src, srcIdentity: deps.lookupIdentity(src) || RESERVED.WORLD, held: shares.count(src), limit: perSource },
+      'http proxy: client address holds its share of connections; new ones are reset at accept (logged at most once per interval per address)')
+  }
+
   return {
     handleConnection (socket: net.Socket): void {
       counters.connections_total++
@@ -97,11 +127,19 @@ export function createHttpProxy (deps: HttpProxyDeps, options: HttpProxyOptions)
         socket.resetAndDestroy()
         return
       }
+      const src = stripMapped(socket.remoteAddress)
+      if (!shares.take(src)) {
+        counters.connections_refused_source++
+        if (shares.shouldLog(src, Date.now())) logSourceRefused(src)
+        socket.resetAndDestroy()
+        return
+      }
       counters.connections_active++
       try {
         conns.add(new ClientConn(socket, ctx))
       } catch (err) {
         counters.connections_active--
+        shares.release(src)
         deps.logger.error({ err }, 'http proxy: cannot take connection')
         socket.destroy()
       }

@@ -123,7 +123,7 @@ t.test('slow body: 408 and close once the body stalls', async t => {
 
 t.test('max connections: the one over the limit is reset at accept', async t => {
   const be = await startBackend(t)
-  const px = await startProxy(t, be.port, await billingSnapshot(), { maxConnections: 2 })
+  const px = await startProxy(t, be.port, await billingSnapshot(), { maxConnections: 2, maxConnectionsPerSource: 2 })
   await RawClient.connect(t, px.port, ADDR.MONITORING)
   await RawClient.connect(t, px.port, ADDR.MONITORING)
   await sleep(50)
