@@ -7,6 +7,7 @@ import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.
 import type { Command } from './main.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from '../redirect-bpf/src/limits.js'
 import { UsageError } from './usage.js'
+import { DEFAULTS as HTTP_DEFAULTS } from '../proxy/src/http/context.js'
 import { DEFAULT_API_SOCKET } from './api-client.js'
 import { formatPolicyError, type PolicyError } from '../policy-store/src/errors.js'
 
@@ -39,6 +40,8 @@ Options:
                           it can be reused (default 23400: 6.5 h, past the 6 h TCP conntrack lifetime)
   --deny-response MODE    403 (default, like Cilium) or reset
   --http-workers N|auto   HTTP proxies on the proxy port, one per thread (default 1; auto: one per CPU)
+  --http-max-connections-per-source N  client connections one client address may hold, per proxy worker;
+                          more are reset at accept (default 1250: an eighth of the 10000 per worker)
   --h2-max-concurrent-streams N  HTTP/2 streams open at once per client connection (default 100)
   --h2-max-header-list-size BYTES  an HTTP/2 request's decoded header list (default 16384)
   --h2-header-table-size BYTES  HPACK dynamic table a client may use toward the proxy (default 4096)
@@ -76,6 +79,9 @@ Cluster mode (docs/cluster.md):
 
 SIGTERM/SIGINT stop the agent and leave the program and maps in place: L3/L4 enforcement continues and
 L7 ports fail closed until it starts again. \`warden uninstall\` removes everything.`
+
+/** Client connections one HTTP proxy worker holds; the per-source share is bounded by it. */
+const HTTP_MAX_CONNECTIONS = HTTP_DEFAULTS.maxConnections
 
 function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0): number {
   if (v === undefined) return dflt
@@ -155,6 +161,7 @@ export const command: Command = {
     'identity-release-grace': { type: 'string' },
     'deny-response': { type: 'string' },
     'http-workers': { type: 'string' },
+    'http-max-connections-per-source': { type: 'string' },
     'h2-max-concurrent-streams': { type: 'string' },
     'h2-max-header-list-size': { type: 'string' },
     'h2-header-table-size': { type: 'string' },
@@ -215,6 +222,7 @@ export const command: Command = {
         identityReleaseGraceMs: int(v['identity-release-grace'], 'identity-release-grace', DEFAULT_RELEASE_GRACE_MS / 1000) * 1000,
         denyResponse: deny as '403' | 'reset',
         http2: {
+          maxConnectionsPerSource: int(v['http-max-connections-per-source'], 'http-max-connections-per-source', HTTP_MAX_CONNECTIONS / 8, HTTP_MAX_CONNECTIONS, 1),
           h2MaxConcurrentStreams: int(v['h2-max-concurrent-streams'], 'h2-max-concurrent-streams', 100, 0x7fffffff, 1),
           // RFC 9113 bounds: a window below 2^31, a header table the 32-bit setting holds
           h2MaxHeaderListSize: int(v['h2-max-header-list-size'], 'h2-max-header-list-size', 16384, 0xffffffff, 1024),

@@ -26,6 +26,8 @@ t.test('called wrongly: exit 2 and the usage', async (t) => {
     ['run with no HTTP/2 upstream session allowed', ['run', '--policies', dir, '--endpoints', dir, '--h2-max-upstream-sessions', '0'], /--h2-max-upstream-sessions must be a whole number from 1 to 1000000/],
     ['run with a per-source share above the pool', ['run', '--policies', dir, '--endpoints', dir, '--h2-max-upstream-sessions', '64', '--h2-max-upstream-sessions-per-source', '65'], /--h2-max-upstream-sessions-per-source must not exceed --h2-max-upstream-sessions \(64\), got 65/],
     ['run with no per-source share', ['run', '--policies', dir, '--endpoints', dir, '--h2-max-upstream-sessions-per-source', '0'], /--h2-max-upstream-sessions-per-source must be a whole number from 1 to/],
+    ['run with no connection share per source', ['run', '--policies', dir, '--endpoints', dir, '--http-max-connections-per-source', '0'], /--http-max-connections-per-source must be a whole number from 1 to 10000, got "0"/],
+    ['run with a connection share above the worker\'s connections', ['run', '--policies', dir, '--endpoints', dir, '--http-max-connections-per-source', '10001'], /--http-max-connections-per-source must be a whole number from 1 to 10000, got "10001"/],
     ['run with an HTTP/2 window past 2^31-1', ['run', '--policies', dir, '--endpoints', dir, '--h2-initial-window-size', '2147483648'], /--h2-initial-window-size must be a whole number from 0 to 2147483647/],
     ['uninstall with a bad table', ['uninstall', '--route-table', 'main'], /--route-table must be a table number/],
     ['lab with a bad action', ['lab', 'sideways', '--endpoints', dir], /the action must be up or down/]
