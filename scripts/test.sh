@@ -18,4 +18,10 @@ summary=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1 || true)
 pass=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary")
 fail=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary")
 echo "tests: ${pass:-0} passed, ${fail:-0} failed"
+# The coverage table pushes tap's failure report far up the log; repeat which tests failed last,
+# from the raw TAP tap saves per file, so the end of a CI log is enough to start from.
+if [ "$status" -ne 0 ] && [ -d .tap/test-results ]; then
+  echo "failed:"
+  grep -rn -A 6 -E '^[[:space:]]*not ok ' .tap/test-results | sed 's|^\.tap/test-results/||' | head -n 80
+fi
 exit "$status"
