@@ -177,6 +177,10 @@ async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void>
   const child = spawn('ip', args, { stdio: ['ignore', log, log], detached: true })
   closeSync(log)
   if (child.pid === undefined) throw new LabError('etcd could not be started')
+  // Its exit is known from the child itself: its /proc entry can read as something else while
+  // `ip netns exec` execs etcd.
+  let exit = null as string | null
+  child.once('exit', (code, signal) => { exit = signal ?? `code ${code ?? '?'}` })
   child.unref()
   state.etcdPid = child.pid
   writeState(spec, state)
@@ -187,10 +191,15 @@ async function startEtcd (spec: ClusterSpec, state: ClusterState): Promise<void>
       if (fresh && state.etcdAuth !== undefined) await setupEtcdAuth(`https://${ip}:${clientPort}`, state.etcdAuth, tls, ul)
       return
     }
-    if (!isEtcd(spec, child.pid)) throw new LabError(`etcd exited at start; see ${join(spec.workDir, 'etcd.log')}`)
+    if (exit !== null) throw new LabError(`etcd exited at start (${exit}): ${logTail(join(spec.workDir, 'etcd.log'))}`)
     if (Date.now() > deadline) throw new LabError(`etcd not listening on ${ip}:${clientPort} after 15 s`)
     await sleep(50)
   }
+}
+
+/** The last lines of a log, for an error that outlives the lab's work directory. */
+function logTail (path: string): string {
+  try { return readFileSync(path, 'utf8').trim().split('\n').slice(-5).join('\n').slice(-2000) } catch { return `(no log at ${path})` }
 }
 
 /** Is `pid` the etcd of this lab (and not a process that took its PID since)? */
