@@ -404,7 +404,7 @@ const GAUGES: ReadonlySet<string> = new Set([
   'warden_event_loop_delay_p99_seconds', 'warden_event_loop_delay_max_seconds',
   'warden_policy_version', 'warden_endpoints', 'warden_endpoints_init', 'warden_kernel_entries',
   'warden_datapath_ipcache_left_out',
-  'warden_kvstore_connected', 'warden_kvstore_clusterIdentities', 'warden_kvstore_remoteEndpoints', 'warden_kvstore_remoteNodes',
+  'warden_kvstore_connected', 'warden_kvstore_keysHeld', 'warden_kvstore_clusterIdentities', 'warden_kvstore_remoteEndpoints', 'warden_kvstore_remoteNodes',
   ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
   ...DNS_GAUGES.map((g) => 'warden_dns_' + g)
 ])

@@ -152,9 +152,12 @@ export class ClusterStore {
     })
     // Bounded copies: every cluster identity (256..65535), the remote entries plus this node's
     // own endpoints (at most 4,096, the endpoint map's size), and as many nodes.
-    this.ids = new Mirror(ID_PREFIX, opts.logger, MAX_CLUSTER_IDENTITY - MIN_CLUSTER_IDENTITY + 1)
-    this.ips = new Mirror(IPCACHE_PREFIX, opts.logger, this.maxRemote + 4096)
-    this.nodes = new Mirror(nodesPrefix(opts.clusterName), opts.logger, this.maxRemote)
+    // After etcd lost its data, what is absent is held as long as a dead node's keys would have
+    // lived (its lease TTL), and at least until every live agent had time to republish.
+    const lostDataHoldMs = Math.max((opts.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS) * 1000, this.conn.republishWindowMs)
+    this.ids = new Mirror(ID_PREFIX, opts.logger, { maxEntries: MAX_CLUSTER_IDENTITY - MIN_CLUSTER_IDENTITY + 1, lostDataHoldMs })
+    this.ips = new Mirror(IPCACHE_PREFIX, opts.logger, { maxEntries: this.maxRemote + 4096, lostDataHoldMs })
+    this.nodes = new Mirror(nodesPrefix(opts.clusterName), opts.logger, { maxEntries: this.maxRemote, lostDataHoldMs })
     // The copies first: the allocator's session hook reads the identities.
     for (const m of [this.ids, this.ips, this.nodes]) {
       this.conn.addHook({ onSession: async (s) => await m.onSession(s), onDown: () => m.stop() })
@@ -420,6 +423,7 @@ export class ClusterStore {
       malformedKeys: this.stats.malformedKeys,
       keysNotCopied: m.reduce((n, x) => n + x.stats.dropped, 0),
       recordsTooLarge: m.reduce((n, x) => n + x.stats.oversized, 0),
+      keysHeld: m.reduce((n, x) => n + x.stats.held, 0),
       remoteEntriesDropped: this.stats.remoteEntriesDropped
     }
   }
@@ -505,6 +509,7 @@ export class ClusterStore {
     this.closed = true
     if (this.persistTimer !== null) clearTimeout(this.persistTimer)
     await this.persist().catch((err: Error) => this.log.error({ err: err.message }, 'cannot persist the cluster state'))
+    for (const m of [this.ids, this.ips, this.nodes]) m.close()
     await this.conn.close({ revoke: opts.leave === true })
   }
 }

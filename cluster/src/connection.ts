@@ -135,6 +135,13 @@ export class Connection {
 
   get current (): ConnectionState { return this.state }
 
+  /**
+   * How long after etcd is back a live agent may take to have republished its keys: it tries
+   * again at most one longest backoff later, and a session start is a few calls (probe, two
+   * leases, the puts), each within the call deadline.
+   */
+  get republishWindowMs (): number { return this.backoffMax + 4 * this.timeoutMs }
+
   /** The state with how long it has been down and why: what `warden status` shows. */
   health (now = Date.now()): ConnectionHealth {
     const down = this.state === 'down'

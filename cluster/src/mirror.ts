@@ -10,6 +10,13 @@
  * is not one.
  *
  * The copy survives outages untouched: while etcd is away the agent enforces what it has.
+ *
+ * An etcd that lost its data (restored from an empty or older data directory: its revision is
+ * behind the copy's) comes back without any node's keys until each owner reconnects and
+ * republishes. A relist then would delete every other node's records for those seconds and
+ * deny their pods cluster-wide. So keys absent after such a loss are held, as they were, until
+ * `lostDataHoldMs` passes; a key republished meanwhile is simply current again, and one still
+ * absent then is deleted (its owner is gone: what its lease expiring would have done).
  */
 import type { Watcher, IKeyValue } from 'etcd3'
 import type { Logger } from 'pino'
@@ -18,7 +25,8 @@ import type { Session } from './connection.js'
 export interface MirrorEntry { value: string, modRevision: number }
 export type MirrorChange = { type: 'put', key: string, value: string, prev: string | undefined } | { type: 'delete', key: string, prev: string }
 
-export interface MirrorStats { watchEvents: number, relists: number, resumes: number, dropped: number, oversized: number }
+/** `held`: keys absent since etcd lost its data, kept until their owners had time to republish. */
+export interface MirrorStats { watchEvents: number, relists: number, resumes: number, dropped: number, oversized: number, held: number }
 
 /**
  * The largest key plus value copied, in bytes. A record of the kinds watched (an identity's
@@ -28,16 +36,36 @@ export interface MirrorStats { watchEvents: number, relists: number, resumes: nu
  */
 export const MAX_RECORD_BYTES = 16 * 1024
 
+export interface MirrorOptions {
+  /** Keys kept at most; a new key beyond is not copied (counted in `dropped`). Default: no bound. */
+  maxEntries?: number
+  /** The largest key plus value copied (default MAX_RECORD_BYTES). */
+  maxRecordBytes?: number
+  /** How long keys absent after etcd lost its data are held (default 0: deleted at once). */
+  lostDataHoldMs?: number
+}
+
 export class Mirror {
   readonly entries = new Map<string, MirrorEntry>()
   /** The etcd revision this copy is complete up to (0: never listed). */
   revision = 0
   private watcher: Watcher | null = null
   private readonly listeners: ((changes: MirrorChange[]) => void)[] = []
-  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0, dropped: 0, oversized: 0 }
+  readonly stats: MirrorStats = { watchEvents: 0, relists: 0, resumes: 0, dropped: 0, oversized: 0, held: 0 }
+  private readonly maxEntries: number
+  private readonly maxRecordBytes: number
+  private readonly lostDataHoldMs: number
+  /** The cluster ID of the etcd this copy was last listed from (null: never listed). */
+  private listedFrom: string | null = null
+  /** Keys absent since etcd lost its data, with when they are deleted if still absent. */
+  private readonly held = new Map<string, number>()
+  private holdTimer: NodeJS.Timeout | null = null
 
-  /** `maxEntries`: keys kept at most; a new key beyond is not copied (counted in `dropped`). */
-  constructor (readonly prefix: string, private readonly log: Logger, private readonly maxEntries = Infinity, private readonly maxRecordBytes = MAX_RECORD_BYTES) {}
+  constructor (readonly prefix: string, private readonly log: Logger, opts: MirrorOptions = {}) {
+    this.maxEntries = opts.maxEntries ?? Infinity
+    this.maxRecordBytes = opts.maxRecordBytes ?? MAX_RECORD_BYTES
+    this.lostDataHoldMs = opts.lostDataHoldMs ?? 0
+  }
 
   /** Too large to copy: counted, logged once per thousand; the key is then treated as absent. */
   private oversized (key: string, bytes: number): boolean {
@@ -67,6 +95,14 @@ export class Mirror {
 
   async onSession (s: Session): Promise<void> {
     this.stop()
+    // etcd behind the copy, or another etcd cluster: what is missing was lost, not deleted
+    const lost = this.listedFrom !== null && (s.clusterId !== this.listedFrom || s.revision < this.revision)
+    this.listedFrom = s.clusterId
+    if (lost) {
+      this.log.warn({ prefix: this.prefix, revision: s.revision, copyRevision: this.revision, holdMs: this.lostDataHoldMs }, 'kvstore: etcd lost data (its revision is behind this copy); keys now absent are kept while their owners republish')
+      await this.relist(s, true)
+      return
+    }
     if (s.continuous && this.revision > 0 && s.revision >= this.revision) {
       this.stats.resumes++
       try {
@@ -94,7 +130,7 @@ export class Mirror {
     w.cancel().catch(() => {})
   }
 
-  private async relist (s: Session): Promise<void> {
+  private async relist (s: Session, lost = false): Promise<void> {
     this.stats.relists++
     const list = await s.kv.list(this.prefix)
     const seen = new Set<string>()
@@ -102,16 +138,23 @@ export class Mirror {
     for (const kv of list.kvs) {
       if (this.oversized(kv.key, Buffer.byteLength(kv.key) + Buffer.byteLength(kv.value))) continue // absent: deleted below if copied before
       seen.add(kv.key)
+      this.held.delete(kv.key)
       if (this.full(kv.key)) continue
       const cur = this.entries.get(kv.key)
       if (cur?.value !== kv.value) changes.push({ type: 'put', key: kv.key, value: kv.value, prev: cur?.value })
       this.entries.set(kv.key, { value: kv.value, modRevision: kv.modRevision })
     }
+    const now = Date.now()
     for (const [key, cur] of this.entries) {
       if (seen.has(key)) continue
+      const until = this.held.get(key) ?? (lost && this.lostDataHoldMs > 0 ? now + this.lostDataHoldMs : undefined)
+      if (until !== undefined && until > now) { this.held.set(key, until); continue }
+      this.held.delete(key)
       this.entries.delete(key)
       changes.push({ type: 'delete', key, prev: cur.value })
     }
+    this.stats.held = this.held.size
+    this.scheduleHeld()
     this.revision = list.revision
     if (changes.length > 0) this.log.info({ prefix: this.prefix, changes: changes.length, revision: list.revision }, 'kvstore relisted')
     this.emit(changes)
@@ -135,6 +178,7 @@ export class Mirror {
         return
       }
       const value = kv.value.toString()
+      this.unhold(key)
       if (this.full(key)) return
       const cur = this.entries.get(key)
       this.entries.set(key, { value, modRevision: rev })
@@ -145,6 +189,7 @@ export class Mirror {
       const key = kv.key.toString()
       const rev = Number(kv.mod_revision)
       if (rev > this.revision) this.revision = rev
+      this.unhold(key)
       const cur = this.entries.get(key)
       if (cur === undefined) return
       this.entries.delete(key)
@@ -165,6 +210,45 @@ export class Mirror {
       }
       s.fail(err)
     })
+  }
+
+  /** Written (or deleted) in etcd again: the key is current, no longer held. */
+  private unhold (key: string): void {
+    if (this.held.delete(key)) this.stats.held = this.held.size
+  }
+
+  /** Stop for good: no held key is deleted after this. */
+  close (): void {
+    this.stop()
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer)
+    this.holdTimer = null
+  }
+
+  /** Delete the held keys whose time is up, while a session is live (else at the next relist). */
+  private scheduleHeld (): void {
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer)
+    this.holdTimer = null
+    if (this.held.size === 0) return
+    const next = Math.min(...this.held.values())
+    this.holdTimer = setTimeout(() => {
+      this.holdTimer = null
+      if (this.watcher === null) return
+      const now = Date.now()
+      const changes: MirrorChange[] = []
+      for (const [key, until] of this.held) {
+        if (until > now) continue
+        this.held.delete(key)
+        const cur = this.entries.get(key)
+        if (cur === undefined) continue
+        this.entries.delete(key)
+        changes.push({ type: 'delete', key, prev: cur.value })
+      }
+      this.stats.held = this.held.size
+      if (changes.length > 0) this.log.warn({ prefix: this.prefix, deleted: changes.length }, 'kvstore: keys not republished since etcd lost data; deleted')
+      this.emit(changes)
+      this.scheduleHeld()
+    }, Math.max(0, next - Date.now()))
+    this.holdTimer.unref()
   }
 
   private emit (changes: MirrorChange[]): void {

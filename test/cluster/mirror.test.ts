@@ -2,7 +2,8 @@
  * A watched copy across sessions, against a real etcd: the first session lists, a session on
  * an etcd that kept its data resumes from the copy's revision (the changes made meanwhile arrive
  * once, as watch events), a resume whose revision was compacted away relists, and a relist
- * reports only differences. Needs the `etcd` binary (scripts/setup.sh installs it).
+ * reports only differences. An etcd that lost its data does not delete what it lost until the
+ * owners had their time to write it again. Needs the `etcd` binary (scripts/setup.sh installs it).
  */
 import t from 'tap'
 import { pino } from 'pino'
@@ -48,7 +49,7 @@ t.test('resume, compaction, relist', async (t) => {
     { type: 'put', key: P + '10.0.0.3', value: 'three', prev: undefined },
     { type: 'delete', key: P + '10.0.0.1', prev: 'one' }
   ], 'resumed from the revision reached: the changes made meanwhile, in order')
-  t.strictSame(mirror.stats, { watchEvents: 3, relists: 1, resumes: 1, dropped: 0, oversized: 0 })
+  t.strictSame(mirror.stats, { watchEvents: 3, relists: 1, resumes: 1, dropped: 0, oversized: 0, held: 0 })
 
   // Lost again; changes; etcd compacted its history past the copy's revision: relist.
   mirror.stop()
@@ -75,7 +76,7 @@ t.test('a record larger than the bound is treated as absent, listed or watched',
   const etcd = await startEtcd(t, 23794)
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
-  const mirror = new Mirror(P, pino({ level: 'silent' }), Infinity, 64)
+  const mirror = new Mirror(P, pino({ level: 'silent' }), { maxRecordBytes: 64 })
   const seen: MirrorChange[] = []
   mirror.onChange((c) => seen.push(...c))
   t.teardown(() => mirror.stop())
@@ -95,4 +96,57 @@ t.test('a record larger than the bound is treated as absent, listed or watched',
   ], 'watched: a record grown too large leaves the copy')
   t.equal(mirror.entries.size, 0)
   t.equal(mirror.stats.oversized, 2)
+})
+
+t.test('etcd restored empty: what it lost is held until its owners write it again, then deleted', async (t) => {
+  const etcd = await startEtcd(t, 23794)
+  let kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  t.teardown(() => kv.close())
+  const mirror = new Mirror(P, pino({ level: 'silent' }), { lostDataHoldMs: 1500 })
+  const seen: MirrorChange[] = []
+  mirror.onChange((c) => seen.push(...c))
+  t.teardown(() => mirror.close())
+  const session = async (): Promise<Session> => {
+    const h = await kv.get('cilium/state/')
+    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, fail: () => {} }
+  }
+  for (const n of ['1', '2', '3', '4', '5']) await kv.put(P + '10.0.0.' + n, 'v' + n)
+  for (let i = 0; i < 20; i++) await kv.put('cilium/state/other', String(i)) // the copy's revision well ahead of a new etcd's
+  await mirror.onSession(await session())
+  t.equal(mirror.entries.size, 5, 'listed')
+  seen.length = 0
+
+  // A session on the same etcd: a key deleted meanwhile is a deletion, applied at once.
+  mirror.stop()
+  await kv.delete(P + '10.0.0.5')
+  await mirror.onSession(await session())
+  t.strictSame(seen.splice(0), [{ type: 'delete', key: P + '10.0.0.5', prev: 'v5' }], 'etcd kept its data: a missing key is deleted at once')
+
+  // etcd restored from an empty data directory; one owner has republished (unchanged), one
+  // changed its value, two have not written yet.
+  mirror.stop()
+  kv.close()
+  await etcd.stop()
+  await etcd.wipe()
+  await etcd.start()
+  kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  await kv.put(P + '10.0.0.1', 'v1')
+  await kv.put(P + '10.0.0.2', 'v2-new')
+  await mirror.onSession(await session())
+  t.strictSame(seen.splice(0), [{ type: 'put', key: P + '10.0.0.2', value: 'v2-new', prev: 'v2' }], 'relisted: the changed value applied, nothing deleted')
+  t.strictSame([...mirror.entries.keys()].sort(), [P + '10.0.0.1', P + '10.0.0.2', P + '10.0.0.3', P + '10.0.0.4'], 'the keys etcd lost are still in the copy')
+  t.equal(mirror.stats.held, 2, 'two keys held')
+
+  // 10.0.0.3's owner reconnects and writes it again, unchanged: no change, no longer held
+  await kv.put(P + '10.0.0.3', 'v3')
+  const end = Date.now() + 10000
+  while (mirror.stats.held > 1 && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(mirror.stats.held, 1, 'republished: no longer held')
+  t.strictSame(seen, [], 'and it was no change')
+
+  // 10.0.0.4's owner never comes back: deleted when the hold is over
+  while (seen.length === 0 && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.strictSame(seen.splice(0), [{ type: 'delete', key: P + '10.0.0.4', prev: 'v4' }], 'not written again in time: deleted')
+  t.strictSame([...mirror.entries.keys()].sort(), [P + '10.0.0.1', P + '10.0.0.2', P + '10.0.0.3'])
+  t.equal(mirror.stats.held, 0)
 })

@@ -130,12 +130,19 @@ t.test('three nodes, one etcd', async (t) => {
   await restartEtcd(spec)
   t.equal(await until(charge, (v) => v === '404'), '404', 'etcd back: unchanged')
 
-  // etcd restored empty: the agents republish; enforcement never changes
+  // etcd restored empty: the agents republish; enforcement never changes, also while node a is
+  // back on etcd and node b is not yet (node a must not take b's absent keys for deletions)
   const checkoutId = identityAt('a', '198.19.132.11')
+  const logged = (n: string): number => agent(n).log().split('republished').length
+  const [loggedA, loggedB] = [logged('a'), logged('b')]
   await restartEtcd(spec, true)
   t.equal(await charge(), '404', 'etcd empty: node a keeps what it knows')
-  t.ok(await until(() => agent('a').log().includes('republished') && agent('b').log().includes('republished'), (v) => v, 30_000),
+  const seenAtA = new Set<number>()
+  t.ok(await until(() => { seenAtA.add(identityAt('a', '198.19.132.11')); return logged('a') > loggedA && logged('b') > loggedB }, (v) => v, 30_000),
     'nodes a and b reconnected and republished their keys')
+  for (let i = 0; i < 20; i++) { seenAtA.add(identityAt('a', '198.19.132.11')); await sleep(100) }
+  t.strictSame([...seenAtA], [checkoutId], 'node a knew checkout by its identity all along (sampled every 100 ms)')
+  t.ok(agent('a').log().includes('etcd lost data'), 'node a logged that etcd lost its data, not that b\'s pods were deleted')
   t.equal(await until(charge, (v) => v === '404'), '404', 'after the agents republished: still allowed')
   t.equal(identityAt('a', '198.19.132.11'), checkoutId, 'checkout keeps its identity at node a')
 
