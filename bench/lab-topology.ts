@@ -79,6 +79,7 @@ async function run (cmd: string, args: string[], input?: string): Promise<void> 
     } else {
       await new Promise<void>((resolve, reject) => {
         const child = execFile(cmd, args, (err) => { if (err != null) reject(err); else resolve() })
+        child.stdin?.on('error', () => {}) // a command that exits early: its status tells
         child.stdin?.end(input)
       })
     }

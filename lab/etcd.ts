@@ -83,6 +83,9 @@ export async function setupEtcdAuth (url: string, auth: EtcdAuth, tls?: EtcdTls,
         if (err !== null) reject(new Error(`etcdctl ${args.slice(0, 2).join(' ')}: ${stderr.trim() || err.message}`))
         else resolve()
       })
+      // etcdctl may exit before reading its stdin (most commands never do): its exit status
+      // says how it went, a broken pipe here says nothing more
+      p.stdin?.on('error', () => {})
       p.stdin?.end(input ?? '')
     })
   }

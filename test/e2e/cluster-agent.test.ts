@@ -81,12 +81,16 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.match(down.out, /Cluster:.* DOWN/)
   t.equal(JSON.parse((await runCli(['status', '--json', '--api-socket', s.apiSocket])).out).cluster.state, 'down')
 
-  // etcd restored from an empty data directory: the agent republishes, and forgets what etcd lost.
+  // etcd restored from an empty data directory: the agent republishes; what etcd lost (node-b's
+  // pod, whose agent would republish it when it reconnects) is kept while its owner may still do
+  // so -- the longer of the lease TTL and the republish window (10 s backoff + 4 x 2 s) -- then removed.
   await etcd.wipe()
   await etcd.start()
   t.not(await until(async () => (await kv.get(ipcacheKey(billing)).catch(() => ({ value: null }))).value, (v) => v !== null), null, 'billing-service republished')
-  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.6'), (v) => v === RESERVED.WORLD), RESERVED.WORLD, 'the entry etcd lost is removed after the relist')
-  t.equal((await kv.get(idKey(entry.identity))).value?.startsWith('k8s:app=billing-service;'), true, 'identity republished')
+  t.equal(await until(async () => (await kv.get(idKey(entry.identity)).catch(() => ({ value: null }))).value?.startsWith('k8s:app=billing-service;'), (v) => v === true), true, 'identity republished')
+  t.equal(ipcache.lookupIdentity('198.19.121.6'), checkout, 'the entry etcd lost is still enforced after the relist')
+  t.ok(await until(() => /etcd lost data/.test(s.agentLog()), (v) => v), 'the data loss is logged')
+  t.equal(await until(() => ipcache.lookupIdentity('198.19.121.6'), (v) => v === RESERVED.WORLD, 40_000), RESERVED.WORLD, 'and removed when its owner did not write it again in time')
   t.ok(await until(() => /kvstore reconnected/.test(s.agentLog()), (v) => v), 'the reconnect is logged')
   t.equal(await charge(s), '404')
 

@@ -57,6 +57,7 @@ export async function startTlsEtcd (t: Teardown, clientPort: number, auth?: Etcd
     await new Promise<void>((resolve, reject) => {
       const p = execFile('etcdctl', ['--endpoints', etcd.url, '--cacert', pki.ca.cert, '--cert', pki.client.cert, '--key', pki.client.key, ...args],
         { env, timeout: 15000 }, (err, _out, stderr) => { if (err !== null) reject(new Error(`etcdctl ${args.join(' ')}: ${stderr}`)); else resolve() })
+      p.stdin?.on('error', () => {}) // etcdctl may exit without reading it: its status tells
       p.stdin?.end(input)
     })
   }
