@@ -10,6 +10,7 @@ import type { ClusterStore } from '../../cluster/src/cluster.js'
 import { idKey, ipcacheKey, nodeKey } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
 import { startEtcd } from '../helpers/etcd.js'
+import { poll } from '../helpers/poll.js'
 import { openTestStore, publishWebPod, remoteIdentity, tempDir, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 async function agent (t: Test, endpoint: string, name: string, ip: string, stateDir: string, maxRemoteEntries?: number): Promise<ClusterStore> {
@@ -47,7 +48,8 @@ t.test('agents share pods, identities and nodes; survive etcd restarts and an em
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
   t.ok(await until(() => entry(b.current(), '10.42.1.10/32') === webId && entry(b.current(), '10.42.1.11/32') === webId), 'B has A\'s pods again')
-  t.equal((await kv.get(idKey(webId))).value, 'k8s:app=web;k8s:io.kubernetes.pod.namespace=shop;', 'A republished its identity')
+  // (the identity's id key is written by the allocator after the owned keys: wait for it too)
+  t.equal(await poll(async () => (await kv.get(idKey(webId))).value, (v) => v !== null), 'k8s:app=web;k8s:io.kubernetes.pod.namespace=shop;', 'A republished its identity')
   t.not((await kv.get(nodeKey('default', 'node-b'))).value, null, 'B republished its node record')
   t.not((await kv.get(ipcacheKey('10.42.1.11'))).value, null, 'A republished its ipcache entries')
 
