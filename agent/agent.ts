@@ -28,6 +28,7 @@ import { FlowLogLimiter } from './flow-log.js'
 import { renderMetrics } from './metrics.js'
 import { ReplySockets } from './reply-sockets.js'
 import { HttpWorkers } from './workers/pool.js'
+import { EnforcedVersions, type ProxyPolicy } from './workers/enforced-versions.js'
 import { serveApi } from './api/server.js'
 import type { ReportSources } from './api/reports.js'
 import { fromDecision, fromFlow } from './observe/event.js'
@@ -243,6 +244,13 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
     }
     const lookupIdentity = (ip: string): number => control.lookupIdentity(ip)
     let httpWorkers: HttpWorkers | undefined
+    // Which version each HTTP proxy enforces: the main thread's is the active snapshot's, the
+    // workers report theirs once applied. Compared with what the store compiled (status, metrics).
+    const enforced = new EnforcedVersions(workers)
+    enforced.compiled(store.current().version)
+    closers.push(store.onSnapshot((snap) => enforced.compiled(snap.version)))
+    enforced.enforced(0, active().version)
+    control.onActive((snap) => enforced.enforced(0, snap.version))
     // the workers get a copy of the HTTP part of each snapshot the kernel has
     control.onActive((snap) => httpWorkers?.update(snap))
     const flowLog = new FlowLogLimiter(logger.child({ module: 'flow' }), 100)
@@ -275,6 +283,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         snapshot: startedWith,
         logger: log,
         writeLog: (batch) => out.writeBytes(batch),
+        onEnforced: (index, version) => enforced.enforced(index, version),
+        onStopped: (index) => enforced.stopped(index),
         onDecisions: (batch) => { for (const d of batch) onDecision(d) }
       })
       // a snapshot that reached the kernel while they were starting
@@ -341,7 +351,8 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       ...prefixed('warden_datapath_', datapath.counters()),
       ...prefixed('warden_http_', httpWorkers === undefined ? http.metrics() : sumCounters(http.metrics(), httpWorkers.metrics())),
       ...prefixed('warden_dns_', dns.metrics()),
-      ...(cluster === undefined ? {} : prefixed('warden_kvstore_', cluster.metrics()))
+      ...(cluster === undefined ? {} : prefixed('warden_kvstore_', cluster.metrics())),
+      ...workerMetrics(enforced.report())
     })
     if (opts.metrics !== undefined) {
       const srv = await serveMetrics(opts.metrics, metrics)
@@ -356,7 +367,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
         active,
         inventory: () => store.inventory(),
         inspect: () => datapath.inspect(),
-        httpProxies: () => ({ total: workers, running: 1 + (httpWorkers?.threads.filter((w) => w !== null).length ?? 0) }),
+        httpProxies: () => enforced.report(),
         auditAll: opts.policyAuditMode === true,
         metrics,
         fqdnCache: () => dns.cache(),
@@ -404,10 +415,23 @@ const GAUGES: ReadonlySet<string> = new Set([
   'warden_event_loop_delay_p99_seconds', 'warden_event_loop_delay_max_seconds',
   'warden_policy_version', 'warden_endpoints', 'warden_endpoints_init', 'warden_kernel_entries',
   'warden_datapath_ipcache_left_out',
+  'warden_http_worker_running', 'warden_http_worker_policy_version', 'warden_http_worker_policy_behind_seconds',
   'warden_kvstore_connected', 'warden_kvstore_keysHeld', 'warden_kvstore_clusterIdentities', 'warden_kvstore_remoteEndpoints', 'warden_kvstore_remoteNodes',
   ...HTTP_GAUGES.map((g) => 'warden_http_' + g),
   ...DNS_GAUGES.map((g) => 'warden_dns_' + g)
 ])
+
+/** One series per HTTP proxy, labelled by worker (0: the main thread's); no version while it has none. */
+function workerMetrics (proxies: readonly ProxyPolicy[]): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const p of proxies) {
+    const label = `{worker="${p.worker}"}`
+    out['warden_http_worker_running' + label] = p.running ? 1 : 0
+    if (p.policyVersion !== null) out['warden_http_worker_policy_version' + label] = p.policyVersion
+    out['warden_http_worker_policy_behind_seconds' + label] = p.behindSeconds
+  }
+  return out
+}
 
 function sumCounters (a: Record<string, number>, b: Record<string, number>): Record<string, number> {
   const out = { ...a }

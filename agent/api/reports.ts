@@ -9,6 +9,7 @@ import type { DatapathInspection } from '../../redirect-bpf/src/index.js'
 import type { PersistedCache } from '../../proxy/src/dns/cache.js'
 import type { EventRing } from '../observe/ring.js'
 import type { ClusterStatus } from '../../cluster/src/cluster.js'
+import type { ProxyPolicy } from '../workers/enforced-versions.js'
 
 export interface ReportSources {
   version: string
@@ -19,8 +20,8 @@ export interface ReportSources {
   active (): Snapshot
   inventory (): StoreInventory
   inspect (): DatapathInspection
-  /** HTTP proxies: threads configured and running (the main thread's included). */
-  httpProxies (): { total: number, running: number }
+  /** Each HTTP proxy (0: the main thread's, 1..: worker threads): running, the policy version it enforces, how far behind. */
+  httpProxies (): ProxyPolicy[]
   auditAll: boolean
   metrics (): Record<string, number>
   fqdnCache (): PersistedCache['entries']
@@ -52,7 +53,10 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
   const inv = s.inventory()
   const dp = s.inspect()
   const m = s.metrics()
-  const proxies = s.httpProxies()
+  const workers = s.httpProxies()
+  const compiled = s.compiled().version
+  const running = workers.filter((w) => w.running)
+  const proxies = { total: workers.length, running: running.length }
   const pending = snap.endpoints.filter((e) => dp.pending.includes(e.interface))
   const rejected = inv.rejected.map(formatPolicyError)
   const degraded: string[] = []
@@ -62,7 +66,14 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
     if (e.pendingIdentityLabels === undefined) continue
     degraded.push(`endpoint ${epName(e)} ${e.identity === RESERVED.INIT ? 'has the init identity' : `keeps its previous identity ${e.identity}`}: its labels have no number yet (kvstore unreachable?)`)
   }
-  if (proxies.running < proxies.total) degraded.push(`${proxies.total - proxies.running} of ${proxies.total} HTTP proxy workers down`)
+  if (proxies.running < proxies.total) {
+    degraded.push(`${proxies.total - proxies.running} of ${proxies.total} HTTP proxy workers down (worker ${workers.filter((w) => !w.running).map((w) => w.worker).join(', ')})`)
+  }
+  for (const w of workers) {
+    if (!w.lagging) continue
+    degraded.push(`HTTP proxy worker ${w.worker} enforces policy version ${String(w.policyVersion)}, ${compiled} compiled: behind for ${w.behindSeconds} s` +
+      (snap.version < compiled ? ` (the kernel has ${snap.version}: is the apply failing? see the agent's log)` : ''))
+  }
   const cluster = s.cluster?.()
   if (cluster !== undefined && cluster.state !== 'connected') {
     degraded.push(`kvstore ${cluster.state}${cluster.state === 'down' ? ` for ${cluster.downSeconds} s` : ''}${cluster.lastError !== null ? ` (${cluster.lastError.message})` : ''}: enforcing the cluster state last seen`)
@@ -79,7 +90,8 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
     uptimeSeconds: Math.round((Date.now() - s.startedAt) / 1000),
     healthy: degraded.length === 0,
     degraded,
-    policy: { compiled: s.compiled().version, kernel: snap.version, httpProxy: snap.version, dnsProxy: snap.version },
+    // httpProxy: the oldest version a running HTTP proxy enforces (each one's is in http.workers)
+    policy: { compiled, kernel: snap.version, httpProxy: Math.min(...running.map((w) => w.policyVersion ?? snap.version), snap.version), dnsProxy: snap.version },
     audit: s.auditAll ? 'node' : audited.length > 0 ? 'endpoints' : 'off',
     auditEndpoints: audited,
     files: { loaded: inv.files, rejected },
@@ -92,6 +104,7 @@ export function statusReport (s: ReportSources): Record<string, unknown> {
     maps: dp.maps,
     http: {
       proxies,
+      workers,
       connectionsActive: m.warden_http_connections_active ?? 0,
       requests: m.warden_http_requests ?? 0,
       allowed: m.warden_http_allowed ?? 0,

@@ -59,10 +59,12 @@ port.on('message', (m: ToWorker) => {
   }
   if (m.type === 'snapshot') {
     ({ snapshot: active, matchers } = httpSnapshotFromWire(m.snapshot, matchers))
+    send({ type: 'policy', version: active.version })
     return
   }
   if (m.type === 'version') {
     active = Object.freeze({ ...active, version: m.version, createdAt: m.createdAt })
+    send({ type: 'policy', version: active.version })
     return
   }
   clearInterval(ticker)
@@ -78,4 +80,4 @@ port.on('message', (m: ToWorker) => {
   }, (err: Error) => { logger.error({ err }, 'closing the worker failed') })
 })
 logger.child({ module: 'http-proxy' }).debug({ port: data.proxyPort }, 'worker listening')
-send({ type: 'ready' })
+send({ type: 'ready', version: active.version })

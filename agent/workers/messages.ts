@@ -25,7 +25,10 @@ export type ToWorker =
   | { type: 'close' }
 
 export type FromWorker =
-  | { type: 'ready' }
+  /** Listening, enforcing the snapshot of its workerData (or a later one) at `version`. */
+  | { type: 'ready', version: number }
+  /** The policy version it enforces, sent once a snapshot or version message is applied. */
+  | { type: 'policy', version: number }
   /** Encoded log lines, whole (PortDestination). */
   | { type: 'log', batch: Uint8Array }
   /** The worker's HTTP proxy counters, every second and once more when closing. */

@@ -71,6 +71,10 @@ export interface HttpWorkersOptions {
   timeoutMs?: number
   /** Wait before starting a worker that died again; default 1 s. */
   restartMs?: number
+  /** Worker `index` (1..) runs and enforces policy `version`: once listening, then after each snapshot it applied. */
+  onEnforced?: (index: number, version: number) => void
+  /** Worker `index` stopped running (its thread exited). */
+  onStopped?: (index: number) => void
 }
 
 interface Slot {
@@ -132,12 +136,14 @@ export class HttpWorkers {
         worker.postMessage({ type: 'log-ack', bytes: m.batch.byteLength } satisfies ToWorker)
       }
       else if (m.type === 'metrics') this.counters.report(tid, m.metrics)
+      else if (m.type === 'policy') o.onEnforced?.(slot.index, m.version)
       else if (m.type === 'decisions') o.onDecisions?.(m.batch)
     })
     worker.on('error', (err) => { if (ready) o.logger.error({ err, worker: slot.index }, 'HTTP proxy worker failed') })
     worker.once('exit', (code) => {
       if (slot.worker === worker) slot.worker = null
       this.counters.retire(tid)
+      if (ready) o.onStopped?.(slot.index)
       if (!ready || this.closing) return
       o.logger.error({ worker: slot.index, code }, 'HTTP proxy worker exited; starting it again')
       const timer = setTimeout(() => {
@@ -149,7 +155,13 @@ export class HttpWorkers {
     })
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`HTTP proxy worker ${slot.index} did not start in ${timeoutMs} ms`)), timeoutMs)
-      worker.on('message', (m: FromWorker) => { if (m.type === 'ready') { ready = true; clearTimeout(timer); resolve() } })
+      worker.on('message', (m: FromWorker) => {
+        if (m.type !== 'ready') return
+        ready = true
+        clearTimeout(timer)
+        o.onEnforced?.(slot.index, m.version)
+        resolve()
+      })
       worker.once('error', (err) => { clearTimeout(timer); reject(err) })
       worker.once('exit', (code) => { clearTimeout(timer); reject(new Error(`HTTP proxy worker ${slot.index} exited (${code}) before it was ready`)) })
     })

@@ -33,7 +33,7 @@ function handlers (ring: EventRing): ApiHandlers {
       policy: { compiled: 3, kernel: 3, httpProxy: 3, dnsProxy: 3 }, audit: 'off', auditEndpoints: [],
       files: { loaded: ['p.yaml'], rejected: healthy ? [] : ['bad.yaml:3:5: spec.ingress[0]: unknown field'] },
       endpoints: { total: 1, attached: 1, pending: [] }, identities: 4, maps: { l7p_ct: { entries: 2, max: 65536 } },
-      http: { proxies: { total: 1, running: 1 }, connectionsActive: 0, requests: 1, allowed: 0, denied: 1, audited: 0, rejected: 0, upstreamErrors: 0 },
+      http: { proxies: { total: 1, running: 1 }, workers: [{ worker: 0, running: true, policyVersion: 3, behindSeconds: 0, lagging: false }], connectionsActive: 0, requests: 1, allowed: 0, denied: 1, audited: 0, rejected: 0, upstreamErrors: 0 },
       dns: { queries: 0, allowed: 0, refused: 0, audited: 0, errors: 0 }, kernel: { dropped: 1, audited: 0 },
       fqdn: { names: 0, ips: 0, zombies: 0 }, events: { buffered: ring.size, capacity: ring.capacity, seen: ring.total, followers: ring.followers }
     }),

@@ -31,6 +31,24 @@ t.test('counters are typed counter and end in _total, gauges are gauges, names a
   t.equal(metricName('warden_x-y.z'), 'warden_x_y_z')
 })
 
+t.test('labelled series: one TYPE line per family, the family named in the gauges', async t => {
+  const text = renderMetrics({
+    'warden_http_worker_policy_version{worker="1"}': 7,
+    'warden_http_worker_policy_version{worker="0"}': 8,
+    'warden_http_worker_restarts{worker="0"}': 2,
+    warden_policy_version: 8
+  }, new Set(['warden_http_worker_policy_version', 'warden_policy_version']))
+  t.equal(text, [
+    '# TYPE warden_http_worker_policy_version gauge',
+    'warden_http_worker_policy_version{worker="0"} 8',
+    'warden_http_worker_policy_version{worker="1"} 7',
+    '# TYPE warden_http_worker_restarts_total counter',
+    'warden_http_worker_restarts_total{worker="0"} 2',
+    '# TYPE warden_policy_version gauge', 'warden_policy_version 8',
+    ''
+  ].join('\n'), 'the labels stay as written; a counter family gets _total before them')
+})
+
 t.test('the gauges the modules declare are values they report', async t => {
   const http = await startHttpProxy(t, 9, await billingSnapshot())
   const httpKeys = Object.keys(http.proxy.metrics())

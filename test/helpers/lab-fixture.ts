@@ -27,7 +27,8 @@ interface TapLike { teardown: (fn: () => unknown) => void }
 
 export function isRoot (): boolean { return process.getuid?.() === 0 }
 
-export async function datapathLab (t: TapLike, n: number, names: string[], identities?: number[]): Promise<Lab> {
+/** Lab number `n`'s names, addresses, bpffs dir, route table and ports (ports 16000+10n .. +9 are the lab's). */
+export function labLayout (n: number, names: string[], identities?: number[]): { prefix: string, eps: EpSpec[], spec: LabSpec, opts: DatapathOptions } {
   const prefix = `wdp${n}-`
   const eps: EpSpec[] = names.map((name, i) => ({
     id: 100 + i,
@@ -45,6 +46,11 @@ export async function datapathLab (t: TapLike, n: number, names: string[], ident
     routeTable: 2100 + n,
     logger: pino({ level: process.env.WARDEN_TEST_LOG ?? 'silent' })
   }
+  return { prefix, eps, spec, opts }
+}
+
+export async function datapathLab (t: TapLike, n: number, names: string[], identities?: number[]): Promise<Lab> {
+  const { prefix, eps, spec, opts } = labLayout(n, names, identities)
   let dp: Datapath | undefined
   t.teardown(async () => {
     await dp?.close()
