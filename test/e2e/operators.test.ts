@@ -174,7 +174,14 @@ t.test('audit mode for the whole node, then per endpoint, then off', async (t) =
     t.ok(r.code === 0, `${c.name}: let through (curl exit ${r.code})`)
     if (c.expected.startsWith('403')) t.match(r.stdout, /404$/, `${c.name}: forwarded, not denied`)
   }
-  const audits = await until(async () => await events('--verdict', 'audit'), (e) => e.some((x) => x.type === 'l3l4') && e.some((x) => x.type === 'http'))
+  // every audit event the checks make, not just the first of each kind: the workers' decisions
+  // reach the main thread in batches, so one can come after another
+  const expected = (e: Ev[]): boolean =>
+    e.some((x) => x.type === 'l3l4' && x.source.endpoint === 'default/data-exporter' && x.destination.endpoint === 'default/billing-service') &&
+    e.some((x) => x.type === 'l3l4' && x.source.endpoint === 'default/data-exporter' && x.destination.endpoint === undefined) &&
+    e.some((x) => x.type === 'http' && x.source.endpoint === 'default/checkout-service' && x.http?.path === '/api/v1/invoices/123') &&
+    e.some((x) => x.type === 'http' && x.source.endpoint === 'default/auditing-service' && x.http?.method === 'POST')
+  const audits = await until(async () => await events('--verdict', 'audit'), expected)
   t.notOk((await events('--verdict', 'dropped', '--from', 'default/data-exporter')).length > 0, 'nothing from data-exporter dropped')
   t.notOk((await events('--verdict', 'denied')).length > 0, 'nothing denied')
   const k = audits.find((e) => e.type === 'l3l4' && e.source.endpoint === 'default/data-exporter' && e.destination.endpoint === 'default/billing-service')
