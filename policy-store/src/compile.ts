@@ -22,32 +22,17 @@ import type { NameMatcher } from './matchers.js'
 import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import { diffEntries, diffSnapshots, entryKey } from './snapshot-diff.js'
+import type { CompileInput, Run } from './compile-run.js'
 import {
   ANY_IDENTITY, DIR, RESERVED, type ContainerPort, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
   type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type RemoteState, type Snapshot, type SnapshotDiff
 } from './types.js'
 
 export { entryKey, RESERVED_LABELS }
+export type { CompileInput }
 
 /** The identity labels of an endpoint with the init identity (one array: compared by reference). */
 const INIT_LABELS: readonly Label[] = Object.freeze(['reserved:init'])
-
-export interface CompileInput {
-  /** Pass the same array again when nothing changed: the compiler then skips endpoint work. */
-  endpoints: readonly RawEndpoint[]
-  files: readonly FilePolicies[]
-  /** Same array again = same names (expiry is still checked against `now`). */
-  learned: readonly LearnedName[]
-  hostIPs: readonly string[]
-  /** For learned-name expiry. */
-  now: number
-  /** Label sets of peers that are not on this node (trace's `labels:`), compiled as identities. */
-  extraLabelSets?: readonly (readonly Label[])[]
-  /** Node-wide policy audit mode: every endpoint audits (Endpoint.audit). */
-  auditAll?: boolean
-  /** Other nodes' identities and ipcache entries (cluster mode); same objects when unchanged. */
-  remote?: RemoteState
-}
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
 
@@ -60,26 +45,6 @@ interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[], groups: string[
 
 /** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
 interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
-
-/** What one compile run found changed, step by step. */
-interface Run {
-  /** Endpoints (ids) to compile again; all of them when `allDirty`. */
-  dirty: Set<number>
-  allDirty: boolean
-  endpointsChanged: boolean
-  /** The set of pod identities changed (selectors must be evaluated again). */
-  podsChanged: boolean
-  /** Some endpoint's named container ports changed (rules with named ports must be redone). */
-  namedPortsChanged: boolean
-  /** Some CiliumCIDRGroup's CIDRs changed (peers with cidrGroupRef must be resolved again). */
-  groupsChanged: boolean
-  filesChanged: boolean
-  added: PolicyRule[]
-  removed: PolicyRule[]
-  localsChanged: boolean
-  /** FQDN selector keys whose identities changed (null: unknown, treat all as changed). */
-  fqdnChanged: Set<string> | null
-}
 
 /** Step 6's result: the kernel entry diff and which endpoints were compiled again. */
 interface CompiledEndpoints {
@@ -187,7 +152,8 @@ export class Compiler {
     this.ipChanges = null
     if (!this.lastCompileDone) this.base = null
     this.lastCompileDone = false
-    const run: Run = { dirty: new Set(), allDirty: this.prevSnapshot === null, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
+    const first = this.prevSnapshot === null
+    const run: Run = { first, dirty: new Set(), allDirty: first, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.updateEndpoints(input, run)
     this.updateNamedPorts(input, run)
     this.updateRules(input.files, run)
@@ -232,7 +198,7 @@ export class Compiler {
   private updateEndpoints (input: CompileInput, run: Run): void {
     const remoteIds = input.remote?.identities ?? null
     const unchanged = input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && remoteIds === this.remoteIdsInput
-    if (unchanged && this.prevSnapshot !== null && !this.pendingNowPrepared()) return
+    if (unchanged && !run.first && !this.pendingNowPrepared()) return
     const before = new Map(this.endpoints.map((e) => [e.id, e]))
     const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
     // Each endpoint's identity labels: its own when the allocator can number them; otherwise
@@ -300,7 +266,7 @@ export class Compiler {
    */
   private updateNamedPorts (input: CompileInput, run: Run): void {
     const remote = input.remote?.namedPorts ?? null
-    if (!run.namedPortsChanged && remote === this.remotePortsInput && this.prevSnapshot !== null) return
+    if (!run.namedPortsChanged && remote === this.remotePortsInput && !run.first) return
     if (remote !== this.remotePortsInput) run.namedPortsChanged = true
     this.remotePortsInput = remote
     const portsOf = new Map<number, ContainerPort[]>()
@@ -335,7 +301,7 @@ export class Compiler {
       }
     }
     const sig = [...groups].map(([n, ps]) => n + '=' + ps.map(formatPrefix).sort().join(',')).sort().join('|')
-    if (sig !== this.groupsSig) run.groupsChanged = this.prevSnapshot !== null
+    if (sig !== this.groupsSig) run.groupsChanged = !run.first
     this.groups = groups
     this.groupsSig = sig
   }
@@ -345,7 +311,7 @@ export class Compiler {
     const hostKey = input.hostIPs.join(',')
     const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
     const remoteIp = input.remote?.ipcache ?? null
-    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && remoteIp === this.remoteIpInput && this.prevSnapshot !== null) return
+    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && remoteIp === this.remoteIpInput && !run.first) return
     const lc = this.computeLocals(input, this.endpoints, run.filesChanged)
     run.localsChanged = lc.changed
     run.fqdnChanged = lc.fqdnChanged
