@@ -11,15 +11,15 @@
  */
 import { applyRemoteChanges, type IpChange } from './ipcache-changes.js'
 import { formatIPv4, formatPrefix, parseIPv4, type Prefix } from './cidr.js'
-import { Holdings, labelsKey, type IdentityAllocator } from './identity.js'
+import type { IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
+import { EndpointIdentities } from './endpoint-identities.js'
 import { L7Tables } from './l7-tables.js'
-import { portsKey, resolveNamedPorts } from './named-ports.js'
+import { resolveNamedPorts } from './named-ports.js'
 import { peerDeps, PodIndex, push, RESERVED_LABELS, resolvePeers, Universe, type Local } from './universe.js'
-import { identityLabelsOf, type Selector } from './labels.js'
+import type { Selector } from './labels.js'
 import type { FilePolicies, PolicyRule, RuleElement } from './model.js'
 import type { NameMatcher } from './matchers.js'
-import type { RawEndpoint } from './endpoints.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import { diffEntries, diffSnapshots, entryKey } from './snapshot-diff.js'
 import type { CompileInput, Run } from './compile-run.js'
@@ -30,9 +30,6 @@ import {
 
 export { entryKey, RESERVED_LABELS }
 export type { CompileInput }
-
-/** The identity labels of an endpoint with the init identity (one array: compared by reference). */
-const INIT_LABELS: readonly Label[] = Object.freeze(['reserved:init'])
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
 
@@ -62,23 +59,12 @@ export class Compiler {
   /** How each compile's ipcache diff was made: from the changes the cluster store named, or by comparing the lists. */
   readonly stats = { ipcacheDiffsNamed: 0, ipcacheDiffsCompared: 0 }
   private prevSnapshot: Snapshot | null = null
-  // Endpoints and pod identities.
-  private epInput: readonly RawEndpoint[] | null = null
-  private extraInput: CompileInput['extraLabelSets'] | null = null
-  private remoteIdsInput: RemoteState['identities'] | null = null
+  /** Endpoints and pod identities. */
+  private readonly eps: EndpointIdentities
   private remoteIpInput: RemoteState['ipcache'] | null = null
-  private endpoints: readonly Endpoint[] = Object.freeze([])
-  private podIds = new Set<number>()
-  private podKey = ''
-  private podLabels = new Map<number, readonly Label[]>()
-  private epsByIdentity = new Map<number, number[]>()
-  /** Named container ports by identity (the union over its endpoints here and on other nodes), and the local ones' signature. */
+  /** Named container ports by identity (the union over its endpoints here and on other nodes). */
   private portsOf = new Map<number, ContainerPort[]>()
   private remotePortsInput: RemoteState['namedPorts'] | null = null
-  private epById = new Map<number, Endpoint>()
-  private portsSig = ''
-  private pods: PodIndex | null = null
-  private selectorCache = new Map<string, number[]>()
   // Rules, in input order; what each selects; what each element resolves to.
   private files: readonly FilePolicies[] = []
   /** CiliumCIDRGroup name -> its CIDRs (a name defined in several files: the union). */
@@ -129,18 +115,10 @@ export class Compiler {
   // Output per endpoint.
   private epCache = new Map<number, EpResult>()
 
-  /** The numbers this compiler's current snapshot uses, each held once at the allocator. */
-  private readonly heldIdentities: Holdings
-  private readonly heldEndpointIds: Holdings
-  private readonly labelFilter: IdentityLabelFilter
   private now = 0
-  /** Label sets endpoints need that the allocator could not number at the last run (labelsKey -> labels). */
-  private pending = new Map<string, readonly Label[]>()
 
   constructor (private readonly allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
-    this.labelFilter = opts.labelFilter ?? new IdentityLabelFilter()
-    this.heldIdentities = new Holdings((k, now) => allocator.acquireIdentity(k.split('\n'), now), (k, now) => allocator.releaseIdentity(k.split('\n'), now))
-    this.heldEndpointIds = new Holdings((k, now) => allocator.acquireEndpointId(k, now), (k, now) => allocator.releaseEndpointId(k, now))
+    this.eps = new EndpointIdentities(allocator, opts.labelFilter ?? new IdentityLabelFilter())
   }
 
   /**
@@ -154,14 +132,14 @@ export class Compiler {
     this.lastCompileDone = false
     const first = this.prevSnapshot === null
     const run: Run = { first, dirty: new Set(), allDirty: first, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
-    this.updateEndpoints(input, run)
+    this.eps.update(input, run)
     this.updateNamedPorts(input, run)
     this.updateRules(input.files, run)
     this.updateLocalIdentities(input, run)
-    const universe = new Universe(this.pods as PodIndex, this.podIds, this.locals, this.groups)
+    const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.locals, this.groups)
     const select = (sel: Selector): number[] => {
-      let ids = this.selectorCache.get(sel.canonical)
-      if (ids === undefined) this.selectorCache.set(sel.canonical, ids = universe.select(sel))
+      let ids = this.eps.selectorCache.get(sel.canonical)
+      if (ids === undefined) this.eps.selectorCache.set(sel.canonical, ids = universe.select(sel))
       return ids
     }
     this.updateRuleSelections(run, select)
@@ -173,7 +151,7 @@ export class Compiler {
     const snapshot: Snapshot = Object.freeze({
       version: ++this.version,
       createdAt: Date.now(),
-      endpoints: this.endpoints,
+      endpoints: this.eps.endpoints,
       identities: this.identities,
       ipcache: this.ipcache,
       ...tables,
@@ -187,77 +165,7 @@ export class Compiler {
   }
 
   /** Label sets that endpoints wait for (they have the init identity, or keep their previous one). */
-  pendingLabelSets (): readonly (readonly Label[])[] { return [...this.pending.values()] }
-
-  private pendingNowPrepared (): boolean {
-    for (const ls of this.pending.values()) if (this.allocator.isPrepared(ls)) return true
-    return false
-  }
-
-  /** Step 1: endpoints, their identities and ids (only when the endpoints input changed). */
-  private updateEndpoints (input: CompileInput, run: Run): void {
-    const remoteIds = input.remote?.identities ?? null
-    const unchanged = input.endpoints === this.epInput && (input.extraLabelSets ?? null) === this.extraInput && remoteIds === this.remoteIdsInput
-    if (unchanged && !run.first && !this.pendingNowPrepared()) return
-    const before = new Map(this.endpoints.map((e) => [e.id, e]))
-    const epIdOf = this.heldEndpointIds.hold(input.endpoints.map((e) => `${e.namespace}/${e.name}`), input.now)
-    // Each endpoint's identity labels: its own when the allocator can number them; otherwise
-    // (a cluster allocator cut off from etcd) the ones it had, or `reserved:init` for a new
-    // endpoint -- Cilium's init identity, whose policy is default deny both ways (compileEndpoint).
-    const pending = new Map<string, readonly Label[]>()
-    const identityLabels = input.endpoints.map((e): { labels: readonly Label[], pending: readonly Label[] | null } => {
-      const own = this.labelFilter.filter(identityLabelsOf(e.labels, e.namespace))
-      if (this.allocator.isPrepared(own)) return { labels: own, pending: null }
-      pending.set(labelsKey(own), own)
-      const prev = before.get(epIdOf.get(`${e.namespace}/${e.name}`) as number)
-      return { labels: prev !== undefined && prev.identity !== RESERVED.INIT ? prev.identityLabels : INIT_LABELS, pending: own }
-    })
-    this.pending = pending
-    const labelSets = new Map<string, readonly Label[]>()
-    for (const { labels } of identityLabels) if (labels !== INIT_LABELS) labelSets.set(labelsKey(labels), labels)
-    for (const ls of input.extraLabelSets ?? []) labelSets.set(labelsKey(ls), [...ls].sort())
-    const idOf = this.heldIdentities.hold(labelSets.keys(), input.now)
-    const podLabels = new Map<number, readonly Label[]>()
-    for (const [k, ls] of labelSets) podLabels.set(idOf.get(k) as number, ls)
-    // Other nodes' pods: their identities are selectable like local ones (no number is held
-    // for them here: the nodes that run them hold them). A local label set wins on its number.
-    if (remoteIds !== null) for (const [id, ls] of remoteIds) if (!podLabels.has(id)) podLabels.set(id, ls)
-    const endpoints: Endpoint[] = input.endpoints.map((e, i) => {
-      const { labels, pending } = identityLabels[i]
-      const identity = labels === INIT_LABELS ? RESERVED.INIT : idOf.get(labelsKey(labels)) as number
-      return {
-        id: epIdOf.get(`${e.namespace}/${e.name}`) as number, name: e.name, namespace: e.namespace, labels: { ...e.labels }, identityLabels: labels, identity, ipv4: e.ipv4, interface: e.interface, ports: e.ports ?? [], line: e.line,
-        ...(pending !== null ? { pendingIdentityLabels: pending } : {}),
-        ...(e.audit === true || input.auditAll === true ? { audit: true as const } : {})
-      }
-    })
-    const podIds = new Set(podLabels.keys())
-    const podKey = [...podIds].sort((a, b) => a - b).join(',')
-    run.endpointsChanged = endpoints.length !== before.size || endpoints.some((e) => !sameEndpoint(before.get(e.id), e))
-    if (run.endpointsChanged || podKey !== this.podKey) {
-      for (const e of endpoints) if (before.get(e.id)?.identity !== e.identity) run.dirty.add(e.id)
-      this.endpoints = Object.freeze(endpoints)
-      this.epsByIdentity = new Map()
-      for (const e of endpoints) push(this.epsByIdentity, e.identity, e.id)
-      const sig: string[] = []
-      for (const e of endpoints) if (e.ports.length > 0) sig.push(`${e.id}:${e.identity}:${portsKey(e.ports)}`)
-      const portsSig = sig.join('|')
-      if (portsSig !== this.portsSig) run.namedPortsChanged = true
-      this.portsSig = portsSig
-      this.epById = new Map(endpoints.map((e) => [e.id, e]))
-    }
-    if (podKey !== this.podKey || this.pods === null) {
-      run.podsChanged = true
-      this.podKey = podKey
-      this.podIds = podIds
-      this.podLabels = podLabels
-      this.pods = new PodIndex(podLabels, podIds)
-      this.selectorCache = new Map()
-    }
-    this.epInput = input.endpoints
-    this.extraInput = input.extraLabelSets ?? null
-    this.remoteIdsInput = remoteIds
-  }
+  pendingLabelSets (): readonly (readonly Label[])[] { return this.eps.pendingLabelSets() }
 
   /**
    * Step 1b: the named ports each peer identity carries, for egress rules that name a port: the
@@ -281,7 +189,7 @@ export class Compiler {
         else l.push(p)
       }
     }
-    for (const e of this.endpoints) add(e.identity, e.ports)
+    for (const e of this.eps.endpoints) add(e.identity, e.ports)
     for (const [identity, ports] of remote ?? []) add(identity, ports)
     this.portsOf = portsOf
   }
@@ -312,7 +220,7 @@ export class Compiler {
     const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
     const remoteIp = input.remote?.ipcache ?? null
     if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && remoteIp === this.remoteIpInput && !run.first) return
-    const lc = this.computeLocals(input, this.endpoints, run.filesChanged)
+    const lc = this.computeLocals(input, this.eps.endpoints, run.filesChanged)
     run.localsChanged = lc.changed
     run.fqdnChanged = lc.fqdnChanged
     this.hostKey = hostKey
@@ -325,7 +233,7 @@ export class Compiler {
     const { dirty } = run
     const selectEps = (r: PolicyRule): number[] => {
       const out: number[] = []
-      for (const id of select(r.subject)) for (const ep of this.epsByIdentity.get(id) ?? []) out.push(ep)
+      for (const id of select(r.subject)) for (const ep of this.eps.epsByIdentity.get(id) ?? []) out.push(ep)
       return out
     }
     for (const r of run.removed) {
@@ -404,7 +312,7 @@ export class Compiler {
   private compileDirtyEndpoints (run: Run): CompiledEndpoints {
     const out: CompiledEndpoints = { kernelAdded: [], kernelRemoved: [], kernelEndpoints: [], recompiled: [], gone: false }
     const live = new Set<number>()
-    for (const e of this.endpoints) {
+    for (const e of this.eps.endpoints) {
       live.add(e.id)
       const cached = this.epCache.get(e.id)
       if (cached !== undefined && !run.allDirty && !run.dirty.has(e.id)) continue
@@ -426,7 +334,7 @@ export class Compiler {
   /** Step 7: the snapshot's kernel list and L7 tables: the previous ones when nothing changed, patched when few did. */
   private assembleTables (out: CompiledEndpoints): Pick<Snapshot, 'kernel' | 'http' | 'dns'> {
     const prev = this.prevSnapshot
-    const endpoints = this.endpoints
+    const endpoints = this.eps.endpoints
     const { recompiled, gone } = out
     if (prev !== null && recompiled.length === 0 && !gone && prev.endpoints === endpoints) return { kernel: prev.kernel, http: prev.http, dns: prev.dns }
     const k: KernelEntry[] = []
@@ -514,7 +422,7 @@ export class Compiler {
   private compileEndpoint (id: number): EpResult {
     const pos = (r: PolicyRule): number => (this.fileIdx.get(this.ruleFile.get(r) as FilePolicies) as number) * 2 ** 24 + (this.ruleIdx.get(r) as number)
     const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => pos(a) - pos(b))
-    const own = this.epById.get(id)
+    const own = this.eps.epById.get(id)
     const dirs: [DirectionInput, DirectionInput] = [
       { elements: [], selected: false, defaultDeny: false },
       { elements: [], selected: false, defaultDeny: false }
@@ -640,11 +548,11 @@ export class Compiler {
   private buildLocals (prefixes: Map<string, LocalPrefix>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
     const base = this.base as NonNullable<Compiler['base']>
     const locals: Local[] = []
-    const podIdsChanged = this.podIdentities === null || this.podIdentities.labels !== this.podLabels
-    if (this.podIdentities === null || this.podIdentities.labels !== this.podLabels) {
+    const podIdsChanged = this.podIdentities === null || this.podIdentities.labels !== this.eps.podLabels
+    if (this.podIdentities === null || this.podIdentities.labels !== this.eps.podLabels) {
       const m = new Map<number, readonly Label[]>(RESERVED_LABELS)
-      for (const [id, labels] of this.podLabels) m.set(id, labels)
-      this.podIdentities = { labels: this.podLabels, map: m }
+      for (const [id, labels] of this.eps.podLabels) m.set(id, labels)
+      this.podIdentities = { labels: this.eps.podLabels, map: m }
     }
     const ipList = [...base.fixed.values()]
     const fixedCount = ipList.length
@@ -703,15 +611,6 @@ export class Compiler {
     this.fqdnIds = sigs
     return { changed: true, fqdnChanged }
   }
-}
-
-function sameEndpoint (a: Endpoint | undefined, b: Endpoint): boolean {
-  if (a === undefined) return false
-  if (a.name !== b.name || a.namespace !== b.namespace || a.identity !== b.identity || a.ipv4 !== b.ipv4 || a.interface !== b.interface || a.line !== b.line || a.audit !== b.audit) return false
-  if ((a.pendingIdentityLabels ?? []).join('\n') !== (b.pendingIdentityLabels ?? []).join('\n')) return false
-  if (portsKey(a.ports) !== portsKey(b.ports)) return false
-  const ka = Object.keys(a.labels)
-  return ka.length === Object.keys(b.labels).length && ka.every((k) => a.labels[k] === b.labels[k])
 }
 
 function sameIpcache (a: readonly IpcacheEntry[], b: readonly IpcacheEntry[]): boolean {
