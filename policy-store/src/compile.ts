@@ -15,7 +15,7 @@ import type { IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
 import { EndpointIdentities } from './endpoint-identities.js'
 import { L7Tables } from './l7-tables.js'
-import { resolveNamedPorts } from './named-ports.js'
+import { portsByIdentity, resolveNamedPorts } from './named-ports.js'
 import { peerDeps, PodIndex, push, RESERVED_LABELS, resolvePeers, Universe, type Local } from './universe.js'
 import type { Selector } from './labels.js'
 import type { FilePolicies, PolicyRule, RuleElement } from './model.js'
@@ -177,21 +177,7 @@ export class Compiler {
     if (!run.namedPortsChanged && remote === this.remotePortsInput && !run.first) return
     if (remote !== this.remotePortsInput) run.namedPortsChanged = true
     this.remotePortsInput = remote
-    const portsOf = new Map<number, ContainerPort[]>()
-    const seen = new Set<string>()
-    const add = (identity: number, ports: readonly ContainerPort[]): void => {
-      for (const p of ports) {
-        const k = `${identity}/${p.name}/${p.protocol}/${p.port}`
-        if (seen.has(k)) continue
-        seen.add(k)
-        const l = portsOf.get(identity)
-        if (l === undefined) portsOf.set(identity, [p])
-        else l.push(p)
-      }
-    }
-    for (const e of this.eps.endpoints) add(e.identity, e.ports)
-    for (const [identity, ports] of remote ?? []) add(identity, ports)
-    this.portsOf = portsOf
+    this.portsOf = portsByIdentity(this.eps.endpoints, remote ?? [])
   }
 
   /** Step 2: rules added and removed (files give back the same rule objects for unchanged documents). */

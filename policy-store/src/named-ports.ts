@@ -8,7 +8,7 @@
  * A peer that is not an endpoint (world, a CIDR) has no named ports.
  */
 import type { NamedPortItem, PortItem, RuleElement } from './model.js'
-import { DIR, type ContainerPort, type Direction } from './types.js'
+import { DIR, type ContainerPort, type Direction, type Endpoint } from './types.js'
 
 const PROTO_NUM = { TCP: 6, UDP: 17, SCTP: 132 } as const
 
@@ -59,4 +59,26 @@ export function resolveNamedPorts (el: RuleElement, ids: readonly number[] | nul
 /** A stable text of an endpoint's ports, to tell when they changed. */
 export function portsKey (ports: readonly ContainerPort[]): string {
   return ports.map((p) => `${p.name}=${p.protocol}/${p.port}`).join(',')
+}
+
+/**
+ * The container ports each identity carries: the union over this node's endpoints and other
+ * nodes' pods (`remote`: identity -> ports) of that identity, each port once.
+ */
+export function portsByIdentity (endpoints: readonly Endpoint[], remote: Iterable<readonly [number, readonly ContainerPort[]]>): Map<number, ContainerPort[]> {
+  const portsOf = new Map<number, ContainerPort[]>()
+  const seen = new Set<string>()
+  const add = (identity: number, ports: readonly ContainerPort[]): void => {
+    for (const p of ports) {
+      const k = `${identity}/${p.name}/${p.protocol}/${p.port}`
+      if (seen.has(k)) continue
+      seen.add(k)
+      const l = portsOf.get(identity)
+      if (l === undefined) portsOf.set(identity, [p])
+      else l.push(p)
+    }
+  }
+  for (const e of endpoints) add(e.identity, e.ports)
+  for (const [identity, ports] of remote) add(identity, ports)
+  return portsOf
 }
