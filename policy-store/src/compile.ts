@@ -15,6 +15,7 @@ import type { IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
 import { EndpointIdentities } from './endpoint-identities.js'
 import { L7Tables } from './l7-tables.js'
+import { RuleFiles } from './rule-files.js'
 import { portsByIdentity, resolveNamedPorts } from './named-ports.js'
 import { peerDeps, PodIndex, push, RESERVED_LABELS, resolvePeers, Universe, type Local } from './universe.js'
 import type { Selector } from './labels.js'
@@ -65,15 +66,9 @@ export class Compiler {
   /** Named container ports by identity (the union over its endpoints here and on other nodes). */
   private portsOf = new Map<number, ContainerPort[]>()
   private remotePortsInput: RemoteState['namedPorts'] | null = null
-  // Rules, in input order; what each selects; what each element resolves to.
-  private files: readonly FilePolicies[] = []
-  /** CiliumCIDRGroup name -> its CIDRs (a name defined in several files: the union). */
-  private groups = new Map<string, Prefix[]>()
-  private groupsSig = ''
-  /** Position of a file in the input, of a rule in its file: rules are used in input order. */
-  private fileIdx = new Map<FilePolicies, number>()
-  private readonly ruleFile = new Map<PolicyRule, FilePolicies>()
-  private readonly ruleIdx = new Map<PolicyRule, number>()
+  /** Rules, in input order, and the CIDR groups of their files. */
+  private readonly rules = new RuleFiles()
+  // What each rule selects; what each element resolves to.
   private readonly ruleEps = new Map<PolicyRule, number[]>()
   private readonly epRules = new Map<number, Set<PolicyRule>>()
   private readonly els = new Map<RuleElement, ElState>()
@@ -134,9 +129,9 @@ export class Compiler {
     const run: Run = { first, dirty: new Set(), allDirty: first, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.eps.update(input, run)
     this.updateNamedPorts(input, run)
-    this.updateRules(input.files, run)
+    this.rules.update(input.files, run, this.ruleEps)
     this.updateLocalIdentities(input, run)
-    const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.locals, this.groups)
+    const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.locals, this.rules.groups)
     const select = (sel: Selector): number[] => {
       let ids = this.eps.selectorCache.get(sel.canonical)
       if (ids === undefined) this.eps.selectorCache.set(sel.canonical, ids = universe.select(sel))
@@ -178,26 +173,6 @@ export class Compiler {
     if (remote !== this.remotePortsInput) run.namedPortsChanged = true
     this.remotePortsInput = remote
     this.portsOf = portsByIdentity(this.eps.endpoints, remote ?? [])
-  }
-
-  /** Step 2: rules added and removed (files give back the same rule objects for unchanged documents). */
-  private updateRules (files: readonly FilePolicies[], run: Run): void {
-    if (files.length === this.files.length && files.every((f, i) => f === this.files[i])) return
-    run.filesChanged = true
-    if (this.diffFiles(files, run.added, run.removed, run.dirty)) run.allDirty = true
-    this.files = files
-    const groups = new Map<string, Prefix[]>()
-    for (const f of files) {
-      for (const g of f.cidrGroups ?? []) {
-        const l = groups.get(g.name)
-        if (l === undefined) groups.set(g.name, [...g.prefixes])
-        else l.push(...g.prefixes)
-      }
-    }
-    const sig = [...groups].map(([n, ps]) => n + '=' + ps.map(formatPrefix).sort().join(',')).sort().join('|')
-    if (sig !== this.groupsSig) run.groupsChanged = !run.first
-    this.groups = groups
-    this.groupsSig = sig
   }
 
   /** Step 3: local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache. */
@@ -352,62 +327,9 @@ export class Compiler {
     return { kernel, http, dns }
   }
 
-  /**
-   * Rules added and removed between the previous files and `files` (matched by file name);
-   * endpoints whose rules changed order go into `dirty`. True when everything must be redone.
-   */
-  private diffFiles (files: readonly FilePolicies[], added: PolicyRule[], removed: PolicyRule[], dirty: Set<number>): boolean {
-    const fileIdx = new Map<FilePolicies, number>()
-    files.forEach((f, i) => fileIdx.set(f, i))
-    const names = new Set(files.map((f) => f.file))
-    const prevByName = new Map(this.files.map((f) => [f.file, f]))
-    if (names.size !== files.length || prevByName.size !== this.files.length) {
-      // Two inputs with one name: no per-file diff; compare rule sets, redo every endpoint.
-      const now = new Set<PolicyRule>()
-      files.forEach((f) => f.rules.forEach((r, j) => {
-        if (now.has(r)) return
-        now.add(r)
-        this.ruleFile.set(r, f)
-        this.ruleIdx.set(r, j)
-        if (!this.ruleEps.has(r)) added.push(r)
-      }))
-      for (const r of this.ruleEps.keys()) if (!now.has(r)) removed.push(r)
-      for (const r of removed) { this.ruleIdx.delete(r); this.ruleFile.delete(r) }
-      this.fileIdx = fileIdx
-      return true
-    }
-    let all = false
-    let lastOld = -1
-    for (const f of files) {
-      const old = prevByName.get(f.file)
-      const oi = old === undefined ? undefined : this.fileIdx.get(old)
-      if (oi !== undefined) { if (oi < lastOld) all = true; lastOld = oi } // files changed order
-      if (old === f) continue
-      const oldSet = new Set(old?.rules ?? [])
-      let lastIdx = -1
-      let reordered = false
-      f.rules.forEach((r, j) => {
-        if (oldSet.delete(r)) {
-          const oj = this.ruleIdx.get(r) as number
-          if (oj < lastIdx) reordered = true
-          lastIdx = oj
-        } else added.push(r)
-        this.ruleIdx.set(r, j)
-        this.ruleFile.set(r, f)
-      })
-      for (const r of oldSet) removed.push(r)
-      if (reordered) for (const r of f.rules) for (const ep of this.ruleEps.get(r) ?? []) dirty.add(ep)
-    }
-    for (const [name, f] of prevByName) if (!names.has(name)) for (const r of f.rules) removed.push(r)
-    for (const r of removed) { this.ruleIdx.delete(r); this.ruleFile.delete(r) }
-    this.fileIdx = fileIdx
-    return all
-  }
-
   /** Kernel entries and L7 tables of one endpoint from the rules selecting it, in input order. */
   private compileEndpoint (id: number): EpResult {
-    const pos = (r: PolicyRule): number => (this.fileIdx.get(this.ruleFile.get(r) as FilePolicies) as number) * 2 ** 24 + (this.ruleIdx.get(r) as number)
-    const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => pos(a) - pos(b))
+    const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => this.rules.position(a) - this.rules.position(b))
     const own = this.eps.epById.get(id)
     const dirs: [DirectionInput, DirectionInput] = [
       { elements: [], selected: false, defaultDeny: false },
@@ -480,8 +402,8 @@ export class Compiler {
     if (filesChanged || this.ruleLocalsBase !== this.base || this.prevSnapshot === null) {
       const fqdnSelectors = new Map<string, FqdnSelector>()
       const rulePrefixes = new Map<string, Prefix>()
-      for (const rl of this.files.flatMap(fileLocals)) {
-        for (const x of [...rl.prefixes, ...rl.groups.flatMap((g) => this.groups.get(g) ?? [])]) {
+      for (const rl of this.rules.files.flatMap(fileLocals)) {
+        for (const x of [...rl.prefixes, ...rl.groups.flatMap((g) => this.rules.groups.get(g) ?? [])]) {
           if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
           rulePrefixes.set(formatPrefix(x), x)
         }
