@@ -9,37 +9,28 @@
  * new learned FQDN IPs re-resolve the endpoints with toFQDNs/CIDR/world peers. The result is the
  * same as a cold compile of the same input (test/policy-store/incremental.test.ts checks it).
  */
-import { applyRemoteChanges, type IpChange } from './ipcache-changes.js'
-import { formatIPv4, formatPrefix, parseIPv4, type Prefix } from './cidr.js'
 import type { IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
 import { EndpointIdentities } from './endpoint-identities.js'
 import { L7Tables } from './l7-tables.js'
 import { RuleFiles } from './rule-files.js'
+import { LocalIdentities } from './local-identities.js'
 import { portsByIdentity, resolveNamedPorts } from './named-ports.js'
-import { peerDeps, PodIndex, push, RESERVED_LABELS, resolvePeers, Universe, type Local } from './universe.js'
+import { peerDeps, PodIndex, RESERVED_LABELS, resolvePeers, Universe } from './universe.js'
 import type { Selector } from './labels.js'
-import type { FilePolicies, PolicyRule, RuleElement } from './model.js'
-import type { NameMatcher } from './matchers.js'
+import type { PolicyRule, RuleElement } from './model.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import { diffEntries, diffSnapshots, entryKey } from './snapshot-diff.js'
 import type { CompileInput, Run } from './compile-run.js'
 import {
-  ANY_IDENTITY, DIR, RESERVED, type ContainerPort, type DnsPolicy, type Endpoint, type FqdnSelector, type HttpPolicy,
-  type IpcacheEntry, type KernelEntry, type L7PortTable, type Label, type LearnedName, type RemoteState, type Snapshot, type SnapshotDiff
+  ANY_IDENTITY, DIR, RESERVED, type ContainerPort, type DnsPolicy, type HttpPolicy,
+  type KernelEntry, type L7PortTable, type Label, type RemoteState, type Snapshot, type SnapshotDiff
 } from './types.js'
 
 export { entryKey, RESERVED_LABELS }
 export type { CompileInput }
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
-
-interface LocalEntry { labels: Label[], local: Local, ip: IpcacheEntry }
-/** A prefix that gets a local identity: named by a rule (`rule`), learned from DNS answers (`fqdnKeys`), or both. */
-interface LocalPrefix { prefix: Prefix, fqdnKeys: string[], rule: boolean }
-
-/** A rule's CIDR prefixes and FQDN matchers (they make local identities). */
-interface RuleLocals { prefixes: Prefix[], fqdns: NameMatcher[], groups: string[] }
 
 /** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
 interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
@@ -62,12 +53,13 @@ export class Compiler {
   private prevSnapshot: Snapshot | null = null
   /** Endpoints and pod identities. */
   private readonly eps: EndpointIdentities
-  private remoteIpInput: RemoteState['ipcache'] | null = null
   /** Named container ports by identity (the union over its endpoints here and on other nodes). */
   private portsOf = new Map<number, ContainerPort[]>()
   private remotePortsInput: RemoteState['namedPorts'] | null = null
   /** Rules, in input order, and the CIDR groups of their files. */
   private readonly rules = new RuleFiles()
+  /** Local (CIDR, FQDN) identities, the identities and the ipcache. */
+  private readonly localIds: LocalIdentities
   // What each rule selects; what each element resolves to.
   private readonly ruleEps = new Map<PolicyRule, number[]>()
   private readonly epRules = new Map<number, Set<PolicyRule>>()
@@ -75,45 +67,12 @@ export class Compiler {
   /** Elements whose peers depend on pod identities / on local identities. */
   private readonly podEls = new Set<RuleElement>()
   private readonly localEls = new Set<RuleElement>()
-  // Local identities, the ipcache and FQDN selectors.
-  private hostKey = ''
-  private learnedInput: readonly LearnedName[] | null = null
-  private learnedExpiry = Infinity
-  private locals: Local[] = []
-  /** FQDN selector key -> its identities, to re-resolve only the elements whose selectors changed. */
-  private fqdnIds = new Map<string, string>()
-  private fqdnSelectors: readonly FqdnSelector[] = Object.freeze([])
-  private fqdnKeysSig = ''
-  private nameKeys = new Map<string, string[]>()
-  private identities: Map<number, readonly Label[]> = new Map(RESERVED_LABELS)
-  /**
-   * The ipcache's fixed part by prefix (world, host addresses, endpoints, other nodes' entries),
-   * the /32 addresses it takes, and which prefixes are this node's own (they win over remote ones).
-   */
-  private base: { endpoints: readonly Endpoint[], hostKey: string, remote: RemoteState['ipcache'] | null, taken: Set<number>, fixed: Map<string, IpcacheEntry>, own: Set<string> } | null = null
-  /** The local (CIDR, FQDN) ipcache entries of the last compile, in order. */
-  private localIps: readonly IpcacheEntry[] = []
-  /**
-   * What this compile changed in the ipcache when it is known from the remote changes alone
-   * (RemoteState.ipcacheChanges); null: compare the lists. Trusted only when the previous compile
-   * finished (a compile that threw may have changed the base without a snapshot).
-   */
-  private ipChanges: IpChange[] | null = null
-  private lastCompileDone = false
-  private ipNums = new Map<string, { n: number, key: string } | null>()
-  private rulePrefixes: [string, Prefix][] = []
-  private ruleLocalsBase: Compiler['base'] = null
-  private podIdentities: { labels: ReadonlyMap<number, readonly Label[]>, map: Map<number, readonly Label[]> } | null = null
-  /** Local identities in use, by prefix and FQDN selector keys (objects reused across runs). */
-  private localEntries = new Map<string, LocalEntry>()
-  private ipcache: readonly IpcacheEntry[] = Object.freeze([])
   // Output per endpoint.
   private epCache = new Map<number, EpResult>()
 
-  private now = 0
-
-  constructor (private readonly allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
+  constructor (allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
     this.eps = new EndpointIdentities(allocator, opts.labelFilter ?? new IdentityLabelFilter())
+    this.localIds = new LocalIdentities(allocator)
   }
 
   /**
@@ -121,17 +80,14 @@ export class Compiler {
    * whose entries it may change (`run.dirty`); only those are compiled again.
    */
   compile (input: CompileInput): { snapshot: Snapshot, diff: SnapshotDiff } {
-    this.now = input.now
-    this.ipChanges = null
-    if (!this.lastCompileDone) this.base = null
-    this.lastCompileDone = false
+    this.localIds.beginCompile()
     const first = this.prevSnapshot === null
     const run: Run = { first, dirty: new Set(), allDirty: first, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.eps.update(input, run)
     this.updateNamedPorts(input, run)
     this.rules.update(input.files, run, this.ruleEps)
-    this.updateLocalIdentities(input, run)
-    const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.locals, this.rules.groups)
+    this.localIds.update(input, run, { endpoints: this.eps.endpoints, podLabels: this.eps.podLabels, files: this.rules.files, groups: this.rules.groups })
+    const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.localIds.locals, this.rules.groups)
     const select = (sel: Selector): number[] => {
       let ids = this.eps.selectorCache.get(sel.canonical)
       if (ids === undefined) this.eps.selectorCache.set(sel.canonical, ids = universe.select(sel))
@@ -147,15 +103,15 @@ export class Compiler {
       version: ++this.version,
       createdAt: Date.now(),
       endpoints: this.eps.endpoints,
-      identities: this.identities,
-      ipcache: this.ipcache,
+      identities: this.localIds.identities,
+      ipcache: this.localIds.ipcache,
       ...tables,
-      fqdnSelectors: this.fqdnSelectors
+      fqdnSelectors: this.localIds.fqdnSelectors
     })
-    const diff = diffSnapshots(prev, snapshot, out, this.ipChanges)
-    if (prev !== null) this.stats[this.ipChanges !== null ? 'ipcacheDiffsNamed' : 'ipcacheDiffsCompared']++
+    const diff = diffSnapshots(prev, snapshot, out, this.localIds.ipChanges)
+    if (prev !== null) this.stats[this.localIds.ipChanges !== null ? 'ipcacheDiffsNamed' : 'ipcacheDiffsCompared']++
     this.prevSnapshot = snapshot
-    this.lastCompileDone = true
+    this.localIds.endCompile()
     return { snapshot, diff }
   }
 
@@ -173,20 +129,6 @@ export class Compiler {
     if (remote !== this.remotePortsInput) run.namedPortsChanged = true
     this.remotePortsInput = remote
     this.portsOf = portsByIdentity(this.eps.endpoints, remote ?? [])
-  }
-
-  /** Step 3: local identities (CIDR prefixes in rules, learned FQDN IPs) and the ipcache. */
-  private updateLocalIdentities (input: CompileInput, run: Run): void {
-    const hostKey = input.hostIPs.join(',')
-    const learnedChanged = input.learned !== this.learnedInput || input.now >= this.learnedExpiry
-    const remoteIp = input.remote?.ipcache ?? null
-    if (!run.filesChanged && !learnedChanged && !run.endpointsChanged && !run.podsChanged && hostKey === this.hostKey && remoteIp === this.remoteIpInput && !run.first) return
-    const lc = this.computeLocals(input, this.eps.endpoints, run.filesChanged)
-    run.localsChanged = lc.changed
-    run.fqdnChanged = lc.fqdnChanged
-    this.hostKey = hostKey
-    this.learnedInput = input.learned
-    this.remoteIpInput = remoteIp
   }
 
   /** Step 4: which endpoints each rule selects; endpoints whose set of rules changed are dirty. */
@@ -356,173 +298,7 @@ export class Compiler {
     return { entries: [...ing.entries, ...eg.entries], http: [...ing.http, ...eg.http], dns: [...ing.dns, ...eg.dns] }
   }
 
-  /**
-   * Local identities, FQDN selectors, identities and the ipcache. Returns whether the set of
-   * local identities changed (peers with CIDR/FQDN/world then need re-resolving).
-   */
-  private computeLocals (input: CompileInput, endpoints: readonly Endpoint[], filesChanged: boolean): { changed: boolean, fqdnChanged: Set<string> | null } {
-    // The ipcache's fixed part: world, node addresses, endpoints.
-    const hostKey = input.hostIPs.join(',')
-    const remote = input.remote?.ipcache ?? null
-    const delta = input.remote?.ipcacheChanges
-    let remoteChanges: IpChange[] | null = null
-    if (this.base !== null && this.base.endpoints === endpoints && this.base.hostKey === hostKey && this.base.remote !== remote &&
-        delta !== undefined && delta.from === this.base.remote && this.prevSnapshot !== null) {
-      // Only other nodes' entries changed, and the remote state says which: apply those.
-      remoteChanges = applyRemoteChanges(this.base, delta.changed)
-      this.base = { ...this.base, remote }
-    } else if (this.base === null || this.base.endpoints !== endpoints || this.base.hostKey !== hostKey || this.base.remote !== remote) {
-      const fixed = new Map<string, IpcacheEntry>()
-      fixed.set('0.0.0.0/0', { prefix: '0.0.0.0/0', identity: RESERVED.WORLD, endpointId: 0 })
-      const taken = new Set<number>()
-      for (const ip of input.hostIPs) {
-        const n = parseIPv4(ip)
-        if (n === null) continue
-        taken.add(n)
-        fixed.set(`${ip}/32`, { prefix: `${ip}/32`, identity: RESERVED.HOST, endpointId: 0 })
-      }
-      for (const e of endpoints) {
-        taken.add(parseIPv4(e.ipv4) as number)
-        fixed.set(`${e.ipv4}/32`, e.audit === true ? { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id, audit: true } : { prefix: `${e.ipv4}/32`, identity: e.identity, endpointId: e.id })
-      }
-      const own = new Set(fixed.keys())
-      // Other nodes' pods and addresses: cluster peers, so a CIDR rule does not select them
-      // (Cilium's CIDR rules select only non-cluster peers), and the entry object is the remote
-      // state's own: an unchanged one is no kernel write.
-      for (const e of remote ?? []) {
-        if (fixed.has(e.prefix)) continue
-        const slash = e.prefix.indexOf('/')
-        if (e.prefix.endsWith('/32')) taken.add(parseIPv4(e.prefix.slice(0, slash)) as number)
-        fixed.set(e.prefix, e)
-      }
-      this.base = { endpoints, hostKey, remote, taken, fixed, own }
-    }
-    const { taken } = this.base
-    // The rules' part: CIDR prefixes and FQDN selectors (only when rules or endpoints changed).
-    if (filesChanged || this.ruleLocalsBase !== this.base || this.prevSnapshot === null) {
-      const fqdnSelectors = new Map<string, FqdnSelector>()
-      const rulePrefixes = new Map<string, Prefix>()
-      for (const rl of this.rules.files.flatMap(fileLocals)) {
-        for (const x of [...rl.prefixes, ...rl.groups.flatMap((g) => this.rules.groups.get(g) ?? [])]) {
-          if (x.len === 0 || (x.len === 32 && taken.has(x.addr))) continue
-          rulePrefixes.set(formatPrefix(x), x)
-        }
-        for (const m of rl.fqdns) if (!fqdnSelectors.has(m.key)) fqdnSelectors.set(m.key, { key: m.key, test: m.test })
-      }
-      this.rulePrefixes = [...rulePrefixes]
-      this.ruleLocalsBase = this.base
-      const sig = [...fqdnSelectors.keys()].join('\n')
-      if (sig !== this.fqdnKeysSig) {
-        this.fqdnKeysSig = sig
-        this.fqdnSelectors = Object.freeze([...fqdnSelectors.values()])
-        this.nameKeys = new Map()
-      }
-    }
-    const prefixes = new Map<string, LocalPrefix>()
-    for (const [k, x] of this.rulePrefixes) prefixes.set(k, { prefix: x, fqdnKeys: [], rule: true })
-    this.learnedPrefixes(input, taken, prefixes)
-    return this.buildLocals(prefixes, remoteChanges)
-  }
 
-  /** Learned names' IPs into `prefixes` (/32s with the FQDN selector keys they carry). */
-  private learnedPrefixes (input: CompileInput, taken: ReadonlySet<number>, prefixes: Map<string, LocalPrefix>): void {
-    const sels = this.fqdnSelectors
-    if (this.nameKeys.size > 2 * input.learned.length + 1024) this.nameKeys = new Map() // names long gone
-    if (this.ipNums.size > 4 * input.learned.length + 1024) this.ipNums = new Map()
-    let expiry = Infinity
-    for (const ln of input.learned) {
-      if (ln.expiresAt <= input.now) continue
-      let keys = this.nameKeys.get(ln.name)
-      if (keys === undefined) this.nameKeys.set(ln.name, keys = sels.filter((s) => s.test(ln.name)).map((s) => s.key))
-      if (keys.length === 0) continue
-      if (ln.expiresAt < expiry) expiry = ln.expiresAt
-      for (const ip of ln.ipv4) {
-        let p = this.ipNums.get(ip)
-        if (p === undefined) {
-          const n = parseIPv4(ip)
-          this.ipNums.set(ip, p = n === null ? null : { n, key: `${formatIPv4(n)}/32` })
-        }
-        if (p === null || taken.has(p.n)) continue
-        const k = p.key
-        let e = prefixes.get(k)
-        if (e === undefined) prefixes.set(k, e = { prefix: { addr: p.n, len: 32 }, fqdnKeys: [], rule: false })
-        for (const key of keys) if (!e.fqdnKeys.includes(key)) e.fqdnKeys.push(key)
-      }
-    }
-    this.learnedExpiry = expiry
-  }
-
-  /** Local identities (stable numbers), identities and the ipcache from the local prefixes. */
-  private buildLocals (prefixes: Map<string, LocalPrefix>, remoteChanges: IpChange[] | null): { changed: boolean, fqdnChanged: Set<string> | null } {
-    const base = this.base as NonNullable<Compiler['base']>
-    const locals: Local[] = []
-    const podIdsChanged = this.podIdentities === null || this.podIdentities.labels !== this.eps.podLabels
-    if (this.podIdentities === null || this.podIdentities.labels !== this.eps.podLabels) {
-      const m = new Map<number, readonly Label[]>(RESERVED_LABELS)
-      for (const [id, labels] of this.eps.podLabels) m.set(id, labels)
-      this.podIdentities = { labels: this.eps.podLabels, map: m }
-    }
-    const ipList = [...base.fixed.values()]
-    const fixedCount = ipList.length
-    const localEntries = new Map<string, LocalEntry>()
-    for (const [k, { prefix, fqdnKeys, rule }] of prefixes) {
-      const fk = fqdnKeys.length > 1 ? fqdnKeys.sort() : fqdnKeys
-      // a rule's prefix that DNS also gave keeps its identity (same labels) but not `learnedOnly`
-      const learnedOnly = !rule && fk.length > 0
-      const ck = (fk.length === 0 ? k : k + '\n' + fk.join('\n')) + (learnedOnly ? '\nlearned' : '')
-      let le = this.localEntries.get(ck)
-      if (le === undefined) {
-        const labels = [`cidr:${k}`, 'reserved:world', ...fk.map((f) => `fqdn:${f}`)].sort()
-        const id = this.allocator.acquireLocalIdentity(labels, this.now)
-        const ip: IpcacheEntry = learnedOnly ? { prefix: k, identity: id, endpointId: 0, learnedOnly: true } : { prefix: k, identity: id, endpointId: 0 }
-        le = { labels, local: { id, prefix, fqdnKeys: fk }, ip }
-      }
-      localEntries.set(ck, le)
-      locals.push(le.local)
-      ipList.push(le.ip)
-    }
-    // Local identities no prefix or learned name refers to any more: drop this compiler's reference.
-    for (const [ck, le] of this.localEntries) if (!localEntries.has(ck)) this.allocator.releaseLocalIdentity(le.labels, this.now)
-    // The same identities as last time keep the same Map: the HTTP workers, which get the
-    // identities with every snapshot, are then not sent thousands of cluster identities again
-    // for a change of other nodes' addresses.
-    const sameLocals = localEntries.size === this.localEntries.size && [...localEntries].every(([ck, le]) => this.localEntries.get(ck) === le)
-    if (podIdsChanged || !sameLocals) {
-      const identities = new Map<number, readonly Label[]>(this.podIdentities.map)
-      for (const le of localEntries.values()) identities.set(le.local.id, le.labels)
-      this.identities = identities
-    }
-    this.localEntries = localEntries
-    // The remote changes are the whole ipcache change when the local entries are the same
-    // objects as last time and none of them shares a prefix with a changed remote entry.
-    const localIps = ipList.slice(fixedCount)
-    if (remoteChanges !== null && localIps.length === this.localIps.length && localIps.every((e, i) => e === this.localIps[i])) {
-      const localPrefixes = new Set(localIps.map((e) => e.prefix))
-      if (!remoteChanges.some((c) => localPrefixes.has(c.prefix))) this.ipChanges = remoteChanges
-    }
-    this.localIps = localIps
-    if (!sameIpcache(this.ipcache, ipList)) this.ipcache = Object.freeze(ipList)
-    const changed = locals.length !== this.locals.length || locals.some((l, i) => l !== this.locals[i])
-    this.locals = locals
-    if (!changed) return { changed: false, fqdnChanged: null }
-    // Which FQDN selectors' identities changed.
-    const fqdnIds = new Map<string, number[]>()
-    for (const l of locals) for (const k of l.fqdnKeys) push(fqdnIds, k, l.id)
-    const fqdnChanged = new Set<string>()
-    const sigs = new Map<string, string>()
-    for (const [k, ids] of fqdnIds) {
-      const sig = ids.join(',')
-      sigs.set(k, sig)
-      if (this.fqdnIds.get(k) !== sig) fqdnChanged.add(k)
-    }
-    for (const k of this.fqdnIds.keys()) if (!sigs.has(k)) fqdnChanged.add(k)
-    this.fqdnIds = sigs
-    return { changed: true, fqdnChanged }
-  }
-}
-
-function sameIpcache (a: readonly IpcacheEntry[], b: readonly IpcacheEntry[]): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i] || x.prefix === b[i].prefix && x.identity === b[i].identity && x.endpointId === b[i].endpointId && x.audit === b[i].audit)
 }
 
 function sameMembers (a: readonly number[], b: readonly number[]): boolean {
@@ -535,27 +311,6 @@ function pushSet<K, V> (m: Map<K, Set<V>>, k: K, v: V): void {
   const s = m.get(k)
   if (s === undefined) m.set(k, new Set([v]))
   else s.add(v)
-}
-
-/** The CIDR prefixes and FQDN matchers of a file's rules, in order (computed once per file version). */
-const localsCache = new WeakMap<FilePolicies, RuleLocals[]>()
-function fileLocals (f: FilePolicies): RuleLocals[] {
-  let list = localsCache.get(f)
-  if (list === undefined) {
-    list = []
-    for (const r of f.rules) {
-      const out: RuleLocals = { prefixes: [], fqdns: [], groups: [] }
-      for (const el of r.elements) {
-        for (const p of el.peers ?? []) {
-          if (p.kind === 'cidr') out.prefixes.push(p.prefix, ...p.except)
-          else if (p.kind === 'cidrGroup') { out.groups.push(p.name); out.prefixes.push(...p.except) } else if (p.kind === 'fqdn') out.fqdns.push(p.matcher)
-        }
-      }
-      if (out.prefixes.length > 0 || out.fqdns.length > 0 || out.groups.length > 0) list.push(out)
-    }
-    localsCache.set(f, list)
-  }
-  return list
 }
 
 export { ANY_IDENTITY }
