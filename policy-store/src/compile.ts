@@ -15,10 +15,11 @@ import { EndpointIdentities } from './endpoint-identities.js'
 import { L7Tables } from './l7-tables.js'
 import { RuleFiles } from './rule-files.js'
 import { LocalIdentities } from './local-identities.js'
+import { RuleSelections } from './rule-selections.js'
 import { portsByIdentity, resolveNamedPorts } from './named-ports.js'
-import { peerDeps, PodIndex, RESERVED_LABELS, resolvePeers, Universe } from './universe.js'
+import { PodIndex, RESERVED_LABELS, Universe } from './universe.js'
 import type { Selector } from './labels.js'
-import type { PolicyRule, RuleElement } from './model.js'
+import type { RuleElement } from './model.js'
 import { resolveDirection, type DirectionInput } from './resolve.js'
 import { diffEntries, diffSnapshots, entryKey } from './snapshot-diff.js'
 import type { CompileInput, Run } from './compile-run.js'
@@ -31,9 +32,6 @@ export { entryKey, RESERVED_LABELS }
 export type { CompileInput }
 
 interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
-
-/** `fqdnKeys`: set when the element's only local peers are FQDN selectors (then only those matter). */
-interface ElState { rule: PolicyRule, ids: number[] | null, sig: string, pods: boolean, locals: boolean, fqdnKeys: string[] | null }
 
 /** Step 6's result: the kernel entry diff and which endpoints were compiled again. */
 interface CompiledEndpoints {
@@ -60,13 +58,8 @@ export class Compiler {
   private readonly rules = new RuleFiles()
   /** Local (CIDR, FQDN) identities, the identities and the ipcache. */
   private readonly localIds: LocalIdentities
-  // What each rule selects; what each element resolves to.
-  private readonly ruleEps = new Map<PolicyRule, number[]>()
-  private readonly epRules = new Map<number, Set<PolicyRule>>()
-  private readonly els = new Map<RuleElement, ElState>()
-  /** Elements whose peers depend on pod identities / on local identities. */
-  private readonly podEls = new Set<RuleElement>()
-  private readonly localEls = new Set<RuleElement>()
+  /** What each rule selects; what each element's peers resolve to. */
+  private readonly selections = new RuleSelections()
   // Output per endpoint.
   private epCache = new Map<number, EpResult>()
 
@@ -85,7 +78,7 @@ export class Compiler {
     const run: Run = { first, dirty: new Set(), allDirty: first, endpointsChanged: false, podsChanged: false, namedPortsChanged: false, groupsChanged: false, filesChanged: false, added: [], removed: [], localsChanged: false, fqdnChanged: null }
     this.eps.update(input, run)
     this.updateNamedPorts(input, run)
-    this.rules.update(input.files, run, this.ruleEps)
+    this.rules.update(input.files, run, this.selections.ruleEps)
     this.localIds.update(input, run, { endpoints: this.eps.endpoints, podLabels: this.eps.podLabels, files: this.rules.files, groups: this.rules.groups })
     const universe = new Universe(this.eps.pods as PodIndex, this.eps.podIds, this.localIds.locals, this.rules.groups)
     const select = (sel: Selector): number[] => {
@@ -93,9 +86,9 @@ export class Compiler {
       if (ids === undefined) this.eps.selectorCache.set(sel.canonical, ids = universe.select(sel))
       return ids
     }
-    this.updateRuleSelections(run, select)
-    if (run.namedPortsChanged) this.dirtyNamedPortRules(run)
-    this.resolveRulePeers(run, universe, select)
+    this.selections.update(run, select, this.eps.epsByIdentity)
+    if (run.namedPortsChanged) this.selections.dirtyNamedPortRules(run)
+    this.selections.resolvePeers(run, universe, select)
     const out = this.compileDirtyEndpoints(run)
     const tables = this.assembleTables(out)
     const prev = this.prevSnapshot
@@ -129,86 +122,6 @@ export class Compiler {
     if (remote !== this.remotePortsInput) run.namedPortsChanged = true
     this.remotePortsInput = remote
     this.portsOf = portsByIdentity(this.eps.endpoints, remote ?? [])
-  }
-
-  /** Step 4: which endpoints each rule selects; endpoints whose set of rules changed are dirty. */
-  private updateRuleSelections (run: Run, select: (sel: Selector) => number[]): void {
-    const { dirty } = run
-    const selectEps = (r: PolicyRule): number[] => {
-      const out: number[] = []
-      for (const id of select(r.subject)) for (const ep of this.eps.epsByIdentity.get(id) ?? []) out.push(ep)
-      return out
-    }
-    for (const r of run.removed) {
-      for (const ep of this.ruleEps.get(r) ?? []) { dirty.add(ep); this.epRules.get(ep)?.delete(r) }
-      this.ruleEps.delete(r)
-      for (const el of r.elements) { this.els.delete(el); this.podEls.delete(el); this.localEls.delete(el) }
-    }
-    if (run.endpointsChanged || run.podsChanged) {
-      // Every rule's selection may have changed: recompute, and dirty the differences.
-      const now = new Map<number, Set<PolicyRule>>()
-      for (const [r, old] of this.ruleEps) {
-        const eps = selectEps(r)
-        if (!sameMembers(old, eps)) { for (const ep of old) dirty.add(ep); for (const ep of eps) dirty.add(ep) }
-        this.ruleEps.set(r, eps)
-        for (const ep of eps) pushSet(now, ep, r)
-      }
-      this.epRules.clear()
-      for (const [ep, rs] of now) this.epRules.set(ep, rs)
-    }
-    for (const r of run.added) {
-      const eps = selectEps(r)
-      this.ruleEps.set(r, eps)
-      for (const ep of eps) { dirty.add(ep); pushSet(this.epRules, ep, r) }
-    }
-  }
-
-  /** Step 4b: named ports resolve per endpoint and peer: the endpoints of rules that use them are dirty. */
-  private dirtyNamedPortRules (run: Run): void {
-    for (const [r, eps] of this.ruleEps) {
-      if (!r.elements.some((el) => el.namedPorts !== null)) continue
-      for (const ep of eps) run.dirty.add(ep)
-    }
-  }
-
-  /**
-   * Step 5: the identities each rule element's peers resolve to, for new elements and for those
-   * whose side of the universe (pods, local identities) changed; the endpoints their rule
-   * selects are dirty when the answer changed.
-   */
-  private resolveRulePeers (run: Run, universe: Universe, select: (sel: Selector) => number[]): void {
-    // A group edit re-resolves every peer that depends on local identities (those with
-    // cidrGroupRef among them), also when no local identity came or went.
-    const { podsChanged } = run
-    const localsChanged = run.localsChanged || run.groupsChanged
-    const fqdnChanged = run.groupsChanged ? null : run.fqdnChanged
-    const resolve = (el: RuleElement): ElState['ids'] => el.peers === null ? null : resolvePeers(el.peers, universe, select)
-    for (const r of run.added) {
-      for (const el of r.elements) {
-        const d = peerDeps(el)
-        const ids = resolve(el)
-        this.els.set(el, { rule: r, ids, sig: ids === null ? '*' : ids.join(','), pods: d.pods, locals: d.locals, fqdnKeys: d.fqdnKeys })
-        if (d.pods) this.podEls.add(el)
-        if (d.locals) this.localEls.add(el)
-      }
-    }
-    if (!podsChanged && !localsChanged) return
-    const fresh = new Set(run.added)
-    const todo = podsChanged && localsChanged ? [...this.podEls, ...this.localEls] : podsChanged ? this.podEls : this.localEls
-    for (const el of todo) {
-      const st = this.els.get(el) as ElState
-      if (fresh.has(st.rule)) continue
-      const byPods = podsChanged && st.pods
-      if (!byPods && !(localsChanged && st.locals)) continue
-      // Only FQDN peers among the local ones, none of whose selectors changed: nothing to do.
-      if (!byPods && st.fqdnKeys !== null && fqdnChanged !== null && !st.fqdnKeys.some((k) => fqdnChanged.has(k))) continue
-      const ids = resolve(el)
-      const sig = ids === null ? '*' : ids.join(',')
-      if (sig === st.sig) continue
-      st.ids = ids
-      st.sig = sig
-      for (const ep of this.ruleEps.get(st.rule) ?? []) run.dirty.add(ep)
-    }
   }
 
   /** Step 6: compile the dirty endpoints again, keep the others' entries, and diff the kernel entries. */
@@ -271,7 +184,7 @@ export class Compiler {
 
   /** Kernel entries and L7 tables of one endpoint from the rules selecting it, in input order. */
   private compileEndpoint (id: number): EpResult {
-    const rules = [...(this.epRules.get(id) ?? [])].sort((a, b) => this.rules.position(a) - this.rules.position(b))
+    const rules = [...this.selections.rulesOf(id)].sort((a, b) => this.rules.position(a) - this.rules.position(b))
     const own = this.eps.epById.get(id)
     const dirs: [DirectionInput, DirectionInput] = [
       { elements: [], selected: false, defaultDeny: false },
@@ -287,30 +200,16 @@ export class Compiler {
         if (r.defaultDeny[d]) dirs[d].defaultDeny = true
       }
       for (const el of r.elements) {
-        const st = this.els.get(el) as ElState
+        const ids = this.selections.idsOf(el)
         const list = dirs[el.direction].elements as { el: RuleElement, ids: readonly number[] | null }[]
-        if (el.namedPorts === null) list.push({ el, ids: st.ids })
-        else list.push(...resolveNamedPorts(el, st.ids, el.direction, own?.ports ?? [], this.portsOf))
+        if (el.namedPorts === null) list.push({ el, ids })
+        else list.push(...resolveNamedPorts(el, ids, el.direction, own?.ports ?? [], this.portsOf))
       }
     }
     const ing = resolveDirection(id, DIR.INGRESS, dirs[0])
     const eg = resolveDirection(id, DIR.EGRESS, dirs[1])
     return { entries: [...ing.entries, ...eg.entries], http: [...ing.http, ...eg.http], dns: [...ing.dns, ...eg.dns] }
   }
-
-
-}
-
-function sameMembers (a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false
-  const s = new Set(a)
-  return b.every((x) => s.has(x))
-}
-
-function pushSet<K, V> (m: Map<K, Set<V>>, k: K, v: V): void {
-  const s = m.get(k)
-  if (s === undefined) m.set(k, new Set([v]))
-  else s.add(v)
 }
 
 export { ANY_IDENTITY }
