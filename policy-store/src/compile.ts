@@ -8,41 +8,32 @@
  * endpoints whose inputs changed: a one-rule edit re-resolves the endpoints that rule selects,
  * new learned FQDN IPs re-resolve the endpoints with toFQDNs/CIDR/world peers. The result is the
  * same as a cold compile of the same input (test/policy-store/incremental.test.ts checks it).
+ *
+ * The steps of a run, each keeping its own state between runs:
+ *   1. endpoint-identities.ts  endpoints, their identities and ids; the pod identities
+ *   1b. named-ports.ts         the named ports each identity carries
+ *   2. rule-files.ts           rules added and removed, rule order, CIDR groups
+ *   3. local-identities.ts     CIDR/FQDN identities, the identities and the ipcache
+ *   4-5. rule-selections.ts    the endpoints each rule selects, the identities its peers resolve to
+ *   6-7. endpoint-compile.ts   the dirty endpoints compiled again, the kernel list and L7 tables
+ * and snapshot-diff.ts turns the run into the diff the datapath applies.
  */
 import type { IdentityAllocator } from './identity.js'
 import { IdentityLabelFilter } from './label-filter.js'
+import type { Selector } from './labels.js'
+import { portsByIdentity } from './named-ports.js'
+import { PodIndex, RESERVED_LABELS, Universe } from './universe.js'
+import type { CompileInput, Run } from './compile-run.js'
 import { EndpointIdentities } from './endpoint-identities.js'
-import { L7Tables } from './l7-tables.js'
 import { RuleFiles } from './rule-files.js'
 import { LocalIdentities } from './local-identities.js'
 import { RuleSelections } from './rule-selections.js'
-import { portsByIdentity, resolveNamedPorts } from './named-ports.js'
-import { PodIndex, RESERVED_LABELS, Universe } from './universe.js'
-import type { Selector } from './labels.js'
-import type { RuleElement } from './model.js'
-import { resolveDirection, type DirectionInput } from './resolve.js'
-import { diffEntries, diffSnapshots, entryKey } from './snapshot-diff.js'
-import type { CompileInput, Run } from './compile-run.js'
-import {
-  ANY_IDENTITY, DIR, RESERVED, type ContainerPort, type DnsPolicy, type HttpPolicy,
-  type KernelEntry, type L7PortTable, type Label, type RemoteState, type Snapshot, type SnapshotDiff
-} from './types.js'
+import { compileEndpoint, EndpointResults, type EpResult } from './endpoint-compile.js'
+import { diffSnapshots, entryKey } from './snapshot-diff.js'
+import { ANY_IDENTITY, type ContainerPort, type Label, type RemoteState, type Snapshot, type SnapshotDiff } from './types.js'
 
-export { entryKey, RESERVED_LABELS }
+export { ANY_IDENTITY, entryKey, RESERVED_LABELS }
 export type { CompileInput }
-
-interface EpResult { entries: KernelEntry[], http: [number, L7PortTable<HttpPolicy>][], dns: [number, L7PortTable<DnsPolicy>][] }
-
-/** Step 6's result: the kernel entry diff and which endpoints were compiled again. */
-interface CompiledEndpoints {
-  kernelAdded: KernelEntry[]
-  kernelRemoved: KernelEntry[]
-  /** Endpoints (ids) whose kernel entries changed, removed endpoints included. */
-  kernelEndpoints: number[]
-  recompiled: { id: number, old: EpResult | undefined }[]
-  /** Some endpoint was removed. */
-  gone: boolean
-}
 
 export class Compiler {
   private version = 0
@@ -60,8 +51,8 @@ export class Compiler {
   private readonly localIds: LocalIdentities
   /** What each rule selects; what each element's peers resolve to. */
   private readonly selections = new RuleSelections()
-  // Output per endpoint.
-  private epCache = new Map<number, EpResult>()
+  /** Each endpoint's compiled entries and L7 tables. */
+  private readonly results = new EndpointResults()
 
   constructor (allocator: IdentityAllocator, opts: { labelFilter?: IdentityLabelFilter } = {}) {
     this.eps = new EndpointIdentities(allocator, opts.labelFilter ?? new IdentityLabelFilter())
@@ -89,9 +80,9 @@ export class Compiler {
     this.selections.update(run, select, this.eps.epsByIdentity)
     if (run.namedPortsChanged) this.selections.dirtyNamedPortRules(run)
     this.selections.resolvePeers(run, universe, select)
-    const out = this.compileDirtyEndpoints(run)
-    const tables = this.assembleTables(out)
+    const out = this.results.compileDirty(run, this.eps.endpoints, (id) => this.compileOne(id))
     const prev = this.prevSnapshot
+    const tables = this.results.assemble(prev, this.eps.endpoints, out)
     const snapshot: Snapshot = Object.freeze({
       version: ++this.version,
       createdAt: Date.now(),
@@ -124,92 +115,9 @@ export class Compiler {
     this.portsOf = portsByIdentity(this.eps.endpoints, remote ?? [])
   }
 
-  /** Step 6: compile the dirty endpoints again, keep the others' entries, and diff the kernel entries. */
-  private compileDirtyEndpoints (run: Run): CompiledEndpoints {
-    const out: CompiledEndpoints = { kernelAdded: [], kernelRemoved: [], kernelEndpoints: [], recompiled: [], gone: false }
-    const live = new Set<number>()
-    for (const e of this.eps.endpoints) {
-      live.add(e.id)
-      const cached = this.epCache.get(e.id)
-      if (cached !== undefined && !run.allDirty && !run.dirty.has(e.id)) continue
-      const res = this.compileEndpoint(e.id)
-      this.epCache.set(e.id, res)
-      out.recompiled.push({ id: e.id, old: cached })
-      if (diffEntries(cached?.entries ?? [], res.entries, out.kernelAdded, out.kernelRemoved)) out.kernelEndpoints.push(e.id)
-    }
-    for (const [id, old] of this.epCache) {
-      if (live.has(id)) continue
-      for (const x of old.entries) out.kernelRemoved.push(x)
-      if (old.entries.length > 0) out.kernelEndpoints.push(id)
-      this.epCache.delete(id)
-      out.gone = true
-    }
-    return out
-  }
-
-  /** Step 7: the snapshot's kernel list and L7 tables: the previous ones when nothing changed, patched when few did. */
-  private assembleTables (out: CompiledEndpoints): Pick<Snapshot, 'kernel' | 'http' | 'dns'> {
-    const prev = this.prevSnapshot
-    const endpoints = this.eps.endpoints
-    const { recompiled, gone } = out
-    if (prev !== null && recompiled.length === 0 && !gone && prev.endpoints === endpoints) return { kernel: prev.kernel, http: prev.http, dns: prev.dns }
-    const k: KernelEntry[] = []
-    for (const e of endpoints) for (const x of (this.epCache.get(e.id) as EpResult).entries) k.push(x)
-    const kernel = Object.freeze(k)
-    let http: Map<number, L7PortTable<HttpPolicy>>
-    let dns: Map<number, L7PortTable<DnsPolicy>>
-    if (prev !== null && !gone && prev.endpoints === endpoints && recompiled.length * 8 < endpoints.length) {
-      // A few endpoints changed: patch copies of the previous tables (same key order as a
-      // rebuild is not needed: consumers look tables up by key).
-      http = new L7Tables(prev.http)
-      dns = new L7Tables(prev.dns)
-      for (const { id, old } of recompiled) {
-        for (const [key] of old?.http ?? []) http.delete(key)
-        for (const [key] of old?.dns ?? []) dns.delete(key)
-        const r = this.epCache.get(id) as EpResult
-        for (const [key, t] of r.http) http.set(key, t)
-        for (const [key, t] of r.dns) dns.set(key, t)
-      }
-    } else {
-      http = new L7Tables()
-      dns = new L7Tables()
-      for (const e of endpoints) {
-        const r = this.epCache.get(e.id) as EpResult
-        for (const [key, t] of r.http) http.set(key, t)
-        for (const [key, t] of r.dns) dns.set(key, t)
-      }
-    }
-    return { kernel, http, dns }
-  }
-
-  /** Kernel entries and L7 tables of one endpoint from the rules selecting it, in input order. */
-  private compileEndpoint (id: number): EpResult {
+  /** One endpoint's entries and tables from the rules selecting it, in input order. */
+  private compileOne (id: number): EpResult {
     const rules = [...this.selections.rulesOf(id)].sort((a, b) => this.rules.position(a) - this.rules.position(b))
-    const own = this.eps.epById.get(id)
-    const dirs: [DirectionInput, DirectionInput] = [
-      { elements: [], selected: false, defaultDeny: false },
-      { elements: [], selected: false, defaultDeny: false }
-    ]
-    // An endpoint with the init identity is default deny both ways whatever selects it
-    // (Cilium: computePolicyEnforcementAndRules in pkg/policy/repository.go enforces policy for
-    // `reserved:init` always): only rules selecting `reserved:init` allow it anything.
-    if (own?.identity === RESERVED.INIT) for (const d of dirs) { d.selected = true; d.defaultDeny = true }
-    for (const r of rules) {
-      for (const d of [DIR.INGRESS, DIR.EGRESS]) {
-        if (r.hasSection[d]) dirs[d].selected = true
-        if (r.defaultDeny[d]) dirs[d].defaultDeny = true
-      }
-      for (const el of r.elements) {
-        const ids = this.selections.idsOf(el)
-        const list = dirs[el.direction].elements as { el: RuleElement, ids: readonly number[] | null }[]
-        if (el.namedPorts === null) list.push({ el, ids })
-        else list.push(...resolveNamedPorts(el, ids, el.direction, own?.ports ?? [], this.portsOf))
-      }
-    }
-    const ing = resolveDirection(id, DIR.INGRESS, dirs[0])
-    const eg = resolveDirection(id, DIR.EGRESS, dirs[1])
-    return { entries: [...ing.entries, ...eg.entries], http: [...ing.http, ...eg.http], dns: [...ing.dns, ...eg.dns] }
+    return compileEndpoint(id, this.eps.epById.get(id), rules, (el) => this.selections.idsOf(el), this.portsOf)
   }
 }
-
-export { ANY_IDENTITY }
