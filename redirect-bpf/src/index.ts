@@ -9,9 +9,9 @@ import { objGet, createMapRef, RawMap, type MapRef } from 'bpf'
 import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import { RESERVED } from '../../policy-store/src/types.js'
 import {
-  CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, REASONS, SIZE,
+  CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, SIZE,
   decodeAttach, decodeConfig, decodeIpcacheValue,
-  encodeAttach, encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue, writeIpv4
+  encodeAttach, encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
@@ -19,10 +19,11 @@ import {
   removeQdiscIfEmpty, removeRouting, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
-import { batchBuffers, countRepairs, dumpBatched, dumpMap, syncWithDump, writeKeys, type BatchBuffers, type SyncCount } from './sync.js'
+import { countRepairs, dumpMap, syncWithDump, writeKeys, type SyncCount } from './sync.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
-import { decodeFlowEvent, monotonicNowNs, readCounters, type FlowEvent } from './events.js'
+import { Conntrack } from './conntrack.js'
+import { decodeFlowEvent, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 import { prepareIpcache, promoteIpcache } from './ipcache-resize.js'
@@ -122,8 +123,6 @@ const MAP_MAX = { l7p_endpoints: 4096, l7p_policy: 262144, l7p_ct: 65536 } as co
 /** Cilium reconciles its policy maps with a full dump on a timer too (syncPolicyMapWithDump). */
 const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
 const DEFAULT_CT_GC_MS = 30 * 1000
-/** Expired entries deleted per run at most: bounds the bpf() calls one run makes on the agent's thread. */
-const CT_GC_MAX_PER_RUN = 16384
 
 function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
   const refs: MapRef[] = []
@@ -163,13 +162,8 @@ class DatapathImpl implements Datapath {
   /** The first apply after open re-attaches every filter (heals what was removed while down). */
   private healed = false
   private readonly kb = Buffer.alloc(16)
-  /** Addresses at either end of a live CT entry, for this turn of the event loop only. */
-  private liveCt: Set<number> | undefined
-  /** Reused buffers of the CT dump. */
-  private ctBatch: BatchBuffers | undefined
+  private readonly ct: Conntrack
   private ctGcTimer: NodeJS.Timeout | undefined
-  /** Expired conntrack entries deleted since open. */
-  ctCollected = 0
   private readonly ipcacheMax: number
   /** Entries of the last snapshot the ipcache had no room for, per rank (ipcache-room.ts). */
   private ipcacheLeftOut = noneLeftOut()
@@ -181,6 +175,7 @@ class DatapathImpl implements Datapath {
     private readonly refs: MapRef[]
   ) {
     this.ipcacheMax = opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES
+    this.ct = new Conntrack(maps.l7p_ct)
     const every = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS
     if (every > 0) {
       this.fullSyncTimer = setInterval(() => {
@@ -204,32 +199,6 @@ class DatapathImpl implements Datapath {
       }, gcEvery)
       this.ctGcTimer.unref()
     }
-  }
-
-  /**
-   * Delete the conntrack entries that expired (Cilium's CT GC). One batched dump finds them;
-   * each is looked up again right before its delete, so an entry the program re-created for the
-   * same tuple in between (a new connection reusing the ports) is kept. Returns how many went.
-   */
-  collectCt (): number {
-    const now = monotonicNowNs()
-    const expired: Buffer[] = []
-    const consider = (key: Buffer, kOff: number, val: Buffer, vOff: number): void => {
-      if (val.readBigUInt64LE(vOff) <= now && expired.length < CT_GC_MAX_PER_RUN) expired.push(Buffer.from(key.subarray(kOff, kOff + SIZE.ctKey)))
-    }
-    const ct = this.maps.l7p_ct
-    if (!dumpBatched(ct, this.ctBatch ??= batchBuffers(ct), consider)) {
-      for (const [k, v] of ct.entries()) consider(k, 0, v, 0)
-    }
-    let deleted = 0
-    for (const k of expired) {
-      const v = ct.get(k)
-      if (v === undefined || v.readBigUInt64LE(0) > now) continue
-      ct.delete(k)
-      deleted++
-    }
-    this.ctCollected += deleted
-    return deleted
   }
 
   private async serial (fn: () => Promise<void>): Promise<void> {
@@ -488,52 +457,18 @@ class DatapathImpl implements Datapath {
     return ipcacheIdentity(this.maps.l7p_ipcache, ipv4)
   }
 
+  /** Delete the expired conntrack entries now; returns how many went. */
+  collectCt (): number { return this.ct.collect() }
 
-  /**
-   * Answered from one dump of l7p_ct per turn of the event loop: the DNS proxy's GC asks for
-   * every expiring address in one go, and a walk per address (two bpf() calls per entry) on the
-   * thread that serves DNS and HTTP grew with connections x zombies. The set of addresses at
-   * either end of a live entry is built with batched lookups and dropped once this turn ends, so
-   * an answer is never older than the synchronous run that asked.
-   */
-  hasConnection (remoteIpv4: string): boolean {
-    this.kb.fill(0, 0, 4)
-    writeIpv4(this.kb, 0, remoteIpv4)
-    return this.liveCtAddresses().has(this.kb.readUInt32BE(0))
-  }
+  hasConnection (remoteIpv4: string): boolean { return this.ct.hasConnection(remoteIpv4) }
 
-  private liveCtAddresses (): Set<number> {
-    if (this.liveCt !== undefined) return this.liveCt
-    const live = new Set<number>()
-    const now = monotonicNowNs()
-    const nowHi = Number(now >> 32n)
-    const nowLo = Number(now & 0xffffffffn)
-    const add = (key: Buffer, kOff: number, val: Buffer, vOff: number): void => {
-      // expires (u64 LE) > now, without a BigInt per entry
-      const hi = val.readUInt32LE(vOff + 4)
-      if (hi < nowHi || (hi === nowHi && val.readUInt32LE(vOff) <= nowLo)) return
-      live.add(key.readUInt32BE(kOff))
-      live.add(key.readUInt32BE(kOff + 4))
-    }
-    if (!dumpBatched(this.maps.l7p_ct, this.ctBatch ??= batchBuffers(this.maps.l7p_ct), add)) {
-      // a kernel without batched lookups on this map type: one walk, still once per turn
-      for (const [k, v] of this.maps.l7p_ct.entries()) add(k, 0, v, 0)
-    }
-    this.liveCt = live
-    setImmediate(() => { this.liveCt = undefined })
-    return live
-  }
 
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
 
   inspect (): DatapathInspection {
     // endpoints, ipcache, policy: what the last apply wrote (a full sync repairs drift);
     // conntrack: counted by one batched dump (only when an operator asks)
-    let ct = 0
-    const table = this.maps.l7p_ct
-    if (!dumpBatched(table, this.ctBatch ??= batchBuffers(table), () => { ct++ })) {
-      for (const entry of table.entries()) if (entry !== undefined) ct++
-    }
+    const ct = this.ct.count()
     return {
       pending: [...this.pending].sort(),
       maps: {
@@ -548,7 +483,7 @@ class DatapathImpl implements Datapath {
   counters (): Record<string, number> {
     // the kernel's reasons, and the expired conntrack entries this agent deleted
     // and the ipcache entries of the current snapshot left out for want of room (a gauge)
-    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ctCollected, ipcache_left_out: this.ipcacheLeftOutTotal }
+    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ct.collected, ipcache_left_out: this.ipcacheLeftOutTotal }
   }
 
   async close (): Promise<void> {
