@@ -11,18 +11,19 @@ import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, SIZE,
   decodeAttach, decodeConfig, decodeIpcacheValue,
-  encodeAttach, encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue
+  encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue
 } from './layout.js'
 import {
-  DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, detachHook, ensureBpffs, ifnameOf, installRouting,
+  DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, ensureBpffs, ifnameOf, installRouting,
   checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs, removePins,
-  removeQdiscIfEmpty, removeRouting, type MapName
+  removeRouting, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
 import { countRepairs, dumpMap, syncWithDump, writeKeys, type SyncCount } from './sync.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { Conntrack } from './conntrack.js'
+import { Attachments, detachIfindex } from './attachments.js'
 import { decodeFlowEvent, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
@@ -157,12 +158,11 @@ class DatapathImpl implements Datapath {
   private timer: NodeJS.Timeout | undefined
   private countersFd = -1
   private last: Snapshot | undefined
-  private pending = new Set<string>()
   private closed = false
   /** The first apply after open re-attaches every filter (heals what was removed while down). */
   private healed = false
-  private readonly kb = Buffer.alloc(16)
   private readonly ct: Conntrack
+  private readonly attachments: Attachments
   private ctGcTimer: NodeJS.Timeout | undefined
   private readonly ipcacheMax: number
   /** Entries of the last snapshot the ipcache had no room for, per rank (ipcache-room.ts). */
@@ -176,6 +176,7 @@ class DatapathImpl implements Datapath {
   ) {
     this.ipcacheMax = opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES
     this.ct = new Conntrack(maps.l7p_ct)
+    this.attachments = new Attachments(maps.l7p_attach, opts.bpffs, opts.uplinks, opts.logger)
     const every = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS
     if (every > 0) {
       this.fullSyncTimer = setInterval(() => {
@@ -231,65 +232,12 @@ class DatapathImpl implements Datapath {
     this.timer = setInterval(() => {
       consume()
       const snap = this.last
-      if (this.pending.size > 0 && snap !== undefined) {
+      if (this.attachments.pending.size > 0 && snap !== undefined) {
         this.serial(async () => { await this.syncEndpoints(snap, false, false) })
           .catch((err) => this.opts.logger.error({ err }, 'attach retry failed'))
       }
     }, this.poller === undefined ? 100 : 1000)
     this.timer.unref()
-  }
-
-  private attachRecord (ifindex: number): { hooks: number, madeQdisc: boolean } | undefined {
-    this.kb.writeUInt32LE(ifindex, 0)
-    const v = this.maps.l7p_attach.get(this.kb.subarray(0, 4))
-    return v === undefined ? undefined : decodeAttach(v)
-  }
-
-  private async attach (ifname: string, ifindex: number, hooks: number, heal: boolean): Promise<void> {
-    const rec = this.attachRecord(ifindex)
-    if (rec !== undefined && rec.hooks === hooks && !heal) return
-    let made = rec?.madeQdisc ?? false
-    if ((hooks & HOOK_INGRESS) !== 0) made = await attachHook(this.opts.bpffs, ifname, 'ingress') || made
-    if ((hooks & HOOK_EGRESS) !== 0) {
-      made = await attachHook(this.opts.bpffs, ifname, 'egress') || made
-    } else if (rec !== undefined && (rec.hooks & HOOK_EGRESS) !== 0) {
-      await detachHook(ifname, 'egress')
-    }
-    const key = Buffer.alloc(4)
-    key.writeUInt32LE(ifindex, 0)
-    this.maps.l7p_attach.set(key, encodeAttach(Buffer.alloc(SIZE.attach), { hooks, madeQdisc: made }))
-    this.opts.logger.info({ interface: ifname, ifindex, hooks }, 'datapath attached')
-  }
-
-  /** Attach to every endpoint interface and uplink; detach what is no longer wanted. */
-  private async attachEndpoints (snap: Snapshot, heal: boolean): Promise<void> {
-    const want = new Map<number, { name: string, hooks: number }>()
-    const pending = new Set<string>()
-    for (const ep of snap.endpoints) {
-      const idx = ifindexOf(ep.interface)
-      if (idx === undefined) { pending.add(ep.interface); continue }
-      want.set(idx, { name: ep.interface, hooks: HOOK_INGRESS | HOOK_EGRESS })
-    }
-    for (const up of this.opts.uplinks) {
-      const idx = ifindexOf(up)
-      if (idx === undefined) { pending.add(up); continue }
-      const cur = want.get(idx)
-      // egress too: to_workload records the proxies' upstream flows leaving here, whose
-      // replies come back on this interface addressed to a workload (see L7P_MARK_PROXY)
-      want.set(idx, { name: up, hooks: (cur?.hooks ?? 0) | HOOK_INGRESS | HOOK_EGRESS })
-    }
-    for (const name of pending) {
-      if (!this.pending.has(name)) this.opts.logger.warn({ interface: name }, 'interface not found; will attach when it appears')
-    }
-    this.pending = pending
-    for (const [idx, w] of want) await this.attach(w.name, idx, w.hooks, heal)
-    for (const [k, v] of [...this.maps.l7p_attach.entries()]) {
-      const idx = k.readUInt32LE(0)
-      if (want.has(idx)) continue
-      await detachIfindex(idx, decodeAttach(v))
-      this.maps.l7p_attach.delete(k)
-      this.opts.logger.info({ ifindex: idx }, 'datapath detached')
-    }
   }
 
   async apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void> {
@@ -332,7 +280,7 @@ class DatapathImpl implements Datapath {
     const policy = writeKeys(this.maps.l7p_policy, this.have.policy, (k) => this.policy.value(k), polKeys)
     this.last = snap
     // endpoints are few: any change (or an interface still awaited) redoes them whole
-    const endpoints = diff.endpointsAdded.length + diff.endpointsRemoved.length > 0 || this.pending.size > 0
+    const endpoints = diff.endpointsAdded.length + diff.endpointsRemoved.length > 0 || this.attachments.pending.size > 0
       ? await this.syncEndpoints(snap, false, false)
       : undefined
     this.inKernel = snap.version
@@ -448,7 +396,7 @@ class DatapathImpl implements Datapath {
     }
     const have = this.have.endpoints
     const first = writeKeys(map, have, (k) => want.get(k), [...want.keys()])
-    await this.attachEndpoints(snap, heal)
+    await this.attachments.sync(snap, heal)
     const gone = writeKeys(map, have, (k) => want.get(k), [...have.keys()].filter((k) => !want.has(k)))
     return { written: first.written + gone.written, deleted: first.deleted + gone.deleted, repairs }
   }
@@ -470,7 +418,7 @@ class DatapathImpl implements Datapath {
     // conntrack: counted by one batched dump (only when an operator asks)
     const ct = this.ct.count()
     return {
-      pending: [...this.pending].sort(),
+      pending: [...this.attachments.pending].sort(),
       maps: {
         l7p_endpoints: { entries: this.have.endpoints.size, max: MAP_MAX.l7p_endpoints },
         l7p_ipcache: { entries: this.have.ipcache.size, max: this.opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES },
@@ -513,14 +461,6 @@ export function openIpcacheReader (bpffs: string): { lookupIdentity: (ipv4: stri
   const ref = createMapRef(objGet(mapPath(bpffs, 'l7p_ipcache')), { transfer: true })
   const map = new RawMap(ref)
   return { lookupIdentity: (ipv4) => ipcacheIdentity(map, ipv4), close: () => { ref.close() } }
-}
-
-async function detachIfindex (ifindex: number, rec: { hooks: number, madeQdisc: boolean }): Promise<void> {
-  const name = ifnameOf(ifindex)
-  if (name === undefined) return // the interface is gone, and its filters with it
-  if ((rec.hooks & HOOK_INGRESS) !== 0) await detachHook(name, 'ingress')
-  if ((rec.hooks & HOOK_EGRESS) !== 0) await detachHook(name, 'egress')
-  if (rec.madeQdisc) await removeQdiscIfEmpty(name)
 }
 
 function checkPort (name: string, v: number): void {
