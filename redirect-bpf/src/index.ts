@@ -7,35 +7,35 @@
 import type { Logger } from 'pino'
 import { objGet, createMapRef, RawMap, type MapRef } from 'bpf'
 import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
-import { RESERVED } from '../../policy-store/src/types.js'
 import {
   CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, SIZE,
-  decodeAttach, decodeConfig, decodeIpcacheValue,
+  decodeAttach, decodeConfig,
   encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue
 } from './layout.js'
 import {
   DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, ensureBpffs, ifnameOf, installRouting,
-  checkPinDir, loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs, removePins,
-  removeRouting, type MapName
+  loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs, type MapName
 } from './loader.js'
 import { PolicyIndex } from './policy.js'
 import { countRepairs, dumpMap, syncWithDump, writeKeys, type SyncCount } from './sync.js'
 import { ifindexOf } from './sys.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { Conntrack } from './conntrack.js'
-import { Attachments, detachIfindex } from './attachments.js'
+import { Attachments } from './attachments.js'
+import { ipcacheIdentity } from './ipcache-reader.js'
 import { decodeFlowEvent, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 import { prepareIpcache, promoteIpcache } from './ipcache-resize.js'
 import { admitIpcache, learnedBy, noneLeftOut, RANK_NAMES, type RankName } from './ipcache-room.js'
 import koffi from 'koffi'
-import { existsSync } from 'node:fs'
 
 export type { FlowEvent, FlowVerdict } from './events.js'
 export { DatapathError, BpfError } from './errors.js'
 export { DEFAULT_ROUTE_TABLE, PROXY_SOCKET_MARK } from './loader.js'
 export { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
+export { openIpcacheReader } from './ipcache-reader.js'
+export { uninstall } from './uninstall.js'
 
 export interface DatapathOptions {
   /** bpffs directory for this instance's pins (default /sys/fs/bpf/warden). */
@@ -448,21 +448,6 @@ class DatapathImpl implements Datapath {
   }
 }
 
-function ipcacheIdentity (map: RawMap, ipv4: string): number {
-  const v = map.get(encodeIpcacheKey(Buffer.alloc(SIZE.ipcacheKey), ipv4 + '/32'))
-  return v === undefined ? RESERVED.WORLD : decodeIpcacheValue(v).identity
-}
-
-/**
- * Identity lookups in the pinned ipcache of an open datapath, for another thread (an HTTP
- * proxy worker) that cannot share the Datapath object: its own map handle, read only.
- */
-export function openIpcacheReader (bpffs: string): { lookupIdentity: (ipv4: string) => number, close: () => void } {
-  const ref = createMapRef(objGet(mapPath(bpffs, 'l7p_ipcache')), { transfer: true })
-  const map = new RawMap(ref)
-  return { lookupIdentity: (ipv4) => ipcacheIdentity(map, ipv4), close: () => { ref.close() } }
-}
-
 function checkPort (name: string, v: number): void {
   if (!Number.isInteger(v) || v < 1 || v > 65535) throw new DatapathError('WARDEN_ERR_CONFIG', `${name} must be 1..65535, got ${v}`)
 }
@@ -544,59 +529,5 @@ export async function openDatapath (opts: DatapathOptions): Promise<Datapath> {
   const dp = new DatapathImpl(opts, maps, refs)
   dp.startEvents()
   return dp
-}
-
-/**
- * Remove everything an instance made: its tc filters (and the clsact qdiscs it created),
- * its ip rule and route (only those it added), and its pins. Safe to run twice.
- *
- * The pin directory is checked before anything changes (`checkPinDir`: on bpffs, holding only
- * warden's names). An interface that cannot be detached keeps its record in `l7p_attach` and
- * every pin stays, so that a second run, once the cause is fixed, finishes the job.
- */
-export async function uninstall (opts: { bpffs: string, routeTable?: number }): Promise<void> {
-  const pinned = checkPinDir(opts.bpffs)
-  let table = opts.routeTable ?? DEFAULT_ROUTE_TABLE
-  let flags = 0
-  let cfgFound = false
-  const failed: Array<{ ifindex: number, err: Error }> = []
-  const attachPath = mapPath(opts.bpffs, 'l7p_attach')
-  const cfgPath = mapPath(opts.bpffs, 'l7p_config')
-  if (pinned && existsSync(cfgPath)) {
-    const m = new RawMap(createMapRef(objGet(cfgPath), { transfer: true }))
-    const v = m.get(Buffer.alloc(4))
-    m.ref.close()
-    if (v !== undefined) {
-      const cfg = decodeConfig(v)
-      if (cfg.routeTable !== 0) table = cfg.routeTable
-      flags = cfg.flags
-      cfgFound = true
-    }
-  }
-  if (pinned && existsSync(attachPath)) {
-    const m = new RawMap(createMapRef(objGet(attachPath), { transfer: true }))
-    try {
-      for (const [k, v] of [...m.entries()]) {
-        const ifindex = k.readUInt32LE(0)
-        try {
-          await detachIfindex(ifindex, decodeAttach(v))
-          m.delete(k)
-        } catch (err) {
-          failed.push({ ifindex, err: err as Error })
-        }
-      }
-    } finally {
-      m.ref.close()
-    }
-  }
-  // without a config record (pins already gone) the rule/route of `table` are ours by name
-  await removeRouting(table, cfgFound ? (flags & CFG_MADE_RULE) !== 0 : true, cfgFound ? (flags & CFG_MADE_ROUTE) !== 0 : true)
-  if (failed.length > 0) {
-    const what = failed.map((f) => `ifindex ${f.ifindex}: ${f.err.message}`).join('; ')
-    throw new DatapathError('WARDEN_ERR_DETACH',
-      `could not detach ${failed.length} interface(s), pins kept in ${opts.bpffs} so that a second uninstall finishes: ${what}`,
-      { bpffs: opts.bpffs })
-  }
-  removePins(opts.bpffs)
 }
 
