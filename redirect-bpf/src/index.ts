@@ -8,17 +8,14 @@ import type { Logger } from 'pino'
 import { objGet, createMapRef, RawMap, type MapRef } from 'bpf'
 import type { Snapshot, SnapshotDiff } from '../../policy-store/src/types.js'
 import {
-  CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, SIZE,
-  decodeAttach, decodeConfig,
-  encodeConfig, encodeEndpoint, EP_AUDIT, encodeIpcacheKey, encodeIpcacheValue
+  CFG_MADE_ROUTE, CFG_MADE_RULE, FEAT_HOST_ROUTING, HOOK_EGRESS, HOOK_INGRESS, SIZE, decodeAttach, decodeConfig, encodeConfig
 } from './layout.js'
 import {
-  DEFAULT_ROUTE_TABLE, MAP_NAMES, attachHook, ensureBpffs, ifnameOf, installRouting,
-  loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs, type MapName
+  DEFAULT_ROUTE_TABLE, attachHook, ensureBpffs, ifnameOf, installRouting,
+  loadObject, mapPath, objectPath, objectTag, pinsComplete, programsUseMap, promoteProgs
 } from './loader.js'
-import { PolicyIndex } from './policy.js'
-import { countRepairs, dumpMap, syncWithDump, writeKeys, type SyncCount } from './sync.js'
-import { ifindexOf } from './sys.js'
+import { openMaps, type Maps } from './maps.js'
+import { MapWriter } from './map-writer.js'
 import { libbpf, type RingBuffer } from './libbpf.js'
 import { Conntrack } from './conntrack.js'
 import { Attachments } from './attachments.js'
@@ -27,7 +24,6 @@ import { decodeFlowEvent, readCounters, type FlowEvent } from './events.js'
 import { DatapathError } from './errors.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from './limits.js'
 import { prepareIpcache, promoteIpcache } from './ipcache-resize.js'
-import { admitIpcache, learnedBy, noneLeftOut, RANK_NAMES, type RankName } from './ipcache-room.js'
 import koffi from 'koffi'
 
 export type { FlowEvent, FlowVerdict } from './events.js'
@@ -109,8 +105,6 @@ export interface Datapath {
   close (): Promise<void>
 }
 
-type Maps = Record<MapName, RawMap>
-
 export interface DatapathInspection {
   /** Endpoint (and uplink) interfaces not found yet: not attached, nothing enforced there. */
   pending: string[]
@@ -125,31 +119,8 @@ const MAP_MAX = { l7p_endpoints: 4096, l7p_policy: 262144, l7p_ct: 65536 } as co
 const DEFAULT_FULL_SYNC_MS = 5 * 60 * 1000
 const DEFAULT_CT_GC_MS = 30 * 1000
 
-function openMaps (bpffs: string): { maps: Maps, refs: MapRef[] } {
-  const refs: MapRef[] = []
-  const maps = {} as Maps
-  for (const name of MAP_NAMES) {
-    if (name === 'l7p_events' || name === 'l7p_counters') continue // read through libbpf
-    if (name === 'l7p_fib') continue // the programs' own cache
-    const ref = createMapRef(objGet(mapPath(bpffs, name)), { transfer: true })
-    refs.push(ref)
-    maps[name] = new RawMap(ref)
-  }
-  return { maps, refs }
-}
-
 class DatapathImpl implements Datapath {
   private readonly listeners: Array<(ev: FlowEvent) => void> = []
-  /** What the maps are believed to hold (key -> value bytes as latin1), kept after every write. */
-  private have = { endpoints: new Map<string, string>(), ipcache: new Map<string, string>(), policy: new Map<string, string>() }
-  /** The policy and ipcache content of the snapshot in the kernel, which diffs are applied to. */
-  private policy = new PolicyIndex()
-  private ipcacheWant = new Map<string, string>()
-  /**
-   * Version of the snapshot the maps hold, when they are known to hold exactly it: a diff from
-   * it can be applied as is. Undefined before the first full sync and after a failed apply.
-   */
-  private inKernel: number | undefined
   /** Applies and full syncs, one at a time. */
   private queue: Promise<void> = Promise.resolve()
   private fullSyncTimer: NodeJS.Timeout | undefined
@@ -157,32 +128,27 @@ class DatapathImpl implements Datapath {
   private poller: { close: () => void } | undefined
   private timer: NodeJS.Timeout | undefined
   private countersFd = -1
-  private last: Snapshot | undefined
   private closed = false
-  /** The first apply after open re-attaches every filter (heals what was removed while down). */
-  private healed = false
   private readonly ct: Conntrack
   private readonly attachments: Attachments
+  /** The maps' content: applies and full syncs. */
+  private readonly writer: MapWriter
   private ctGcTimer: NodeJS.Timeout | undefined
-  private readonly ipcacheMax: number
-  /** Entries of the last snapshot the ipcache had no room for, per rank (ipcache-room.ts). */
-  private ipcacheLeftOut = noneLeftOut()
-  private ipcacheLeftOutTotal = 0
 
   constructor (
     private readonly opts: DatapathOptions,
     private readonly maps: Maps,
     private readonly refs: MapRef[]
   ) {
-    this.ipcacheMax = opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES
     this.ct = new Conntrack(maps.l7p_ct)
     this.attachments = new Attachments(maps.l7p_attach, opts.bpffs, opts.uplinks, opts.logger)
+    this.writer = new MapWriter(maps, this.attachments, opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES, opts.logger)
     const every = opts.fullSyncIntervalMs ?? DEFAULT_FULL_SYNC_MS
     if (every > 0) {
       this.fullSyncTimer = setInterval(() => {
-        const snap = this.last
+        const snap = this.writer.last
         if (snap === undefined || this.closed) return
-        this.serial(async () => { await this.fullSync(snap, 'periodic') })
+        this.serial(async () => { await this.writer.fullSync(snap, 'periodic') })
           .catch((err) => this.opts.logger.error({ err }, 'periodic datapath sync failed'))
       }, every)
       this.fullSyncTimer.unref()
@@ -231,9 +197,9 @@ class DatapathImpl implements Datapath {
     }
     this.timer = setInterval(() => {
       consume()
-      const snap = this.last
+      const snap = this.writer.last
       if (this.attachments.pending.size > 0 && snap !== undefined) {
-        this.serial(async () => { await this.syncEndpoints(snap, false, false) })
+        this.serial(async () => { await this.writer.syncEndpoints(snap, false, false) })
           .catch((err) => this.opts.logger.error({ err }, 'attach retry failed'))
       }
     }, this.poller === undefined ? 100 : 1000)
@@ -241,164 +207,7 @@ class DatapathImpl implements Datapath {
   }
 
   async apply (snap: Snapshot, diff?: SnapshotDiff): Promise<void> {
-    await this.serial(async () => {
-      if (diff !== undefined && this.inKernel !== undefined && diff.from === this.inKernel && diff.to === snap.version) {
-        await this.applyDiff(snap, diff)
-      } else {
-        await this.fullSync(snap, diff === undefined ? 'snapshot' : 'diff-not-from-kernel')
-      }
-    })
-  }
-
-  /**
-   * The normal path (Cilium's applyPolicyMapChanges): the diff's entries are counted in or out
-   * of the desired content, and only the keys they cover are written.
-   */
-  private async applyDiff (snap: Snapshot, diff: SnapshotDiff): Promise<void> {
-    const t0 = performance.now()
-    this.inKernel = undefined // until every write below has been made
-    // 1. what the programs read: ipcache, policy, endpoints -- before attaching new interfaces
-    const kb = Buffer.alloc(SIZE.ipcacheKey)
-    const vb = Buffer.alloc(SIZE.ipcacheValue)
-    const ipcKeys = new Set<string>()
-    for (const e of diff.ipcacheRemoved) {
-      const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
-      const v = encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1')
-      if (this.ipcacheWant.get(k) === v) this.ipcacheWant.delete(k)
-      ipcKeys.add(k)
-    }
-    for (const e of diff.ipcacheAdded) {
-      const k = encodeIpcacheKey(kb, e.prefix).toString('latin1')
-      this.ipcacheWant.set(k, encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
-      ipcKeys.add(k)
-    }
-    const polKeys = new Set<string>()
-    for (const e of diff.kernelRemoved) this.policy.remove(e, polKeys)
-    for (const e of diff.kernelAdded) this.policy.add(e, polKeys)
-    this.policy.checkSize()
-    const ipcache = this.writeIpcache(snap, ipcKeys)
-    const policy = writeKeys(this.maps.l7p_policy, this.have.policy, (k) => this.policy.value(k), polKeys)
-    this.last = snap
-    // endpoints are few: any change (or an interface still awaited) redoes them whole
-    const endpoints = diff.endpointsAdded.length + diff.endpointsRemoved.length > 0 || this.attachments.pending.size > 0
-      ? await this.syncEndpoints(snap, false, false)
-      : undefined
-    this.inKernel = snap.version
-    this.opts.logger.debug({
-      version: snap.version, mode: 'diff', ms: Math.round((performance.now() - t0) * 10) / 10, ipcache, policy, endpoints
-    }, 'datapath applied')
-  }
-
-  /**
-   * The safety net (Cilium's syncPolicyMapWithDump): read the maps back, compare them with the
-   * whole snapshot, write the differences. Drift is counted and logged: when the snapshot is the
-   * one already in force (the periodic sync), every write is a repair (a diff that missed a
-   * change, a write lost, another process writing the pins); for a new snapshot, the keys where
-   * the maps held something other than what the last apply left.
-   */
-  private async fullSync (snap: Snapshot, why: 'snapshot' | 'diff-not-from-kernel' | 'periodic'): Promise<void> {
-    const t0 = performance.now()
-    const known = this.inKernel !== undefined
-    const resync = known && this.inKernel === snap.version
-    const drift = (c: SyncCount): number => resync ? c.written + c.deleted : c.repairs
-    this.inKernel = undefined
-    const kb = Buffer.alloc(SIZE.ipcacheKey)
-    const vb = Buffer.alloc(SIZE.ipcacheValue)
-    const ipcWant = new Map<string, string>()
-    for (const e of snap.ipcache) {
-      ipcWant.set(encodeIpcacheKey(kb, e.prefix).toString('latin1'),
-        encodeIpcacheValue(vb, { identity: e.identity, endpointId: e.endpointId, flags: e.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
-    }
-    const index = new PolicyIndex(snap.kernel)
-    index.checkSize()
-    this.ipcacheWant = ipcWant
-    this.policy = index
-    const ipcDump = dumpMap(this.maps.l7p_ipcache)
-    const room = admitIpcache(ipcWant, this.ipcacheMax, ipcDump, learnedBy(snap.ipcache))
-    this.noteLeftOut(room.leftOut, snap.version)
-    const ipcache = syncWithDump(this.maps.l7p_ipcache, ipcDump, room.keep, known ? this.have.ipcache : undefined)
-    this.have.ipcache = ipcDump
-    const polDump = dumpMap(this.maps.l7p_policy)
-    const policy = syncWithDump(this.maps.l7p_policy, polDump, index.toMap(), known ? this.have.policy : undefined)
-    this.have.policy = polDump
-    this.last = snap
-    // tc runs only for interfaces whose attachment changed, except on the first apply
-    const endpoints = await this.syncEndpoints(snap, !this.healed, true, known)
-    this.healed = true
-    this.inKernel = snap.version
-    const count = (c: SyncCount): SyncCount => ({ written: c.written, deleted: c.deleted, repairs: drift(c) })
-    const maps = { ipcache: count(ipcache), policy: count(policy), endpoints: count(endpoints) }
-    const repairs = maps.ipcache.repairs + maps.policy.repairs + maps.endpoints.repairs
-    const fields = { version: snap.version, mode: 'full', why, ms: Math.round((performance.now() - t0) * 10) / 10, repairs, ...maps }
-    if (repairs > 0) this.opts.logger.warn(fields, 'datapath full sync repaired drift in the kernel maps')
-    else this.opts.logger.debug(fields, 'datapath applied')
-  }
-
-  /**
-   * Write the ipcache keys a diff touched. The map has room for `ipcacheMax` entries: while the
-   * snapshot's fit (the normal case) only `keys` are written; when they do not, or did not at the
-   * last apply, the entries to hold are chosen again (ipcache-room.ts) and the map brought to
-   * them, removals first, so a write never meets a full map and the policy and endpoint maps
-   * are written after it whatever the ipcache could not hold.
-   */
-  private writeIpcache (snap: Snapshot, keys: Iterable<string>): SyncCount {
-    const map = this.maps.l7p_ipcache
-    const want = this.ipcacheWant
-    const have = this.have.ipcache
-    if (want.size <= this.ipcacheMax && this.ipcacheLeftOutTotal === 0) {
-      return { ...writeKeys(map, have, (k) => want.get(k), keys), repairs: 0 }
-    }
-    const { keep, leftOut } = admitIpcache(want, this.ipcacheMax, have, learnedBy(snap.ipcache))
-    this.noteLeftOut(leftOut, snap.version)
-    function * all (): Generator<string> {
-      for (const k of have.keys()) if (!keep.has(k)) yield k
-      yield * keep.keys()
-    }
-    return { ...writeKeys(map, have, (k) => keep.get(k), all()), repairs: 0 }
-  }
-
-  /** Record (and log, when it changes) what the ipcache had no room for. */
-  private noteLeftOut (leftOut: Record<RankName, number>, version: number): void {
-    const total = RANK_NAMES.reduce((n, r) => n + leftOut[r], 0)
-    const changed = RANK_NAMES.some((r) => leftOut[r] !== this.ipcacheLeftOut[r])
-    this.ipcacheLeftOut = leftOut
-    this.ipcacheLeftOutTotal = total
-    if (!changed) return
-    if (total > 0) {
-      this.opts.logger.warn({ version, max: this.ipcacheMax, leftOut: total, ...leftOut },
-        'datapath: the ipcache is full; the addresses left out are world (FQDN-learned first, then other nodes\' pods, then CIDR prefixes)')
-    } else {
-      this.opts.logger.info({ version, max: this.ipcacheMax }, 'datapath: every ipcache entry fits again')
-    }
-  }
-
-  /**
-   * l7p_endpoints and the tc attachments for `snap`: entries of new (or changed) endpoints are
-   * written before their interfaces are attached, entries of removed ones deleted after theirs
-   * are detached. `full`: compare with the map read back (repairs counted when `known`).
-   */
-  private async syncEndpoints (snap: Snapshot, heal: boolean, full: boolean, known = false): Promise<SyncCount> {
-    const map = this.maps.l7p_endpoints
-    let repairs = 0
-    if (full) {
-      const dump = dumpMap(map)
-      if (known) repairs = countRepairs(dump, this.have.endpoints)
-      this.have.endpoints = dump
-    }
-    const want = new Map<string, string>()
-    const ek = Buffer.alloc(4)
-    const ev = Buffer.alloc(SIZE.endpoint)
-    for (const ep of snap.endpoints) {
-      const idx = ifindexOf(ep.interface)
-      if (idx === undefined) continue
-      ek.writeUInt32LE(idx, 0)
-      want.set(ek.toString('latin1'), encodeEndpoint(ev, { identity: ep.identity, ipv4: ep.ipv4, endpointId: ep.id, flags: ep.audit === true ? EP_AUDIT : 0 }).toString('latin1'))
-    }
-    const have = this.have.endpoints
-    const first = writeKeys(map, have, (k) => want.get(k), [...want.keys()])
-    await this.attachments.sync(snap, heal)
-    const gone = writeKeys(map, have, (k) => want.get(k), [...have.keys()].filter((k) => !want.has(k)))
-    return { written: first.written + gone.written, deleted: first.deleted + gone.deleted, repairs }
+    await this.serial(async () => { await this.writer.apply(snap, diff) })
   }
 
   lookupIdentity (ipv4: string): number {
@@ -410,7 +219,6 @@ class DatapathImpl implements Datapath {
 
   hasConnection (remoteIpv4: string): boolean { return this.ct.hasConnection(remoteIpv4) }
 
-
   onFlow (fn: (ev: FlowEvent) => void): void { this.listeners.push(fn) }
 
   inspect (): DatapathInspection {
@@ -420,9 +228,9 @@ class DatapathImpl implements Datapath {
     return {
       pending: [...this.attachments.pending].sort(),
       maps: {
-        l7p_endpoints: { entries: this.have.endpoints.size, max: MAP_MAX.l7p_endpoints },
-        l7p_ipcache: { entries: this.have.ipcache.size, max: this.opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES },
-        l7p_policy: { entries: this.have.policy.size, max: MAP_MAX.l7p_policy },
+        l7p_endpoints: { entries: this.writer.have.endpoints.size, max: MAP_MAX.l7p_endpoints },
+        l7p_ipcache: { entries: this.writer.have.ipcache.size, max: this.opts.ipcacheMaxEntries ?? DEFAULT_IPCACHE_MAX_ENTRIES },
+        l7p_policy: { entries: this.writer.have.policy.size, max: MAP_MAX.l7p_policy },
         l7p_ct: { entries: ct, max: MAP_MAX.l7p_ct }
       }
     }
@@ -431,7 +239,7 @@ class DatapathImpl implements Datapath {
   counters (): Record<string, number> {
     // the kernel's reasons, and the expired conntrack entries this agent deleted
     // and the ipcache entries of the current snapshot left out for want of room (a gauge)
-    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ct.collected, ipcache_left_out: this.ipcacheLeftOutTotal }
+    return { ...readCounters(this.countersFd), ct_gc_deleted: this.ct.collected, ipcache_left_out: this.writer.ipcacheLeftOutTotal }
   }
 
   async close (): Promise<void> {
