@@ -1,7 +1,7 @@
 /**
  * CiliumCIDRGroup documents: a named list of CIDRs that rules refer to with `cidrGroupRef`.
- * The compiler resolves the references (compile.ts), so that a group in any file of the
- * directory, and any edit of it, applies to every rule that names it.
+ * The compiler resolves the references (rule-files.ts, rule-locals.ts), so that a group in any
+ * file of the directory, and any edit of it, applies to every rule that names it.
  */
 import { ERR } from './errors.js'
 import { parsePrefix, type Prefix } from './cidr.js'

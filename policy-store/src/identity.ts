@@ -43,7 +43,8 @@ export interface IdentityAllocator {
   /**
    * Whether `acquireIdentity` can number this label set now, without a `prepare` (a network
    * backend cut off from its store cannot number a set it never had). The compiler gives an
-   * endpoint whose set cannot be numbered the reserved `init` identity instead (compile.ts).
+   * endpoint whose set cannot be numbered the reserved `init` identity instead
+   * (endpoint-identities.ts).
    */
   isPrepared (labels: readonly Label[]): boolean
   /**
