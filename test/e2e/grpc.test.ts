@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { cpSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { poll } from '../helpers/poll.js'
 import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../demo/session.js'
 
 const GRPC_PORT = 17450
@@ -81,18 +81,24 @@ t.test('gRPC through the HTTP/2 proxy, with the real datapath', async (t) => {
   t.equal(await curl('GetLocation'), ' 2 200', 'curl --http2-prior-knowledge, allowed: HTTP/2 200 from the server')
   t.equal(await curl('SetAccessCode'), 'Access denied\r\n 2 403', 'curl --http2-prior-knowledge, denied: 403 Access denied')
 
-  await sleep(400) // the access log is flushed every 100 ms
-  const lines = s.agentLog().slice(before).split('\n').filter((l) => l.includes('"http request"')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  // Each stream's line is written after its response, by the proxy (a worker's or the main
+  // thread's) that served it, and flushed every 100 ms: wait until all of them are in the file.
+  const STREAMS = 1 + 1 + 1 + 1 + 1 + 200 + 2
+  const accessLines = (): string[] => {
+    const log = s.agentLog().slice(before)
+    return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('"http request"'))
+  }
+  const lines = (await poll(accessLines, (ls) => ls.length >= STREAMS)).map((l) => JSON.parse(l) as Record<string, unknown>)
   const h2 = lines.filter((l) => l.protocol === 'HTTP/2')
   t.equal(h2.length, lines.length, 'every access line of these calls says HTTP/2')
-  t.equal(h2.length, 1 + 1 + 1 + 1 + 1 + 200 + 2, 'one line per stream')
+  t.equal(h2.length, STREAMS, 'one line per stream')
   t.match(h2.find((l) => l.path === '/cloudcity.DoorManager/GetName'), { verdict: 'allowed', status: 200, grpcStatus: '0', src: 'default/checkout-service' })
   t.match(h2.find((l) => l.path === '/cloudcity.DoorManager/SetAccessCode'), { verdict: 'denied', reason: 'ingress-no-rule-match', status: 403 })
   t.ok((h2.find((l) => l.path === '/cloudcity.DoorManager/Echo')?.bytesIn as number) > 9 << 20, 'the echo line counts its 9 MiB in')
 
-  // workers report their counters every second
-  let m = await metrics()
-  for (let i = 0; i < 30 && counter(m, 'warden_http_h2_allowed_total') < 205; i++) { await sleep(100); m = await metrics() }
+  // Workers report their counters every second, each on its own clock: the denied streams may
+  // have been served by another proxy than the allowed ones, so wait for both counts.
+  const m = await poll(metrics, (m) => counter(m, 'warden_http_h2_allowed_total') >= 205 && counter(m, 'warden_http_h2_denied_total') >= 2)
   t.equal(counter(m, 'warden_http_h2_allowed_total'), 205, 'the agent lives and counts the allowed streams')
   t.equal(counter(m, 'warden_http_h2_denied_total'), 2, 'and the denied ones')
   t.equal(counter(m, 'warden_http_requests_total'), 0, 'no HTTP/1 request on this port')
