@@ -8,6 +8,7 @@ import { get } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { poll } from '../helpers/poll.js'
 import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../demo/session.js'
 import { runChecks } from '../../demo/demo.js'
 
@@ -67,9 +68,16 @@ t.test('three HTTP proxies on one transparent port', async (t) => {
 
   const before = s.agentLog().length
   t.strictSame(await charges(s), Array<string>(CONNECTIONS).fill('404'), `${CONNECTIONS} connections, each allowed (nginx answers 404)`)
-  await sleep(500) // the access log's 100 ms batches, then the main thread's
-  const text = s.agentLog().slice(before)
-  const lines = text.split('\n').filter((l) => l !== '')
+  // The access log goes in 100 ms batches from each worker, then the main thread's: wait until
+  // the file holds a line per request (whole lines only: the last one may be being written).
+  const complete = (): string[] => {
+    const text = s.agentLog().slice(before)
+    return text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter((l) => l !== '')
+  }
+  const isAccess = (l: string): boolean => {
+    try { const o = JSON.parse(l) as Line; return o.module === 'http-proxy' && o.status === 404 } catch { return false }
+  }
+  const lines = await poll(complete, (ls) => ls.filter(isAccess).length >= CONNECTIONS)
   let whole = 0
   const parsed: Line[] = []
   for (const l of lines) {
@@ -88,8 +96,9 @@ t.test('three HTTP proxies on one transparent port', async (t) => {
   t.strictSame(got, Array<string>(CONNECTIONS).fill('403'), 'after the edit, every connection is denied (no proxy keeps the old policy)')
   writeFileSync(billingFile, billing)
 
-  await sleep(1200) // workers report their counters every second
-  const scraped = await metrics()
+  // Workers report their counters every second, each on its own clock.
+  const total = (text: string): number => Number(/^warden_http_requests_total (\d+)$/m.exec(text)?.[1] ?? NaN)
+  const scraped = await poll(metrics, (text) => total(text) >= 2 * CONNECTIONS)
   const m = /^warden_http_requests_total (\d+)$/m.exec(scraped)
   t.ok(m !== null && Number(m[1]) >= 2 * CONNECTIONS, `warden_http_requests_total counts every proxy's requests (${m?.[1] ?? 'missing'})`)
   const rss = /^# TYPE warden_process_resident_memory_bytes gauge\nwarden_process_resident_memory_bytes (\d+)$/m.exec(scraped)
