@@ -12,7 +12,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { clusterDown, clusterUp, parseClusterSpec, podNs } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
-import { startDnsmasq, stop, type Started } from '../../demo/services.js'
+import { readLog, startDnsmasq, stop, type Started } from '../../demo/services.js'
+import { poll } from '../helpers/poll.js'
 
 const spec = parseClusterSpec(`
 prefix: wdcx-
@@ -108,14 +109,17 @@ t.test('proxied egress keeps the client address across nodes', async (t) => {
   t.equal(await get('good', '/private'), 'Access denied 403', 'a path no rule allows: 403 from node b\'s egress proxy')
   t.equal(await get('other', '/public/x'), 'upstream connect error 503',
     'another client of node b, allowed by node b, gets 503 from its proxy: node a dropped the connection')
-  await sleep(300)
-  t.ok(agents[0].log().split('\n').some((l) => l.includes('"flow dropped"') && l.includes('"srcIp":"198.19.130.11"') && l.includes('"reason":"drop_policy"')),
+  // The agent logs the kernel's drop events and its proxy's access lines on their own schedule
+  // (batched, after the response): wait for the lines instead of reading once.
+  const droppedLine = (l: string): boolean => l.includes('"flow dropped"') && l.includes('"srcIp":"198.19.130.11"') && l.includes('"reason":"drop_policy"')
+  t.ok((await poll(() => agents[0].log(), (log) => log.split('\n').some(droppedLine))).split('\n').some(droppedLine),
     'node a dropped it by its ingress policy, seeing the other client\'s address: it judged the client, not the node')
 
   // node a's access log has the request, from the client's address, decided by its ingress proxy
-  await sleep(300)
-  const lines = agents[0].log().split('\n').filter((l) => l.includes('"/public/x"'))
-  t.ok(lines.some((l) => l.includes('198.19.130.10') && l.includes('"allowed"')), `node a's access log names the client's address: ${lines[0] ?? agents[0].log().slice(-2000)}`)
+  const fromClient = (l: string): boolean => l.includes('198.19.130.10') && l.includes('"allowed"')
+  const lines = (await poll(() => agents[0].log(), (log) => log.split('\n').some((l) => l.includes('"/public/x"') && fromClient(l))))
+    .split('\n').filter((l) => l.includes('"/public/x"'))
+  t.ok(lines.some(fromClient), `node a's access log names the client's address: ${lines[0] ?? agents[0].log().slice(-2000)}`)
   t.notOk(agents[0].log().includes('198.19.134.12'), 'node b\'s own address never shows at node a')
 })
 
@@ -132,7 +136,12 @@ t.test('proxied DNS keeps the client address across nodes', async (t) => {
   let got = ''
   for (let i = 0; i < 30 && got !== '192.0.2.7'; i++) { got = await resolve('good'); if (got !== '192.0.2.7') await sleep(100) }
   t.equal(got, '192.0.2.7', 'a client of node b resolves through its DNS proxy and node a\'s server')
-  const queries = readFileSync(join(spec.workDir, 'dnsmasq', 'queries.log'), 'utf8').split('\n').filter((l) => l.includes('query[A] api.example.com'))
+  // The query log is another process's file, read while dnsmasq writes it: whole lines only.
+  const queryLines = (): string[] => {
+    const log = readLog(join(spec.workDir, 'dnsmasq', 'queries.log'))
+    return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('query[A] api.example.com'))
+  }
+  const queries = await poll(queryLines, (ls) => ls.length > 0)
   t.ok(queries.length > 0 && queries.every((l) => l.endsWith('from 198.19.130.10')), `the server saw the client's address: ${queries.at(-1) ?? 'none'}`)
   t.not(await resolve('other'), '192.0.2.7', 'another client of node b is dropped by node a\'s ingress policy')
 })
