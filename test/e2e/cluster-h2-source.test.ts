@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { clusterDown, clusterUp, etcdEndpoint, parseClusterSpec, podNs } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
+import { poll } from '../helpers/poll.js'
 
 const root = process.getuid?.() === 0
 
@@ -97,9 +98,24 @@ async function until (node: string, pod: string, path: string, want: string): Pr
   return got
 }
 
+/** An agent's whole log lines (the last one may be half written). */
+function lines (a: NodeAgent): string[] {
+  const log = a.log()
+  return log.slice(0, log.lastIndexOf('\n') + 1).split('\n')
+}
+
 /** Node a's access lines for HTTP/2 streams. */
 function h2Lines (a: NodeAgent): Array<Record<string, unknown>> {
-  return a.log().split('\n').filter((l) => l.includes('"http request"') && l.includes('"HTTP/2"')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  return lines(a).filter((l) => l.includes('"http request"') && l.includes('"HTTP/2"')).map((l) => JSON.parse(l) as Record<string, unknown>)
+}
+
+/**
+ * Whether the agent's log has (or comes to have) a line `ok` accepts: it writes kernel drops
+ * and access lines on its own schedule (batched, after the response), not before the client
+ * sees the answer.
+ */
+async function logged (a: NodeAgent, ok: (l: string) => boolean): Promise<boolean> {
+  return await poll(() => lines(a).some(ok), (v) => v)
 }
 
 t.test('HTTP/2 streams through the proxy keep the client\'s address', { skip: root ? false : 'needs root' }, async (t) => {
@@ -124,13 +140,13 @@ t.test('HTTP/2 streams through the proxy keep the client\'s address', { skip: ro
     t.equal(await h2get('b', 'good', '/private'), 'Access denied 403', 'a path no rule allows: 403 from node b\'s proxy')
     t.equal(await h2get('b', 'other', '/public/x'), 'upstream connect error 503',
       'other, allowed by node b, gets 503 from its proxy: node a dropped the session, which came from other\'s address')
-    await sleep(300)
-    t.ok(a.log().split('\n').some((l) => l.includes('"flow dropped"') && l.includes(`"srcIp":"${OTHER}"`) && l.includes('"reason":"drop_policy"')),
+    t.ok(await logged(a, (l) => l.includes('"flow dropped"') && l.includes(`"srcIp":"${OTHER}"`) && l.includes('"reason":"drop_policy"')),
       'node a dropped it by its ingress policy, seeing other\'s address')
-    t.ok(b.log().split('\n').some((l) => l.includes('"http request"') && l.includes('"HTTP/2"') && l.includes('"upstream-connect"')),
+    t.ok(await logged(b, (l) => l.includes('"http request"') && l.includes('"HTTP/2"') && l.includes('"upstream-connect"')),
       'node b\'s access log has other\'s stream as an upstream connect failure')
-    const atA = h2Lines(a).filter((l) => l.path === '/public/x' && l.verdict === 'allowed')
-    t.ok(atA.some((l) => JSON.stringify(l).includes(GOOD) && JSON.stringify(l).includes('app=good')),
+    const good = (l: Record<string, unknown>): boolean => l.path === '/public/x' && l.verdict === 'allowed' && JSON.stringify(l).includes(GOOD) && JSON.stringify(l).includes('app=good')
+    const atA = (await poll(() => h2Lines(a), (ls) => ls.some(good))).filter((l) => l.path === '/public/x' && l.verdict === 'allowed')
+    t.ok(atA.some(good),
       `node a's ingress proxy logged good's stream with good's address and labels: ${JSON.stringify(atA.at(-1))}`)
     t.notOk(h2Lines(a).some((l) => JSON.stringify(l).includes(NODE_B)), 'node b\'s own address is on none of node a\'s HTTP/2 lines')
   })
