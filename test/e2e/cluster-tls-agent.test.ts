@@ -40,9 +40,13 @@ const cfg: DemoConfig = {
 const until = poll
 const metric = async (name: string): Promise<number> => await metricOf(cfg.metricsPort, name)
 
-/** The agent's log lines (pino JSON) since `from`. */
+/**
+ * The agent's log lines (pino JSON) since `from`: whole lines only, as the file is read while
+ * the agent writes it and a line may be there in part.
+ */
 function lines (s: DemoSession, from: number): Array<Record<string, unknown>> {
-  return s.agentLog().slice(from).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  const log = s.agentLog().slice(from)
+  return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
 }
 
 t.test('an agent on a TLS etcd with a client certificate and a password', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {
