@@ -22,8 +22,9 @@ function config (n: number, denyResponse: '403' | 'reset'): DemoConfig {
 }
 
 interface LogLine { msg?: string, level?: number, [k: string]: unknown }
+/** The whole lines of a log the agent is still writing (its last line may be there in part). */
 function logLines (text: string): LogLine[] {
-  return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine)
+  return text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine)
 }
 
 for (const [n, mode] of [[1, '403'], [2, 'reset']] as const) {
