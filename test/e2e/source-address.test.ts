@@ -5,6 +5,7 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { poll } from '../helpers/poll.js'
 import { DemoSession, DEFAULT_DEMO, teardown, type DemoConfig } from '../../demo/session.js'
 
 const cfg: DemoConfig = {
@@ -56,7 +57,8 @@ t.test('proxied connections keep the client address', async (t) => {
   // three requests on one keep-alive connection, then a second connection
   t.equal(await request(s, 'checkout-service', 'POST', '/api/v1/charge', 3), '404 404 404', 'checkout may POST a charge (nginx answers 404)')
   t.equal(await request(s, 'checkout-service', 'POST', '/api/v1/charge'), '404', 'and again on a new connection')
-  const lines = billingLog().slice(before)
+  // nginx writes each access line after its response has gone: wait for the lines, not read once.
+  const lines = (await poll(billingLog, (ls) => ls.length >= before + 4)).slice(before)
   t.equal(lines.length, 4, 'billing-service got the four requests')
   t.ok(lines.every((l) => l.startsWith(checkout + ' ')), `billing-service saw them from checkout-service (${checkout}): ${lines.join(' | ')}`)
 
@@ -65,7 +67,7 @@ t.test('proxied connections keep the client address', async (t) => {
   t.equal(billingLog().length, seen, 'the denied request never reached billing-service')
 
   t.equal(await request(s, 'prometheus', 'GET', '/healthz'), '200', 'prometheus (system: monitoring) may GET /healthz')
-  const last = billingLog().at(-1) ?? ''
+  const last = (await poll(billingLog, (ls) => ls.length > seen)).at(-1) ?? ''
   t.ok(last.startsWith(prometheus + ' '), `billing-service saw prometheus (${prometheus}): ${last}`)
 
   // A reply of the proxy's upstream delivered to the client pod would find no socket there,
@@ -81,7 +83,6 @@ t.test('proxied connections keep the client address', async (t) => {
   const queries = readFileSync(join(cfg.workDir, 'dnsmasq', 'queries.log'), 'utf8').split('\n').filter((l) => l.includes('query[A] api.github.com'))
   t.ok(queries.at(-1)?.endsWith(`from ${exporter}`), `kube-dns saw the query from data-exporter (${exporter}): ${queries.at(-1) ?? 'none'}`)
 
-  const log = s.agentLog()
-  t.match(log, new RegExp(`"src":"default/checkout-service".*"path":"/api/v1/charge"|"path":"/api/v1/charge".*"src":"default/checkout-service"`),
-    'the access log names checkout-service')
+  const named = new RegExp(`"src":"default/checkout-service".*"path":"/api/v1/charge"|"path":"/api/v1/charge".*"src":"default/checkout-service"`)
+  t.match(await poll(() => s.agentLog(), (log) => named.test(log)), named, 'the access log names checkout-service')
 })
