@@ -181,7 +181,8 @@ export class TwoNodeSession {
   accessLineFor (client: string): Record<string, unknown> | undefined {
     const ip = this.spec.nodes.flatMap((n) => n.endpoints).find((e) => e.name === client)?.ipv4
     const log = this.agents.get('a')?.log() ?? ''
-    const lines = log.split('\n').filter((l) => l.includes('"http request"')).map((l) => JSON.parse(l) as Record<string, unknown>)
+    // whole lines only: the agent is still writing, and its last line may be there in part
+    const lines = log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('"http request"')).map((l) => JSON.parse(l) as Record<string, unknown>)
     return lines.reverse().find((l) => String(l.src).includes(client) || l.src === ip)
   }
 
