@@ -10,6 +10,7 @@ import { ipcacheKey } from '../../cluster/src/keys.js'
 import { Kv } from '../../cluster/src/kv.js'
 import { RESERVED, type RemoteState } from '../../policy-store/src/index.js'
 import { startEtcd } from '../helpers/etcd.js'
+import { poll } from '../helpers/poll.js'
 import { openTestStore, until, WEB, webEndpoint } from '../helpers/cluster-store.js'
 
 async function agent (t: Test, endpoint: string, name: string, ip: string): Promise<ClusterStore> {
@@ -37,8 +38,11 @@ t.test('named ports travel with the ipcache entries; init endpoints are publishe
   t.strictSame(ports(b.current(), webId), ['http-alt=TCP/8080', 'metrics=TCP/9100'])
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
-  t.match((await kv.get(ipcacheKey('10.42.1.10'))).value, /"NamedPorts":\[\{"Name":"http-alt","Port":8080,"Protocol":"TCP"\}\]/, 'in Cilium\'s JSON')
-  t.match((await kv.get(ipcacheKey('10.42.1.12'))).value, /"ID":5,/, 'the init endpoint is published with identity 5')
+  // A's keys are written one by one: B's union can be complete (web-2 alone names both ports)
+  // before web-1's or the booting pod's key is in etcd. Wait for each key read here.
+  const published = async (ip: string): Promise<string | null> => await poll(async () => (await kv.get(ipcacheKey(ip))).value, (v) => v !== null)
+  t.match(await published('10.42.1.10'), /"NamedPorts":\[\{"Name":"http-alt","Port":8080,"Protocol":"TCP"\}\]/, 'in Cilium\'s JSON')
+  t.match(await published('10.42.1.12'), /"ID":5,/, 'the init endpoint is published with identity 5')
   t.ok(await until(() => b.current().ipcache.some((e) => e.prefix === '10.42.1.12/32' && e.identity === RESERVED.INIT)), 'and B knows its address as init')
   t.strictSame(ports(b.current(), RESERVED.INIT), ['http-alt=TCP/8080'], 'with its named ports')
 
