@@ -71,7 +71,8 @@ export async function connect (ns: string | null, proto: 'tcp' | 'udp', host: st
   live.add(p)
   let out = ''
   p.stdout?.on('data', (d) => { out += String(d) })
-  await new Promise<void>((resolve) => p.on('exit', () => resolve()))
+  // 'close', not 'exit': the exit can be seen before the last of its output is read
+  await new Promise<void>((resolve) => p.on('close', () => resolve()))
   live.delete(p)
   try {
     return JSON.parse(out.trim().split('\n').pop() ?? '') as ConnectResult

@@ -19,7 +19,8 @@ async function inNs (ns: string, argv: string[]): Promise<{ code: number, out: s
   let out = ''
   p.stdout.on('data', (d) => { out += String(d) })
   p.stderr.on('data', (d) => { out += String(d) })
-  const code = await new Promise<number>((resolve) => p.on('exit', (c) => resolve(c ?? -1)))
+  // 'close', not 'exit': the exit can be seen before the last of its output is read
+  const code = await new Promise<number>((resolve) => p.on('close', (c) => resolve(c ?? -1)))
   return { code, out }
 }
 

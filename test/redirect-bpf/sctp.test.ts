@@ -38,7 +38,7 @@ async function sendSctp (ns: string, dst: string, sport: number, ports: number[]
   const p = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SENDER, dst, String(sport), ...ports.map(String)], { cwd: process.cwd() })
   let out = ''
   p.stdout.on('data', (d) => { out += String(d) })
-  await new Promise((resolve) => p.on('exit', resolve))
+  await new Promise((resolve) => p.on('close', resolve)) // not 'exit': its output may still be unread
   return JSON.parse(out.trim() || '{"error":-1}') as { sent?: number[], error?: number }
 }
 
