@@ -232,6 +232,10 @@ export class Proc {
       await gone
     })
     this.child.stderr?.on('data', (d) => { this.stderr += String(d) })
+    // A command written as the helper dies fails with EPIPE on its stdin: without a handler that
+    // is an uncaught error that ends the whole test file. The exit handler below already fails
+    // the waiting calls with the helper's stderr.
+    this.child.stdin?.on('error', () => {})
     this.child.once('exit', (code, signal) => {
       this.exited = `helper process exited (${code ?? signal ?? '?'}): ${this.stderr}`
       for (const w of this.waiters.values()) w({ exited: this.exited })
