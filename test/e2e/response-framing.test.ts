@@ -8,7 +8,7 @@
 // proxy kept it, must get exactly theirs; and the agent must live. Two rounds per framing (the
 // issue's crash came with the second close-delimited response).
 import t from 'tap'
-import { checkExactly, echoed } from '../helpers/smuggling/harness.js'
+import { checkExactly, echoed, waitForNoIdleUpstream } from '../helpers/smuggling/harness.js'
 import { smugglingLab } from '../helpers/smuggling/lab.js'
 
 const FRAMINGS = ['close', 'http10', 'trailers', 'chunked', '1xx', 'extra', 'early'] as const
@@ -22,7 +22,7 @@ t.test('response framings from the backend', async t => {
   const { client, backend } = lab.rig
   for (const mode of FRAMINGS) {
     await backend.reset() // fresh upstream connections for each framing
-    await new Promise(resolve => setTimeout(resolve, 100)) // the proxy sees the close first
+    await waitForNoIdleUpstream(lab.rig) // the proxy sees the close first
     for (const round of [1, 2]) {
       const fails: string[] = []
       const a = `a-${mode}-${round}`

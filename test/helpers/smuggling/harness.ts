@@ -330,6 +330,8 @@ export interface Rig {
   client: ClientDriver
   /** null while the proxy lives; else what happened to it (and it has been restarted). */
   checkAlive: () => Promise<string | null>
+  /** The upstream connections the proxy keeps idle in its pool. */
+  idleUpstreams: () => Promise<number>
 }
 
 function describe (r: ClientResult): string {
@@ -381,6 +383,17 @@ export type Mode = 'once' | 'twice'
 /** What `until` waits for: the end of the backend's echo of this body (one chunk even when chunked). */
 export function echoed (body: string): string { return `body=${JSON.stringify(body.slice(0, 200))}` }
 
+/** Resolves once the proxy's pool holds no idle upstream connection (15 s at most). */
+export async function waitForNoIdleUpstream (rig: Rig): Promise<void> {
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    const n = await rig.idleUpstreams()
+    if (Number.isNaN(n)) throw new Error('the proxy does not say how many upstream connections it keeps idle')
+    if (n === 0 || Date.now() > deadline) return
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+}
+
 /**
  * One corpus case, once on a connection or twice followed by a normal request, then a normal
  * request on a fresh connection (the next client on the pooled upstream connection). Returns the
@@ -389,10 +402,10 @@ export function echoed (body: string): string { return `body=${JSON.stringify(bo
 export async function runCase (rig: Rig, c: Case, mode: Mode, marker: string, o: SessionOptions = {}): Promise<string[]> {
   const fails: string[] = []
   await rig.backend.reset()
-  // Each case starts on fresh upstream connections: give the proxy a moment to see the
-  // backend's close of the pooled ones (a request racing that close is not what a case tests;
-  // once, in ~500 datapath case runs, a request sent right after the reset got no answer at all).
-  await new Promise(resolve => setTimeout(resolve, 100))
+  // Each case starts on fresh upstream connections: wait until the proxy has seen the backend
+  // close the pooled ones (a request racing that close is not what a case tests; a POST sent
+  // on a pooled connection the backend just closed is not retried, and gets no answer).
+  await waitForNoIdleUpstream(rig)
   const segments = mode === 'once' ? c.segments : [...c.segments, ...c.segments, normalRequest(marker)]
   // the session ends on close, on the answer it waits for, or (once, nothing known to wait
   // for) after o.idleMs without a byte

@@ -17,6 +17,7 @@ import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '
 import { isAlive } from '../../../demo/services.js'
 import { CORPUS } from './corpus.js'
 import { ClientDriver, RecordingBackend, runCase, type Rig } from './harness.js'
+import { metric } from '../poll.js'
 
 export const HARNESS_PORT = 9090
 
@@ -88,6 +89,7 @@ export async function smugglingLab (t: TapLike, n: number): Promise<SmugglingLab
   const rig: Rig = {
     backend,
     client,
+    idleUpstreams: async () => await metric(cfg.metricsPort, 'warden_http_upstream_idle'),
     checkAlive: async () => {
       const pid = agentPid()
       if (pid !== undefined && isAlive(pid)) return null

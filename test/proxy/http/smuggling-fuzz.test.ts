@@ -90,7 +90,7 @@ t.test(`${count} mutants of the corpus through the proxy (seed ${seed})`, async 
   const backend = await RecordingBackend.start(t, null, '127.0.0.1', 0)
   const px = await startProxy(t, backend.port, await billingSnapshot())
   const client = await ClientDriver.start(t, null, '127.0.0.1', px.port, ADDR.CHECKOUT)
-  const rig: Rig = { backend, client, checkAlive: async () => null } // the proxy is this process
+  const rig: Rig = { backend, client, checkAlive: async () => null, idleUpstreams: async () => px.proxy.metrics().upstream_idle } // the proxy is this process
   const r = rng(seed)
   let failed = 0
   for (let i = 0; i < count; i++) {
