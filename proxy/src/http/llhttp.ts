@@ -47,7 +47,8 @@ function loadCommon (): { HTTPParser: NativeParserCtor, methods: string[] } {
   return c as { HTTPParser: NativeParserCtor, methods: string[] }
 }
 
-interface NativeParser {
+/** The binding's parser, as far as this adapter and bench/ use it. */
+export interface NativeParser {
   initialize (type: number, resource: object, maxHeaderSize: number, lenient: number): void
   execute (buf: Buffer): number | ParseError
   finish (): number | ParseError | undefined
@@ -58,7 +59,7 @@ interface NativeParser {
   remove (): void
   [key: number]: unknown
 }
-interface NativeParserCtor {
+export interface NativeParserCtor {
   new (): NativeParser
   REQUEST: number
   RESPONSE: number
