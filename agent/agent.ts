@@ -389,7 +389,7 @@ export async function startAgent (opts: AgentOptions): Promise<Agent> {
       ...(opts.cluster === undefined ? {} : { node: opts.cluster.nodeName, cluster: opts.cluster.clusterName, kvstore: cluster?.conn.current })
     }, 'warden agent ready')
 
-    return { logger: logger as Logger, active, metrics, close }
+    return { logger, active, metrics, close }
   } catch (err) {
     await close()
     throw err

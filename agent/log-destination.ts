@@ -157,7 +157,7 @@ export class BatchedDestination {
     write(this.fd, b, 0, b.length, null, (err, n) => {
       this.writing = false
       if (err !== null) {
-        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') { this.out = null; this.dropped++ }
+        if (err.code !== 'EAGAIN') { this.out = null; this.dropped++ }
       } else {
         this.out = n >= b.length ? null : b.subarray(n)
       }

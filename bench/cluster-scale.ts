@@ -107,7 +107,7 @@ function maxEntries (pin: string): number {
   return (JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', pin], { encoding: 'utf8' })) as { max_entries: number }).max_entries
 }
 
-async function hostLinkUp (): Promise<void> {
+function hostLinkUp (): void {
   execFileSync('ip', ['link', 'add', HOST_IF, 'type', 'veth', 'peer', 'name', 'h-bench', 'netns', underlayNs(spec)])
   execFileSync('ip', ['-n', underlayNs(spec), 'link', 'set', 'h-bench', 'master', 'br0', 'up'])
   execFileSync('ip', ['addr', 'add', `${HOST_IP}/32`, 'dev', HOST_IF])
@@ -116,7 +116,7 @@ async function hostLinkUp (): Promise<void> {
 }
 
 function hostLinkDown (): void {
-  try { execFileSync('ip', ['link', 'del', HOST_IF], { stdio: 'ignore' }) } catch {}
+  try { execFileSync('ip', ['link', 'del', HOST_IF], { stdio: 'ignore' }) } catch { /* not there */ }
 }
 
 async function main (): Promise<void> {
@@ -135,7 +135,7 @@ async function main (): Promise<void> {
     hostLinkDown()
     await clusterDown(spec)
     await clusterUp(spec)
-    await hostLinkUp()
+    hostLinkUp()
     for (const a of agents) await a.start()
     client = new Etcd3({ hosts: `http://${spec.etcd.ip}:${spec.etcd.clientPort}` })
     const readers = pins.map((p) => openIpcacheReader(join(p, '..')))

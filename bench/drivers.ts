@@ -24,7 +24,7 @@ export interface Measured extends LoadResult {
 interface Sample { proxy: Map<number, number>, upstream: Map<number, number>, machine: number }
 
 function sample (w: CpuWatch): Sample {
-  return { proxy: w.proxyPid > 0 ? treeCpu(w.proxyPid) : new Map(), upstream: treeCpu(w.upstreamPid), machine: machineCpu().busy }
+  return { proxy: w.proxyPid > 0 ? treeCpu(w.proxyPid) : new Map<number, number>(), upstream: treeCpu(w.upstreamPid), machine: machineCpu().busy }
 }
 
 function deltas (a: Sample, b: Sample): Pick<Measured, 'proxy_cpu_s' | 'upstream_cpu_s' | 'machine_cpu_s'> {
@@ -45,7 +45,7 @@ export async function runAutocannon (netns: string, spec: LoadSpec, watch: CpuWa
   let failure: string | null = null
   proc.onLine((line) => {
     let ev: { event?: string, result?: LoadResult, message?: string }
-    try { ev = JSON.parse(line) } catch { return }
+    try { ev = JSON.parse(line) as typeof ev } catch { return }
     if (ev.event === 'start') before = sample(watch)
     else if (ev.event === 'end') after = sample(watch)
     else if (ev.event === 'result') result = ev.result ?? null

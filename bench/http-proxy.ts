@@ -32,8 +32,10 @@ import os from 'node:os'
 import { join, resolve as resolvePath } from 'node:path'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
+import type Autocannon from 'autocannon'
 import pino from 'pino'
 import { createHttpProxy, SERVER_OPTIONS } from '../proxy/src/http/index.js'
+import type { NativeParserCtor } from '../proxy/src/http/llhttp.js'
 import { batchedDestination } from '../agent/log-destination.js'
 import { haproxyConfig } from './peer-config.js'
 import { Proc, waitForTcp } from './procs.js'
@@ -136,14 +138,13 @@ async function serveProxy (bport: number): Promise<void> {
  */
 function sketchProxy (bport: number): net.Server {
   const require = createRequire(import.meta.url)
-  const { HTTPParser } = require('_http_common') as { HTTPParser: any }
+  const { HTTPParser } = require('_http_common') as { HTTPParser: NativeParserCtor }
   return net.createServer(client => {
     client.setNoDelay(true)
     const up = net.connect({ host: '127.0.0.1', port: bport, noDelay: true })
     const p = new HTTPParser()
     p.initialize(HTTPParser.REQUEST, {}, 16384, 0)
-    let heads = 0
-    p[HTTPParser.kOnHeadersComplete] = () => { heads++; return 0 }
+    p[HTTPParser.kOnHeadersComplete] = () => 0
     p[HTTPParser.kOnBody] = () => {}
     p[HTTPParser.kOnMessageComplete] = () => {}
     client.on('data', (d: Buffer) => { p.execute(d); up.write(d) })
@@ -157,7 +158,7 @@ function sketchProxy (bport: number): net.Server {
 
 function ask<T> (child: ReturnType<typeof fork>, what: string): Promise<T> {
   return new Promise<T>(resolve => {
-    const on = (m: any): void => { if (m !== null && typeof m === 'object' && what in m) { child.off('message', on); resolve(m[what]) } }
+    const on = (m: unknown): void => { if (m !== null && typeof m === 'object' && what in m) { child.off('message', on); resolve((m as Record<string, T>)[what]) } }
     child.on('message', on)
     child.send(what)
   })
@@ -165,7 +166,7 @@ function ask<T> (child: ReturnType<typeof fork>, what: string): Promise<T> {
 
 async function main (): Promise<void> {
   const require = createRequire(import.meta.url)
-  const autocannon = require('autocannon') as (o: object) => Promise<any>
+  const autocannon = require('autocannon') as (o: Autocannon.Options) => Promise<Autocannon.Result>
   const connections = Number(process.env.CONNECTIONS ?? 10)
   const pipelining = Number(process.env.PIPELINING ?? 1)
   const duration = Number(process.env.DURATION ?? 10)
@@ -173,10 +174,10 @@ async function main (): Promise<void> {
   const wanted = (process.env.SCENARIOS ?? 'direct,allowed,denied,latency').split(',')
   console.log(`node ${process.version}, ${os.cpus()[0]?.model ?? '?'} x${os.cpus().length}, load ${os.loadavg().map(l => l.toFixed(1)).join(' ')}; connections=${connections} pipelining=${pipelining} duration=${duration}s`)
   const be = fork(fileURLToPath(import.meta.url), ['serve-backend'])
-  const { backend } = await new Promise<{ backend: number }>(resolve => be.once('message', m => resolve(m as any)))
+  const { backend } = await new Promise<{ backend: number }>(resolve => be.once('message', m => resolve(m as { backend: number })))
   const profDir = process.env.PROFILE_DIR ?? os.tmpdir()
   const child = fork(fileURLToPath(import.meta.url), ['serve-proxy', String(backend)], { execArgv: process.env.PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [] })
-  const { proxy, sketch } = await new Promise<{ proxy: number, sketch: number }>(resolve => child.once('message', m => resolve(m as any)))
+  const { proxy, sketch } = await new Promise<{ proxy: number, sketch: number }>(resolve => child.once('message', m => resolve(m as { proxy: number, sketch: number })))
   const scenarios: Array<[string, number, string, number]> = [
     ['direct', backend, '/healthz', 200],
     ['allowed', proxy, '/healthz', 200],

@@ -74,15 +74,13 @@ export class LabError extends Error {
 
 async function run (cmd: string, args: string[], input?: string): Promise<void> {
   try {
-    if (input === undefined) {
-      await exec(cmd, args)
-    } else {
-      await new Promise<void>((resolve, reject) => {
-        const child = execFile(cmd, args, (err) => { if (err != null) reject(err); else resolve() })
-        child.stdin?.on('error', () => {}) // a command that exits early: its status tells
-        child.stdin?.end(input)
-      })
+    const p = exec(cmd, args)
+    if (input !== undefined) {
+      // The promisified execFile exposes its child; its error carries stderr either way.
+      p.child.stdin?.on('error', () => {}) // a command that exits early: its status tells
+      p.child.stdin?.end(input)
     }
+    await p
   } catch (err) {
     const e = err as Error & { stderr?: string }
     throw new LabError('lab command failed', [cmd, ...args], e.stderr ?? e.message)

@@ -92,7 +92,7 @@ export async function runLoad (spec: LoadSpec, log: (line: object) => void): Pro
   log({ event: 'end' })
   const cpu = process.cpuUsage(cpu0)
   const statusCounts: Record<string, number> = {}
-  for (const [code, v] of Object.entries(r.statusCodeStats ?? {})) statusCounts[code] = (v as { count: number }).count
+  for (const [code, v] of Object.entries(r.statusCodeStats ?? {})) statusCounts[code] = v.count
   const responses = Object.values(statusCounts).reduce((a, b) => a + b, 0)
   const lat = r.latency as unknown as Record<string, number>
   return {

@@ -103,7 +103,7 @@ function startTime (pid: number): string {
 
 /** Kills (SIGKILL) the registered processes that are still the same processes; removes the file. */
 export function killRegistered (file: string): number {
-  let text = ''
+  let text: string
   try { text = readFileSync(file, 'utf8') } catch { return 0 }
   const [first, ...rest] = text.split('\n')
   const [, hPid, hStart] = first.split(' ')
@@ -160,7 +160,7 @@ export function processTree (pid: number): number[] {
     let tasks: string[]
     try { tasks = readdirSync(`/proc/${out[i]}/task`) } catch { continue }
     for (const tid of tasks) {
-      let children = ''
+      let children: string
       try { children = readFileSync(`/proc/${out[i]}/task/${tid}/children`, 'utf8') } catch { continue }
       for (const c of children.trim().split(' ')) if (c !== '') out.push(Number(c))
     }

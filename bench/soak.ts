@@ -184,7 +184,7 @@ async function main (): Promise<number> {
     await labUp(churnSpec)
     const endpointsFile = join(CFG.workDir, 'endpoints.yaml')
     const baseEndpoints = readFileSync(endpointsFile, 'utf8')
-    const slots: Array<string | null> = Array(CHURN_SLOTS).fill(null)
+    const slots = new Array<string | null>(CHURN_SLOTS).fill(null)
     let churnTick = 0
     let generation = 0
     const writeEndpoints = (): void => {

@@ -81,7 +81,11 @@ export class AgentNotReady extends Error {
     const lines = proc.output().split('\n').filter((l) => l.trim() !== '')
     const last = lines[lines.length - 1] ?? ''
     let said = last
-    try { said = String((JSON.parse(last) as { msg?: unknown, err?: { message?: unknown } }).err?.message ?? (JSON.parse(last) as { msg?: unknown }).msg ?? last) } catch { /* not JSON */ }
+    try {
+      const line = JSON.parse(last) as { msg?: unknown, err?: { message?: unknown } } | null
+      const m = line?.err?.message ?? line?.msg
+      if (typeof m === 'string') said = m
+    } catch { /* not JSON */ }
     const why = cause.message.split(':')[0]
     super(`${why}; last output: ${said.slice(0, 300)}`)
     this.name = 'AgentNotReady'

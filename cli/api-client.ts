@@ -4,6 +4,7 @@
  * `WARDEN_ERR_AGENT_NOT_RUNNING`, never a stack trace.
  */
 import { request, type IncomingMessage } from 'node:http'
+import type { OptionValues } from './main.js'
 
 export const DEFAULT_API_SOCKET = '/run/warden/warden.sock'
 
@@ -17,7 +18,7 @@ export class ApiError extends Error {
   }
 }
 
-export function socketOf (v: Record<string, unknown>): string {
+export function socketOf (v: OptionValues): string {
   return typeof v['api-socket'] === 'string' ? v['api-socket'] : DEFAULT_API_SOCKET
 }
 
@@ -62,7 +63,7 @@ export async function streamLines (socketPath: string, path: string, onLine: (v:
   if (res.statusCode !== 200) {
     const text = await readAll(res)
     let msg = `HTTP ${String(res.statusCode)}`
-    try { msg = (JSON.parse(text) as { error?: string }).error ?? msg } catch {}
+    try { msg = (JSON.parse(text) as { error?: string }).error ?? msg } catch { /* not JSON: the status says enough */ }
     throw new ApiError('WARDEN_ERR_API', msg, res.statusCode)
   }
   let rest = ''

@@ -1,4 +1,5 @@
 import type { Command } from './main.js'
+import type { DemoConfig } from '../demo/session.js'
 import { UsageError } from './usage.js'
 
 const USAGE = `Usage: warden demo [--nodes 2] [--keep | --down] [--deny-response 403|reset]
@@ -45,10 +46,10 @@ export const command: Command = {
         console.log('warden demo --nodes 2: removed')
         return 0
       }
-      const { ok } = await two.runTwoNodeDemo({ ...two.TWO_NODE_DEMO, denyResponse: deny as '403' | 'reset' }, { keep: v.keep === true })
+      const { ok } = await two.runTwoNodeDemo({ ...two.TWO_NODE_DEMO, denyResponse: deny }, { keep: v.keep === true })
       return ok ? 0 : 1
     }
-    const cfg = { ...DEFAULT_DEMO, denyResponse: deny as '403' | 'reset' }
+    const cfg: DemoConfig = { ...DEFAULT_DEMO, denyResponse: deny }
     if (v.down === true) {
       await teardown(cfg)
       console.log('warden demo: removed')

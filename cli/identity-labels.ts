@@ -4,6 +4,7 @@
  */
 import type { ParseArgsConfig } from 'node:util'
 import { IdentityLabelFilter } from '../policy-store/src/index.js'
+import type { OptionValues } from './main.js'
 import { UsageError } from './usage.js'
 
 export const IDENTITY_LABEL_OPTIONS: NonNullable<ParseArgsConfig['options']> = {
@@ -12,7 +13,7 @@ export const IDENTITY_LABEL_OPTIONS: NonNullable<ParseArgsConfig['options']> = {
 }
 
 /** The store options the flags give; a pattern that does not parse is a usage error. */
-export function identityLabelOptions (v: Record<string, unknown>): { identityLabels: string[], identityLabelsReplace: boolean } {
+export function identityLabelOptions (v: OptionValues): { identityLabels: string[], identityLabelsReplace: boolean } {
   const identityLabels = ((v['identity-labels'] as string[] | undefined) ?? []).flatMap((x) => x.split(/\s+/)).filter((x) => x !== '')
   const identityLabelsReplace = v['identity-labels-replace'] === true
   try {

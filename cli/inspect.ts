@@ -3,7 +3,7 @@
  * ENDPOINT`: what the running agent enforces, from its local API. Tables by default, `--json`
  * for the agent's answer as it is.
  */
-import type { Command } from './main.js'
+import type { Command, OptionValues } from './main.js'
 import { API_SOCKET_OPTION, getJson, socketOf } from './api-client.js'
 import { apiCommand } from './api-command.js'
 import { table } from './table.js'
@@ -16,7 +16,7 @@ const COMMON = `Options:
 
 type Row = Record<string, unknown>
 
-function print (v: Record<string, unknown>, body: unknown, render: () => string): number {
+function print (v: OptionValues, body: unknown, render: () => string): number {
   console.log(v.json === true ? JSON.stringify(body, null, 2) : render())
   return EXIT.OK
 }
@@ -91,7 +91,7 @@ export const policy: Command = {
       'Kernel (L3/L4):',
       table(['DIRECTION', 'PEER', 'PROTO', 'PORT', 'VERDICT', 'RULE'], s.kernel.map((k) => [
         String(k.direction), k.peerIdentity === 'any' ? 'any' : `${String(k.peerIdentity)} ${labels(k.peerLabels)}`,
-        String(k.protocol), String(k.port), String(k.verdict), k.rule !== undefined ? ruleAt(k.rule) : String(k.reason ?? '')])),
+        String(k.protocol), String(k.port), String(k.verdict), k.rule !== undefined ? ruleAt(k.rule) : typeof k.reason === 'string' ? k.reason : ''])),
       '',
       'Proxies (L7):',
       s.l7.length === 0 ? '(none)' : table(['KIND', 'DIRECTION', 'PORT', 'PEER', 'MATCH', 'RULE'], s.l7.map((r) => [

@@ -7,12 +7,15 @@ import { EXIT, UsageError } from './usage.js'
 
 export { EXIT, UsageError } from './usage.js'
 
+/** What node:util parseArgs gives back for `--name value` options and `--flag` switches. */
+export type OptionValues = Record<string, string | boolean | (string | boolean)[] | undefined>
+
 export interface Command {
   summary: string
   usage: string
   options: NonNullable<ParseArgsConfig['options']>
   /** Returns the process exit code (EXIT); throws UsageError when called wrongly. */
-  run (values: Record<string, unknown>, positionals: string[]): Promise<number>
+  run (values: OptionValues, positionals: string[]): Promise<number>
 }
 
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
@@ -68,7 +71,7 @@ export async function main (argv: string[]): Promise<number> {
     return EXIT.USAGE
   }
   try {
-    return await command.run(parsed.values as Record<string, unknown>, parsed.positionals)
+    return await command.run(parsed.values, parsed.positionals)
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     console.error(`warden ${name}: ${err.message}\n\n${command.usage}`)

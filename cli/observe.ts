@@ -49,7 +49,7 @@ function who (p: Peer): string {
 }
 
 export function renderEvent (e: Event): string {
-  let what = ''
+  let what: string
   if (e.http !== undefined) what = ` ${e.http.method} ${e.http.host}${e.http.path}${e.http.status !== 0 ? ' -> ' + String(e.http.status) : ''}`
   else if (e.dns !== undefined) what = ` ${e.dns.qtype} ${e.dns.name}${e.dns.rcode !== undefined ? ' -> ' + e.dns.rcode : ''}`
   else what = ` ${e.protocol}`

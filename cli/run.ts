@@ -1,10 +1,10 @@
 import { availableParallelism, hostname } from 'node:os'
-import type { AgentClusterOptions } from '../agent/agent.js'
+import type { AgentClusterOptions, AgentOptions } from '../agent/agent.js'
 import { DEFAULT_LEASE_TTL_SECONDS } from '../cluster/src/cluster.js'
 import { resolveKvstoreTarget } from '../cluster/src/etcd-config.js'
 import { DEFAULT_RELEASE_GRACE_MS } from '../policy-store/src/index.js'
 import { IDENTITY_LABEL_OPTIONS, identityLabelOptions } from './identity-labels.js'
-import type { Command } from './main.js'
+import type { Command, OptionValues } from './main.js'
 import { DEFAULT_IPCACHE_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, IPCACHE_MIN_ENTRIES } from '../redirect-bpf/src/limits.js'
 import { UsageError } from './usage.js'
 import { DEFAULTS as HTTP_DEFAULTS } from '../proxy/src/http/context.js'
@@ -83,14 +83,14 @@ L7 ports fail closed until it starts again. \`warden uninstall\` removes everyth
 /** Client connections one HTTP proxy worker holds; the per-source share is bounded by it. */
 const HTTP_MAX_CONNECTIONS = HTTP_DEFAULTS.maxConnections
 
-function int (v: unknown, name: string, dflt: number, max = 0xffffffff, min = 0): number {
+function int (v: OptionValues[string], name: string, dflt: number, max = 0xffffffff, min = 0): number {
   if (v === undefined) return dflt
   const n = Number(v)
   if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got "${String(v)}"`)
   return n
 }
 
-function apiSocketPath (v: unknown): string {
+function apiSocketPath (v: OptionValues[string]): string {
   if (v === undefined) return DEFAULT_API_SOCKET
   const p = String(v)
   if (!p.startsWith('/') || Buffer.byteLength(p) > 107) throw new Error(`--api-socket must be an absolute path of at most 107 bytes (a unix socket's limit), got "${p}"`)
@@ -98,7 +98,7 @@ function apiSocketPath (v: unknown): string {
 }
 
 /** One client address's share of the HTTP/2 upstream sessions: never more than all of them. */
-function perSourceShare (v: unknown, maxSessions: number): number {
+function perSourceShare (v: OptionValues[string], maxSessions: number): number {
   const n = int(v, 'h2-max-upstream-sessions-per-source', 1, 1_000_000, 1)
   if (n > maxSessions) throw new Error(`--h2-max-upstream-sessions-per-source must not exceed --h2-max-upstream-sessions (${maxSessions}), got ${n}`)
   return n
@@ -112,7 +112,7 @@ function atLeastOne (n: number, name: string): number {
 const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
 
 /** The cluster flags; undefined without --kvstore (then none of them may be given). */
-function clusterOptions (v: Record<string, unknown>): AgentClusterOptions | undefined {
+function clusterOptions (v: OptionValues): AgentClusterOptions | undefined {
   const flags = ['kvstore-opt', 'node-name', 'node-ip', 'pod-cidr', 'cluster-name', 'kvstore-lease-ttl']
   if (v.kvstore === undefined) {
     const given = flags.filter((f) => v[f] !== undefined)
@@ -202,7 +202,7 @@ export const command: Command = {
       throw new UsageError(`--host-routing must be bpf or legacy, got "${hostRouting}"`)
     }
     const { identityLabels, identityLabelsReplace } = identityLabelOptions(v)
-    let opts
+    let opts: AgentOptions
     try {
       const maxSessions = int(v['h2-max-upstream-sessions'], 'h2-max-upstream-sessions', 1024, 1_000_000, 1)
       opts = {
@@ -220,7 +220,7 @@ export const command: Command = {
         identityLabels,
         identityLabelsReplace,
         identityReleaseGraceMs: int(v['identity-release-grace'], 'identity-release-grace', DEFAULT_RELEASE_GRACE_MS / 1000) * 1000,
-        denyResponse: deny as '403' | 'reset',
+        denyResponse: deny,
         http2: {
           maxConnectionsPerSource: int(v['http-max-connections-per-source'], 'http-max-connections-per-source', HTTP_MAX_CONNECTIONS / 8, HTTP_MAX_CONNECTIONS, 1),
           h2MaxConcurrentStreams: int(v['h2-max-concurrent-streams'], 'h2-max-concurrent-streams', 100, 0x7fffffff, 1),

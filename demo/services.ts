@@ -120,7 +120,7 @@ export async function stop (s: Started, timeoutMs = 3000): Promise<void> {
   try { process.kill(s.pid, 'SIGTERM') } catch { return }
   const deadline = Date.now() + timeoutMs
   while (isAlive(s.pid)) {
-    if (Date.now() > deadline) { try { process.kill(s.pid, 'SIGKILL') } catch {} }
+    if (Date.now() > deadline) { try { process.kill(s.pid, 'SIGKILL') } catch { /* already gone */ } }
     if (Date.now() > deadline + 2000) return
     await sleep(25)
   }

@@ -115,7 +115,7 @@ function statePath (cfg: DemoConfig): string { return join(cfg.workDir, 'state.j
 /** Stops whatever a (possibly partial) lab left: agent, kernel state, servers, namespaces, files. */
 export async function teardown (cfg: DemoConfig): Promise<void> {
   let state: SessionState | undefined
-  try { state = JSON.parse(readFileSync(statePath(cfg), 'utf8')) as SessionState } catch {}
+  try { state = JSON.parse(readFileSync(statePath(cfg), 'utf8')) as SessionState } catch { /* no readable state: tear down by the config's names alone */ }
   if (state?.agentPid !== undefined) await stop({ name: 'warden run', pid: state.agentPid }, 5000)
   await uninstall({ bpffs: cfg.bpffs, routeTable: cfg.routeTable }).catch(() => {})
   for (const s of [...(state?.servers ?? []), ...(state?.dns !== undefined ? [state.dns] : [])]) await stop(s)

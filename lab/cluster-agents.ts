@@ -77,10 +77,10 @@ export class NodeAgent {
   async stop (hard = false): Promise<void> {
     const pid = this.pid
     if (pid === undefined) return
-    try { process.kill(pid, hard ? 'SIGKILL' : 'SIGTERM') } catch {}
+    try { process.kill(pid, hard ? 'SIGKILL' : 'SIGTERM') } catch { /* already gone */ }
     const deadline = Date.now() + 5000
     while (alive(pid)) {
-      if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch {} }
+      if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ } }
       await sleep(25)
     }
     this.pid = undefined

@@ -221,7 +221,7 @@ export async function stopEtcd (spec: ClusterSpec): Promise<void> {
     process.kill(pid, 'SIGTERM')
     const deadline = Date.now() + 5000
     while (isEtcd(spec, pid)) {
-      if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch {} }
+      if (Date.now() > deadline) { try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ } }
       await sleep(25)
     }
   }

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 npm run typecheck
+npm run lint
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -15,7 +15,7 @@ function entriesOf (snap: Snapshot, endpointId: number, direction: 0 | 1, remote
     for (const e of snap.kernel) {
       const k = e.endpointId * 2 + e.direction
       let byRemote = m.get(k)
-      if (byRemote === undefined) m.set(k, byRemote = new Map())
+      if (byRemote === undefined) m.set(k, byRemote = new Map<number, KernelEntry[]>())
       let list = byRemote.get(e.remoteIdentity)
       if (list === undefined) byRemote.set(e.remoteIdentity, list = [])
       list.push(e)

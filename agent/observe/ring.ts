@@ -15,7 +15,7 @@ export class EventRing {
 
   constructor (readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw Object.assign(new Error(`event ring capacity must be a whole number >= 1, got ${String(capacity)}`), { code: 'WARDEN_ERR_CONFIG' })
-    this.buf = new Array(capacity)
+    this.buf = new Array<ObservedEvent | undefined>(capacity)
   }
 
   push (e: ObservedEvent): void {

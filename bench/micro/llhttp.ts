@@ -9,9 +9,10 @@
  * accepts obs-fold and `Host : x` (whitespace before the colon), the native one rejects both.
  */
 import { createRequire } from 'node:module'
+import type { NativeParserCtor } from '../../proxy/src/http/llhttp.js'
 
 const require = createRequire(import.meta.url)
-const { HTTPParser } = require('_http_common') as { HTTPParser: any }
+const { HTTPParser } = require('_http_common') as { HTTPParser: NativeParserCtor }
 
 const REQ = Buffer.from('GET /api/v1/invoices/42?full=1 HTTP/1.1\r\nHost: billing:8080\r\nUser-Agent: autocannon\r\nAccept: */*\r\nX-Request-Id: 0123456789\r\n\r\n', 'latin1')
 const N = Number(process.env.N ?? 1_000_000)
@@ -28,6 +29,14 @@ function benchNative (): number {
   const dt = Number(process.hrtime.bigint() - t0)
   if (seen === 0) throw new Error('native parser saw nothing')
   return dt / N
+}
+
+/** The exports of undici's llhttp wasm build this bench calls. */
+interface LlhttpWasm {
+  memory: WebAssembly.Memory
+  llhttp_alloc (type: number): number
+  malloc (size: number): number
+  llhttp_execute (parser: number, data: number, len: number): number
 }
 
 function benchWasm (): number {
@@ -49,7 +58,7 @@ function benchWasm (): number {
       wasm_on_message_complete: () => 0
     }
   })
-  const e = inst.exports as any
+  const e = inst.exports as unknown as LlhttpWasm
   const ptr = e.llhttp_alloc(1)
   const buf = e.malloc(65536)
   base = buf

@@ -225,7 +225,7 @@ export class ClusterIdentityAllocator implements IdentityAllocator {
 
   isPrepared (labels: readonly Label[]): boolean { return this.held.has(formatLabelsKey(labels)) }
 
-  acquireIdentity (labels: readonly Label[], now: number): number {
+  acquireIdentity (labels: readonly Label[], _now: number): number {
     const key = formatLabelsKey(labels)
     const h = this.held.get(key)
     if (h === undefined) throw new StoreError(STORE_ERR.IDENTITY_NOT_PREPARED, `identity for ${key} was not prepared (etcd unreachable?)`, { labels: key })

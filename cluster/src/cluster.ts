@@ -168,7 +168,7 @@ export class ClusterStore {
     })
     // After each session start the store recompiles: identities that could not be prepared while
     // etcd was away are allocated now.
-    this.conn.addHook({ onSession: async () => { this.idsDirty = true; this.scheduleEmit() } })
+    this.conn.addHook({ onSession: () => { this.idsDirty = true; this.scheduleEmit(); return Promise.resolve() } })
     this.ids.onChange(() => { this.idsDirty = true; this.scheduleEmit() })
     this.ips.onChange((c) => { this.applyIps(c); this.scheduleEmit() })
     this.nodes.onChange((c) => { this.applyNodes(c); this.scheduleEmit() })
@@ -311,7 +311,7 @@ export class ClusterStore {
 
   private countPort (identity: number, port: ContainerPort, d: 1 | -1): void {
     let m = this.portCounts.get(identity)
-    if (m === undefined) this.portCounts.set(identity, m = new Map())
+    if (m === undefined) this.portCounts.set(identity, m = new Map<string, { port: ContainerPort, n: number }>())
     const k = `${port.name}/${port.protocol}/${port.port}`
     const c = m.get(k)
     if (c === undefined) {
@@ -489,8 +489,9 @@ export class ClusterStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
       throw new ClusterError(ERR.STATE, `cannot read ${this.statePath}: ${(err as Error).message}`, { path: this.statePath })
     }
-    let s: Partial<StateV1>
-    try { s = JSON.parse(text) } catch (err) { throw new ClusterError(ERR.STATE, `corrupt cluster state ${this.statePath}: ${(err as Error).message}; move it away to start afresh`, { path: this.statePath }) }
+    let s: Partial<StateV1> | null
+    // Checked field by field below before any of it is used.
+    try { s = JSON.parse(text) as Partial<StateV1> | null } catch (err) { throw new ClusterError(ERR.STATE, `corrupt cluster state ${this.statePath}: ${(err as Error).message}; move it away to start afresh`, { path: this.statePath }) }
     const pairs = (v: unknown): v is [string, string][] => Array.isArray(v) && v.every((e) => Array.isArray(e) && e.length === 2 && typeof e[0] === 'string' && typeof e[1] === 'string')
     const held = (v: unknown): v is HeldEntry[] => Array.isArray(v) && v.every((e) => Array.isArray(e) && e.length === 3 && typeof e[0] === 'string' && Number.isInteger(e[1]) && (e[2] === null || Number.isFinite(e[2])))
     if (s?.version !== 1 || !held(s.held) || !pairs(s.ids) || !pairs(s.ips) || !pairs(s.nodes)) {

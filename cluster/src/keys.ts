@@ -185,8 +185,8 @@ function parseNamedPorts (key: string, v: unknown): ContainerPort[] {
 export function parseIpcacheValue (key: string, value: string): RemoteIp {
   if (!key.startsWith(IPCACHE_PREFIX)) throw formatError(`${key} is not under ${IPCACHE_PREFIX}`, { key })
   const keyIp = key.slice(IPCACHE_PREFIX.length)
-  let v: Partial<Record<keyof IPIdentityPair, unknown>>
-  try { v = JSON.parse(value) } catch (err) { throw formatError(`${key}: value is not JSON: ${(err as Error).message}`, { key }) }
+  let v: Partial<Record<keyof IPIdentityPair, unknown>> | null
+  try { v = JSON.parse(value) as Partial<Record<keyof IPIdentityPair, unknown>> | null } catch (err) { throw formatError(`${key}: value is not JSON: ${(err as Error).message}`, { key }) }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw formatError(`${key}: value is not a JSON object`, { key })
   if (typeof v.IP !== 'string' || parseIPv4(v.IP) === null) throw formatError(`${key}: IP ${JSON.stringify(v.IP)} is not an IPv4 address`, { key })
   if (v.IP !== keyIp) throw formatError(`${key}: IP ${v.IP} differs from the key's`, { key })
@@ -265,8 +265,8 @@ export function parseNodeValue (key: string, value: string): NodeRecord {
   if (!key.startsWith(NODES_PREFIX)) throw formatError(`${key} is not under ${NODES_PREFIX}`, { key })
   const [cluster, name, ...more] = key.slice(NODES_PREFIX.length).split('/')
   if (cluster === undefined || name === undefined || cluster === '' || name === '' || more.length > 0) throw formatError(`${key} is not ${NODES_PREFIX}<cluster>/<node>`, { key })
-  let v: { Name?: unknown, Cluster?: unknown, IPAddresses?: unknown, IPv4AllocCIDR?: unknown }
-  try { v = JSON.parse(value) } catch (err) { throw formatError(`${key}: value is not JSON: ${(err as Error).message}`, { key }) }
+  let v: { Name?: unknown, Cluster?: unknown, IPAddresses?: unknown, IPv4AllocCIDR?: unknown } | null
+  try { v = JSON.parse(value) as { Name?: unknown, Cluster?: unknown, IPAddresses?: unknown, IPv4AllocCIDR?: unknown } | null } catch (err) { throw formatError(`${key}: value is not JSON: ${(err as Error).message}`, { key }) }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw formatError(`${key}: value is not a JSON object`, { key })
   if (v.Name !== name || v.Cluster !== cluster) throw formatError(`${key}: Name/Cluster ${JSON.stringify(v.Name)}/${JSON.stringify(v.Cluster)} differ from the key's`, { key })
   if (!Array.isArray(v.IPAddresses)) throw formatError(`${key}: IPAddresses is not a list`, { key })

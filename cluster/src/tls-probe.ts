@@ -9,7 +9,7 @@
  * certificate: a refusal arrives as an alert on the first read. So the probe sends the HTTP/2
  * preface and waits for the server's first bytes (its SETTINGS: TLS is fine) or the alert.
  */
-import { connect, type TLSSocket } from 'node:tls'
+import { connect } from 'node:tls'
 import { isIP } from 'node:net'
 import type { KvstoreTlsMaterial } from './etcd-config.js'
 
@@ -53,10 +53,10 @@ export async function probeTls (url: string, material: KvstoreTlsMaterial, timeo
   if (m === null) return null
   const host = m[1].replace(/^\[|\]$/g, '')
   return await new Promise((resolve) => {
-    let sock: TLSSocket | undefined
-    const done = (r: TlsFailure | null): void => { clearTimeout(timer); sock?.destroy(); resolve(r) }
+    // `done` runs only from the timer or a socket event, after both consts below are set.
+    const done = (r: TlsFailure | null): void => { clearTimeout(timer); sock.destroy(); resolve(r) }
     const timer = setTimeout(() => done(null), timeoutMs)
-    sock = connect({
+    const sock = connect({
       host,
       port: Number(m[2]),
       // SNI names hosts, not addresses (RFC 6066); the certificate check covers both.
@@ -66,7 +66,7 @@ export async function probeTls (url: string, material: KvstoreTlsMaterial, timeo
       key: material.privateKey,
       ALPNProtocols: ['h2']
     })
-    sock.once('secureConnect', () => sock?.write(H2_PREFACE))
+    sock.once('secureConnect', () => sock.write(H2_PREFACE))
     sock.once('data', () => done(null))
     sock.once('error', (err: NodeJS.ErrnoException) => done(classifyTlsError(err)))
     sock.once('close', () => done(null))

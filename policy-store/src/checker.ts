@@ -38,7 +38,7 @@ export class Checker {
       this.r.add(ERR.TYPE, path, `must be a list, got ${this.typeName(v)}`)
       return null
     }
-    return v
+    return v as unknown[]
   }
 
   str (v: unknown, path: PathSeg[]): string | null {

@@ -113,7 +113,7 @@ export function validateEndpoints (v: unknown, r: Reporter): RawEndpoint[] {
     const str = (k: string, required: boolean): string | null => {
       if (o[k] === undefined) { if (required) r.add(ERR.REQUIRED, p, `${k} is required`); return null }
       if (typeof o[k] !== 'string') { r.add(ERR.TYPE, [...p, k], `must be a string, got ${typeName(o[k])}`); return null }
-      return o[k] as string
+      return o[k]
     }
     const name = str('name', true)
     if (name !== null && (name.length > 253 || !DNS1123_SUBDOMAIN.test(name))) r.add(ERR.VALUE, [...p, 'name'], `"${name}" is not a valid name (lower-case DNS-1123 subdomain)`)

@@ -242,10 +242,13 @@ export class MemoryIdentityAllocator implements IdentityAllocator {
   acquireLocalIdentity (labels: readonly Label[], now: number): number { return this.locals.acquire(labelsKey(labels), now) }
   releaseLocalIdentity (labels: readonly Label[], now: number): void { this.locals.release(labelsKey(labels), now) }
 
-  async collect (now: number): Promise<void> {
+  // Numbering here is synchronous; the promises are the allocator interface's, which the
+  // cluster allocator needs for etcd.
+  collect (now: number): Promise<void> {
     this.identities.collect(now)
     this.endpoints.collect(now)
     this.locals.collect(now)
+    return Promise.resolve()
   }
 
   /** Reserved numbers per pool (held or in grace), for tests and metrics. */
@@ -253,7 +256,10 @@ export class MemoryIdentityAllocator implements IdentityAllocator {
     return { identities: this.identities.size, endpoints: this.endpoints.size, localIdentities: this.locals.size }
   }
 
-  async flush (): Promise<void> { this.identities.dirty = this.endpoints.dirty = this.locals.dirty = false }
+  flush (): Promise<void> {
+    this.identities.dirty = this.endpoints.dirty = this.locals.dirty = false
+    return Promise.resolve()
+  }
 }
 
 /**

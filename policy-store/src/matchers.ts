@@ -68,7 +68,8 @@ export function normalizeFqdn (name: string): string {
   return l.endsWith('.') ? l : l + '.'
 }
 
-export interface NameMatcher { pattern: string, key: string, test (fqdn: string): boolean }
+// `test` is a plain function (it uses no `this`), so it can be copied into rule tables.
+export interface NameMatcher { pattern: string, key: string, test: (fqdn: string) => boolean }
 
 export const MATCH_NAME_RE = /^([-a-zA-Z0-9_]+[.]?)+$/
 export const MATCH_PATTERN_RE = /^([-a-zA-Z0-9_*]+[.]?)+$/

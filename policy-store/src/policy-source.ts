@@ -105,7 +105,7 @@ export class DirectoryPolicySource implements PolicySource {
     if ('errors' in read) {
       const resource = { key: file, policies: null, errors: read.errors }
       // Keep the document cache: the next good version likely shares most documents.
-      this.cache.set(file, { stamp: '', text: '', resource, docs: cached?.docs ?? new Map() })
+      this.cache.set(file, { stamp: '', text: '', resource, docs: cached?.docs ?? new Map<string, DocEntry>() })
       return resource
     }
     // Same bytes (touched, or rewritten identically): keep the same objects.

@@ -64,7 +64,7 @@ export function resolveDirection (endpointId: number, direction: Direction, inpu
   const l7 = new Map<number, 'http' | 'dns'>()
   const addAt = (pp: number, c: Contrib): void => {
     let m = byPP.get(pp)
-    if (m === undefined) byPP.set(pp, m = new Map())
+    if (m === undefined) byPP.set(pp, m = new Map<number, Contrib[]>())
     const list = m.get(c.id)
     if (list === undefined) m.set(c.id, [c])
     else list.push(c)
@@ -117,7 +117,7 @@ export function resolveDirection (endpointId: number, direction: Direction, inpu
     }
     if (v.verdict === fallback) continue
     let m = kept.get(pp)
-    if (m === undefined) kept.set(pp, m = new Map())
+    if (m === undefined) kept.set(pp, m = new Map<number, { verdict: Verdict, rule: RuleRef }>())
     m.set(id, v)
   }
 

@@ -205,8 +205,11 @@ export interface UdpBatchSocketOptions {
   label: string
   /** Called with each datagram received; see Datagram for what may be kept. */
   onDatagram?: (d: Datagram) => void
-  /** Receive errors (ICMP errors on a connected socket: ECONNREFUSED...) and handler exceptions. */
-  onError?: (err: UdpSocketError | unknown) => void
+  /**
+   * Receive errors (a UdpSocketError: ICMP errors on a connected socket, ECONNREFUSED...) and
+   * handler exceptions (whatever was thrown).
+   */
+  onError?: (err: unknown) => void
 }
 
 /** A UDP socket on a descriptor of its own (owned: `close` closes it). */
@@ -214,7 +217,7 @@ export class UdpBatchSocket {
   private poller: ReturnType<typeof koffi.node.poll> | null = null
   private readonly addr = Buffer.alloc(16)
   private onDatagram: ((d: Datagram) => void) | undefined
-  private onError: (err: UdpSocketError | unknown) => void
+  private onError: (err: unknown) => void
   private closed = false
 
   constructor (readonly fd: number, readonly label: string, opts: Omit<UdpBatchSocketOptions, 'label'> = {}) {
@@ -224,7 +227,7 @@ export class UdpBatchSocket {
   }
 
   /** Deliver every datagram to `onDatagram` from now on (once per socket). */
-  startReading (onDatagram: (d: Datagram) => void, onError: (err: UdpSocketError | unknown) => void = this.onError): void {
+  startReading (onDatagram: (d: Datagram) => void, onError: (err: unknown) => void = this.onError): void {
     if (this.poller !== null) throw new Error(`udp socket ${this.label} is already being read`)
     if (this.closed) throw new Error(`udp socket ${this.label} is closed`)
     this.onDatagram = onDatagram
@@ -234,7 +237,7 @@ export class UdpBatchSocket {
   }
 
   // koffi calls it as (status, events) (src/koffi/src/uv.cc), whatever its index.d.ts says.
-  private readonly pollCallback = this.readable.bind(this) as unknown as (ev: unknown) => void
+  private readonly pollCallback = this.readable.bind(this)
 
   /**
    * Nothing may escape this function: koffi calls it with napi_call_function and does not look

@@ -63,7 +63,7 @@ export function libbpf (): Libbpf {
         onSample(Buffer.from(new Uint8Array(koffi.view(data, Number(size))).slice()))
         return 0
       }, koffi.pointer(sampleFn))
-      const rb = rbNew(fd, cb, null, null)
+      const rb: unknown = rbNew(fd, cb, null, null) // an opaque pointer, or null
       if (rb === null) {
         koffi.unregister(cb)
         throw new BpfError('ring_buffer__new', `fd ${fd}`, 'failed')

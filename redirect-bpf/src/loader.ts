@@ -183,7 +183,7 @@ export async function detachHook (ifname: string, hook: 'ingress' | 'egress'): P
 /** Remove the clsact qdisc when no filter is left on it (we created it; nobody else uses it). */
 export async function removeQdiscIfEmpty (ifname: string): Promise<void> {
   for (const hook of ['ingress', 'egress']) {
-    let out = ''
+    let out: string
     try { out = (await run('tc', ['filter', 'show', 'dev', ifname, hook])).stdout } catch { return }
     if (out.trim() !== '') return
   }

@@ -104,7 +104,7 @@ t.test('routes, events and the CLI', async (t) => {
   const bad = await runCli(['status', ...s])
   t.equal(bad.code, 1, 'degraded: exit 1')
   t.match(bad.out, /DEGRADED[\s\S]*bad\.yaml:3:5: spec\.ingress\[0\]: unknown field/)
-  t.equal(JSON.parse((await runCli(['status', '--json', ...s])).out).healthy, false)
+  t.equal((JSON.parse((await runCli(['status', '--json', ...s])).out) as { healthy: boolean }).healthy, false)
 
   t.match((await runCli(['endpoint', 'list', ...s])).out, /ID\s+ENDPOINT[\s\S]*1\s+default\/a\s+300\s+10\.0\.0\.1\s+lxca\s+attached\s+no\s+enforcing/)
   t.match((await runCli(['identity', 'list', ...s])).out, /300\s+k8s:app=a\s+default\/a/)
@@ -116,7 +116,7 @@ t.test('routes, events and the CLI', async (t) => {
   t.equal((await runCli(['endpoint', 'show', ...s])).code, 2, 'unknown subcommand: usage error')
 
   const all = await runCli(['observe', '--json', ...s])
-  t.strictSame(all.out.split('\n').map((l) => JSON.parse(l).verdict), ['dropped', 'denied'])
+  t.strictSame(all.out.split('\n').map((l) => (JSON.parse(l) as { verdict: string }).verdict), ['dropped', 'denied'])
   t.match((await runCli(['observe', '--type', 'http', ...s])).out, /^\S+ http default\/a 10\.0\.0\.1:1002 \(300\) -> default\/b 10\.0\.0\.2:80 \(301\) GET b\/x -> 403 DENIED rule=p\.yaml:9 policy=default\/p$/)
   t.equal((await runCli(['observe', '--last', '1', '--json', ...s])).out.split('\n').length, 1)
 
@@ -134,7 +134,7 @@ t.test('routes, events and the CLI', async (t) => {
   ring.push(ev(4, 'dropped'))
   await following
   t.equal(lines.length, 1, 'only the matching new event')
-  t.equal(JSON.parse(lines[0]).source.port, 1004)
+  t.equal((JSON.parse(lines[0]) as { source: { port: number } }).source.port, 1004)
 })
 
 t.test('no agent: exit 1 with a clear message', async (t) => {

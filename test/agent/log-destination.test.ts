@@ -22,7 +22,7 @@ for (const sync of [true, false]) t.test(`pino lines arrive whole and in order, 
   const log = pino({ base: null }, dest)
   for (let i = 0; i < 500; i++) log.info({ i }, 'http request')
   await new Promise<void>(resolve => { dest.flush(resolve) })
-  const lines = readFileSync(path, 'utf8').split('\n').filter(l => l !== '').map(l => JSON.parse(l))
+  const lines = readFileSync(path, 'utf8').split('\n').filter(l => l !== '').map(l => JSON.parse(l) as { i: number })
   t.equal(lines.length, 500, 'every line written')
   t.same(lines.map(l => l.i), Array.from({ length: 500 }, (_, i) => i), 'in order')
   t.equal(dest.dropped, 0)

@@ -68,7 +68,7 @@ t.test('ipcache values are IPIdentityPair JSON', async (t) => {
 
 t.test('node values are node.Node JSON', async (t) => {
   const v = formatNodeValue({ name: 'k8s1', cluster: 'default', ipv4: ['192.168.60.11'], podCidr: '10.11.0.0/16' })
-  const o = JSON.parse(v)
+  const o = JSON.parse(v) as Record<string, unknown>
   t.equal(o.Name, 'k8s1')
   t.equal(o.Cluster, 'default')
   t.strictSame(o.IPAddresses, [{ Type: 'InternalIP', IP: '192.168.60.11' }])
@@ -111,5 +111,5 @@ t.test('an endpoint\'s named ports are IPIdentityPair.NamedPorts, ordered by nam
   ]
   for (const np of bad) t.throws(() => parseIpcacheValue(ipcacheKey('10.0.0.1'), entry(np)), { code: 'WARDEN_ERR_KVSTORE_FORMAT' }, np.slice(0, 80))
   t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), entry('null')).ports, [], 'null is none (Go marshals a nil slice so)')
-  t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), entry(JSON.stringify(JSON.parse(many).slice(0, 128)))).ports.length, 128, 'at the bound')
+  t.strictSame(parseIpcacheValue(ipcacheKey('10.0.0.1'), entry(JSON.stringify((JSON.parse(many) as unknown[]).slice(0, 128)))).ports.length, 128, 'at the bound')
 })

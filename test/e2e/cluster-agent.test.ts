@@ -85,7 +85,7 @@ t.test('an agent in a cluster', { skip: process.getuid?.() !== 0 ? 'needs root' 
   t.equal(down.code, 1, 'status: degraded while etcd is unreachable')
   t.match(down.out, /DEGRADED[\s\S]*kvstore down for \d+ s \(.+\): enforcing the cluster state last seen/)
   t.match(down.out, /Cluster:.* DOWN/)
-  t.equal(JSON.parse((await runCli(['status', '--json', '--api-socket', s.apiSocket])).out).cluster.state, 'down')
+  t.equal((JSON.parse((await runCli(['status', '--json', '--api-socket', s.apiSocket])).out) as { cluster: { state: string } }).cluster.state, 'down')
 
   // etcd restored from an empty data directory: the agent republishes; what etcd lost (node-b's
   // pod, whose agent would republish it when it reconnects) is kept while its owner may still do

@@ -76,7 +76,7 @@ const started: number[] = []
 
 t.teardown(async () => {
   for (const a of agents) await a.stop()
-  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch {} }
+  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ } }
   await clusterDown(spec)
   rmSync(policies, { recursive: true, force: true })
 })

@@ -146,7 +146,7 @@ t.test('the init identity while etcd is down, and named ports across nodes', { s
   // z joins node a later (its workload exists, its endpoints entry not yet)
   const fileA = endpointsFile(spec, 'a')
   const withZ = readFileSync(fileA, 'utf8')
-  const zEntry = /\n  - name: z\n(    .*\n)+/.exec(withZ)?.[0] ?? ''
+  const zEntry = /\n {2}- name: z\n( {4}.*\n)+/.exec(withZ)?.[0] ?? ''
   t.not(zEntry, '', 'z\'s entry in node a\'s endpoints file')
   writeFileSync(fileA, withZ.replace(zEntry, '\n'))
 

@@ -79,7 +79,7 @@ let dnsmasq: Started | undefined
 t.teardown(async () => {
   for (const a of agents) await a.stop()
   if (dnsmasq !== undefined) await stop(dnsmasq)
-  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch {} }
+  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ } }
   await clusterDown(spec)
   rmSync(policies, { recursive: true, force: true })
 })

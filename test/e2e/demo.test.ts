@@ -47,7 +47,7 @@ for (const [n, mode] of [[1, '403'], [2, 'reset']] as const) {
     if (mode === '403') {
       // An operator can tell from one line who talked to whom, on which rule, and why.
       const lines = logLines(s.agentLog())
-      const denied = lines.find((l) => l.verdict === 'denied' && String(l.path ?? '').startsWith('/api/v1/invoices'))
+      const denied = lines.find((l) => l.verdict === 'denied' && typeof l.path === 'string' && l.path.startsWith('/api/v1/invoices'))
       t.ok(denied, 'the denied request has an access-log line')
       t.match(JSON.stringify(denied), /checkout-service/, 'naming the source workload')
       t.match(JSON.stringify(denied), /billing-service|198\.19\./, 'and the destination')

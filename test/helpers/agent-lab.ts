@@ -115,7 +115,7 @@ export async function agentLab (t: TapLike, n: number, names: string[], policies
     status: async () => {
       const r = await runCli(['status', '--json', '--api-socket', sock])
       let json: Status | null = null
-      try { json = JSON.parse(r.out) as Status } catch {}
+      try { json = JSON.parse(r.out) as Status } catch { /* not JSON: json stays null, the text tells */ }
       return { code: r.code, json, text: r.out + r.err }
     },
     run: (ns, source, argv) => {

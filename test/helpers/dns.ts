@@ -253,7 +253,7 @@ export async function startProxy (t: TestLike, opts: { snapshot: Snapshot, upstr
   const connections = new Set<string>(opts.connections)
   const logs: Record<string, unknown>[] = []
   const lines: string[] = []
-  const logger = pino({ level: 'debug', ...opts.loggerOptions }, { write (s: string) { lines.push(s); logs.push(JSON.parse(s)) } })
+  const logger = pino({ level: 'debug', ...opts.loggerOptions }, { write (s: string) { lines.push(s); logs.push(JSON.parse(s) as Record<string, unknown>) } })
   const proxy = await createDnsProxy({
     snapshot: () => snapshot,
     lookupIdentity: () => opts.serverIdentity ?? RESERVED.WORLD,

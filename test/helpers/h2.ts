@@ -75,7 +75,7 @@ export async function h2Request (c: ClientHttp2Session, headers: OutgoingHttpHea
     const chunks: Buffer[] = []
     req.on('error', () => {})
     req.on('response', (h) => { out.status = Number(h[':status']); out.headers = h })
-    req.on('trailers', (h) => { out.trailers = h })
+    req.on('trailers', (h: IncomingHttpHeaders) => { out.trailers = h })
     req.on('data', (d: Buffer) => chunks.push(d))
     req.on('close', () => { out.body = Buffer.concat(chunks); out.rstCode = req.rstCode ?? 0; resolve(out) })
     if (body !== undefined) req.end(body)

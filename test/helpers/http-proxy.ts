@@ -160,7 +160,7 @@ export interface ProxyFixture {
   proxy: HttpProxy
   port: number
   /** Parsed access-log records. */
-  logs: Array<Record<string, any>>
+  logs: Array<Record<string, unknown>>
   /** The original destination every connection is given (billing-service's address). */
   dst: { ip: string, port: number }
   /** The listeners of `ProxyFixtureOptions.routes`, in their order. */
@@ -189,10 +189,10 @@ export interface ProxyFixtureOptions {
  */
 export async function startProxy (t: Tap, backendPort: number, snap: Snapshot,
   opts: Partial<HttpProxyOptions> = {}, fx: ProxyFixtureOptions = {}): Promise<ProxyFixture> {
-  const logs: Array<Record<string, any>> = []
+  const logs: Array<Record<string, unknown>> = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString().split('\n')) if (line !== '') logs.push(JSON.parse(line))
+      for (const line of chunk.toString().split('\n')) if (line !== '') logs.push(JSON.parse(line) as Record<string, unknown>)
       cb()
     }
   })

@@ -17,7 +17,7 @@ import { existsSync } from 'node:fs'
 import { libbpf } from '../../redirect-bpf/src/libbpf.js'
 import { readCounters } from '../../redirect-bpf/src/events.js'
 import { ensureBpffs, loadObject, mapPath, progPath, removePins, type MapName } from '../../redirect-bpf/src/loader.js'
-import { decodeEvent, REASONS, SIZE, type RawEvent } from '../../redirect-bpf/src/layout.js'
+import { decodeEvent, SIZE, type RawEvent } from '../../redirect-bpf/src/layout.js'
 
 /** libbpf 1.x struct bpf_test_run_opts (bpf.h), field for field. */
 const TestRunOpts = koffi.struct('l7p_bpf_test_run_opts', {

@@ -41,7 +41,7 @@ const spec = parseClusterSpec(text)
 const started: number[] = []
 
 t.teardown(async () => {
-  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch {} }
+  for (const pid of started) { try { process.kill(pid, 'SIGKILL') } catch { /* already gone */ } }
   await clusterDown(spec)
   rmSync(dir, { recursive: true, force: true })
 })

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { truncateSync } from 'node:fs'
 import { join } from 'node:path'
-import { formatPolicyError, loadSnapshot, openStore, PolicyLoadError, type PolicyError } from '../../policy-store/src/index.js'
+import { formatPolicyError, loadSnapshot, openStore, PolicyLoadError } from '../../policy-store/src/index.js'
 import { ENDPOINTS, tempTree } from './helpers.js'
 
 const head = 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\nspec:\n  endpointSelector: {matchLabels: {app: billing-service}}\n'
@@ -96,6 +96,6 @@ t.test('openStore fails closed when the initial load has any error', async (t) =
   const err = await openStore({ policies: join(dir, 'p'), endpoints: join(dir, 'e.yaml'), watch: false }).then(() => null, (e: unknown) => e)
   t.ok(err instanceof PolicyLoadError)
   t.equal((err as PolicyLoadError).code, 'WARDEN_ERR_POLICY_LOAD')
-  t.match((err as PolicyLoadError).errors as PolicyError[], [{ code: 'WARDEN_ERR_POLICY_PORT', path: 'spec.ingress[0].toPorts[0].ports[0].port', line: 8 }])
+  t.match((err as PolicyLoadError).errors, [{ code: 'WARDEN_ERR_POLICY_PORT', path: 'spec.ingress[0].toPorts[0].ports[0].port', line: 8 }])
   t.match(formatPolicyError((err as PolicyLoadError).errors[0]), /bad\.yaml:8:\d+: spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: port 99999 is out of range/)
 })

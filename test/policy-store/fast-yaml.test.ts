@@ -22,7 +22,7 @@ function reference (text: string): { values: unknown[], lines: Map<string, numbe
   for (const d of docs) {
     if (d.errors.length > 0) return 'error'
     if (d.contents === null) continue
-    const v = d.toJS({ maxAliasCount: 100 })
+    const v: unknown = d.toJS({ maxAliasCount: 100 })
     if (v === null || v === undefined) continue
     const walk = (n: unknown, path: string): void => {
       if (isSeq(n)) {

@@ -11,6 +11,8 @@ const H = 3600_000
 const A = ['k8s:app=a', 'k8s:io.kubernetes.pod.namespace=default']
 const B = ['k8s:app=b', 'k8s:io.kubernetes.pod.namespace=default']
 const C = ['k8s:app=c', 'k8s:io.kubernetes.pod.namespace=default']
+/** The parts of identities.json these tests read: [labels, number, unused since or null]. */
+type StateFile = { version: number, identities: Array<[string, number, number | null]> }
 
 t.test('a restart keeps numbers and the time they became unused', async (t) => {
   const dir = tempTree(t, {})
@@ -22,7 +24,7 @@ t.test('a restart keeps numbers and the time they became unused', async (t) => {
   a1.releaseIdentity(A, t0 + H) // unused from t0 + 1h: released at t0 + 3h
   a1.releaseEndpointId('default/a', t0 + H)
   await a1.flush()
-  const state = JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8'))
+  const state = JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8')) as StateFile
   t.equal(state.version, 2)
   t.strictSame(state.identities, [[A.join('\n'), 256, t0 + H], [B.join('\n'), 257, null]])
 
@@ -36,8 +38,8 @@ t.test('a restart keeps numbers and the time they became unused', async (t) => {
   t.equal(a2.acquireIdentity(B, t0 + 3 * H), 257, 'B keeps its number within its grace period')
   await a2.collect(t0 + 10 * H)
   await a2.flush()
-  const after = JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8'))
-  t.strictSame(after.identities.map((e: unknown[]) => e[1]).sort(), [256, 257, 258], 'released numbers leave the file; held ones stay')
+  const after = JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8')) as StateFile
+  t.strictSame(after.identities.map((e) => e[1]).sort(), [256, 257, 258], 'released numbers leave the file; held ones stay')
 })
 
 t.test('a version 1 state file is migrated, not refused', async (t) => {
@@ -49,7 +51,7 @@ t.test('a version 1 state file is migrated, not refused', async (t) => {
   t.equal(a.acquireIdentity(C, t0), 257, 'gaps are free')
   t.equal(a.acquireEndpointId('default/new', t0), 2)
   await a.flush()
-  t.equal(JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8')).version, 2, 'rewritten as version 2')
+  t.equal((JSON.parse(readFileSync(join(dir, 'identities.json'), 'utf8')) as StateFile).version, 2, 'rewritten as version 2')
   // Unused numbers of the old file count as unused from the migration: released one grace period later.
   t.equal(a.acquireEndpointId('default/x', t0 + 2 * H), 3)
   t.equal(a.sizes.endpoints, 3, 'default/old was released')

@@ -4,7 +4,7 @@
 // manifests/echo-ingress-l7-http.yaml, from 1.17 with `port: "4096"`, `endPort: 8191`) put
 // HTTP rules on a 4,096-port range. warden keeps one L7 table per range, found for every port in it.
 import t from 'tap'
-import { DIR, l7Key } from '../../policy-store/src/index.js'
+import { DIR, l7Key, type L7PortTable } from '../../policy-store/src/index.js'
 import { L7Tables } from '../../policy-store/src/l7-tables.js'
 import { httpSnapshotFromWire, httpSnapshotToWire } from '../../agent/workers/snapshot-wire.js'
 import { compile, verdict } from './helpers.js'
@@ -73,8 +73,8 @@ t.test('DNS rules still refuse port ranges, as Cilium does', async (t) => {
 })
 
 t.test('L7Tables: exact ports, ranges, edits, and a copy for proxy workers', async (t) => {
-  const table = (endpointId: number, port: number, endPort: number): any => ({ endpointId, direction: DIR.INGRESS, protocol: 6, port, endPort, byIdentity: new Map(), anyIdentity: null })
-  const m = new L7Tables<any>()
+  const table = (endpointId: number, port: number, endPort: number): L7PortTable<string> => ({ endpointId, direction: DIR.INGRESS, protocol: 6, port, endPort, byIdentity: new Map<number, string>(), anyIdentity: null })
+  const m = new L7Tables<string>()
   const a = table(1, 80, 80)
   const b = table(1, 4096, 8191)
   const c = table(2, 1, 65535)

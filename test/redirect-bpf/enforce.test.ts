@@ -8,7 +8,6 @@ import { entry, openEntries } from '../helpers/lab-snapshot.js'
 import type { FlowEvent } from '../../redirect-bpf/src/index.js'
 
 const TCP = 6
-const UDP = 17
 const IN = 0
 const OUT = 1
 

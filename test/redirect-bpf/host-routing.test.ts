@@ -58,8 +58,9 @@ t.test('BPF host routing between local endpoints', { skip: isRoot() ? false : 'n
   // b accepts a on 8080 and 9000 only, and sends nothing itself but replies
   await lab.apply([...openEntries(A), entry(B, IN, idA, TCP, 8080, 'allow'), entry(B, IN, idA, TCP, 9000, 'allow')])
 
-  const upload = async (): Promise<{ sent?: string, got?: { n: number, sha: string }, error?: string }> =>
-    JSON.parse((await inNs(lab.ns('a'), [process.execPath, '-e', SEND, lab.ip('b'), '9000', String(4 << 20)])).out.trim().split('\n').pop() ?? '{}')
+  type Upload = { sent?: string, got?: { n: number, sha: string }, error?: string }
+  const upload = async (): Promise<Upload> =>
+    JSON.parse((await inNs(lab.ns('a'), [process.execPath, '-e', SEND, lab.ip('b'), '9000', String(4 << 20)])).out.trim().split('\n').pop() ?? '{}') as Upload
 
   await t.test('on (the default): allowed traffic skips the host stack, intact', async (t) => {
     const before = lab.dp.counters().host_bypass

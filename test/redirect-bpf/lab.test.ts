@@ -61,7 +61,7 @@ t.test('lab up and down', { skip: isRoot() ? false : 'needs root' }, async (t) =
     await t.rejects(labUp(bad), { code: 'WARDEN_ERR_LAB' })
     t.strictSame(await labLeftovers(spec), [])
     execFileSync('ip', ['link', 'add', 'wdp4own', 'type', 'veth', 'peer', 'name', 'wdp4ownp'])
-    t.teardown(() => { try { execFileSync('ip', ['link', 'del', 'wdp4own']) } catch {} })
+    t.teardown(() => { try { execFileSync('ip', ['link', 'del', 'wdp4own']) } catch { /* the test removed it */ } })
     const taken: LabSpec = { prefix: 'wdp4-', hosts: [{ name: 'taken', ipv4: '198.18.20.13', hostIf: 'wdp4own' }] }
     await t.rejects(labUp(taken), { code: 'WARDEN_ERR_LAB', message: /already exists/ })
     t.ok(existsSync('/sys/class/net/wdp4own'), 'the existing interface is untouched')

@@ -34,7 +34,7 @@ t.test('sizes and offsets match l7p.h as the C compiler sees it', async (t) => {
     '\nreturn 0;}\n'
   writeFileSync(join(dir, 'l.c'), src)
   execFileSync('clang', ['-I/usr/include/x86_64-linux-gnu', '-o', join(dir, 'l'), join(dir, 'l.c')])
-  const got = Object.fromEntries(execFileSync(join(dir, 'l'), { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(' ')))
+  const got = Object.fromEntries(execFileSync(join(dir, 'l'), { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(' ') as [string, string]))
   const names: Record<string, number> = {
     l7p_config: SIZE.config, l7p_endpoint: SIZE.endpoint, l7p_attach: SIZE.attach, l7p_ipcache_key: SIZE.ipcacheKey,
     l7p_ipcache_value: SIZE.ipcacheValue, l7p_policy_key: SIZE.policyKey, l7p_policy_value: SIZE.policyValue,

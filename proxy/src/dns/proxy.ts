@@ -20,7 +20,7 @@ import {
   HEADER_LEN, OPCODE_QUERY, RCODE, TYPE_A, TYPE_CNAME, errorReply, isResponse, opcodeOf, parseQuestion, rcodeOf,
   walkAnswers, type NameCursor, type Question
 } from './wire.js'
-import type { Addr, DnsProxyDeps, DnsProxyOptions } from './types.js'
+import type { Addr, DnsProxyDeps } from './types.js'
 import { ruleRef, type L7Verdict } from '../decision.js'
 
 /** A query is a question plus EDNS options; anything bigger is not a query we forward. */

@@ -39,7 +39,7 @@ const common = loadCommon()
 /** Node's bundled llhttp binding: the proxy cannot parse without it, so its absence is fatal. */
 function loadCommon (): { HTTPParser: NativeParserCtor, methods: string[] } {
   let c: { HTTPParser?: NativeParserCtor, methods?: string[] } | undefined
-  try { c = require('_http_common') } catch { /* reported below */ }
+  try { c = require('_http_common') as typeof c } catch { /* reported below */ }
   if (typeof c?.HTTPParser !== 'function' || !Array.isArray(c.methods) || typeof c.HTTPParser.kOnHeaders !== 'number') {
     throw Object.assign(new Error(`HTTP proxy: Node.js ${process.version} has no usable llhttp binding (_http_common.HTTPParser); run warden on the Node.js major that package.json's engines names`),
       { code: 'WARDEN_ERR_NODE_INTERNALS' })
@@ -47,7 +47,8 @@ function loadCommon (): { HTTPParser: NativeParserCtor, methods: string[] } {
   return c as { HTTPParser: NativeParserCtor, methods: string[] }
 }
 
-interface NativeParser {
+/** The binding's parser, as far as this adapter and bench/ use it. */
+export interface NativeParser {
   initialize (type: number, resource: object, maxHeaderSize: number, lenient: number): void
   execute (buf: Buffer): number | ParseError
   finish (): number | ParseError | undefined
@@ -58,7 +59,7 @@ interface NativeParser {
   remove (): void
   [key: number]: unknown
 }
-interface NativeParserCtor {
+export interface NativeParserCtor {
   new (): NativeParser
   REQUEST: number
   RESPONSE: number

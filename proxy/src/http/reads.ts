@@ -57,9 +57,10 @@ export function adoptAccepted (socket: net.Socket, onRead: OnRead): net.Socket {
   const dup = libc().fcntl(fd, F_DUPFD_CLOEXEC, 0)
   if (dup < 0) throw new AdoptError(`HTTP proxy: fcntl(F_DUPFD_CLOEXEC) failed: errno ${errno()}`)
   socket.destroy()
-  // `onread` is accepted by the Socket constructor (lib/net.js) though @types/node lists it only for connect().
+  // `onread` is accepted by the Socket constructor (lib/net.js) though @types/node lists it only
+  // for connect(); as a variable, not a literal, the options pass the constructor's type.
   const opts = { fd: dup, readable: true, writable: true, allowHalfOpen: true, onread: onread(onRead) }
-  return new net.Socket(opts as net.SocketConstructorOpts)
+  return new net.Socket(opts)
 }
 
 /**
@@ -89,7 +90,7 @@ export function reopenPlain (socket: net.Socket, replay: Buffer): net.Socket {
 export function connect (ip: string, port: number, onRead: OnRead, fd = -1): net.Socket {
   if (fd < 0) return net.connect({ host: ip, port, noDelay: true, onread: onread(onRead) })
   const opts = { fd, readable: true, writable: true, noDelay: true, onread: onread(onRead) }
-  const s = new net.Socket(opts as net.SocketConstructorOpts)
+  const s = new net.Socket(opts)
   return s.connect({ host: ip, port })
 }
 

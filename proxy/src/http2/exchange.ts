@@ -123,7 +123,7 @@ export class H2Exchange {
     const s = this.stream
     up.on('error', (err: NodeJS.ErrnoException) => { this.upError = err })
     up.on('response', (h, flags) => { this.onResponse(h, flags) })
-    up.on('trailers', (h) => {
+    up.on('trailers', (h: IncomingHttpHeaders) => {
       this.trailers = h
       const g = h['grpc-status']
       if (typeof g === 'string') this.grpcStatus = g

@@ -212,12 +212,15 @@ process.stdin.on('end', () => process.exit(0))
 
 interface TapLike { teardown: (fn: () => unknown) => void }
 
+/** A JSON line from the helper: an answer to call `id`, the ready line, or the exit notice. */
+type Reply = Record<string, unknown> & { id?: number, ready?: unknown, exited?: string }
+
 /** A `node -e` program (in namespace `ns`, or here) spoken to in JSON lines. */
 export class Proc {
-  private readonly waiters = new Map<number, (o: any) => void>()
+  private readonly waiters = new Map<number, (o: Reply) => void>()
   private exited: string | null = null
   private nextId = 1
-  private ready: Promise<any>
+  private ready: Promise<Reply>
   private stderr = ''
   readonly child: ChildProcess
 
@@ -241,31 +244,33 @@ export class Proc {
       for (const w of this.waiters.values()) w({ exited: this.exited })
       this.waiters.clear()
     })
-    let onReady: (o: any) => void = () => {}
+    let onReady: (o: Reply) => void = () => {}
     this.ready = new Promise((resolve, reject) => {
       onReady = resolve
       this.child.once('exit', (code) => reject(new Error(`helper process exited ${code}: ${this.stderr}`)))
     })
     createInterface({ input: this.child.stdout! }).on('line', (l) => {
-      const o = JSON.parse(l)
+      const o = JSON.parse(l) as Reply
       if (o.ready !== undefined) { onReady(o); return }
+      if (o.id === undefined) return
       const w = this.waiters.get(o.id)
       this.waiters.delete(o.id)
       w?.(o)
     })
   }
 
-  static async start (t: TapLike, ns: string | null, script: string, args: string[]): Promise<{ proc: Proc, ready: any }> {
+  static async start (t: TapLike, ns: string | null, script: string, args: string[]): Promise<{ proc: Proc, ready: Reply }> {
     const p = new Proc(t, ns, script, args)
     return { proc: p, ready: await p.ready }
   }
 
-  async call (cmd: Record<string, unknown>, timeoutMs = 120_000): Promise<any> {
+  /** Sends `cmd`; resolves with the helper's answer, whose fields the caller names as T. */
+  async call<T> (cmd: Record<string, unknown>, timeoutMs = 120_000): Promise<T> {
     const id = this.nextId++
     if (this.exited !== null) throw new Error(this.exited)
-    return await new Promise((resolve, reject) => {
+    return await new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`helper process: no answer to ${String(cmd.op)} in ${timeoutMs} ms (${this.stderr})`)), timeoutMs)
-      this.waiters.set(id, (o) => { clearTimeout(timer); if (o.exited !== undefined) reject(new Error(o.exited)); else resolve(o) })
+      this.waiters.set(id, (o) => { clearTimeout(timer); if (o.exited !== undefined) reject(new Error(o.exited)); else resolve(o as T) })
       this.child.stdin!.write(JSON.stringify({ ...cmd, id }) + '\n')
     })
   }
@@ -282,8 +287,8 @@ export class RecordingBackend {
   }
 
   async dump (): Promise<BackendConn[]> {
-    const o = await this.proc.call({ op: 'dump' })
-    return (o.conns as Array<BackendConn & { bytes: string }>).map(c => ({ ...c, bytes: Buffer.from(c.bytes, 'base64').toString('latin1') }))
+    const o = await this.proc.call<{ conns: BackendConn[] }>({ op: 'dump' })
+    return o.conns.map(c => ({ ...c, bytes: Buffer.from(c.bytes, 'base64').toString('latin1') }))
   }
 
   /** Close every connection and forget what was recorded. */
@@ -311,13 +316,13 @@ export class ClientDriver {
   }
 
   async session (segments: string[], o: SessionOptions = {}): Promise<ClientResult> {
-    const r = await this.proc.call({ op: 'session', segments: segments.map(s => Buffer.from(s, 'latin1').toString('base64')), gapMs: o.gapMs ?? 10, idleMs: o.idleMs ?? 500, until: Buffer.from(o.until ?? '', 'latin1').toString('base64'), graceMs: o.graceMs ?? 150, maxMs: o.maxMs ?? 5000 })
-    return { bytes: Buffer.from(r.bytes as string, 'base64').toString('latin1'), closed: r.closed, reset: r.reset, error: r.error, localPort: r.localPort, connected: r.connected }
+    const r = await this.proc.call<ClientResult>({ op: 'session', segments: segments.map(s => Buffer.from(s, 'latin1').toString('base64')), gapMs: o.gapMs ?? 10, idleMs: o.idleMs ?? 500, until: Buffer.from(o.until ?? '', 'latin1').toString('base64'), graceMs: o.graceMs ?? 150, maxMs: o.maxMs ?? 5000 })
+    return { bytes: Buffer.from(r.bytes, 'base64').toString('latin1'), closed: r.closed, reset: r.reset, error: r.error, localPort: r.localPort, connected: r.connected }
   }
 
   /** Start an upload; resolves once the writes stalled (or all were taken). Close it with close(ref). */
   async upload (head: string, total: number, stallMs: number): Promise<{ ref: number, written: number, localPort: number, error: string }> {
-    const r = await this.proc.call({ op: 'upload', head: Buffer.from(head, 'latin1').toString('base64'), total, chunk: 65536, stallMs }, 180_000)
+    const r = await this.proc.call<{ id: number, written: number, localPort: number, error: string }>({ op: 'upload', head: Buffer.from(head, 'latin1').toString('base64'), total, chunk: 65536, stallMs }, 180_000)
     return { ref: r.id, written: r.written, localPort: r.localPort, error: r.error }
   }
 

@@ -105,6 +105,7 @@ function parseChunked (c: Cursor, r: Rules): string {
       size = parseInt(line.trim(), 16)
       if (Number.isNaN(size) || size < 0) throw new Fail(`chunk size "${line}"`)
     } else {
+      // eslint-disable-next-line no-control-regex -- a quoted chunk-ext value may not hold these control bytes
       const m = /^([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*=[ \t]*(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"))?)*$/.exec(line)
       if (m === null) throw new Fail(`chunk size line "${line}"`)
       if (m[1].replace(/^0+/, '').length > 13) throw new Fail('chunk size overflow')
@@ -166,6 +167,7 @@ function parseOne (c: Cursor, r: Rules): Req | null {
       name = name.trim().replace(/_/g, '-')
     } else {
       if (!TOKEN.test(name)) throw new Fail(`header name "${name}"`)
+      // eslint-disable-next-line no-control-regex -- the control bytes a field value may not hold
       if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new Fail(`control character in ${name}`)
     }
     headers.push([name, value])

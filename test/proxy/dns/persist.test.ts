@@ -23,7 +23,7 @@ t.test('learned IPs are restored and pushed to the kernel before the new proxy s
   await query(first.udp, 'api.github.com', { from: EXPORTER })
   const before = first.proxy.learned()
   await first.close()
-  const saved = JSON.parse(await readFile(join(stateDir, 'dns-cache.json'), 'utf8'))
+  const saved: unknown = JSON.parse(await readFile(join(stateDir, 'dns-cache.json'), 'utf8'))
   t.match(saved, { version: 1, entries: [{ endpoint: 'default/data-exporter', name: NAME, ips: [{ ip: '198.18.53.10' }] }] })
 
   const second = await startProxy(t, { snapshot, upstream: dns, options: { stateDir } })

@@ -109,8 +109,8 @@ t.test('names render like miekg/dns, plain or escaped, through compression point
   }), { numRuns: 3000 })
   t.pass('agrees on 3000 names')
   // 3 x 63-byte labels in the question (193 wire bytes) + a 63-byte label before the pointer: 257.
-  const long = Buffer.concat([header(1, 1), wireOf(Array.from({ length: 3 }, () => Array(63).fill(0x61))), Buffer.from([0]), Q_A_IN,
-    wireOf([Array(63).fill(0x62)]), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
+  const long = Buffer.concat([header(1, 1), wireOf(Array.from({ length: 3 }, () => new Array<number>(63).fill(0x61))), Buffer.from([0]), Q_A_IN,
+    wireOf([new Array<number>(63).fill(0x62)]), Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 53, 10])])
   const lq = parseQuestion(long, cur)
   if (typeof lq === 'number') throw new Error('parse')
   t.equal(walkAnswers(long, lq.end, cur), WIRE_ERR.NAME_TOO_LONG, 'an owner over 255 bytes through a pointer')

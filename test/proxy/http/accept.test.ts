@@ -12,7 +12,7 @@ async function proxyOn (t: Tap, serverOptions: net.ServerOpts, lookupIdentity: H
 Promise<{ port: number, logs: Array<Record<string, unknown>>, metrics: () => Record<string, number> }> {
   const snap = await billingSnapshot()
   const logs: Array<Record<string, unknown>> = []
-  const sink = new Writable({ write (chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l !== '') logs.push(JSON.parse(l)); cb() } })
+  const sink = new Writable({ write (chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l !== '') logs.push(JSON.parse(l) as Record<string, unknown>); cb() } })
   const proxy = createHttpProxy({ snapshot: () => snap, lookupIdentity, logger: pino(sink) }, { denyResponse: '403' })
   const server = net.createServer(serverOptions, (s) => { proxy.handleConnection(s) })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))

@@ -7,7 +7,7 @@
 import t from 'tap'
 import { ADDR, RawClient, billingSnapshot, get, startBackend, startProxy, type Tap } from '../../helpers/http-proxy.js'
 
-async function once (t: Tap, headers: Array<{ name: string, value: string | null, mismatch?: string }>, request: string): Promise<{ status: number | undefined, seen: Record<string, string | string[] | undefined>, raw: string, log: Record<string, any> | undefined }> {
+async function once (t: Tap, headers: Array<{ name: string, value: string | null, mismatch?: string }>, request: string): Promise<{ status: number | undefined, seen: Record<string, string | string[] | undefined>, raw: string, log: Record<string, unknown> | undefined }> {
   const be = await startBackend(t)
   const px = await startProxy(t, be.port, await billingSnapshot({ auditing: [{ method: 'GET', path: '/api/v1/invoices/.*', headers }] }))
   const c = await RawClient.connect(t, px.port, ADDR.AUDITING)

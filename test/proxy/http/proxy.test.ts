@@ -125,7 +125,7 @@ t.test('access log: one record per request, denied at warn with the reason, allo
     rule: { file: 'billing-policy.yaml', policy: 'default/billing-l7-policy', section: 'ingress', index: 0 }
   })
   t.ok(Array.isArray(ok.srcLabels) && ok.srcLabels.includes('k8s:app=checkout-service'), 'source labels')
-  t.ok(ok.bytesOut > 0 && typeof ok.durationMs === 'number')
+  t.ok(typeof ok.bytesOut === 'number' && ok.bytesOut > 0 && typeof ok.durationMs === 'number')
   t.match(no, { level: 40, verdict: 'denied', reason: 'ingress-no-rule-match', status: 403, method: 'GET', path: '/api/v1/charge' })
   t.equal(no.rule, undefined)
   const m = px.proxy.metrics()

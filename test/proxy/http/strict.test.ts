@@ -2,7 +2,7 @@
 // and the backend (which records every byte) receives nothing it should not.
 import t from 'tap'
 import net from 'node:net'
-import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, sleep, startBackend, startProxy } from '../../helpers/http-proxy.js'
 
 const H = 'Host: billing\r\n'
 const refused: Array<[string, string, number]> = [

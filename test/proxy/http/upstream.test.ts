@@ -3,7 +3,7 @@
 import t from 'tap'
 import net from 'node:net'
 import { createHash } from 'node:crypto'
-import { ADDR, RawClient, billingSnapshot, get, post, sleep, startBackend, startProxy, unacceptingPort, type ProxyFixture, type Tap } from '../../helpers/http-proxy.js'
+import { ADDR, RawClient, billingSnapshot, get, sleep, startBackend, startProxy, unacceptingPort, type ProxyFixture, type Tap } from '../../helpers/http-proxy.js'
 import type { Snapshot } from '../../../policy-store/src/types.js'
 
 async function rawBackend (t: Tap, onConn: (s: net.Socket) => void): Promise<number> {
