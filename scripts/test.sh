@@ -23,6 +23,6 @@ echo "tests: ${pass:-0} passed, ${fail:-0} failed"
 # from the raw TAP tap saves per file, so the end of a CI log is enough to start from.
 if [ "$status" -ne 0 ] && [ -d .tap/test-results ]; then
   echo "failed:"
-  grep -rn -A 6 -E '^[[:space:]]*not ok ' .tap/test-results | sed 's|^\.tap/test-results/||' | head -n 80
+  grep -rn -A 6 -E '^[[:space:]]*not ok ' .tap/test-results | sed 's|^\.tap/test-results/||' | head -n 80 || true
 fi
 exit "$status"

@@ -82,6 +82,8 @@ export class EnforcedVersions {
     if (p === undefined) return
     p.running = true
     p.version = version
+    // Behind a version every other proxy had already (so none was remembered): it counts from now.
+    if (version < this.latest && !this.pending.some((e) => e.version > version)) this.pending.push({ version: this.latest, at: this.now() })
     this.prune()
   }
 

@@ -21,7 +21,7 @@ import { Connection, type ConnectionHealth, type ConnectionOptions } from './con
 import { ClusterError, ERR } from './errors.js'
 import {
   formatIpcacheValue, formatNodeValue, ID_PREFIX, IPCACHE_PREFIX, ipcacheKey, nodeKey, nodesPrefix, parseIdKey,
-  parseIpcacheValue, parseLabelsKey, parseNodeValue
+  markerKey, parseIpcacheValue, parseLabelsKey, parseNodeValue
 } from './keys.js'
 import { Mirror, type MirrorChange } from './mirror.js'
 import { RemoteIpcache } from './remote-ipcache.js'
@@ -97,7 +97,8 @@ export interface ClusterStatus extends ConnectionHealth {
  * entry per line:
  *   {"version":1,"node":"node-a","held":[["k8s:app=web;...",256,null]],"ids":[[key,value]],"ips":[...],"nodes":[...]}
  */
-interface StateV1 { version: 1, node: string, held: HeldEntry[], ids: [string, string][], ips: [string, string][], nodes: [string, string][] }
+/** `marker`: the revision this node last wrote its marker at (connection.ts), so a restart still tells an etcd that lost data. */
+interface StateV1 { version: 1, node: string, marker?: number | null, held: HeldEntry[], ids: [string, string][], ips: [string, string][], nodes: [string, string][] }
 
 export class ClusterStore {
   readonly conn: Connection
@@ -140,6 +141,7 @@ export class ClusterStore {
     this.maxRemote = opts.maxRemoteEntries ?? DEFAULT_MAX_REMOTE_ENTRIES
     this.conn = new Connection({
       urls: opts.urls,
+      markerKey: markerKey(opts.clusterName, opts.nodeName),
       tls: opts.tls,
       auth: opts.auth,
       configFile: opts.configFile,
@@ -168,7 +170,8 @@ export class ClusterStore {
     })
     // After each session start the store recompiles: identities that could not be prepared while
     // etcd was away are allocated now.
-    this.conn.addHook({ onSession: () => { this.idsDirty = true; this.scheduleEmit(); return Promise.resolve() } })
+    // (and the marker the session wrote is persisted)
+    this.conn.addHook({ onSession: () => { this.idsDirty = true; this.scheduleEmit(); this.persistSoon(); return Promise.resolve() } })
     this.ids.onChange(() => { this.idsDirty = true; this.scheduleEmit() })
     this.ips.onChange((c) => { this.applyIps(c); this.scheduleEmit() })
     this.nodes.onChange((c) => { this.applyNodes(c); this.scheduleEmit() })
@@ -455,6 +458,7 @@ export class ClusterStore {
     const state: StateV1 = {
       version: 1,
       node: this.opts.nodeName,
+      marker: this.conn.marker,
       held: this.allocator.heldEntries(),
       ids: [...this.ids.entries].map(([k, e]) => [k, e.value]),
       ips: [...this.ips.entries].map(([k, e]) => [k, e.value]),
@@ -463,7 +467,7 @@ export class ClusterStore {
     // Serialised in slices, yielding between them: the copies are taken above (one consistent
     // state), and a large cluster's entries at once would hold the event loop (watches,
     // proxies) for as long as the whole file takes.
-    const parts: string[] = ['{"version":1,"node":' + JSON.stringify(state.node)]
+    const parts: string[] = ['{"version":1,"node":' + JSON.stringify(state.node) + ',"marker":' + JSON.stringify(state.marker ?? null)]
     for (const k of ['held', 'ids', 'ips', 'nodes'] as const) {
       const list = state[k] as unknown[]
       const lines: string[] = []
@@ -498,7 +502,10 @@ export class ClusterStore {
       throw new ClusterError(ERR.STATE, `corrupt cluster state ${this.statePath}: unexpected shape; move it away to start afresh`, { path: this.statePath })
     }
     // A state written by another node name is not this node's (its held identities are not ours).
-    if (s.node === this.opts.nodeName) this.allocator.restoreHeld(s.held, Date.now())
+    if (s.node === this.opts.nodeName) {
+      this.allocator.restoreHeld(s.held, Date.now())
+      if (Number.isSafeInteger(s.marker) && (s.marker as number) > 0) this.conn.restoreMarker(s.marker as number)
+    }
     this.ids.restore(s.ids)
     this.ips.restore(s.ips)
     this.nodes.restore(s.nodes)

@@ -27,6 +27,8 @@ export type ConnectionState = 'connecting' | 'connected' | 'down' | 'closed'
 
 export interface ConnectionOptions {
   urls: string[]
+  /** This node's marker key (keys.ts markerKey): without it, no session reports lostData. */
+  markerKey?: string
   /**
    * TLS files (read again at every session start, so a rotated certificate is picked up at the
    * next reconnect, as Cilium reloads it) and etcd credentials (etcd-config.ts).
@@ -64,6 +66,12 @@ export interface Session {
    * resume from their revisions. False on the first session and after etcd lost its data.
    */
   readonly continuous: boolean
+  /**
+   * etcd lost data since this node's last session (its marker is gone or was written again at
+   * another revision: restored empty or from an older backup), also across an agent restart:
+   * keys absent now may only not be republished yet.
+   */
+  readonly lostData: boolean
   /** End this session (a watch broke): reconnect after the backoff. */
   fail: (err: Error) => void
 }
@@ -107,6 +115,8 @@ export class Connection {
   private backoff: number
   /** The lease of the last session that got connected. */
   private lastLease: string | null = null
+  /** The revision at which this node last wrote its marker (null: never, as far as it knows). */
+  private markerRevision: number | null = null
   private downSince = 0
   /** Why the last session ended or could not start (for `warden status`). */
   private lastError: { message: string, code: string | undefined } | null = null
@@ -134,6 +144,10 @@ export class Connection {
   }
 
   get current (): ConnectionState { return this.state }
+
+  /** The marker's revision, to persist; and its restore at start (before the first session). */
+  get marker (): number | null { return this.markerRevision }
+  restoreMarker (revision: number): void { this.markerRevision = revision }
 
   /**
    * How long after etcd is back a live agent may take to have republished its keys: it tries
@@ -253,10 +267,20 @@ export class Connection {
       if (this.lastLease !== null) {
         try { continuous = (await kv.leaseTtl(this.lastLease)) > 0 } catch { continuous = false }
       }
+      // Did etcd lose data since this node's last session? Its marker tells, whatever the
+      // revisions did meanwhile (other nodes' republishes can take a restored etcd's past this
+      // node's copy). A backup old enough to hold the previous lease is no continuation either.
+      let lostData = false
+      if (this.opts.markerKey !== undefined) {
+        const m = await kv.get(this.opts.markerKey)
+        lostData = this.markerRevision !== null && (m.value === null || m.modRevision !== this.markerRevision)
+        if (lostData) continuous = false
+        this.markerRevision = await kv.put(this.opts.markerKey, new Date().toISOString())
+      }
       const lease = await kv.grantLease(this.opts.leaseTtlSeconds)
       const lockLease = await kv.grantLease(Math.min(LOCK_LEASE_TTL_SECONDS, this.opts.leaseTtlSeconds))
       if (this.superseded(seq)) throw new Error('superseded')
-      const session: Session = { kv, lease, lockLease, revision: probe.revision, clusterId: probe.clusterId, continuous, fail: (err) => this.fail(session, err) }
+      const session: Session = { kv, lease, lockLease, revision: probe.revision, clusterId: probe.clusterId, continuous, lostData, fail: (err) => this.fail(session, err) }
       this.session = session
       // Republish everything this node owns under the new lease (written again even when etcd kept
       // the keys: they move to the new lease, and a value equal to the stored one changes nothing

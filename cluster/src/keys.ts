@@ -94,6 +94,13 @@ export function nodeKey (cluster: string, name: string): string { return `${NODE
 export function nodesPrefix (cluster: string): string { return `${NODES_PREFIX}${cluster}/` }
 
 /**
+ * warden's own key, outside Cilium's `cilium/state/` (and under the `cilium/` prefix the agents'
+ * etcd role may write): each node's marker, written without a lease at every session start. If
+ * it is gone or was written at another revision than the node last wrote it, etcd lost data.
+ */
+export function markerKey (cluster: string, name: string): string { return `cilium/warden/v1/markers/${cluster}/${name}` }
+
+/**
  * One ipcache entry, Cilium's `identity.IPIdentityPair` (pkg/identity/identity.go) with its JSON
  * field names. `Mask` is a Go net.IPMask: null for a single address (what agents publish for
  * endpoints), else base64 of its bytes. `Key` is the encryption key index (0: none). The

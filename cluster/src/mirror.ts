@@ -11,8 +11,8 @@
  *
  * The copy survives outages untouched: while etcd is away the agent enforces what it has.
  *
- * An etcd that lost its data (restored from an empty or older data directory: its revision is
- * behind the copy's) comes back without any node's keys until each owner reconnects and
+ * An etcd that lost its data (restored from an empty or older data directory: the node's marker
+ * is gone or older, see connection.ts; or its revision is behind the copy's) comes back without any node's keys until each owner reconnects and
  * republishes. A relist then would delete every other node's records for those seconds and
  * deny their pods cluster-wide. So keys absent after such a loss are held, as they were, until
  * `lostDataHoldMs` passes; a key republished meanwhile is simply current again, and one still
@@ -95,11 +95,12 @@ export class Mirror {
 
   async onSession (s: Session): Promise<void> {
     this.stop()
-    // etcd behind the copy, or another etcd cluster: what is missing was lost, not deleted
-    const lost = this.listedFrom !== null && (s.clusterId !== this.listedFrom || s.revision < this.revision)
+    // The connection's marker says so, or etcd is behind the copy, or another etcd cluster:
+    // what is missing was lost, not deleted
+    const lost = s.lostData || (this.listedFrom !== null && (s.clusterId !== this.listedFrom || s.revision < this.revision))
     this.listedFrom = s.clusterId
     if (lost) {
-      this.log.warn({ prefix: this.prefix, revision: s.revision, copyRevision: this.revision, holdMs: this.lostDataHoldMs }, 'kvstore: etcd lost data (its revision is behind this copy); keys now absent are kept while their owners republish')
+      this.log.warn({ prefix: this.prefix, revision: s.revision, copyRevision: this.revision, holdMs: this.lostDataHoldMs }, 'kvstore: etcd lost data; keys now absent are kept while their owners republish')
       await this.relist(s, true)
       return
     }
@@ -107,6 +108,7 @@ export class Mirror {
       this.stats.resumes++
       try {
         await this.watch(s, this.revision + 1)
+        this.scheduleHeld() // a hold that ended while etcd was away ends now
         return
       } catch (err) {
         // etcd cancels a watch whose start revision was compacted away (etcd 3.4 gives no reason
@@ -173,6 +175,7 @@ export class Mirror {
       if (rev > this.revision) this.revision = rev
       if (this.oversized(key, kv.key.length + kv.value.length)) {
         // as a delete: a record grown too large is no longer what this node enforces
+        this.unhold(key)
         const old = this.entries.get(key)
         if (old !== undefined) { this.entries.delete(key); batch.push({ type: 'delete', key, prev: old.value }) }
         return
@@ -229,7 +232,9 @@ export class Mirror {
     if (this.holdTimer !== null) clearTimeout(this.holdTimer)
     this.holdTimer = null
     if (this.held.size === 0) return
-    const next = Math.min(...this.held.values())
+    // (not Math.min(...values): a spread of this many arguments overflows the stack)
+    let next = Infinity
+    for (const until of this.held.values()) if (until < next) next = until
     this.holdTimer = setTimeout(() => {
       this.holdTimer = null
       if (this.watcher === null) return

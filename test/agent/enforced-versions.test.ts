@@ -162,3 +162,18 @@ t.test('status: when the kernel itself is behind, the degraded line says so', as
     'HTTP proxy worker 1 enforces policy version 3, 4 compiled: behind for 5 s (the kernel has 3: is the apply failing? see the agent\'s log)'
   ])
 })
+t.test('a worker that starts behind, and stays behind, is reported lagging', async (t) => {
+  let now = 0
+  const ev = new EnforcedVersions(2, () => now, 5000)
+  ev.compiled(1)
+  ev.enforced(0, 1)
+  // the kernel (and the main thread's proxy) move to 2 while worker 1 is still starting
+  ev.compiled(2)
+  ev.enforced(0, 2)
+  // worker 1 listens with the snapshot it was started with, 1, and never applies 2
+  ev.enforced(1, 1)
+  now += 60_000
+  const w1 = ev.report()[1]
+  t.equal(w1.policyVersion, 1)
+  t.ok(w1.lagging, 'enforcing 1 with 2 compiled for a minute: lagging')
+})

@@ -25,7 +25,7 @@ t.test('resume, compaction, relist', async (t) => {
   let failed: Error | null = null
   const session = async (continuous: boolean): Promise<Session> => {
     const h = await kv.get('cilium/state/')
-    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous, fail: (err) => { failed = err } }
+    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous, lostData: false, fail: (err) => { failed = err } }
   }
   const waitFor = async (n: number): Promise<void> => {
     const end = Date.now() + 10000
@@ -84,7 +84,7 @@ t.test('a record larger than the bound is treated as absent, listed or watched',
   const big = 'x'.repeat(100)
   await kv.put(P + '10.0.0.1', 'small')
   await kv.put(P + '10.0.0.2', big)
-  await mirror.onSession({ kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, fail: () => {} })
+  await mirror.onSession({ kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, lostData: false, fail: () => {} })
   t.strictSame([...mirror.entries.keys()], [P + '10.0.0.1'], 'listed: the oversized record is not copied')
   t.equal(mirror.stats.oversized, 1)
   await kv.put(P + '10.0.0.1', big) // grows past the bound: as a delete
@@ -108,7 +108,7 @@ t.test('etcd restored empty: what it lost is held until its owners write it agai
   t.teardown(() => mirror.close())
   const session = async (): Promise<Session> => {
     const h = await kv.get('cilium/state/')
-    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, fail: () => {} }
+    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, lostData: false, fail: () => {} }
   }
   for (const n of ['1', '2', '3', '4', '5']) await kv.put(P + '10.0.0.' + n, 'v' + n)
   for (let i = 0; i < 20; i++) await kv.put('cilium/state/other', String(i)) // the copy's revision well ahead of a new etcd's
