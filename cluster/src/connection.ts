@@ -117,6 +117,8 @@ export class Connection {
   private lastLease: string | null = null
   /** The revision at which this node last wrote its marker (null: never, as far as it knows). */
   private markerRevision: number | null = null
+  /** A loss seen by a session that did not get as far as its hooks: the next one reports it. */
+  private lossPending = false
   private downSince = 0
   /** Why the last session ended or could not start (for `warden status`). */
   private lastError: { message: string, code: string | undefined } | null = null
@@ -273,8 +275,9 @@ export class Connection {
       let lostData = false
       if (this.opts.markerKey !== undefined) {
         const m = await kv.get(this.opts.markerKey)
-        lostData = this.markerRevision !== null && (m.value === null || m.modRevision !== this.markerRevision)
+        lostData = this.lossPending || (this.markerRevision !== null && (m.value === null || m.modRevision !== this.markerRevision))
         if (lostData) continuous = false
+        this.lossPending = lostData
         this.markerRevision = await kv.put(this.opts.markerKey, new Date().toISOString())
       }
       const lease = await kv.grantLease(this.opts.leaseTtlSeconds)
@@ -290,6 +293,7 @@ export class Connection {
       this.stats.republishedKeys += keys.length
       for (const h of this.hooks) await h.onSession(session)
       if (this.superseded(seq)) throw new Error('superseded')
+      this.lossPending = false // the copies have relisted knowing it
       // The previous lease, if etcd still has it, holds nothing any more: let it go now rather
       // than at its expiry.
       if (this.lastLease !== null && continuous) await kv.revokeLease(this.lastLease).catch(() => {})
