@@ -252,7 +252,8 @@ export class Mirror {
       if (changes.length > 0) this.log.warn({ prefix: this.prefix, deleted: changes.length }, 'kvstore: keys not republished since etcd lost data; deleted')
       this.emit(changes)
       this.scheduleHeld()
-    }, Math.max(0, next - Date.now()))
+    // (at most setTimeout's range, about 24 days: a longer lease TTL just means another round)
+    }, Math.min(Math.max(0, next - Date.now()), 0x7fffffff))
     this.holdTimer.unref()
   }
 
