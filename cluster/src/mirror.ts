@@ -235,6 +235,7 @@ export class Mirror {
     // (not Math.min(...values): a spread of this many arguments overflows the stack)
     let next = Infinity
     for (const until of this.held.values()) if (until < next) next = until
+    // (the delay at most setTimeout's range, about 24 days: a longer lease TTL waits in rounds)
     this.holdTimer = setTimeout(() => {
       this.holdTimer = null
       if (this.watcher === null) return
@@ -252,7 +253,6 @@ export class Mirror {
       if (changes.length > 0) this.log.warn({ prefix: this.prefix, deleted: changes.length }, 'kvstore: keys not republished since etcd lost data; deleted')
       this.emit(changes)
       this.scheduleHeld()
-    // (at most setTimeout's range, about 24 days: a longer lease TTL just means another round)
     }, Math.min(Math.max(0, next - Date.now()), 0x7fffffff))
     this.holdTimer.unref()
   }
