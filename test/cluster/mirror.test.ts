@@ -5,28 +5,38 @@
  * reports only differences. An etcd that lost its data does not delete what it lost until the
  * owners had their time to write it again. Needs the `etcd` binary (scripts/setup.sh installs it).
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { pino } from 'pino'
 import type { Session } from '../../cluster/src/connection.js'
 import { Kv } from '../../cluster/src/kv.js'
-import { Mirror, type MirrorChange } from '../../cluster/src/mirror.js'
+import { Mirror, type MirrorChange, type MirrorOptions } from '../../cluster/src/mirror.js'
+import type { EtcdProcess } from '../../lab/etcd.js'
 import { startEtcd } from '../helpers/etcd.js'
 
 const P = 'cilium/state/ip/v1/default/'
 
-t.test('resume, compaction, relist', async (t) => {
+/** A real etcd on this file's port, a client, and a copy of P collecting its changes; all closed in teardown. */
+async function setup (t: Test, opts: MirrorOptions = {}): Promise<{ etcd: EtcdProcess, kv: Kv, mirror: Mirror, seen: MirrorChange[] }> {
   const etcd = await startEtcd(t, 23794)
   const kv = new Kv([`http://${etcd.endpoint}`], 2000)
   t.teardown(() => kv.close())
-  const mirror = new Mirror(P, pino({ level: 'silent' }))
+  const mirror = new Mirror(P, pino({ level: 'silent' }), opts)
   const seen: MirrorChange[] = []
   mirror.onChange((c) => seen.push(...c))
-  t.teardown(() => mirror.stop())
+  t.teardown(() => mirror.close())
+  return { etcd, kv, mirror, seen }
+}
+
+/** A session on what etcd holds now (no lease: the copy needs none). */
+async function sessionOn (kv: Kv, continuous: boolean, fail: (err: Error) => void = () => {}): Promise<Session> {
+  const h = await kv.get('cilium/state/')
+  return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous, lostData: false, fail }
+}
+
+t.test('resume, compaction, relist', async (t) => {
+  const { kv, mirror, seen } = await setup(t)
   let failed: Error | null = null
-  const session = async (continuous: boolean): Promise<Session> => {
-    const h = await kv.get('cilium/state/')
-    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous, lostData: false, fail: (err) => { failed = err } }
-  }
+  const session = async (continuous: boolean): Promise<Session> => await sessionOn(kv, continuous, (err) => { failed = err })
   const waitFor = async (n: number): Promise<void> => {
     const end = Date.now() + 10000
     while (seen.length < n && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20))
@@ -73,18 +83,11 @@ t.test('resume, compaction, relist', async (t) => {
 })
 
 t.test('a record larger than the bound is treated as absent, listed or watched', async (t) => {
-  const etcd = await startEtcd(t, 23794)
-  const kv = new Kv([`http://${etcd.endpoint}`], 2000)
-  t.teardown(() => kv.close())
-  const mirror = new Mirror(P, pino({ level: 'silent' }), { maxRecordBytes: 64 })
-  const seen: MirrorChange[] = []
-  mirror.onChange((c) => seen.push(...c))
-  t.teardown(() => mirror.stop())
-  const h = await kv.get('cilium/state/')
+  const { kv, mirror, seen } = await setup(t, { maxRecordBytes: 64 })
   const big = 'x'.repeat(100)
   await kv.put(P + '10.0.0.1', 'small')
   await kv.put(P + '10.0.0.2', big)
-  await mirror.onSession({ kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, lostData: false, fail: () => {} })
+  await mirror.onSession(await sessionOn(kv, false))
   t.strictSame([...mirror.entries.keys()], [P + '10.0.0.1'], 'listed: the oversized record is not copied')
   t.equal(mirror.stats.oversized, 1)
   await kv.put(P + '10.0.0.1', big) // grows past the bound: as a delete
@@ -99,17 +102,10 @@ t.test('a record larger than the bound is treated as absent, listed or watched',
 })
 
 t.test('etcd restored empty: what it lost is held until its owners write it again, then deleted', async (t) => {
-  const etcd = await startEtcd(t, 23794)
-  let kv = new Kv([`http://${etcd.endpoint}`], 2000)
-  t.teardown(() => kv.close())
-  const mirror = new Mirror(P, pino({ level: 'silent' }), { lostDataHoldMs: 1500 })
-  const seen: MirrorChange[] = []
-  mirror.onChange((c) => seen.push(...c))
-  t.teardown(() => mirror.close())
-  const session = async (): Promise<Session> => {
-    const h = await kv.get('cilium/state/')
-    return { kv, lease: '0', lockLease: '0', revision: h.revision, clusterId: h.clusterId, continuous: false, lostData: false, fail: () => {} }
-  }
+  const first = await setup(t, { lostDataHoldMs: 1500 })
+  const { etcd, mirror, seen } = first
+  let kv = first.kv
+  const session = async (): Promise<Session> => await sessionOn(kv, false)
   for (const n of ['1', '2', '3', '4', '5']) await kv.put(P + '10.0.0.' + n, 'v' + n)
   for (let i = 0; i < 20; i++) await kv.put('cilium/state/other', String(i)) // the copy's revision well ahead of a new etcd's
   await mirror.onSession(await session())
@@ -130,6 +126,7 @@ t.test('etcd restored empty: what it lost is held until its owners write it agai
   await etcd.wipe()
   await etcd.start()
   kv = new Kv([`http://${etcd.endpoint}`], 2000)
+  t.teardown(() => kv.close())
   await kv.put(P + '10.0.0.1', 'v1')
   await kv.put(P + '10.0.0.2', 'v2-new')
   await mirror.onSession(await session())
