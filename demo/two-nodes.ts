@@ -19,6 +19,7 @@ import { NodeAgent } from '../lab/cluster-agents.js'
 import { isAlive, startBilling, startDnsmasq, startHttpsHost, stop, type Started } from './services.js'
 import { DEFAULT_DEMO, repoRoot, type DemoConfig, type Exec } from './session.js'
 import { renderTable, runChecks, type CheckResult } from './demo.js'
+import { completeLines } from './log-lines.js'
 
 const SPEC = `
 prefix: wdc2-
@@ -182,7 +183,7 @@ export class TwoNodeSession {
     const ip = this.spec.nodes.flatMap((n) => n.endpoints).find((e) => e.name === client)?.ipv4
     const log = this.agents.get('a')?.log() ?? ''
     // whole lines only: the agent is still writing, and its last line may be there in part
-    const lines = log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('"http request"')).map((l) => JSON.parse(l) as Record<string, unknown>)
+    const lines = completeLines(log).filter((l) => l.includes('"http request"')).map((l) => JSON.parse(l) as Record<string, unknown>)
     return lines.reverse().find((l) => String(l.src).includes(client) || l.src === ip)
   }
 

@@ -16,6 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { clusterDown, clusterUp, etcdEndpoint, parseClusterSpec, podNs } from '../../lab/cluster.js'
 import { NodeAgent } from '../../lab/cluster-agents.js'
 import { poll } from '../helpers/poll.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const root = process.getuid?.() === 0
 
@@ -100,8 +101,7 @@ async function until (node: string, pod: string, path: string, want: string): Pr
 
 /** An agent's whole log lines (the last one may be half written). */
 function lines (a: NodeAgent): string[] {
-  const log = a.log()
-  return log.slice(0, log.lastIndexOf('\n') + 1).split('\n')
+  return completeLines(a.log())
 }
 
 /** Node a's access lines for HTTP/2 streams. */

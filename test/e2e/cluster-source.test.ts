@@ -14,6 +14,7 @@ import { clusterDown, clusterUp, parseClusterSpec, podNs } from '../../lab/clust
 import { NodeAgent } from '../../lab/cluster-agents.js'
 import { readLog, startDnsmasq, stop, type Started } from '../../demo/services.js'
 import { poll } from '../helpers/poll.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const spec = parseClusterSpec(`
 prefix: wdcx-
@@ -139,7 +140,7 @@ t.test('proxied DNS keeps the client address across nodes', async (t) => {
   // The query log is another process's file, read while dnsmasq writes it: whole lines only.
   const queryLines = (): string[] => {
     const log = readLog(join(spec.workDir, 'dnsmasq', 'queries.log'))
-    return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('query[A] api.example.com'))
+    return completeLines(log).filter((l) => l.includes('query[A] api.example.com'))
   }
   const queries = await poll(queryLines, (ls) => ls.length > 0)
   t.ok(queries.length > 0 && queries.every((l) => l.endsWith('from 198.19.130.10')), `the server saw the client's address: ${queries.at(-1) ?? 'none'}`)

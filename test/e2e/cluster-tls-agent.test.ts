@@ -19,6 +19,7 @@ import { RESERVED } from '../../policy-store/src/index.js'
 import { runCli } from '../helpers/cli.js'
 import { startTlsEtcd } from '../helpers/etcd-tls.js'
 import { charge, metric as metricOf, poll } from '../helpers/poll.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const PASSWORD = 'wdtk-agent-Pa55word'
 const ROOT_PASSWORD = 'wdtk-root-Pa55word'
@@ -46,7 +47,7 @@ const metric = async (name: string): Promise<number> => await metricOf(cfg.metri
  */
 function lines (s: DemoSession, from: number): Array<Record<string, unknown>> {
   const log = s.agentLog().slice(from)
-  return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+  return completeLines(log).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
 }
 
 t.test('an agent on a TLS etcd with a client certificate and a password', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, async (t) => {

@@ -4,6 +4,7 @@
 import t from 'tap'
 import { DemoSession, DEFAULT_DEMO, type DemoConfig } from '../../demo/session.js'
 import { runChecks } from '../../demo/demo.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 function config (n: number, denyResponse: '403' | 'reset'): DemoConfig {
   return {
@@ -24,7 +25,7 @@ function config (n: number, denyResponse: '403' | 'reset'): DemoConfig {
 interface LogLine { msg?: string, level?: number, [k: string]: unknown }
 /** The whole lines of a log the agent is still writing (its last line may be there in part). */
 function logLines (text: string): LogLine[] {
-  return text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine)
+  return completeLines(text).filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine)
 }
 
 for (const [n, mode] of [[1, '403'], [2, 'reset']] as const) {

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { poll } from '../helpers/poll.js'
 import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../demo/session.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const GRPC_PORT = 17450
 const fixtures = join(repoRoot(), 'test', 'fixtures', 'grpc')
@@ -86,7 +87,7 @@ t.test('gRPC through the HTTP/2 proxy, with the real datapath', async (t) => {
   const STREAMS = 1 + 1 + 1 + 1 + 1 + 200 + 2
   const accessLines = (): string[] => {
     const log = s.agentLog().slice(before)
-    return log.slice(0, log.lastIndexOf('\n') + 1).split('\n').filter((l) => l.includes('"http request"'))
+    return completeLines(log).filter((l) => l.includes('"http request"'))
   }
   const lines = (await poll(accessLines, (ls) => ls.length >= STREAMS)).map((l) => JSON.parse(l) as Record<string, unknown>)
   const h2 = lines.filter((l) => l.protocol === 'HTTP/2')

@@ -13,6 +13,7 @@ import { get } from 'node:http'
 import { agentLab, curlStatus, startHttpServer } from '../helpers/agent-lab.js'
 import { isRoot } from '../helpers/lab-fixture.js'
 import { poll } from '../helpers/poll.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const WORKERS = 2
 const SHARE = 2
@@ -107,7 +108,7 @@ t.test('the per-source connection share is per HTTP proxy worker', { skip: isRoo
 
   // the proxy that took each held connection (its access line's `worker`): at most SHARE per proxy
   // (whole lines only: the agent is writing the file, its last line may be there in part)
-  const wholeLines = (): string[] => { const log = lab.log(); return log.slice(0, log.lastIndexOf('\n') + 1).split('\n') }
+  const wholeLines = (): string[] => completeLines(lab.log())
   const holds = (): Array<{ worker: number }> => wholeLines()
     .filter((l) => l.includes('"http request"') && l.includes('"/hold"')).map((l) => JSON.parse(l) as { worker: number })
   const access = await poll(holds, (a) => a.length >= result.held)

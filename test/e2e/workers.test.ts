@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { poll } from '../helpers/poll.js'
 import { DemoSession, DEFAULT_DEMO, repoRoot, teardown, type DemoConfig } from '../../demo/session.js'
 import { runChecks } from '../../demo/demo.js'
+import { completeLines } from '../../demo/log-lines.js'
 
 const policies = mkdtempSync(join(tmpdir(), 'warden-e2e-workers-'))
 cpSync(join(repoRoot(), 'demo', 'policies'), policies, { recursive: true })
@@ -72,7 +73,7 @@ t.test('three HTTP proxies on one transparent port', async (t) => {
   // the file holds a line per request (whole lines only: the last one may be being written).
   const complete = (): string[] => {
     const text = s.agentLog().slice(before)
-    return text.slice(0, text.lastIndexOf('\n') + 1).split('\n').filter((l) => l !== '')
+    return completeLines(text).filter((l) => l !== '')
   }
   const isAccess = (l: string): boolean => {
     try { const o = JSON.parse(l) as Line; return o.module === 'http-proxy' && o.status === 404 } catch { return false }
