@@ -64,7 +64,8 @@ export async function publishWebPod (t: Test, a: ClusterStore, b: ClusterStore):
   await a.allocator.prepare([WEB], Date.now())
   const webId = a.allocator.acquireIdentity(WEB, Date.now())
   a.publishEndpoints([webEndpoint('web-1', '10.42.1.10', webId, 1)])
-  t.ok(await until(() => remoteIdentity(b.current(), '10.42.1.10/32') === webId), 'B has A\'s pod with its identity')
+  // (the pod's entry and its identity's labels come through separate watches: wait for both)
+  t.ok(await until(() => remoteIdentity(b.current(), '10.42.1.10/32') === webId && b.current().identities.has(webId)), 'B has A\'s pod with its identity')
   t.strictSame(b.current().identities.get(webId), WEB, 'and the identity\'s labels')
   t.equal(remoteIdentity(b.current(), '192.0.2.1/32'), RESERVED.REMOTE_NODE, 'A\'s address is remote-node on B')
   return webId
